@@ -1,0 +1,90 @@
+"""A Wuma data folder: configuration, keys and the LMDB store, opened together.
+
+Layout::
+
+    <data>/wuma.json      packaging spec, URL base, settings (no secrets)
+    <data>/keys/          master-v<N>.key, mode 0600 (see engine.keys)
+    <data>/db/            LMDB environment (data.mdb, lock.mdb)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from engine.batches import Batch, BatchRegistry
+from engine.codes import CodeEngine
+from engine.errors import DataFolderError
+from engine.formats import FORMATS, validate_url_base
+from engine.keys import KeyRing
+from engine.spec import PackagingSpec, load_preset
+from engine.store import Store
+
+__all__ = ["DataFolder", "DEFAULT_URL_BASE", "default_data_path"]
+
+DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
+_CONFIG = "wuma.json"
+
+
+def default_data_path() -> Path:
+    """``$WUMA_DATA``, else ``./wuma-data``."""
+    return Path(os.environ.get("WUMA_DATA") or "wuma-data")
+
+
+class DataFolder:
+    """Everything one brand's Wuma installation keeps on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        cfg = self.path / _CONFIG
+        if not cfg.is_file():
+            raise DataFolderError(f"{self.path} is not a Wuma data folder (no {_CONFIG}); run `wuma init`")
+        try:
+            self.config = json.loads(cfg.read_text("utf-8"))
+            self.spec = PackagingSpec.from_dict(self.config["spec"])
+        except (ValueError, KeyError) as e:
+            raise DataFolderError(f"{cfg} is damaged: {e}") from None
+        self.url_base: str = self.config.get("url_base", DEFAULT_URL_BASE)
+        self.keys = KeyRing(self.path / "keys")
+        self.store = Store(self.path / "db")
+        self.batches = BatchRegistry(self.store, self.spec)
+        self.codes = CodeEngine(self.spec, self.keys, self.batches)
+
+    @classmethod
+    def init(cls, path: Path, *, preset: str = "beverage", spec: PackagingSpec | None = None,
+             url_base: str = DEFAULT_URL_BASE) -> "DataFolder":
+        """Create a data folder with a fresh master key. Refuses an existing one."""
+        path = Path(path)
+        if (path / _CONFIG).exists():
+            raise DataFolderError(f"{path} already holds a Wuma data folder")
+        spec = spec or load_preset(preset)
+        longest = max(f.length for f in FORMATS.values() if f.name in spec.formats)
+        url_base = validate_url_base(url_base, longest)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        KeyRing.create(path / "keys")
+        config = {"version": 1, "created_at": time.time(), "url_base": url_base, "spec": spec.to_dict()}
+        tmp = path / (_CONFIG + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        os.replace(tmp, path / _CONFIG)
+        return cls(path)
+
+    def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
+        """Register a batch under the current key version (metadata only)."""
+        return self.batches.create(level, count, self.keys.current, note=note)
+
+    def rotate_key(self) -> int:
+        """New master key version for new batches; printed codes stay valid."""
+        version = self.keys.rotate()
+        self.codes = CodeEngine(self.spec, self.keys, self.batches)
+        return version
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "DataFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

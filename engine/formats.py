@@ -1,0 +1,207 @@
+"""Printed code formats, and the URL forms a code is printed as.
+
+A printed code is ``[key version character][FF1 ciphertext]``. The ciphertext is the
+FF1 encryption of the payload integer::
+
+    P = role | batch | serial | tag      (bit fields, most significant first)
+
+with ``tag = 0``. A code that was not made with the key decrypts to a random payload,
+whose tag is zero with probability ``2^-tag_bits``: that is the forgery bound. The key
+version character is not secret; it selects which master key version decrypts.
+
+Default ``base32``: Crockford base32, 20 characters (1 + 19), 95 payload bits:
+3 role + 20 batch + 32 serial + **40 tag bits** (a random guess passes with
+probability 2^-40, about 1 in 10^12; EU FMD asks for < 1/10,000).
+
+``decimal`` (for codes typed by hand): 24 digits (1 + 23), 76 payload bits:
+3 + 20 + 32 + **21 tag bits**, so a random guess passes the tag with probability
+2^-21 (about 1 in 2.1 million). It must also name a batch that exists and a serial
+below its count, and the scan service rate-limits and bans guessers; still, prefer
+``base32`` for anything that pays out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+__all__ = [
+    "CROCKFORD_ALPHABET",
+    "CodeFormat",
+    "FORMATS",
+    "QR_V3M_ALPHANUMERIC_CAPACITY",
+    "extract_code",
+    "short_url",
+    "digital_link",
+    "gs1_check_digit",
+    "validate_url_base",
+]
+
+CROCKFORD_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: QR code version 3, error correction M, alphanumeric mode (ISO/IEC 18004 table 7).
+QR_V3M_ALPHANUMERIC_CAPACITY = 61
+_QR_ALNUM = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
+#: Longest input worth looking at: a long URL. Anything longer is invalid outright.
+MAX_INPUT = 512
+_CROCKFORD_READ = str.maketrans({"I": "1", "L": "1", "O": "0"})
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+@dataclass(frozen=True)
+class CodeFormat:
+    """How one code role is printed: alphabet, total length and payload layout."""
+
+    name: str
+    alphabet: str
+    length: int
+    role_bits: int = 3
+    batch_bits: int = 20
+    serial_bits: int = 32
+    case_insensitive: bool = True
+
+    def __post_init__(self) -> None:
+        if len(set(self.alphabet)) != len(self.alphabet) or len(self.alphabet) < 2:
+            raise ValueError(f"format {self.name}: alphabet must have distinct characters")
+        if self.tag_bits < 16:
+            raise ValueError(f"format {self.name}: only {self.tag_bits} tag bits; need >= 16")
+        if self.tag_bits >= 64:
+            raise ValueError(f"format {self.name}: tag over 63 bits is not supported")
+
+    @cached_property
+    def radix(self) -> int:
+        return len(self.alphabet)
+
+    @cached_property
+    def body_length(self) -> int:
+        """Numerals under FF1 (the length minus the key version character)."""
+        return self.length - 1
+
+    @cached_property
+    def payload_bits(self) -> int:
+        return int(math.floor(self.body_length * math.log2(self.radix) + 1e-9))
+
+    @cached_property
+    def tag_bits(self) -> int:
+        return self.payload_bits - self.role_bits - self.batch_bits - self.serial_bits
+
+    @cached_property
+    def max_key_version(self) -> int:
+        return self.radix - 1
+
+    @cached_property
+    def guess_probability(self) -> float:
+        return 2.0 ** -self.tag_bits
+
+    def version_char(self, version: int) -> str:
+        if not 1 <= version <= self.max_key_version:
+            raise ValueError(f"key version {version} does not fit format {self.name}")
+        return self.alphabet[version]
+
+    @cached_property
+    def _canonical(self) -> re.Pattern:
+        return re.compile("[" + re.escape(self.alphabet) + "]{%d}" % self.length)
+
+    def normalise(self, text: str) -> str | None:
+        """The canonical printed form of ``text``, or None if it cannot be this format.
+
+        Separators (spaces, dashes) are ignored; base32 is read case-insensitively with
+        Crockford's I/L -> 1 and O -> 0.
+        """
+        canonical = self._canonical
+        if len(text) == self.length and canonical.fullmatch(text):
+            return text  # PERF: the common case, a scanned code as printed
+        s = _SEPARATORS.sub("", text)
+        if len(s) != self.length:
+            return None
+        if self.case_insensitive:
+            s = s.upper()
+            if self.alphabet == CROCKFORD_ALPHABET:
+                s = s.translate(_CROCKFORD_READ)
+        return s if canonical.fullmatch(s) else None
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "alphabet": self.alphabet,
+            "length": self.length,
+            "radix": self.radix,
+            "role_bits": self.role_bits,
+            "batch_bits": self.batch_bits,
+            "serial_bits": self.serial_bits,
+            "tag_bits": self.tag_bits,
+            "guess_probability": self.guess_probability,
+        }
+
+
+FORMATS: dict[str, CodeFormat] = {
+    "base32": CodeFormat("base32", CROCKFORD_ALPHABET, 20),
+    "decimal": CodeFormat("decimal", "0123456789", 24, case_insensitive=False),
+}
+
+
+def extract_code(text: str) -> str | None:
+    """The code part of a scanned string: a bare code, a short URL or a Digital Link.
+
+    Returns None for input that is too long or not text. The result is not yet
+    validated against any format.
+    """
+    if not isinstance(text, str) or len(text) > MAX_INPUT:
+        return None
+    s = text.strip()
+    if "/" not in s:
+        return s
+    s = s.split("#", 1)[0].split("?", 1)[0]
+    parts = [p for p in s.split("/") if p]
+    # GS1 Digital Link: .../01/{GTIN}/21/{serial}
+    for i in range(len(parts) - 1):
+        if parts[i] == "21" and i >= 2 and parts[i - 2] == "01":
+            return parts[i + 1]
+    return parts[-1] if parts else ""
+
+
+def validate_url_base(url_base: str, code_length: int) -> str:
+    """Check that ``url_base + code`` fits QR version 3-M in alphanumeric mode."""
+    if not isinstance(url_base, str) or not url_base:
+        raise ValueError("url base must be a non-empty string such as HTTPS://S.EXAMPLE.CN/Q/")
+    base = url_base.upper()
+    bad = sorted(set(base) - _QR_ALNUM)
+    if bad:
+        raise ValueError(
+            f"url base {url_base!r} has characters outside QR alphanumeric mode: {''.join(bad)!r}"
+        )
+    if not base.endswith("/"):
+        raise ValueError("url base must end with '/'")
+    if len(base) + code_length > QR_V3M_ALPHANUMERIC_CAPACITY:
+        raise ValueError(
+            f"url base is {len(base)} characters; with a {code_length}-character code the URL "
+            f"exceeds the {QR_V3M_ALPHANUMERIC_CAPACITY} that fit QR version 3-M"
+        )
+    return base
+
+
+def short_url(code: str, url_base: str) -> str:
+    """``HTTPS://S.EXAMPLE.CN/Q/<code>``: uppercase, QR alphanumeric mode."""
+    return url_base + code
+
+
+def gs1_check_digit(digits: str) -> int:
+    """GS1 mod-10 check digit for the digits that precede it (GTIN, SSCC, ...)."""
+    if not digits.isdigit():
+        raise ValueError("GS1 keys are digits only")
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        total += int(ch) * (3 if i % 2 == 0 else 1)
+    return (10 - total % 10) % 10
+
+
+def digital_link(code: str, gtin: str, domain: str) -> str:
+    """GS1 Digital Link URI ``https://{domain}/01/{GTIN-14}/21/{code}``."""
+    if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
+        raise ValueError("GTIN must be 8, 12, 13 or 14 digits")
+    if gs1_check_digit(gtin[:-1]) != int(gtin[-1]):
+        raise ValueError(f"GTIN {gtin} has a wrong check digit")
+    if not domain or "/" in domain.strip("/"):
+        raise ValueError("domain must be a host name such as brand.example")
+    return f"https://{domain.strip('/')}/01/{gtin.zfill(14)}/21/{code}"

@@ -1,0 +1,117 @@
+"""Master keys, their versions, and the purpose keys derived from them with HKDF.
+
+APPSEC: a master key lives in ``<data>/keys/master-v<N>.key`` (32 random bytes, mode
+0600, folder 0700). It is never printed, logged or put in an error message; ``repr`` of
+a :class:`KeyRing` shows versions only. Every key used for anything is derived from a
+master key with HKDF-SHA256 and a purpose label, so one master key per version is the
+only secret to keep.
+
+Rotation adds a version; old versions stay so that every printed code keeps verifying.
+New batches use the newest version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from engine.errors import DataFolderError
+
+__all__ = ["KeyRing", "MASTER_KEY_BYTES"]
+
+MASTER_KEY_BYTES = 32
+_NAME = re.compile(r"^master-v(\d+)\.key$")
+
+
+class KeyRing:
+    """The versioned master keys of one data folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = Path(folder)
+        self._keys: dict[int, bytes] = {}
+        self._derived: dict[tuple[int, str, int], bytes] = {}
+        if not self._folder.is_dir():
+            raise DataFolderError(f"no key folder at {self._folder}; run `wuma init` first")
+        for p in self._folder.iterdir():
+            m = _NAME.match(p.name)
+            if not m:
+                continue
+            mode = stat.S_IMODE(p.stat().st_mode)
+            if mode & 0o077:
+                raise DataFolderError(
+                    f"{p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
+                )
+            data = p.read_bytes()
+            if len(data) != MASTER_KEY_BYTES:
+                raise DataFolderError(f"{p} is damaged: a master key file holds 32 bytes")
+            self._keys[int(m.group(1))] = data
+        if not self._keys:
+            raise DataFolderError(f"no master key in {self._folder}; run `wuma init` first")
+
+    def __repr__(self) -> str:  # APPSEC: never the key bytes
+        return f"KeyRing(versions={self.versions})"
+
+    @classmethod
+    def create(cls, folder: Path, random: bytes | None = None) -> "KeyRing":
+        """Make the key folder with master key version 1."""
+        folder = Path(folder)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        _write_key(folder / "master-v1.key", random or os.urandom(MASTER_KEY_BYTES))
+        return cls(folder)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._keys)
+
+    @property
+    def current(self) -> int:
+        return max(self._keys)
+
+    def rotate(self, random: bytes | None = None) -> int:
+        """Add a new master key version; returns it. Old versions keep working."""
+        version = self.current + 1
+        key = random or os.urandom(MASTER_KEY_BYTES)
+        _write_key(self._folder / f"master-v{version}.key", key)
+        self._keys[version] = key
+        return version
+
+    def derive(self, version: int, purpose: str, length: int = 32) -> bytes:
+        """HKDF-SHA256(master[version], info="wuma/<purpose>")."""
+        cache_key = (version, purpose, length)
+        got = self._derived.get(cache_key)
+        if got is not None:
+            return got
+        try:
+            master = self._keys[version]
+        except KeyError:
+            raise DataFolderError(f"master key version {version} is not in this data folder") from None
+        out = HKDF(hashes.SHA256(), length, salt=None, info=b"wuma/" + purpose.encode()).derive(master)
+        self._derived[cache_key] = out
+        return out
+
+    def signing_key(self, version: int | None = None) -> Ed25519PrivateKey:
+        """The brand's Ed25519 signing key of a version (derived, so versioned with it)."""
+        v = self.current if version is None else version
+        return Ed25519PrivateKey.from_private_bytes(self.derive(v, "brand-signing/ed25519"))
+
+
+def _write_key(path: Path, key: bytes) -> None:
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError("a master key is 32 bytes")
+    # O_EXCL: never overwrite a key that printed codes depend on.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DataFolderError(f"{path} already exists; refusing to overwrite a master key") from None
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

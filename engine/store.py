@@ -1,0 +1,94 @@
+"""The LMDB environment of a data folder: one file, named databases, msgpack values.
+
+Keys are compact big-endian integers wherever possible (they sort numerically and
+LMDB compares them as bytes). Writes go through :meth:`Store.write`, one transaction
+each: a write either lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import lmdb
+import msgpack
+
+__all__ = ["Store", "pack", "unpack", "u32", "u64"]
+
+#: Virtual size of the map; LMDB files are sparse, so this only caps growth.
+DEFAULT_MAP_SIZE = int(os.environ.get("WUMA_MAP_SIZE", str(1 << 40)))
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class Store:
+    """An open LMDB environment with named databases."""
+
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            max_dbs=64,
+            readonly=readonly,
+            max_readers=512,
+            # NOTE: sync=True + metasync=True: a committed transaction is on disk.
+            sync=True,
+            metasync=True,
+            lock=True,
+        )
+        self._dbs: dict[str, object] = {}
+        # NOTE: open_db(create=True) takes the write lock itself, so every database must be
+        # opened before (never inside) a write transaction: owners open theirs in __init__.
+        self._meta = self.db("meta")
+
+    def db(self, name: str, *, dupsort: bool = False, dupfixed: bool = False, integerdup: bool = False):
+        handle = self._dbs.get(name)
+        if handle is None:
+            handle = self.env.open_db(
+                name.encode(), create=True, dupsort=dupsort, dupfixed=dupfixed, integerdup=integerdup
+            )
+            self._dbs[name] = handle
+        return handle
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(write=False, buffers=False) as txn:
+            yield txn
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(write=True) as txn:
+            yield txn
+
+    def next_id(self, txn: lmdb.Transaction, counter: str) -> int:
+        """Allocate the next integer id of a counter, inside a write transaction."""
+        meta = self._meta
+        key = b"counter:" + counter.encode()
+        raw = txn.get(key, db=meta)
+        value = (int.from_bytes(raw, "big") if raw else 0) + 1
+        txn.put(key, value.to_bytes(8, "big"), db=meta)
+        return value
+
+    def close(self) -> None:
+        self.env.close()
