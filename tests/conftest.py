@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import pytest
+
+from engine import DataFolder
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A fresh data folder (beverage preset) on disk."""
+    d = DataFolder.init(tmp_path / "wuma-data")
+    yield d
+    d.close()

@@ -1,0 +1,52 @@
+"""Keys: file modes, never printed, HKDF purpose separation, damaged folders."""
+
+import os
+import stat
+
+import pytest
+
+from engine import DataFolder, DataFolderError
+from engine.keys import KeyRing
+
+
+def test_master_key_file_is_private(data):
+    key_dir = data.path / "keys"
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    f = key_dir / "master-v1.key"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert len(f.read_bytes()) == 32
+
+
+def test_key_never_in_repr_or_config(data):
+    master = (data.path / "keys" / "master-v1.key").read_bytes()
+    assert master.hex() not in repr(data.keys)
+    config = (data.path / "wuma.json").read_bytes()
+    assert master not in config and master.hex().encode() not in config
+
+
+def test_purpose_keys_are_separated(data):
+    a = data.keys.derive(1, "code-ff1/base32", 16)
+    b = data.keys.derive(1, "code-ff1/decimal", 16)
+    assert a != b and len(a) == 16
+    v2 = data.keys.rotate()
+    assert data.keys.derive(v2, "code-ff1/base32", 16) != a
+
+
+def test_refuses_group_readable_key(data):
+    f = data.path / "keys" / "master-v1.key"
+    os.chmod(f, 0o644)
+    with pytest.raises(DataFolderError, match="chmod 600"):
+        KeyRing(data.path / "keys")
+
+
+def test_refuses_second_init_and_missing_folder(data, tmp_path):
+    with pytest.raises(DataFolderError, match="already"):
+        DataFolder.init(data.path)
+    with pytest.raises(DataFolderError, match="wuma init"):
+        DataFolder(tmp_path / "nowhere")
+
+
+def test_damaged_key_file(data):
+    (data.path / "keys" / "master-v1.key").write_bytes(b"short")
+    with pytest.raises(DataFolderError, match="damaged"):
+        KeyRing(data.path / "keys")
