@@ -69,14 +69,17 @@ def verify_latency(data: DataFolder, n: int = 20_000) -> dict:
     return out
 
 
+# NOTE: VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of a
+# big parent (pytest after the 10M-code tests) would report the parent's peak.
 _RSS_SCRIPT = """
-import resource, sys
+import sys
 from engine import DataFolder
 data = DataFolder(sys.argv[1])
 batch = data.batches.get(int(sys.argv[2]))
 with open('/dev/null', 'wb') as fh:
     n = data.codes.export_csv(batch, fh)
-print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]
+print(n, int(hwm) * 1024)
 """
 
 
