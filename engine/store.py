@@ -43,7 +43,8 @@ def unpack(data: bytes):
 class Store:
     """An open LMDB environment with named databases."""
 
-    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
+                 sync: bool = True) -> None:
         self.path = Path(path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -52,9 +53,10 @@ class Store:
             max_dbs=64,
             readonly=readonly,
             max_readers=512,
-            # NOTE: sync=True + metasync=True: a committed transaction is on disk.
-            sync=True,
-            metasync=True,
+            # NOTE: sync=True + metasync=True: a committed transaction is on disk. Only
+            # stores whose loss is harmless (rate counters) pass sync=False.
+            sync=sync,
+            metasync=sync,
             lock=True,
         )
         self._dbs: dict[str, object] = {}

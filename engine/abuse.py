@@ -1,0 +1,175 @@
+"""Abuse control for the scan API: rate limits and enumeration bans, shared by all workers.
+
+A *subject* is one client identity: ``ip:203.0.113.9``, ``device:abc``, ``account:s-17``.
+Every gunicorn worker opens the same LMDB files, so a ban written by one worker holds in
+all of them at once.
+
+* Rate limits: a fixed one-minute window per subject. Counters live in a separate,
+  non-synced LMDB environment (``<data>/db-counters``): they are cheap to write and
+  losing them in a crash only forgets some counts.
+* Enumeration bans: more than ``invalid_threshold`` invalid codes from one subject within
+  ``invalid_window_s`` bans it for ``ban_s``. The ban, with its evidence (the codes tried
+  and when), goes to the durable store and is listed and lifted by ``wuma bans``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import NotFound
+from engine.store import Store, pack, unpack
+
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject"]
+
+_EVIDENCE_CODE_CHARS = 64
+
+
+def subject(kind: str, ident: str) -> str:
+    """``kind:ident``, e.g. ``ip:127.0.0.1``; the id is cut to 128 characters."""
+    return f"{kind}:{str(ident)[:128]}"
+
+
+@dataclass(frozen=True)
+class AbuseLimits:
+    """Configuration with sensible defaults (see the scan service docs)."""
+
+    rate_per_minute: int = 600
+    invalid_threshold: int = 20
+    invalid_window_s: int = 600
+    ban_s: int = 3600
+    evidence_max: int = 50
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"abuse limit {name} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class Ban:
+    subject: str
+    reason: str
+    created_at: float
+    expires_at: float
+    evidence: list = field(default_factory=list)  # [[time, code], ...]
+    lifted_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.lifted_at is None and now < self.expires_at
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AbuseGuard:
+    """Rate limits and bans over the data folder's stores."""
+
+    def __init__(self, store: Store, counters_path: Path, limits: AbuseLimits | None = None) -> None:
+        self.limits = limits or AbuseLimits()
+        self._store = store
+        self._bans = store.db("bans")
+        # NOTE: sync=False/metasync=False: counters may be lost in a crash; bans may not.
+        self._counters = Store(counters_path, map_size=1 << 32, sync=False)
+        self._rate = self._counters.db("rate")
+        self._invalid = self._counters.db("invalid")
+
+    def close(self) -> None:
+        self._counters.close()
+
+    # -- bans -------------------------------------------------------------------------
+    def banned(self, subjects: list[str], now: float | None = None) -> Ban | None:
+        """The first active ban among ``subjects``, or None."""
+        now = time.time() if now is None else now
+        with self._store.read() as txn:
+            for s in subjects:
+                raw = txn.get(s.encode(), db=self._bans)
+                if raw is not None:
+                    ban = Ban(**unpack(raw))
+                    if ban.active(now):
+                        return ban
+        return None
+
+    def list_bans(self, now: float | None = None, *, include_inactive: bool = False) -> list[Ban]:
+        now = time.time() if now is None else now
+        with self._store.read() as txn:
+            bans = [Ban(**unpack(v)) for _, v in txn.cursor(db=self._bans)]
+        return [b for b in bans if include_inactive or b.active(now)]
+
+    def lift(self, subject_: str, now: float | None = None) -> Ban:
+        """Lift a ban now (kept, marked lifted, as a record)."""
+        now = time.time() if now is None else now
+        with self._store.write() as txn:
+            raw = txn.get(subject_.encode(), db=self._bans)
+            if raw is None:
+                raise NotFound(f"no ban for {subject_}")
+            d = unpack(raw)
+            d["lifted_at"] = now
+            txn.put(subject_.encode(), pack(d), db=self._bans)
+        with self._counters.write() as txn:
+            txn.delete(subject_.encode(), db=self._invalid)
+        return Ban(**d)
+
+    # -- rate limits ------------------------------------------------------------------
+    def over_rate(self, subjects: list[str], now: float | None = None) -> str | None:
+        """Count one request for each subject; return the first one over its limit."""
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        over = None
+        with self._counters.write() as txn:
+            for s in subjects:
+                key = s.encode()
+                raw = txn.get(key, db=self._rate)
+                m, n = unpack(raw) if raw else (minute, 0)
+                n = n + 1 if m == minute else 1
+                txn.put(key, pack((minute, n)), db=self._rate)
+                if n > self.limits.rate_per_minute and over is None:
+                    over = s
+        return over
+
+    # -- enumeration ------------------------------------------------------------------
+    def record_invalid(self, subjects: list[str], code: str, now: float | None = None) -> Ban | None:
+        """Count an invalid code for each subject; ban those over the threshold."""
+        now = time.time() if now is None else now
+        lim = self.limits
+        to_ban: list[tuple[str, list]] = []
+        with self._counters.write() as txn:
+            for s in subjects:
+                key = s.encode()
+                raw = txn.get(key, db=self._invalid)
+                rec = unpack(raw) if raw else {"start": now, "n": 0, "evidence": []}
+                if now - rec["start"] > lim.invalid_window_s:
+                    rec = {"start": now, "n": 0, "evidence": []}
+                rec["n"] += 1
+                if len(rec["evidence"]) < lim.evidence_max:
+                    rec["evidence"].append([now, str(code)[:_EVIDENCE_CODE_CHARS]])
+                if rec["n"] > lim.invalid_threshold:
+                    to_ban.append((s, rec["evidence"]))
+                    txn.delete(key, db=self._invalid)
+                else:
+                    txn.put(key, pack(rec), db=self._invalid)
+        first = None
+        if to_ban:
+            with self._store.write() as txn:
+                for s, evidence in to_ban:
+                    ban = Ban(s, f"more than {lim.invalid_threshold} invalid codes in "
+                                 f"{lim.invalid_window_s} s", now, now + lim.ban_s, evidence)
+                    txn.put(s.encode(), pack(ban.to_dict()), db=self._bans)
+                    first = first or ban
+        return first
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop stale counters (old minutes, expired windows); returns entries removed."""
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        removed = 0
+        with self._counters.write() as txn:
+            for db, stale in ((self._rate, lambda v: v[0] < minute),
+                              (self._invalid, lambda v: now - v["start"] > self.limits.invalid_window_s)):
+                cur = txn.cursor(db=db)
+                for key, raw in list(cur):
+                    if stale(unpack(raw)):
+                        txn.delete(key, db=db)
+                        removed += 1
+        return removed

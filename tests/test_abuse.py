@@ -1,0 +1,84 @@
+"""Abuse control: rate limits, enumeration bans with evidence, shared across processes."""
+
+import multiprocessing as mp
+
+import pytest
+
+from engine import NotFound
+from engine.abuse import AbuseGuard, AbuseLimits, subject
+from engine.store import Store
+
+
+@pytest.fixture
+def guard(tmp_path):
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", AbuseLimits(rate_per_minute=5, invalid_threshold=3,
+                                                                 invalid_window_s=60, ban_s=300))
+    yield g
+    g.close()
+    store.close()
+
+
+def test_rate_limit_per_minute_window(guard):
+    ip = subject("ip", "203.0.113.9")
+    assert [guard.over_rate([ip], now=1000.0 + i) for i in range(5)] == [None] * 5
+    assert guard.over_rate([ip], now=1006.0) == ip
+    assert guard.over_rate([subject("ip", "198.51.100.1")], now=1006.0) is None
+    assert guard.over_rate([ip], now=1000.0 + 60) is None  # next minute
+
+
+def test_enumeration_ban_with_evidence_expires_and_lifts(guard):
+    dev = subject("device", "d1")
+    for i in range(3):
+        assert guard.record_invalid([dev], f"FAKE{i}", now=100.0 + i) is None
+    ban = guard.record_invalid([dev], "FAKE3", now=104.0)
+    assert ban is not None and ban.subject == dev
+    assert [c for _, c in ban.evidence] == ["FAKE0", "FAKE1", "FAKE2", "FAKE3"]
+    assert guard.banned([subject("ip", "x"), dev], now=105.0).subject == dev
+    assert guard.banned([dev], now=104.0 + 301) is None  # expired
+    assert [b.subject for b in guard.list_bans(now=105.0)] == [dev]
+    guard.lift(dev, now=106.0)
+    assert guard.banned([dev], now=107.0) is None
+    assert guard.list_bans(now=107.0) == []
+    assert guard.list_bans(now=107.0, include_inactive=True)[0].lifted_at == 106.0
+    with pytest.raises(NotFound):
+        guard.lift(subject("ip", "never"))
+
+
+def test_invalid_window_resets(guard):
+    dev = subject("device", "slow")
+    for i in range(10):  # one invalid code every 61 s never reaches the threshold
+        assert guard.record_invalid([dev], "X", now=1000.0 + 61 * i) is None
+
+
+def test_sweep_drops_stale_counters(guard):
+    guard.over_rate([subject("ip", "a")], now=0.0)
+    guard.record_invalid([subject("ip", "a")], "X", now=0.0)
+    assert guard.sweep(now=10_000.0) == 2
+
+
+def _ban_from_other_process(path):
+    store = Store(path / "db")
+    g = AbuseGuard(store, path / "db-counters", AbuseLimits(invalid_threshold=1))
+    g.record_invalid(["ip:10.9.9.9"], "A")
+    g.record_invalid(["ip:10.9.9.9"], "B")
+    g.close()
+    store.close()
+
+
+def test_ban_holds_across_processes(tmp_path):
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters")
+    assert g.banned(["ip:10.9.9.9"]) is None
+    p = mp.get_context("spawn").Process(target=_ban_from_other_process, args=(tmp_path,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert g.banned(["ip:10.9.9.9"]).subject == "ip:10.9.9.9"
+    g.close()
+    store.close()
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="ban_s"):
+        AbuseLimits(ban_s=0)
