@@ -1,0 +1,162 @@
+"""Durable scan records with group commit.
+
+Every scan updates its unit's scan record (count, first scan time and place, last scan;
+per role) and appends a scan event. :meth:`ScanLog.record` returns only after the write
+is committed and fsync'ed (the store is opened with sync=True) — so an acknowledged scan
+survives ``kill -9`` of the process.
+
+PERF: one fsync per scan caps a disk at ~1.5k scans/s. Callers on many threads hand
+their writes to one committer thread, which commits everything waiting in one
+transaction and one fsync (group commit), then wakes all of them. Counters are exact
+across processes because LMDB has a single writer at a time and every update is a
+read-modify-write inside the write transaction.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from engine.store import Store, pack, u64, unpack
+
+__all__ = ["ScanLog", "ScanRecord"]
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """Scan history of one code (unit + role) after the scan that returned it."""
+
+    count: int
+    first_at: float
+    first_region: str | None
+    first_device: str | None
+    last_at: float
+    last_region: str | None
+    seq: int  # the event sequence number of this scan
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _record_key(unit_id: int, role_index: int) -> bytes:
+    return u64(unit_id) + bytes([role_index])
+
+
+class ScanLog:
+    """Per-code scan records and the append-only scan event log, group-committed."""
+
+    def __init__(self, store: Store, *, max_group: int = 512) -> None:
+        self._store = store
+        self._records = store.db("scan_records")
+        self._events = store.db("scan_events")
+        self._max_group = max_group
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- writing ----------------------------------------------------------------------
+    def record(self, unit_id: int, role_index: int, event: dict) -> ScanRecord:
+        """Apply one scan durably; returns the code's updated scan record.
+
+        ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
+        it is stored as the scan event with its sequence number.
+        """
+        fut: Future = Future()
+        self._ensure_thread()
+        self._queue.put((unit_id, role_index, event, fut))
+        return fut.result()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("scan log is closed")
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="wuma-scan-commit",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            while len(group) < self._max_group:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                group.append(nxt)
+            self._commit(group)
+
+    def _commit(self, group: list) -> None:
+        results = []
+        try:
+            with self._store.write() as txn:
+                for unit_id, role_index, event, _ in group:
+                    results.append(self._apply(txn, unit_id, role_index, event))
+        except Exception as e:  # the whole group failed: nobody is acknowledged
+            for *_, fut in group:
+                fut.set_exception(e)
+            return
+        for (*_, fut), res in zip(group, results):
+            fut.set_result(res)
+
+    def _apply(self, txn, unit_id: int, role_index: int, event: dict) -> ScanRecord:
+        seq = self._store.next_id(txn, "scan_event")
+        key = _record_key(unit_id, role_index)
+        raw = txn.get(key, db=self._records)
+        at = float(event["at"])
+        region, device = event.get("region"), event.get("device")
+        if raw is None:
+            rec = [0, at, region, device, at, region]
+        else:
+            rec = unpack(raw)
+        rec[0] += 1
+        rec[4], rec[5] = at, region
+        txn.put(key, pack(rec), db=self._records)
+        txn.put(u64(seq), pack({**event, "unit": unit_id, "role": role_index, "seq": seq}),
+                db=self._events)
+        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+                self._thread = None
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, unit_id: int, role_index: int) -> ScanRecord | None:
+        """The code's scan record without scanning it (read-only check)."""
+        with self._store.read() as txn:
+            raw = txn.get(_record_key(unit_id, role_index), db=self._records)
+        if raw is None:
+            return None
+        rec = unpack(raw)
+        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], 0)
+
+    def events(self, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Scan events with sequence number > ``after``, oldest first."""
+        out = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._events)
+            if not cur.set_range(u64(after + 1)):
+                return out
+            for _, raw in cur:
+                out.append(unpack(raw))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def count_events(self) -> int:
+        with self._store.read() as txn:
+            return txn.stat(self._events)["entries"]
