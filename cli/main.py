@@ -298,5 +298,11 @@ def bench(quick, as_json):
     click.echo(f"machine: {results['machine']}")
 
 
+from cli.scan import account, bans  # noqa: E402
+
+cli.add_command(account)
+cli.add_command(bans)
+
+
 def main() -> None:  # pragma: no cover
     cli()

@@ -5,6 +5,7 @@ Layout::
     <data>/wuma.json      packaging spec, URL base, settings (no secrets)
     <data>/keys/          master-v<N>.key, mode 0600 (see engine.keys)
     <data>/db/            LMDB environment (data.mdb, lock.mdb)
+    <data>/db-counters/   LMDB environment for rate counters (not synced: losable)
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import cached_property
 from pathlib import Path
+
+from engine.abuse import AbuseGuard, AbuseLimits
+from engine.accounts import AccountRegistry
 
 from engine.batches import Batch, BatchRegistry
 from engine.codes import CodeEngine
@@ -70,6 +75,16 @@ class DataFolder:
         os.replace(tmp, path / _CONFIG)
         return cls(path)
 
+    @cached_property
+    def accounts(self) -> AccountRegistry:
+        """Scanning accounts (stores, distributors, sales reps, shop assistants)."""
+        return AccountRegistry(self.store)
+
+    @cached_property
+    def abuse(self) -> AbuseGuard:
+        """Rate limits and bans; counters in ``<data>/db-counters`` (not synced)."""
+        return AbuseGuard(self.store, self.path / "db-counters", AbuseLimits(**self.config.get("abuse", {})))
+
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
         """Register a batch under the current key version (metadata only)."""
         return self.batches.create(level, count, self.keys.current, note=note)
@@ -81,6 +96,8 @@ class DataFolder:
         return version
 
     def close(self) -> None:
+        if "abuse" in self.__dict__:
+            self.abuse.close()
         self.store.close()
 
     def __enter__(self) -> "DataFolder":

@@ -111,3 +111,19 @@ def test_key_rotate_and_list(run):
     assert json.loads(run("key", "list", "--json").output) == {"current": 2, "versions": [1, 2]}
     b = json.loads(run("batch", "create", "--level", "cap", "--count", "10", "--json").output)
     assert b["key_version"] == 2
+
+
+def test_accounts_and_bans(run):
+    run("init")
+    run("account", "add", "gz-1", "--role", "distributor", "--region", "4401")
+    out = json.loads(run("account", "add", "s-1", "--role", "store", "--distributor", "gz-1", "--json").output)
+    assert out["token"].startswith("wm_s-1_")
+    listed = run("account", "list", "--json").output
+    assert out["token"] not in listed
+    assert [json.loads(x)["id"] for x in listed.splitlines()] == ["gz-1", "s-1"]
+    assert json.loads(run("account", "revoke", "s-1", "--json").output)["revoked_at"]
+    res = run("account", "add", "s-2", "--role", "store", "--distributor", "nobody", ok=False)
+    assert "no distributor account nobody" in res.output
+    assert run("bans", "list").output == ""
+    res = run("bans", "lift", "ip:1.2.3.4", ok=False)
+    assert "no ban for ip:1.2.3.4" in res.output

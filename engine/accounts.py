@@ -1,0 +1,124 @@
+"""Registered scanning accounts (stores, distributors, sales reps, shop assistants).
+
+Consumers scan anonymously; every other role scans as an account with an API token.
+
+APPSEC: a token is 32 random bytes shown once at creation (``wm_<id>_<64 hex>``); only
+its SHA-256 is stored, and it is compared in constant time. Revoked accounts and
+unknown tokens get the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from engine.errors import Conflict, NotFound
+from engine.store import Store, pack, unpack
+
+__all__ = ["Account", "AccountRegistry", "ACCOUNT_ROLES", "ACTOR_ROLES"]
+
+#: Roles that scan with an account and a bearer token.
+ACCOUNT_ROLES = ("store", "distributor", "sales_rep", "shop_assistant")
+#: Every actor role a scan can carry.
+ACTOR_ROLES = ("consumer",) + ACCOUNT_ROLES
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REGION = re.compile(r"^\d{2,12}$")
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    role: str
+    name: str
+    region: str | None
+    distributor: str | None  # for a store: the distributor it buys from
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class AccountRegistry:
+    """Accounts and their hashed tokens in the ``accounts`` database."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._db = store.db("accounts")
+
+    def add(self, account_id: str, role: str, *, name: str = "", region: str | None = None,
+            distributor: str | None = None, now: float | None = None) -> tuple[Account, str]:
+        """Create an account; returns it with its token (shown once, stored hashed)."""
+        if not isinstance(account_id, str) or not _ID.match(account_id):
+            raise ValueError("account id: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+        if role not in ACCOUNT_ROLES:
+            raise ValueError(f"role must be one of {', '.join(ACCOUNT_ROLES)}")
+        if region is not None and not _REGION.match(region):
+            raise ValueError("region must be an administrative division code such as 4401 or 440106")
+        if distributor is not None and role != "store":
+            raise ValueError("only a store has a distributor it buys from")
+        secret = os.urandom(32).hex()  # hex: no "_", so the id/secret split is unambiguous
+        account = Account(account_id, role, name, region, distributor,
+                          time.time() if now is None else now)
+        with self._store.write() as txn:
+            if distributor is not None:
+                raw = txn.get(distributor.encode(), db=self._db)
+                if raw is None or unpack(raw)["account"]["role"] != "distributor":
+                    raise NotFound(f"no distributor account {distributor}")
+            if not txn.put(account_id.encode(), pack({"account": account.to_dict(), "token": _hash(secret)}),
+                           db=self._db, overwrite=False):
+                raise Conflict(f"account {account_id} already exists")
+        return account, f"wm_{account_id}_{secret}"
+
+    def get(self, account_id: str) -> Account:
+        with self._store.read() as txn:
+            raw = txn.get(account_id.encode(), db=self._db)
+        if raw is None:
+            raise NotFound(f"no account {account_id}")
+        return Account(**unpack(raw)["account"])
+
+    def list(self, role: str | None = None) -> list[Account]:
+        with self._store.read() as txn:
+            accounts = [Account(**unpack(v)["account"]) for _, v in txn.cursor(db=self._db)]
+        return [a for a in accounts if role is None or a.role == role]
+
+    def revoke(self, account_id: str, now: float | None = None) -> Account:
+        with self._store.write() as txn:
+            raw = txn.get(account_id.encode(), db=self._db)
+            if raw is None:
+                raise NotFound(f"no account {account_id}")
+            rec = unpack(raw)
+            if rec["account"]["revoked_at"] is None:
+                rec["account"]["revoked_at"] = time.time() if now is None else now
+                txn.put(account_id.encode(), pack(rec), db=self._db)
+        return Account(**rec["account"])
+
+    def authenticate(self, token: object) -> Account | None:
+        """The active account a bearer token belongs to, or None (never says why)."""
+        if not isinstance(token, str) or not token.startswith("wm_") or len(token) > 200:
+            return None
+        body = token[3:]
+        account_id, sep, secret = body.rpartition("_")
+        if not sep or not account_id:
+            return None
+        with self._store.read() as txn:
+            raw = txn.get(account_id.encode(), db=self._db)
+        if raw is None:
+            return None
+        rec = unpack(raw)
+        if not hmac.compare_digest(rec["token"], _hash(secret)):
+            return None
+        account = Account(**rec["account"])
+        return account if account.active else None

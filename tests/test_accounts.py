@@ -1,0 +1,53 @@
+"""Accounts: tokens shown once and stored hashed, revocation, validation."""
+
+import pytest
+
+from engine import Conflict, NotFound
+from engine.accounts import AccountRegistry
+from engine.store import Store
+
+
+@pytest.fixture
+def accounts(tmp_path):
+    store = Store(tmp_path / "db")
+    yield AccountRegistry(store), tmp_path
+    store.close()
+
+
+def test_token_authenticates_and_is_stored_hashed(accounts):
+    reg, path = accounts
+    dist, _ = reg.add("gz-dist_1", "distributor", name="Guangzhou Trading", region="4401")
+    store, token = reg.add("store_7", "store", region="440106", distributor="gz-dist_1")
+    assert reg.authenticate(token).id == "store_7"
+    assert store.distributor == dist.id
+    assert token.encode() not in (path / "db" / "data.mdb").read_bytes()
+    assert token.split("_")[-1].encode() not in (path / "db" / "data.mdb").read_bytes()
+
+
+def test_wrong_revoked_and_malformed_tokens(accounts):
+    reg, _ = accounts
+    _, token = reg.add("rep-1", "sales_rep")
+    for bad in (token[:-1] + ("0" if token[-1] != "0" else "1"), "wm_rep-1_", "", None, 7,
+                "Bearer " + token, "wm_nobody_" + "0" * 64, "x" * 10_000):
+        assert reg.authenticate(bad) is None
+    reg.revoke("rep-1")
+    assert reg.authenticate(token) is None
+    assert not reg.get("rep-1").active
+
+
+def test_validation_and_conflicts(accounts):
+    reg, _ = accounts
+    reg.add("a1", "shop_assistant")
+    with pytest.raises(Conflict):
+        reg.add("a1", "store")
+    with pytest.raises(ValueError, match="role"):
+        reg.add("c1", "consumer")
+    with pytest.raises(ValueError, match="region"):
+        reg.add("s1", "store", region="Guangzhou")
+    with pytest.raises(NotFound, match="distributor"):
+        reg.add("s2", "store", distributor="a1")
+    with pytest.raises(ValueError, match="account id"):
+        reg.add("bad id", "store")
+    assert [a.id for a in reg.list("shop_assistant")] == ["a1"]
+    with pytest.raises(NotFound):
+        reg.revoke("zz")
