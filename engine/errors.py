@@ -4,7 +4,8 @@ Authentication failures are opaque on purpose (like Fernet's ``InvalidToken``): 
 that is forged, mistyped or malformed is simply *invalid*, with no hint about why.
 """
 
-__all__ = ["WumaError", "NotFound", "Conflict", "DataFolderError", "InvalidCode"]
+__all__ = ["WumaError", "NotFound", "Conflict", "DataFolderError", "InvalidCode", "Unauthorized",
+           "Banned", "RateLimited"]
 
 
 class WumaError(Exception):
@@ -28,3 +29,24 @@ class InvalidCode(WumaError):
 
     def __init__(self) -> None:
         super().__init__("invalid code")
+
+
+class Unauthorized(WumaError):
+    """Missing or bad credentials. Deliberately says nothing more."""
+
+
+class Banned(WumaError):
+    """The client is banned (enumeration); carries when the ban ends."""
+
+    def __init__(self, subject: str, until: float) -> None:
+        super().__init__("this client is blocked for too many invalid codes")
+        self.subject = subject
+        self.until = until
+
+
+class RateLimited(WumaError):
+    """Too many requests from one client in the current window."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many requests; slow down")
+        self.retry_after = retry_after

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 from engine.store import Store, pack, u64, unpack
 
-__all__ = ["ScanLog", "ScanRecord"]
+__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX"]
+
+#: Distinct regions/devices remembered per code: enough to call a code copied.
+DISTINCT_MAX = 16
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class ScanRecord:
     last_at: float
     last_region: str | None
     seq: int  # the event sequence number of this scan
+    regions: tuple = ()  # distinct regions seen (at most DISTINCT_MAX)
+    devices: int = 0  # distinct devices seen (capped at DISTINCT_MAX)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -51,6 +56,7 @@ class ScanLog:
         self._store = store
         self._records = store.db("scan_records")
         self._events = store.db("scan_events")
+        self._alerts = store.db("scan_alerts")
         self._max_group = max_group
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -116,15 +122,26 @@ class ScanLog:
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")
         if raw is None:
-            rec = [0, at, region, device, at, region]
+            rec = [0, at, region, device, at, region, [], []]
         else:
             rec = unpack(raw)
         rec[0] += 1
         rec[4], rec[5] = at, region
+        for slot, value in ((6, region), (7, device)):
+            if value is not None and value not in rec[slot] and len(rec[slot]) < DISTINCT_MAX:
+                rec[slot].append(value)
         txn.put(key, pack(rec), db=self._records)
-        txn.put(u64(seq), pack({**event, "unit": unit_id, "role": role_index, "seq": seq}),
-                db=self._events)
-        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq)
+        stored = {**event, "unit": unit_id, "role": role_index, "seq": seq}
+        txn.put(u64(seq), pack(stored), db=self._events)
+        diverted = event.get("diverted")
+        if diverted:
+            # Alerts by distributor: key = distributor id, NUL, seq (listed per distributor).
+            txn.put(diverted["distributor"].encode() + b"\0" + u64(seq), pack(stored), db=self._alerts)
+        return self._to_record(rec, seq)
+
+    @staticmethod
+    def _to_record(rec: list, seq: int) -> ScanRecord:
+        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq, tuple(rec[6]), len(rec[7]))
 
     def close(self) -> None:
         with self._lock:
@@ -141,8 +158,7 @@ class ScanLog:
             raw = txn.get(_record_key(unit_id, role_index), db=self._records)
         if raw is None:
             return None
-        rec = unpack(raw)
-        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], 0)
+        return self._to_record(unpack(raw), 0)
 
     def events(self, after: int = 0, limit: int = 1000) -> list[dict]:
         """Scan events with sequence number > ``after``, oldest first."""
@@ -156,6 +172,30 @@ class ScanLog:
                 if len(out) >= limit:
                     break
         return out
+
+    def alerts(self, distributor: str | None = None, limit: int = 1000) -> list[dict]:
+        """Diversion alerts (scan events marked ``diverted``), per distributor if given."""
+        out = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._alerts)
+            prefix = distributor.encode() + b"\0" if distributor else b""
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append(unpack(raw))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def alert_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._store.read() as txn:
+            for key in txn.cursor(db=self._alerts).iternext(keys=True, values=False):
+                d = key[:-9].decode()
+                counts[d] = counts.get(d, 0) + 1
+        return counts
 
     def count_events(self) -> int:
         with self._store.read() as txn:
