@@ -298,10 +298,16 @@ def bench(quick, as_json):
     click.echo(f"machine: {results['machine']}")
 
 
-from cli.scan import account, bans  # noqa: E402
+from cli.packs import line, pack  # noqa: E402
+
+cli.add_command(line); cli.add_command(pack)
+
+
+from cli.scan import account, bans, serve  # noqa: E402
 
 cli.add_command(account)
 cli.add_command(bans)
+cli.add_command(serve)
 
 
 def main() -> None:  # pragma: no cover

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import click
@@ -96,3 +98,28 @@ def bans_lift(data, subject, as_json):
     """
     b = data.abuse.lift(subject)
     emit(b.to_dict(), as_json, f"ban on {b.subject} lifted")
+
+
+@click.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="Address to listen on.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
+@click.option("--threads", type=int, default=16, show_default=True, help="Threads per worker.")
+@click.pass_context
+def serve(ctx, bind, workers, threads):
+    """Run the scan API under gunicorn (config: engine/gunicorn_conf.py).
+
+    Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
+    """
+    from engine import DataFolder, WumaError, default_data_path
+
+    path = ctx.find_root().params.get("data") or default_data_path()
+    try:
+        DataFolder(path).close()  # fail here, with a clear message, not in every worker
+    except WumaError as e:
+        raise click.ClickException(str(e)) from None
+    env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads))
+    if workers:
+        env["WUMA_WORKERS"] = str(workers)
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
+            "engine.http_scan:app_from_env()"]
+    os.execve(sys.executable, argv, env)

@@ -71,12 +71,12 @@ class AbuseGuard:
         self._store = store
         self._bans = store.db("bans")
         # NOTE: sync=False/metasync=False: counters may be lost in a crash; bans may not.
-        self._counters = Store(counters_path, map_size=1 << 32, sync=False)
-        self._rate = self._counters.db("rate")
-        self._invalid = self._counters.db("invalid")
+        self.counters = Store(counters_path, map_size=1 << 32, sync=False)
+        self._rate = self.counters.db("rate")
+        self._invalid = self.counters.db("invalid")
 
     def close(self) -> None:
-        self._counters.close()
+        self.counters.close()
 
     # -- bans -------------------------------------------------------------------------
     def banned(self, subjects: list[str], now: float | None = None) -> Ban | None:
@@ -107,7 +107,7 @@ class AbuseGuard:
             d = unpack(raw)
             d["lifted_at"] = now
             txn.put(subject_.encode(), pack(d), db=self._bans)
-        with self._counters.write() as txn:
+        with self.counters.write() as txn:
             txn.delete(subject_.encode(), db=self._invalid)
         return Ban(**d)
 
@@ -117,7 +117,7 @@ class AbuseGuard:
         now = time.time() if now is None else now
         minute = int(now // 60)
         over = None
-        with self._counters.write() as txn:
+        with self.counters.write() as txn:
             for s in subjects:
                 key = s.encode()
                 raw = txn.get(key, db=self._rate)
@@ -134,7 +134,7 @@ class AbuseGuard:
         now = time.time() if now is None else now
         lim = self.limits
         to_ban: list[tuple[str, list]] = []
-        with self._counters.write() as txn:
+        with self.counters.write() as txn:
             for s in subjects:
                 key = s.encode()
                 raw = txn.get(key, db=self._invalid)
@@ -164,7 +164,7 @@ class AbuseGuard:
         now = time.time() if now is None else now
         minute = int(now // 60)
         removed = 0
-        with self._counters.write() as txn:
+        with self.counters.write() as txn:
             for db, stale in ((self._rate, lambda v: v[0] < minute),
                               (self._invalid, lambda v: now - v["start"] > self.limits.invalid_window_s)):
                 cur = txn.cursor(db=db)

@@ -1,0 +1,103 @@
+"""Demo step: a print line's keys, an encrypted split-key pack, opened on the line.
+
+Registered with ``cli.demo.step`` on import (the lead imports this module from the demo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cli.demo import step
+
+
+@step
+def packs(d) -> None:
+    print("\n== Encrypted code packs for a print line (码包)")
+    brand_keys = d.work / "brand-keys.json"
+    line_dir = d.work / "line-L1"
+    packs_dir = d.work / "packs"
+    shutil.rmtree(line_dir, ignore_errors=True)
+    shutil.rmtree(packs_dir, ignore_errors=True)
+    d.wuma("line", "brand-keys", "-o", str(brand_keys))
+    d.wuma("line", "keygen", "-o", str(line_dir), "--brand-key", str(brand_keys))
+    d.wuma("line", "add", "L1", "--pubkey", str(line_dir / "line.pub"))
+    out = d.wuma(
+        "pack",
+        "export",
+        "1",
+        "--line",
+        "L1",
+        "--range",
+        "0:1000000",
+        "--parts",
+        "2",
+        "--split-key",
+        "-o",
+        str(packs_dir),
+        "--json",
+    )
+    first = json.loads(out.splitlines()[0])
+    print("\n  the line controller pulls its packs over HTTP (pull server on loopback):")
+    pulled = d.work / "line-L1-pulled"
+    shutil.rmtree(pulled, ignore_errors=True)
+    server, url = _start_pull_server(d.data)
+    try:
+        d.wuma("pack", "pull", "--line", str(line_dir), "--server", url, "-o", str(pulled))
+    finally:
+        server.terminate()
+        server.wait(20)
+    first["path"] = str(pulled / Path(first["path"]).name)
+    codes = d.work / "line-L1-codes.csv"
+    receipt = d.work / "line-L1-receipt.json"
+    print("\n  without the key share (sent separately) the pack does not open:")
+    d.wuma("pack", "open", first["path"], "--key", str(line_dir), "-o", str(codes), check=False)
+    d.wuma(
+        "pack",
+        "open",
+        first["path"],
+        "--key",
+        str(line_dir),
+        "--share",
+        first["share"],
+        "-o",
+        str(codes),
+        "--url",
+        "--receipt",
+        str(receipt),
+    )
+    rows = codes.read_text().splitlines()
+    print(f"  ({len(rows) - 1:,} rows; first: {rows[1]})")
+    _, outer, inner = rows[1].split(",")
+    d.wuma("code", "verify", outer, inner)
+    d.wuma("pack", "report", str(receipt))
+    d.wuma("pack", "list", "--line", "L1")
+    codes.unlink()
+
+
+def _start_pull_server(data: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, WUMA_DATA=str(data), WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
+                             "engine.http_packs:app_from_env()"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/packs", timeout=2)
+        except urllib.error.HTTPError:
+            return proc, url  # 401 without a signature: the server is up
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("pack pull server did not start")

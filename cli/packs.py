@@ -1,0 +1,363 @@
+"""``wuma line`` and ``wuma pack``: print lines, and the encrypted code packs sent to them.
+
+Brand side (needs ``--data``): ``line add/list/revoke/brand-keys``, ``pack export/list/
+revoke/report``. Line controller side (no data folder): ``line keygen``, ``pack open``.
+
+Trust set-up, once per line::
+
+    brand$  wuma line brand-keys -o brand-keys.json        # public; give it to the line
+    line$   wuma line keygen -o /etc/wuma-line --brand-key brand-keys.json
+    brand$  wuma line add L1 --pubkey line.pub             # line.pub from the line
+
+``pack open`` checks packs against ``<key folder>/brand-keys.json`` (or ``--brand-key``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import _parse_range, _progress_enabled, emit, library_errors, pass_data
+from engine.lines import (
+    BRAND_KEYS_FILE,
+    LINE_PUBLIC_FILE,
+    LineKeys,
+    generate_line_keys,
+    load_brand_keys,
+)
+from engine.packs import PackRegistry, open_pack, open_pack_to_file
+
+__all__ = ["line", "pack"]
+
+
+def _line_text(ln) -> str:
+    state = "revoked" if ln.revoked else "active"
+    return f"line {ln.name}: key {ln.fingerprint} {state}"
+
+
+@click.group()
+def line():
+    """Print lines: their keys, and the brand's registry of them.
+
+    Example: wuma line add L1 --pubkey line.pub
+    """
+
+
+@line.command("keygen")
+@click.option(
+    "-o",
+    "--output",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Key folder to create on the line controller (private keys stay here).",
+)
+@click.option(
+    "--brand-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The brand's brand-keys.json, kept in the folder to check packs against.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_errors
+def line_keygen(folder, brand_key, as_json):
+    """Make a line's key pair (X25519 + Ed25519; private files 0600) and line.pub.
+
+    Example: wuma line keygen -o /etc/wuma-line --brand-key brand-keys.json
+    """
+    keys = generate_line_keys(folder, brand_keys=brand_key.read_bytes() if brand_key else None)
+    pub = folder / LINE_PUBLIC_FILE
+    emit(
+        {"folder": str(folder), "public": str(pub), "fingerprint": keys.fingerprint},
+        as_json,
+        f"line key {keys.fingerprint} in {folder}; send {pub} to the brand (`wuma line add`)",
+    )
+
+
+@line.command("brand-keys")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="File to write (public keys only), or - for stdout.",
+)
+@click.option(
+    "--revoke-version",
+    type=int,
+    default=None,
+    help="First mark this key version's signing key revoked.",
+)
+@pass_data
+def line_brand_keys(data, output, revoke_version):
+    """Write the brand's public signing keys (brand-keys.json) for line controllers.
+
+    Example: wuma line brand-keys -o brand-keys.json
+    """
+    reg = PackRegistry(data)
+    if revoke_version is not None:
+        reg.lines.revoke_signer(revoke_version)
+    blob = reg.lines.brand_keys()
+    if output == "-":
+        sys.stdout.buffer.write(blob)
+    else:
+        Path(output).write_bytes(blob)
+        click.echo(f"wrote brand signing keys to {output}", err=True)
+
+
+@line.command("add")
+@click.argument("name")
+@click.option(
+    "--pubkey",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The line's line.pub (from `wuma line keygen`).",
+)
+@click.option("--note", default="", help="Free text kept with the line.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def line_add(data, name, pubkey, note, as_json):
+    """Register a print line by its public key file.
+
+    Example: wuma line add L1 --pubkey line.pub
+    """
+    ln = PackRegistry(data).lines.add(name, pubkey.read_bytes(), note=note)
+    emit(ln.to_dict(), as_json, _line_text(ln))
+
+
+@line.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_data
+def line_list(data, as_json):
+    """List print lines.
+
+    Example: wuma line list --json
+    """
+    for ln in PackRegistry(data).lines.list():
+        emit(ln.to_dict(), as_json, _line_text(ln))
+
+
+@line.command("revoke")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def line_revoke(data, name, as_json):
+    """Revoke a line: it gets no new packs.
+
+    Example: wuma line revoke L1
+    """
+    ln = PackRegistry(data).lines.revoke(name)
+    emit(ln.to_dict(), as_json, _line_text(ln))
+
+
+@click.group()
+def pack():
+    """Encrypted, signed code packs for print lines.
+
+    Example: wuma pack export 1 --line L1 --parts 4 -o packs/
+    """
+
+
+@pack.command("export")
+@click.argument("batch_id", type=int)
+@click.option("--line", "line_name", required=True, help="Registered line to encrypt for.")
+@click.option("--range", "serial_range", default=None, help="Serial range A:B (B exclusive).")
+@click.option(
+    "--parts", default=1, show_default=True, type=click.IntRange(1), help="Pack files to write."
+)
+@click.option(
+    "--split-key",
+    is_flag=True,
+    help="Split the key: the file alone cannot be opened; print a share to send separately.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the pack files.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_data
+def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_dir, as_json):
+    """Write encrypted, signed packs of a batch (or range) for one line.
+
+    Codes are regenerated from the keys and encrypted as they are made; no plaintext is
+    written. With --split-key each pack's share is printed once: send it by another
+    channel (it is not stored).
+
+    Example: wuma pack export 1 --line L1 --range 0:1000000 --parts 2 --split-key -o packs/
+    """
+    b = data.batches.get(batch_id)
+    start, stop = _parse_range(serial_range, b.count)
+    reg = PackRegistry(data)
+    if _progress_enabled():
+        with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
+            issued = reg.export(
+                batch_id,
+                line_name,
+                out_dir,
+                start=start,
+                stop=stop,
+                parts=parts,
+                split_key=split_key,
+                progress=bar.update,
+            )
+    else:
+        issued = reg.export(
+            batch_id, line_name, out_dir, start=start, stop=stop, parts=parts, split_key=split_key
+        )
+    for p in issued:
+        text = f"pack {p.id}: {p.path} serials {p.start}:{p.stop} ({p.count:,} units) for {p.line}"
+        if p.share:
+            text += f"\n  key share (send separately): {p.share}"
+        emit(p.to_dict(), as_json, text)
+
+
+@pack.command("open")
+@click.argument("pack_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--key",
+    "key_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The line's key folder (from `wuma line keygen`).",
+)
+@click.option("--share", default=None, help="Key share text, for packs exported with --split-key.")
+@click.option(
+    "--brand-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help=f"Brand key file (default: <key folder>/{BRAND_KEYS_FILE}).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="File to write, or - for stdout.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="CSV (serial, one column per role) or JSON lines.",
+)
+@click.option("--url", is_flag=True, help="CSV: write the URL form of each code.")
+@click.option(
+    "--receipt",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the signed open report here, for the brand (`wuma pack report`).",
+)
+@library_errors
+def pack_open(pack_file, key_dir, share, brand_key, output, output_format, url, receipt):
+    """Check a pack's signature and line, then decrypt its codes for the printer.
+
+    Nothing is written unless the whole pack checks (to stdout: the signature is checked
+    over the whole file before the first byte is written).
+
+    Example: wuma pack open L1-b1-0-1000000.wpk --key /etc/wuma-line --share XXXXX-... -o codes.csv
+    """
+    keys = LineKeys.load(key_dir)
+    brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
+    kw = {"share": share, "output_format": output_format, "url": url}
+    if output == "-":
+        got = open_pack(pack_file, keys, brand, sys.stdout.buffer, **kw)
+    else:
+        got = open_pack_to_file(pack_file, keys, brand, Path(output), **kw)
+    if receipt:
+        receipt.write_bytes(got.receipt)
+    click.echo(
+        f"opened pack {got.id}: {got.count:,} units of batch {got.batch} "
+        f"(serials {got.start}:{got.stop}) to {output}",
+        err=True,
+    )
+
+
+@pack.command("list")
+@click.option("--batch", "batch_id", type=int, default=None, help="Only this batch.")
+@click.option("--line", "line_name", default=None, help="Only this line.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_data
+def pack_list(data, batch_id, line_name, as_json):
+    """Issued packs with their downloads, open reports and revocation.
+
+    Example: wuma pack list --line L1
+    """
+    for p in PackRegistry(data).list(batch=batch_id, line=line_name):
+        kinds = [e["kind"] for e in p["events"]]
+        state = "revoked" if p["revoked_at"] else "issued"
+        emit(
+            p,
+            as_json,
+            f"pack {p['id']}: batch {p['batch']} {p['start']}:{p['stop']} "
+            f"({p['count']:,}) line {p['line']} {state}; downloads "
+            f"{kinds.count('download')}, opens {kinds.count('opened')}",
+        )
+
+
+@pack.command("revoke")
+@click.argument("pack_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def pack_revoke(data, pack_id, as_json):
+    """Revoke a pack (no longer served; kept in the audit).
+
+    Example: wuma pack revoke 42ca2e9431e2e6ea0c5b5302ada82193
+    """
+    p = PackRegistry(data).revoke(pack_id)
+    emit(p, as_json, f"pack {p['id']} revoked")
+
+
+@pack.command("report")
+@click.argument("receipt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def pack_report(data, receipt, as_json):
+    """Record a line's open report (the receipt written by `wuma pack open --receipt`).
+
+    Example: wuma pack report codes.receipt.json
+    """
+    p = PackRegistry(data).record_open(receipt.read_bytes())
+    emit(p, as_json, f"recorded open of pack {p['id']} by line {p['line']}")
+
+
+@pack.command("pull")
+@click.option(
+    "--line",
+    "key_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The line's key folder (signs the requests).",
+)
+@click.option(
+    "--server", required=True, help="The brand's pack server, e.g. https://packs.example.cn"
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for downloaded packs.",
+)
+@library_errors
+def pack_pull(key_dir, server, out_dir):
+    """Download the packs issued to this line (requests signed with the line's key).
+
+    Packs already in the folder are skipped. Open them with `wuma pack open`.
+
+    Example: wuma pack pull --line /etc/wuma-line --server https://packs.example.cn -o packs/
+    """
+    from engine.http_packs import pull_packs
+
+    got = pull_packs(LineKeys.load(key_dir), server, out_dir)
+    for p in got:
+        click.echo(str(p))
+    click.echo(f"downloaded {len(got)} pack(s) to {out_dir}", err=True)

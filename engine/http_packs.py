@@ -1,0 +1,245 @@
+"""Pull packs over HTTP: a Falcon app at the brand, and the line controller's client.
+
+Routes (every request signed by a registered, unrevoked line)::
+
+    GET /packs            the packs issued to the calling line (JSON), revoked ones left out
+    GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where)
+
+Signed request headers::
+
+    X-Wuma-Line        the line's key fingerprint (see engine.lines.line_fingerprint)
+    X-Wuma-Timestamp   integer Unix seconds
+    X-Wuma-Nonce       32 hex characters, fresh per request
+    X-Wuma-Signature   base64 Ed25519 over  "wuma/pull/v1\\n" METHOD "\\n" PATH "\\n" TS "\\n" NONCE
+
+APPSEC: requests outside a +-5 minute window are refused, and a (timestamp, nonce) is
+accepted once: nonces are kept in LMDB (``pull_nonces``) for the window, so a replay is
+refused across workers and restarts. All auth failures answer the same 401 (no oracle),
+except a revoked line, which gets 403 and nothing else.
+
+Run it: ``WUMA_DATA=./wuma-data gunicorn -b 127.0.0.1:8080 'engine.http_packs:app_from_env()'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import struct
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import falcon
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from engine.data import DataFolder
+from engine.errors import NotFound, WumaError
+from engine.lines import LineKeys
+from engine.packs import PackRegistry
+
+__all__ = ["REPLAY_WINDOW", "app_from_env", "create_app", "pull_packs", "sign_request"]
+
+REPLAY_WINDOW = 300
+_NONCE = re.compile(r"^[0-9a-f]{32}$")
+_PACK_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _message(method: str, path: str, ts: str, nonce: str) -> bytes:
+    return f"wuma/pull/v1\n{method.upper()}\n{path}\n{ts}\n{nonce}".encode()
+
+
+def sign_request(
+    keys: LineKeys, method: str, path: str, *, now: float | None = None, nonce: str | None = None
+) -> dict[str, str]:
+    """The auth headers for one request by a line."""
+    ts = str(int(time.time() if now is None else now))
+    nonce = nonce or os.urandom(16).hex()
+    sig = keys.ed25519.sign(_message(method, path, ts, nonce))
+    return {
+        "X-Wuma-Line": keys.fingerprint,
+        "X-Wuma-Timestamp": ts,
+        "X-Wuma-Nonce": nonce,
+        "X-Wuma-Signature": base64.b64encode(sig).decode(),
+    }
+
+
+class _LineAuth:
+    """Middleware: authenticate the line behind every request; ``req.context.line``."""
+
+    def __init__(
+        self, data: DataFolder, registry: PackRegistry, clock: Callable[[], float]
+    ) -> None:
+        self._store = data.store
+        self._lines = registry.lines
+        self._nonces = data.store.db("pull_nonces")
+        self._clock = clock
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        denied = falcon.HTTPUnauthorized(
+            title="not authenticated", description="sign the request with a registered line key"
+        )
+        fp = req.get_header("X-Wuma-Line") or ""
+        ts = req.get_header("X-Wuma-Timestamp") or ""
+        nonce = req.get_header("X-Wuma-Nonce") or ""
+        sig_text = req.get_header("X-Wuma-Signature") or ""
+        if not ts.isdigit() or not _NONCE.match(nonce) or len(ts) > 12:
+            raise denied
+        now = self._clock()
+        if abs(now - int(ts)) > REPLAY_WINDOW:
+            raise denied
+        line = self._lines.by_fingerprint(fp)
+        if line is None:
+            raise denied
+        path = req.path + (f"?{req.query_string}" if req.query_string else "")
+        try:
+            sig = base64.b64decode(sig_text, validate=True)
+            Ed25519PublicKey.from_public_bytes(line.ed25519).verify(
+                sig, _message(req.method, path, ts, nonce)
+            )
+        except (ValueError, InvalidSignature):
+            raise denied from None
+        if line.revoked:
+            raise falcon.HTTPForbidden(
+                title="line revoked", description=f"line {line.name} is revoked"
+            )
+        key = (
+            struct.pack(">Q", int(ts))
+            + bytes.fromhex(fp[:16].ljust(16, "0"))
+            + bytes.fromhex(nonce)
+        )
+        with self._store.write() as txn:
+            if txn.get(key, db=self._nonces) is not None:
+                raise denied  # APPSEC: replay
+            txn.put(key, b"", db=self._nonces)
+            # Forget nonces older than the window: their timestamps are refused anyway.
+            cur = txn.cursor(db=self._nonces)
+            horizon = struct.pack(">Q", max(0, int(now) - REPLAY_WINDOW - 1))
+            while cur.first() and cur.key() < horizon:
+                cur.delete()
+        req.context.line = line
+
+
+def _public(rec: dict) -> dict:
+    return {
+        k: rec[k]
+        for k in (
+            "id",
+            "file",
+            "batch",
+            "start",
+            "stop",
+            "count",
+            "size",
+            "signed_sha256",
+            "split",
+            "created",
+        )
+    }
+
+
+class _PackList:
+    def __init__(self, registry: PackRegistry) -> None:
+        self._registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        line = req.context.line
+        resp.media = {
+            "line": line.name,
+            "packs": [
+                _public(p) for p in self._registry.list(line=line.name) if p["revoked_at"] is None
+            ],
+        }
+
+
+class _PackFile:
+    def __init__(self, registry: PackRegistry) -> None:
+        self._registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, pack_id: str) -> None:
+        line = req.context.line
+        if not _PACK_ID.match(pack_id):
+            raise falcon.HTTPNotFound()
+        try:
+            rec = self._registry.get(pack_id)
+        except NotFound:
+            raise falcon.HTTPNotFound() from None
+        if rec["line"] != line.name:  # NOTE: same answer as a missing pack
+            raise falcon.HTTPNotFound()
+        if rec["revoked_at"] is not None:
+            raise falcon.HTTPGone(title="pack revoked")
+        path = Path(rec["path"])
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - falcon closes the stream
+        except OSError:
+            raise falcon.HTTPNotFound(title="pack file is no longer on the server") from None
+        self._registry.record_download(pack_id, line.name, req.remote_addr or "")
+        resp.content_type = "application/octet-stream"
+        resp.downloadable_as = rec["file"]
+        resp.set_stream(fh, path.stat().st_size)
+
+
+def create_app(data_path: Path, *, clock: Callable[[], float] = time.time) -> falcon.App:
+    """The pull app for one data folder."""
+    data = DataFolder(Path(data_path))
+    registry = PackRegistry(data)
+    app = falcon.App(middleware=[_LineAuth(data, registry, clock)])
+    app.add_route("/packs", _PackList(registry))
+    app.add_route("/packs/{pack_id}", _PackFile(registry))
+    return app
+
+
+def app_from_env() -> falcon.App:
+    """``create_app($WUMA_DATA)``, for gunicorn."""
+    from engine.data import default_data_path
+
+    return create_app(default_data_path())
+
+
+# -- the line controller's side -----------------------------------------------------------
+class PullError(WumaError):
+    """The server refused or could not be reached."""
+
+
+def _get(keys: LineKeys, server: str, path: str, timeout: float):
+    req = urllib.request.Request(server.rstrip("/") + path, headers=sign_request(keys, "GET", path))
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read()).get("title") or e.reason
+        except ValueError:
+            detail = e.reason
+        raise PullError(f"{server}{path}: {e.code} {detail}") from None
+    except urllib.error.URLError as e:
+        raise PullError(f"cannot reach {server}: {e.reason}") from None
+
+
+def pull_packs(keys: LineKeys, server: str, out_dir: Path, *, timeout: float = 60.0) -> list[Path]:
+    """Download the packs issued to this line that are not yet in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _get(keys, server, "/packs", timeout) as r:
+        listing = json.loads(r.read())
+    got = []
+    for p in listing["packs"]:
+        name = Path(p["file"]).name
+        if not re.match(r"^[A-Za-z0-9._-]+\.wpk$", name):
+            raise PullError(f"server sent a bad pack file name {name!r}")
+        target = out_dir / name
+        if target.exists():
+            continue
+        tmp = out_dir / (name + ".part")
+        try:
+            with _get(keys, server, f"/packs/{p['id']}", timeout) as r, open(tmp, "wb") as fh:
+                while chunk := r.read(1 << 20):
+                    fh.write(chunk)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        got.append(target)
+    return got
