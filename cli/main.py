@@ -310,5 +310,10 @@ cli.add_command(bans)
 cli.add_command(serve)
 
 
+from cli.aggregate import register as _register_aggregate  # noqa: E402
+
+_register_aggregate(cli)
+
+
 def main() -> None:  # pragma: no cover
     cli()

@@ -1,0 +1,811 @@
+"""Aggregation: which unit is packed in which, plus activation, voids, shipping and trace.
+
+Units are ``uid = batch << 32 | serial`` (linked outer/inner codes share one uid, so they
+need no link). Every database is keyed by 8-byte big-endian uids, never by code strings.
+
+PERF: links are stored as *runs*: children of one parent with consecutive serials of one
+batch (line collection packs caps in print order, so a case of 24 caps is usually one
+run). A run is one record in each direction:
+
+* ``agg_c2p``  (child -> parent): key = last child uid of the run,
+  value = first serial (u32) + parent uid (u64). Looking up the parent of any child is
+  one ``set_range`` on its uid.
+* ``agg_p2c``  (parent -> children, dupsort + dupfixed): key = parent uid,
+  value = first child uid (u64) + count (u32).
+
+A day of 100M caps in 4.2M cases then costs ~4.3M records per direction instead of
+~104M; out-of-order packing degrades gracefully to runs of one (~30 bytes per link per
+direction). The same run layout (key = last uid, value starts with the first serial)
+holds activations, voids, and nothing else; shipments bind the shipped unit only and
+resolve through ancestors (``agg_ship``, value 0 = returned to the brand).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import Conflict, InvalidCode, NotFound
+from engine.formats import gs1_check_digit
+from engine.store import pack, u32, u64, unpack
+
+__all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord"]
+
+_LOW = 0xFFFFFFFF
+_RUN = struct.Struct(">QI")  # p2c value: first child uid, count
+_C2P = struct.Struct(">IQ")  # c2p value: first serial, parent uid
+_II = struct.Struct(">II")
+_Q = struct.Struct(">Q")
+_I = struct.Struct(">I")
+
+
+def unit_id(batch: int, serial: int) -> int:
+    return (batch << 32) | serial
+
+
+def split_unit(uid: int) -> tuple[int, int]:
+    return uid >> 32, uid & _LOW
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    line: int
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    """What a line-collection load did (or would have done)."""
+
+    records: int = 0
+    links_added: int = 0
+    links_existing: int = 0
+    bad: list[BadRecord] = field(default_factory=list)
+    loaded: bool = False
+    event_id: int | None = None
+    rejected_to: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "records": self.records,
+            "links_added": self.links_added,
+            "links_existing": self.links_existing,
+            "bad": [{"line": b.line, "reason": b.reason} for b in self.bad],
+            "loaded": self.loaded,
+            "event_id": self.event_id,
+            "rejected_to": self.rejected_to,
+        }
+
+
+def _runs(uids: np.ndarray, parents: np.ndarray | None = None):
+    """Split sorted uids into runs of consecutive serials (and equal parent):
+    returns (first, last, parent-or-None) arrays."""
+    if len(uids) == 0:
+        e = np.empty(0, np.uint64)
+        return e, e, (e if parents is not None else None)
+    brk = np.diff(uids) != 1
+    brk |= (uids[1:] >> np.uint64(32)) != (uids[:-1] >> np.uint64(32))
+    if parents is not None:
+        brk |= parents[1:] != parents[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(brk) + 1))
+    ends = np.concatenate((starts[1:] - 1, [len(uids) - 1]))
+    return uids[starts], uids[ends], (parents[starts] if parents is not None else None)
+
+
+class _RangeMap:
+    """Non-overlapping runs ``[first, last]`` (same batch) -> payload bytes."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    def find(self, txn, uid: int):
+        cur = txn.cursor(db=self.db)
+        if not cur.set_range(_Q.pack(uid)):
+            return None
+        last = _Q.unpack(cur.key())[0]
+        v = cur.value()
+        first = (last & ~_LOW) | _I.unpack_from(v)[0]
+        if first > uid:
+            return None
+        return first, last, v[4:]
+
+    def overlapping(self, txn, first: int, last: int) -> list[tuple[int, int, bytes]]:
+        out = []
+        cur = txn.cursor(db=self.db)
+        if not cur.set_range(_Q.pack(first)):
+            return out
+        for k, v in cur:
+            rl = _Q.unpack(k)[0]
+            rf = (rl & ~_LOW) | _I.unpack_from(v)[0]
+            if rf > last:
+                break
+            out.append((rf, rl, bytes(v[4:])))
+        return out
+
+    def put(self, txn, first: int, last: int, payload: bytes) -> None:
+        txn.put(_Q.pack(last), _I.pack(first & _LOW) + payload, db=self.db)
+
+    def delete(self, txn, last: int) -> None:
+        txn.delete(_Q.pack(last), db=self.db)
+
+    def gaps(self, txn, first: int, last: int) -> list[tuple[int, int]]:
+        """Sub-ranges of ``[first, last]`` not covered by any run."""
+        out, at = [], first
+        for rf, rl, _ in self.overlapping(txn, first, last):
+            if rf > at:
+                out.append((at, rf - 1))
+            at = max(at, rl + 1)
+        if at <= last:
+            out.append((at, last))
+        return out
+
+    def all_runs(self, txn) -> tuple[np.ndarray, np.ndarray]:
+        firsts, lasts = [], []
+        for k, v in txn.cursor(db=self.db):
+            rl = _Q.unpack(k)[0]
+            lasts.append(rl)
+            firsts.append((rl & ~_LOW) | _I.unpack_from(v)[0])
+        return np.array(firsts, np.uint64), np.array(lasts, np.uint64)
+
+
+def _covered(uids: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+    """Vectorised: which uids fall inside one of the (sorted, disjoint) runs."""
+    if len(lasts) == 0:
+        return np.zeros(len(uids), np.bool_)
+    order = np.argsort(lasts)
+    lasts, firsts = lasts[order], firsts[order]
+    idx = np.searchsorted(lasts, uids, side="left")
+    inside = idx < len(lasts)
+    idx[~inside] = 0
+    return inside & (firsts[idx] <= uids)
+
+
+class Aggregation:
+    """Links, activation, voids, distributors, shipments and history of a data folder."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.spec = data.spec
+        store = data.store
+        self.store = store
+        self._c2p_db = store.db("agg_c2p")
+        self._p2c_db = store.db("agg_p2c", dupsort=True, dupfixed=True)
+        self.c2p = _RangeMap(self._c2p_db)
+        self.voids = _RangeMap(store.db("agg_void"))
+        self.active = _RangeMap(store.db("agg_active"))
+        self._ship_db = store.db("agg_ship")
+        self._events_db = store.db("agg_events")
+        #: load event id -> the runs it added (parent, first child, count), for EPCIS export;
+        #: kept apart so that reading an event (trace history) stays small
+        self._load_runs_db = store.db("agg_load_runs")
+        self._unit_events_db = store.db("agg_unit_events", dupsort=True, dupfixed=True)
+        self._activations_db = store.db("agg_activations")
+        self._shipments_db = store.db("agg_shipments")
+        self._distributors_db = store.db("agg_distributors")
+        self._levels: dict[int, str] = {}
+        #: immutable records by id (activations, shipments, distributors): never stale
+        self._cache: dict = {}
+        self._events_cache: dict[int, dict] = {}
+        self._depth = {lv.name: lv.depth for lv in self.spec.levels}
+        self._capacity = {lv.name: lv.capacity for lv in self.spec.levels}
+
+    # -- units ----------------------------------------------------------------------------
+    def level_of(self, uid: int) -> str | None:
+        b = uid >> 32
+        lv = self._levels.get(b)
+        if lv is None:
+            batch = self.data.batches.find(b)
+            if batch is None:
+                return None
+            lv = self._levels[b] = batch.level
+        return lv
+
+    def unit(self, code: str) -> int:
+        """The uid of a genuine code; :class:`InvalidCode` otherwise (opaque)."""
+        v = self.data.codes.verify(code)
+        if not v.genuine:
+            raise InvalidCode()
+        return unit_id(v.batch, v.serial)
+
+    def code_of(self, uid: int, role: str | None = None) -> str:
+        """The printed code of a unit (its first role unless ``role``)."""
+        b, s = split_unit(uid)
+        batch = self.data.batches.get(b)
+        return self.data.codes.code(batch, s, role or batch.roles[0])
+
+    def describe(self, uid: int, render: bool = True) -> dict:
+        b = uid >> 32
+        lv = self._levels.get(b) or self.level_of(uid)
+        d = {"uid": uid, "batch": b, "serial": uid & _LOW, "level": lv}
+        if render:
+            d["code"] = self.code_of(uid)
+        return d
+
+    # -- low-level link helpers (inside a write txn) -----------------------------------------
+    def _parent(self, txn, uid: int) -> int | None:
+        got = self.c2p.find(txn, uid)
+        return None if got is None else _Q.unpack(got[2])[0]
+
+    def _children_runs(self, txn, parent: int) -> list[tuple[int, int]]:
+        cur = txn.cursor(db=self._p2c_db)
+        if not cur.set_key(_Q.pack(parent)):
+            return []
+        return [_RUN.unpack(v) for v in cur.iternext_dup()]
+
+    def children(self, txn, parent: int) -> list[int]:
+        return [f + i for f, n in self._children_runs(txn, parent) for i in range(n)]
+
+    def _child_count(self, txn, parent: int) -> int:
+        return sum(n for _, n in self._children_runs(txn, parent))
+
+    def _add_run(self, txn, parent: int, first: int, last: int) -> None:
+        txn.put(_Q.pack(last), _C2P.pack(first & _LOW, parent), db=self._c2p_db)
+        txn.put(_Q.pack(parent), _RUN.pack(first, last - first + 1), db=self._p2c_db)
+
+    def _unlink(self, txn, uid: int) -> int | None:
+        """Remove the link of one child; returns its old parent."""
+        got = self.c2p.find(txn, uid)
+        if got is None:
+            return None
+        first, last, payload = got
+        parent = _Q.unpack(payload)[0]
+        self.c2p.delete(txn, last)
+        txn.delete(_Q.pack(parent), _RUN.pack(first, last - first + 1), db=self._p2c_db)
+        if first < uid:
+            self._add_run(txn, parent, first, uid - 1)
+        if uid < last:
+            self._add_run(txn, parent, uid + 1, last)
+        return parent
+
+    def _ancestors(self, txn, uid: int) -> list[int]:
+        out = []
+        cur = txn.cursor(db=self._c2p_db)
+        while True:
+            if not cur.set_range(_Q.pack(uid)):
+                break
+            last = _Q.unpack(cur.key())[0]
+            first_serial, parent = _C2P.unpack(cur.value())
+            if (last & ~_LOW) | first_serial > uid:
+                break
+            out.append(parent)
+            uid = parent
+            if len(out) > len(self.spec.levels):  # NOTE: cannot happen (levels strictly nest)
+                break
+        return out
+
+    def _descendants(self, txn, uid: int) -> list[int]:
+        out, todo = [], [uid]
+        while todo:
+            nxt = []
+            for p in todo:
+                kids = self.children(txn, p)
+                out.extend(kids)
+                if kids and self._has_child_level(kids[0]):
+                    nxt.extend(kids)
+            todo = nxt
+        return out
+
+    def _has_child_level(self, uid: int) -> bool:
+        lv = self.level_of(uid)
+        return lv is not None and self._depth[lv] + 1 < len(self.spec.levels)
+
+    def _voided(self, txn, uid: int) -> bool:
+        return self.voids.find(txn, uid) is not None
+
+    def _event(self, txn, kind: str, now: float | None, index=(), **fields) -> int:
+        eid = self.store.next_id(txn, "agg_event")
+        rec = {"id": eid, "type": kind, "time": time.time() if now is None else now, **fields}
+        txn.put(u64(eid), pack(rec), db=self._events_db)
+        for uid in set(index):  # history of these units (bulk loads index parents only)
+            txn.put(_Q.pack(uid), u64(eid), db=self._unit_events_db)
+        return eid
+
+    def events(self) -> list[dict]:
+        with self.store.read() as txn:
+            return [unpack(v) for _, v in txn.cursor(db=self._events_db)]
+
+    def load_runs(self, eid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(parents, first children, counts) of the runs a load event added."""
+        with self.store.read() as txn:
+            raw = txn.get(u64(eid), db=self._load_runs_db)
+        if raw is None:
+            e = np.empty(0, np.uint64)
+            return e, e, e
+        n, blob = unpack(raw)
+        body = zlib.decompress(blob)
+        parents = np.frombuffer(body, "<u8", n).astype(np.uint64)
+        firsts = np.cumsum(np.frombuffer(body, "<i8", n, 8 * n)).astype(np.uint64)
+        counts = np.frombuffer(body, "<u4", n, 16 * n).astype(np.uint64)
+        return parents, firsts, counts
+
+    def event(self, eid: int) -> dict:
+        with self.store.read() as txn:
+            raw = txn.get(u64(eid), db=self._events_db)
+        if raw is None:
+            raise NotFound(f"no event {eid}")
+        return unpack(raw)
+
+    def _check_place(self, txn, child: int, parent: int, adding: int = 1) -> None:
+        cl, pl = self.level_of(child), self.level_of(parent)
+        if cl is None or pl is None or self._depth[cl] != self._depth[pl] + 1:
+            raise Conflict(f"a {cl} cannot go directly into a {pl} (packaging spec: "
+                           + " > ".join(lv.name for lv in self.spec.levels) + ")")
+        if self._voided(txn, parent):
+            raise Conflict(f"{pl} {self._ref(parent)} is voided")
+        if self._child_count(txn, parent) + adding > self._capacity[pl]:
+            raise Conflict(f"{pl} {self._ref(parent)} would hold more than {self._capacity[pl]}")
+
+    def _ref(self, uid: int) -> str:
+        b, s = split_unit(uid)
+        return f"{b}:{s}"
+
+    # -- line collection ---------------------------------------------------------------------
+    def load(self, source, *, skip_bad: bool = False, reject_file=None, fmt: str | None = None,
+             name: str | None = None, now: float | None = None) -> LoadReport:
+        """Load a line-collection file (CSV or JSON lines; see :mod:`engine.ingest`)."""
+        from engine.ingest import load_links
+
+        return load_links(self, source, skip_bad=skip_bad, reject_file=reject_file, fmt=fmt,
+                          name=name, now=now)
+
+    def link(self, parent_code: str, child_codes: list[str], *, now: float | None = None) -> int:
+        """Pack children into a parent (one record of a line collection); returns links added."""
+        parent = self.unit(parent_code)
+        kids = [self.unit(c) for c in child_codes]
+        with self.store.write() as txn:
+            added = []
+            for k in kids:
+                cur = self._parent(txn, k)
+                if cur == parent:
+                    continue
+                if cur is not None:
+                    raise Conflict(f"{self._ref(k)} is already packed in {self._ref(cur)}")
+                if self._voided(txn, k):
+                    raise Conflict(f"{self._ref(k)} is voided")
+                self._check_place(txn, k, parent)
+                self._add_run(txn, parent, k, k)
+                added.append(k)
+            if added:
+                self._event(txn, "pack", now, [parent, *added], parent=parent, children=added)
+        return len(added)
+
+    # -- warehouse operations ------------------------------------------------------------------
+    def unpack(self, parent_code: str, child_codes: list[str] | None = None, *,
+               now: float | None = None) -> list[int]:
+        """Take children (all, or the given ones) out of a parent; returns their uids."""
+        parent = self.unit(parent_code)
+        with self.store.write() as txn:
+            if child_codes:
+                kids = [self.unit(c) for c in child_codes]
+                for k in kids:
+                    if self._parent(txn, k) != parent:
+                        raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")
+            else:
+                kids = self.children(txn, parent)
+            for k in kids:
+                self._unlink(txn, k)
+            if kids:
+                self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids)
+        return kids
+
+    def move(self, codes: list[str], to: str, *, now: float | None = None) -> list[int]:
+        """Move units into another parent (from wherever they are); returns uids moved."""
+        target = self.unit(to)
+        units = [self.unit(c) for c in codes]
+        with self.store.write() as txn:
+            moved, old = [], []
+            for u in dict.fromkeys(units):
+                cur = self._parent(txn, u)
+                if cur == target:
+                    continue
+                if self._voided(txn, u):
+                    raise Conflict(f"{self._ref(u)} is voided")
+                self._check_place(txn, u, target)
+                if cur is not None:
+                    self._unlink(txn, u)
+                self._add_run(txn, target, u, u)
+                moved.append(u)
+                old.append(cur)
+            if moved:
+                self._event(txn, "move", now, [target, *moved], parent=target, children=moved,
+                            previous=old)
+        return moved
+
+    def replace(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
+        """Replace a damaged label: the new unit takes the old one's parent, children,
+        activation and shipment; the old code is voided. Returns the event id."""
+        old, new = self.unit(old_code), self.unit(new_code)
+        if old == new:
+            raise ValueError("old and new code are the same unit")
+        if self.level_of(old) != self.level_of(new):
+            raise Conflict(f"a {self.level_of(new)} label cannot replace a {self.level_of(old)}")
+        with self.store.write() as txn:
+            if self._voided(txn, old):
+                raise Conflict(f"{self._ref(old)} is already voided")
+            if self._voided(txn, new):
+                raise Conflict(f"{self._ref(new)} is voided")
+            if self._parent(txn, new) is not None or self._children_runs(txn, new):
+                raise Conflict(f"{self._ref(new)} is already aggregated; use a fresh label")
+            parent = self._unlink(txn, old)
+            if parent is not None:
+                self._add_run(txn, parent, new, new)
+            kids = self.children(txn, old)
+            for k in kids:
+                self._unlink(txn, k)
+                self._add_run(txn, new, k, k)
+            act = self.active.find(txn, old)
+            if act is not None:
+                if self.active.find(txn, new) is not None:
+                    raise Conflict(f"{self._ref(new)} is already activated")
+                self.active.put(txn, new, new, act[2])
+            ship = txn.get(_Q.pack(old), db=self._ship_db)
+            if ship is not None:
+                txn.put(_Q.pack(new), ship, db=self._ship_db)
+                txn.delete(_Q.pack(old), db=self._ship_db)
+            eid = self._event(txn, "replace", now, [old, new], old=old, new=new, parent=parent,
+                              children=kids)
+            self.voids.put(txn, old, old, _I.pack(eid))
+        return eid
+
+    def void(self, codes: list[str] = (), *, batch: int | None = None,
+             serial_range: tuple[int, int, int] | None = None, reason: str = "",
+             now: float | None = None) -> int:
+        """Void codes, a serial range ``(batch, start, stop)`` (stop exclusive) or a batch.
+        Returns the number of units newly voided."""
+        runs, units = [], [self.unit(c) for c in codes]
+        runs += [(u, u) for u in units]
+        if batch is not None:
+            b = self.data.batches.get(batch)
+            runs.append((unit_id(b.id, 0), unit_id(b.id, b.count - 1)))
+        if serial_range is not None:
+            bid, a, z = serial_range
+            b = self.data.batches.get(bid)
+            if not 0 <= a < z <= b.count:
+                raise ValueError(f"serial range {a}:{z} is outside batch {bid} (0:{b.count})")
+            runs.append((unit_id(bid, a), unit_id(bid, z - 1)))
+        if not runs:
+            raise ValueError("nothing to void: give codes, a batch or a serial range")
+        with self.store.write() as txn:
+            todo = []
+            for f, l in runs:
+                todo += self.voids.gaps(txn, f, l)
+            todo = sorted(set(todo))
+            merged: list[list[int]] = []
+            for f, l in todo:  # NOTE: gaps of overlapping requests may overlap; merge them
+                if merged and f <= merged[-1][1] + 1 and (f >> 32) == (merged[-1][0] >> 32):
+                    merged[-1][1] = max(merged[-1][1], l)
+                else:
+                    merged.append([f, l])
+            n = 0
+            if merged:
+                eid = self._event(txn, "void", now, units, runs=merged, reason=reason)
+                for f, l in merged:
+                    for gf, gl in self.voids.gaps(txn, f, l):
+                        self.voids.put(txn, gf, gl, _I.pack(eid))
+                        n += gl - gf + 1
+        return n
+
+    # -- activation ----------------------------------------------------------------------------
+    def activate(self, *, sku: str, name: str, lot: str, production_date: str, line: str = "",
+                 gtin: str | None = None, batch: int | None = None,
+                 serial_range: tuple[int, int, int] | None = None, pallets: list[str] = (),
+                 now: float | None = None) -> dict:
+        """Bind a product, lot, production date and line to a batch, a serial range
+        ``(batch, start, stop)`` or everything under the given pallets (and the pallets)."""
+        for label, value in (("sku", sku), ("name", name), ("lot", lot)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{label} is required")
+        try:
+            _dt.date.fromisoformat(production_date)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"production date must be YYYY-MM-DD, got {production_date!r}") from None
+        if gtin is not None:
+            if not (isinstance(gtin, str) and gtin.isdigit() and len(gtin) in (8, 12, 13, 14)):
+                raise ValueError("GTIN must be 8, 12, 13 or 14 digits")
+            if gs1_check_digit(gtin[:-1]) != int(gtin[-1]):
+                raise ValueError(f"GTIN {gtin} has a wrong check digit "
+                                 f"(expected {gs1_check_digit(gtin[:-1])})")
+        chosen = sum(x is not None and x != [] and x != () for x in (batch, serial_range, pallets))
+        if chosen != 1:
+            raise ValueError("activate exactly one of: a batch, a serial range, pallets")
+        runs: list[tuple[int, int]] = []
+        pallet_units: list[int] = []
+        if batch is not None:
+            b = self.data.batches.get(batch)
+            runs.append((unit_id(b.id, 0), unit_id(b.id, b.count - 1)))
+        elif serial_range is not None:
+            bid, a, z = serial_range
+            b = self.data.batches.get(bid)
+            if not 0 <= a < z <= b.count:
+                raise ValueError(f"serial range {a}:{z} is outside batch {bid} (0:{b.count})")
+            runs.append((unit_id(bid, a), unit_id(bid, z - 1)))
+        else:
+            pallet_units = [self.unit(p) for p in pallets]
+            with self.store.read() as txn:
+                uids = set(pallet_units)
+                for p in pallet_units:
+                    uids.update(self._descendants(txn, p))
+            f, l, _ = _runs(np.array(sorted(uids), np.uint64))
+            runs = list(zip(f.tolist(), l.tolist()))
+        record = {"sku": sku, "name": name, "gtin": gtin, "lot": lot,
+                  "production_date": production_date, "line": line,
+                  "time": time.time() if now is None else now}
+        with self.store.write() as txn:
+            for f, l in runs:
+                hit = self.active.overlapping(txn, f, l)
+                if hit:
+                    raise Conflict(f"units {self._ref(max(f, hit[0][0]))}.. are already activated "
+                                   f"(activation {_I.unpack(hit[0][2])[0]})")
+            aid = self.store.next_id(txn, "agg_activation")
+            record["id"] = aid
+            record["units"] = sum(l - f + 1 for f, l in runs)
+            record["event_id"] = self._event(txn, "activate", now, pallet_units, activation=aid,
+                                             runs=[[f, l] for f, l in runs])
+            txn.put(u32(aid), pack(record), db=self._activations_db)
+            for f, l in runs:
+                self.active.put(txn, f, l, _I.pack(aid))
+        return record
+
+    def activation_of(self, txn, uid: int) -> dict | None:
+        got = self.active.find(txn, uid)
+        return None if got is None else self._activation_rec(txn, got[2])
+
+    def is_active(self, uid: int) -> bool:
+        with self.store.read() as txn:
+            return self.active.find(txn, uid) is not None and not self._voided(txn, uid)
+
+    # -- distributors and shipping ---------------------------------------------------------------
+    def add_distributor(self, ident: str, name: str, territory: list[str]) -> dict:
+        """A distributor with a territory: region code prefixes such as ``4401``."""
+        if not isinstance(ident, str) or not ident or not ident.replace("-", "_").isidentifier():
+            raise ValueError("distributor id must be letters, digits, '-' or '_'")
+        terr = sorted({str(t).strip() for t in territory})
+        if not terr or not all(t.isdigit() and 2 <= len(t) <= 12 for t in terr):
+            raise ValueError("territory must be one or more region codes (digits), e.g. 4401")
+        rec = {"id": ident, "name": name or ident, "territory": terr}
+        with self.store.write() as txn:
+            if txn.get(ident.encode(), db=self._distributors_db) is not None:
+                raise Conflict(f"distributor {ident} exists")
+            txn.put(ident.encode(), pack(rec), db=self._distributors_db)
+        return rec
+
+    def distributors(self) -> list[dict]:
+        with self.store.read() as txn:
+            return [unpack(v) for _, v in txn.cursor(db=self._distributors_db)]
+
+    def distributor(self, ident: str) -> dict:
+        with self.store.read() as txn:
+            raw = txn.get(ident.encode(), db=self._distributors_db)
+        if raw is None:
+            raise NotFound(f"no distributor {ident!r}")
+        return unpack(raw)
+
+    @staticmethod
+    def in_territory(distributor: dict, region: str) -> bool:
+        return any(str(region).startswith(t) for t in distributor["territory"])
+
+    def _shipment_of(self, txn, chain: list[int]):
+        for u in chain:
+            raw = txn.get(_Q.pack(u), db=self._ship_db)
+            if raw is not None:
+                sid = _I.unpack(raw)[0]
+                return u, sid
+        return None, 0
+
+    def ship(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
+        """Ship units (and so every unit below them) to a distributor."""
+        return self._shipment("ship", codes, to, now)
+
+    def transfer(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
+        """Record shipped units passing to another distributor."""
+        return self._shipment("transfer", codes, to, now)
+
+    def _shipment(self, kind: str, codes, to, now) -> dict:
+        self.distributor(to)
+        units = list(dict.fromkeys(self.unit(c) for c in codes))
+        if not units:
+            raise ValueError("no units to ship")
+        with self.store.write() as txn:
+            for u in units:
+                if self._voided(txn, u):
+                    raise Conflict(f"{self._ref(u)} is voided")
+                via, sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])
+                if kind == "ship" and sid:
+                    raise Conflict(f"{self._ref(u)} was already shipped (shipment {sid})")
+                if kind == "transfer" and not sid:
+                    raise Conflict(f"{self._ref(u)} has not been shipped")
+            sid = self.store.next_id(txn, "agg_shipment")
+            rec = {"id": sid, "distributor": to, "units": units, "kind": kind,
+                   "time": time.time() if now is None else now}
+            rec["event_id"] = self._event(txn, kind, now, units, shipment=sid, distributor=to,
+                                          units=units)
+            txn.put(u32(sid), pack(rec), db=self._shipments_db)
+            for u in units:
+                for d in self._descendants(txn, u):  # NOTE: the new shipment governs them
+                    txn.delete(_Q.pack(d), db=self._ship_db)
+                txn.put(_Q.pack(u), _I.pack(sid), db=self._ship_db)
+        return rec
+
+    def receive(self, codes: list[str], *, now: float | None = None) -> int:
+        """The distributor confirms receipt (an event; the binding was made by ``ship``)."""
+        units = [self.unit(c) for c in codes]
+        with self.store.write() as txn:
+            for u in units:
+                if not self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]:
+                    raise Conflict(f"{self._ref(u)} has not been shipped")
+            return self._event(txn, "receive", now, units, units=units)
+
+    def return_goods(self, codes: list[str], *, now: float | None = None) -> int:
+        """Units come back to the brand: they no longer belong to a distributor."""
+        units = [self.unit(c) for c in codes]
+        with self.store.write() as txn:
+            for u in units:
+                via, sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])
+                if not sid:
+                    raise Conflict(f"{self._ref(u)} has not been shipped")
+            eid = self._event(txn, "return", now, units, units=units)
+            for u in units:
+                txn.put(_Q.pack(u), _I.pack(0), db=self._ship_db)
+        return eid
+
+    # -- trace -----------------------------------------------------------------------------------
+    def trace(self, code: str, *, history: bool = True, render: bool = False) -> dict:
+        """Everything known about a code. Raises :class:`InvalidCode` for a non-genuine code.
+
+        PERF: on the scan path call with ``render=False`` (codes of ancestors are not
+        re-generated); the ancestor walk is one LMDB ``set_range`` per level.
+        """
+        v = self.data.codes.verify(code)
+        if not v.genuine:
+            raise InvalidCode()
+        out = self.trace_unit(unit_id(v.batch, v.serial), history=history, render=render)
+        out["unit"]["code"] = v.code
+        out["unit"]["role"] = v.role
+        return out
+
+    def trace_unit(self, uid: int, *, history: bool = True, render: bool = False) -> dict:
+        # PERF: one read txn opened directly (no contextmanager), one cursor per database,
+        # immutable records (activations, shipments, distributors) cached in process.
+        txn = self.store.env.begin(buffers=False)
+        try:
+            c2p = txn.cursor(db=self._c2p_db)
+            chain = []
+            u = uid
+            while c2p.set_range(_Q.pack(u)):
+                last = _Q.unpack(c2p.key())[0]
+                fs, parent = _C2P.unpack(c2p.value())
+                if (last & ~_LOW) | fs > u or len(chain) >= len(self._depth):
+                    break
+                chain.append(parent)
+                u = parent
+            act_ref = self.active.find(txn, uid)
+            act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
+            void = self.voids.find(txn, uid)
+            via, sid = self._shipment_of(txn, [uid, *chain])
+            shipment = distributor = None
+            if sid:
+                rec = self._shipment_rec(txn, sid)
+                shipment = {"id": sid, "time": rec["time"], "via": via, "kind": rec["kind"],
+                            "distributor": rec["distributor"]}
+                distributor = self._distributor_rec(txn, rec["distributor"])
+                distributor = None if distributor is None else dict(distributor)
+            kids = self._children_runs(txn, uid) if self._has_child_level(uid) else ()
+            describe = self.describe
+            out = {
+                "unit": describe(uid, False),
+                "active": act is not None and void is None,
+                "voided": void is not None,
+                "product": None if act is None else dict(act["product"]),
+                "activation": None if act is None else act["id"],
+                "ancestors": [describe(a, render) for a in chain],
+                "children": [describe(f + i, render) for f, n in kids for i in range(n)],
+                "shipment": shipment,
+                "distributor": distributor,
+                "returned": via is not None and not sid,
+            }
+            if history:
+                evs = []
+                cur = txn.cursor(db=self._unit_events_db)
+                for u in (uid, *chain):
+                    if cur.set_key(_Q.pack(u)):
+                        evs.extend(_Q.unpack(e)[0] for e in cur.iternext_dup())
+                if void is not None:
+                    evs.append(_I.unpack(void[2])[0])
+                if act is not None:
+                    evs.append(act.get("event_id") or 0)
+                out_hist = []
+                for e in sorted(set(x for x in evs if x)):
+                    h = self._event_summary(txn, e)
+                    if h is not None:
+                        out_hist.append(dict(h))
+                recs = out_hist
+                out["history"] = recs
+        finally:
+            txn.abort()
+        return out
+
+    def _activation_rec(self, txn, ref: bytes) -> dict | None:
+        got = self._cache.get(("a", ref))
+        if got is None:
+            raw = txn.get(ref, db=self._activations_db)
+            if raw is None:
+                return None
+            got = unpack(raw)
+            got["product"] = {k: got[k] for k in ("sku", "name", "gtin", "lot", "production_date",
+                                                  "line")}
+            self._cache[("a", ref)] = got
+        return got
+
+    def _event_summary(self, txn, eid: int) -> dict | None:
+        """Id, type, time (and parent / distributor) of an event; events never change,
+        so summaries are cached (bounded)."""
+        got = self._events_cache.get(eid)
+        if got is None:
+            raw = txn.get(u64(eid), db=self._events_db)
+            if raw is None:
+                return None
+            r = unpack(raw)
+            got = {"id": r["id"], "type": r["type"], "time": r["time"]}
+            if r.get("parent") is not None:
+                got["parent"] = r["parent"]
+            if r.get("distributor"):
+                got["distributor"] = r["distributor"]
+            if len(self._events_cache) >= 100_000:
+                self._events_cache.clear()
+            self._events_cache[eid] = got
+        return got
+
+    def _shipment_rec(self, txn, sid: int) -> dict:
+        got = self._cache.get(("s", sid))
+        if got is None:
+            got = self._cache[("s", sid)] = unpack(txn.get(u32(sid), db=self._shipments_db))
+        return got
+
+    def _distributor_rec(self, txn, ident: str) -> dict | None:
+        got = self._cache.get(("d", ident))
+        if got is None:
+            raw = txn.get(ident.encode(), db=self._distributors_db)
+            if raw is None:
+                return None
+            got = self._cache[("d", ident)] = unpack(raw)
+        return got
+
+    # -- whole-store views (tests, export) ------------------------------------------------------
+    def links(self) -> dict[int, int]:
+        """Every child -> parent link (expanded; for tests and small stores)."""
+        out = {}
+        with self.store.read() as txn:
+            for k, v in txn.cursor(db=self._c2p_db):
+                last = _Q.unpack(k)[0]
+                fs, parent = _C2P.unpack(v)
+                for u in range((last & ~_LOW) | fs, last + 1):
+                    out[u] = parent
+        return out
+
+    def voided_units(self) -> set[int]:
+        with self.store.read() as txn:
+            f, l = self.voids.all_runs(txn)
+        return {u for a, b in zip(f.tolist(), l.tolist()) for u in range(a, b + 1)}
+
+    def check_consistency(self) -> None:
+        """Both directions hold the same runs (tests)."""
+        with self.store.read() as txn:
+            a = set()
+            for k, v in txn.cursor(db=self._c2p_db):
+                last = _Q.unpack(k)[0]
+                fs, parent = _C2P.unpack(v)
+                first = (last & ~_LOW) | fs
+                a.add((parent, first, last - first + 1))
+            b = set()
+            cur = txn.cursor(db=self._p2c_db)
+            for k, v in cur.iternext(keys=True, values=True):
+                f, n = _RUN.unpack(v)
+                b.add((_Q.unpack(k)[0], f, n))
+        if a != b:
+            raise AssertionError(f"link directions disagree: {sorted(a ^ b)[:5]}")

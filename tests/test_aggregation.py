@@ -1,0 +1,466 @@
+"""Aggregation: line-collection ingest checks, warehouse operations, activation, shipping,
+trace, EPCIS export and SSCC; plus a stateful property test against an in-memory model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from engine import Conflict, DataFolder, InvalidCode
+from engine.aggregation import Aggregation, unit_id
+from engine.epcis import check_parent_ids, export_epcis, pallet_sscc, sscc
+from engine.spec import PackagingSpec
+
+VECTORS = Path(__file__).parent / "vectors" / "gs1"
+URL = "HTTPS://S.EXAMPLE.CN/Q/"
+
+
+def _codes(data, batch):
+    w = data.spec.role(batch.roles[0]).format.length
+    return [r[:w].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
+
+
+def _inner(data, batch):
+    """The second (inner) code of each unit of a linked-pair level."""
+    w = data.spec.role(batch.roles[0]).format.length
+    return [r[w:].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
+
+
+@pytest.fixture
+def run(data):
+    """A small production run: 4 pallets, 10 cases, 10x24 caps (beverage preset)."""
+    caps = data.create_batch("cap", 240)
+    cases = data.create_batch("case", 10)
+    pallets = data.create_batch("pallet", 4)
+    r = type("Run", (), {})()
+    r.data, r.agg = data, Aggregation(data)
+    r.caps, r.cases, r.pallets = _codes(data, caps), _codes(data, cases), _codes(data, pallets)
+    r.cap_batch, r.case_batch, r.pallet_batch = caps.id, cases.id, pallets.id
+    return r
+
+
+def _file(tmp_path, lines, name="line.csv"):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _production(r, n_cases=10):
+    lines = [",".join([r.cases[i]] + r.caps[i * 24:(i + 1) * 24]) for i in range(n_cases)]
+    lines += [",".join([r.pallets[0]] + r.cases[:5]), ",".join([r.pallets[1]] + r.cases[5:n_cases])]
+    return lines
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+def test_load_links_both_ways_and_rerun_is_harmless(run, tmp_path):
+    f = _file(tmp_path, _production(run))
+    rep = run.agg.load(f)
+    assert rep.loaded and not rep.bad and rep.links_added == 250 and rep.records == 12
+    links = run.agg.links()
+    assert len(links) == 250
+    assert links[unit_id(run.cap_batch, 30)] == unit_id(run.case_batch, 1)
+    assert links[unit_id(run.case_batch, 7)] == unit_id(run.pallet_batch, 1)
+    run.agg.check_consistency()
+    again = run.agg.load(f)
+    assert again.loaded and again.links_added == 0 and again.links_existing == 250
+    assert run.agg.links() == links
+    assert len([e for e in run.agg.events() if e["type"] == "load"]) == 1
+
+
+def test_load_accepts_urls_lowercase_and_jsonl(run, tmp_path):
+    lines = [",".join([URL + run.cases[0]] + [c.lower() for c in run.caps[:24]])]
+    assert run.agg.load(_file(tmp_path, lines)).links_added == 24
+    recs = [json.dumps({"parent": run.cases[1], "children": [URL + c for c in run.caps[24:48]]})]
+    rep = run.agg.load(_file(tmp_path, recs, "line.jsonl"))
+    assert rep.links_added == 24 and not rep.bad
+
+
+def test_inner_code_of_a_linked_pair_names_the_same_unit(run, tmp_path):
+    inner = _inner(run.data, run.data.batches.get(run.case_batch))
+    rep = run.agg.load(_file(tmp_path, [",".join([inner[0]] + run.caps[:3])]))
+    assert rep.links_added == 3
+    assert run.agg.links()[unit_id(run.cap_batch, 0)] == unit_id(run.case_batch, 0)
+
+
+@pytest.mark.parametrize("case", ["forged", "level", "elsewhere_in_file", "capacity", "voided",
+                                  "no_children", "cycle", "bad_json"])
+def test_each_check_reports_line_and_changes_nothing(run, tmp_path, case):
+    good = ",".join([run.cases[0]] + run.caps[:24])
+    forged = run.caps[30][:-1] + ("0" if run.caps[30][-1] != "0" else "1")
+    bad = {
+        "forged": ",".join([run.cases[1], run.caps[24], forged]),
+        "level": ",".join([run.pallets[0], run.caps[24]]),
+        "elsewhere_in_file": ",".join([run.cases[1], run.caps[3]]),
+        "capacity": ",".join([run.cases[1]] + run.caps[24:49]),
+        "voided": ",".join([run.cases[1], run.caps[24]]),
+        "no_children": run.cases[1],
+        "cycle": ",".join([run.caps[24], run.cases[1]]),
+        "bad_json": "{not json",
+    }[case]
+    expect = {"forged": "not a genuine code", "level": "wrong packaging level",
+              "elsewhere_in_file": "another parent on line 1", "capacity": "its level allows 24",
+              "voided": "voided", "no_children": "needs a parent", "cycle": "wrong packaging level",
+              "bad_json": "needs a parent"}[case]
+    if case == "voided":
+        run.agg.void([run.caps[24]])
+    rep = run.agg.load(_file(tmp_path, [good, "", bad]))
+    assert not rep.loaded
+    assert [(b.line, expect in b.reason) for b in rep.bad] == [(3, True)], rep.bad
+    assert run.agg.links() == {}  # all or nothing
+
+
+def test_child_already_packed_in_store(run, tmp_path):
+    run.agg.load(_file(tmp_path, [",".join([run.cases[0]] + run.caps[:2])]))
+    rep = run.agg.load(_file(tmp_path, [",".join([run.cases[1], run.caps[1], run.caps[2]])]))
+    assert not rep.loaded and "already packed in another parent" in rep.bad[0].reason
+    assert len(run.agg.links()) == 2
+
+
+def test_capacity_counts_existing_children(run, tmp_path):
+    run.agg.load(_file(tmp_path, [",".join([run.cases[0]] + run.caps[:20])]))
+    rep = run.agg.load(_file(tmp_path, [",".join([run.cases[0]] + run.caps[20:25])]))
+    assert not rep.loaded and "would hold 25" in rep.bad[0].reason
+
+
+def test_skip_bad_loads_good_records_and_writes_rejects(run, tmp_path):
+    lines = _production(run, 3)[:3] + [",".join([run.pallets[0], run.caps[100]]), "junk,line"]
+    rej = tmp_path / "rejects.csv"
+    rep = run.agg.load(_file(tmp_path, lines), skip_bad=True, reject_file=rej)
+    assert rep.loaded and rep.links_added == 72 and [b.line for b in rep.bad] == [4, 5]
+    text = rej.read_text().splitlines()
+    assert text[0].startswith("# line 4:") and text[1] == lines[3] and text[3] == "junk,line"
+    # the reject file is loadable input again (comments skipped): still bad, still nothing
+    assert not run.agg.load(rej).loaded
+
+
+def test_jsonl_bad_records(run, tmp_path):
+    good = json.dumps({"parent": run.cases[0], "children": run.caps[:2]})
+    rep = run.agg.load(_file(tmp_path, [good, '{"parent": "%s", "children": []}' % run.cases[1],
+                                        "{not json"], "l.jsonl"))
+    assert not rep.loaded and [b.line for b in rep.bad] == [2, 3]
+    assert "needs a parent" in rep.bad[0].reason and "not a JSON record" in rep.bad[1].reason
+
+
+# -- warehouse operations ----------------------------------------------------------------------
+def test_unpack_move_replace_void(run, tmp_path):
+    run.agg.load(_file(tmp_path, _production(run)))
+    agg = run.agg
+    cap5, case0 = unit_id(run.cap_batch, 5), unit_id(run.case_batch, 0)
+    case1 = unit_id(run.case_batch, 1)
+    assert agg.unpack(run.cases[0], [run.caps[5]]) == [cap5]
+    assert cap5 not in agg.links() and agg.links()[cap5 + 1] == case0
+    with pytest.raises(Conflict, match="is not in"):
+        agg.unpack(run.cases[0], [run.caps[5]])
+    with pytest.raises(Conflict, match="more than 24"):
+        agg.move([run.caps[5]], to=run.cases[1])
+    agg.unpack(run.cases[1], [run.caps[24]])
+    assert agg.move([run.caps[5]], to=run.cases[1]) == [cap5]
+    assert agg.links()[cap5] == case1
+    with pytest.raises(Conflict, match="cannot go directly"):
+        agg.move([run.caps[6]], to=run.pallets[0])
+    # replace a damaged case label: new case takes parent and children; old voided
+    spare = run.cases[9]
+    agg.unpack(run.pallets[1], [spare])
+    agg.unpack(spare)
+    agg.replace(run.cases[0], spare)
+    links = agg.links()
+    assert links[unit_id(run.case_batch, 9)] == unit_id(run.pallet_batch, 0)
+    assert links[cap5 + 1] == unit_id(run.case_batch, 9)
+    assert case0 not in links and case0 in agg.voided_units()
+    with pytest.raises(Conflict, match="voided"):
+        agg.move([run.cases[0]], to=run.pallets[2])
+    hist = agg.trace(spare)["history"]
+    assert "replace" in [h["type"] for h in hist]
+    # void a range and a batch
+    assert agg.void(serial_range=(run.cap_batch, 200, 210)) == 10
+    assert agg.void(serial_range=(run.cap_batch, 205, 215)) == 5
+    assert agg.void(batch=run.pallet_batch) == 4
+    assert unit_id(run.cap_batch, 214) in agg.voided_units()
+    agg.check_consistency()
+
+
+def test_move_unpacks_whole_pallet_case_into_other_pallet(run, tmp_path):
+    run.agg.load(_file(tmp_path, _production(run)))
+    run.agg.move(run.cases[:2], to=run.pallets[2])
+    t = run.agg.trace(run.caps[0])
+    assert [a["uid"] for a in t["ancestors"]] == [unit_id(run.case_batch, 0),
+                                                 unit_id(run.pallet_batch, 2)]
+
+
+# -- activation, shipping, trace -------------------------------------------------------------------
+def test_activation_validates_and_binds(run, tmp_path):
+    run.agg.load(_file(tmp_path, _production(run)))
+    kw = dict(sku="TEA-500", name="Green tea", lot="L1", production_date="2026-11-21", line="L7")
+    with pytest.raises(ValueError, match="check digit"):
+        run.agg.activate(gtin="4006381333932", pallets=[run.pallets[0]], **kw)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        run.agg.activate(**{**kw, "production_date": "21/11/2026"}, pallets=[run.pallets[0]])
+    rec = run.agg.activate(gtin="4006381333931", pallets=[run.pallets[0]], **kw)
+    assert rec["units"] == 1 + 5 + 120
+    assert run.agg.is_active(unit_id(run.cap_batch, 119))
+    assert not run.agg.is_active(unit_id(run.cap_batch, 120))
+    with pytest.raises(Conflict, match="already activated"):
+        run.agg.activate(serial_range=(run.cap_batch, 100, 130), **kw)
+    assert run.agg.activate(serial_range=(run.cap_batch, 120, 240), **kw)["units"] == 120
+
+
+def test_ship_trace_distributor_through_ancestors(run, tmp_path):
+    agg = run.agg
+    agg.load(_file(tmp_path, _production(run)))
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21", pallets=[run.pallets[0]])
+    agg.add_distributor("gz-01", "Guangzhou", ["4401"])
+    agg.add_distributor("fs-02", "Foshan", ["4406"])
+    with pytest.raises(ValueError, match="region codes"):
+        agg.add_distributor("bad", "x", ["GZ"])
+    agg.ship([run.pallets[0]], "gz-01", now=1000.0)
+    t = agg.trace(run.caps[3], render=True)
+    assert t["active"] and t["product"]["sku"] == "S"
+    assert [a["level"] for a in t["ancestors"]] == ["case", "pallet"]
+    assert t["ancestors"][1]["code"] == run.pallets[0]
+    assert t["distributor"]["id"] == "gz-01"
+    assert t["shipment"]["via"] == unit_id(run.pallet_batch, 0)
+    assert Aggregation.in_territory(t["distributor"], "440106")
+    assert not Aggregation.in_territory(t["distributor"], "440606")
+    assert [h["type"] for h in t["history"]] == ["load", "activate", "ship"]
+    with pytest.raises(Conflict, match="already shipped"):
+        agg.ship([run.cases[0]], "fs-02")
+    agg.receive([run.pallets[0]])
+    agg.transfer([run.cases[1]], "fs-02")
+    assert agg.trace(run.caps[24])["distributor"]["id"] == "fs-02"
+    assert agg.trace(run.caps[0])["distributor"]["id"] == "gz-01"
+    agg.return_goods([run.cases[0]])
+    t = agg.trace(run.caps[0])
+    assert t["distributor"] is None and t["returned"]
+    case_trace = agg.trace(run.cases[2], render=True)
+    assert len(case_trace["children"]) == 24 and case_trace["children"][0]["code"] == run.caps[48]
+    with pytest.raises(InvalidCode):
+        agg.trace("not a code")
+
+
+# -- EPCIS and SSCC ------------------------------------------------------------------------
+def test_sscc_check_digit():
+    # GS1 General Specifications example SSCC (00) 106141411234567897
+    assert sscc("0614141", 123456789, 1) == "106141411234567897"
+    assert pallet_sscc(3, 17, "0614141") == "006141410030000174"  # batch 3, serial 17
+    with pytest.raises(ValueError):
+        sscc("0614141", 10**9)
+
+
+@pytest.fixture(scope="module")
+def epcis_schema():
+    return json.loads((VECTORS / "EPCIS-JSON-Schema.json").read_text())
+
+
+def test_gs1_example_validates(epcis_schema):
+    jsonschema.validate(json.loads((VECTORS / "Example_9.6.3-AggregationEvent.jsonld").read_text()),
+                        epcis_schema)
+
+
+def test_epcis_export_validates_against_gs1_schema(run, tmp_path, epcis_schema):
+    agg = run.agg
+    pallet_line = ",".join([run.pallets[0]] + run.cases[:4])
+    agg.load(_file(tmp_path, _production(run, 4)[:4] + [pallet_line]))
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21", pallets=[run.pallets[0]])
+    agg.add_distributor("gz-01", "Guangzhou", ["4401"])
+    agg.unpack(run.cases[0], [run.caps[0]])
+    agg.move([run.caps[0]], to=run.cases[5])
+    agg.replace(run.caps[1], run.caps[200])
+    agg.void([run.caps[2]])
+    agg.ship([run.pallets[0]], "gz-01")
+    agg.receive([run.pallets[0]])
+    doc = export_epcis(agg, company_prefix="0614141", now=0.0)
+    jsonschema.validate(doc, epcis_schema)
+    events = doc["epcisBody"]["eventList"]
+    kinds = {(e["type"], e["action"], e.get("bizStep")) for e in events}
+    assert ("AggregationEvent", "ADD", "packing") in kinds
+    assert ("AggregationEvent", "DELETE", "unpacking") in kinds
+    assert ("ObjectEvent", "ADD", "commissioning") in kinds
+    assert ("ObjectEvent", "OBSERVE", "shipping") in kinds
+    sscc_urn = "urn:epc:id:sscc:0614141."
+    pallet_events = [e for e in events if e.get("parentID", "").startswith(sscc_urn)]
+    assert pallet_events and len(pallet_events[0]["childEPCs"]) == 4
+    first = events[0]
+    assert first["childEPCs"][0] == URL + run.caps[0]
+    # the parentID rule the schema leaves out
+    bad = {"epcisBody": {"eventList": [{"type": "AggregationEvent", "action": "DELETE",
+                                        "childEPCs": ["urn:x"]}]}}
+    with pytest.raises(ValueError, match="without parentID"):
+        check_parent_ids(bad)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_cli_load_trace_and_help(run, tmp_path):
+    from cli.main import cli
+
+    runner = CliRunner()
+    base = ["--data", str(run.data.path)]
+    f = _file(tmp_path, _production(run))
+    run.data.close()
+    res = runner.invoke(cli, base + ["aggregate", "load", str(f), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["links_added"] == 250
+    res = runner.invoke(cli, base + ["trace", run.caps[0], "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["ancestors"][0]["level"] == "case"
+    bad = _file(tmp_path, [run.cases[0]], "bad.csv")
+    res = runner.invoke(cli, base + ["aggregate", "load", str(bad)])
+    assert res.exit_code != 0 and "line 1" in res.output
+    for name in ("aggregate", "void", "activate", "distributor", "ship", "transfer", "receive",
+                 "return", "trace", "epcis"):
+        cmd = cli.commands[name]
+        subs = getattr(cmd, "commands", {}).values() or [cmd]
+        for c in [cmd, *subs]:
+            assert "Example:" in (c.help or ""), c.name
+
+
+# -- stateful property test: store vs an in-memory model ------------------------------------------
+_SMALL = PackagingSpec("small", [
+    {"name": "pallet", "capacity": 3, "roles": [{"name": "pallet"}]},
+    {"name": "case", "capacity": 4, "roles": [{"name": "case"}]},
+    {"name": "cap", "capacity": 0, "roles": [{"name": "cap"}]},
+])
+_COUNTS = {"pallet": 3, "case": 6, "cap": 14}
+_DEPTH = {"pallet": 0, "case": 1, "cap": 2}
+_CAP = {"pallet": 3, "case": 4, "cap": 0}
+
+
+class AggregationModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.data = DataFolder.init(Path(self.tmp.name) / "w", spec=_SMALL)
+        self.agg = Aggregation(self.data)
+        self.units = []  # (uid, code, level)
+        for level, n in _COUNTS.items():
+            b = self.data.create_batch(level, n)
+            self.units += [(unit_id(b.id, s), c, level) for s, c in enumerate(_codes(self.data, b))]
+        self.parent: dict[int, int] = {}
+        self.voided: set[int] = set()
+
+    def teardown(self) -> None:
+        self.data.close()
+        self.tmp.cleanup()
+
+    def _kids(self, p):
+        return [c for c, q in self.parent.items() if q == p]
+
+    def _fits(self, child, parent):
+        lv = {u: lvl for u, _, lvl in self.units}
+        return _DEPTH[lv[child]] == _DEPTH[lv[parent]] + 1
+
+    # indices: pallets 0-2, cases 3-8, caps 9-22; the "fitting" rules draw parents and
+    # children one level apart so that most operations succeed, the others draw anything.
+    @rule(d=st.integers(0, 1), p=st.integers(0, 13), cs=st.lists(st.integers(0, 13), min_size=1,
+                                                                  max_size=4))
+    def load_fitting(self, d, p, cs):
+        lo = (0, 3, 9)
+        n = (3, 6, 14)
+        self.load(lo[d] + p % n[d], [lo[d + 1] + c % n[d + 1] for c in cs])
+
+    @rule(d=st.integers(0, 1), to=st.integers(0, 13), cs=st.lists(st.integers(0, 13), min_size=1,
+                                                                   max_size=2))
+    def move_fitting(self, d, to, cs):
+        lo = (0, 3, 9)
+        n = (3, 6, 14)
+        self.move([lo[d + 1] + c % n[d + 1] for c in cs], lo[d] + to % n[d])
+
+    @rule(d=st.integers(1, 2), a=st.integers(0, 13), b=st.integers(0, 13))
+    def replace_fitting(self, d, a, b):
+        lo = (0, 3, 9)
+        n = (3, 6, 14)
+        self.replace(lo[d] + a % n[d], lo[d] + b % n[d])
+
+    @rule(p=st.integers(0, 22), cs=st.lists(st.integers(0, 22), min_size=1, max_size=5))
+    def load(self, p, cs):
+        P, kids = self.units[p], [self.units[i] for i in cs]
+        line = ",".join([P[1]] + [k[1] for k in kids])
+        rep = self.agg.load(line.encode())
+        new = {k[0] for k in kids}
+        ok = (all(self._fits(k, P[0]) for k in new)
+              and not ({P[0]} | new) & self.voided
+              and all(self.parent.get(k, P[0]) == P[0] for k in new)
+              and len(set(self._kids(P[0])) | new) <= _CAP[P[2]])
+        assert rep.loaded == ok, (rep.bad, ok)
+        event(f"load ok={ok}")
+        if ok:
+            for k in new:
+                self.parent[k] = P[0]
+
+    @rule(p=st.integers(0, 22), cs=st.lists(st.integers(0, 22), max_size=3))
+    def unpack(self, p, cs):
+        P = self.units[p]
+        kids = list(dict.fromkeys(self.units[i][0] for i in cs))
+        ok = all(self.parent.get(k) == P[0] for k in kids)
+        try:
+            self.agg.unpack(P[1], [self.units[i][1] for i in cs] or None)
+        except Conflict:
+            assert not ok
+            return
+        assert ok
+        for k in (kids or self._kids(P[0])):
+            del self.parent[k]
+
+    @rule(cs=st.lists(st.integers(0, 22), min_size=1, max_size=3), to=st.integers(0, 22))
+    def move(self, cs, to):
+        T = self.units[to][0]
+        model = dict(self.parent)
+        ok = True
+        for k in dict.fromkeys(self.units[i][0] for i in cs):
+            if model.get(k) == T:
+                continue
+            if (k in self.voided or not self._fits(k, T) or T in self.voided
+                    or sum(1 for q in model.values() if q == T) + 1 > _CAP[self.units[to][2]]):
+                ok = False
+                break
+            model[k] = T
+        try:
+            self.agg.move([self.units[i][1] for i in cs], to=self.units[to][1])
+        except Conflict:
+            assert not ok
+            event("move refused")
+            return
+        assert ok
+        event("move ok")
+        self.parent = model
+
+    @rule(a=st.integers(0, 22), b=st.integers(0, 22))
+    def replace(self, a, b):
+        (old, oc, ol), (new, nc, nl) = self.units[a], self.units[b]
+        ok = (old != new and ol == nl and old not in self.voided and new not in self.voided
+              and new not in self.parent and not self._kids(new))
+        try:
+            self.agg.replace(oc, nc)
+        except (Conflict, ValueError):
+            assert not ok
+            event("replace refused")
+            return
+        assert ok
+        event("replace ok")
+        if old in self.parent:
+            self.parent[new] = self.parent.pop(old)
+        for k in self._kids(old):
+            self.parent[k] = new
+        self.voided.add(old)
+
+    @rule(cs=st.lists(st.integers(0, 22), min_size=1, max_size=2))
+    def void(self, cs):
+        self.agg.void([self.units[i][1] for i in cs])
+        self.voided |= {self.units[i][0] for i in cs}
+
+    @invariant()
+    def store_agrees(self):
+        assert self.agg.links() == self.parent
+        assert self.agg.voided_units() == self.voided
+        self.agg.check_consistency()
+
+
+TestAggregationModel = AggregationModel.TestCase
+TestAggregationModel.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow])
