@@ -11,3 +11,6 @@ def data(tmp_path):
     d = DataFolder.init(tmp_path / "wuma-data")
     yield d
     d.close()
+
+
+from conftest_world import build_world  # noqa: E402,F401  (re-exported for tests)

@@ -1,0 +1,80 @@
+"""Scan API over HTTP vs a bare Falcon endpoint, same gunicorn config, same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FULL, report
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest_world import build_world  # noqa: E402
+from loadgen import run_load, server_cpu_seconds  # noqa: E402
+from server import Server, free_port  # noqa: E402
+
+
+def _bare_server():
+    port = free_port()
+    env = dict(os.environ, WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS="2", WUMA_THREADS="16",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
+                             "bare_app:app"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import http.client
+    for _ in range(300):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/healthz")
+            c.getresponse().read()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("bare server did not start")
+
+
+def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
+    seconds = 20.0 if FULL else 3.0
+    w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
+    caps = w["caps"]
+    bodies = [{"code": w["data"].codes.code(caps, i, "cap_inner"), "device": f"bench-{i}",
+               "location": {"region": "440106"}} for i in range(caps.count)]
+    w["data"].close()
+    bare, bare_port = _bare_server()
+    results = {}
+    try:
+        c0 = server_cpu_seconds(bare.pid)
+        results["bare"] = run_load(bare_port, "/v1/scans", bodies, seconds=seconds)
+        results["bare"]["cpu_ms"] = (server_cpu_seconds(bare.pid) - c0) / results["bare"]["requests"] * 1e3
+    finally:
+        import signal
+        os.killpg(bare.pid, signal.SIGTERM)
+        bare.wait(20)
+    server = Server(tmp_path / "wuma-data")
+    try:
+        c0 = server_cpu_seconds(server.proc.pid)
+
+        def scan_load():
+            results["scan"] = run_load(server.port, "/v1/scans", bodies, seconds=seconds)
+
+        benchmark.pedantic(scan_load, rounds=1, iterations=1)
+        results["scan"]["cpu_ms"] = (server_cpu_seconds(server.proc.pid) - c0) / results["scan"]["requests"] * 1e3
+    finally:
+        server.stop()
+    b, s = results["bare"], results["scan"]
+    report(f"HTTP, 2 workers x 16 threads, 2x8 keep-alive clients, {seconds:.0f} s each", [
+        ("bare Falcon: requests/s", f"{b['rps']:,.0f}", "reference"),
+        ("  p50 / p99", f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} ms", ""),
+        ("  server CPU per request", f"{b['cpu_ms']:.2f} ms", ""),
+        ("scan (strict durable): requests/s", f"{s['rps']:,.0f}", ">= 5,000 and >= 80% of bare"),
+        ("  p50 / p99", f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} ms", "p99 <= 20 ms"),
+        ("  server CPU per request", f"{s['cpu_ms']:.2f} ms", ""),
+        ("  ratio scan / bare", f"{s['rps'] / b['rps']:.0%}", ">= 80%"),
+        ("  statuses", str(s["statuses"]), "all 200"),
+    ])
+    assert set(s["statuses"]) == {200}

@@ -1,0 +1,260 @@
+"""The scan API over HTTP (Falcon, JSON). Resources only translate HTTP.
+
+Routes::
+
+    POST /v1/scans          one scan (code or URL, actor, location, device) -> verdict
+    GET  /v1/codes/{code}   read-only anti-counterfeit check for the landing page
+    GET  /healthz           liveness
+    GET  /metrics           Prometheus text: scans by verdict, latency histogram, bans
+    GET  /openapi.json      the OpenAPI 3 document of these routes
+
+Errors are JSON ``{"error": "<stable code>", "message": "<for a person>"}``; no stack
+trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import falcon
+
+from engine.aggregation import Aggregation
+from engine.data import DataFolder
+from engine.errors import Banned, RateLimited, Unauthorized
+from engine.openapi import OPENAPI
+from engine.scan import ScanPipeline, ScanRequest
+from engine.scanlog import ScanLog
+from engine.store import Store, pack, unpack  # noqa: F401
+
+__all__ = ["create_app", "app_from_env", "Metrics", "LATENCY_BUCKETS"]
+
+log = logging.getLogger("wuma.http")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
+_MAX_BODY = 16 * 1024
+
+
+class Metrics:
+    """Counters shared by all workers: each worker flushes its own totals to LMDB once a
+    second (key = pid); /metrics sums every worker's last totals. PERF: no write per
+    request."""
+
+    def __init__(self, counters: Store, interval: float = 1.0) -> None:
+        self._db = counters.db("metrics")
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._key = f"pid:{os.getpid()}:{time.time_ns()}".encode()
+        self.values: dict[str, float] = {}
+        self._interval = interval
+        self._dirty = False
+        threading.Thread(target=self._flusher, daemon=True, name="wuma-metrics").start()
+
+    def inc(self, name: str, by: float = 1.0) -> None:
+        with self._lock:
+            self.values[name] = self.values.get(name, 0.0) + by
+            self._dirty = True
+
+    def observe_latency(self, seconds: float) -> None:
+        with self._lock:
+            for b in LATENCY_BUCKETS:
+                if seconds <= b:
+                    k = f'wuma_scan_latency_seconds_bucket{{le="{b}"}}'
+                    self.values[k] = self.values.get(k, 0.0) + 1
+            for k, v in (('wuma_scan_latency_seconds_bucket{le="+Inf"}', 1),
+                         ("wuma_scan_latency_seconds_count", 1), ("wuma_scan_latency_seconds_sum", seconds)):
+                self.values[k] = self.values.get(k, 0.0) + v
+            self._dirty = True
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            snapshot, self._dirty = dict(self.values), False
+        with self._counters.write() as txn:
+            txn.put(self._key, pack(snapshot), db=self._db)
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            try:
+                self.flush()
+            except Exception:  # pragma: no cover - metrics must never take a worker down
+                log.exception("metrics flush failed")
+
+    def totals(self) -> dict[str, float]:
+        self.flush()
+        out: dict[str, float] = {}
+        with self._counters.read() as txn:
+            for _, raw in txn.cursor(db=self._db):
+                for k, v in unpack(raw).items():
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
+
+def _error(resp: falcon.Response, status: str, code: str, message: str, **extra) -> None:
+    resp.status = status
+    resp.media = {"error": code, "message": message, **extra}
+
+
+class _Json:
+    """Parse a JSON object body with a clear error; bounded size."""
+
+    @staticmethod
+    def body(req: falcon.Request) -> dict:
+        if req.content_length and req.content_length > _MAX_BODY:
+            raise falcon.HTTPContentTooLarge(title="request_too_large",
+                                             description=f"body over {_MAX_BODY} bytes")
+        raw = req.bounded_stream.read(_MAX_BODY + 1)
+        if len(raw) > _MAX_BODY:
+            raise falcon.HTTPContentTooLarge(title="request_too_large",
+                                             description=f"body over {_MAX_BODY} bytes")
+        try:
+            doc = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")
+        return doc
+
+
+class ScanResource:
+    def __init__(self, pipeline: ScanPipeline, metrics: Metrics, client_ip: Callable) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.client_ip = client_ip
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        start = time.perf_counter()
+        doc = _Json.body(req)
+        actor = doc.get("actor") or {}
+        location = doc.get("location") or {}
+        if not isinstance(actor, dict) or not isinstance(location, dict):
+            raise falcon.HTTPBadRequest(title="bad_request", description="actor and location must be objects")
+        unknown = set(doc) - {"code", "actor", "location", "device"}
+        if unknown:
+            raise falcon.HTTPBadRequest(title="bad_request",
+                                        description=f"unknown fields: {', '.join(sorted(unknown))}")
+        auth = req.get_header("Authorization") or ""
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        sreq = ScanRequest(code=doc.get("code"), actor_role=actor.get("role", "consumer"),
+                           actor_id=actor.get("id"), token=token, region=location.get("region"),
+                           lat=location.get("lat"), lng=location.get("lng"), device=doc.get("device"),
+                           ip=self.client_ip(req))
+        try:
+            result = self.pipeline.scan(sreq)
+        except ValueError as e:
+            raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
+        except Unauthorized as e:
+            self.metrics.inc('wuma_scans_refused_total{reason="unauthorized"}')
+            _error(resp, falcon.HTTP_401, "unauthorized", str(e))
+            resp.set_header("WWW-Authenticate", "Bearer")
+            return
+        except Banned as e:
+            self.metrics.inc('wuma_scans_refused_total{reason="banned"}')
+            _error(resp, falcon.HTTP_403, "banned", str(e), until=e.until)
+            return
+        except RateLimited as e:
+            self.metrics.inc('wuma_scans_refused_total{reason="rate_limited"}')
+            _error(resp, falcon.HTTP_429, "rate_limited", str(e))
+            resp.set_header("Retry-After", str(e.retry_after))
+            return
+        self.metrics.inc(f'wuma_scans_total{{verdict="{result.verdict}"}}')
+        self.metrics.observe_latency(time.perf_counter() - start)
+        resp.media = result.to_dict()
+
+
+class CodeResource:
+    def __init__(self, pipeline: ScanPipeline) -> None:
+        self.pipeline = pipeline
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, code: str) -> None:
+        resp.media = self.pipeline.check(code).to_dict()
+
+
+class HealthResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class MetricsResource:
+    def __init__(self, metrics: Metrics, data: DataFolder) -> None:
+        self.metrics = metrics
+        self.data = data
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        totals = self.metrics.totals()
+        totals["wuma_bans_active"] = float(len(self.data.abuse.list_bans()))
+        lines = [
+            "# TYPE wuma_scans_total counter",
+            "# TYPE wuma_scans_refused_total counter",
+            "# TYPE wuma_scan_latency_seconds histogram",
+            "# TYPE wuma_bans_active gauge",
+        ]
+        lines += [f"{k} {v:g}" for k, v in sorted(totals.items())]
+        resp.content_type = "text/plain; version=0.0.4"
+        resp.text = "\n".join(lines) + "\n"
+
+
+class OpenApiResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = OPENAPI
+
+
+def _http_error(req, resp, ex: falcon.HTTPError, params) -> None:
+    code = ex.title if ex.title and " " not in ex.title else ex.status.split(" ", 1)[1].lower().replace(" ", "_")
+    resp.status = ex.status
+    resp.media = {"error": code, "message": ex.description or ex.status.split(" ", 1)[1]}
+    for k, v in (ex.headers or {}).items():
+        resp.set_header(k, v)
+
+
+def _unexpected(req, resp, ex: Exception, params) -> None:
+    # APPSEC: log the trace for operators; the client gets a stable, bare answer.
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"error": "internal", "message": "internal error; the scan was not recorded"}
+
+
+def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Callable:
+    """The client IP: the connection's, or ``header``'s last hop when the connection
+    comes from a trusted proxy."""
+
+    def client_ip(req: falcon.Request) -> str:
+        remote = req.remote_addr or ""
+        if header and remote in trusted_proxies:
+            value = req.get_header(header)
+            if value:
+                return value.split(",")[-1].strip()[:64]
+        return remote
+
+    return client_ip
+
+
+def create_app(data: DataFolder, *, clock: Callable[[], float] = time.time) -> falcon.App:
+    """Build the scan API over an open data folder (one per worker process)."""
+    cfg = data.config.get("serve", {})
+    pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
+                            data.accounts, clock=clock)
+    metrics = Metrics(data.abuse.counters)  # NOTE: one LMDB env per path per process
+    client_ip = make_client_ip(frozenset(cfg.get("trusted_proxies", [])), cfg.get("proxy_header"))
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/v1/scans", ScanResource(pipeline, metrics, client_ip))
+    app.add_route("/v1/codes/{code}", CodeResource(pipeline))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/metrics", MetricsResource(metrics, data))
+    app.add_route("/openapi.json", OpenApiResource())
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    return app
+
+
+def app_from_env() -> falcon.App:
+    """gunicorn entry point: ``engine.http_scan:app_from_env()``; reads ``WUMA_DATA``."""
+    path = Path(os.environ.get("WUMA_DATA") or "wuma-data")
+    return create_app(DataFolder(path))

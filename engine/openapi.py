@@ -1,0 +1,96 @@
+"""The OpenAPI 3 document of the scan API (served at /openapi.json, tested against it)."""
+
+from __future__ import annotations
+
+__all__ = ["OPENAPI"]
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                   "until": {"type": "number"}},
+}
+_SCAN_RECORD = {
+    "type": "object",
+    "required": ["count", "first_at", "last_at"],
+    "properties": {"count": {"type": "integer", "minimum": 1}, "first_at": {"type": "number"},
+                   "first_region": {"type": ["string", "null"]}, "last_at": {"type": "number"}},
+}
+_VERDICT = {
+    "type": "object",
+    "required": ["verdict"],
+    "properties": {
+        "verdict": {"type": "string", "enum": ["genuine", "inactive", "voided", "invalid"]},
+        "code": {"type": "string"},
+        "role": {"type": "string"},
+        "level": {"type": "string"},
+        "batch": {"type": "integer"},
+        "serial": {"type": "integer"},
+        "product": {"type": ["object", "null"]},
+        "ancestors": {"type": "array", "items": {"type": "object"}},
+        "distributor": {"type": ["string", "null"]},
+        "diversion": {"type": ["object", "null"]},
+        "flags": {"type": "array", "items": {"type": "string",
+                  "enum": ["role_not_allowed", "diverted", "copied"]}},
+        "rewards": {"type": "array", "items": {"type": "object"}},
+        "scan": _SCAN_RECORD,
+    },
+}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ERROR, "malformed request (error: bad_request, bad_json)"),
+    "413": _json(_ERROR, "body too large"),
+}
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "Wuma scan API", "version": "1"},
+    "paths": {
+        "/v1/scans": {
+            "post": {
+                "summary": "Verify and record one scan",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["code"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "description": "printed code or its URL"},
+                        "actor": {"type": "object", "properties": {
+                            "role": {"type": "string", "enum": ["consumer", "store", "distributor",
+                                                                "sales_rep", "shop_assistant"]},
+                            "id": {"type": "string", "maxLength": 128}}},
+                        "location": {"type": "object", "properties": {
+                            "region": {"type": "string", "pattern": "^[0-9]{2,12}$"},
+                            "lat": {"type": "number", "minimum": -90, "maximum": 90},
+                            "lng": {"type": "number", "minimum": -180, "maximum": 180}}},
+                        "device": {"type": "string", "maxLength": 128},
+                    }}}}},
+                "responses": {
+                    "200": _json(_VERDICT, "the verdict"),
+                    "401": _json(_ERROR, "account role without a valid bearer token"),
+                    "403": _json(_ERROR, "client banned for enumeration (error: banned)"),
+                    "429": _json(_ERROR, "rate limited (error: rate_limited)"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/codes/{code}": {
+            "get": {
+                "summary": "Read-only check of a code (nothing recorded)",
+                "parameters": [{"name": "code", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": _json(_VERDICT, "the verdict, with the scan history"), **_ERRORS},
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(
+            {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}, "ok")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
+    },
+}

@@ -1,0 +1,239 @@
+"""The scan pipeline: one scan in, a verdict out. No HTTP in here.
+
+Order (each step can end the scan)::
+
+    abuse checks (ban, rate) -> actor authentication -> decode + FF1 decrypt + tag
+    -> unit state (voided / activated) and what it is (product, ancestors, distributor)
+    -> role rules and diversion -> campaign hooks -> durable scan record -> verdict
+
+Verdicts: ``genuine``; ``inactive`` (a real code not yet activated: answered as not
+valid, recorded as evidence); ``voided``; ``invalid`` (forged or malformed — the same
+answer for both). Invalid codes count towards the caller's enumeration ban.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from engine.abuse import AbuseGuard, subject
+from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
+from engine.aggregation import Aggregation, unit_id
+from engine.codes import CodeEngine
+from engine.errors import Banned, RateLimited, Unauthorized
+from engine.scanlog import ScanLog, ScanRecord
+
+__all__ = ["ScanRequest", "ScanResult", "ScanPipeline", "ScanContext", "DEFAULT_ROLE_RULES",
+           "VERDICTS"]
+
+VERDICTS = ("genuine", "inactive", "voided", "invalid")
+#: Which code roles each actor role is meant to scan. Any other pair is still verified
+#: and recorded, but flagged ``role_not_allowed`` and earns nothing.
+DEFAULT_ROLE_RULES: dict[str, frozenset] = {
+    "consumer": frozenset({"cap_inner"}),
+    "store": frozenset({"case_inner", "cap_outer", "case", "box"}),
+    "shop_assistant": frozenset({"cap_outer", "box"}),
+    "distributor": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
+    "sales_rep": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
+}
+_REGION = re.compile(r"^\d{2,12}$")
+_MAX_ID = 128
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """One scan as the front end sends it. Validated by :meth:`validate`."""
+
+    code: str
+    actor_role: str = "consumer"
+    actor_id: str | None = None  # consumer: the front end's user id
+    token: str | None = None  # bearer token for account roles
+    region: str | None = None
+    lat: float | None = None
+    lng: float | None = None
+    device: str | None = None
+    ip: str | None = None
+
+    def validate(self) -> None:
+        """ValueError with a message a person can act on."""
+        if not isinstance(self.code, str):
+            raise ValueError("code must be a string (the printed code or its URL)")
+        if self.actor_role not in ACTOR_ROLES:
+            raise ValueError(f"actor role must be one of {', '.join(ACTOR_ROLES)}")
+        if self.region is not None and (not isinstance(self.region, str) or not _REGION.match(self.region)):
+            raise ValueError("region must be an administrative division code such as 440106")
+        for name, lo, hi in (("lat", -90, 90), ("lng", -180, 180)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or not lo <= v <= hi):
+                raise ValueError(f"{name} must be a number between {lo} and {hi}")
+        for name in ("actor_id", "device", "ip"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or len(v) > _MAX_ID):
+                raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters")
+
+
+@dataclass
+class ScanContext:
+    """What a campaign hook sees; it returns the rewards it grants."""
+
+    request: ScanRequest
+    account_id: str | None
+    verdict: str
+    code_role: str | None
+    unit: int | None
+    trace: dict | None
+    flags: list[str]
+    at: float
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    verdict: str
+    code: str | None = None
+    role: str | None = None
+    level: str | None = None
+    batch: int | None = None
+    serial: int | None = None
+    product: dict | None = None
+    ancestors: list = field(default_factory=list)
+    distributor: str | None = None
+    scan: ScanRecord | None = None
+    flags: tuple = ()
+    diversion: dict | None = None
+    rewards: tuple = ()
+
+    def to_dict(self) -> dict:
+        if self.verdict == "invalid":
+            return {"verdict": "invalid"}
+        d = {"verdict": self.verdict, "code": self.code, "role": self.role, "level": self.level,
+             "flags": list(self.flags)}
+        if self.verdict == "genuine":
+            d.update(batch=self.batch, serial=self.serial, product=self.product,
+                     ancestors=self.ancestors, distributor=self.distributor,
+                     diversion=self.diversion, rewards=list(self.rewards))
+        if self.scan is not None:
+            d["scan"] = {"count": self.scan.count, "first_at": self.scan.first_at,
+                         "first_region": self.scan.first_region, "last_at": self.scan.last_at}
+        return d
+
+
+CampaignHook = Callable[[ScanContext], list]
+
+
+class ScanPipeline:
+    """Wires the stores together; one per process (each gunicorn worker has its own)."""
+
+    def __init__(self, codes: CodeEngine, aggregation: Aggregation, scans: ScanLog,
+                 abuse: AbuseGuard, accounts: AccountRegistry, *,
+                 role_rules: dict[str, frozenset] | None = None, copy_regions: int = 3,
+                 copy_devices: int = 5, hooks: list[CampaignHook] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.codes = codes
+        self.aggregation = aggregation
+        self.scans = scans
+        self.abuse = abuse
+        self.accounts = accounts
+        self.role_rules = role_rules or DEFAULT_ROLE_RULES
+        self.copy_regions = copy_regions
+        self.copy_devices = copy_devices
+        self.hooks = list(hooks or [])
+        self.clock = clock
+
+    def _subjects(self, req: ScanRequest, account_id: str | None) -> list[str]:
+        out = []
+        if req.ip:
+            out.append(subject("ip", req.ip))
+        if req.device:
+            out.append(subject("device", req.device))
+        if account_id:
+            out.append(subject("account", account_id))
+        return out
+
+    def scan(self, req: ScanRequest) -> ScanResult:
+        """Run one scan through the pipeline; raises Banned, RateLimited, Unauthorized,
+        ValueError (bad request); every other outcome is a verdict."""
+        req.validate()
+        now = self.clock()
+        account_id = None
+        if req.actor_role in ACCOUNT_ROLES:
+            account = self.accounts.authenticate(req.token)
+            if account is None or account.role != req.actor_role:
+                raise Unauthorized("a valid API token for this actor role is required")
+            account_id = account.id
+        subjects = self._subjects(req, account_id)
+        ban = self.abuse.banned(subjects, now)
+        if ban is not None:
+            raise Banned(ban.subject, ban.expires_at)
+        if self.abuse.over_rate(subjects, now):
+            raise RateLimited(60 - int(now) % 60)
+
+        v = self.codes.verify(req.code)
+        if not v.genuine:
+            self.abuse.record_invalid(subjects, req.code, now)
+            return ScanResult("invalid")
+        uid = unit_id(v.batch, v.serial)
+        trace = self.aggregation.trace_unit(uid, history=False)
+        flags: list[str] = []
+        if trace["voided"]:
+            verdict = "voided"
+        elif not trace["active"]:
+            verdict = "inactive"
+        else:
+            verdict = "genuine"
+        if v.role not in self.role_rules.get(req.actor_role, ()):
+            flags.append("role_not_allowed")
+        diversion = None
+        dist = trace.get("distributor")
+        if verdict == "genuine" and dist and req.region:
+            if not self.aggregation.in_territory(dist, req.region):
+                diversion = {"distributor": dist["id"], "territory": dist["territory"],
+                             "region": req.region}
+                flags.append("diverted")
+        rewards: list = []
+        if verdict == "genuine" and self.hooks:
+            ctx = ScanContext(req, account_id, verdict, v.role, uid, trace, flags, now)
+            for hook in self.hooks:
+                rewards.extend(hook(ctx) or ())
+        event = {"at": now, "verdict": verdict, "actor_role": req.actor_role,
+                 "actor": account_id or req.actor_id, "region": req.region, "device": req.device,
+                 "ip": req.ip, "flags": flags}
+        if req.lat is not None and req.lng is not None:
+            event["lat"], event["lng"] = req.lat, req.lng
+        if diversion:
+            event["diverted"] = diversion
+        if rewards:
+            event["rewards"] = rewards
+        role_index = self.codes.spec.role(v.role).index
+        record = self.scans.record(uid, role_index, event)
+        if verdict == "genuine" and (len(record.regions) >= self.copy_regions
+                                     or record.devices >= self.copy_devices):
+            flags.append("copied")
+        return ScanResult(
+            verdict, v.code, v.role, v.level, v.batch, v.serial,
+            product=trace.get("product"),
+            ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
+                       for a in trace["ancestors"]],
+            distributor=dist["id"] if dist else None,
+            scan=record, flags=tuple(flags), diversion=diversion, rewards=tuple(rewards),
+        )
+
+    def check(self, code: str) -> ScanResult:
+        """Read-only anti-counterfeit check (the landing page): nothing is recorded."""
+        v = self.codes.verify(code)
+        if not v.genuine:
+            return ScanResult("invalid")
+        uid = unit_id(v.batch, v.serial)
+        trace = self.aggregation.trace_unit(uid, history=False)
+        verdict = "voided" if trace["voided"] else "genuine" if trace["active"] else "inactive"
+        dist = trace.get("distributor")
+        return ScanResult(
+            verdict, v.code, v.role, v.level, v.batch, v.serial, product=trace.get("product"),
+            ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
+                       for a in trace["ancestors"]],
+            distributor=dist["id"] if dist else None,
+            scan=self.scans.get(uid, self.codes.spec.role(v.role).index),
+        )

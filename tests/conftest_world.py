@@ -1,0 +1,38 @@
+"""A small production run on disk, shared by tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+
+from engine import DataFolder
+
+
+def build_world(path, *, invalid_threshold: int = 5, serve: dict | None = None,
+                rate_per_minute: int = 600):
+    """A small production run: 2 cases of 24 caps on a pallet, activated, shipped to gz-1
+    (territory 4401); an inactive cap batch; a distributor and a store account."""
+    from engine.aggregation import Aggregation
+
+    data = DataFolder.init(path)
+    data.config["abuse"] = {"invalid_threshold": invalid_threshold, "rate_per_minute": rate_per_minute}
+    if serve:
+        data.config["serve"] = serve
+    (path / "wuma.json").write_text(json.dumps(data.config))
+    agg = Aggregation(data)
+    caps = data.create_batch("cap", 48)
+    cases = data.create_batch("case", 2)
+    pallets = data.create_batch("pallet", 1)
+    code = data.codes.code
+    pallet = code(pallets, 0, "pallet")
+    for c in range(2):
+        agg.link(code(cases, c, "case_outer"), [code(caps, 24 * c + i, "cap_outer") for i in range(24)])
+        agg.link(pallet, [code(cases, c, "case_outer")])
+    agg.activate(sku="SKU-1", name="Green tea 500ml", lot="L1", production_date="2026-11-01",
+                 pallets=[pallet])
+    agg.add_distributor("gz-1", "Guangzhou Trading", ["4401"])
+    agg.ship([pallet], "gz-1")
+    inactive = data.create_batch("cap", 10)
+    data.accounts.add("gz-1", "distributor", region="4401")
+    _, store_token = data.accounts.add("s-1", "store", region="440106", distributor="gz-1")
+    return {"data": data, "caps": caps, "cases": cases, "inactive": inactive, "agg": agg,
+            "store_token": store_token}

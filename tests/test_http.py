@@ -1,0 +1,146 @@
+"""The scan API through a real gunicorn on loopback: verdicts, errors, bans across
+workers, metrics, the OpenAPI document, and kill -9 during load."""
+
+from __future__ import annotations
+
+import threading
+
+import jsonschema
+import pytest
+from conftest_world import build_world
+from server import Server
+
+from engine import DataFolder
+from engine.openapi import OPENAPI
+from engine.scanlog import ScanLog
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    path = tmp_path_factory.mktemp("http") / "wuma-data"
+    # The tests play clients at many addresses through a trusted proxy on loopback.
+    w = build_world(path, invalid_threshold=20,
+                    serve={"trusted_proxies": ["127.0.0.1"], "proxy_header": "X-Forwarded-For"})
+    w["data"].close()
+    server = Server(path)
+    w["server"] = server
+    w["path"] = path
+    yield w
+    server.stop()
+
+
+def _schema(path: str, method: str, status: int) -> dict:
+    return OPENAPI["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+
+
+def test_verdicts_over_http(live):
+    s, codes = live["server"], live["data"].codes
+    inner = codes.code(live["caps"], 40, "cap_inner")
+    status, body = s.scan({"code": live["data"].url_base + inner, "location": {"region": "440106"},
+                           "device": "d-1", "actor": {"role": "consumer", "id": "u-1"}})
+    assert status == 200 and body["verdict"] == "genuine" and body["scan"]["count"] == 1
+    jsonschema.validate(body, _schema("/v1/scans", "post", 200))
+    status, body = s.scan({"code": inner.lower(), "device": "d-1"})
+    assert body["scan"]["count"] == 2
+    assert s.scan({"code": codes.code(live["inactive"], 1, "cap_inner")})[1]["verdict"] == "inactive"
+    assert s.scan({"code": "1" + "Z" * 19})[1] == {"verdict": "invalid"}
+    diverted = s.scan({"code": codes.code(live["caps"], 41, "cap_inner"), "location": {"region": "330106"}})[1]
+    assert "diverted" in diverted["flags"] and diverted["diversion"]["distributor"] == "gz-1"
+    status, body = s.get(f"/v1/codes/{inner}")
+    assert status == 200 and body["scan"]["count"] == 2
+    jsonschema.validate(body, _schema("/v1/codes/{code}", "get", 200))
+
+
+def test_accounts_over_http(live):
+    s, codes = live["server"], live["data"].codes
+    case_inner = codes.code(live["cases"], 1, "case_inner")
+    body = {"code": case_inner, "actor": {"role": "store", "id": "s-1"}}
+    status, err = s.scan(body)
+    assert status == 401 and err["error"] == "unauthorized"
+    status, ok = s.scan(body, {"Authorization": f"Bearer {live['store_token']}"})
+    assert status == 200 and ok["verdict"] == "genuine" and ok["flags"] == []
+
+
+@pytest.mark.parametrize("body, status, error", [
+    (b"{not json", 400, "bad_json"),
+    (b"[1, 2]", 400, "bad_request"),
+    ({"code": 5}, 400, "bad_request"),
+    ({"code": "x", "location": {"region": "Guangzhou"}}, 400, "bad_request"),
+    ({"code": "x", "location": {"lat": 200}}, 400, "bad_request"),
+    ({"code": "x", "actor": {"role": "admin"}}, 400, "bad_request"),
+    ({"code": "x", "extra": 1}, 400, "bad_request"),
+    (b"x" * 20000, 413, "request_too_large"),
+])
+def test_bad_requests_get_json_errors(live, body, status, error):
+    got_status, got = live["server"].scan(body)
+    assert (got_status, got["error"]) == (status, error)
+    assert "Traceback" not in got["message"]
+
+
+def test_ban_holds_across_workers(live):
+    s = live["server"]
+    # Each request on a fresh connection: gunicorn spreads them over both workers.
+    flood = {"X-Forwarded-For": "203.0.113.50"}
+    results = [s.scan({"code": f"1{'Q' * 17}{i:02d}", "device": f"rotating-{i}"}, flood)[0]
+               for i in range(30)]
+    assert results[:21] == [200] * 21 and set(results[21:]) == {403}
+    genuine = live["data"].codes.code(live["caps"], 3, "cap_inner")
+    status, body = s.scan({"code": genuine, "device": "fresh"}, flood)
+    assert status == 403 and body["error"] == "banned"
+    other = {"X-Forwarded-For": "198.51.100.23"}
+    assert s.scan({"code": genuine, "device": "someone-else"}, other)[0] == 200
+    status, bans = 0, DataFolder(live["path"]).abuse.list_bans()
+    assert [b.subject for b in bans] == ["ip:203.0.113.50"] and len(bans[0].evidence) == 21
+
+
+def test_metrics_and_openapi(live):
+    s = live["server"]
+    import time
+    time.sleep(1.2)  # workers flush their counters once a second
+    status, text = s.get("/metrics")
+    assert status == 200 and 'wuma_scans_total{verdict="genuine"}' in text
+    assert "wuma_scan_latency_seconds_bucket" in text and "wuma_bans_active" in text
+    status, doc = s.get("/openapi.json")
+    assert status == 200 and set(doc["paths"]) == {"/v1/scans", "/v1/codes/{code}", "/healthz",
+                                                   "/metrics", "/openapi.json"}
+    assert s.get("/nowhere")[0] == 404
+
+
+def test_kill_9_loses_no_acknowledged_scan(tmp_path):
+    path = tmp_path / "wuma-data"
+    w = build_world(path)
+    codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(8)]
+    w["data"].close()
+    server = Server(path)
+    acked: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client(code):
+        conn = server.conn()
+        while not stop.is_set():
+            try:
+                status, body = server.scan({"code": code, "device": f"dev-{code}"}, conn=conn)
+            except OSError:
+                return
+            if status == 200:
+                acked[code] = body["scan"]["count"]
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in codes]
+    for t in threads:
+        t.start()
+    import time
+    deadline = time.time() + 20
+    while sum(acked.values()) < 400 and time.time() < deadline:
+        time.sleep(0.05)
+    server.kill9()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert sum(acked.values()) >= 400
+    data = DataFolder(path)
+    log = ScanLog(data.store)
+    idx = data.spec.role("cap_inner").index
+    for code, count in acked.items():
+        v = data.codes.verify(code)
+        assert log.get((v.batch << 32) | v.serial, idx).count >= count
+    data.close()

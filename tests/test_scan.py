@@ -1,0 +1,112 @@
+"""The scan pipeline end to end on real stores: every verdict, role rules, diversion, bans."""
+
+import pytest
+
+from conftest_world import build_world
+from engine.errors import Banned, Unauthorized
+from engine.scan import ScanPipeline, ScanRequest
+from engine.scanlog import ScanLog
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_800_000_000.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = build_world(tmp_path / "wuma-data")
+    clock = Clock()
+    w["clock"] = clock
+    w["pipe"] = ScanPipeline(w["data"].codes, w["agg"], ScanLog(w["data"].store), w["data"].abuse,
+                             w["data"].accounts, clock=clock)
+    yield w
+    w["pipe"].scans.close()
+    w["data"].close()
+
+
+def _scan(w, code, **kw):
+    kw.setdefault("ip", "198.51.100.7")
+    kw.setdefault("device", "dev-1")
+    return w["pipe"].scan(ScanRequest(code, **kw))
+
+
+def test_genuine_consumer_scan_and_repeat(world):
+    inner = world["data"].codes.code(world["caps"], 30, "cap_inner")
+    first = _scan(world, world["data"].url_base + inner, region="440106")
+    assert first.verdict == "genuine" and first.flags == ()
+    assert first.product["sku"] == "SKU-1"
+    assert [a["level"] for a in first.ancestors] == ["case", "pallet"]
+    assert first.distributor == "gz-1" and first.scan.count == 1
+    again = _scan(world, inner.lower(), region="440106", device="dev-2")
+    assert again.scan.count == 2
+    assert again.scan.first_at == first.scan.first_at and again.scan.first_region == "440106"
+    check = world["pipe"].check(inner)
+    assert check.verdict == "genuine" and check.scan.count == 2  # read-only: not counted
+    assert world["pipe"].check(inner).scan.count == 2
+
+
+def test_inactive_voided_and_invalid(world):
+    data, agg = world["data"], world["agg"]
+    inactive = data.codes.code(world["inactive"], 3, "cap_inner")
+    r = _scan(world, inactive)
+    assert r.verdict == "inactive" and r.scan.count == 1  # recorded as evidence
+    assert r.to_dict()["verdict"] == "inactive" and "product" not in r.to_dict()
+    voided = data.codes.code(world["caps"], 5, "cap_inner")
+    agg.void([voided])
+    assert _scan(world, voided).verdict == "voided"
+    forged = voided[:-1] + ("0" if voided[-1] != "0" else "1")
+    assert _scan(world, forged).to_dict() == {"verdict": "invalid"}
+    assert _scan(world, "nonsense").to_dict() == {"verdict": "invalid"}
+
+
+def test_diversion_flag_and_alert(world):
+    inner = world["data"].codes.code(world["caps"], 1, "cap_inner")
+    r = _scan(world, inner, region="330106")  # Hangzhou, outside gz-1's 4401
+    assert "diverted" in r.flags
+    assert r.diversion == {"distributor": "gz-1", "territory": ["4401"], "region": "330106"}
+    alerts = world["pipe"].scans.alerts("gz-1")
+    assert len(alerts) == 1 and alerts[0]["diverted"]["region"] == "330106"
+    assert world["pipe"].scans.alert_counts() == {"gz-1": 1}
+    assert "diverted" not in _scan(world, inner, region="440103").flags
+
+
+def test_role_rules_and_authentication(world):
+    data = world["data"]
+    case_inner = data.codes.code(world["cases"], 0, "case_inner")
+    r = _scan(world, case_inner)  # a consumer scanning a store's code
+    assert r.verdict == "genuine" and "role_not_allowed" in r.flags
+    r = _scan(world, case_inner, actor_role="store", token=world["store_token"])
+    assert r.flags == ()
+    with pytest.raises(Unauthorized):
+        _scan(world, case_inner, actor_role="store")
+    with pytest.raises(Unauthorized):
+        _scan(world, case_inner, actor_role="distributor", token=world["store_token"])
+    with pytest.raises(ValueError, match="region"):
+        _scan(world, case_inner, region="Guangzhou")
+    with pytest.raises(ValueError, match="actor role"):
+        _scan(world, case_inner, actor_role="admin")
+
+
+def test_copied_code_flag(world):
+    inner = world["data"].codes.code(world["caps"], 2, "cap_inner")
+    regions = ["440101", "440103", "440106"]
+    results = [_scan(world, inner, region=r, device=f"d{i}") for i, r in enumerate(regions)]
+    assert "copied" not in results[0].flags and "copied" in results[-1].flags
+
+
+def test_enumeration_ban(world):
+    for i in range(6):  # threshold 5: the sixth invalid code bans the client
+        assert _scan(world, f"1{'A' * 18}{i}", ip="203.0.113.66", device=f"x{i}").verdict == "invalid"
+    with pytest.raises(Banned):
+        _scan(world, "1" + "B" * 19, ip="203.0.113.66", device="fresh")
+    genuine = world["data"].codes.code(world["caps"], 7, "cap_inner")
+    with pytest.raises(Banned):  # banned clients get nothing, genuine codes included
+        _scan(world, genuine, ip="203.0.113.66", device="fresh")
+    assert _scan(world, genuine, ip="198.51.100.8", device="other").verdict == "genuine"
+    ban = world["data"].abuse.list_bans(now=world["clock"].t)[0]
+    assert ban.subject == "ip:203.0.113.66" and len(ban.evidence) == 6
