@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	rm -rf $(DEMO_DATA)
+	rm -rf $(DEMO_DATA) $(DEMO_DATA)-files
 	$(PY) -m cli.demo --data $(DEMO_DATA)
 
 test: $(STAMP)
@@ -26,4 +26,4 @@ bench: $(STAMP)
 	WUMA_BENCH=full $(PY) -m pytest -q benchmarks -s --benchmark-columns=median,min,max,rounds
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache .benchmarks
+	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_DATA)-files .pytest_cache .benchmarks
