@@ -66,6 +66,7 @@ def run(data: Path) -> None:
     # import `cli.demo`, which is a different module object from `__main__` under -m.
     import cli.demo as registry
     import cli.demo_aggregate  # noqa: F401
+    import cli.demo_scan  # noqa: F401
     import cli.demo_packs  # noqa: F401
 
     for extra in registry.STEPS:

@@ -303,11 +303,12 @@ from cli.packs import line, pack  # noqa: E402
 cli.add_command(line); cli.add_command(pack)
 
 
-from cli.scan import account, bans, serve  # noqa: E402
+from cli.scan import account, alerts, bans, serve  # noqa: E402
 
 cli.add_command(account)
 cli.add_command(bans)
 cli.add_command(serve)
+cli.add_command(alerts)
 
 
 from cli.aggregate import register as _register_aggregate  # noqa: E402

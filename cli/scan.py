@@ -123,3 +123,23 @@ def serve(ctx, bind, workers, threads):
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
             "engine.http_scan:app_from_env()"]
     os.execve(sys.executable, argv, env)
+
+
+@click.command()
+@click.option("--distributor", default=None, help="Only alerts for this distributor.")
+@click.option("--limit", type=int, default=1000, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_data
+def alerts(data, distributor, limit, as_json):
+    """Diversion alerts (窜货): scans outside the shipped-to distributor's territory.
+
+    Example: wuma alerts --distributor gz-01
+    """
+    from engine.scanlog import ScanLog
+
+    log = ScanLog(data.store)
+    for a in log.alerts(distributor, limit):
+        div = a["diverted"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
+        emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
+                         f"\tscanned in {div['region']}\tunit {a['unit']}")

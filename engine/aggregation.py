@@ -452,13 +452,10 @@ class Aggregation:
             self.voids.put(txn, old, old, _I.pack(eid))
         return eid
 
-    def void(self, codes: list[str] = (), *, batch: int | None = None,
-             serial_range: tuple[int, int, int] | None = None, reason: str = "",
-             now: float | None = None) -> int:
-        """Void codes, a serial range ``(batch, start, stop)`` (stop exclusive) or a batch.
-        Returns the number of units newly voided."""
-        runs, units = [], [self.unit(c) for c in codes]
-        runs += [(u, u) for u in units]
+    def _unit_runs(self, batch: int | None, serial_range: tuple[int, int, int] | None
+                   ) -> list[tuple[int, int]]:
+        """Unit-id runs (first, last) for a whole batch and/or a serial range (stop exclusive)."""
+        runs = []
         if batch is not None:
             b = self.data.batches.get(batch)
             runs.append((unit_id(b.id, 0), unit_id(b.id, b.count - 1)))
@@ -468,6 +465,15 @@ class Aggregation:
             if not 0 <= a < z <= b.count:
                 raise ValueError(f"serial range {a}:{z} is outside batch {bid} (0:{b.count})")
             runs.append((unit_id(bid, a), unit_id(bid, z - 1)))
+        return runs
+
+    def void(self, codes: list[str] = (), *, batch: int | None = None,
+             serial_range: tuple[int, int, int] | None = None, reason: str = "",
+             now: float | None = None) -> int:
+        """Void codes, a serial range ``(batch, start, stop)`` (stop exclusive) or a batch.
+        Returns the number of units newly voided."""
+        units = [self.unit(c) for c in codes]
+        runs = [(u, u) for u in units] + self._unit_runs(batch, serial_range)
         if not runs:
             raise ValueError("nothing to void: give codes, a batch or a serial range")
         with self.store.write() as txn:
@@ -516,15 +522,8 @@ class Aggregation:
             raise ValueError("activate exactly one of: a batch, a serial range, pallets")
         runs: list[tuple[int, int]] = []
         pallet_units: list[int] = []
-        if batch is not None:
-            b = self.data.batches.get(batch)
-            runs.append((unit_id(b.id, 0), unit_id(b.id, b.count - 1)))
-        elif serial_range is not None:
-            bid, a, z = serial_range
-            b = self.data.batches.get(bid)
-            if not 0 <= a < z <= b.count:
-                raise ValueError(f"serial range {a}:{z} is outside batch {bid} (0:{b.count})")
-            runs.append((unit_id(bid, a), unit_id(bid, z - 1)))
+        if batch is not None or serial_range is not None:
+            runs += self._unit_runs(batch, serial_range)
         else:
             pallet_units = [self.unit(p) for p in pallets]
             with self.store.read() as txn:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import DataFolderError
 
-__all__ = ["KeyRing", "MASTER_KEY_BYTES"]
+__all__ = ["KeyRing", "MASTER_KEY_BYTES", "write_private_file"]
 
 MASTER_KEY_BYTES = 32
 _NAME = re.compile(r"^master-v(\d+)\.key$")
@@ -102,16 +102,25 @@ class KeyRing:
         return Ed25519PrivateKey.from_private_bytes(self.derive(v, "brand-signing/ed25519"))
 
 
-def _write_key(path: Path, key: bytes) -> None:
-    if len(key) != MASTER_KEY_BYTES:
-        raise ValueError("a master key is 32 bytes")
-    # O_EXCL: never overwrite a key that printed codes depend on.
+def write_private_file(path: Path, data: bytes, exists: Exception) -> None:
+    """Create a secret file, mode 0600, synced; raise ``exists`` if it is already there.
+
+    APPSEC: O_EXCL, so a key that printed codes or wrapped packs depend on is never
+    overwritten, and the file is never readable by others, not even for an instant.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise DataFolderError(f"{path} already exists; refusing to overwrite a master key") from None
+        raise exists from None
     try:
-        os.write(fd, key)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_key(path: Path, key: bytes) -> None:
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError("a master key is 32 bytes")
+    write_private_file(path, key, DataFolderError(
+        f"{path} already exists; refusing to overwrite a master key"))

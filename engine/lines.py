@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from engine.keys import write_private_file
 from engine.errors import Conflict, NotFound, WumaError
 from engine.keys import KeyRing
 from engine.store import Store, pack, unpack
@@ -94,16 +95,8 @@ def _priv_raw(key) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    # O_EXCL: never overwrite a line key that packs may already be wrapped to.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise Conflict(f"{path} already exists; refusing to overwrite a line key") from None
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # NOTE: packs may already be wrapped to this key: never overwrite it.
+    write_private_file(path, data, Conflict(f"{path} already exists; refusing to overwrite a line key"))
 
 
 @dataclass(frozen=True)

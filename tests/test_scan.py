@@ -1,5 +1,7 @@
 """The scan pipeline end to end on real stores: every verdict, role rules, diversion, bans."""
 
+import json
+
 import pytest
 
 from conftest_world import build_world
@@ -110,3 +112,16 @@ def test_enumeration_ban(world):
     assert _scan(world, genuine, ip="198.51.100.8", device="other").verdict == "genuine"
     ban = world["data"].abuse.list_bans(now=world["clock"].t)[0]
     assert ban.subject == "ip:203.0.113.66" and len(ban.evidence) == 6
+
+
+def test_alerts_command_lists_diversion(world):
+    import subprocess
+    import sys
+
+    inner = world["data"].codes.code(world["caps"], 9, "cap_inner")
+    _scan(world, inner, region="330106")
+    # A second process, as an operator would run it (LMDB allows one env per process).
+    res = subprocess.run([sys.executable, "-m", "cli", "--data", str(world["data"].path), "alerts",
+                          "--json"], capture_output=True, text=True, check=True)
+    (alert,) = [json.loads(x) for x in res.stdout.splitlines()]
+    assert alert["diverted"] == {"distributor": "gz-1", "territory": ["4401"], "region": "330106"}

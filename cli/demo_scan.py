@@ -1,0 +1,75 @@
+"""Demo step: the scan API under gunicorn on loopback, scanned through HTTP.
+
+Uses the production run of the aggregation step: caps on pallet 1 are activated and
+shipped to gz-01 (territory 4401); caps on pallet 2 are not activated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from cli.demo import step
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url + "/v1/scans", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@step
+def scans(d) -> None:
+    print("\n== Scanning through the HTTP API (wuma serve, gunicorn on 127.0.0.1)")
+    with open(d.work / "agg-caps.csv", newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    activated_inner, other_inner = rows[0][2], rows[-1][2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    print(f"\n$ wuma --data {d.data} serve --bind 127.0.0.1:{port} --workers 2 &")
+    server = subprocess.Popen([sys.executable, "-m", "cli", "--data", str(d.data), "serve", "--bind",
+                               f"127.0.0.1:{port}", "--workers", "2"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        forged = activated_inner[:-1] + ("0" if activated_inner[-1] != "0" else "1")
+        cases = [
+            ("consumer scans a genuine cap in Guangzhou", {"code": "HTTPS://S.EXAMPLE.CN/Q/" + activated_inner,
+             "location": {"region": "440106"}, "device": "phone-1"}),
+            ("the same cap again (repeat: count and first scan)", {"code": activated_inner.lower(),
+             "location": {"region": "440106"}, "device": "phone-1"}),
+            ("a forged code", {"code": forged, "device": "phone-2"}),
+            ("a real code not yet activated", {"code": other_inner, "device": "phone-3"}),
+            ("the genuine cap scanned in Hangzhou (outside gz-01's 4401)",
+             {"code": activated_inner, "location": {"region": "330106"}, "device": "phone-4"}),
+        ]
+        for title, body in cases:
+            status, answer = _post(url, body)
+            print(f"\n  {title}:\n  POST /v1/scans {json.dumps(body, ensure_ascii=False)}")
+            shown = {k: answer.get(k) for k in ("verdict", "flags", "scan", "diversion", "product")
+                     if answer.get(k) not in (None, [], {})}
+            print(f"  -> {status} {json.dumps(shown, ensure_ascii=False)}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+    print("  (server stopped)")
+    d.wuma("alerts", "--distributor", "gz-01")
