@@ -127,28 +127,34 @@ class AbuseGuard:
         PERF: a write transaction per request serialised every worker thread on LMDB's
         writer lock (a quarter of a worker's time under load). Counts are kept in memory
         and merged into the shared store every ``_FLUSH_S`` seconds in one transaction;
-        a subject's count is the shared count plus this process's unflushed ones, exact
-        within a process and at most ``_FLUSH_S`` stale across workers.
+        a subject's count is the shared count plus this process's unflushed ones: at
+        most ``_FLUSH_S`` stale across workers (rate limits need not be exact).
         """
         now = time.time() if now is None else now
         minute = int(now // 60)
-        with self._rate_lock:
-            if now >= self._next_flush or minute != self._pending_minute:
+        if (now >= self._next_flush or minute != self._pending_minute) and \
+                self._rate_lock.acquire(blocking=False):
+            # PERF: one flusher at a time and nobody waits for it: a lock on the hot path
+            # made request threads convoy behind a holder that lost the GIL.
+            try:
                 self._flush_rate(now)
                 self._pending_minute = minute
-            over = None
-            with self.counters.read() as txn:
-                for s in subjects:
-                    raw = txn.get(s.encode(), db=self._rate)
-                    shared = 0
-                    if raw:
-                        m, n = unpack(raw)
-                        shared = n if m == minute else 0
-                    local = self._pending.get(s, 0) + 1
-                    self._pending[s] = local
-                    if shared + local > self.limits.rate_per_minute and over is None:
-                        over = s
-            return over
+            finally:
+                self._rate_lock.release()
+        pending = self._pending
+        over = None
+        with self.counters.read() as txn:
+            for s in subjects:
+                raw = txn.get(s.encode(), db=self._rate)
+                shared = 0
+                if raw:
+                    m, n = unpack(raw)
+                    shared = n if m == minute else 0
+                local = pending.get(s, 0) + 1  # NOTE: racing threads may lose a count; fine here
+                pending[s] = local
+                if shared + local > self.limits.rate_per_minute and over is None:
+                    over = s
+        return over
 
     def _flush_rate(self, now: float) -> None:
         """Merge this process's pending counts into the shared store (lock held)."""
@@ -156,13 +162,13 @@ class AbuseGuard:
         if not self._pending:
             return
         minute = self._pending_minute
+        pending, self._pending = self._pending, {}
         with self.counters.write() as txn:
-            for s, k in self._pending.items():
+            for s, k in pending.items():
                 key = s.encode()
                 raw = txn.get(key, db=self._rate)
                 m, n = unpack(raw) if raw else (minute, 0)
                 txn.put(key, pack((minute, (n if m == minute else 0) + k)), db=self._rate)
-        self._pending.clear()
 
     # -- enumeration ------------------------------------------------------------------
     def record_invalid(self, subjects: list[str], code: str, now: float | None = None) -> Ban | None:

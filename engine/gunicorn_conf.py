@@ -54,3 +54,4 @@ logconfig_dict = {
 # NOTE: gunicorn >= 24 opens a control socket at one fixed path per user; several servers
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.
 control_socket_disable = True
+
