@@ -131,8 +131,8 @@ class ScanResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         start = time.perf_counter()
         doc = _Json.body(req)
-        actor = doc.get("actor") or {}
-        location = doc.get("location") or {}
+        actor = {} if doc.get("actor") is None else doc["actor"]
+        location = {} if doc.get("location") is None else doc["location"]
         if not isinstance(actor, dict) or not isinstance(location, dict):
             raise falcon.HTTPBadRequest(title="bad_request", description="actor and location must be objects")
         unknown = set(doc) - {"code", "actor", "location", "device"}

@@ -60,15 +60,17 @@ OPENAPI = {
                     "additionalProperties": False,
                     "properties": {
                         "code": {"type": "string", "description": "printed code or its URL"},
-                        "actor": {"type": "object", "properties": {
+                        "actor": {"type": "object", "nullable": True, "properties": {
                             "role": {"type": "string", "enum": ["consumer", "store", "distributor",
                                                                 "sales_rep", "shop_assistant"]},
-                            "id": {"type": "string", "maxLength": 128}}},
-                        "location": {"type": "object", "properties": {
-                            "region": {"type": "string", "pattern": "^[0-9]{2,12}$"},
-                            "lat": {"type": "number", "minimum": -90, "maximum": 90},
-                            "lng": {"type": "number", "minimum": -180, "maximum": 180}}},
-                        "device": {"type": "string", "maxLength": 128},
+                            "id": {"type": "string", "maxLength": 128, "nullable": True}}},
+                        "location": {"type": "object", "nullable": True, "properties": {
+                            "region": {"type": "string", "pattern": "^[0-9]{2,12}$", "nullable": True},
+                            "lat": {"type": "number", "minimum": -90, "maximum": 90, "nullable": True},
+                            "lng": {"type": "number", "minimum": -180, "maximum": 180,
+                                    "nullable": True}}},
+                        "device": {"type": "string", "maxLength": 128, "nullable": True,
+                                   "description": "the front end's device id; null = absent"},
                     }}}}},
                 "responses": {
                     "200": _json(_VERDICT, "the verdict"),

@@ -144,3 +144,24 @@ def test_kill_9_loses_no_acknowledged_scan(tmp_path):
         v = data.codes.verify(code)
         assert log.get((v.batch << 32) | v.serial, idx).count >= count
     data.close()
+
+
+def test_openapi_document_holds_against_live_server(tmp_path):
+    """schemathesis generates requests from /openapi.json (valid and schema-violating)
+    and checks every answer: no 5xx, no undocumented status or body, violations refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    st = Path(sys.executable).parent / "st"
+    w = build_world(tmp_path / "wuma-data")
+    w["data"].close()
+    server = Server(tmp_path / "wuma-data")
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        res = subprocess.run([str(st), "run", f"{base}/openapi.json", "--url", base, "--checks", "all",
+                              "--max-examples", "40", "--seed", "20261122", "--no-color"],
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        server.stop()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:]
