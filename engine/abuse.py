@@ -163,8 +163,12 @@ class AbuseGuard:
             return
         minute = self._pending_minute
         pending, self._pending = self._pending, {}
+        # NOTE: threads that took the old dict a moment ago may still add to it: copy it
+        # in one step (no Python code runs inside list(), so no thread switch) and let
+        # such late counts go; rate limits need not be exact.
+        items = list(pending.items())
         with self.counters.write() as txn:
-            for s, k in pending.items():
+            for s, k in items:
                 key = s.encode()
                 raw = txn.get(key, db=self._rate)
                 m, n = unpack(raw) if raw else (minute, 0)
