@@ -7,7 +7,7 @@ import timeit
 
 from conftest import report, size
 
-from engine.benchmark import export_peak_rss, fastfpe_rate
+from engine.benchmark import export_peak_rss, fastfpe_rate, render_all
 
 
 def test_generation_rate(benchmark, bench_data):
@@ -15,13 +15,8 @@ def test_generation_rate(benchmark, bench_data):
     codes = size(4_000_000, 100_000_000)
     batch = bench_data.create_batch("pallet", codes)
     bench_data.codes.render(batch, 0, 1 << 16)  # JIT warm-up
-    step = 1 << 22
-
-    def generate():
-        for s in range(0, codes, step):
-            bench_data.codes.render(batch, s, min(s + step, codes))
-
-    benchmark.pedantic(generate, rounds=3 if codes < 10**7 else 1, iterations=1)
+    benchmark.pedantic(render_all, args=(bench_data, batch, codes),
+                       rounds=3 if codes < 10**7 else 1, iterations=1)
     rate = codes / benchmark.stats.stats.median
     ref = fastfpe_rate(5_000)
     rows = [(f"generate {codes:,} codes", f"{rate / 1e6:.1f}M codes/s", ">= 10M codes/s"),

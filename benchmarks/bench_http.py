@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import FULL, report
@@ -15,26 +13,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest_world import build_world  # noqa: E402
 from loadgen import run_load, server_cpu_seconds  # noqa: E402
-from server import Server, free_port  # noqa: E402
+from server import Server  # noqa: E402
 
-
-def _bare_server():
-    port = free_port()
-    env = dict(os.environ, WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS="2", WUMA_THREADS="16",
-               PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
-                             "bare_app:app"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import http.client
-    for _ in range(300):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/healthz")
-            c.getresponse().read()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("bare server did not start")
+from cli.localserver import start_gunicorn, stop  # noqa: E402
 
 
 def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
@@ -44,16 +25,15 @@ def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
     bodies = [{"code": w["data"].codes.code(caps, i, "cap_inner"), "device": f"bench-{i}",
                "location": {"region": "440106"}} for i in range(caps.count)]
     w["data"].close()
-    bare, bare_port = _bare_server()
+    bare, bare_port = start_gunicorn("bare_app:app", cwd=ROOT,
+                                     env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"})
     results = {}
     try:
         c0 = server_cpu_seconds(bare.pid)
         results["bare"] = run_load(bare_port, "/v1/scans", bodies, seconds=seconds)
         results["bare"]["cpu_ms"] = (server_cpu_seconds(bare.pid) - c0) / results["bare"]["requests"] * 1e3
     finally:
-        import signal
-        os.killpg(bare.pid, signal.SIGTERM)
-        bare.wait(20)
+        stop(bare)
     server = Server(tmp_path / "wuma-data")
     try:
         c0 = server_cpu_seconds(server.proc.pid)

@@ -6,17 +6,11 @@ Registered with ``cli.demo.step`` on import (the lead imports this module from t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from cli.demo import step
+from cli.localserver import start_gunicorn, stop
 
 
 @step
@@ -49,12 +43,13 @@ def packs(d) -> None:
     print("\n  the line controller pulls its packs over HTTP (pull server on loopback):")
     pulled = d.work / "line-L1-pulled"
     shutil.rmtree(pulled, ignore_errors=True)
-    server, url = _start_pull_server(d.data)
+    server, port = start_gunicorn("engine.http_packs:app_from_env()", workers=1,
+                                  env={"WUMA_DATA": str(d.data)}, probe="/packs")
     try:
-        d.wuma("pack", "pull", "--line", str(line_dir), "--server", url, "-o", str(pulled))
+        d.wuma("pack", "pull", "--line", str(line_dir), "--server", f"http://127.0.0.1:{port}",
+               "-o", str(pulled))
     finally:
-        server.terminate()
-        server.wait(20)
+        stop(server)
     first["path"] = str(pulled / Path(first["path"]).name)
     codes = d.work / "line-L1-codes.csv"
     receipt = d.work / "line-L1-receipt.json"
@@ -82,22 +77,3 @@ def packs(d) -> None:
     d.wuma("pack", "list", "--line", "L1")
     codes.unlink()
 
-
-def _start_pull_server(data: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, WUMA_DATA=str(data), WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
-                             "engine.http_packs:app_from_env()"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "/packs", timeout=2)
-        except urllib.error.HTTPError:
-            return proc, url  # 401 without a signature: the server is up
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("pack pull server did not start")

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 from cli.demo import step
+from cli.localserver import free_port, stop, wait_until_up
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -36,21 +33,15 @@ def scans(d) -> None:
     with open(d.work / "agg-caps.csv", newline="") as fh:
         rows = list(csv.reader(fh))[1:]
     activated_inner, other_inner = rows[0][2], rows[-1][2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    print(f"\n$ wuma --data {d.data} serve --bind 127.0.0.1:{port} --workers 2 &")
-    server = subprocess.Popen([sys.executable, "-m", "cli", "--data", str(d.data), "serve", "--bind",
-                               f"127.0.0.1:{port}", "--workers", "2"], start_new_session=True,
+    port = free_port()
+    args = ["--data", str(d.data), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    print(f"\n$ wuma {' '.join(args)} &")
+    server = subprocess.Popen([sys.executable, "-m", "cli", *args], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        if not wait_until_up(url + "/healthz"):
+            raise SystemExit("wuma serve did not start")
         forged = activated_inner[:-1] + ("0" if activated_inner[-1] != "0" else "1")
         cases = [
             ("consumer scans a genuine cap in Guangzhou", {"code": "HTTPS://S.EXAMPLE.CN/Q/" + activated_inner,
@@ -69,7 +60,6 @@ def scans(d) -> None:
                      if answer.get(k) not in (None, [], {})}
             print(f"  -> {status} {json.dumps(shown, ensure_ascii=False)}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
+        stop(server)
     print("  (server stopped)")
     d.wuma("alerts", "--distributor", "gz-01")

@@ -7,7 +7,7 @@ code per role of the level, all regenerated on demand from the key.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from engine.errors import Conflict, NotFound
 from engine.spec import PackagingSpec
@@ -29,7 +29,6 @@ class Batch:
     state: str = "generated"
     created_at: float = 0.0
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.data import DataFolder
 
-__all__ = ["run_all", "generation_rate", "fastfpe_rate", "verify_latency", "export_peak_rss",
+__all__ = ["run_all", "generation_rate", "render_all", "fastfpe_rate", "verify_latency", "export_peak_rss",
            "machine"]
 
 
@@ -33,14 +33,18 @@ def generation_rate(data: DataFolder, codes: int, level: str = "pallet", repeat:
     per_unit = len(batch.roles)
     units = codes // per_unit
     data.codes.render(batch, 0, min(units, 1 << 16))  # JIT warm-up
-    step = 1 << 22
     rates = []
     for _ in range(repeat):
         t = time.perf_counter()
-        for s in range(0, units, step):
-            data.codes.render(batch, s, min(s + step, units))
+        render_all(data, batch, units)
         rates.append(units * per_unit / (time.perf_counter() - t))
     return statistics.median(rates)
+
+
+def render_all(data: DataFolder, batch, units: int, step: int = 1 << 22) -> None:
+    """Render ``units`` units to memory in 4M-unit slices (the rendered bytes are dropped)."""
+    for s in range(0, units, step):
+        data.codes.render(batch, s, min(s + step, units))
 
 
 def fastfpe_rate(n: int = 20_000) -> float | None:

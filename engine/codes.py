@@ -17,7 +17,7 @@ import numpy as np
 from engine import _kernels as K
 from engine.batches import Batch, BatchRegistry
 from engine.formats import CodeFormat, extract_code
-from engine.fpe import FF1, _pow2_bits
+from engine.fpe import FF1, _pow2_bits, halves_to_text
 from engine.keys import KeyRing
 from engine.spec import PackagingSpec
 
@@ -94,7 +94,8 @@ class CodeEngine:
         self._ff1: dict[tuple[int, str], FF1] = {}
         self._facts: dict[int, _BatchFacts] = {}
         self._formats = list(spec.formats.values())
-        self._tables: dict[str, tuple[np.ndarray, str]] = {}
+        self._tables: dict[str, dict] = {}
+        self._decode_tables: dict[str, np.ndarray] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._workers = max(1, min(len(os.sched_getaffinity(0)), 8))
 
@@ -166,12 +167,8 @@ class CodeEngine:
         u = fmt.body_length // 2
         mod_v = fmt.radix ** (fmt.body_length - u)
         a, b = self.ff1(batch.key_version, fmt).encrypt_int(payload // mod_v, payload % mod_v, fmt.body_length)
-        digits = []
-        for val, length in ((b, fmt.body_length - u), (a, u)):
-            for _ in range(length):
-                val, d = divmod(val, fmt.radix)
-                digits.append(fmt.alphabet[d])
-        return fmt.version_char(batch.key_version) + "".join(reversed(digits))
+        body = halves_to_text(a, b, fmt.body_length, fmt.radix, fmt.alphabet)
+        return fmt.version_char(batch.key_version) + body
 
     def iter_chunks(self, batch: Batch, start: int = 0, stop: int | None = None,
                     chunk: int = EXPORT_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
@@ -240,13 +237,12 @@ class CodeEngine:
         return INVALID
 
     def _verify_canonical(self, s: str, fmt: CodeFormat) -> Verification:
-        ff1 = self._ff1.get((fmt.alphabet.index(s[0]), fmt.name))
+        version = fmt.alphabet.index(s[0])
+        ff1 = self._ff1.get((version, fmt.name))
         if ff1 is None:
-            version = fmt.alphabet.index(s[0])
             if version not in self.keys.versions:
                 return INVALID
             ff1 = self.ff1(version, fmt)
-        version = fmt.alphabet.index(s[0])
         n = fmt.body_length
         u = n // 2
         radix = fmt.radix
@@ -274,6 +270,21 @@ class CodeEngine:
             self._tables[fmt.name] = got
         return got
 
+    def _decode_table(self, fmt: CodeFormat) -> np.ndarray:
+        """ASCII byte -> numeral (255 = not in the alphabet), read as :meth:`verify` reads."""
+        table = self._decode_tables.get(fmt.name)
+        if table is None:
+            table = np.full(256, 255, np.uint8)
+            for i, ch in enumerate(fmt.alphabet):
+                table[ord(ch)] = i
+                if fmt.case_insensitive:
+                    table[ord(ch.lower())] = i
+            if fmt.reads_crockford:
+                for ch, to in (("I", "1"), ("L", "1"), ("O", "0")):
+                    table[ord(ch)] = table[ord(ch.lower())] = fmt.alphabet.index(to)
+            self._decode_tables[fmt.name] = table
+        return table
+
     def decode_many(self, chars: np.ndarray, fmt: CodeFormat) -> DecodedCodes:
         """Vectorised verify of canonical ASCII codes of one format: a (N, length) uint8
         matrix. Lowercase and Crockford look-alikes are accepted as in :meth:`verify`."""
@@ -281,14 +292,7 @@ class CodeEngine:
             raise ValueError(f"expected a (N, {fmt.length}) matrix of {fmt.name} codes")
         chars = np.ascontiguousarray(chars, np.uint8)
         n = chars.shape[0]
-        table = np.full(256, 255, np.uint8)
-        for i, ch in enumerate(fmt.alphabet):
-            table[ord(ch)] = i
-            if fmt.case_insensitive:
-                table[ord(ch.lower())] = i
-        if fmt.case_insensitive and fmt.name == "base32":
-            for ch, to in (("I", "1"), ("L", "1"), ("O", "0")):
-                table[ord(ch)] = table[ord(ch.lower())] = fmt.alphabet.index(to)
+        table = self._decode_table(fmt)
         ok = np.empty(n, np.bool_)
         versions = np.empty(n, np.uint8)
         numerals = np.empty((n, fmt.body_length), np.uint8)

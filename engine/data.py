@@ -33,6 +33,17 @@ DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
 _CONFIG = "wuma.json"
 
 
+#: Settings sections a brand may change after init.
+_SETTINGS = {"abuse", "serve"}
+
+
+def _write_config(path: Path, config: dict) -> None:
+    """Write wuma.json atomically (never a half-written file)."""
+    tmp = path / (_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    os.replace(tmp, path / _CONFIG)
+
+
 def default_data_path() -> Path:
     """``$WUMA_DATA``, else ``./wuma-data``."""
     return Path(os.environ.get("WUMA_DATA") or "wuma-data")
@@ -70,10 +81,17 @@ class DataFolder:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         KeyRing.create(path / "keys")
         config = {"version": 1, "created_at": time.time(), "url_base": url_base, "spec": spec.to_dict()}
-        tmp = path / (_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        os.replace(tmp, path / _CONFIG)
+        _write_config(path, config)
         return cls(path)
+
+    def update_config(self, **sections: dict) -> None:
+        """Set settings sections (``abuse``, ``serve``) in wuma.json; read by processes
+        that open the folder afterwards (a running server keeps what it read)."""
+        unknown = set(sections) - _SETTINGS
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        self.config.update(sections)
+        _write_config(self.path, self.config)
 
     @cached_property
     def accounts(self) -> AccountRegistry:

@@ -100,6 +100,11 @@ class CodeFormat:
         return self.alphabet[version]
 
     @cached_property
+    def reads_crockford(self) -> bool:
+        """Read I/L as 1 and O as 0 (Crockford base32, case-insensitive)."""
+        return self.case_insensitive and self.alphabet == CROCKFORD_ALPHABET
+
+    @cached_property
     def _canonical(self) -> re.Pattern:
         return re.compile("[" + re.escape(self.alphabet) + "]{%d}" % self.length)
 
@@ -117,7 +122,7 @@ class CodeFormat:
             return None
         if self.case_insensitive:
             s = s.upper()
-            if self.alphabet == CROCKFORD_ALPHABET:
+            if self.reads_crockford:
                 s = s.translate(_CROCKFORD_READ)
         return s if canonical.fullmatch(s) else None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["FF1", "NUMERAL_ALPHABET", "MIN_DOMAIN"]
+__all__ = ["FF1", "NUMERAL_ALPHABET", "MIN_DOMAIN", "halves_to_text"]
 
 #: Text alphabet for FF1 strings: a radix-r string uses the first r characters.
 NUMERAL_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -64,6 +64,16 @@ class _Layout:
     @property
     def batchable(self) -> bool:
         return self.b <= 7 and self.mod_v < _MAX_BATCH_HALF
+
+
+def halves_to_text(a: int, b: int, n: int, radix: int, alphabet: str) -> str:
+    """STR(a) over n//2 numerals followed by STR(b) over the rest, in ``alphabet``."""
+    out = []
+    for val, length in ((b, n - n // 2), (a, n // 2)):
+        for _ in range(length):
+            val, r = divmod(val, radix)
+            out.append(alphabet[r])
+    return "".join(reversed(out))
 
 
 def _pow2_bits(m: int) -> int:
@@ -243,13 +253,7 @@ class FF1:
         for d in x[u:]:
             b = b * self._radix + d
         a, b = (self.encrypt_int if encrypt else self.decrypt_int)(a, b, n, tweak)
-        alphabet = NUMERAL_ALPHABET
-        out = []
-        for val, length in ((b, n - u), (a, u)):
-            for _ in range(length):
-                val, r = divmod(val, self._radix)
-                out.append(alphabet[r])
-        return "".join(reversed(out))
+        return halves_to_text(a, b, n, self._radix, NUMERAL_ALPHABET)
 
     def encrypt(self, text: str, tweak: bytes = b"") -> str:
         """Encrypt a numeral string over ``NUMERAL_ALPHABET[:radix]``."""

@@ -30,7 +30,7 @@ from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
 from engine.scan import ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog
-from engine.store import Store, pack, unpack  # noqa: F401
+from engine.store import Store, pack, unpack
 
 __all__ = ["create_app", "app_from_env", "Metrics", "LATENCY_BUCKETS"]
 
@@ -101,25 +101,19 @@ def _error(resp: falcon.Response, status: str, code: str, message: str, **extra)
     resp.media = {"error": code, "message": message, **extra}
 
 
-class _Json:
-    """Parse a JSON object body with a clear error; bounded size."""
-
-    @staticmethod
-    def body(req: falcon.Request) -> dict:
-        if req.content_length and req.content_length > _MAX_BODY:
-            raise falcon.HTTPContentTooLarge(title="request_too_large",
-                                             description=f"body over {_MAX_BODY} bytes")
-        raw = req.bounded_stream.read(_MAX_BODY + 1)
-        if len(raw) > _MAX_BODY:
-            raise falcon.HTTPContentTooLarge(title="request_too_large",
-                                             description=f"body over {_MAX_BODY} bytes")
-        try:
-            doc = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")
-        return doc
+def _json_body(req: falcon.Request) -> dict:
+    """The request's JSON object, bounded in size, with a clear error otherwise."""
+    raw = req.bounded_stream.read(_MAX_BODY + 1)
+    if len(raw) > _MAX_BODY:
+        raise falcon.HTTPContentTooLarge(title="request_too_large",
+                                         description=f"body over {_MAX_BODY} bytes")
+    try:
+        doc = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")
+    return doc
 
 
 class ScanResource:
@@ -130,7 +124,7 @@ class ScanResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         start = time.perf_counter()
-        doc = _Json.body(req)
+        doc = _json_body(req)
         actor = {} if doc.get("actor") is None else doc["actor"]
         location = {} if doc.get("location") is None else doc["location"]
         if not isinstance(actor, dict) or not isinstance(location, dict):

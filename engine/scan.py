@@ -124,6 +124,21 @@ class ScanResult:
 CampaignHook = Callable[[ScanContext], list]
 
 
+def _unit_verdict(trace: dict) -> str:
+    return "voided" if trace["voided"] else "genuine" if trace["active"] else "inactive"
+
+
+def _result(verdict: str, v, trace: dict, record: ScanRecord | None, **extra) -> ScanResult:
+    """The answer for a genuine code (any unit state), from its verification and trace."""
+    dist = trace.get("distributor")
+    return ScanResult(
+        verdict, v.code, v.role, v.level, v.batch, v.serial, product=trace.get("product"),
+        ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
+                   for a in trace["ancestors"]],
+        distributor=dist["id"] if dist else None, scan=record, **extra,
+    )
+
+
 class ScanPipeline:
     """Wires the stores together; one per process (each gunicorn worker has its own)."""
 
@@ -178,12 +193,7 @@ class ScanPipeline:
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.trace_unit(uid, history=False)
         flags: list[str] = []
-        if trace["voided"]:
-            verdict = "voided"
-        elif not trace["active"]:
-            verdict = "inactive"
-        else:
-            verdict = "genuine"
+        verdict = _unit_verdict(trace)
         if v.role not in self.role_rules.get(req.actor_role, ()):
             flags.append("role_not_allowed")
         diversion = None
@@ -212,14 +222,8 @@ class ScanPipeline:
         if verdict == "genuine" and (len(record.regions) >= self.copy_regions
                                      or record.devices >= self.copy_devices):
             flags.append("copied")
-        return ScanResult(
-            verdict, v.code, v.role, v.level, v.batch, v.serial,
-            product=trace.get("product"),
-            ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
-                       for a in trace["ancestors"]],
-            distributor=dist["id"] if dist else None,
-            scan=record, flags=tuple(flags), diversion=diversion, rewards=tuple(rewards),
-        )
+        return _result(verdict, v, trace, record, flags=tuple(flags), diversion=diversion,
+                       rewards=tuple(rewards))
 
     def check(self, code: str) -> ScanResult:
         """Read-only anti-counterfeit check (the landing page): nothing is recorded."""
@@ -228,12 +232,5 @@ class ScanPipeline:
             return ScanResult("invalid")
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.trace_unit(uid, history=False)
-        verdict = "voided" if trace["voided"] else "genuine" if trace["active"] else "inactive"
-        dist = trace.get("distributor")
-        return ScanResult(
-            verdict, v.code, v.role, v.level, v.batch, v.serial, product=trace.get("product"),
-            ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
-                       for a in trace["ancestors"]],
-            distributor=dist["id"] if dist else None,
-            scan=self.scans.get(uid, self.codes.spec.role(v.role).index),
-        )
+        return _result(_unit_verdict(trace), v, trace,
+                       self.scans.get(uid, self.codes.spec.role(v.role).index))

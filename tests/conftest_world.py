@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from engine import DataFolder
 
 
@@ -14,10 +12,8 @@ def build_world(path, *, invalid_threshold: int = 5, serve: dict | None = None,
     from engine.aggregation import Aggregation
 
     data = DataFolder.init(path)
-    data.config["abuse"] = {"invalid_threshold": invalid_threshold, "rate_per_minute": rate_per_minute}
-    if serve:
-        data.config["serve"] = serve
-    (path / "wuma.json").write_text(json.dumps(data.config))
+    data.update_config(abuse={"invalid_threshold": invalid_threshold, "rate_per_minute": rate_per_minute},
+                       serve=serve or {})
     agg = Aggregation(data)
     caps = data.create_batch("cap", 48)
     cases = data.create_batch("case", 2)

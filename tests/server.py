@@ -6,19 +6,13 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from cli.localserver import free_port, stop, wait_until_up
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -30,13 +24,8 @@ class Server:
              f"127.0.0.1:{self.port}", "--workers", str(workers), "--threads", str(threads)],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
+        if wait_until_up(f"http://127.0.0.1:{self.port}/healthz"):
+            return
         self.stop()
         raise RuntimeError(f"server did not start; see {self.log.name}")
 
@@ -66,11 +55,5 @@ class Server:
         self.log.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop(self.proc)
         self.log.close()
