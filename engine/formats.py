@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 __all__ = [
+    "check_gtin",
     "CROCKFORD_ALPHABET",
     "CodeFormat",
     "FORMATS",
@@ -201,12 +202,19 @@ def gs1_check_digit(digits: str) -> int:
     return (10 - total % 10) % 10
 
 
-def digital_link(code: str, gtin: str, domain: str) -> str:
-    """GS1 Digital Link URI ``https://{domain}/01/{GTIN-14}/21/{code}``."""
+def check_gtin(gtin) -> str:
+    """A GTIN-8/12/13/14 with a correct GS1 check digit (returned as given), else ValueError."""
     if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
         raise ValueError("GTIN must be 8, 12, 13 or 14 digits")
     if gs1_check_digit(gtin[:-1]) != int(gtin[-1]):
-        raise ValueError(f"GTIN {gtin} has a wrong check digit")
+        raise ValueError(f"GTIN {gtin} has a wrong check digit "
+                         f"(expected {gs1_check_digit(gtin[:-1])})")
+    return gtin
+
+
+def digital_link(code: str, gtin: str, domain: str) -> str:
+    """GS1 Digital Link URI ``https://{domain}/01/{GTIN-14}/21/{code}``."""
+    check_gtin(gtin)
     if not domain or "/" in domain.strip("/"):
         raise ValueError("domain must be a host name such as brand.example")
     return f"https://{domain.strip('/')}/01/{gtin.zfill(14)}/21/{code}"

@@ -229,11 +229,14 @@ def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Calla
     return client_ip
 
 
-def create_app(data: DataFolder, *, clock: Callable[[], float] = time.time) -> falcon.App:
-    """Build the scan API over an open data folder (one per worker process)."""
+def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
+               clock: Callable[[], float] = time.time) -> falcon.App:
+    """Build the scan API over an open data folder (one per worker process). ``pipeline``
+    defaults to one without campaign hooks; the admin layer passes its own."""
     cfg = data.config.get("serve", {})
-    pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
-                            data.accounts, clock=clock)
+    if pipeline is None:
+        pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
+                                data.accounts, clock=clock)
     metrics = Metrics(data.abuse.counters)  # NOTE: one LMDB env per path per process
     client_ip = make_client_ip(frozenset(cfg.get("trusted_proxies", [])), cfg.get("proxy_header"))
     app = falcon.App()

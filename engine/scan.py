@@ -78,7 +78,7 @@ class ScanRequest:
 
 @dataclass
 class ScanContext:
-    """What a campaign hook sees; it returns the rewards it grants."""
+    """What a campaign hook sees (a genuine scan, before its durable write)."""
 
     request: ScanRequest
     account_id: str | None
@@ -121,7 +121,18 @@ class ScanResult:
         return d
 
 
-CampaignHook = Callable[[ScanContext], list]
+#: A campaign hook looks at a genuine scan (outside any transaction) and returns None, or a
+#: ``settle(txn, seq) -> list[dict]`` function that the scan log runs inside the scan's
+#: durable write transaction; what it returns is stored in the event as ``rewards``.
+CampaignHook = Callable[[ScanContext], "Callable | None"]
+
+
+def _chain(settles: list):
+    if not settles:
+        return None
+    if len(settles) == 1:
+        return settles[0]
+    return lambda txn, seq: [r for s in settles for r in s(txn, seq)]
 
 
 def _unit_verdict(trace: dict) -> str:
@@ -203,11 +214,13 @@ class ScanPipeline:
                 diversion = {"distributor": dist["id"], "territory": dist["territory"],
                              "region": req.region}
                 flags.append("diverted")
-        rewards: list = []
+        settles = []
         if verdict == "genuine" and self.hooks:
             ctx = ScanContext(req, account_id, verdict, v.role, uid, trace, flags, now)
             for hook in self.hooks:
-                rewards.extend(hook(ctx) or ())
+                settle = hook(ctx)
+                if settle is not None:
+                    settles.append(settle)
         event = {"at": now, "verdict": verdict, "actor_role": req.actor_role,
                  "actor": account_id or req.actor_id, "region": req.region, "device": req.device,
                  "ip": req.ip, "flags": flags}
@@ -215,10 +228,10 @@ class ScanPipeline:
             event["lat"], event["lng"] = req.lat, req.lng
         if diversion:
             event["diverted"] = diversion
-        if rewards:
-            event["rewards"] = rewards
         role_index = self.codes.spec.role(v.role).index
-        record = self.scans.record(uid, role_index, event)
+        record = self.scans.record(uid, role_index, event, _chain(settles))
+        # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
+        rewards = [r for r in record.rewards if "rebate" not in r]
         if verdict == "genuine" and (len(record.regions) >= self.copy_regions
                                      or record.devices >= self.copy_devices):
             flags.append("copied")

@@ -14,6 +14,7 @@ read-modify-write inside the write transaction.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX"]
+
+log = logging.getLogger("wuma.scanlog")
 
 #: Distinct regions/devices remembered per code: enough to call a code copied.
 DISTINCT_MAX = 16
@@ -40,6 +43,7 @@ class ScanRecord:
     seq: int  # the event sequence number of this scan
     regions: tuple = ()  # distinct regions seen (at most DISTINCT_MAX)
     devices: int = 0  # distinct devices seen (capped at DISTINCT_MAX)
+    rewards: tuple = ()  # what the settle function granted (campaign outcomes), stored in the event
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -64,15 +68,18 @@ class ScanLog:
         self._closed = False
 
     # -- writing ----------------------------------------------------------------------
-    def record(self, unit_id: int, role_index: int, event: dict) -> ScanRecord:
+    def record(self, unit_id: int, role_index: int, event: dict, settle=None) -> ScanRecord:
         """Apply one scan durably; returns the code's updated scan record.
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
-        it is stored as the scan event with its sequence number.
+        it is stored as the scan event with its sequence number. ``settle(txn, seq)``, if
+        given, runs inside the same write transaction (nested: if it raises, only its own
+        writes are undone) and returns the rewards stored with the event — so a reward and
+        its scan are committed together or not at all.
         """
         fut: Future = Future()
         self._ensure_thread()
-        self._queue.put((unit_id, role_index, event, fut))
+        self._queue.put((unit_id, role_index, event, settle, fut))
         return fut.result()
 
     def _ensure_thread(self) -> None:
@@ -106,8 +113,8 @@ class ScanLog:
         results = []
         try:
             with self._store.write() as txn:
-                for unit_id, role_index, event, _ in group:
-                    results.append(self._apply(txn, unit_id, role_index, event))
+                for unit_id, role_index, event, settle, _ in group:
+                    results.append(self._apply(txn, unit_id, role_index, event, settle))
         except Exception as e:  # the whole group failed: nobody is acknowledged
             for *_, fut in group:
                 fut.set_exception(e)
@@ -115,7 +122,7 @@ class ScanLog:
         for (*_, fut), res in zip(group, results):
             fut.set_result(res)
 
-    def _apply(self, txn, unit_id: int, role_index: int, event: dict) -> ScanRecord:
+    def _apply(self, txn, unit_id: int, role_index: int, event: dict, settle=None) -> ScanRecord:
         seq = self._store.next_id(txn, "scan_event")
         key = _record_key(unit_id, role_index)
         raw = txn.get(key, db=self._records)
@@ -131,17 +138,32 @@ class ScanLog:
             if value is not None and value not in rec[slot] and len(rec[slot]) < DISTINCT_MAX:
                 rec[slot].append(value)
         txn.put(key, pack(rec), db=self._records)
-        stored = {**event, "unit": unit_id, "role": role_index, "seq": seq}
+        stored = {**event, "unit": unit_id, "role": role_index, "seq": seq, "count": rec[0]}
+        rewards = self._settle(txn, seq, settle) if settle is not None else ()
+        if rewards:
+            stored["rewards"] = rewards
         txn.put(u64(seq), pack(stored), db=self._events)
         diverted = event.get("diverted")
         if diverted:
             # Alerts by distributor: key = distributor id, NUL, seq (listed per distributor).
             txn.put(diverted["distributor"].encode() + b"\0" + u64(seq), pack(stored), db=self._alerts)
-        return self._to_record(rec, seq)
+        return self._to_record(rec, seq, tuple(rewards))
+
+    def _settle(self, txn, seq: int, settle) -> list:
+        sub = self._store.env.begin(write=True, parent=txn)
+        try:
+            rewards = settle(sub, seq)
+        except Exception:  # NOTE: a campaign bug must not lose the scan or its neighbours
+            sub.abort()
+            log.exception("campaign settlement failed for scan %d; no reward written", seq)
+            return [{"outcome": "error"}]
+        sub.commit()
+        return rewards
 
     @staticmethod
-    def _to_record(rec: list, seq: int) -> ScanRecord:
-        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq, tuple(rec[6]), len(rec[7]))
+    def _to_record(rec: list, seq: int, rewards: tuple = ()) -> ScanRecord:
+        return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq, tuple(rec[6]), len(rec[7]),
+                          rewards)
 
     def close(self) -> None:
         with self._lock:

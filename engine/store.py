@@ -85,12 +85,14 @@ class Store:
 
     def next_id(self, txn: lmdb.Transaction, counter: str) -> int:
         """Allocate the next integer id of a counter, inside a write transaction."""
-        meta = self._meta
-        key = b"counter:" + counter.encode()
-        raw = txn.get(key, db=meta)
-        value = (int.from_bytes(raw, "big") if raw else 0) + 1
-        txn.put(key, value.to_bytes(8, "big"), db=meta)
+        value = self.current_id(txn, counter) + 1
+        txn.put(b"counter:" + counter.encode(), value.to_bytes(8, "big"), db=self._meta)
         return value
+
+    def current_id(self, txn: lmdb.Transaction, counter: str) -> int:
+        """The last id a counter allocated (0 if none), in any transaction."""
+        raw = txn.get(b"counter:" + counter.encode(), db=self._meta)
+        return int.from_bytes(raw, "big") if raw else 0
 
     def close(self) -> None:
         self.env.close()

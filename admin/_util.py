@@ -1,0 +1,55 @@
+"""Small helpers shared by the admin modules: days in China time, time parsing, ids."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+__all__ = ["CHINA", "china_day", "parse_time", "check_id", "check_amount", "check_regions"]
+
+#: Days, daily caps and per-day limits follow China Standard Time (UTC+8, no DST).
+CHINA = timezone(timedelta(hours=8), "CST")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REGION = re.compile(r"^\d{2,12}$")
+
+
+def china_day(ts: float) -> str:
+    """The calendar day (YYYY-MM-DD) of a unix time in China Standard Time."""
+    return datetime.fromtimestamp(ts, CHINA).strftime("%Y-%m-%d")
+
+
+def parse_time(value, what: str) -> float:
+    """A unix time from a number or an ISO 8601 string (no zone means China time)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: a unix time or an ISO 8601 date/time such as 2026-12-01T00:00+08:00")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return (dt if dt.tzinfo else dt.replace(tzinfo=CHINA)).timestamp()
+    raise ValueError(f"{what}: a unix time or an ISO 8601 date/time such as 2026-12-01T00:00+08:00")
+
+
+def check_id(value, what: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(f"{what}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+    return value
+
+
+def check_amount(value, what: str, *, positive: bool = False) -> int:
+    """Amounts are integers in the pool's unit (fen for cash, points for points)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+        raise ValueError(f"{what} must be a whole number {'above' if positive else 'of at least'} 0"
+                         " (in fen for cash: 100 = 1 yuan)")
+    return value
+
+
+def check_regions(value, what: str) -> list[str]:
+    """A list of administrative division code prefixes such as ["44", "4401"]."""
+    if not isinstance(value, list) or not all(isinstance(r, str) and _REGION.match(r) for r in value):
+        raise ValueError(f"{what}: a list of administrative division code prefixes such as [\"44\", \"4401\"]")
+    return value

@@ -1,0 +1,49 @@
+"""The audit log: who changed what, when. Append-only, in the same LMDB environment.
+
+Every mutating admin call takes ``who`` (``cli:<os user>`` from the command line,
+``token:<name>`` from the admin API) and appends its audit entry *in the same write
+transaction* as the change, so a change without its audit entry cannot exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.store import Store, pack, u64, unpack
+
+__all__ = ["AuditLog"]
+
+
+class AuditLog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._db = store.db("adm_audit")
+
+    def append(self, txn, who: str, action: str, target: str, details: dict | None = None,
+               now: float | None = None) -> int:
+        """Record one change inside the caller's write transaction; returns its number."""
+        if not isinstance(who, str) or not who:
+            raise ValueError("an admin change needs to say who made it")
+        seq = self._store.next_id(txn, "audit")
+        entry = {"seq": seq, "at": time.time() if now is None else now, "who": who,
+                 "action": action, "target": target, "details": details or {}}
+        txn.put(u64(seq), pack(entry), db=self._db)
+        return seq
+
+    def entries(self, after: int = 0, limit: int = 100, *, newest_first: bool = False) -> list[dict]:
+        out: list[dict] = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._db)
+            if newest_first:
+                if not cur.last():
+                    return out
+                it = cur.iterprev()
+            else:
+                if not cur.set_range(u64(after + 1)):
+                    return out
+                it = iter(cur)
+            for _, raw in it:
+                out.append(unpack(raw))
+                if len(out) >= limit:
+                    break
+        return out

@@ -1,0 +1,111 @@
+"""The reward ledger: append-only. Nothing in it is ever changed or deleted.
+
+Every entry has a sequence number, a time, a kind, an amount in its pool's unit and a
+beneficiary (``{"role": "consumer" | "store" | "distributor" | ..., "id": ...}``), and
+references the scan (event sequence number), campaign and pool it came from.
+
+Kinds::
+
+    grant          a reward paid out (payable)
+    locked         a reward held until its unlock condition (not payable; budget reserved)
+    unlock         a locked reward released (payable; ``ref`` = the locked entry)
+    expire         a locked reward or voucher that ran out (budget returned; ``ref``)
+    voucher        a voucher issued to a consumer (not payable; face value reserved)
+    redeem         a voucher redeemed by a store (payable to the store; ``settle_with``
+                   names the store's distributor; ``ref`` = the voucher entry)
+    reversal       an admin's cancellation of an unpaid payable entry (``ref``; budget
+                   returned, the payout is cancelled)
+
+Payable entries go to the payment system through :mod:`admin.payouts`; a reward is
+"paid" only when the receiver acknowledges it there.
+"""
+
+from __future__ import annotations
+
+from engine.store import Store, pack, u64, unpack
+
+__all__ = ["Ledger", "KINDS", "PAYABLE_KINDS"]
+
+KINDS = ("grant", "locked", "unlock", "expire", "voucher", "redeem", "reversal")
+PAYABLE_KINDS = frozenset({"grant", "unlock", "redeem"})
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._db = store.db("adm_ledger")
+        # beneficiary "role:id" NUL seq -> b"" (entries per beneficiary)
+        self._by_beneficiary = store.db("adm_ledger_by_beneficiary")
+        # the entry (seq) a later entry refers to -> the referring seq (reversed, unlocked...)
+        self._refs = store.db("adm_ledger_refs")
+
+    def append(self, txn, entry: dict) -> int:
+        """Append one entry inside the caller's write transaction; returns its seq."""
+        if entry.get("kind") not in KINDS:
+            raise ValueError(f"ledger entry kind must be one of {', '.join(KINDS)}")
+        seq = self._store.next_id(txn, "ledger")
+        entry = {**entry, "seq": seq, "payable": entry["kind"] in PAYABLE_KINDS}
+        txn.put(u64(seq), pack(entry), db=self._db)
+        b = entry.get("beneficiary")
+        if b:
+            txn.put(f"{b['role']}:{b['id']}".encode() + b"\0" + u64(seq), b"", db=self._by_beneficiary)
+        if entry.get("ref"):
+            txn.put(u64(entry["ref"]), u64(seq), db=self._refs)
+        return seq
+
+    def get_in(self, txn, seq: int) -> dict | None:
+        raw = txn.get(u64(seq), db=self._db)
+        return None if raw is None else unpack(raw)
+
+    def referred_by(self, txn, seq: int) -> int | None:
+        """The entry that settled ``seq`` (its unlock, expiry, redemption or reversal)."""
+        raw = txn.get(u64(seq), db=self._refs)
+        return None if raw is None else int.from_bytes(raw, "big")
+
+    def get(self, seq: int) -> dict | None:
+        with self._store.read() as txn:
+            return self.get_in(txn, seq)
+
+    def entries(self, after: int = 0, limit: int = 1000, *, campaign: int | None = None,
+                kind: str | None = None) -> list[dict]:
+        """Entries with seq > ``after``, oldest first, optionally of one campaign/kind."""
+        out: list[dict] = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._db)
+            if not cur.set_range(u64(after + 1)):
+                return out
+            for _, raw in cur:
+                e = unpack(raw)
+                if (campaign is None or e.get("campaign") == campaign) and (kind is None or e["kind"] == kind):
+                    out.append(e)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def of_beneficiary(self, role: str, ident: str, limit: int = 1000) -> list[dict]:
+        prefix = f"{role}:{ident}".encode() + b"\0"
+        out: list[dict] = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._by_beneficiary)
+            if not cur.set_range(prefix):
+                return out
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append(unpack(txn.get(k[len(prefix):], db=self._db)))
+        return out
+
+    def last_seq(self) -> int:
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._db)
+            return int.from_bytes(cur.key(), "big") if cur.last() else 0
+
+    def totals(self) -> dict:
+        """Sums per campaign and kind (for statistics and reconciliation)."""
+        out: dict = {}
+        with self._store.read() as txn:
+            for _, raw in txn.cursor(db=self._db):
+                e = unpack(raw)
+                c = out.setdefault(str(e.get("campaign")), {})
+                c[e["kind"]] = c.get(e["kind"], 0) + e["amount"]
+        return out

@@ -1,0 +1,332 @@
+"""Campaign rewards at scan time: the scan pipeline's campaign hook.
+
+Two steps, split so that the slow part never holds the write lock:
+
+1. :meth:`RewardEngine.__call__` (outside any transaction, ~µs): find the campaigns of
+   the scanned unit's batch and product in the in-process index, keep those whose
+   trigger, window and regions match, and draw each prize (``secrets``-grade random,
+   injectable for tests). Returns a *settle* function, or None when nothing applies.
+2. The settle function runs **inside the scan's durable write transaction** (the scan
+   log's group commit; a nested transaction, so a failure undoes only this scan's
+   rewards): it re-reads the campaign's status, enforces one reward per code per
+   campaign ever, the per-actor limits, the pool's total/daily/region caps, writes the
+   ledger entries, issues vouchers, applies locks, and pays linked rebates — or
+   withholds them when the scan is diverted (窜货不返利). LMDB admits one writer at a
+   time across all gunicorn workers, so none of this can race: a pool is never
+   overspent and a code never pays twice.
+
+Store registration (bC): a store's genuine scan of a cap outer code, a case inner code or
+a case code records that store as the unit's store (first store wins). A consumer's later
+scan pays a ``store`` rebate to the store registered on the cap or any unit above it, and
+a ``distributor`` rebate to the distributor the unit was shipped to (BbC).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Callable
+
+from admin._util import china_day
+from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
+from admin.ledger import Ledger
+from admin.pools import PoolRegistry
+from engine.errors import Conflict, NotFound
+from engine.scan import ScanContext
+from engine.store import Store, pack, u32, u64, unpack
+
+__all__ = ["RewardEngine", "REGISTRATION_ROLES", "OUTCOMES"]
+
+#: Code roles whose scan by a store registers the unit to that store.
+REGISTRATION_ROLES = frozenset({"cap_outer", "case_inner", "case"})
+#: What a campaign did for a scan (``rewards[].outcome`` of the scan answer and event).
+OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewarded",
+            "limit_reached", "budget_exhausted", "no_payee", "no_beneficiary",
+            "withheld_diverted", "campaign_inactive", "expired")
+_DAY = 86400.0
+_VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _new_voucher_id() -> str:
+    # APPSEC: 100 random bits: vouchers are bearer instruments, not guessable.
+    return "V" + "".join(secrets.choice(_VOUCHER_ALPHABET) for _ in range(20))
+
+
+class RewardEngine:
+    """One per process. ``rng`` (anything with ``random()``) and ``new_voucher_id`` are
+    injectable so tests are deterministic; production uses ``secrets.SystemRandom``."""
+
+    def __init__(self, store: Store, campaigns: CampaignRegistry, pools: PoolRegistry, ledger: Ledger,
+                 *, rng=None, new_voucher_id: Callable[[], str] = _new_voucher_id,
+                 refresh_interval: float = 0.5) -> None:
+        self._store = store
+        self.campaigns = campaigns
+        self.pools = pools
+        self.ledger = ledger
+        self._rng = rng or secrets.SystemRandom()
+        self._new_voucher_id = new_voucher_id
+        self._refresh_interval = refresh_interval
+        self._store_units = store.db("adm_store_units")  # u64 unit -> store account id
+        self._code_rewards = store.db("adm_code_rewards")  # u32 campaign u64 unit u8 role -> u64 scan
+        self._actor_counts = store.db("adm_actor_counts")  # campaign NUL actor [NUL day] -> u32
+        self._progress = store.db("adm_lock_progress")  # u32 campaign actor -> [[at, sku, seq]...]
+        self._vouchers = store.db("adm_vouchers")  # voucher id -> record
+        self._version = -1
+        self._index = CampaignIndex([])
+        self._checked_at = 0.0
+
+    # -- step 1: outside the transaction --------------------------------------------------
+    def refresh(self) -> None:
+        """Reload the campaign index if any process changed a campaign."""
+        self._checked_at = time.monotonic()
+        version = self.campaigns.version()
+        if version != self._version:
+            self._version, self._index = self.campaigns.index()
+
+    def __call__(self, ctx: ScanContext):
+        if time.monotonic() - self._checked_at >= self._refresh_interval:
+            self.refresh()
+        req = ctx.request
+        register = req.actor_role == "store" and ctx.code_role in REGISTRATION_ROLES
+        if "role_not_allowed" in ctx.flags:
+            return None
+        product = ctx.trace.get("product")
+        sku = product["sku"] if product else None
+        batch, serial = ctx.unit >> 32, ctx.unit & 0xFFFFFFFF
+        draws = []
+        for c in self._index.candidates(batch, sku, ctx.code_role):
+            if c.matches(req.actor_role, ctx.at, req.region, batch, serial):
+                draws.append((c, self._draw(c),
+                              self._new_voucher_id() if c.rule["reward"]["payout"] == "voucher" else None))
+        if not draws and not register:
+            return None
+        actor = ctx.account_id or req.actor_id
+        scan = {"unit": ctx.unit, "role": ctx.code_role, "actor_role": req.actor_role, "actor": actor,
+                "region": req.region, "at": ctx.at, "sku": sku, "diverted": "diverted" in ctx.flags,
+                "lineage": [ctx.unit] + [(a["batch"] << 32) | a["serial"] for a in ctx.trace["ancestors"]],
+                "distributor": (ctx.trace.get("distributor") or {}).get("id")}
+
+        def settle(txn, seq: int) -> list[dict]:
+            return self._settle(txn, seq, scan, draws, register)
+
+        return settle
+
+    def _draw(self, c: Campaign) -> int:
+        reward = c.rule["reward"]
+        if reward["kind"] == "fixed":
+            return reward["amount"]
+        x = self._rng.random()
+        acc = 0.0
+        for t in reward["tiers"]:
+            acc += t["odds"]
+            if x < acc:
+                return t["amount"]
+        return reward["tiers"][-1]["amount"]
+
+    # -- step 2: inside the durable write -----------------------------------------------
+    def _settle(self, txn, seq: int, scan: dict, draws: list, register: bool) -> list[dict]:
+        if register and scan["actor"]:
+            txn.put(u64(scan["unit"]), scan["actor"].encode(), db=self._store_units, overwrite=False)
+        out: list[dict] = []
+        for c, amount, voucher_id in draws:
+            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id))
+        return out
+
+    def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
+                         voucher_id: str | None) -> list[dict]:
+        base = {"campaign": c.id, "name": c.name}
+        current = self.campaigns.get_in(txn, c.id)
+        if current is None or current.status != "active":  # paused/closed since the index was read
+            return [{**base, "outcome": "campaign_inactive"}]
+        rule = current.rule
+        actor = scan["actor"]
+        if not actor:
+            return [{**base, "outcome": "no_payee",
+                     "message": "scan signed in (with a user id) to receive rewards"}]
+        code_key = u32(c.id) + u64(scan["unit"]) + scan["role"].encode()
+        if txn.get(code_key, db=self._code_rewards) is not None:
+            return [{**base, "outcome": "already_rewarded"}]
+        day = china_day(scan["at"])
+        counts = {}
+        for limit, key in (("per_actor_per_day", f"{c.id}\0{actor}\0{day}"), ("per_actor", f"{c.id}\0{actor}")):
+            raw = txn.get(key.encode(), db=self._actor_counts)
+            n = 0 if raw is None else int.from_bytes(raw, "big")
+            cap = rule["limits"].get(limit)
+            if cap is not None and n >= cap:
+                return [{**base, "outcome": "limit_reached", "limit": limit, "max": cap}]
+            counts[key] = n
+        # The code has had its one chance in this campaign, win or lose.
+        txn.put(code_key, u64(seq), db=self._code_rewards)
+        for key, n in counts.items():
+            txn.put(key.encode(), (n + 1).to_bytes(4, "big"), db=self._actor_counts)
+
+        reward = rule["reward"]
+        unit = self.pools.get_in(txn, c.pool).unit
+        beneficiary = {"role": scan["actor_role"], "id": actor}
+        entry = {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq, "unit": unit,
+                 "beneficiary": beneficiary, "region": scan["region"]}
+        results = []
+        if amount == 0:
+            results.append({**base, "outcome": "no_win"})
+        else:
+            charged = self.pools.charge(txn, c.pool, amount, scan["region"], scan["at"])
+            if not charged and reward["kind"] == "all_win" and amount > reward["min_amount"]:
+                amount = reward["min_amount"]
+                charged = self.pools.charge(txn, c.pool, amount, scan["region"], scan["at"])
+            if not charged:
+                results.append({**base, "outcome": "budget_exhausted"})
+            elif reward["payout"] == "voucher":
+                expires = scan["at"] + reward["valid_days"] * _DAY
+                lseq = self.ledger.append(txn, {**entry, "kind": "voucher", "amount": amount,
+                                                "voucher": voucher_id, "expires_at": expires})
+                txn.put(voucher_id.encode(), pack({
+                    "id": voucher_id, "campaign": c.id, "pool": c.pool, "value": amount,
+                    "holder": actor, "issued_at": scan["at"], "expires_at": expires, "ledger": lseq,
+                    "region": scan["region"], "state": "issued"}), db=self._vouchers)
+                results.append({**base, "outcome": "voucher", "amount": amount, "unit": unit,
+                                "voucher": voucher_id, "expires_at": expires, "ledger": lseq})
+            elif rule.get("lock"):
+                lseq = self.ledger.append(txn, {**entry, "kind": "locked", "amount": amount})
+                results.append({**base, "outcome": "locked", "amount": amount, "unit": unit,
+                                "ledger": lseq, "lock": rule["lock"]})
+                results.extend(self._progress_lock(txn, seq, c, rule["lock"], actor, scan, lseq))
+            else:
+                lseq = self.ledger.append(txn, {**entry, "kind": "grant", "amount": amount})
+                results.append({**base, "outcome": "granted", "amount": amount, "unit": unit,
+                                "ledger": lseq})
+        for rebate in rule["rebates"]:
+            results.append(self._rebate(txn, seq, scan, c, rebate, entry))
+        return results
+
+    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, entry: dict) -> dict:
+        base = {"campaign": c.id, "name": c.name, "rebate": rebate["to"]}
+        if scan["diverted"]:
+            return {**base, "outcome": "withheld_diverted"}
+        if rebate["to"] == "distributor":
+            who = scan["distributor"]
+        else:
+            who = None
+            for u in scan["lineage"]:
+                raw = txn.get(u64(u), db=self._store_units)
+                if raw is not None:
+                    who = raw.decode()
+                    break
+        if who is None:
+            return {**base, "outcome": "no_beneficiary"}
+        if not self.pools.charge(txn, c.pool, rebate["amount"], scan["region"], scan["at"]):
+            return {**base, "outcome": "budget_exhausted"}
+        b = {"role": rebate["to"], "id": who}
+        lseq = self.ledger.append(txn, {**entry, "kind": "grant", "amount": rebate["amount"],
+                                        "beneficiary": b, "rebate": rebate["to"]})
+        return {**base, "outcome": "granted", "amount": rebate["amount"], "unit": entry["unit"],
+                "beneficiary": b, "ledger": lseq}
+
+    def _progress_lock(self, txn, seq: int, c: Campaign, lock: dict, actor: str, scan: dict,
+                       lseq: int) -> list[dict]:
+        """Repurchase / collect-N: keep the actor's locked rewards of this campaign; expire
+        those older than the lock's days; unlock them all when the condition is met."""
+        key = u32(c.id) + actor.encode()
+        raw = txn.get(key, db=self._progress)
+        held = [] if raw is None else unpack(raw)
+        horizon = scan["at"] - lock["days"] * _DAY
+        keep, out = [], []
+        for at, sku, s in held:
+            if at < horizon:
+                out.append(self._expire(txn, s, at, scan["at"]))
+            else:
+                keep.append([at, sku, s])
+        keep.append([scan["at"], scan["sku"], lseq])
+        met = (len(keep) >= 2 if lock["kind"] == "repurchase"
+               else len({k[1] for k in keep if k[1]}) >= lock["products"])
+        if met:
+            for _, _, s in keep:
+                locked = self.ledger.get_in(txn, s)
+                u = self.ledger.append(txn, {k: locked[k] for k in ("campaign", "pool", "unit", "beneficiary",
+                                                                   "amount", "region")}
+                                       | {"kind": "unlock", "at": scan["at"], "ref": s, "scan": seq})
+                out.append({"campaign": c.id, "name": c.name, "outcome": "unlocked",
+                            "amount": locked["amount"], "unit": locked["unit"], "ledger": u, "ref": s})
+            txn.delete(key, db=self._progress)
+        else:
+            txn.put(key, pack(keep), db=self._progress)
+        return out
+
+    def _expire(self, txn, seq: int, charged_at: float, now: float) -> dict:
+        """Return a locked reward's or voucher's budget (charged at ``charged_at``)."""
+        e = self.ledger.get_in(txn, seq)
+        self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), charged_at)
+        x = self.ledger.append(txn, {k: e[k] for k in ("campaign", "pool", "unit", "beneficiary", "amount")}
+                               | {"kind": "expire", "at": now, "ref": seq, "scan": None})
+        return {"campaign": e["campaign"], "outcome": "expired", "amount": e["amount"], "ledger": x, "ref": seq}
+
+    # -- vouchers (N元换购) ------------------------------------------------------------------
+    def voucher(self, voucher_id: str) -> dict:
+        if not isinstance(voucher_id, str) or len(voucher_id) > 64:
+            raise NotFound("no such voucher")
+        with self._store.read() as txn:
+            raw = txn.get(voucher_id.strip().upper().encode(), db=self._vouchers)
+        if raw is None:
+            raise NotFound("no such voucher")
+        return unpack(raw)
+
+    def redeem(self, voucher_id: str, store_account, *, now: float | None = None) -> dict:
+        """A store redeems (核销) a consumer's voucher: the store is credited the face value
+        (payable, settled with the store's distributor). Exactly once."""
+        if store_account.role != "store":
+            raise Conflict("only a store redeems vouchers")
+        now = time.time() if now is None else now
+        vid = voucher_id.strip().upper() if isinstance(voucher_id, str) else ""
+        with self._store.write() as txn:
+            raw = txn.get(vid.encode(), db=self._vouchers) if 0 < len(vid) <= 64 else None
+            if raw is None:
+                raise NotFound("no such voucher")
+            v = unpack(raw)
+            if v["state"] != "issued":
+                raise Conflict(f"voucher already {v['state']}")
+            if now >= v["expires_at"]:
+                raise Conflict("voucher expired")
+            c = self.campaigns.get_in(txn, v["campaign"])
+            regions = c.rule["regions"] if c else []
+            if regions and not any((store_account.region or "").startswith(p) for p in regions):
+                raise Conflict("this voucher is redeemable only in the campaign's regions")
+            unit = self.pools.get_in(txn, v["pool"]).unit
+            lseq = self.ledger.append(txn, {
+                "kind": "redeem", "at": now, "campaign": v["campaign"], "pool": v["pool"], "scan": None,
+                "unit": unit, "amount": v["value"], "beneficiary": {"role": "store", "id": store_account.id},
+                "settle_with": store_account.distributor, "ref": v["ledger"], "voucher": vid})
+            v.update(state="redeemed", redeemed_by=store_account.id, redeemed_at=now, redeem_ledger=lseq)
+            txn.put(vid.encode(), pack(v), db=self._vouchers)
+        return v
+
+    def sweep(self, now: float | None = None) -> dict:
+        """Expire vouchers and locked rewards past their time, returning their budget."""
+        now = time.time() if now is None else now
+        n_v = n_l = 0
+        with self._store.write() as txn:
+            for k, raw in list(txn.cursor(db=self._vouchers)):
+                v = unpack(raw)
+                if v["state"] == "issued" and now >= v["expires_at"]:
+                    self._expire(txn, v["ledger"], v["issued_at"], now)
+                    v["state"] = "expired"
+                    txn.put(k, pack(v), db=self._vouchers)
+                    n_v += 1
+            for k, raw in list(txn.cursor(db=self._progress)):
+                cid = int.from_bytes(k[:4], "big")
+                c = self.campaigns.get_in(txn, cid)
+                horizon = now - c.rule["lock"]["days"] * _DAY
+                held = unpack(raw)
+                keep = [h for h in held if h[0] >= horizon]
+                for at, _, s in held:
+                    if at < horizon:
+                        self._expire(txn, s, at, now)
+                        n_l += 1
+                if keep:
+                    txn.put(k, pack(keep), db=self._progress)
+                else:
+                    txn.delete(k, db=self._progress)
+        return {"vouchers_expired": n_v, "locks_expired": n_l}
+
+    def store_of(self, unit: int) -> str | None:
+        with self._store.read() as txn:
+            raw = txn.get(u64(unit), db=self._store_units)
+        return None if raw is None else raw.decode()
