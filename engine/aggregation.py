@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import Conflict, InvalidCode, NotFound
-from engine.formats import gs1_check_digit
+from engine.formats import check_gtin
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord"]
@@ -512,11 +512,7 @@ class Aggregation:
             raise ValueError(
                 f"production date must be YYYY-MM-DD, got {production_date!r}") from None
         if gtin is not None:
-            if not (isinstance(gtin, str) and gtin.isdigit() and len(gtin) in (8, 12, 13, 14)):
-                raise ValueError("GTIN must be 8, 12, 13 or 14 digits")
-            if gs1_check_digit(gtin[:-1]) != int(gtin[-1]):
-                raise ValueError(f"GTIN {gtin} has a wrong check digit "
-                                 f"(expected {gs1_check_digit(gtin[:-1])})")
+            check_gtin(gtin)
         chosen = sum(x is not None and x != [] and x != () for x in (batch, serial_range, pallets))
         if chosen != 1:
             raise ValueError("activate exactly one of: a batch, a serial range, pallets")
