@@ -13,9 +13,19 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REGION = re.compile(r"^\d{2,12}$")
 
 
+_DAYS: dict[int, str] = {}
+
+
 def china_day(ts: float) -> str:
     """The calendar day (YYYY-MM-DD) of a unix time in China Standard Time."""
-    return datetime.fromtimestamp(ts, CHINA).strftime("%Y-%m-%d")
+    # PERF: called several times per rewarded scan; strftime costs ~2 µs, a dict hit ~50 ns.
+    n = int((ts + 8 * 3600) // 86400)
+    day = _DAYS.get(n)
+    if day is None:
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        day = _DAYS[n] = datetime.fromtimestamp(ts, CHINA).strftime("%Y-%m-%d")
+    return day
 
 
 def parse_time(value, what: str) -> float:

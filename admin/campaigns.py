@@ -340,6 +340,9 @@ class CampaignRegistry:
         self._spec = spec
         self._batches = batches
         self._db = store.db("adm_campaigns")
+        # PERF: the status alone (a scan re-checks it inside its transaction; the rule itself
+        # never changes after creation, so scans read it from the in-process index)
+        self._status = store.db("adm_campaign_status")
         # index key (kind NUL value NUL code role) -> ids of open campaigns (for overlap checks)
         self._keys = store.db("adm_campaign_keys", dupsort=True)
 
@@ -361,6 +364,7 @@ class CampaignRegistry:
             cid = self._store.next_id(txn, "campaign")
             campaign = Campaign(cid, "active", rule, now)
             txn.put(u32(cid), pack(campaign.to_dict()), db=self._db)
+            txn.put(u32(cid), b"active", db=self._status)
             for k in keys:
                 txn.put(_key_bytes(k), u32(cid), db=self._keys)
             self._store.next_id(txn, "campaigns_version")
@@ -388,6 +392,10 @@ class CampaignRegistry:
     def get_in(self, txn, cid: int) -> Campaign | None:
         raw = txn.get(u32(cid), db=self._db)
         return None if raw is None else self._from(raw)
+
+    def status_in(self, txn, cid: int) -> str | None:
+        raw = txn.get(u32(cid), db=self._status)
+        return None if raw is None else raw.decode()
 
     def get(self, cid: int) -> Campaign:
         if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < (1 << 32):
@@ -420,6 +428,7 @@ class CampaignRegistry:
             # resuming can never create an overlap.
             c = Campaign(c.id, self._TO[action], c.rule, c.created_at)
             txn.put(u32(cid), pack(c.to_dict()), db=self._db)
+            txn.put(u32(cid), c.status.encode(), db=self._status)
             if c.status == "closed":
                 for k in c.index_keys():
                     txn.delete(_key_bytes(k), u32(cid), db=self._keys)

@@ -137,42 +137,43 @@ class PoolRegistry:
                 best = prefix
         return best
 
-    def affordable(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> bool:
-        pool = self.get_in(txn, pool_id)  # NOTE: read in the txn: a top-up elsewhere counts
-        if self._spent(txn, pool_id, "total") + amount > pool.total:
-            return False
-        if pool.daily is not None and self._spent(txn, pool_id, "d:" + china_day(at)) + amount > pool.daily:
-            return False
+    def _check(self, txn, pool: Pool, amount: int, region: str | None, at: float) -> list | None:
+        """The spend slots to move if every cap allows ``amount``, else None."""
+        slots = [("total", pool.total)]
+        slots.append(("d:" + china_day(at), pool.daily))
         if pool.regions:
-            slot = self._region_slot(pool, region)
-            if slot is None:  # a pool with region caps pays only inside those regions
-                return False
-            if self._spent(txn, pool_id, "r:" + slot) + amount > pool.regions[slot]:
-                return False
-        return True
+            prefix = self._region_slot(pool, region)
+            if prefix is None:  # a pool with region caps pays only inside those regions
+                return None
+            slots.append(("r:" + prefix, pool.regions[prefix]))
+        moves = []
+        for slot, cap in slots:
+            value = self._spent(txn, pool.id, slot) + amount
+            if cap is not None and value > cap:
+                return None
+            moves.append((slot, value))
+        return moves
 
     def charge(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> bool:
         """Take ``amount`` from the pool if every cap allows it; False (nothing changed)
         otherwise. Must run inside a write transaction."""
         if amount == 0:
             return True
-        if not self.affordable(txn, pool_id, amount, region, at):
+        # NOTE: the pool is read inside the transaction, so a top-up by any process counts.
+        moves = self._check(txn, self.get_in(txn, pool_id), amount, region, at)
+        if moves is None:
             return False
-        self._move(txn, pool_id, amount, region, at)
+        for slot, value in moves:
+            txn.put(_slot(pool_id, slot), value.to_bytes(8, "big"), db=self._spend)
         return True
 
     def refund(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> None:
         """Give back a charge made at time ``at`` in ``region`` (reversal, expiry)."""
-        if amount:
-            self._move(txn, pool_id, -amount, region, at)
-
-    def _move(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> None:
         pool = self.get_in(txn, pool_id)
         slots = ["total", "d:" + china_day(at)]
-        rs = self._region_slot(pool, region)
-        if rs is not None:
-            slots.append("r:" + rs)
-        for s in slots:
-            key = _slot(pool_id, s)
-            value = self._spent(txn, pool_id, s) + amount
-            txn.put(key, max(value, 0).to_bytes(8, "big"), db=self._spend)
+        prefix = self._region_slot(pool, region)
+        if prefix is not None:
+            slots.append("r:" + prefix)
+        for slot in slots:
+            value = max(self._spent(txn, pool_id, slot) - amount, 0)
+            txn.put(_slot(pool_id, slot), value.to_bytes(8, "big"), db=self._spend)

@@ -24,6 +24,7 @@ a ``distributor`` rebate to the distributor the unit was shipped to (BbC).
 from __future__ import annotations
 
 import secrets
+import struct
 import time
 from typing import Callable
 
@@ -44,6 +45,7 @@ OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewar
             "limit_reached", "budget_exhausted", "no_payee", "no_beneficiary",
             "withheld_diverted", "campaign_inactive", "expired")
 _DAY = 86400.0
+_COUNTS = struct.Struct(">III")  # China day number, draws that day, draws in all
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -68,20 +70,23 @@ class RewardEngine:
         self._refresh_interval = refresh_interval
         self._store_units = store.db("adm_store_units")  # u64 unit -> store account id
         self._code_rewards = store.db("adm_code_rewards")  # u32 campaign u64 unit u8 role -> u64 scan
-        self._actor_counts = store.db("adm_actor_counts")  # campaign NUL actor [NUL day] -> u32
+        self._actor_counts = store.db("adm_actor_counts")  # u32 campaign actor -> _COUNTS
         self._progress = store.db("adm_lock_progress")  # u32 campaign actor -> [[at, sku, seq]...]
         self._vouchers = store.db("adm_vouchers")  # voucher id -> record
         self._version = -1
+        self._units: dict[str, str] = {}
         self._index = CampaignIndex([])
         self._checked_at = 0.0
 
     # -- step 1: outside the transaction --------------------------------------------------
     def refresh(self) -> None:
         """Reload the campaign index if any process changed a campaign."""
-        self._checked_at = time.monotonic()
+        checked = time.monotonic()
         version = self.campaigns.version()
         if version != self._version:
             self._version, self._index = self.campaigns.index()
+        # NOTE: only now, so a thread that skips the check meanwhile never sees a stale index
+        self._checked_at = checked
 
     def __call__(self, ctx: ScanContext):
         if time.monotonic() - self._checked_at >= self._refresh_interval:
@@ -135,10 +140,9 @@ class RewardEngine:
     def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
                          voucher_id: str | None) -> list[dict]:
         base = {"campaign": c.id, "name": c.name}
-        current = self.campaigns.get_in(txn, c.id)
-        if current is None or current.status != "active":  # paused/closed since the index was read
+        if self.campaigns.status_in(txn, c.id) != "active":  # paused/closed since the index was read
             return [{**base, "outcome": "campaign_inactive"}]
-        rule = current.rule
+        rule = c.rule  # rules never change after creation; only the status does
         actor = scan["actor"]
         if not actor:
             return [{**base, "outcome": "no_payee",
@@ -146,22 +150,25 @@ class RewardEngine:
         code_key = u32(c.id) + u64(scan["unit"]) + scan["role"].encode()
         if txn.get(code_key, db=self._code_rewards) is not None:
             return [{**base, "outcome": "already_rewarded"}]
-        day = china_day(scan["at"])
-        counts = {}
-        for limit, key in (("per_actor_per_day", f"{c.id}\0{actor}\0{day}"), ("per_actor", f"{c.id}\0{actor}")):
-            raw = txn.get(key.encode(), db=self._actor_counts)
-            n = 0 if raw is None else int.from_bytes(raw, "big")
-            cap = rule["limits"].get(limit)
+        # Per-actor participation: one key per (campaign, actor) holding (day number, draws
+        # that day, draws in all) — PERF: one read and one write instead of two of each.
+        day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
+        count_key = u32(c.id) + actor.encode()
+        raw = txn.get(count_key, db=self._actor_counts)
+        last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
+        if last_day != day:
+            today = 0
+        limits = rule["limits"]
+        for limit, n in (("per_actor_per_day", today), ("per_actor", total)):
+            cap = limits.get(limit)
             if cap is not None and n >= cap:
                 return [{**base, "outcome": "limit_reached", "limit": limit, "max": cap}]
-            counts[key] = n
         # The code has had its one chance in this campaign, win or lose.
         txn.put(code_key, u64(seq), db=self._code_rewards)
-        for key, n in counts.items():
-            txn.put(key.encode(), (n + 1).to_bytes(4, "big"), db=self._actor_counts)
+        txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
 
         reward = rule["reward"]
-        unit = self.pools.get_in(txn, c.pool).unit
+        unit = self._pool_unit(txn, c.pool)
         beneficiary = {"role": scan["actor_role"], "id": actor}
         entry = {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq, "unit": unit,
                  "beneficiary": beneficiary, "region": scan["region"]}
@@ -197,6 +204,12 @@ class RewardEngine:
         for rebate in rule["rebates"]:
             results.append(self._rebate(txn, seq, scan, c, rebate, entry))
         return results
+
+    def _pool_unit(self, txn, pool_id: str) -> str:
+        unit = self._units.get(pool_id)
+        if unit is None:  # a pool's unit never changes
+            unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
+        return unit
 
     def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, entry: dict) -> dict:
         base = {"campaign": c.id, "name": c.name, "rebate": rebate["to"]}

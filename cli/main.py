@@ -311,6 +311,12 @@ cli.add_command(serve)
 cli.add_command(alerts)
 
 
+from cli.admin import campaign, ledger, pool, product, voucher  # noqa: E402
+
+for _group in (product, pool, campaign, ledger, voucher):
+    cli.add_command(_group)
+
+
 from cli.aggregate import register as _register_aggregate  # noqa: E402
 
 _register_aggregate(cli)

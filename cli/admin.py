@@ -1,0 +1,303 @@
+"""`wuma product`, `wuma pool`, `wuma campaign`, `wuma ledger`, `wuma voucher`: the admin layer
+from the command line. Changes are audited as ``cli:<os user>`` (a local operator with
+access to the data folder)."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+
+import click
+
+from admin.campaigns import STATUSES
+from admin.ledger import KINDS
+from admin.pools import UNITS
+from admin.service import Admin
+from cli.main import emit, pass_data
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli:unknown"
+
+
+def pass_admin(fn):
+    """Open the data folder and its admin layer; pass ``Admin`` first."""
+
+    @pass_data
+    @functools.wraps(fn)
+    def wrapper(data, *args, **kwargs):
+        admin = Admin(data)
+        try:
+            return fn(admin, *args, **kwargs)
+        finally:
+            admin.close()
+
+    return wrapper
+
+
+def _yuan(amount: int, unit: str) -> str:
+    return f"{amount / 100:.2f} yuan" if unit == "cash" else f"{amount} points"
+
+
+# -- products ------------------------------------------------------------------------------
+@click.group()
+def product():
+    """Products (master data): SKU, name, GTIN.
+
+    Example: wuma product add BJ-500 --name "Baijiu 500ml" --gtin 06901234567892
+    """
+
+
+@product.command("add")
+@click.argument("sku")
+@click.option("--name", required=True, help="Product name.")
+@click.option("--gtin", default=None, help="GTIN-8/12/13/14 with its check digit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def product_add(admin, sku, name, gtin, as_json):
+    """Add a product.
+
+    Example: wuma product add GT-500 --name "Green tea 500ml"
+    """
+    p = admin.products.add(sku, name, gtin=gtin, who=_who())
+    emit(p.to_dict(), as_json, f"product {p.sku} added")
+
+
+@product.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_admin
+def product_list(admin, as_json):
+    """List products.
+
+    Example: wuma product list --json
+    """
+    for p in admin.products.list():
+        emit(p.to_dict(), as_json, f"{p.sku}\t{p.name}\t{p.gtin or '-'}")
+
+
+# -- pools ---------------------------------------------------------------------------------
+@click.group()
+def pool():
+    """Budget pools (费用池): total, daily and per-region caps; amounts in fen or points.
+
+    Example: wuma pool create summer --total 5000000 --daily 200000
+    """
+
+
+@pool.command("create")
+@click.argument("pool_id")
+@click.option("--total", type=int, required=True, help="Budget in fen (100 = 1 yuan) or points.")
+@click.option("--daily", type=int, default=None, help="Cap per day (China time).")
+@click.option("--region-cap", "region_caps", multiple=True, metavar="PREFIX=AMOUNT",
+              help="Cap for a region prefix (repeatable); the pool then pays only in those regions.")
+@click.option("--unit", type=click.Choice(UNITS), default="cash", show_default=True)
+@click.option("--name", default="", help="Display name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def pool_create(admin, pool_id, total, daily, region_caps, unit, name, as_json):
+    """Create a budget pool.
+
+    Example: wuma pool create gd-summer --total 1000000 --region-cap 44=1000000
+    """
+    regions = {}
+    for item in region_caps:
+        prefix, sep, amount = item.partition("=")
+        if not sep or not amount.isdigit():
+            raise click.BadParameter(f"{item!r}: expected PREFIX=AMOUNT, e.g. 4401=50000",
+                                     param_hint="--region-cap")
+        regions[prefix] = int(amount)
+    p = admin.pools.create(pool_id, total=total, daily=daily, regions=regions, unit=unit, name=name,
+                           who=_who())
+    emit(p.to_dict(), as_json, f"pool {p.id}: {_yuan(p.total, p.unit)}")
+
+
+@pool.command("top-up")
+@click.argument("pool_id")
+@click.argument("amount", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def pool_top_up(admin, pool_id, amount, as_json):
+    """Add budget to a pool.
+
+    Example: wuma pool top-up summer 100000
+    """
+    p = admin.pools.top_up(pool_id, amount, who=_who())
+    emit(p.to_dict(), as_json, f"pool {p.id}: total {_yuan(p.total, p.unit)}")
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_admin
+def pool_list(admin, as_json):
+    """Pools with what is spent and left.
+
+    Example: wuma pool list
+    """
+    for p in admin.pools.list():
+        s = admin.pools.status(p.id)
+        emit(s, as_json, f"{p.id}\tspent {_yuan(s['spent'], p.unit)} of {_yuan(p.total, p.unit)} "
+                         f"({s['use_rate']:.1%}); today {_yuan(s['spent_today'], p.unit)}")
+
+
+@pool.command("show")
+@click.argument("pool_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def pool_show(admin, pool_id, as_json):
+    """One pool's burn-down: spend by day and by region.
+
+    Example: wuma pool show summer --json
+    """
+    s = admin.pools.status(pool_id)
+    lines = [f"{s['id']}: spent {_yuan(s['spent'], s['unit'])} of {_yuan(s['total'], s['unit'])}"]
+    lines += [f"  {day}\t{_yuan(v, s['unit'])}" for day, v in sorted(s["by_day"].items())]
+    lines += [f"  region {r}\t{_yuan(v, s['unit'])}" for r, v in sorted(s["by_region"].items())]
+    emit(s, as_json, "\n".join(lines))
+
+
+# -- campaigns -----------------------------------------------------------------------------
+@click.group()
+def campaign():
+    """Campaigns on batches, serial ranges or products (rules as JSON; see README).
+
+    Example: wuma campaign create summer-draw.json
+    """
+
+
+@campaign.command("create")
+@click.argument("rule_file", type=click.File("r", encoding="utf-8"))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def campaign_create(admin, rule_file, as_json):
+    """Create a campaign from a JSON rule file (- for standard input); it starts active.
+
+    Example: wuma campaign create open-case.json
+    """
+    try:
+        rule = json.load(rule_file)
+    except ValueError as e:
+        raise click.ClickException(f"{rule_file.name}: not valid JSON ({e})") from None
+    c = admin.campaigns.create(rule, who=_who())
+    emit(c.to_dict(), as_json, f"campaign {c.id} ({c.name}) created, active")
+
+
+@campaign.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_admin
+def campaign_list(admin, status, as_json):
+    """List campaigns.
+
+    Example: wuma campaign list --status active
+    """
+    for c in admin.campaigns.list(status):
+        t = c.rule["trigger"]
+        emit(c.to_dict(), as_json, f"{c.id}\t{c.status}\t{c.name}\t{t['actor_role']} scans "
+                                   f"{t['code_role']}\tpool {c.pool}")
+
+
+@campaign.command("show")
+@click.argument("campaign_id", type=int)
+@pass_admin
+def campaign_show(admin, campaign_id):
+    """One campaign's rule, as JSON.
+
+    Example: wuma campaign show 3
+    """
+    emit(admin.campaigns.get(campaign_id).to_dict(), True)
+
+
+def _status_command(action: str, doc: str):
+    @campaign.command(action, help=doc)
+    @click.argument("campaign_id", type=int)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @pass_admin
+    def command(admin, campaign_id, as_json):
+        c = getattr(admin.campaigns, action)(campaign_id, who=_who())
+        emit(c.to_dict(), as_json, f"campaign {c.id} is {c.status}")
+
+    return command
+
+
+_status_command("pause", "Pause a campaign: scans stop earning at once, in every worker.\n\n"
+                         "Example: wuma campaign pause 3")
+_status_command("resume", "Resume a paused campaign.\n\nExample: wuma campaign resume 3")
+_status_command("close", "Close a campaign for good (its target may then get a new one).\n\n"
+                         "Example: wuma campaign close 3")
+
+
+# -- ledger and vouchers -------------------------------------------------------------------
+@click.group()
+def ledger():
+    """The append-only reward ledger.
+
+    Example: wuma ledger list --campaign 3
+    """
+
+
+@ledger.command("list")
+@click.option("--after", type=int, default=0, help="Entries after this sequence number.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--campaign", "campaign_id", type=int, default=None, help="Only this campaign.")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only this kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_admin
+def ledger_list(admin, after, limit, campaign_id, kind, as_json):
+    """List ledger entries, oldest first.
+
+    Example: wuma ledger list --kind grant --json
+    """
+    for e in admin.ledger.entries(after, limit, campaign=campaign_id, kind=kind):
+        b = e.get("beneficiary") or {}
+        emit(e, as_json, f"{e['seq']}\t{e['kind']}\t{_yuan(e['amount'], e['unit'])}\t"
+                         f"{b.get('role', '-')}:{b.get('id', '-')}\tcampaign {e.get('campaign')}\t"
+                         f"scan {e.get('scan') or '-'}")
+
+
+@click.group()
+def voucher():
+    """N元换购 vouchers: show one, redeem one for a store, expire old ones.
+
+    Example: wuma voucher show VABCD...
+    """
+
+
+@voucher.command("show")
+@click.argument("voucher_id")
+@pass_admin
+def voucher_show(admin, voucher_id):
+    """A voucher's state, as JSON.
+
+    Example: wuma voucher show V7K2M9QX4T1B8N3R5W6Y0
+    """
+    emit(admin.rewards.voucher(voucher_id), True)
+
+
+@voucher.command("redeem")
+@click.argument("voucher_id")
+@click.option("--store", "store_id", required=True, help="The store account redeeming it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def voucher_redeem(admin, voucher_id, store_id, as_json):
+    """Redeem (核销) a voucher for a store (the store's own path is POST /v1/vouchers/redeem).
+
+    Example: wuma voucher redeem V7K2M9QX4T1B8N3R5W6Y0 --store s-1
+    """
+    v = admin.rewards.redeem(voucher_id, admin.data.accounts.get(store_id))
+    emit(v, as_json, f"voucher {v['id']} redeemed by {v['redeemed_by']}: {v['value'] / 100:.2f} yuan credited")
+
+
+@voucher.command("sweep")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def voucher_sweep(admin, as_json):
+    """Expire vouchers and locked rewards past their time, returning their budget.
+
+    Example: wuma voucher sweep
+    """
+    got = admin.rewards.sweep()
+    emit(got, as_json, f"{got['vouchers_expired']} vouchers and {got['locks_expired']} locked rewards expired")

@@ -1,0 +1,72 @@
+"""`wuma product/pool/campaign/ledger/voucher` as an operator runs them."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from conftest_world import build_world
+
+
+@pytest.fixture
+def run(tmp_path):
+    w = build_world(tmp_path / "wuma-data")
+    w["data"].close()
+    runner = CliRunner()
+
+    def invoke(*args, input=None, ok=True):
+        res = runner.invoke(cli, ["--data", str(tmp_path / "wuma-data"), *args], input=input,
+                            catch_exceptions=False)
+        if ok:
+            assert res.exit_code == 0, res.output
+        else:
+            assert res.exit_code != 0 and "Traceback" not in res.output
+        return res
+
+    invoke.world = w
+    return invoke
+
+
+def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
+    run("product", "add", "SKU-1", "--name", "Green tea 500ml", "--gtin", "06901234567892")
+    assert "wrong check digit" in run("product", "add", "SKU-2", "--name", "x", "--gtin", "06901234567890",
+                                      ok=False).output
+    out = json.loads(run("pool", "create", "gd", "--total", "50000", "--daily", "10000",
+                         "--region-cap", "44=50000", "--json").output)
+    assert out["regions"] == {"44": 50000}
+    assert "PREFIX=AMOUNT" in run("pool", "create", "x", "--total", "5", "--region-cap", "44", ok=False).output
+    rule = {"name": "Cap draw", "pool": "gd", "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
+            "target": {"skus": ["SKU-1"]}, "window": {"start": "2026-01-01T00:00", "end": "2030-01-01T00:00"},
+            "reward": {"kind": "draw", "tiers": [{"amount": 100, "odds": 0.5}, {"amount": 0, "odds": 0.5}]}}
+    f = tmp_path / "rule.json"
+    f.write_text(json.dumps(rule))
+    c = json.loads(run("campaign", "create", str(f), "--json").output)
+    assert c["status"] == "active" and c["window"]["start"] == 1767196800.0
+    assert f"campaign {c['id']} (Cap draw) already rewards" in run(
+        "campaign", "create", "-", input=json.dumps(rule), ok=False).output
+    bad = dict(rule, reward={"kind": "draw", "tiers": [{"amount": 100, "odds": 0.4}]})
+    assert "odds must sum to 1" in run("campaign", "create", "-", input=json.dumps(bad), ok=False).output
+    assert "not valid JSON" in run("campaign", "create", "-", input="{nope", ok=False).output
+    run("campaign", "pause", str(c["id"]))
+    assert "cannot pause" in run("campaign", "pause", str(c["id"]), ok=False).output
+    lines = run("campaign", "list", "--status", "paused").output.splitlines()
+    assert len(lines) == 1 and "Cap draw" in lines[0]
+    run("campaign", "resume", str(c["id"]))
+    run("campaign", "close", str(c["id"]))
+    assert json.loads(run("campaign", "show", str(c["id"])).output)["status"] == "closed"
+    assert "no campaign 99" in run("campaign", "pause", "99", ok=False).output
+    run("pool", "top-up", "gd", "1000")
+    shown = json.loads(run("pool", "show", "gd", "--json").output)
+    assert shown["total"] == 51000 and shown["spent"] == 0
+    assert run("ledger", "list").output == ""
+    assert "no such voucher" in run("voucher", "show", "VNOPE", ok=False).output
+
+    from admin.audit import AuditLog
+    from engine import DataFolder
+
+    with DataFolder(tmp_path / "wuma-data") as data:
+        actions = [(e["action"], e["who"].startswith("cli:")) for e in AuditLog(data.store).entries()]
+    assert actions == [("product.add", True), ("pool.create", True), ("campaign.create", True),
+                       ("campaign.pause", True), ("campaign.resume", True), ("campaign.close", True),
+                       ("pool.top_up", True)]
