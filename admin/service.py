@@ -18,11 +18,13 @@ from functools import cached_property
 from admin.audit import AuditLog
 from admin.campaigns import CampaignRegistry
 from admin.ledger import Ledger
+from admin.payouts import Payouts
 from admin.pools import PoolRegistry
 from admin.products import ProductCatalog
 from admin.rewards import RewardEngine
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
+from engine.errors import Conflict, NotFound
 from engine.scan import ScanPipeline
 from engine.scanlog import ScanLog
 
@@ -52,6 +54,39 @@ class Admin:
     @cached_property
     def rewards(self) -> RewardEngine:
         return RewardEngine(self.data.store, self.campaigns, self.pools, self.ledger, rng=self._rng)
+
+    @cached_property
+    def payouts(self) -> Payouts:
+        """The hand-off of payable entries to the payment system (export, webhook outbox)."""
+        return Payouts(self.data.store, self.ledger, self.audit)
+
+    def reverse(self, seq: int, *, reason: str, who: str, now: float | None = None) -> dict:
+        """Cancel a payable ledger entry that was never sent to the payment system: a
+        ``reversal`` entry is appended, the budget returns to its pool and the payout is
+        cancelled — all in one transaction. Anything already sent cannot be reversed here
+        (the payment system has it; settle it there)."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("say why the entry is reversed (--reason)")
+        now = self._clock() if now is None else now
+        store = self.data.store
+        payouts = self.payouts
+        with store.write() as txn:
+            e = self.ledger.get_in(txn, seq) if isinstance(seq, int) and seq > 0 else None
+            if e is None:
+                raise NotFound(f"no ledger entry {seq}")
+            if not e["payable"]:
+                raise Conflict(f"ledger entry {seq} is a {e['kind']} entry; only payable entries are reversed")
+            if self.ledger.referred_by(txn, seq) is not None:
+                raise Conflict(f"ledger entry {seq} was already reversed")
+            payouts.cancel_in(txn, seq, now=now)
+            if e["kind"] != "redeem":  # a redemption's budget was charged when the voucher was issued
+                self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), e["at"])
+            entry = {k: e.get(k) for k in ("campaign", "pool", "unit", "beneficiary", "amount", "region")}
+            rseq = self.ledger.append(txn, {**entry, "kind": "reversal", "at": now, "ref": seq, "scan": None,
+                                            "reason": reason.strip()})
+            self.audit.append(txn, who, "ledger.reverse", str(seq), {"reversal": rseq, "reason": reason.strip()},
+                              now=now)
+        return self.ledger.get(rseq)
 
     def scan_pipeline(self, **options) -> ScanPipeline:
         """The scan pipeline with campaign rewards (what ``wuma serve`` runs)."""

@@ -7,11 +7,15 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import os
+import threading
+from pathlib import Path
 
 import click
 
 from admin.campaigns import STATUSES
 from admin.ledger import KINDS
+from admin.payouts import STATES
 from admin.pools import UNITS
 from admin.service import Admin
 from cli.main import emit, pass_data
@@ -301,3 +305,104 @@ def voucher_sweep(admin, as_json):
     """
     got = admin.rewards.sweep()
     emit(got, as_json, f"{got['vouchers_expired']} vouchers and {got['locks_expired']} locked rewards expired")
+
+
+@ledger.command("reverse")
+@click.argument("seq", type=int)
+@click.option("--reason", required=True, help="Why (kept in the ledger and the audit log).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def ledger_reverse(admin, seq, reason, as_json):
+    """Reverse a payable entry never sent to the payment system (budget returned).
+
+    Example: wuma ledger reverse 42 --reason "test scan in the warehouse"
+    """
+    e = admin.reverse(seq, reason=reason, who=_who())
+    emit(e, as_json, f"entry {seq} reversed by entry {e['seq']}; {_yuan(e['amount'], e['unit'])} back in pool {e['pool']}")
+
+
+@ledger.command("export")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (written whole or not at all).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--after", type=int, default=0, help="Entries after this sequence number.")
+@click.option("--state", type=click.Choice(STATES), default=None, help="Only payouts in this state.")
+@pass_admin
+def ledger_export(admin, output, fmt, after, state):
+    """Export payable entries with their payout state, for a payment system that imports files.
+
+    Example: wuma ledger export -o payouts.csv --state pending
+    """
+    n = admin.payouts.export(output, fmt, after=after, state=state)
+    click.echo(f"{n} payable entries written to {output}")
+
+
+# -- payouts -------------------------------------------------------------------------------
+@click.group()
+def payout():
+    """Deliver payable ledger entries to the payment system's webhook (at least once).
+
+    Example: WUMA_PAYOUT_SECRET=... wuma payout deliver --url https://pay.example.cn/wuma
+    """
+
+
+def _secret(secret_file: Path | None) -> str:
+    # APPSEC: never a command-line argument (visible in ps and shell history).
+    if secret_file is not None:
+        return secret_file.read_text("utf-8").strip()
+    secret = os.environ.get("WUMA_PAYOUT_SECRET")
+    if not secret:
+        raise click.ClickException("set WUMA_PAYOUT_SECRET or pass --secret-file (the webhook's HMAC secret)")
+    return secret
+
+
+@payout.command("deliver")
+@click.option("--url", required=True, help="The payment system's webhook (http or https).")
+@click.option("--secret-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="File holding the HMAC secret (else $WUMA_PAYOUT_SECRET).")
+@click.option("--once", is_flag=True, help="One pass, then exit (else run until interrupted).")
+@click.option("--limit", type=int, default=100, show_default=True, help="Entries per pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def payout_deliver(admin, url, secret_file, once, limit, as_json):
+    """Send pending payouts, signed, with idempotency keys; paid only on the receiver's 2xx.
+
+    Example: wuma payout deliver --url https://pay.example.cn/wuma --once
+    """
+    secret = _secret(secret_file)
+    if once:
+        got = admin.payouts.deliver_once(url, secret, limit=limit)
+        emit(got, as_json, ", ".join(f"{k} {v}" for k, v in got.items()))
+        return
+    stop = threading.Event()
+    click.echo("delivering payouts every second; Ctrl-C to stop", err=True)
+    try:
+        admin.payouts.run(url, secret, stop, limit=limit)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@payout.command("status")
+@click.option("--seq", type=int, default=None, help="One ledger entry's payout.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def payout_status(admin, seq, as_json):
+    """Payouts by state (count and amount), or one entry's delivery record.
+
+    Example: wuma payout status --json
+    """
+    got = admin.payouts.state(seq) if seq is not None else admin.payouts.summary()
+    emit(got, True if seq is not None else as_json,
+         "\n".join(f"{k}\t{v['count']}\t{v['amount']}" for k, v in got.items()) if seq is None else None)
+
+
+@payout.command("retry")
+@click.argument("seq", type=int)
+@pass_admin
+def payout_retry(admin, seq):
+    """Put a payout the receiver rejected back in the outbox (same idempotency key).
+
+    Example: wuma payout retry 42
+    """
+    got = admin.payouts.retry(seq, who=_who())
+    click.echo(f"payout of entry {seq}: {got['state']}")

@@ -375,3 +375,26 @@ def test_ledger_and_pool_agree_with_a_model(tmp_path_factory, ops, total, per_da
     finally:
         admin.close()
         w["data"].close()
+
+
+def test_reversal_returns_the_budget_and_cancels_the_unsent_payout(world):
+    pool(world)
+    world["admin"].campaigns.create(rule(world), who="test")
+    first = scan(world, cap(world, 0)).rewards[0]["ledger"]
+    second = scan(world, cap(world, 1)).rewards[0]["ledger"]
+    with pytest.raises(ValueError, match="say why"):
+        world["admin"].reverse(first, reason=" ", who="test")
+    r = world["admin"].reverse(first, reason="warehouse test scan", who="test")
+    assert (r["kind"], r["ref"], r["amount"], r["payable"]) == ("reversal", first, 100, False)
+    assert world["admin"].pools.status("p")["spent"] == 100
+    assert world["admin"].payouts.state(first)["state"] == "cancelled"
+    with pytest.raises(Conflict, match="already reversed"):
+        world["admin"].reverse(first, reason="again", who="test")
+    with pytest.raises(Conflict, match="only payable"):
+        world["admin"].reverse(r["seq"], reason="x", who="test")
+    # once a copy may have reached the payment system, it cannot be reversed here
+    world["admin"].payouts.deliver_once("http://127.0.0.1:9/", "s" * 32, timeout=0.5)
+    with pytest.raises(Conflict, match="already sent"):
+        world["admin"].reverse(second, reason="late", who="test")
+    assert world["admin"].pools.status("p")["spent"] == 100
+    assert [e["action"] for e in world["admin"].audit.entries()][-1] == "ledger.reverse"

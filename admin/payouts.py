@@ -1,0 +1,572 @@
+"""The payout hand-off: payable ledger entries go to the brand's payment system.
+
+Wuma never moves money. Every payable ledger entry (kinds ``grant``, ``unlock`` and
+``redeem``; ``entry["payable"]`` is True) is handed to the brand's payment system
+(WeChat Pay, a bank, a points platform ... all outside Wuma) in one of two ways:
+
+* **Export** (:meth:`Payouts.export`): a CSV or JSON Lines file of payable entries with
+  their payout state, for a payment system that imports files.
+* **Webhook** (:meth:`Payouts.deliver_once`, :meth:`Payouts.run`): an outbox delivered
+  at least once to a configured HTTPS endpoint, one entry per request.
+
+A reward is *paid* only when the receiver acknowledges it with a 2xx answer. The ledger
+itself is append-only and never changes; delivery state lives beside it.
+
+Delivery state
+--------------
+``adm_payouts`` (``u64(ledger seq)`` -> record) holds, per payable entry::
+
+    state         pending | paid | rejected | cancelled
+    attempts      sends started (counted when an entry is leased, *before* it goes out)
+    last_status   HTTP status of the last answer (None: no answer)
+    last_error    "HTTP 500 Internal Server Error: <first 200 chars>" or "TimeoutError: ..."
+    next_at       unix time before which it is not sent again (backoff)
+    leased_until  a deliverer is sending it until then (see below)
+    paid_at, cancelled_at, amount, unit
+
+``adm_payouts_pending`` lists the seqs still to deliver (the outbox, in seq order), and
+``adm_payouts_meta`` holds the intake cursor: the last ledger seq already looked at. A
+pass takes in only ledger entries after the cursor, so it never rescans the ledger.
+
+A pass (:meth:`Payouts.deliver_once`):
+
+1. *Intake*: new payable ledger entries after the cursor become ``pending`` records.
+2. *Lease*, in one write transaction: up to 10 due entries (pending, ``next_at`` and
+   ``leased_until`` passed), oldest seq first, get ``leased_until`` and ``attempts + 1``.
+   LMDB admits one writer at a time across processes, so two deliverers never lease the
+   same entry: running several at once does not send anything twice.
+3. *Send* each leased entry and record the answer in its own write transaction:
+
+   ========================================  ===============================================
+   answer                                    outcome
+   ========================================  ===============================================
+   2xx                                       ``paid`` (``paid_at``)
+   400, 409, 410, 422 ... (any other 4xx)    ``rejected``: left for an operator, who looks at
+                                             ``last_error`` and runs :meth:`Payouts.retry`
+   401, 403, 404, 408, 429, 3xx, 5xx,        failed: stays ``pending``, retried after a
+   timeout, refused or dropped connection    backoff of 30 s, 1 min, 2 min ... capped at 1 h
+                                             (or a longer ``Retry-After``, up to 1 h)
+   ========================================  ===============================================
+
+   A failure ends the pass (the receiver is probably down or misconfigured: the rest of
+   the outbox waits instead of hammering it); leased entries not yet sent are released.
+4. Repeat 2-3 until ``limit`` entries were sent or nothing is due.
+
+NOTE: 401/403/404 are *not* rejections: they mean a wrong secret or URL, which would
+otherwise reject every entry of a pass. Redirects are not followed (configure the final
+URL): a redirect is a failure like a 5xx.
+
+Guarantees: at least once. An entry is sent again when its answer was lost, timed out,
+or when the deliverer died between the receiver's 2xx and the local "paid" write (its
+lease expires, another pass sends it again). Every copy carries the same idempotency key
+and the same body bytes, so **receivers must deduplicate on the idempotency key** and
+answer a duplicate with 2xx. A receiver should remember a key only once it accepted the
+entry: :meth:`Payouts.retry` re-sends a rejected entry under the same key.
+
+Wire format (what a receiver implements)
+----------------------------------------
+One ``POST`` to the configured URL per entry::
+
+    Content-Type: application/json
+    Idempotency-Key: wuma-<ledger seq>
+    X-Wuma-Timestamp: <unix seconds when this copy was sent>
+    X-Wuma-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body bytes)>
+
+    {"amount": 188, "at": 1796000000.5, "beneficiary": {"id": "o7Xk...", "role": "consumer"},
+     "campaign": 3, "idempotency_key": "wuma-42", "kind": "grant", "pool": "summer",
+     "ref": null, "scan": 1234, "seq": 42, "settle_with": null, "unit": "cash"}
+
+The body is compact UTF-8 JSON with sorted keys. ``amount`` is a whole number in
+``unit``: fen for ``cash`` (100 = 1 yuan) or ``points``. ``settle_with`` names who
+settles a ``redeem`` with the store (its distributor). Verify before anything else::
+
+    expected = "sha256=" + hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    ok = hmac.compare_digest(expected, request.headers["X-Wuma-Signature"]) \\
+         and abs(time.time() - int(ts)) < 300         # ts = the X-Wuma-Timestamp header
+
+Each copy is signed afresh (a retry has a new timestamp; the body is unchanged), so a
+receiver may reject stale timestamps to stop replays.
+
+APPSEC: the secret is a parameter of each call, never stored in LMDB, never logged and
+never part of an error message (a receiver's answer that echoes it is redacted from
+``last_error``). The caller reads it from ``WUMA_PAYOUT_SECRET`` or a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import os
+import secrets
+import ssl
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from admin.audit import AuditLog
+from admin.ledger import Ledger
+from engine.errors import Conflict, NotFound
+from engine.store import Store, pack, u64, unpack
+
+__all__ = ["Payouts", "STATES", "EXPORT_FIELDS"]
+
+log = logging.getLogger("wuma.payouts")
+
+#: Payout states of a payable ledger entry.
+STATES = ("pending", "paid", "rejected", "cancelled")
+#: Columns of a CSV export (a JSON Lines export has the webhook body plus the state fields).
+EXPORT_FIELDS = ("seq", "at", "kind", "amount", "unit", "beneficiary_role", "beneficiary_id",
+                 "campaign", "pool", "scan", "ref", "settle_with", "idempotency_key", "state",
+                 "attempts", "paid_at")
+
+_BACKOFF_FIRST = 30.0
+_BACKOFF_MAX = 3600.0
+#: Entries leased per write transaction (a crashed deliverer holds at most this many).
+_CHUNK = 10
+#: Ledger entries taken in per pass (bounds the intake transaction).
+_INTAKE_PAGE = 5000
+_SNIPPET = 200
+_MIN_SECRET = 16
+#: 4xx answers that are retried: a wrong secret/URL (every entry would fail) or "later".
+_RETRIED_4XX = frozenset({401, 403, 404, 408, 429})
+_WIRE_FIELDS = ("seq", "at", "kind", "amount", "unit", "beneficiary", "campaign", "pool", "scan",
+                "ref", "settle_with")
+
+
+def _backoff(attempts: int) -> float:
+    """30 s after the first failure, doubling, capped at one hour."""
+    return min(_BACKOFF_MAX, _BACKOFF_FIRST * 2.0 ** min(max(attempts - 1, 0), 20))
+
+
+def _check_target(url, secret) -> tuple[str, bytes]:
+    # APPSEC: no message here repeats the secret, nor the URL (it may carry a token).
+    if not isinstance(url, str):
+        raise TypeError("the payout webhook URL must be a string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("the payout webhook URL must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the payout webhook URL must not carry a user or password;"
+                         " requests are authenticated by their signature")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the payout webhook URL has an invalid port") from None
+    if isinstance(secret, str):
+        key = secret.encode()
+    elif isinstance(secret, bytes):
+        key = secret
+    else:
+        raise TypeError("the payout webhook secret must be a string or bytes")
+    if len(key) < _MIN_SECRET:
+        raise ValueError(f"the payout webhook secret must be at least {_MIN_SECRET} characters"
+                         " (e.g. `openssl rand -hex 32`)")
+    return url, key
+
+
+def _signature(key: bytes, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _wire(entry: dict) -> dict:
+    out = {f: entry.get(f) for f in _WIRE_FIELDS}
+    out["idempotency_key"] = f"wuma-{entry['seq']}"
+    return out
+
+
+def _body(entry: dict) -> bytes:
+    # NOTE: deterministic bytes (sorted keys, compact): every copy of an entry is identical.
+    return json.dumps(_wire(entry), separators=(",", ":"), sort_keys=True,
+                      ensure_ascii=False).encode()
+
+
+def _new_record(entry: dict) -> dict:
+    return {"state": "pending", "attempts": 0, "last_status": None, "last_error": None,
+            "next_at": 0.0, "leased_until": 0.0, "lease": None, "paid_at": None,
+            "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"]}
+
+
+def _public(seq: int, rec: dict) -> dict:
+    return {"seq": seq, **{k: v for k, v in rec.items() if k != "lease"}}
+
+
+def _clean(text: str, key: bytes) -> str:
+    """A short, printable, secret-free error text for ``last_error``."""
+    secret = key.decode(errors="replace")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return text[:2 * _SNIPPET]
+
+
+class _Answer:
+    __slots__ = ("status", "error", "retry_after")
+
+    def __init__(self, status: int | None, error: str | None, retry_after: float | None = None):
+        self.status, self.error, self.retry_after = status, error, retry_after
+
+    @property
+    def outcome(self) -> str:
+        if self.status is not None and 200 <= self.status < 300:
+            return "paid"
+        if self.status is not None and 400 <= self.status < 500 and self.status not in _RETRIED_4XX:
+            return "rejected"
+        return "failed"
+
+
+def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout: float) -> _Answer:
+    """One signed POST (standard library only). Never raises for network trouble."""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # PERF: one connection per request keeps failure handling simple (a dropped
+    # keep-alive connection cannot be confused with a lost answer); reuse if TLS
+    # handshakes ever dominate.
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idem,
+               "X-Wuma-Timestamp": timestamp, "X-Wuma-Signature": _signature(key, timestamp, body),
+               "User-Agent": "wuma-payouts/1"}
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        snippet = r.read(4096)[:_SNIPPET].decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        # TimeoutError, ConnectionRefusedError, RemoteDisconnected, ssl.SSLError ...
+        return _Answer(None, _clean(f"{type(e).__name__}: {e}", key))
+    finally:
+        conn.close()
+    retry_after = None
+    if r.status in (429, 503) and (r.getheader("Retry-After") or "").strip().isdigit():
+        retry_after = float(r.getheader("Retry-After").strip())
+    if 200 <= r.status < 300:
+        return _Answer(r.status, None)
+    error = f"HTTP {r.status} {r.reason}" + (f": {snippet}" if snippet.strip() else "")
+    if 300 <= r.status < 400:
+        error += " (redirects are not followed; configure the final URL)"
+    return _Answer(r.status, _clean(error, key), retry_after)
+
+
+class Payouts:
+    """The outbox of payable ledger entries and their delivery to the payment system."""
+
+    def __init__(self, store: Store, ledger: Ledger, audit: AuditLog) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._audit = audit
+        self._db = store.db("adm_payouts")
+        # u64(seq) -> b"": entries still to deliver (pending), in seq order
+        self._pending = store.db("adm_payouts_pending")
+        # b"intake" -> u64(last ledger seq taken in)
+        self._meta = store.db("adm_payouts_meta")
+
+    # -- reading ---------------------------------------------------------------------
+    def _cursor(self, txn) -> int:
+        raw = txn.get(b"intake", db=self._meta)
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def _record_in(self, txn, seq: int) -> dict | None:
+        """The payout record of a payable entry (a fresh pending one if not taken in yet)."""
+        raw = txn.get(u64(seq), db=self._db)
+        if raw is not None:
+            return unpack(raw)
+        entry = self._ledger.get_in(txn, seq)
+        if entry is None:
+            raise NotFound(f"no ledger entry {seq}")
+        if not entry.get("payable"):
+            return None
+        return _new_record(entry)
+
+    def state(self, seq: int) -> dict:
+        """The payout state of ledger entry ``seq``: state, attempts, last_error, next_at ..."""
+        with self._store.read() as txn:
+            rec = self._record_in(txn, seq)
+        if rec is None:
+            raise NotFound(f"ledger entry {seq} is not payable (only grant, unlock and redeem are)")
+        return _public(seq, rec)
+
+    def summary(self) -> dict:
+        """Count and amounts (per unit) of payable entries in each state."""
+        out = {s: {"count": 0, "amount": {}} for s in STATES}
+
+        def add(state: str, amount: int, unit: str) -> None:
+            out[state]["count"] += 1
+            out[state]["amount"][unit] = out[state]["amount"].get(unit, 0) + amount
+
+        with self._store.read() as txn:
+            cursor = self._cursor(txn)
+            seen = set()
+            for k, raw in txn.cursor(db=self._db):
+                rec = unpack(raw)
+                add(rec["state"], rec["amount"], rec["unit"])
+                if int.from_bytes(k, "big") > cursor:
+                    seen.add(int.from_bytes(k, "big"))  # cancelled before intake
+        # Not taken in yet: pending (one page at a time, like the intake).
+        after = cursor
+        while True:
+            page = self._ledger.entries(after, _INTAKE_PAGE)
+            for e in page:
+                if e.get("payable") and e["seq"] not in seen:
+                    add("pending", e["amount"], e["unit"])
+            if len(page) < _INTAKE_PAGE:
+                return out
+            after = page[-1]["seq"]
+
+    def export(self, path, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
+        """Write payable entries with seq > ``after`` (optionally only those in ``state``)
+        to ``path`` as ``csv`` or ``jsonl``; returns how many. The file appears whole or
+        not at all (written to ``<path>.part``, then renamed)."""
+        if fmt not in ("csv", "jsonl"):
+            raise ValueError("export format must be csv or jsonl")
+        if state is not None and state not in STATES:
+            raise ValueError(f"payout state must be one of {', '.join(STATES)}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError("after must be a ledger seq (a whole number of at least 0)")
+        path = Path(path)
+        part = path.with_name(path.name + ".part")
+        count = 0
+        # NOTE: mode 0600: the file names beneficiaries and amounts.
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "w", encoding="utf-8", newline="") as f:
+                writer = None
+                if fmt == "csv":
+                    # APPSEC: values are written verbatim (a payment import must match ids
+                    # exactly); open the file in a spreadsheet as text, not as formulas.
+                    writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+                    writer.writeheader()
+                for row in self._export_rows(after, state):
+                    if writer is not None:
+                        b = row.pop("beneficiary") or {}
+                        row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
+                        writer.writerow({k: "" if row[k] is None else row[k]
+                                         for k in EXPORT_FIELDS})
+                    else:
+                        f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                    count += 1
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return count
+
+    def _export_rows(self, after: int, state: str | None):
+        while True:
+            page = self._ledger.entries(after, _INTAKE_PAGE)
+            payable = [e for e in page if e.get("payable")]
+            with self._store.read() as txn:
+                recs = [self._record_in(txn, e["seq"]) for e in payable]
+            for e, rec in zip(payable, recs):
+                if state is None or rec["state"] == state:
+                    yield {**_wire(e), "state": rec["state"], "attempts": rec["attempts"],
+                           "paid_at": rec["paid_at"]}
+            if len(page) < _INTAKE_PAGE:
+                return
+            after = page[-1]["seq"]
+
+    # -- changes -------------------------------------------------------------------------
+    def cancel_in(self, txn, seq: int, *, now: float | None = None) -> dict:
+        """Cancel the payout of ``seq`` inside the caller's write transaction (a ledger
+        reversal). Only an entry never sent can be cancelled: once a copy may have reached
+        the payment system, only the payment system can stop it."""
+        rec = self._record_in(txn, seq)
+        if rec is None:
+            raise ValueError(f"ledger entry {seq} is not payable; there is no payout to cancel")
+        if rec["state"] == "cancelled":
+            raise Conflict(f"the payout of ledger entry {seq} is already cancelled")
+        if rec["state"] != "pending" or rec["attempts"] > 0:
+            raise Conflict(f"the payout of ledger entry {seq} was already sent to the payment"
+                           f" system ({rec['state']}, {rec['attempts']} attempt(s)); only the"
+                           " payment system can stop it now")
+        rec.update(state="cancelled", cancelled_at=time.time() if now is None else now)
+        txn.put(u64(seq), pack(rec), db=self._db)
+        txn.delete(u64(seq), db=self._pending)
+        return _public(seq, rec)
+
+    def retry(self, seq: int, *, who: str, now: float | None = None) -> dict:
+        """Put a rejected payout back in the outbox (sent on the next pass, same key)."""
+        now = time.time() if now is None else now
+        with self._store.write() as txn:
+            rec = self._record_in(txn, seq)
+            if rec is None:
+                raise ValueError(f"ledger entry {seq} is not payable; there is no payout to retry")
+            if rec["state"] != "rejected":
+                raise Conflict(f"only a rejected payout can be retried; ledger entry {seq} is"
+                               f" {rec['state']}")
+            self._audit.append(txn, who, "payout.retry", str(seq),
+                               {"attempts": rec["attempts"], "last_status": rec["last_status"],
+                                "last_error": rec["last_error"]}, now=now)
+            rec.update(state="pending", next_at=now, leased_until=0.0, lease=None)
+            txn.put(u64(seq), pack(rec), db=self._db)
+            txn.put(u64(seq), b"", db=self._pending)
+        return _public(seq, rec)
+
+    # -- delivery ------------------------------------------------------------------------
+    def _intake(self) -> int:
+        """Turn payable ledger entries after the cursor into pending records."""
+        with self._store.read() as txn:
+            cursor = self._cursor(txn)
+        page = self._ledger.entries(cursor, _INTAKE_PAGE)
+        if not page:
+            return 0
+        # NOTE: ledger seqs are allocated and committed inside one write transaction and
+        # LMDB has one writer at a time, so entries become visible in seq order: nothing
+        # at or below the last seq read can still appear later, and the cursor is safe.
+        n = 0
+        with self._store.write() as txn:
+            if self._cursor(txn) >= page[-1]["seq"]:
+                return 0  # another deliverer took these in meanwhile
+            for e in page:
+                if e.get("payable") and e["seq"] > cursor:
+                    # overwrite=False: a record written meanwhile (cancelled) stays.
+                    if txn.put(u64(e["seq"]), pack(_new_record(e)), db=self._db, overwrite=False):
+                        txn.put(u64(e["seq"]), b"", db=self._pending)
+                        n += 1
+            txn.put(b"intake", u64(page[-1]["seq"]), db=self._meta)
+        return n
+
+    def _reversed(self, txn, seq: int) -> bool:
+        by = self._ledger.referred_by(txn, seq)
+        if by is None:
+            return False
+        e = self._ledger.get_in(txn, by)
+        return e is not None and e["kind"] == "reversal"
+
+    def _lease(self, n: int, now: float, lease_for: float, token: str, stats: dict) -> list:
+        """Lease up to ``n`` due entries, oldest first; returns [(seq, body)]."""
+        out: list = []
+        with self._store.read() as txn:  # PERF: no write transaction when nothing is due
+            if not self._any_due(txn, now):
+                return out
+        with self._store.write() as txn:
+            cancelled = []
+            for k in txn.cursor(db=self._pending).iternext(keys=True, values=False):
+                if len(out) >= n:
+                    break
+                rec = unpack(txn.get(k, db=self._db))
+                if rec["next_at"] > now or rec["leased_until"] > now:
+                    continue
+                seq = int.from_bytes(k, "big")
+                if rec["attempts"] == 0 and self._reversed(txn, seq):
+                    # NOTE: a reversal should have called cancel_in; never send it anyway.
+                    rec.update(state="cancelled", cancelled_at=now)
+                    txn.put(k, pack(rec), db=self._db)
+                    cancelled.append(k)
+                    continue
+                rec.update(attempts=rec["attempts"] + 1, leased_until=now + lease_for, lease=token)
+                txn.put(k, pack(rec), db=self._db)
+                out.append((seq, _body(self._ledger.get_in(txn, seq))))
+            for k in cancelled:
+                txn.delete(k, db=self._pending)
+            stats["cancelled"] += len(cancelled)
+        return out
+
+    # PERF: passes walk the outbox from its oldest entry, skipping those in backoff or
+    # leased; that is at most the entries that failed within the last hour (a pass stops
+    # at its first failure), so the walk stays short even with a large backlog.
+    def _any_due(self, txn, now: float) -> bool:
+        for k in txn.cursor(db=self._pending).iternext(keys=True, values=False):
+            rec = unpack(txn.get(k, db=self._db))
+            if rec["next_at"] <= now and rec["leased_until"] <= now:
+                return True
+        return False
+
+    def _finish(self, seq: int, token: str, answer: _Answer, now: float) -> None:
+        with self._store.write() as txn:
+            rec = unpack(txn.get(u64(seq), db=self._db))
+            if answer.outcome == "paid":
+                # The receiver has it, whoever holds the lease now: paid it is.
+                if rec["state"] != "paid":
+                    rec.update(state="paid", paid_at=now, last_status=answer.status,
+                               last_error=None, leased_until=0.0, lease=None)
+                    txn.put(u64(seq), pack(rec), db=self._db)
+                    txn.delete(u64(seq), db=self._pending)
+                return
+            if rec["lease"] != token or rec["state"] != "pending":
+                return  # our lease ran out and another deliverer owns the entry now
+            rec.update(last_status=answer.status, last_error=answer.error, leased_until=0.0,
+                       lease=None)
+            if answer.outcome == "rejected":
+                rec.update(state="rejected", next_at=0.0)
+                txn.delete(u64(seq), db=self._pending)
+            else:
+                wait = _backoff(rec["attempts"])
+                if answer.retry_after:
+                    wait = max(wait, min(answer.retry_after, _BACKOFF_MAX))
+                rec["next_at"] = now + wait
+            txn.put(u64(seq), pack(rec), db=self._db)
+
+    def _release(self, seqs: list[int], token: str) -> None:
+        """Give back leased entries that were not sent (their attempt did not happen)."""
+        with self._store.write() as txn:
+            for seq in seqs:
+                rec = unpack(txn.get(u64(seq), db=self._db))
+                if rec["lease"] == token and rec["state"] == "pending":
+                    rec.update(attempts=rec["attempts"] - 1, leased_until=0.0, lease=None)
+                    txn.put(u64(seq), pack(rec), db=self._db)
+
+    def deliver_once(self, url: str, secret: str | bytes, *, limit: int = 100,
+                     now: float | None = None, timeout: float = 5) -> dict:
+        """One delivery pass: take in new payable entries, then send up to ``limit`` due
+        entries, oldest first, one signed POST each. Stops at the first failure.
+
+        Returns counts: ``taken_in``, ``sent`` (requests made), ``paid``, ``failed``,
+        ``rejected``, ``cancelled`` (reversed entries found unsent)."""
+        url, key = _check_target(url, secret)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a whole number of at least 1")
+        if not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        clock = time.time if now is None else (lambda: now)
+        stats = {"taken_in": self._intake(), "sent": 0, "paid": 0, "failed": 0, "rejected": 0,
+                 "cancelled": 0}
+        token = secrets.token_hex(8)
+        while stats["sent"] < limit:
+            n = min(_CHUNK, limit - stats["sent"])
+            # The lease covers sending the whole chunk, with room to spare.
+            batch = self._lease(n, clock(), 30 + n * (timeout + 5), token, stats)
+            if not batch:
+                break
+            for i, (seq, body) in enumerate(batch):
+                answer = _post(url, key, str(int(clock())), body, f"wuma-{seq}", timeout)
+                stats["sent"] += 1
+                self._finish(seq, token, answer, clock())
+                stats[answer.outcome] += 1
+                if answer.outcome == "failed":
+                    log.warning("payout %d not delivered: %s", seq, answer.error)
+                    self._release([s for s, _ in batch[i + 1:]], token)
+                    return stats
+                if answer.outcome == "rejected":
+                    log.warning("payout %d rejected by the payment system: %s", seq, answer.error)
+            if len(batch) < n:
+                break
+        return stats
+
+    def run(self, url: str, secret: str | bytes, stop: threading.Event, interval: float = 1.0,
+            *, limit: int = 100, timeout: float = 5) -> None:
+        """Deliver until ``stop`` is set: a pass every ``interval`` seconds, at once again
+        while there is more to send, and less often (up to a minute) while it fails."""
+        _check_target(url, secret)
+        wait = interval
+        while not stop.is_set():
+            try:
+                r = self.deliver_once(url, secret, limit=limit, timeout=timeout)
+            except Exception:  # e.g. a full disk: keep the deliverer alive, say so
+                log.exception("payout delivery pass failed")
+                r = {"sent": 0, "paid": 0, "failed": 1}
+            if r["failed"] and not r["paid"]:
+                wait = min(max(wait, interval) * 2, 60.0)
+            elif r["sent"] >= limit:
+                wait = 0.0
+            else:
+                wait = interval
+            stop.wait(wait)

@@ -1,0 +1,552 @@
+"""Payout hand-off: export files and webhook delivery to a real local HTTP receiver.
+
+The receiver is a real ``ThreadingHTTPServer`` on 127.0.0.1 that verifies signatures
+the way the module docstring tells receivers to (its own code, not the sender's),
+deduplicates on the idempotency key, and can be told to fail its next requests. Time is
+injected (``now=``), so backoff is checked without sleeping.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from admin.audit import AuditLog
+from admin.ledger import Ledger
+from admin.payouts import EXPORT_FIELDS, STATES, Payouts
+from engine.errors import Conflict, NotFound
+from engine.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cret-for-tests-" + "x" * 24
+T0 = 1_800_000_000.0
+
+
+class Receiver:
+    """A payment system's webhook endpoint. ``plan`` holds what to do with the next
+    correctly signed requests: "500", "timeout", "drop", "422", "429", "hang"; then 200."""
+
+    def __init__(self, secret: str = SECRET) -> None:
+        self.secret = secret.encode()
+        self.plan: list[str] = []
+        self.requests: list[dict] = []   # every request: key, body, signature_ok, answer
+        self.accepted: dict[str, dict] = {}  # idempotency key -> body (deduplicated)
+        self.delay = 0.0
+        self.release = threading.Event()  # ends "timeout"/"hang" waits
+        self.hanging = threading.Event()  # set when a "hang" request arrived
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                receiver._handle(self)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                pass  # the client hung up on a "timeout": expected
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/wuma/payouts?shop=1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = h.rfile.read(int(h.headers["Content-Length"]))
+        ts = h.headers.get("X-Wuma-Timestamp", "")
+        expected = "sha256=" + hmac.new(self.secret, ts.encode() + b"." + body,
+                                        hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(expected, h.headers.get("X-Wuma-Signature", ""))
+        rec = {"key": h.headers.get("Idempotency-Key"), "ts": ts, "raw": body, "signature_ok": ok,
+               "path": h.path, "type": h.headers.get("Content-Type")}
+        with self.lock:
+            self.requests.append(rec)
+            action = self.plan.pop(0) if ok and self.plan else "ok"
+        if not ok:
+            return self._answer(h, 401, b"bad signature")
+        data = json.loads(body)
+        rec["body"] = data
+        assert data["idempotency_key"] == rec["key"]
+        if self.delay:
+            time.sleep(self.delay)
+        if action == "500":
+            return self._answer(h, 500, b"database on fire")
+        if action == "422":
+            # A chatty error page that even echoes the secret: must not land in last_error whole.
+            return self._answer(h, 422, b"unknown beneficiary " + self.secret + b" " + b"x" * 5000)
+        if action == "429":
+            return self._answer(h, 429, b"slow down", {"Retry-After": "600"})
+        with self.lock:  # the entry is processed (recorded) before anything else goes wrong
+            dup = rec["key"] in self.accepted
+            self.accepted.setdefault(rec["key"], data)
+        if action in ("timeout", "hang"):
+            if action == "hang":
+                self.hanging.set()
+            self.release.wait(10)
+            return self._answer(h, 200, b"{}")
+        if action == "drop":  # read the body, processed it, then lose the answer
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        return self._answer(h, 200, json.dumps({"ok": True, "duplicate": dup}).encode(),
+                            {"Content-Type": "application/json"})
+
+    @staticmethod
+    def _answer(h, status: int, body: bytes, headers: dict | None = None) -> None:
+        try:
+            h.send_response(status)
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        except OSError:
+            pass
+
+    def keys(self) -> list[str]:
+        return [r["key"] for r in self.requests]
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ledger(store):
+    return Ledger(store)
+
+
+@pytest.fixture
+def payouts(store, ledger):
+    return Payouts(store, ledger, AuditLog(store))
+
+
+def add(store, ledger, kind="grant", amount=188, **extra) -> int:
+    entry = {"kind": kind, "at": T0, "amount": amount, "unit": "cash",
+             "beneficiary": {"role": "consumer", "id": "oUser1"}, "campaign": 3, "pool": "summer",
+             "scan": 77, "settle_with": None, **extra}
+    with store.write() as txn:
+        return ledger.append(txn, entry)
+
+
+def mixed_ledger(store, ledger) -> list[int]:
+    """One entry of every kind; returns the payable seqs."""
+    g = add(store, ledger, "grant", 100)
+    lk = add(store, ledger, "locked", 200)
+    u = add(store, ledger, "unlock", 200, ref=lk)
+    v = add(store, ledger, "voucher", 500, beneficiary={"role": "consumer", "id": "oUser2"})
+    r = add(store, ledger, "redeem", 500, ref=v, scan=None,
+            beneficiary={"role": "store", "id": "S-001"}, settle_with="D-7")
+    add(store, ledger, "expire", 50, ref=add(store, ledger, "locked", 50))
+    p = add(store, ledger, "grant", 30, unit="points")
+    return [g, u, r, p]
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+def test_delivers_payable_entries_in_seq_order_signed_and_marks_them_paid(store, ledger, payouts,
+                                                                         receiver):
+    payable = mixed_ledger(store, ledger)
+    assert payouts.summary()["pending"]["count"] == 4  # before any pass: all pending
+
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0)
+
+    assert r == {"taken_in": 4, "sent": 4, "paid": 4, "failed": 0, "rejected": 0, "cancelled": 0}
+    assert receiver.keys() == [f"wuma-{s}" for s in payable]
+    assert all(q["signature_ok"] and q["ts"] == str(int(T0)) for q in receiver.requests)
+    assert {q["path"] for q in receiver.requests} == {"/wuma/payouts?shop=1"}
+    assert {q["type"] for q in receiver.requests} == {"application/json"}
+    redeem = receiver.requests[2]["body"]
+    assert redeem == {"seq": payable[2], "idempotency_key": f"wuma-{payable[2]}", "kind": "redeem",
+                      "at": T0, "amount": 500, "unit": "cash",
+                      "beneficiary": {"role": "store", "id": "S-001"}, "campaign": 3,
+                      "pool": "summer", "scan": None, "ref": payable[2] - 1, "settle_with": "D-7"}
+    for s in payable:
+        st = payouts.state(s)
+        assert (st["state"], st["attempts"], st["paid_at"]) == ("paid", 1, T0)
+        assert st["last_status"] == 200
+    assert payouts.summary() == {
+        "pending": {"count": 0, "amount": {}},
+        "paid": {"count": 4, "amount": {"cash": 800, "points": 30}},
+        "rejected": {"count": 0, "amount": {}},
+        "cancelled": {"count": 0, "amount": {}}}
+    # Nothing left: the next pass sends nothing; new entries are picked up by the cursor.
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0)["sent"] == 0
+    late = add(store, ledger, "grant", 5)
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0) == {
+        "taken_in": 1, "sent": 1, "paid": 1, "failed": 0, "rejected": 0, "cancelled": 0}
+    assert receiver.keys()[-1] == f"wuma-{late}"
+
+
+def test_not_paid_until_2xx_and_backoff_doubles_to_one_hour(store, ledger, payouts, receiver):
+    seq = add(store, ledger)
+    receiver.plan = ["500"] * 9
+    now, waits = T0, []
+    for i in range(9):
+        r = payouts.deliver_once(receiver.url, SECRET, now=now)
+        assert (r["sent"], r["failed"], r["paid"]) == (1, 1, 0)
+        st = payouts.state(seq)
+        assert (st["state"], st["attempts"], st["last_status"]) == ("pending", i + 1, 500)
+        assert st["last_error"] == "HTTP 500 Internal Server Error: database on fire"
+        assert st["paid_at"] is None and seq not in [*receiver.accepted]
+        # Not due a second early: nothing is sent.
+        assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"] - 1)["sent"] == 0
+        waits.append(st["next_at"] - now)
+        now = st["next_at"]
+    assert waits == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+    assert payouts.deliver_once(receiver.url, SECRET, now=now)["paid"] == 1
+    st = payouts.state(seq)
+    assert (st["state"], st["attempts"], st["paid_at"], st["last_error"]) == ("paid", 10, now, None)
+    assert receiver.keys() == [f"wuma-{seq}"] * 10 and list(receiver.accepted) == [f"wuma-{seq}"]
+
+
+@pytest.mark.parametrize("failure", ["timeout", "drop"])
+def test_lost_answer_resends_same_key_and_receiver_dedupes(store, ledger, payouts, receiver,
+                                                           failure):
+    seq = add(store, ledger)
+    receiver.plan = [failure]
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=0.3)
+    assert (r["sent"], r["failed"], r["paid"]) == (1, 1, 0)
+    st = payouts.state(seq)
+    # The receiver has it, but without an answer Wuma does not call it paid.
+    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    assert (st["state"], st["last_status"]) == ("pending", None)
+    error = "TimeoutError" if failure == "timeout" else "RemoteDisconnected"
+    assert st["last_error"].startswith(error)
+
+    receiver.release.set()
+    assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"])["paid"] == 1
+    assert receiver.keys() == [f"wuma-{seq}", f"wuma-{seq}"]
+    first, second = (q["raw"] for q in receiver.requests)
+    assert first == second  # same bytes each time, freshly signed
+    assert len(receiver.accepted) == 1
+    assert payouts.state(seq)["state"] == "paid"
+
+
+def test_failure_stops_the_pass_and_keeps_the_rest_unsent(store, ledger, payouts, receiver):
+    seqs = [add(store, ledger) for _ in range(3)]
+    receiver.plan = ["500"]
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0)
+    assert (r["sent"], r["failed"]) == (1, 1)
+    # The others were leased with it, then released: never sent, so still cancellable.
+    assert [payouts.state(s)["attempts"] for s in seqs] == [1, 0, 0]
+    assert [payouts.state(s)["leased_until"] for s in seqs] == [0.0, 0.0, 0.0]
+    # The next pass sends the others; the failed one waits for its backoff.
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0 + 1)
+    assert (r["sent"], r["paid"]) == (2, 2)
+    assert receiver.keys() == [f"wuma-{s}" for s in (seqs[0], seqs[1], seqs[2])]
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 30)["paid"] == 1
+
+
+def test_429_honours_retry_after(store, ledger, payouts, receiver):
+    seq = add(store, ledger)
+    receiver.plan = ["429"]
+    payouts.deliver_once(receiver.url, SECRET, now=T0)
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["next_at"]) == ("pending", 429, T0 + 600)
+
+
+def test_rejected_waits_for_an_operator_then_retry_is_audited(store, ledger, payouts, receiver):
+    audit = AuditLog(store)
+    seq = add(store, ledger, amount=300)
+    receiver.plan = ["422"]
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0)
+    assert (r["sent"], r["rejected"]) == (1, 1)
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"]) == ("rejected", 422)
+    assert st["last_error"].startswith("HTTP 422 Unprocessable Entity: unknown beneficiary ")
+    assert SECRET not in st["last_error"] and "[redacted]" in st["last_error"]
+    assert len(st["last_error"]) <= 400
+    assert payouts.summary()["rejected"] == {"count": 1, "amount": {"cash": 300}}
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 86400)["sent"] == 0
+
+    with pytest.raises(Conflict, match="only a rejected payout"):
+        payouts.retry(add(store, ledger), who="cli:ops")
+    assert payouts.retry(seq, who="cli:ops", now=T0 + 10)["state"] == "pending"
+    a = audit.entries(newest_first=True, limit=1)[0]
+    assert (a["who"], a["action"], a["target"]) == ("cli:ops", "payout.retry", str(seq))
+    assert a["at"] == T0 + 10
+    assert a["details"]["last_status"] == 422 and SECRET not in json.dumps(a)
+
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 10)["paid"] == 2
+    assert payouts.state(seq)["state"] == "paid"
+    assert receiver.keys().count(f"wuma-{seq}") == 2  # same key on the retry
+
+
+def test_wrong_secret_on_the_receiver_fails_and_rejects_nothing(store, ledger, payouts):
+    seqs = [add(store, ledger) for _ in range(2)]
+    other = Receiver(secret="another-secret-entirely-0123456789")
+    try:
+        r = payouts.deliver_once(other.url, SECRET, now=T0)
+        assert (r["sent"], r["failed"], r["paid"], r["rejected"]) == (1, 1, 0, 0)
+        assert [q["signature_ok"] for q in other.requests] == [False]
+        st = payouts.state(seqs[0])
+        assert (st["state"], st["last_status"]) == ("pending", 401)  # retried, not rejected
+        assert payouts.state(seqs[1])["attempts"] == 0
+        assert other.accepted == {}
+    finally:
+        other.close()
+
+
+def test_unreachable_receiver_is_a_failure(store, ledger, payouts):
+    seq = add(store, ledger)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = payouts.deliver_once(f"http://127.0.0.1:{port}/", SECRET, now=T0, timeout=1)
+    assert (r["sent"], r["failed"]) == (1, 1)
+    assert payouts.state(seq)["last_error"].startswith("ConnectionRefusedError")
+
+
+def test_two_deliverers_at_once_do_not_duplicate(store, ledger, receiver):
+    seqs = [add(store, ledger) for _ in range(30)]
+    receiver.delay = 0.01  # both deliverers are busy at the same time
+    one = Payouts(store, ledger, AuditLog(store))
+    two = Payouts(store, ledger, AuditLog(store))
+    results = {}
+    start = threading.Barrier(2)
+
+    def go(name, p):
+        start.wait()
+        results[name] = p.deliver_once(receiver.url, SECRET)
+
+    threads = [threading.Thread(target=go, args=(n, p)) for n, p in (("one", one), ("two", two))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results["one"]["paid"] + results["two"]["paid"] == 30
+    assert sorted(receiver.keys()) == sorted(f"wuma-{s}" for s in seqs)  # each exactly once
+    assert one.summary()["paid"]["count"] == 30
+
+
+def test_crash_after_send_resends_after_the_lease_with_the_same_key(tmp_path, store, ledger,
+                                                                    payouts, receiver):
+    """A deliverer process dies with a request in flight: its lease keeps other deliverers
+    off the entry until it expires; then the entry is sent again and deduplicated."""
+    seq = add(store, ledger)
+    receiver.plan = ["hang"]
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys\n"
+         "from engine.store import Store\n"
+         "from admin.ledger import Ledger\n"
+         "from admin.audit import AuditLog\n"
+         "from admin.payouts import Payouts\n"
+         "s = Store(sys.argv[1])\n"
+         "Payouts(s, Ledger(s), AuditLog(s)).deliver_once(sys.argv[2],"
+         " os.environ['WUMA_PAYOUT_SECRET'], timeout=30)\n",
+         str(tmp_path / "db"), receiver.url],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "WUMA_PAYOUT_SECRET": SECRET})
+    try:
+        assert receiver.hanging.wait(20), "the child deliverer never sent"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    receiver.release.set()
+
+    st = payouts.state(seq)
+    assert (st["state"], st["attempts"]) == ("pending", 1) and st["leased_until"] > time.time()
+    with pytest.raises(Conflict, match="already sent to the payment system"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, seq)
+    assert payouts.deliver_once(receiver.url, SECRET)["sent"] == 0  # still leased
+    r = payouts.deliver_once(receiver.url, SECRET, now=st["leased_until"] + 1)
+    assert (r["sent"], r["paid"]) == (1, 1)
+    assert receiver.keys() == [f"wuma-{seq}"] * 2 and len(receiver.accepted) == 1
+    assert payouts.state(seq)["attempts"] == 2
+
+
+def test_run_delivers_until_stopped(store, ledger, payouts, receiver):
+    seqs = [add(store, ledger) for _ in range(3)]
+    receiver.plan = ["500"]
+    stop = threading.Event()
+    t = threading.Thread(target=payouts.run, args=(receiver.url, SECRET, stop),
+                         kwargs={"interval": 0.02})
+    t.start()
+    try:
+        deadline = time.time() + 5
+        while len(receiver.accepted) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join(5)
+    assert not t.is_alive()
+    # The first failed (backoff 30 s, real time); the other two went through.
+    assert [payouts.state(s)["state"] for s in seqs] == ["pending", "paid", "paid"]
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+def test_cancel_in_only_before_anything_was_sent(store, ledger, payouts, receiver):
+    early = add(store, ledger, amount=1)       # cancelled before any pass took it in
+    unsent = add(store, ledger, amount=2)
+    paid = add(store, ledger, amount=8)
+    failed = add(store, ledger, amount=4)
+    with store.write() as txn:
+        ledger.append(txn, {"kind": "reversal", "at": T0, "amount": 1, "unit": "cash",
+                            "campaign": 3, "pool": "summer", "scan": None, "ref": early})
+        assert payouts.cancel_in(txn, early, now=T0)["state"] == "cancelled"
+    with pytest.raises(Conflict, match="already cancelled"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, early)
+
+    # Deliver `paid`, fail `failed` (leaving `unsent` never sent).
+    with store.write() as txn:
+        payouts.cancel_in(txn, unsent)
+    receiver.plan = ["ok", "500"]
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0)
+    assert (r["sent"], r["paid"], r["failed"]) == (2, 1, 1)
+    assert receiver.keys() == [f"wuma-{paid}", f"wuma-{failed}"]
+    assert payouts.state(failed)["state"] == "pending" and payouts.state(paid)["state"] == "paid"
+
+    before = ledger.last_seq()
+    for seq in (failed, paid):
+        with pytest.raises(Conflict, match="already sent to the payment system"):
+            with store.write() as txn:
+                ledger.append(txn, {"kind": "reversal", "at": T0, "amount": 0, "unit": "cash",
+                                    "campaign": 3, "pool": "summer", "scan": None, "ref": seq})
+                payouts.cancel_in(txn, seq)
+    assert ledger.last_seq() == before  # the reversal was rolled back with the refusal
+    assert payouts.summary()["cancelled"] == {"count": 2, "amount": {"cash": 3}}
+    with pytest.raises(ValueError, match="not payable"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, before)  # the reversal entry itself
+    with pytest.raises(NotFound):
+        with store.write() as txn:
+            payouts.cancel_in(txn, 9999)
+    assert f"wuma-{early}" not in receiver.keys() and f"wuma-{unsent}" not in receiver.keys()
+
+
+def test_reversed_without_cancel_in_is_never_sent(store, ledger, payouts, receiver):
+    seq = add(store, ledger)
+    add(store, ledger, "reversal", ref=seq)  # a caller that forgot cancel_in
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0)
+    assert (r["sent"], r["cancelled"]) == (0, 1)
+    assert payouts.state(seq)["state"] == "cancelled" and receiver.requests == []
+
+
+# -- export --------------------------------------------------------------------------------
+
+def test_export_csv_and_jsonl_hold_exactly_the_payable_entries(tmp_path, store, ledger, payouts,
+                                                             receiver):
+    payable = mixed_ledger(store, ledger)
+    receiver.plan = ["ok", "500"]
+    payouts.deliver_once(receiver.url, SECRET, now=T0)  # first paid, second failed
+
+    out = tmp_path / "payouts.csv"
+    assert payouts.export(out) == 4
+    assert not (tmp_path / "payouts.csv.part").exists()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    with out.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == EXPORT_FIELDS
+    assert [int(r["seq"]) for r in rows] == payable
+    assert [r["state"] for r in rows] == ["paid", "pending", "pending", "pending"]
+    assert rows[2] == {"seq": str(payable[2]), "at": str(T0), "kind": "redeem", "amount": "500",
+                       "unit": "cash", "beneficiary_role": "store", "beneficiary_id": "S-001",
+                       "campaign": "3", "pool": "summer", "scan": "", "ref": str(payable[2] - 1),
+                       "settle_with": "D-7", "idempotency_key": f"wuma-{payable[2]}",
+                       "state": "pending", "attempts": "0", "paid_at": ""}
+    assert rows[0]["paid_at"] == str(T0) and rows[1]["attempts"] == "1"
+
+    jl = tmp_path / "payouts.jsonl"
+    assert payouts.export(jl, "jsonl", after=payable[0]) == 3
+    lines = [json.loads(x) for x in jl.read_text("utf-8").splitlines()]
+    assert [x["seq"] for x in lines] == payable[1:]
+    # A JSON line is the webhook body plus the payout state.
+    assert {k: v for k, v in lines[0].items() if k not in ("state", "attempts", "paid_at")} \
+        == receiver.requests[1]["body"]
+    assert payouts.export(tmp_path / "paid.jsonl", "jsonl", state="paid") == 1
+    assert payouts.export(tmp_path / "none.csv", state="cancelled") == 0
+    assert (tmp_path / "none.csv").read_text() == ",".join(EXPORT_FIELDS) + "\n"
+
+
+def test_export_checks_its_arguments(tmp_path, payouts):
+    for kwargs, msg in (({"fmt": "xlsx"}, "csv or jsonl"), ({"state": "lost"}, "one of"),
+                        ({"after": -1}, "after")):
+        with pytest.raises(ValueError, match=msg):
+            payouts.export(tmp_path / "x", **kwargs)
+    assert list(tmp_path.iterdir()) == [tmp_path / "db"]
+
+
+# -- configuration and secrets ---------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["ftp://pay.example.cn/x", "file:///etc/passwd", "javascript:x",
+                                 "pay.example.cn/hook", "https://", "https://u:pw@pay.example.cn/",
+                                 "https://pay.example.cn:99999/"])
+def test_webhook_url_must_be_http_or_https(payouts, url):
+    with pytest.raises(ValueError, match="URL") as e:
+        payouts.deliver_once(url, SECRET)
+    assert "pw" not in str(e.value) and SECRET not in str(e.value)
+
+
+def test_secret_must_be_given_and_is_never_echoed(payouts):
+    with pytest.raises(ValueError, match="at least 16") as e:
+        payouts.deliver_once("https://pay.example.cn/", "short-secret")
+    assert "short-secret" not in str(e.value)
+    with pytest.raises(TypeError):
+        payouts.deliver_once("https://pay.example.cn/", None)
+
+
+def test_secret_is_not_stored_or_logged(tmp_path, store, ledger, payouts, receiver, caplog):
+    seqs = [add(store, ledger) for _ in range(3)]
+    receiver.plan = ["422", "500"]
+    with caplog.at_level("DEBUG"):
+        payouts.deliver_once(receiver.url, SECRET, now=T0)
+        payouts.deliver_once(receiver.url, SECRET, now=T0 + 30)
+        payouts.export(tmp_path / "p.csv")
+    assert "payout" in caplog.text and SECRET not in caplog.text
+    assert [payouts.state(s)["state"] for s in seqs] == ["rejected", "paid", "paid"]
+    for f in (tmp_path / "db").iterdir():
+        assert SECRET.encode() not in f.read_bytes()
+    assert SECRET not in (tmp_path / "p.csv").read_text()
+
+
+def test_state_of_unknown_or_unpayable_entries(store, ledger, payouts):
+    assert STATES == ("pending", "paid", "rejected", "cancelled")
+    lk = add(store, ledger, "locked")
+    g = add(store, ledger)
+    with pytest.raises(NotFound, match="not payable"):
+        payouts.state(lk)
+    with pytest.raises(NotFound, match="no ledger entry"):
+        payouts.state(g + 1)
+    assert payouts.state(g) == {"seq": g, "state": "pending", "attempts": 0, "last_status": None,
+                                "last_error": None, "next_at": 0.0, "leased_until": 0.0,
+                                "paid_at": None, "cancelled_at": None, "amount": 188,
+                                "unit": "cash"}
