@@ -18,7 +18,7 @@ from conftest_world import build_world
 from engine.errors import Conflict, NotFound
 from engine.scan import ScanRequest
 
-T0 = 1_800_000_000.0  # 2027-01-15 08:00 China time
+T0 = 1_800_000_000.0  # 2027-01-15 16:00 China time (08:00 UTC)
 
 
 class Clock:
