@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["CHINA", "china_day", "parse_time", "check_id", "check_amount", "check_regions"]
+__all__ = ["CHINA", "MAX_AMOUNT", "china_day", "parse_time", "check_id", "check_amount", "check_regions"]
 
 #: Days, daily caps and per-day limits follow China Standard Time (UTC+8, no DST).
 CHINA = timezone(timedelta(hours=8), "CST")
+#: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
+MAX_AMOUNT = 10**12
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REGION = re.compile(r"^\d{2,12}$")
 
@@ -52,9 +54,10 @@ def check_id(value, what: str) -> str:
 
 def check_amount(value, what: str, *, positive: bool = False) -> int:
     """Amounts are integers in the pool's unit (fen for cash, points for points)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+    if (isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0)
+            or value > MAX_AMOUNT):
         raise ValueError(f"{what} must be a whole number {'above' if positive else 'of at least'} 0"
-                         " (in fen for cash: 100 = 1 yuan)")
+                         f" and at most {MAX_AMOUNT} (in fen for cash: 100 = 1 yuan)")
     return value
 
 

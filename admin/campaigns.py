@@ -152,7 +152,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     trig = rule["trigger"]
     if not isinstance(trig, dict) or set(trig) != {"code_role", "actor_role"}:
         raise ValueError("trigger: {\"code_role\": ..., \"actor_role\": ...}")
-    if trig["code_role"] not in spec.roles:
+    if not isinstance(trig["code_role"], str) or trig["code_role"] not in spec.roles:
         raise ValueError(f"trigger code_role must be one of {', '.join(spec.roles)}")
     if trig["actor_role"] not in ACTOR_ROLES:
         raise ValueError(f"trigger actor_role must be one of {', '.join(ACTOR_ROLES)}")

@@ -25,6 +25,7 @@ can make one); after that admins can make more through the API.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -52,6 +53,7 @@ PERMISSIONS = {
     "ledger.reverse": "admin",
 }
 _PREFIX = "wma"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # what check_id admits
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,15 @@ class AdminTokens:
             self._audit.append(txn, who, "token.add", name, {"role": role}, now=now)
         return record, token
 
+    def _key(self, name: str) -> bytes:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise NotFound(f"no admin token {name}")
+        return name.encode()
+
     def get(self, name: str) -> AdminToken:
+        key = self._key(name)
         with self._store.read() as txn:
-            raw = txn.get(str(name).encode(), db=self._db) if name else None
+            raw = txn.get(key, db=self._db)
         if raw is None:
             raise NotFound(f"no admin token {name}")
         return AdminToken(**unpack(raw)["token"])
@@ -119,15 +127,16 @@ class AdminTokens:
     def revoke(self, name: str, *, who: str, now: float | None = None) -> AdminToken:
         """Revoke a token: it stops working at once (the record is kept)."""
         now = time.time() if now is None else now
+        key = self._key(name)
         with self._store.write() as txn:
-            raw = txn.get(str(name).encode(), db=self._db) if name else None
+            raw = txn.get(key, db=self._db)
             if raw is None:
                 raise NotFound(f"no admin token {name}")
             rec = unpack(raw)
             if rec["token"]["revoked_at"] is not None:
                 raise Conflict(f"admin token {name} is already revoked")
             rec["token"]["revoked_at"] = now
-            txn.put(str(name).encode(), pack(rec), db=self._db)
+            txn.put(key, pack(rec), db=self._db)
             self._audit.append(txn, who, "token.revoke", name, {}, now=now)
         return AdminToken(**rec["token"])
 

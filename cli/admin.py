@@ -18,6 +18,8 @@ from admin.ledger import KINDS
 from admin.payouts import STATES
 from admin.pools import UNITS
 from admin.service import Admin
+from admin.tokens import ROLES as ADMIN_ROLES
+from admin.tokens import AdminTokens
 from cli.main import emit, pass_data
 
 
@@ -406,3 +408,50 @@ def payout_retry(admin, seq):
     """
     got = admin.payouts.retry(seq, who=_who())
     click.echo(f"payout of entry {seq}: {got['state']}")
+
+
+# -- admin tokens --------------------------------------------------------------------------
+@click.group("admin-token")
+def admin_token():
+    """Tokens for the admin API and page, with a role: admin, operator or viewer.
+
+    Example: wuma admin-token add ops-lead --role admin
+    """
+
+
+@admin_token.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(ADMIN_ROLES), help="What the token may do.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def admin_token_add(admin, name, role, as_json):
+    """Make an admin token and print it once (only a hash is kept).
+
+    Example: wuma admin-token add marketing --role operator
+    """
+    tok, secret = AdminTokens(admin.data.store, admin.audit).add(name, role, who=_who())
+    emit({**tok.to_dict(), "token": secret}, as_json, f"admin token {tok.name} ({tok.role}); shown once: {secret}")
+
+
+@admin_token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_admin
+def admin_token_list(admin, as_json):
+    """List admin tokens (never the secrets).
+
+    Example: wuma admin-token list
+    """
+    for t in AdminTokens(admin.data.store, admin.audit).list():
+        emit(t.to_dict(), as_json, f"{t.name}\t{t.role}\t{'active' if t.active else 'revoked'}")
+
+
+@admin_token.command("revoke")
+@click.argument("name")
+@pass_admin
+def admin_token_revoke(admin, name):
+    """Revoke an admin token at once.
+
+    Example: wuma admin-token revoke marketing
+    """
+    t = AdminTokens(admin.data.store, admin.audit).revoke(name, who=_who())
+    click.echo(f"admin token {t.name} revoked")

@@ -68,6 +68,7 @@ def run(data: Path) -> None:
     import cli.demo_aggregate  # noqa: F401
     import cli.demo_scan  # noqa: F401
     import cli.demo_packs  # noqa: F401
+    import cli.demo_campaigns  # noqa: F401
 
     for extra in registry.STEPS:
         extra(d)

@@ -311,9 +311,9 @@ cli.add_command(serve)
 cli.add_command(alerts)
 
 
-from cli.admin import campaign, ledger, payout, pool, product, voucher  # noqa: E402
+from cli.admin import admin_token, campaign, ledger, payout, pool, product, voucher  # noqa: E402
 
-for _group in (product, pool, campaign, ledger, voucher, payout):
+for _group in (product, pool, campaign, ledger, voucher, payout, admin_token):
     cli.add_command(_group)
 
 

@@ -121,7 +121,7 @@ def serve(ctx, bind, workers, threads):
     if workers:
         env["WUMA_WORKERS"] = str(workers)
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
-            "engine.http_scan:app_from_env()"]
+            "admin.http:app_from_env()"]
     os.execve(sys.executable, argv, env)
 
 

@@ -3,21 +3,19 @@
 Consumers scan anonymously; every other role scans as an account with an API token.
 
 APPSEC: a token is 32 random bytes shown once at creation (``wm_<id>_<64 hex>``); only
-its SHA-256 is stored, and it is compared in constant time. Revoked accounts and
-unknown tokens get the same answer.
+its SHA-256 is stored, and it is compared in constant time (:mod:`engine.tokens`).
+Revoked accounts and unknown tokens get the same answer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 
 from engine.errors import Conflict, NotFound
 from engine.store import Store, pack, unpack
+from engine.tokens import new_token, parse_token, secret_matches
 
 __all__ = ["Account", "AccountRegistry", "ACCOUNT_ROLES", "ACTOR_ROLES"]
 
@@ -47,8 +45,7 @@ class Account:
         return asdict(self)
 
 
-def _hash(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+_PREFIX = "wm"
 
 
 class AccountRegistry:
@@ -69,7 +66,7 @@ class AccountRegistry:
             raise ValueError("region must be an administrative division code such as 4401 or 440106")
         if distributor is not None and role != "store":
             raise ValueError("only a store has a distributor it buys from")
-        secret = os.urandom(32).hex()  # hex: no "_", so the id/secret split is unambiguous
+        token, token_hash = new_token(_PREFIX, account_id)
         account = Account(account_id, role, name, region, distributor,
                           time.time() if now is None else now)
         with self._store.write() as txn:
@@ -77,10 +74,10 @@ class AccountRegistry:
                 raw = txn.get(distributor.encode(), db=self._db)
                 if raw is None or unpack(raw)["account"]["role"] != "distributor":
                     raise NotFound(f"no distributor account {distributor}")
-            if not txn.put(account_id.encode(), pack({"account": account.to_dict(), "token": _hash(secret)}),
+            if not txn.put(account_id.encode(), pack({"account": account.to_dict(), "token": token_hash}),
                            db=self._db, overwrite=False):
                 raise Conflict(f"account {account_id} already exists")
-        return account, f"wm_{account_id}_{secret}"
+        return account, token
 
     def get(self, account_id: str) -> Account:
         with self._store.read() as txn:
@@ -107,18 +104,16 @@ class AccountRegistry:
 
     def authenticate(self, token: object) -> Account | None:
         """The active account a bearer token belongs to, or None (never says why)."""
-        if not isinstance(token, str) or not token.startswith("wm_") or len(token) > 200:
+        parsed = parse_token(token, _PREFIX)
+        if parsed is None:
             return None
-        body = token[3:]
-        account_id, sep, secret = body.rpartition("_")
-        if not sep or not account_id:
-            return None
+        account_id, secret = parsed
         with self._store.read() as txn:
             raw = txn.get(account_id.encode(), db=self._db)
         if raw is None:
             return None
         rec = unpack(raw)
-        if not hmac.compare_digest(rec["token"], _hash(secret)):
+        if not secret_matches(rec["token"], secret):
             return None
         account = Account(**rec["account"])
         return account if account.active else None

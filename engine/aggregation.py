@@ -555,6 +555,26 @@ class Aggregation:
         with self.store.read() as txn:
             return self.active.find(txn, uid) is not None and not self._voided(txn, uid)
 
+    def activated_counts(self) -> dict[str, int]:
+        """Activated units per packaging level (every level of the spec, 0 if none).
+
+        A void does not undo an activation, so voided units still count (a replaced
+        label counts twice: the old unit and the new one). One pass over the activation
+        runs, not over units.
+        """
+        out = {lv.name: 0 for lv in self.spec.levels}
+        with self.store.read() as txn:
+            firsts, lasts = self.active.all_runs(txn)
+        if len(firsts):
+            batches, where = np.unique(firsts >> np.uint64(32), return_inverse=True)
+            units = np.zeros(len(batches), np.uint64)
+            np.add.at(units, where, lasts - firsts + np.uint64(1))
+            for b, n in zip(batches.tolist(), units.tolist()):
+                lv = self.level_of(b << 32)
+                if lv is not None:
+                    out[lv] += n
+        return out
+
     # -- distributors and shipping ---------------------------------------------------------------
     def add_distributor(self, ident: str, name: str, territory: list[str]) -> dict:
         """A distributor with a territory: region code prefixes such as ``4401``."""

@@ -1,0 +1,581 @@
+"""The served app: the scan API with campaigns, vouchers, the admin API and the admin page,
+in one Falcon app (``wuma serve`` runs :func:`app_from_env`). Resources only translate
+HTTP: every change goes through the admin library, which validates and audits it.
+
+Routes added to the scan API of :mod:`engine.http_scan`::
+
+    POST /v1/vouchers/redeem                  a store redeems a voucher (store account token)
+    GET  /v1/vouchers/{voucher}               a voucher's state (whoever holds the id)
+    GET  /admin                               the admin page (admin/page.py)
+
+    Admin API (``Authorization: Bearer wma_...``; permissions in admin/tokens.py)
+    GET  /admin/api/me                        the token's name and role          [read]
+    GET  /admin/api/products                                                     [read]
+    POST /admin/api/products                  {"sku", "name", "gtin"?}           [product.add]
+    GET  /admin/api/pools                     every pool with its burn-down      [read]
+    POST /admin/api/pools                     {"id", "total", ...}               [pool.create]
+    GET  /admin/api/pools/{pool}              spend by day and region            [read]
+    POST /admin/api/pools/{pool}/top-up       {"amount"}                         [pool.top_up]
+    GET  /admin/api/campaigns?status=                                            [read]
+    POST /admin/api/campaigns                 the campaign rule (admin/campaigns.py) [campaign.write]
+    GET  /admin/api/campaigns/{id}                                               [read]
+    POST /admin/api/campaigns/{id}/pause|resume|close                            [campaign.write]
+    GET  /admin/api/ledger?after=&limit=&campaign=&kind=                         [read]
+    POST /admin/api/ledger/{seq}/reverse      {"reason"}                         [ledger.reverse]
+    GET  /admin/api/payouts                   counts and amounts per state       [read]
+    GET  /admin/api/payouts/{seq}                                                [read]
+    POST /admin/api/payouts/{seq}/retry                                          [payout.retry]
+    POST /admin/api/vouchers/sweep            expire vouchers and locks now      [voucher.sweep]
+    GET  /admin/api/audit?after=&limit=&newest_first=                            [read]
+    GET  /admin/api/batches                                                      [read]
+    GET  /admin/api/alerts?distributor=&limit=  diversion alerts and counts      [read]
+    GET  /admin/api/bans?all=                                                    [read]
+    POST /admin/api/bans/lift                 {"subject"}                        [ban.lift]
+    GET  /admin/api/trace/{code}              everything known about a code      [read]
+    GET  /admin/api/stats?days=&top=          statistics (admin/stats.py)        [read]
+    GET  /admin/api/tokens                                                       [token.manage]
+    POST /admin/api/tokens                    {"name", "role"} -> the token, once [token.manage]
+    POST /admin/api/tokens/{name}/revoke                                         [token.manage]
+
+Errors keep the scan API's shape ``{"error": code, "message": ...}``: 400 ``bad_request``
+(the library's validation message), 401 ``unauthorized``, 403 ``forbidden``, 404
+``not_found`` (``invalid`` for a code that is not genuine), 409 ``conflict``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import falcon
+
+from admin.ledger import KINDS
+from admin.openapi import ADMIN_OPENAPI
+from admin.page import add_page_routes
+from admin.service import Admin
+from admin.stats import Stats
+from admin.tokens import AdminTokens
+from engine import http_scan
+from engine.data import DataFolder
+from engine.errors import Conflict, InvalidCode, NotFound
+
+__all__ = ["create_app", "app_from_env"]
+
+log = logging.getLogger("wuma.http")
+
+_MAX_BODY = 256 * 1024  # a campaign on many serial ranges is a few KB; leave room
+_MAX_SUBJECT = 135  # a ban's subject: kind:id, the id cut to 128 characters (engine.abuse)
+#: Path converters: ids outside these ranges are not routes (404), never a crash.
+_CAMPAIGN = "{campaign:int(min=1, max=4294967295)}"
+_SEQ = "{seq:int(min=1, max=9223372036854775807)}"
+
+
+# -- edges: bodies, parameters, errors ---------------------------------------------------------
+def _bearer(req: falcon.Request) -> str | None:
+    auth = req.get_header("Authorization") or ""
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+_JSON_TYPE = {str: "a string", int: "a whole number", dict: "an object", list: "a list",
+              type(None): "null", bool: "true or false"}
+
+
+def _body(req: falcon.Request, fields: dict[str, tuple] | None = None,
+          required: tuple[str, ...] = ()) -> dict:
+    """The request's JSON object. With ``fields`` ({name: allowed types}), unknown fields,
+    missing required ones and wrong JSON types are refused here; values are the library's."""
+    raw = req.bounded_stream.read(_MAX_BODY + 1)
+    if len(raw) > _MAX_BODY:
+        raise falcon.HTTPContentTooLarge(title="request_too_large", description=f"body over {_MAX_BODY} bytes")
+    try:
+        doc = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")
+    if fields is None:
+        return doc
+    unknown = set(doc) - set(fields)
+    if unknown:
+        raise falcon.HTTPBadRequest(title="bad_request",
+                                    description=f"unknown fields: {', '.join(sorted(unknown))}")
+    for name in required:
+        if name not in doc:
+            raise falcon.HTTPBadRequest(title="bad_request", description=f"\"{name}\" is required")
+    for name, value in doc.items():
+        types = fields[name]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            want = " or ".join(_JSON_TYPE[t] for t in types)
+            raise falcon.HTTPBadRequest(title="bad_request", description=f"\"{name}\" must be {want}")
+    return doc
+
+
+
+def _enum_param(req: falcon.Request, name: str, allowed) -> str | None:
+    value = req.get_param(name)
+    if value is not None and value not in allowed:
+        raise falcon.HTTPInvalidParam(f"one of {', '.join(allowed)}", name)
+    return value
+
+
+def _bool_param(req: falcon.Request, name: str) -> bool:
+    return _enum_param(req, name, ("true", "false")) == "true"
+
+
+def _created(resp: falcon.Response, doc: dict) -> None:
+    resp.status = falcon.HTTP_201
+    resp.media = doc
+
+
+def _unexpected(req, resp, ex: Exception, params) -> None:
+    # APPSEC: the trace goes to the log for operators; the client gets a bare answer.
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    message = "internal error; the scan was not recorded" if req.path == "/v1/scans" else "internal error"
+    resp.media = {"error": "internal", "message": message}
+
+
+def _not_found(req, resp, ex: NotFound, params) -> None:
+    resp.status = falcon.HTTP_404
+    resp.media = {"error": "not_found", "message": str(ex)}
+
+
+def _conflict(req, resp, ex: Conflict, params) -> None:
+    resp.status = falcon.HTTP_409
+    resp.media = {"error": "conflict", "message": str(ex)}
+
+
+def _invalid(req, resp, ex: ValueError, params) -> None:
+    # NOTE: the library raises ValueError for a value it refuses, with a message meant
+    # for the person who sent it (campaign rules, amounts, ids ...).
+    resp.status = falcon.HTTP_400
+    resp.media = {"error": "bad_request", "message": str(ex)}
+
+
+class AdminAuth:
+    """Middleware: every resource with ``permissions`` ({HTTP method: permission}) needs
+    an active admin token whose role holds that permission. 401 without a valid token,
+    403 with one whose role may not. APPSEC: checked before any responder runs.
+    PERF: on the scan path this is one getattr per request (scan resources have none)."""
+
+    def __init__(self, tokens: AdminTokens) -> None:
+        self.tokens = tokens
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        permissions = getattr(resource, "permissions", None)
+        if permissions is None:
+            return
+        token = self.tokens.authenticate(_bearer(req))
+        if token is None:
+            raise falcon.HTTPUnauthorized(title="unauthorized", challenges=["Bearer"],
+                                          description="an admin token is needed: Authorization: Bearer wma_...")
+        permission = permissions.get(req.method)
+        if permission is None:  # HEAD/OPTIONS/unsupported: Falcon answers (405 ...)
+            return
+        if not token.may(permission):
+            raise falcon.HTTPForbidden(title="forbidden",
+                                       description=f"a {token.role} token may not do this ({permission})")
+        req.context.admin_token = token
+
+
+def _who(req: falcon.Request) -> str:
+    return req.context.admin_token.who
+
+
+# NOTE: lifting a ban (engine.abuse) and sweeping vouchers (admin.rewards) are not audited
+# by the library yet; until they take ``who`` themselves, the audit entry is appended
+# right after the change, in its own transaction.
+def _lift_ban(admin: Admin, subject: str, who: str):
+    ban = admin.data.abuse.lift(subject)
+    with admin.data.store.write() as txn:
+        admin.audit.append(txn, who, "ban.lift", subject, {"reason": ban.reason, "expires_at": ban.expires_at})
+    return ban
+
+
+def _sweep(admin: Admin, who: str) -> dict:
+    result = admin.rewards.sweep()
+    with admin.data.store.write() as txn:
+        admin.audit.append(txn, who, "voucher.sweep", "vouchers", result)
+    return result
+
+
+# -- vouchers (stores and consumers) ------------------------------------------------------------
+_PUBLIC_VOUCHER = ("id", "campaign", "value", "state", "issued_at", "expires_at", "redeemed_at")
+
+
+def _public_voucher(v: dict) -> dict:
+    # APPSEC: whoever holds the id may see the voucher, not who it was issued to.
+    return {k: v.get(k) for k in _PUBLIC_VOUCHER}
+
+
+class VoucherResource:
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp, voucher: str) -> None:
+        if not voucher.strip():  # NOTE: an empty LMDB key is an error, not a miss
+            raise NotFound("no such voucher")
+        resp.media = _public_voucher(self.admin.rewards.voucher(voucher))
+
+
+class RedeemResource:
+    def __init__(self, admin: Admin, clock: Callable[[], float]) -> None:
+        self.admin = admin
+        self.clock = clock
+
+    def on_post(self, req, resp) -> None:
+        account = self.admin.data.accounts.authenticate(_bearer(req))
+        if account is None:
+            raise falcon.HTTPUnauthorized(title="unauthorized", challenges=["Bearer"],
+                                          description="a store account token is needed")
+        if account.role != "store":
+            raise falcon.HTTPForbidden(title="forbidden", description="only a store redeems vouchers")
+        doc = _body(req, {"voucher": (str,)}, required=("voucher",))
+        v = self.admin.rewards.redeem(doc["voucher"], account, now=self.clock())
+        resp.media = {**_public_voucher(v), "redeemed_by": v["redeemed_by"], "ledger": v["redeem_ledger"]}
+
+
+# -- the admin API ------------------------------------------------------------------------------
+class MeResource:
+    permissions = {"GET": "read"}
+
+    def on_get(self, req, resp) -> None:
+        resp.media = req.context.admin_token.to_dict()
+
+
+class ProductsResource:
+    permissions = {"GET": "read", "POST": "product.add"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        resp.media = [p.to_dict() for p in self.admin.products.list()]
+
+    def on_post(self, req, resp) -> None:
+        doc = _body(req, {"sku": (str,), "name": (str,), "gtin": (str, type(None))}, required=("sku", "name"))
+        p = self.admin.products.add(doc["sku"], doc["name"], gtin=doc.get("gtin"), who=_who(req))
+        _created(resp, p.to_dict())
+
+
+class PoolsResource:
+    permissions = {"GET": "read", "POST": "pool.create"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        pools = self.admin.pools
+        resp.media = [pools.status(p.id) for p in pools.list()]
+
+    def on_post(self, req, resp) -> None:
+        doc = _body(req, {"id": (str,), "total": (int,), "name": (str,), "unit": (str,),
+                          "daily": (int, type(None)), "regions": (dict, type(None))}, required=("id", "total"))
+        pool_id = doc.pop("id")
+        pool = self.admin.pools.create(pool_id, who=_who(req), **doc)
+        _created(resp, self.admin.pools.status(pool.id))
+
+
+class PoolResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp, pool: str) -> None:
+        resp.media = self.admin.pools.status(pool)
+
+
+class PoolTopUpResource:
+    permissions = {"POST": "pool.top_up"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_post(self, req, resp, pool: str) -> None:
+        doc = _body(req, {"amount": (int,)}, required=("amount",))
+        self.admin.pools.top_up(pool, doc["amount"], who=_who(req))
+        resp.media = self.admin.pools.status(pool)
+
+
+class CampaignsResource:
+    permissions = {"GET": "read", "POST": "campaign.write"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        status = _enum_param(req, "status", ("active", "paused", "closed"))
+        resp.media = [c.to_dict() for c in self.admin.campaigns.list(status)]
+
+    def on_post(self, req, resp) -> None:
+        c = self.admin.campaigns.create(_body(req), who=_who(req))
+        _created(resp, c.to_dict())
+
+
+class CampaignResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp, campaign: int) -> None:
+        resp.media = self.admin.campaigns.get(campaign).to_dict()
+
+
+class CampaignActionResource:
+    """POST /admin/api/campaigns/{id}/pause (resume, close): one resource per action."""
+
+    permissions = {"POST": "campaign.write"}
+
+    def __init__(self, admin: Admin, action: str) -> None:
+        self.admin = admin
+        self.action = action
+
+    def on_post(self, req, resp, campaign: int) -> None:
+        c = getattr(self.admin.campaigns, self.action)(campaign, who=_who(req))
+        resp.media = c.to_dict()
+
+
+class LedgerResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        after = req.get_param_as_int("after", min_value=0, default=0)
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        campaign = req.get_param_as_int("campaign", min_value=1)
+        kind = _enum_param(req, "kind", KINDS)
+        resp.media = self.admin.ledger.entries(after, limit, campaign=campaign, kind=kind)
+
+
+class LedgerReverseResource:
+    permissions = {"POST": "ledger.reverse"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_post(self, req, resp, seq: int) -> None:
+        doc = _body(req, {"reason": (str,)}, required=("reason",))
+        resp.media = self.admin.reverse(seq, reason=doc["reason"], who=_who(req))
+
+
+class PayoutsResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.payouts = admin.payouts
+
+    def on_get(self, req, resp) -> None:
+        resp.media = self.payouts.summary()
+
+
+class PayoutResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.payouts = admin.payouts
+
+    def on_get(self, req, resp, seq: int) -> None:
+        resp.media = self.payouts.state(seq)
+
+
+class PayoutRetryResource:
+    permissions = {"POST": "payout.retry"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.payouts = admin.payouts
+
+    def on_post(self, req, resp, seq: int) -> None:
+        resp.media = self.payouts.retry(seq, who=_who(req))
+
+
+class SweepResource:
+    permissions = {"POST": "voucher.sweep"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_post(self, req, resp) -> None:
+        resp.media = _sweep(self.admin, _who(req))
+
+
+class AuditResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        after = req.get_param_as_int("after", min_value=0, default=0)
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        newest = _bool_param(req, "newest_first")
+        resp.media = self.admin.audit.entries(after, limit, newest_first=newest)
+
+
+class BatchesResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        resp.media = [b.to_dict() for b in self.admin.data.batches.list()]
+
+
+class AlertsResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        distributor = req.get_param("distributor")
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        resp.media = {"counts": self.admin.scans.alert_counts(),
+                      "alerts": self.admin.scans.alerts(distributor, limit)}
+
+
+class BansResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp) -> None:
+        everything = _bool_param(req, "all")
+        resp.media = [b.to_dict() for b in self.admin.data.abuse.list_bans(include_inactive=everything)]
+
+
+class BanLiftResource:
+    permissions = {"POST": "ban.lift"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_post(self, req, resp) -> None:
+        doc = _body(req, {"subject": (str,)}, required=("subject",))
+        subject = doc["subject"]
+        if not 0 < len(subject) <= _MAX_SUBJECT:
+            raise falcon.HTTPBadRequest(title="bad_request",
+                                        description=f"subject: 1-{_MAX_SUBJECT} characters, e.g. ip:203.0.113.9")
+        if len(subject.encode()) > 511:  # NOTE: longer than any LMDB key, so never banned
+            raise NotFound(f"no ban for {subject}")
+        resp.media = _lift_ban(self.admin, subject, _who(req)).to_dict()
+
+
+class TraceResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_get(self, req, resp, code: str) -> None:
+        try:
+            resp.media = self.admin.aggregation.trace(code, render=True)
+        except InvalidCode:
+            # APPSEC: forged, mistyped and malformed codes get the same answer.
+            resp.status = falcon.HTTP_404
+            resp.media = {"error": "invalid", "message": "not a genuine code"}
+
+
+class StatsResource:
+    permissions = {"GET": "read"}
+
+    def __init__(self, stats: Stats, clock: Callable[[], float]) -> None:
+        self.stats = stats
+        self.clock = clock
+
+    def on_get(self, req, resp) -> None:
+        days = req.get_param_as_int("days", min_value=1, max_value=366, default=30)
+        top = req.get_param_as_int("top", min_value=1, max_value=1000, default=10)
+        resp.media = self.stats.report(days, now=self.clock(), top=top)
+
+
+class TokensResource:
+    permissions = {"GET": "token.manage", "POST": "token.manage"}
+
+    def __init__(self, tokens: AdminTokens) -> None:
+        self.tokens = tokens
+
+    def on_get(self, req, resp) -> None:
+        resp.media = [t.to_dict() for t in self.tokens.list()]
+
+    def on_post(self, req, resp) -> None:
+        doc = _body(req, {"name": (str,), "role": (str,)}, required=("name", "role"))
+        record, token = self.tokens.add(doc["name"], doc["role"], who=_who(req))
+        _created(resp, {**record.to_dict(), "token": token})
+
+
+class TokenRevokeResource:
+    permissions = {"POST": "token.manage"}
+
+    def __init__(self, tokens: AdminTokens) -> None:
+        self.tokens = tokens
+
+    def on_post(self, req, resp, name: str) -> None:
+        resp.media = self.tokens.revoke(name, who=_who(req)).to_dict()
+
+
+class OpenApiResource:
+    def on_get(self, req, resp) -> None:
+        resp.media = ADMIN_OPENAPI
+
+
+# -- the app ------------------------------------------------------------------------------------
+def create_app(data: DataFolder, *, admin: Admin | None = None,
+               clock: Callable[[], float] = time.time) -> falcon.App:
+    """The scan API with campaign rewards, plus vouchers, the admin API and page, over an
+    open data folder (one per worker process)."""
+    admin = admin or Admin(data, clock=clock)
+    app = http_scan.create_app(data, pipeline=admin.scan_pipeline(), clock=clock)
+    tokens = AdminTokens(data.store, admin.audit)
+    app.add_middleware(AdminAuth(tokens))
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(ValueError, _invalid)
+    app.add_error_handler(NotFound, _not_found)
+    app.add_error_handler(Conflict, _conflict)
+
+    app.add_route("/openapi.json", OpenApiResource())  # NOTE: replaces the scan API's document
+    app.add_route("/v1/vouchers/redeem", RedeemResource(admin, clock))
+    app.add_route("/v1/vouchers/{voucher}", VoucherResource(admin))
+    add_page_routes(app)
+
+    api = "/admin/api"
+    app.add_route(f"{api}/me", MeResource())
+    app.add_route(f"{api}/products", ProductsResource(admin))
+    app.add_route(f"{api}/pools", PoolsResource(admin))
+    app.add_route(f"{api}/pools/{{pool}}", PoolResource(admin))
+    app.add_route(f"{api}/pools/{{pool}}/top-up", PoolTopUpResource(admin))
+    app.add_route(f"{api}/campaigns", CampaignsResource(admin))
+    app.add_route(f"{api}/campaigns/{_CAMPAIGN}", CampaignResource(admin))
+    for action in ("pause", "resume", "close"):
+        app.add_route(f"{api}/campaigns/{_CAMPAIGN}/{action}", CampaignActionResource(admin, action))
+    app.add_route(f"{api}/ledger", LedgerResource(admin))
+    app.add_route(f"{api}/ledger/{_SEQ}/reverse", LedgerReverseResource(admin))
+    app.add_route(f"{api}/payouts", PayoutsResource(admin))
+    app.add_route(f"{api}/payouts/{_SEQ}", PayoutResource(admin))
+    app.add_route(f"{api}/payouts/{_SEQ}/retry", PayoutRetryResource(admin))
+    app.add_route(f"{api}/vouchers/sweep", SweepResource(admin))
+    app.add_route(f"{api}/audit", AuditResource(admin))
+    app.add_route(f"{api}/batches", BatchesResource(admin))
+    app.add_route(f"{api}/alerts", AlertsResource(admin))
+    app.add_route(f"{api}/bans", BansResource(admin))
+    app.add_route(f"{api}/bans/lift", BanLiftResource(admin))
+    app.add_route(f"{api}/trace/{{code}}", TraceResource(admin))
+    app.add_route(f"{api}/stats", StatsResource(Stats(data, admin), clock))
+    app.add_route(f"{api}/tokens", TokensResource(tokens))
+    app.add_route(f"{api}/tokens/{{name}}/revoke", TokenRevokeResource(tokens))
+    return app
+
+
+def app_from_env() -> falcon.App:
+    """gunicorn entry point: ``admin.http:app_from_env()``; reads ``WUMA_DATA``."""
+    path = Path(os.environ.get("WUMA_DATA") or "wuma-data")
+    return create_app(DataFolder(path))

@@ -1,0 +1,81 @@
+"""Admin tokens: shown once, stored hashed, roles and their permissions, audited changes."""
+
+import pytest
+
+from admin.audit import AuditLog
+from admin.tokens import PERMISSIONS, ROLES, AdminToken, AdminTokens
+from engine import Conflict, NotFound
+from engine.store import Store
+from engine.tokens import new_token, parse_token, secret_matches
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    store = Store(tmp_path / "db")
+    audit = AuditLog(store)
+    yield AdminTokens(store, audit), audit, tmp_path
+    store.close()
+
+
+def test_token_is_shown_once_and_stored_hashed(tokens):
+    reg, audit, path = tokens
+    record, token = reg.add("ops.lead_1", "admin", who="cli:alice", now=1000.0)
+    assert token.startswith("wma_ops.lead_1_") and len(token.rsplit("_", 1)[1]) == 64
+    assert reg.authenticate(token) == record == AdminToken("ops.lead_1", "admin", 1000.0, "cli:alice")
+    raw = (path / "db" / "data.mdb").read_bytes()
+    assert token.encode() not in raw and token.rsplit("_", 1)[1].encode() not in raw
+    assert audit.entries() == [{"seq": 1, "at": 1000.0, "who": "cli:alice", "action": "token.add",
+                                "target": "ops.lead_1", "details": {"role": "admin"}}]
+
+
+def test_wrong_revoked_and_malformed_tokens(tokens):
+    reg, audit, _ = tokens
+    _, token = reg.add("viewer-1", "viewer", who="cli:alice")
+    flipped = token[:-1] + ("0" if token[-1] != "0" else "1")
+    for bad in (flipped, "wma_viewer-1_", "wma__" + "0" * 64, "wm_viewer-1_" + token[-64:], "Bearer " + token,
+                "wma_nobody_" + "0" * 64, "wma_" + "中" * 150 + "_00", "", None, 7, "x" * 10_000):
+        assert reg.authenticate(bad) is None
+    revoked = reg.revoke("viewer-1", who="token:root", now=2000.0)
+    assert revoked.revoked_at == 2000.0 and not revoked.active
+    assert reg.authenticate(token) is None
+    assert audit.entries()[-1]["action"] == "token.revoke" and audit.entries()[-1]["who"] == "token:root"
+    with pytest.raises(Conflict, match="already revoked"):
+        reg.revoke("viewer-1", who="token:root")
+    with pytest.raises(Conflict, match="never reused"):
+        reg.add("viewer-1", "viewer", who="cli:alice")
+    for missing in ("nobody", "", "中" * 300, None):
+        with pytest.raises(NotFound):
+            reg.revoke(missing, who="token:root")
+    assert [(t.name, t.active) for t in reg.list()] == [("viewer-1", False)]
+
+
+def test_validation(tokens):
+    reg, audit, _ = tokens
+    with pytest.raises(ValueError, match="role must be one of viewer, operator, admin"):
+        reg.add("x", "root", who="cli:alice")
+    with pytest.raises(ValueError, match="token name"):
+        reg.add("bad name", "viewer", who="cli:alice")
+    with pytest.raises(ValueError, match="who"):
+        reg.add("x", "viewer", who="")
+    assert reg.list() == [] and audit.entries() == []  # nothing half-made
+
+
+@pytest.mark.parametrize("role, allowed", [
+    ("viewer", {"read"}),
+    ("operator", {"read", "product.add", "campaign.write", "pool.top_up", "voucher.sweep", "payout.retry"}),
+    ("admin", set(PERMISSIONS)),
+])
+def test_permission_matrix(role, allowed):
+    token = AdminToken("t", role, 0.0, "cli:test")
+    assert {p for p in PERMISSIONS if token.may(p)} == allowed
+    assert token.who == "token:t"
+    with pytest.raises(ValueError):
+        token.may("everything")
+    assert ROLES == ("viewer", "operator", "admin")
+
+
+def test_shared_token_helper():
+    token, digest = new_token("wm", "store_7")
+    name, secret = parse_token(token, "wm")
+    assert name == "store_7" and secret_matches(digest, secret) and not secret_matches(digest, secret[::-1])
+    assert parse_token(token, "wma") is None and parse_token("wm_" + "_" * 3, "wm") is None
