@@ -56,6 +56,8 @@ class PoolRegistry:
                now: float | None = None) -> Pool:
         check_id(pool_id, "pool id")
         check_amount(total, "pool total", positive=True)
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValueError("pool name: at most 200 characters")
         if unit not in UNITS:
             raise ValueError(f"pool unit must be one of {', '.join(UNITS)}")
         if daily is not None:

@@ -274,10 +274,11 @@ class RewardEngine:
 
     # -- vouchers (N元换购) ------------------------------------------------------------------
     def voucher(self, voucher_id: str) -> dict:
-        if not isinstance(voucher_id, str) or len(voucher_id) > 64:
+        vid = voucher_id.strip().upper() if isinstance(voucher_id, str) else ""
+        if not 0 < len(vid) <= 64:
             raise NotFound("no such voucher")
         with self._store.read() as txn:
-            raw = txn.get(voucher_id.strip().upper().encode(), db=self._vouchers)
+            raw = txn.get(vid.encode(), db=self._vouchers)
         if raw is None:
             raise NotFound("no such voucher")
         return unpack(raw)

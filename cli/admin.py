@@ -393,9 +393,13 @@ def payout_status(admin, seq, as_json):
 
     Example: wuma payout status --json
     """
-    got = admin.payouts.state(seq) if seq is not None else admin.payouts.summary()
-    emit(got, True if seq is not None else as_json,
-         "\n".join(f"{k}\t{v['count']}\t{v['amount']}" for k, v in got.items()) if seq is None else None)
+    if seq is not None:
+        emit(admin.payouts.state(seq), True)
+        return
+    got = admin.payouts.summary()
+    emit(got, as_json, "\n".join(
+        f"{state}\t{v['count']} entries\t" + (", ".join(_yuan(a, u) for u, a in v["amount"].items()) or "-")
+        for state, v in got.items()))
 
 
 @payout.command("retry")
