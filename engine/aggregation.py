@@ -5,19 +5,23 @@ need no link). Every database is keyed by 8-byte big-endian uids, never by code 
 
 PERF: links are stored as *runs*: children of one parent with consecutive serials of one
 batch (line collection packs caps in print order, so a case of 24 caps is usually one
-run). A run is one record in each direction:
+run). A run is one record child -> parent, and a few bytes in its parent's record:
 
 * ``agg_c2p``  (child -> parent): key = last child uid of the run,
-  value = first serial (u32) + parent uid (u64). Looking up the parent of any child is
-  one ``set_range`` on its uid.
-* ``agg_p2c``  (parent -> children, dupsort + dupfixed): key = parent uid,
-  value = first child uid (u64) + count (u32).
+  value = first serial (u32) + parent uid (u64), or the parent uid alone for a run of
+  one child. Looking up the parent of any child is one ``set_range`` on its uid.
+* ``agg_children``  (parent -> children): key = parent uid, value = the parent's runs
+  (see :func:`_encode_children`): the child count, then the runs in child order as
+  varint gaps and lengths.
 
 A day of 100M caps in 4.2M cases then costs ~4.3M records per direction instead of
-~104M; out-of-order packing degrades gracefully to runs of one (~30 bytes per link per
-direction). The same run layout (key = last uid, value starts with the first serial)
-holds activations, voids, and nothing else; shipments bind the shipped unit only and
-resolve through ancestors (``agg_ship``, value 0 = returned to the brand).
+~104M (measured: 2.3 bytes a link both ways). Out-of-order packing degrades to runs of
+one: measured 25.3 bytes a link child -> parent (an LMDB node: 8 header + 8 key + 8
+value + 2 index, full pages) and 3.3-3.9 parent -> children (240k-10M caps; a varint
+gap grows with the batch; not measured at 100M). The same run layout (key = last
+uid, value starts with the first serial) holds activations, voids, and nothing else;
+shipments bind the shipped unit only and resolve through ancestors (``agg_ship``,
+value 0 = returned to the brand).
 """
 
 from __future__ import annotations
@@ -37,11 +41,92 @@ from engine.store import pack, u32, u64, unpack
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord"]
 
 _LOW = 0xFFFFFFFF
-_RUN = struct.Struct(">QI")  # p2c value: first child uid, count
+_RUN = struct.Struct(">QI")  # old agg_p2c value: first child uid, count (migrated on open)
 _C2P = struct.Struct(">IQ")  # c2p value: first serial, parent uid
 _II = struct.Struct(">II")
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
+
+
+def _c2p_value(first: int, last: int, parent: int) -> bytes:
+    """The ``agg_c2p`` value of a run: the parent alone for a run of one child."""
+    return _Q.pack(parent) if first == last else _C2P.pack(first & _LOW, parent)
+
+
+def _c2p_decode(last: int, value: bytes) -> tuple[int, int]:
+    """(first child, parent) of the ``agg_c2p`` record of a run ending at ``last``."""
+    if len(value) == 8:
+        return last, _Q.unpack(value)[0]
+    fs, parent = _C2P.unpack(value)
+    return (last & ~_LOW) | fs, parent
+
+
+def _put_varint(out: bytearray, n: int) -> None:
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _get_varint(buf: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+
+
+def _encode_children(runs) -> bytes:
+    """The ``agg_children`` value of a parent from its runs ``(first child, count)``
+    (disjoint): varints, the total count, then the runs in child order, the first as
+    (uid, count - 1), each next one as (gap << 1 | count > 1) [, count - 2], where gap is
+    the serials skipped since the previous run. ``engine.ingest`` writes the same
+    bytes vectorised."""
+    runs = sorted(runs)
+    out = bytearray()
+    _put_varint(out, sum(n for _, n in runs))
+    prev = -1
+    for f, n in runs:
+        if prev < 0:
+            _put_varint(out, f)
+            _put_varint(out, n - 1)
+        else:
+            _put_varint(out, ((f - prev - 1) << 1) | (n > 1))
+            if n > 1:
+                _put_varint(out, n - 2)
+        prev = f + n - 1
+    return bytes(out)
+
+
+def _decode_children(value: bytes) -> list[tuple[int, int]]:
+    """The runs ``(first child, count)`` of an ``agg_children`` value, in child order."""
+    out: list[tuple[int, int]] = []
+    _, i = _get_varint(value, 0)  # the total
+    end = len(value)
+    prev = -1
+    while i < end:
+        if prev < 0:
+            f, i = _get_varint(value, i)
+            n, i = _get_varint(value, i)
+            n += 1
+        else:
+            t, i = _get_varint(value, i)
+            f = prev + 1 + (t >> 1)
+            n = 1
+            if t & 1:
+                n, i = _get_varint(value, i)
+                n += 2
+        out.append((f, n))
+        prev = f + n - 1
+    return out
+
+
+def _children_count(value: bytes) -> int:
+    """The number of children an ``agg_children`` value holds (its first varint)."""
+    return value[0] if value[0] < 0x80 else _get_varint(value, 0)[0]
 
 
 def unit_id(batch: int, serial: int) -> int:
@@ -98,21 +183,29 @@ def _runs(uids: np.ndarray, parents: np.ndarray | None = None):
 
 
 class _RangeMap:
-    """Non-overlapping runs ``[first, last]`` (same batch) -> payload bytes."""
+    """Non-overlapping runs ``[first, last]`` (same batch) -> payload bytes.
 
-    def __init__(self, db) -> None:
+    With ``short``, a value of exactly ``short`` bytes is a run of one unit holding the
+    payload alone (no first serial): ``agg_c2p`` stores single-child runs so."""
+
+    def __init__(self, db, short: int | None = None) -> None:
         self.db = db
+        self.short = short
+
+    def _split(self, last: int, v: bytes) -> tuple[int, bytes]:
+        if len(v) == self.short:
+            return last, v
+        return (last & ~_LOW) | _I.unpack_from(v)[0], v[4:]
 
     def find(self, txn, uid: int):
         cur = txn.cursor(db=self.db)
         if not cur.set_range(_Q.pack(uid)):
             return None
         last = _Q.unpack(cur.key())[0]
-        v = cur.value()
-        first = (last & ~_LOW) | _I.unpack_from(v)[0]
+        first, payload = self._split(last, cur.value())
         if first > uid:
             return None
-        return first, last, v[4:]
+        return first, last, payload
 
     def overlapping(self, txn, first: int, last: int) -> list[tuple[int, int, bytes]]:
         out = []
@@ -121,10 +214,10 @@ class _RangeMap:
             return out
         for k, v in cur:
             rl = _Q.unpack(k)[0]
-            rf = (rl & ~_LOW) | _I.unpack_from(v)[0]
+            rf, payload = self._split(rl, v)
             if rf > last:
                 break
-            out.append((rf, rl, bytes(v[4:])))
+            out.append((rf, rl, bytes(payload)))
         return out
 
     def put(self, txn, first: int, last: int, payload: bytes) -> None:
@@ -149,20 +242,8 @@ class _RangeMap:
         for k, v in txn.cursor(db=self.db):
             rl = _Q.unpack(k)[0]
             lasts.append(rl)
-            firsts.append((rl & ~_LOW) | _I.unpack_from(v)[0])
+            firsts.append(self._split(rl, v)[0])
         return np.array(firsts, np.uint64), np.array(lasts, np.uint64)
-
-
-def _covered(uids: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
-    """Vectorised: which uids fall inside one of the (sorted, disjoint) runs."""
-    if len(lasts) == 0:
-        return np.zeros(len(uids), np.bool_)
-    order = np.argsort(lasts)
-    lasts, firsts = lasts[order], firsts[order]
-    idx = np.searchsorted(lasts, uids, side="left")
-    inside = idx < len(lasts)
-    idx[~inside] = 0
-    return inside & (firsts[idx] <= uids)
 
 
 class Aggregation:
@@ -174,8 +255,8 @@ class Aggregation:
         store = data.store
         self.store = store
         self._c2p_db = store.db("agg_c2p")
-        self._p2c_db = store.db("agg_p2c", dupsort=True, dupfixed=True)
-        self.c2p = _RangeMap(self._c2p_db)
+        self._p2c_db = store.db("agg_children")
+        self.c2p = _RangeMap(self._c2p_db, short=8)
         self.voids = _RangeMap(store.db("agg_void"))
         self.active = _RangeMap(store.db("agg_active"))
         self._ship_db = store.db("agg_ship")
@@ -193,6 +274,22 @@ class Aggregation:
         self._events_cache: dict[int, dict] = {}
         self._depth = {lv.name: lv.depth for lv in self.spec.levels}
         self._capacity = {lv.name: lv.capacity for lv in self.spec.levels}
+        self._migrate_p2c()
+
+    def _migrate_p2c(self) -> None:
+        """Data folders written before ``agg_children`` kept parent -> children as one
+        dupsort record per run (``agg_p2c``); convert them once."""
+        with self.store.read() as txn:
+            if txn.get(b"agg_p2c") is None:
+                return
+        old = self.store.env.open_db(b"agg_p2c", dupsort=True, dupfixed=True)
+        with self.store.write() as txn:
+            runs: dict[int, list[tuple[int, int]]] = {}
+            for k, v in txn.cursor(db=old):
+                runs.setdefault(_Q.unpack(k)[0], []).append(_RUN.unpack(v))
+            for parent, rs in runs.items():
+                txn.put(_Q.pack(parent), _encode_children(rs), db=self._p2c_db)
+            txn.drop(old, delete=True)
 
     # -- units ----------------------------------------------------------------------------
     def level_of(self, uid: int) -> str | None:
@@ -232,20 +329,26 @@ class Aggregation:
         return None if got is None else _Q.unpack(got[2])[0]
 
     def _children_runs(self, txn, parent: int) -> list[tuple[int, int]]:
-        cur = txn.cursor(db=self._p2c_db)
-        if not cur.set_key(_Q.pack(parent)):
-            return []
-        return [_RUN.unpack(v) for v in cur.iternext_dup()]
+        raw = txn.get(_Q.pack(parent), db=self._p2c_db)
+        return [] if raw is None else _decode_children(raw)
 
     def children(self, txn, parent: int) -> list[int]:
         return [f + i for f, n in self._children_runs(txn, parent) for i in range(n)]
 
     def _child_count(self, txn, parent: int) -> int:
-        return sum(n for _, n in self._children_runs(txn, parent))
+        raw = txn.get(_Q.pack(parent), db=self._p2c_db)
+        return 0 if raw is None else _children_count(raw)
+
+    def _set_children(self, txn, parent: int, runs: list[tuple[int, int]]) -> None:
+        if runs:
+            txn.put(_Q.pack(parent), _encode_children(runs), db=self._p2c_db)
+        else:
+            txn.delete(_Q.pack(parent), db=self._p2c_db)
 
     def _add_run(self, txn, parent: int, first: int, last: int) -> None:
-        txn.put(_Q.pack(last), _C2P.pack(first & _LOW, parent), db=self._c2p_db)
-        txn.put(_Q.pack(parent), _RUN.pack(first, last - first + 1), db=self._p2c_db)
+        txn.put(_Q.pack(last), _c2p_value(first, last, parent), db=self._c2p_db)
+        self._set_children(txn, parent,
+                           self._children_runs(txn, parent) + [(first, last - first + 1)])
 
     def _unlink(self, txn, uid: int) -> int | None:
         """Remove the link of one child; returns its old parent."""
@@ -255,7 +358,8 @@ class Aggregation:
         first, last, payload = got
         parent = _Q.unpack(payload)[0]
         self.c2p.delete(txn, last)
-        txn.delete(_Q.pack(parent), _RUN.pack(first, last - first + 1), db=self._p2c_db)
+        self._set_children(txn, parent, [r for r in self._children_runs(txn, parent)
+                                         if r[0] != first])
         if first < uid:
             self._add_run(txn, parent, first, uid - 1)
         if uid < last:
@@ -268,9 +372,8 @@ class Aggregation:
         while True:
             if not cur.set_range(_Q.pack(uid)):
                 break
-            last = _Q.unpack(cur.key())[0]
-            first_serial, parent = _C2P.unpack(cur.value())
-            if (last & ~_LOW) | first_serial > uid:
+            first, parent = _c2p_decode(_Q.unpack(cur.key())[0], cur.value())
+            if first > uid:
                 break
             out.append(parent)
             uid = parent
@@ -310,18 +413,33 @@ class Aggregation:
             return [unpack(v) for _, v in txn.cursor(db=self._events_db)]
 
     def load_runs(self, eid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(parents, first children, counts) of the runs a load event added."""
+        """(parents, first children, counts) of the runs a load event added, in child
+        order. Stored in parts under ``eid`` (u64) + part (u32); see
+        ``engine.ingest._pack_load_runs``. A key of the eid alone is the older
+        single-part layout."""
+        from engine.ingest import _unpack_load_runs
+
+        parts = []
         with self.store.read() as txn:
-            raw = txn.get(u64(eid), db=self._load_runs_db)
-        if raw is None:
+            cur = txn.cursor(db=self._load_runs_db)
+            prefix = u64(eid)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if k[:8] != prefix:
+                        break
+                    if len(k) == 8:  # the older layout: one part, not byte-planed
+                        n, blob = unpack(v)
+                        body = zlib.decompress(blob)
+                        parts.append((np.frombuffer(body, "<u8", n).astype(np.uint64),
+                                      np.cumsum(np.frombuffer(body, "<i8", n, 8 * n)
+                                                ).astype(np.uint64),
+                                      np.frombuffer(body, "<u4", n, 16 * n).astype(np.uint64)))
+                    else:
+                        parts.append(_unpack_load_runs(v))
+        if not parts:
             e = np.empty(0, np.uint64)
             return e, e, e
-        n, blob = unpack(raw)
-        body = zlib.decompress(blob)
-        parents = np.frombuffer(body, "<u8", n).astype(np.uint64)
-        firsts = np.cumsum(np.frombuffer(body, "<i8", n, 8 * n)).astype(np.uint64)
-        counts = np.frombuffer(body, "<u4", n, 16 * n).astype(np.uint64)
-        return parents, firsts, counts
+        return tuple(np.concatenate(col) for col in zip(*parts))  # type: ignore[return-value]
 
     def event(self, eid: int) -> dict:
         with self.store.read() as txn:
@@ -346,12 +464,13 @@ class Aggregation:
 
     # -- line collection ---------------------------------------------------------------------
     def load(self, source, *, skip_bad: bool = False, reject_file=None, fmt: str | None = None,
-             name: str | None = None, now: float | None = None) -> LoadReport:
+             name: str | None = None, now: float | None = None,
+             chunk_bytes: int | None = None) -> LoadReport:
         """Load a line-collection file (CSV or JSON lines; see :mod:`engine.ingest`)."""
-        from engine.ingest import load_links
+        from engine.ingest import CHUNK_BYTES, load_links
 
         return load_links(self, source, skip_bad=skip_bad, reject_file=reject_file, fmt=fmt,
-                          name=name, now=now)
+                          name=name, now=now, chunk_bytes=chunk_bytes or CHUNK_BYTES)
 
     def link(self, parent_code: str, child_codes: list[str], *, now: float | None = None) -> int:
         """Pack children into a parent (one record of a line collection); returns links added."""
@@ -693,9 +812,8 @@ class Aggregation:
             chain = []
             u = uid
             while c2p.set_range(_Q.pack(u)):
-                last = _Q.unpack(c2p.key())[0]
-                fs, parent = _C2P.unpack(c2p.value())
-                if (last & ~_LOW) | fs > u or len(chain) >= len(self._depth):
+                first, parent = _c2p_decode(_Q.unpack(c2p.key())[0], c2p.value())
+                if first > u or len(chain) >= len(self._depth):
                     break
                 chain.append(parent)
                 u = parent
@@ -798,8 +916,8 @@ class Aggregation:
         with self.store.read() as txn:
             for k, v in txn.cursor(db=self._c2p_db):
                 last = _Q.unpack(k)[0]
-                fs, parent = _C2P.unpack(v)
-                for u in range((last & ~_LOW) | fs, last + 1):
+                first, parent = _c2p_decode(last, v)
+                for u in range(first, last + 1):
                     out[u] = parent
         return out
 
@@ -814,13 +932,13 @@ class Aggregation:
             a = set()
             for k, v in txn.cursor(db=self._c2p_db):
                 last = _Q.unpack(k)[0]
-                fs, parent = _C2P.unpack(v)
-                first = (last & ~_LOW) | fs
+                first, parent = _c2p_decode(last, v)
                 a.add((parent, first, last - first + 1))
             b = set()
-            cur = txn.cursor(db=self._p2c_db)
-            for k, v in cur.iternext(keys=True, values=True):
-                f, n = _RUN.unpack(v)
-                b.add((_Q.unpack(k)[0], f, n))
+            for k, v in txn.cursor(db=self._p2c_db):
+                if not v or _encode_children(_decode_children(v)) != v:
+                    raise AssertionError(f"agg_children value of {_Q.unpack(k)[0]} not canonical")
+                for f, n in _decode_children(v):
+                    b.add((_Q.unpack(k)[0], f, n))
         if a != b:
             raise AssertionError(f"link directions disagree: {sorted(a ^ b)[:5]}")
