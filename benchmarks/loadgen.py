@@ -1,8 +1,11 @@
-"""A small closed-loop HTTP load generator (keep-alive connections, bounded in time).
+"""Closed-loop HTTP load (keep-alive connections, bounded in time) against one loopback URL.
 
-Runs ``processes`` x ``connections`` clients against one loopback URL for ``seconds``
-and returns requests/s and latency percentiles. Used side by side on two endpoints in
-one run, so the ratio is what counts on this shared machine.
+:func:`run_load` returns requests/s and latency percentiles. Used side by side on two
+endpoints in one run, so the ratio is what counts on this shared machine. With ``wrk``
+on the PATH (Debian's package; ``.ci/run`` installs it) the load comes from wrk, one
+thread: a C client leaves the server most of the 2 cores. Without it (or with
+``WUMA_LOADGEN=python``), ``processes`` x ``connections`` Python clients, which on 2
+cores take about as much CPU as the server they measure.
 """
 
 from __future__ import annotations
@@ -47,8 +50,56 @@ def _worker(port, path, bodies, seconds, connections, out_q):
     out_q.put((lat, statuses))
 
 
+_WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[(counter %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("WUMA %%d %%d %%d %%f %%f\\n", summary.requests, summary.duration,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_wrk(port: int, path: str, bodies: list[dict], *, seconds: float, connections: int) -> dict:
+    """The same figures as :func:`run_load`, measured by wrk (statuses: 200 or ``errors``)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write("bodies = {" + ",".join(_lua_string(json.dumps(b)) for b in bodies) + "}\n")
+        fh.write(_WRK_SCRIPT % path)
+    try:
+        out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "-s", fh.name,
+                              f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                             timeout=seconds + 60).stdout
+    finally:
+        os.unlink(fh.name)
+    line = next(x for x in out.splitlines() if x.startswith("WUMA "))
+    n, duration_us, errors, p50, p99 = line.split()[1:]
+    n, errors, elapsed = int(n), int(errors), int(duration_us) / 1e6
+    statuses = {200: n - errors}
+    if errors:
+        statuses["errors"] = errors
+    return {"requests": n, "rps": n / elapsed, "p50_ms": float(p50) / 1e3, "p99_ms": float(p99) / 1e3,
+            "statuses": statuses, "seconds": elapsed, "client": "wrk"}
+
+
 def run_load(port: int, path: str, bodies: list[dict], *, seconds: float = 5.0,
              processes: int = 2, connections: int = 8) -> dict:
+    import os
+    import shutil
+
+    if shutil.which("wrk") and os.environ.get("WUMA_LOADGEN", "wrk") == "wrk":
+        return run_wrk(port, path, bodies, seconds=seconds, connections=processes * connections)
     raw = [json.dumps(b) for b in bodies]
     ctx = mp.get_context("fork")
     q = ctx.Queue()
@@ -70,7 +121,7 @@ def run_load(port: int, path: str, bodies: list[dict], *, seconds: float = 5.0,
     lat.sort()
     pct = (lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan"))
     return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": pct(0.5) * 1e3,
-            "p99_ms": pct(0.99) * 1e3, "statuses": statuses, "seconds": elapsed}
+            "p99_ms": pct(0.99) * 1e3, "statuses": statuses, "seconds": elapsed, "client": "python"}
 
 
 def server_cpu_seconds(pgid: int) -> float:
