@@ -44,7 +44,6 @@ Errors keep the scan API's shape ``{"error": code, "message": ...}``: 400 ``bad_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -88,15 +87,7 @@ def _body(req: falcon.Request, fields: dict[str, tuple] | None = None,
           required: tuple[str, ...] = ()) -> dict:
     """The request's JSON object. With ``fields`` ({name: allowed types}), unknown fields,
     missing required ones and wrong JSON types are refused here; values are the library's."""
-    raw = req.bounded_stream.read(_MAX_BODY + 1)
-    if len(raw) > _MAX_BODY:
-        raise falcon.HTTPContentTooLarge(title="request_too_large", description=f"body over {_MAX_BODY} bytes")
-    try:
-        doc = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")
+    doc = http_scan.json_body(req, _MAX_BODY)
     if fields is None:
         return doc
     unknown = set(doc) - set(fields)
@@ -113,6 +104,12 @@ def _body(req: falcon.Request, fields: dict[str, tuple] | None = None,
             raise falcon.HTTPBadRequest(title="bad_request", description=f"\"{name}\" must be {want}")
     return doc
 
+
+
+def _page(req: falcon.Request) -> tuple[int, int]:
+    """``after`` (a sequence number, default 0) and ``limit`` (1-1000, default 100)."""
+    return (req.get_param_as_int("after", min_value=0, default=0),
+            req.get_param_as_int("limit", min_value=1, max_value=1000, default=100))
 
 
 def _enum_param(req: falcon.Request, name: str, allowed) -> str | None:
@@ -184,23 +181,6 @@ class AdminAuth:
 
 def _who(req: falcon.Request) -> str:
     return req.context.admin_token.who
-
-
-# NOTE: lifting a ban (engine.abuse) and sweeping vouchers (admin.rewards) are not audited
-# by the library yet; until they take ``who`` themselves, the audit entry is appended
-# right after the change, in its own transaction.
-def _lift_ban(admin: Admin, subject: str, who: str):
-    ban = admin.data.abuse.lift(subject)
-    with admin.data.store.write() as txn:
-        admin.audit.append(txn, who, "ban.lift", subject, {"reason": ban.reason, "expires_at": ban.expires_at})
-    return ban
-
-
-def _sweep(admin: Admin, who: str) -> dict:
-    result = admin.rewards.sweep()
-    with admin.data.store.write() as txn:
-        admin.audit.append(txn, who, "voucher.sweep", "vouchers", result)
-    return result
 
 
 # -- vouchers (stores and consumers) ------------------------------------------------------------
@@ -348,8 +328,7 @@ class LedgerResource:
         self.admin = admin
 
     def on_get(self, req, resp) -> None:
-        after = req.get_param_as_int("after", min_value=0, default=0)
-        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        after, limit = _page(req)
         campaign = req.get_param_as_int("campaign", min_value=1)
         kind = _enum_param(req, "kind", KINDS)
         resp.media = self.admin.ledger.entries(after, limit, campaign=campaign, kind=kind)
@@ -403,7 +382,7 @@ class SweepResource:
         self.admin = admin
 
     def on_post(self, req, resp) -> None:
-        resp.media = _sweep(self.admin, _who(req))
+        resp.media = self.admin.sweep(who=_who(req))
 
 
 class AuditResource:
@@ -413,8 +392,7 @@ class AuditResource:
         self.admin = admin
 
     def on_get(self, req, resp) -> None:
-        after = req.get_param_as_int("after", min_value=0, default=0)
-        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        after, limit = _page(req)
         newest = _bool_param(req, "newest_first")
         resp.media = self.admin.audit.entries(after, limit, newest_first=newest)
 
@@ -467,7 +445,7 @@ class BanLiftResource:
                                         description=f"subject: 1-{_MAX_SUBJECT} characters, e.g. ip:203.0.113.9")
         if len(subject.encode()) > 511:  # NOTE: longer than any LMDB key, so never banned
             raise NotFound(f"no ban for {subject}")
-        resp.media = _lift_ban(self.admin, subject, _who(req)).to_dict()
+        resp.media = self.admin.lift_ban(subject, who=_who(req)).to_dict()
 
 
 class TraceResource:
@@ -535,7 +513,7 @@ def create_app(data: DataFolder, *, admin: Admin | None = None,
     open data folder (one per worker process)."""
     admin = admin or Admin(data, clock=clock)
     app = http_scan.create_app(data, pipeline=admin.scan_pipeline(), clock=clock)
-    tokens = AdminTokens(data.store, admin.audit)
+    tokens = admin.tokens
     app.add_middleware(AdminAuth(tokens))
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(ValueError, _invalid)

@@ -34,8 +34,6 @@ class Ledger:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._db = store.db("adm_ledger")
-        # beneficiary "role:id" NUL seq -> b"" (entries per beneficiary)
-        self._by_beneficiary = store.db("adm_ledger_by_beneficiary")
         # the entry (seq) a later entry refers to -> the referring seq (reversed, unlocked...)
         self._refs = store.db("adm_ledger_refs")
 
@@ -46,9 +44,6 @@ class Ledger:
         seq = self._store.next_id(txn, "ledger")
         entry = {**entry, "seq": seq, "payable": entry["kind"] in PAYABLE_KINDS}
         txn.put(u64(seq), pack(entry), db=self._db)
-        b = entry.get("beneficiary")
-        if b:
-            txn.put(f"{b['role']}:{b['id']}".encode() + b"\0" + u64(seq), b"", db=self._by_beneficiary)
         if entry.get("ref"):
             txn.put(u64(entry["ref"]), u64(seq), db=self._refs)
         return seq
@@ -82,30 +77,7 @@ class Ledger:
                         break
         return out
 
-    def of_beneficiary(self, role: str, ident: str, limit: int = 1000) -> list[dict]:
-        prefix = f"{role}:{ident}".encode() + b"\0"
-        out: list[dict] = []
-        with self._store.read() as txn:
-            cur = txn.cursor(db=self._by_beneficiary)
-            if not cur.set_range(prefix):
-                return out
-            for k in cur.iternext(keys=True, values=False):
-                if not k.startswith(prefix) or len(out) >= limit:
-                    break
-                out.append(unpack(txn.get(k[len(prefix):], db=self._db)))
-        return out
-
     def last_seq(self) -> int:
         with self._store.read() as txn:
             cur = txn.cursor(db=self._db)
             return int.from_bytes(cur.key(), "big") if cur.last() else 0
-
-    def totals(self) -> dict:
-        """Sums per campaign and kind (for statistics and reconciliation)."""
-        out: dict = {}
-        with self._store.read() as txn:
-            for _, raw in txn.cursor(db=self._db):
-                e = unpack(raw)
-                c = out.setdefault(str(e.get("campaign")), {})
-                c[e["kind"]] = c.get(e["kind"], 0) + e["amount"]
-        return out

@@ -314,33 +314,32 @@ class RewardEngine:
 
     def sweep(self, now: float | None = None) -> dict:
         """Expire vouchers and locked rewards past their time, returning their budget."""
+        with self._store.write() as txn:
+            return self.sweep_in(txn, now)
+
+    def sweep_in(self, txn, now: float | None = None) -> dict:
+        """:meth:`sweep` inside the caller's write transaction."""
         now = time.time() if now is None else now
         n_v = n_l = 0
-        with self._store.write() as txn:
-            for k, raw in list(txn.cursor(db=self._vouchers)):
-                v = unpack(raw)
-                if v["state"] == "issued" and now >= v["expires_at"]:
-                    self._expire(txn, v["ledger"], v["issued_at"], now)
-                    v["state"] = "expired"
-                    txn.put(k, pack(v), db=self._vouchers)
-                    n_v += 1
-            for k, raw in list(txn.cursor(db=self._progress)):
-                cid = int.from_bytes(k[:4], "big")
-                c = self.campaigns.get_in(txn, cid)
-                horizon = now - c.rule["lock"]["days"] * _DAY
-                held = unpack(raw)
-                keep = [h for h in held if h[0] >= horizon]
-                for at, _, s in held:
-                    if at < horizon:
-                        self._expire(txn, s, at, now)
-                        n_l += 1
-                if keep:
-                    txn.put(k, pack(keep), db=self._progress)
-                else:
-                    txn.delete(k, db=self._progress)
+        for k, raw in list(txn.cursor(db=self._vouchers)):
+            v = unpack(raw)
+            if v["state"] == "issued" and now >= v["expires_at"]:
+                self._expire(txn, v["ledger"], v["issued_at"], now)
+                v["state"] = "expired"
+                txn.put(k, pack(v), db=self._vouchers)
+                n_v += 1
+        for k, raw in list(txn.cursor(db=self._progress)):
+            cid = int.from_bytes(k[:4], "big")
+            c = self.campaigns.get_in(txn, cid)
+            horizon = now - c.rule["lock"]["days"] * _DAY
+            held = unpack(raw)
+            keep = [h for h in held if h[0] >= horizon]
+            for at, _, s in held:
+                if at < horizon:
+                    self._expire(txn, s, at, now)
+                    n_l += 1
+            if keep:
+                txn.put(k, pack(keep), db=self._progress)
+            else:
+                txn.delete(k, db=self._progress)
         return {"vouchers_expired": n_v, "locks_expired": n_l}
-
-    def store_of(self, unit: int) -> str | None:
-        with self._store.read() as txn:
-            raw = txn.get(u64(unit), db=self._store_units)
-        return None if raw is None else raw.decode()

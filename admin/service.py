@@ -22,6 +22,7 @@ from admin.payouts import Payouts
 from admin.pools import PoolRegistry
 from admin.products import ProductCatalog
 from admin.rewards import RewardEngine
+from admin.tokens import AdminTokens
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound
@@ -42,6 +43,7 @@ class Admin:
         self.pools = PoolRegistry(store, self.audit)
         self.campaigns = CampaignRegistry(store, self.audit, self.pools, data.spec, data.batches)
         self.ledger = Ledger(store)
+        self.tokens = AdminTokens(store, self.audit)
 
     @cached_property
     def aggregation(self) -> Aggregation:
@@ -87,6 +89,24 @@ class Admin:
             self.audit.append(txn, who, "ledger.reverse", str(seq), {"reversal": rseq, "reason": reason.strip()},
                               now=now)
         return self.ledger.get(rseq)
+
+    def lift_ban(self, subject: str, *, who: str, now: float | None = None):
+        """Lift an enumeration ban; the audit entry is written in the same transaction."""
+        abuse = self.data.abuse  # NOTE: opened outside the write txn (it opens its databases)
+        with self.data.store.write() as txn:
+            ban = abuse.lift_in(txn, subject, now)
+            self.audit.append(txn, who, "ban.lift", subject,
+                              {"reason": ban.reason, "expires_at": ban.expires_at}, now=now)
+        return ban
+
+    def sweep(self, *, who: str, now: float | None = None) -> dict:
+        """Expire vouchers and locked rewards past their time (budget returned), audited in
+        the same transaction."""
+        rewards = self.rewards  # NOTE: built outside the write txn (it opens its databases)
+        with self.data.store.write() as txn:
+            result = rewards.sweep_in(txn, now)
+            self.audit.append(txn, who, "voucher.sweep", "vouchers", result, now=now)
+        return result
 
     def scan_pipeline(self, **options) -> ScanPipeline:
         """The scan pipeline with campaign rewards (what ``wuma serve`` runs)."""

@@ -4,8 +4,9 @@
 endpoints in one run, so the ratio is what counts on this shared machine. With ``wrk``
 on the PATH (Debian's package; ``.ci/run`` installs it) the load comes from wrk, one
 thread: a C client leaves the server most of the 2 cores. Without it (or with
-``WUMA_LOADGEN=python``), ``processes`` x ``connections`` Python clients, which on 2
-cores take about as much CPU as the server they measure.
+``WUMA_LOADGEN=python``), ``processes`` x ``connections`` Python clients, which share
+the 2 cores with the server (measured here: bare Falcon 3.5k req/s under the Python
+clients, 7.2k under wrk).
 """
 
 from __future__ import annotations

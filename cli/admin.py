@@ -19,11 +19,11 @@ from admin.payouts import STATES
 from admin.pools import UNITS
 from admin.service import Admin
 from admin.tokens import ROLES as ADMIN_ROLES
-from admin.tokens import AdminTokens
 from cli.main import emit, pass_data
 
 
-def _who() -> str:
+def cli_user() -> str:
+    """Who a command-line change is by, in the audit log: ``cli:<os user>``."""
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no passwd entry (containers)
@@ -69,7 +69,7 @@ def product_add(admin, sku, name, gtin, as_json):
 
     Example: wuma product add GT-500 --name "Green tea 500ml"
     """
-    p = admin.products.add(sku, name, gtin=gtin, who=_who())
+    p = admin.products.add(sku, name, gtin=gtin, who=cli_user())
     emit(p.to_dict(), as_json, f"product {p.sku} added")
 
 
@@ -117,7 +117,7 @@ def pool_create(admin, pool_id, total, daily, region_caps, unit, name, as_json):
                                      param_hint="--region-cap")
         regions[prefix] = int(amount)
     p = admin.pools.create(pool_id, total=total, daily=daily, regions=regions, unit=unit, name=name,
-                           who=_who())
+                           who=cli_user())
     emit(p.to_dict(), as_json, f"pool {p.id}: {_yuan(p.total, p.unit)}")
 
 
@@ -131,7 +131,7 @@ def pool_top_up(admin, pool_id, amount, as_json):
 
     Example: wuma pool top-up summer 100000
     """
-    p = admin.pools.top_up(pool_id, amount, who=_who())
+    p = admin.pools.top_up(pool_id, amount, who=cli_user())
     emit(p.to_dict(), as_json, f"pool {p.id}: total {_yuan(p.total, p.unit)}")
 
 
@@ -187,7 +187,7 @@ def campaign_create(admin, rule_file, as_json):
         rule = json.load(rule_file)
     except ValueError as e:
         raise click.ClickException(f"{rule_file.name}: not valid JSON ({e})") from None
-    c = admin.campaigns.create(rule, who=_who())
+    c = admin.campaigns.create(rule, who=cli_user())
     emit(c.to_dict(), as_json, f"campaign {c.id} ({c.name}) created, active")
 
 
@@ -223,7 +223,7 @@ def _status_command(action: str, doc: str):
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @pass_admin
     def command(admin, campaign_id, as_json):
-        c = getattr(admin.campaigns, action)(campaign_id, who=_who())
+        c = getattr(admin.campaigns, action)(campaign_id, who=cli_user())
         emit(c.to_dict(), as_json, f"campaign {c.id} is {c.status}")
 
     return command
@@ -305,7 +305,7 @@ def voucher_sweep(admin, as_json):
 
     Example: wuma voucher sweep
     """
-    got = admin.rewards.sweep()
+    got = admin.sweep(who=cli_user())
     emit(got, as_json, f"{got['vouchers_expired']} vouchers and {got['locks_expired']} locked rewards expired")
 
 
@@ -319,7 +319,7 @@ def ledger_reverse(admin, seq, reason, as_json):
 
     Example: wuma ledger reverse 42 --reason "test scan in the warehouse"
     """
-    e = admin.reverse(seq, reason=reason, who=_who())
+    e = admin.reverse(seq, reason=reason, who=cli_user())
     emit(e, as_json, f"entry {seq} reversed by entry {e['seq']}; {_yuan(e['amount'], e['unit'])} back in pool {e['pool']}")
 
 
@@ -410,7 +410,7 @@ def payout_retry(admin, seq):
 
     Example: wuma payout retry 42
     """
-    got = admin.payouts.retry(seq, who=_who())
+    got = admin.payouts.retry(seq, who=cli_user())
     click.echo(f"payout of entry {seq}: {got['state']}")
 
 
@@ -433,7 +433,7 @@ def admin_token_add(admin, name, role, as_json):
 
     Example: wuma admin-token add marketing --role operator
     """
-    tok, secret = AdminTokens(admin.data.store, admin.audit).add(name, role, who=_who())
+    tok, secret = admin.tokens.add(name, role, who=cli_user())
     emit({**tok.to_dict(), "token": secret}, as_json, f"admin token {tok.name} ({tok.role}); shown once: {secret}")
 
 
@@ -445,7 +445,7 @@ def admin_token_list(admin, as_json):
 
     Example: wuma admin-token list
     """
-    for t in AdminTokens(admin.data.store, admin.audit).list():
+    for t in admin.tokens.list():
         emit(t.to_dict(), as_json, f"{t.name}\t{t.role}\t{'active' if t.active else 'revoked'}")
 
 
@@ -457,5 +457,5 @@ def admin_token_revoke(admin, name):
 
     Example: wuma admin-token revoke marketing
     """
-    t = AdminTokens(admin.data.store, admin.audit).revoke(name, who=_who())
+    t = admin.tokens.revoke(name, who=cli_user())
     click.echo(f"admin token {t.name} revoked")

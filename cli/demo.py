@@ -6,9 +6,13 @@ Each step is printed as the command a person would type, then its output.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 STEPS: list = []
@@ -17,6 +21,21 @@ STEPS: list = []
 def step(fn):
     STEPS.append(fn)
     return fn
+
+
+def http_json(url: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, object]:
+    """One request to a demo server: (status, JSON answer or raw bytes)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if r.headers.get_content_type() == "application/json" else raw
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 class Demo:
@@ -38,6 +57,26 @@ class Demo:
         if check and proc.returncode != 0:
             raise SystemExit(f"demo step failed: {shlex.join(cmd)}")
         return proc.stdout
+
+
+    @contextlib.contextmanager
+    def serve(self):
+        """`wuma serve` on a free loopback port for the length of a step; yields its URL."""
+        from cli.localserver import free_port, stop, wait_until_up
+
+        port = free_port()
+        args = ["--data", str(self.data), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+        print(f"\n$ wuma {' '.join(args)} &")
+        server = subprocess.Popen([sys.executable, "-m", "cli", *args], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_until_up(url + "/healthz"):
+                raise SystemExit("wuma serve did not start")
+            yield url
+        finally:
+            stop(server)
+        print("  (server stopped)")
 
 
 def run(data: Path) -> None:

@@ -9,28 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
-from cli.demo import step
-from cli.localserver import free_port, stop, wait_until_up
-
-
-def _call(url: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, object]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if r.headers.get_content_type() == "application/json" else raw
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from cli.demo import http_json, step
 
 
 def _rows(d, name: str) -> list[list[str]]:
@@ -84,15 +65,7 @@ def campaigns(d) -> None:
                               "--distributor", "gz-01", "--json"))
     admin = json.loads(d.wuma("admin-token", "add", "demo-admin", "--role", "admin", "--json"))["token"]
 
-    port = free_port()
-    args = ["--data", str(d.data), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
-    print(f"\n$ wuma {' '.join(args)} &")
-    server = subprocess.Popen([sys.executable, "-m", "cli", *args], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_until_up(url + "/healthz"):
-            raise SystemExit("wuma serve did not start")
+    with d.serve() as url:
         gz = {"region": "440106"}
         st = store["token"]
         scans = [
@@ -112,24 +85,21 @@ def campaigns(d) -> None:
         ]
         voucher = None
         for title, body, token in scans:
-            status, answer = _call(url, "/v1/scans", body, token)
+            status, answer = http_json(url, "/v1/scans", body, token)
             print(f"\n  {title}:\n  -> {status} verdict {answer.get('verdict')}, flags {answer.get('flags')}, "
                   f"rewards {json.dumps(answer.get('rewards'), ensure_ascii=False)}")
             for r in answer.get("rewards") or []:
                 voucher = r.get("voucher") or voucher
         if voucher:
             for attempt in ("the store redeems the voucher (核销)", "the same voucher again"):
-                status, answer = _call(url, "/v1/vouchers/redeem", {"voucher": voucher}, st)
+                status, answer = http_json(url, "/v1/vouchers/redeem", {"voucher": voucher}, st)
                 print(f"\n  {attempt}: POST /v1/vouchers/redeem -> {status} "
                       f"{json.dumps(answer, ensure_ascii=False)[:160]}")
-        status, page = _call(url, "/admin")
+        status, page = http_json(url, "/admin")
         print(f"\n  admin page: GET /admin -> {status}, {len(page)} bytes of HTML (log in with the admin token)")
         for path in ("/admin/api/campaigns", "/admin/api/pools", "/admin/api/stats"):
-            status, answer = _call(url, path, token=admin)
+            status, answer = http_json(url, path, token=admin)
             print(f"  GET {path} -> {status} {json.dumps(answer, ensure_ascii=False)[:200]}...")
-    finally:
-        stop(server)
-    print("  (server stopped)")
     d.wuma("ledger", "list")
     d.wuma("pool", "list")
     d.wuma("pool", "show", "summer")

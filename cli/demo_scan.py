@@ -8,23 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 
-from cli.demo import step
-from cli.localserver import free_port, stop, wait_until_up
+from cli.demo import http_json, step
 
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/v1/scans", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @step
@@ -33,15 +19,7 @@ def scans(d) -> None:
     with open(d.work / "agg-caps.csv", newline="") as fh:
         rows = list(csv.reader(fh))[1:]
     activated_inner, other_inner = rows[0][2], rows[-1][2]
-    port = free_port()
-    args = ["--data", str(d.data), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
-    print(f"\n$ wuma {' '.join(args)} &")
-    server = subprocess.Popen([sys.executable, "-m", "cli", *args], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_until_up(url + "/healthz"):
-            raise SystemExit("wuma serve did not start")
+    with d.serve() as url:
         forged = activated_inner[:-1] + ("0" if activated_inner[-1] != "0" else "1")
         cases = [
             ("consumer scans a genuine cap in Guangzhou", {"code": "HTTPS://S.EXAMPLE.CN/Q/" + activated_inner,
@@ -54,12 +32,9 @@ def scans(d) -> None:
              {"code": activated_inner, "location": {"region": "330106"}, "device": "phone-4"}),
         ]
         for title, body in cases:
-            status, answer = _post(url, body)
+            status, answer = http_json(url, "/v1/scans", body)
             print(f"\n  {title}:\n  POST /v1/scans {json.dumps(body, ensure_ascii=False)}")
             shown = {k: answer.get(k) for k in ("verdict", "flags", "scan", "diversion", "product")
                      if answer.get(k) not in (None, [], {})}
             print(f"  -> {status} {json.dumps(shown, ensure_ascii=False)}")
-    finally:
-        stop(server)
-    print("  (server stopped)")
     d.wuma("alerts", "--distributor", "gz-01")

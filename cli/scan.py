@@ -8,6 +8,7 @@ import time
 
 import click
 
+from cli.admin import cli_user, pass_admin
 from cli.main import emit, pass_data
 from engine.accounts import ACCOUNT_ROLES
 
@@ -90,13 +91,13 @@ def bans_list(data, include_inactive, as_json):
 @bans.command("lift")
 @click.argument("subject")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_data
-def bans_lift(data, subject, as_json):
-    """Lift a ban now (the record is kept).
+@pass_admin
+def bans_lift(admin, subject, as_json):
+    """Lift a ban now (the record is kept; the audit log says who lifted it).
 
     Example: wuma bans lift ip:203.0.113.9
     """
-    b = data.abuse.lift(subject)
+    b = admin.lift_ban(subject, who=cli_user())
     emit(b.to_dict(), as_json, f"ban on {b.subject} lifted")
 
 

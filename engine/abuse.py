@@ -108,16 +108,23 @@ class AbuseGuard:
 
     def lift(self, subject_: str, now: float | None = None) -> Ban:
         """Lift a ban now (kept, marked lifted, as a record)."""
-        now = time.time() if now is None else now
         with self._store.write() as txn:
-            raw = txn.get(subject_.encode(), db=self._bans)
-            if raw is None:
-                raise NotFound(f"no ban for {subject_}")
-            d = unpack(raw)
-            d["lifted_at"] = now
-            txn.put(subject_.encode(), pack(d), db=self._bans)
-        with self.counters.write() as txn:
-            txn.delete(subject_.encode(), db=self._invalid)
+            return self.lift_in(txn, subject_, now)
+
+    def lift_in(self, txn, subject_: str, now: float | None = None) -> Ban:
+        """:meth:`lift` inside the caller's write transaction (so an audit entry can go
+        with it). The subject's invalid-code count restarts too."""
+        now = time.time() if now is None else now
+        raw = txn.get(subject_.encode(), db=self._bans)
+        if raw is None:
+            raise NotFound(f"no ban for {subject_}")
+        d = unpack(raw)
+        d["lifted_at"] = now
+        txn.put(subject_.encode(), pack(d), db=self._bans)
+        # NOTE: the counters live in their own (unsynced) environment; restarting the count
+        # early is harmless if the lift is then rolled back.
+        with self.counters.write() as ctxn:
+            ctxn.delete(subject_.encode(), db=self._invalid)
         return Ban(**d)
 
     # -- rate limits ------------------------------------------------------------------

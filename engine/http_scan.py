@@ -32,7 +32,7 @@ from engine.scan import ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog
 from engine.store import Store, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "Metrics", "LATENCY_BUCKETS"]
+__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -101,12 +101,12 @@ def _error(resp: falcon.Response, status: str, code: str, message: str, **extra)
     resp.media = {"error": code, "message": message, **extra}
 
 
-def _json_body(req: falcon.Request) -> dict:
-    """The request's JSON object, bounded in size, with a clear error otherwise."""
-    raw = req.bounded_stream.read(_MAX_BODY + 1)
-    if len(raw) > _MAX_BODY:
+def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
+    """The request's JSON object, at most ``max_bytes``, with a clear error otherwise."""
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
         raise falcon.HTTPContentTooLarge(title="request_too_large",
-                                         description=f"body over {_MAX_BODY} bytes")
+                                         description=f"body over {max_bytes} bytes")
     try:
         doc = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -124,7 +124,7 @@ class ScanResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         start = time.perf_counter()
-        doc = _json_body(req)
+        doc = json_body(req)
         actor = {} if doc.get("actor") is None else doc["actor"]
         location = {} if doc.get("location") is None else doc["location"]
         if not isinstance(actor, dict) or not isinstance(location, dict):

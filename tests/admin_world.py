@@ -25,8 +25,7 @@ def build_admin_world(path, **world_options) -> dict:
     The data folder is left open (close ``w["data"]`` before starting a server)."""
     w = build_world(path, **world_options)
     admin = Admin(w["data"])
-    tokens = AdminTokens(w["data"].store, admin.audit)
-    w["tokens"] = {role: tokens.add(f"{role}-1", role, who=WHO)[1] for role in ROLES}
+    w["tokens"] = {role: admin.tokens.add(f"{role}-1", role, who=WHO)[1] for role in ROLES}
     admin.pools.create("launch", total=100_000, name="Launch budget", who=WHO)
     w["admin"] = admin
     return w

@@ -5,6 +5,18 @@ from __future__ import annotations
 from engine import DataFolder
 
 
+class Clock:
+    """A test clock: each call is one second later (injected where the library takes
+    ``clock``). Starts at 1_800_000_000 = 2027-01-15 16:00 China time (08:00 UTC)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
 def build_world(path, *, invalid_threshold: int = 5, serve: dict | None = None,
                 rate_per_minute: int = 600):
     """A small production run: 2 cases of 24 caps on a pallet, activated, shipped to gz-1

@@ -9,6 +9,7 @@ import time
 
 from admin.service import Admin
 from conftest_world import build_world
+from engine import DataFolder
 from server import Server
 
 N_CAPS = 2_000
@@ -66,22 +67,8 @@ def test_small_pool_under_concurrent_scans_across_workers(tmp_path):
     outcomes = {b["rewards"][0]["outcome"] for _, _, b in answers if b["rewards"]}
     assert outcomes <= {"granted", "budget_exhausted", "already_rewarded"}
 
-    with _open(path) as admin:
+    with DataFolder(path) as data:
+        admin = Admin(data)
         entries = admin.ledger.entries(limit=10_000)
         assert sorted(e["seq"] for e in entries) == sorted(r["ledger"] for _, r in granted)
         assert sum(e["amount"] for e in entries) == POOL == admin.pools.status("small")["spent"]
-
-
-class _open:
-    def __init__(self, path):
-        from engine import DataFolder
-
-        self.data = DataFolder(path)
-        self.admin = Admin(self.data)
-
-    def __enter__(self):
-        return self.admin
-
-    def __exit__(self, *exc):
-        self.admin.close()
-        self.data.close()

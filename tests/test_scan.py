@@ -4,19 +4,10 @@ import json
 
 import pytest
 
-from conftest_world import build_world
+from conftest_world import Clock, build_world
 from engine.errors import Banned, Unauthorized
 from engine.scan import ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1_800_000_000.0
-
-    def __call__(self):
-        self.t += 1.0
-        return self.t
 
 
 @pytest.fixture

@@ -24,21 +24,12 @@ from hypothesis import strategies as st
 from admin._util import china_day
 from admin.service import Admin
 from admin.stats import DIMENSIONS, UNKNOWN, Stats
-from conftest_world import build_world
+from conftest_world import Clock, build_world
 from engine.scan import ScanRequest
 
 T0 = 1_800_000_000.0  # 2027-01-15 16:00 China time (08:00 UTC)
 DAY1, DAY2 = "2027-01-15", "2027-01-16"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Clock:
-    def __init__(self):
-        self.t = T0
-
-    def __call__(self):
-        self.t += 1.0
-        return self.t
 
 
 def _world(path):
