@@ -1,27 +1,50 @@
 """gunicorn configuration for `wuma serve` (read by gunicorn with -c).
 
-Settings come from the environment that `wuma serve` sets:
-WUMA_BIND (default 127.0.0.1:8080), WUMA_WORKERS (default: one per core), WUMA_THREADS.
+Settings come from the environment that `wuma serve` sets: WUMA_BIND (default
+127.0.0.1:8080), WUMA_WORKERS (default: one per core), WUMA_WORKER_CLASS (default
+gevent; gthread is the alternative), WUMA_THREADS (gthread only).
 
-NOTE: gthread workers with several threads each: a scan waits on its durable commit
-(fsync), and the other threads' scans join the same commit (group commit), so throughput
-does not collapse to one fsync per scan as it would with sync workers.
+PERF: the worker class was chosen by measurement (benchmarks/bench_http.py, wrk, 16
+keep-alive connections, 2 workers on the 2-core machine): strict-durable scans went
+from ~1.9-2.2k/s under gthread x 16 threads to ~5k/s under gevent. Under gthread a
+scan crossed four threads (accept loop -> pool thread -> committer -> pool thread), and
+perf showed ~38% of the CPU in the kernel waking threads (futex) in this VM. Under
+gevent the requests of a worker are greenlets of one thread; their durable writes
+still group-commit (engine/scanlog.py), with each group's LMDB transaction and fsync
+on a native thread so the greenlets keep running meanwhile.
 """
 
 import json
 import logging
 import os
 
+from gunicorn import glogging
+
 bind = os.environ.get("WUMA_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("WUMA_WORKERS") or len(os.sched_getaffinity(0)))
-worker_class = "gthread"
-threads = int(os.environ.get("WUMA_THREADS") or 16)
+worker_class = os.environ.get("WUMA_WORKER_CLASS") or "gevent"
+threads = int(os.environ.get("WUMA_THREADS") or 16)  # gthread only
+worker_connections = 1000  # gevent: open connections per worker
 keepalive = 5
 timeout = 30
 graceful_timeout = 10
 preload_app = False  # NOTE: every worker opens its own LMDB environment after fork
 accesslog = os.environ.get("WUMA_ACCESS_LOG") or None
 proc_name = "wuma"
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, with the access log built only when it is switched on.
+
+    PERF: with a logconfig_dict, gunicorn formats every request's access-log atoms even
+    when the access logger drops them (~4% of a worker under load)."""
+
+    def access(self, resp, req, environ, request_time):
+        if accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = "engine.gunicorn_conf.Logger"
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,8 +67,7 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        # PERF: with a logconfig_dict gunicorn logs every request unless told not to; the
-        # access log cost ~8% of a worker under load. On only with WUMA_ACCESS_LOG.
+        # NOTE: the access log is on only with WUMA_ACCESS_LOG (see Logger above).
         "gunicorn.access": {"level": "INFO" if accesslog else "CRITICAL", "handlers": ["stderr"],
                             "propagate": False},
     },

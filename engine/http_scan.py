@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,8 @@ __all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKET
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
 _MAX_BODY = 16 * 1024
+_BUCKET_KEYS = tuple(f'wuma_scan_latency_seconds_bucket{{le="{b}"}}' for b in LATENCY_BUCKETS) + (
+    'wuma_scan_latency_seconds_bucket{le="+Inf"}',)
 
 
 class Metrics:
@@ -50,6 +53,8 @@ class Metrics:
         self._lock = threading.Lock()
         self._key = f"pid:{os.getpid()}:{time.time_ns()}".encode()
         self.values: dict[str, float] = {}
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self._latency_sum = 0.0
         self._interval = interval
         self._dirty = False
         threading.Thread(target=self._flusher, daemon=True, name="wuma-metrics").start()
@@ -60,21 +65,29 @@ class Metrics:
             self._dirty = True
 
     def observe_latency(self, seconds: float) -> None:
+        # PERF: one bucket count per scan; the cumulative Prometheus buckets are built at flush
+        i = bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
-            for b in LATENCY_BUCKETS:
-                if seconds <= b:
-                    k = f'wuma_scan_latency_seconds_bucket{{le="{b}"}}'
-                    self.values[k] = self.values.get(k, 0.0) + 1
-            for k, v in (('wuma_scan_latency_seconds_bucket{le="+Inf"}', 1),
-                         ("wuma_scan_latency_seconds_count", 1), ("wuma_scan_latency_seconds_sum", seconds)):
-                self.values[k] = self.values.get(k, 0.0) + v
+            self._latency[i] += 1
+            self._latency_sum += seconds
             self._dirty = True
+
+    def _snapshot(self) -> dict[str, float]:
+        out = dict(self.values)
+        if any(self._latency):
+            n = 0
+            for key, count in zip(_BUCKET_KEYS, self._latency):
+                n += count
+                out[key] = float(n)
+            out["wuma_scan_latency_seconds_count"] = float(n)
+            out["wuma_scan_latency_seconds_sum"] = self._latency_sum
+        return out
 
     def flush(self) -> None:
         with self._lock:
             if not self._dirty:
                 return
-            snapshot, self._dirty = dict(self.values), False
+            snapshot, self._dirty = self._snapshot(), False
         with self._counters.write() as txn:
             txn.put(self._key, pack(snapshot), db=self._db)
 
