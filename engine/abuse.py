@@ -77,6 +77,7 @@ class AbuseGuard:
         self.counters = Store(counters_path, map_size=1 << 32, sync=False)
         self._rate = self.counters.db("rate")
         self._invalid = self.counters.db("invalid")
+        self._evidence = self.counters.db("invalid_evidence")
         self._rate_lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._pending_minute = -1
@@ -125,6 +126,7 @@ class AbuseGuard:
         # early is harmless if the lift is then rolled back.
         with self.counters.write() as ctxn:
             ctxn.delete(subject_.encode(), db=self._invalid)
+            self._take_evidence(ctxn, subject_.encode())
         return Ban(**d)
 
     # -- rate limits ------------------------------------------------------------------
@@ -182,35 +184,67 @@ class AbuseGuard:
                 txn.put(key, pack((minute, (n if m == minute else 0) + k)), db=self._rate)
 
     # -- enumeration ------------------------------------------------------------------
+    def _invalid_count(self, raw: bytes | None) -> tuple[float, int] | None:
+        if raw is None:
+            return None
+        rec = unpack(raw)
+        if isinstance(rec, dict):  # NOTE: the layout before evidence had its own keys
+            return rec["start"], rec["n"]
+        return rec[0], rec[1]
+
     def record_invalid(self, subjects: list[str], code: str, now: float | None = None) -> Ban | None:
-        """Count an invalid code for each subject; ban those over the threshold."""
+        """Count an invalid code for each subject; ban those over the threshold.
+
+        PERF: a subject's count is a small (window start, count) record and each piece of
+        evidence its own key (``subject NUL index``), written once: re-packing a list of
+        50 pieces of evidence on every invalid scan cost ~11 µs.
+        """
         now = time.time() if now is None else now
         lim = self.limits
         to_ban: list[tuple[str, list]] = []
+        evidence = pack([now, str(code)[:_EVIDENCE_CODE_CHARS]])
         with self.counters.write() as txn:
             for s in subjects:
                 key = s.encode()
-                raw = txn.get(key, db=self._invalid)
-                rec = unpack(raw) if raw else {"start": now, "n": 0, "evidence": []}
-                if now - rec["start"] > lim.invalid_window_s:
-                    rec = {"start": now, "n": 0, "evidence": []}
-                rec["n"] += 1
-                if len(rec["evidence"]) < lim.evidence_max:
-                    rec["evidence"].append([now, str(code)[:_EVIDENCE_CODE_CHARS]])
-                if rec["n"] > lim.invalid_threshold:
-                    to_ban.append((s, rec["evidence"]))
+                got = self._invalid_count(txn.get(key, db=self._invalid))
+                if got is None or now - got[0] > lim.invalid_window_s:
+                    if got is not None:
+                        self._take_evidence(txn, key)
+                    start, n = now, 0
+                else:
+                    start, n = got
+                if n < lim.evidence_max:
+                    txn.put(key + b"\0" + n.to_bytes(2, "big"), evidence, db=self._evidence)
+                n += 1
+                if n > lim.invalid_threshold:
+                    to_ban.append((s, self._take_evidence(txn, key)))
                     txn.delete(key, db=self._invalid)
                 else:
-                    txn.put(key, pack(rec), db=self._invalid)
+                    txn.put(key, pack((start, n)), db=self._invalid)
         first = None
         if to_ban:
             with self._store.write() as txn:
-                for s, evidence in to_ban:
+                for s, ev in to_ban:
                     ban = Ban(s, f"more than {lim.invalid_threshold} invalid codes in "
-                                 f"{lim.invalid_window_s} s", now, now + lim.ban_s, evidence)
+                                 f"{lim.invalid_window_s} s", now, now + lim.ban_s, ev)
                     txn.put(s.encode(), pack(ban.to_dict()), db=self._bans)
                     first = first or ban
         return first
+
+    def _take_evidence(self, txn, key: bytes) -> list:
+        """Read and delete a subject's evidence entries, oldest first."""
+        prefix = key + b"\0"
+        out = []
+        cur = txn.cursor(db=self._evidence)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if len(cur.key()) == len(prefix) + 2:  # not a longer subject's entries
+                    out.append(unpack(cur.value()))
+                    if not cur.delete():
+                        break
+                elif not cur.next():
+                    break
+        return out
 
     def sweep(self, now: float | None = None) -> int:
         """Drop stale counters (old minutes, expired windows); returns entries removed."""
@@ -220,11 +254,13 @@ class AbuseGuard:
         with self._rate_lock:
             self._flush_rate(now)
         with self.counters.write() as txn:
-            for db, stale in ((self._rate, lambda v: v[0] < minute),
-                              (self._invalid, lambda v: now - v["start"] > self.limits.invalid_window_s)):
-                cur = txn.cursor(db=db)
-                for key, raw in list(cur):
-                    if stale(unpack(raw)):
-                        txn.delete(key, db=db)
-                        removed += 1
+            for key, raw in list(txn.cursor(db=self._rate)):
+                if unpack(raw)[0] < minute:
+                    txn.delete(key, db=self._rate)
+                    removed += 1
+            for key, raw in list(txn.cursor(db=self._invalid)):
+                if now - self._invalid_count(raw)[0] > self.limits.invalid_window_s:
+                    txn.delete(key, db=self._invalid)
+                    self._take_evidence(txn, key)
+                    removed += 1
         return removed

@@ -51,6 +51,31 @@ def test_invalid_window_resets(guard):
         assert guard.record_invalid([dev], "X", now=1000.0 + 61 * i) is None
 
 
+def test_evidence_is_per_subject_and_restarts_with_the_window(guard):
+    """Evidence of a subject whose id extends another's (a NUL in a device id) stays its
+    own; a new window starts with new evidence; the ban lists at most evidence_max codes."""
+    short, longer = subject("device", "d"), subject("device", "d\0\0\1")
+    guard.record_invalid([longer], "LONG0", now=10.0)
+    guard.record_invalid([short], "OLD", now=10.0)
+    for i in range(3):  # a new window for `short`: OLD is forgotten
+        assert guard.record_invalid([short, longer], f"NEW{i}", now=100.0 + i) is None
+    ban = guard.record_invalid([short], "NEW3", now=103.0)
+    assert [c for _, c in ban.evidence] == ["NEW0", "NEW1", "NEW2", "NEW3"]
+    ban = guard.record_invalid([longer], "LONG4", now=105.0)
+    assert [c for _, c in ban.evidence] == ["NEW0", "NEW1", "NEW2", "LONG4"]
+
+
+def test_evidence_is_capped(tmp_path):
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", AbuseLimits(invalid_threshold=30, evidence_max=5))
+    ip = subject("ip", "203.0.113.7")
+    bans = [g.record_invalid([ip], f"C{i}", now=1.0 + i) for i in range(31)]
+    assert bans[:30] == [None] * 30
+    assert [c for _, c in bans[30].evidence] == ["C0", "C1", "C2", "C3", "C4"]
+    g.close()
+    store.close()
+
+
 def test_sweep_drops_stale_counters(guard):
     guard.over_rate([subject("ip", "a")], now=0.0)
     guard.record_invalid([subject("ip", "a")], "X", now=0.0)
