@@ -111,7 +111,8 @@ class Admin:
     def scan_pipeline(self, **options) -> ScanPipeline:
         """The scan pipeline with campaign rewards (what ``wuma serve`` runs)."""
         return ScanPipeline(self.data.codes, self.aggregation, self.scans, self.data.abuse,
-                            self.data.accounts, hooks=[self.rewards], clock=self._clock, **options)
+                            self.data.accounts, hooks=[self.rewards], regions=self.data.regions,
+                            clock=self._clock, **options)
 
     def close(self) -> None:
         if "scans" in self.__dict__:

@@ -94,6 +94,78 @@ def run_wrk(port: int, path: str, bodies: list[dict], *, seconds: float, connect
             "statuses": statuses, "seconds": elapsed, "client": "wrk"}
 
 
+_WRK_FLOOD = """
+local alphabet = "%(alphabet)s"
+local limit = %(n)d
+local counts = {}
+local not_invalid = 0
+local answered = 0
+math.randomseed(%(seed)d)
+request = function()
+  local t = {"1"}  -- the real key version: the hardest case
+  for i = 2, %(length)d do local k = math.random(1, #alphabet); t[i] = alphabet:sub(k, k) end
+  return wrk.format("POST", "/v1/scans", {["Content-Type"] = "application/json",
+    ["X-Forwarded-For"] = "%(ip)s"}, '{"code":"' .. table.concat(t) .. '","device":"bot"}')
+end
+response = function(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+  if status == 200 and not body:find('"verdict": *"invalid"') then not_invalid = not_invalid + 1 end
+  answered = answered + 1
+  if answered == limit then
+    -- NOTE: wrk runs for its whole -d even after a thread stops: the figures go to a file
+    -- and the caller stops wrk when it sees the END line.
+    local f = io.open("%(out)s", "w")
+    for k, v in pairs(counts) do f:write(string.format("STATUS %%d %%d\\n", k, v)) end
+    f:write(string.format("NOTINVALID %%d\\nEND\\n", not_invalid))
+    f:close()
+    wrk.thread:stop()
+  end
+end
+"""
+
+
+def run_wrk_flood(port: int, n: int, *, alphabet: str, length: int, ip: str,
+                  max_seconds: float = 900.0, seed: int = 7) -> dict:
+    """``n`` scans of random well-formed codes (key version 1, then random characters)
+    from one client IP on one wrk connection; returns the answers' statuses, how many 200
+    answers were not ``invalid`` (must be 0), requests/s and seconds."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        script, out = os.path.join(tmp, "flood.lua"), os.path.join(tmp, "flood.out")
+        with open(script, "w") as fh:
+            fh.write(_WRK_FLOOD % {"alphabet": alphabet, "n": n, "seed": seed, "length": length,
+                                   "ip": ip, "out": out})
+        start = time.perf_counter()
+        proc = subprocess.Popen(["wrk", "-t", "1", "-c", "1", "-d", f"{max_seconds:g}s", "-s", script,
+                                 f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL)
+        text = ""
+        try:
+            while not text.endswith("END\n") and proc.poll() is None:
+                time.sleep(0.05)
+                if os.path.exists(out):
+                    with open(out) as fh:
+                        text = fh.read()
+            elapsed = time.perf_counter() - start
+        finally:
+            proc.kill()
+            proc.wait()
+    if not text.endswith("END\n"):
+        raise RuntimeError(f"the flood did not reach {n:,} answers in {max_seconds:g} s")
+    statuses: dict[int, int] = {}
+    not_invalid = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[0] == "STATUS":
+            statuses[int(parts[1])] = int(parts[2])
+        elif parts[0] == "NOTINVALID":
+            not_invalid = int(parts[1])
+    return {"statuses": statuses, "not_invalid": not_invalid, "requests": n, "rps": n / elapsed,
+            "seconds": elapsed}
+
+
 def run_load(port: int, path: str, bodies: list[dict], *, seconds: float = 5.0,
              processes: int = 2, connections: int = 8) -> dict:
     import os

@@ -303,12 +303,13 @@ from cli.packs import line, pack  # noqa: E402
 cli.add_command(line); cli.add_command(pack)
 
 
-from cli.scan import account, alerts, bans, serve  # noqa: E402
+from cli.scan import account, alerts, bans, region, serve  # noqa: E402
 
 cli.add_command(account)
 cli.add_command(bans)
 cli.add_command(serve)
 cli.add_command(alerts)
+cli.add_command(region)
 
 
 from cli.admin import admin_token, campaign, ledger, payout, pool, product, voucher  # noqa: E402

@@ -1,10 +1,12 @@
-"""`wuma account` and `wuma bans`: who may scan, and who is blocked."""
+"""`wuma account`, `wuma bans`, `wuma region` and `wuma serve`: who may scan, who is
+blocked, where scans happen, and the server."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -99,6 +101,54 @@ def bans_lift(admin, subject, as_json):
     """
     b = admin.lift_ban(subject, who=cli_user())
     emit(b.to_dict(), as_json, f"ban on {b.subject} lifted")
+
+
+@click.group()
+def region():
+    """Division centres, so that a scan with only lat/lng gets its region code.
+
+    Example: wuma region import county-centres.csv
+    """
+
+
+@region.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def region_import(data, csv_file, as_json):
+    """Load code,lat,lng rows (all or none); running servers pick them up on restart.
+
+    Example: wuma region import county-centres.csv
+    """
+    n = data.regions.import_csv(csv_file)
+    emit({"imported": n}, as_json, f"{n} division centres loaded")
+
+
+@region.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_data
+def region_list(data, as_json):
+    """The division centres known.
+
+    Example: wuma region list
+    """
+    for code, lat, lng in data.regions.list():
+        emit({"code": code, "lat": lat, "lng": lng}, as_json, f"{code}\t{lat:.5f}\t{lng:.5f}")
+
+
+@region.command("locate")
+@click.argument("lat", type=float)
+@click.argument("lng", type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def region_locate(data, lat, lng, as_json):
+    """The region a scan at this position is counted in (nearest centre within reach).
+
+    Example: wuma region locate 23.129 113.264
+    """
+    code = data.regions.locate(lat, lng)
+    emit({"lat": lat, "lng": lng, "region": code}, as_json,
+         code or f"no division centre within {data.regions.max_km:g} km")
 
 
 @click.command()

@@ -24,6 +24,7 @@ from engine.codes import CodeEngine
 from engine.errors import DataFolderError
 from engine.formats import FORMATS, validate_url_base
 from engine.keys import KeyRing
+from engine.regions import RegionTable
 from engine.spec import PackagingSpec, load_preset
 from engine.store import Store
 
@@ -102,6 +103,11 @@ class DataFolder:
     def abuse(self) -> AbuseGuard:
         """Rate limits and bans; counters in ``<data>/db-counters`` (not synced)."""
         return AbuseGuard(self.store, self.path / "db-counters", AbuseLimits(**self.config.get("abuse", {})))
+
+    @cached_property
+    def regions(self) -> RegionTable:
+        """Division centres for lat/lng -> region (``wuma region import``)."""
+        return RegionTable(self.store, **self.config.get("regions", {}))
 
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
         """Register a batch under the current key version (metadata only)."""

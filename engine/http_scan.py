@@ -249,7 +249,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     cfg = data.config.get("serve", {})
     if pipeline is None:
         pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
-                                data.accounts, clock=clock)
+                                data.accounts, regions=data.regions, clock=clock)
     metrics = Metrics(data.abuse.counters)  # NOTE: one LMDB env per path per process
     client_ip = make_client_ip(frozenset(cfg.get("trusted_proxies", [])), cfg.get("proxy_header"))
     app = falcon.App()

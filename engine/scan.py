@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from engine.abuse import AbuseGuard, subject
@@ -24,6 +24,7 @@ from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
 from engine.aggregation import Aggregation, unit_id
 from engine.codes import CodeEngine
 from engine.errors import Banned, RateLimited, Unauthorized
+from engine.regions import RegionTable
 from engine.scanlog import ScanLog, ScanRecord
 
 __all__ = ["ScanRequest", "ScanResult", "ScanPipeline", "ScanContext", "DEFAULT_ROLE_RULES",
@@ -157,6 +158,7 @@ class ScanPipeline:
                  abuse: AbuseGuard, accounts: AccountRegistry, *,
                  role_rules: dict[str, frozenset] | None = None, copy_regions: int = 3,
                  copy_devices: int = 5, hooks: list[CampaignHook] | None = None,
+                 regions: RegionTable | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.codes = codes
         self.aggregation = aggregation
@@ -167,6 +169,7 @@ class ScanPipeline:
         self.copy_regions = copy_regions
         self.copy_devices = copy_devices
         self.hooks = list(hooks or [])
+        self.regions = regions
         self.clock = clock
 
     def _subjects(self, req: ScanRequest, account_id: str | None) -> list[str]:
@@ -203,6 +206,11 @@ class ScanPipeline:
             return ScanResult("invalid")
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.trace_unit(uid, history=False)
+        located = False
+        if req.region is None and req.lat is not None and req.lng is not None and self.regions is not None:
+            region = self.regions.locate(req.lat, req.lng)
+            if region is not None:  # diversion, campaigns and the record use it from here on
+                req, located = replace(req, region=region), True
         flags: list[str] = []
         verdict = _unit_verdict(trace)
         if v.role not in self.role_rules.get(req.actor_role, ()):
@@ -226,14 +234,16 @@ class ScanPipeline:
                  "ip": req.ip, "flags": flags}
         if req.lat is not None and req.lng is not None:
             event["lat"], event["lng"] = req.lat, req.lng
+        if located:
+            event["region_from"] = "latlng"
         if diversion:
             event["diverted"] = diversion
         role_index = self.codes.spec.role(v.role).index
-        record = self.scans.record(uid, role_index, event, _chain(settles))
+        record = self.scans.record(uid, role_index, event, _chain(settles),
+                                   (self.copy_regions, self.copy_devices) if verdict == "genuine" else None)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
         rewards = [r for r in record.rewards if "rebate" not in r]
-        if verdict == "genuine" and (len(record.regions) >= self.copy_regions
-                                     or record.devices >= self.copy_devices):
+        if record.copied:
             flags.append("copied")
         return _result(verdict, v, trace, record, flags=tuple(flags), diversion=diversion,
                        rewards=tuple(rewards))

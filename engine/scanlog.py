@@ -50,6 +50,7 @@ class ScanRecord:
     regions: tuple = ()  # distinct regions seen (at most DISTINCT_MAX)
     devices: int = 0  # distinct devices seen (capped at DISTINCT_MAX)
     rewards: tuple = ()  # what the settle function granted (campaign outcomes), stored in the event
+    copied: bool = False  # this scan reached the copy thresholds (flag stored in the event too)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -140,19 +141,22 @@ class ScanLog:
         self._closed = False
 
     # -- writing ----------------------------------------------------------------------
-    def record(self, unit_id: int, role_index: int, event: dict, settle=None) -> ScanRecord:
+    def record(self, unit_id: int, role_index: int, event: dict, settle=None,
+               copy_at: tuple[int, int] | None = None) -> ScanRecord:
         """Apply one scan durably; returns the code's updated scan record.
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
         it is stored as the scan event with its sequence number. ``settle(txn, seq)``, if
         given, runs inside the same write transaction (nested: if it raises, only its own
         writes are undone) and returns the rewards stored with the event — so a reward and
-        its scan are committed together or not at all.
+        its scan are committed together or not at all. ``copy_at = (regions, devices)``:
+        when the code has now been seen in that many distinct regions or on that many
+        devices, the event gets the flag ``copied`` and the record says ``copied``.
         """
         if self._thread is None:
             self._start()
         waiter = self._new_waiter()
-        self._queue.put((unit_id, role_index, event, settle, waiter))
+        self._queue.put((unit_id, role_index, event, settle, copy_at, waiter))
         return waiter.get()
 
     def _start(self) -> None:
@@ -195,13 +199,13 @@ class ScanLog:
         with self._store.write() as txn:
             # PERF: the group's sequence numbers are taken at once (one counter update)
             first = self._store.current_id(txn, "scan_event") + 1
-            out = [self._apply(txn, first + i, unit_id, role_index, event, settle)
-                   for i, (unit_id, role_index, event, settle, _) in enumerate(group)]
+            out = [self._apply(txn, first + i, unit_id, role_index, event, settle, copy_at)
+                   for i, (unit_id, role_index, event, settle, copy_at, _) in enumerate(group)]
             self._store.set_id(txn, "scan_event", first + len(group) - 1)
             return out
 
-    def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None
-               ) -> ScanRecord:
+    def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
+               copy_at: tuple[int, int] | None = None) -> ScanRecord:
         key = _record_key(unit_id, role_index)
         raw = txn.get(key, db=self._records)
         at = float(event["at"])
@@ -217,6 +221,9 @@ class ScanLog:
                 rec[slot].append(value)
         txn.put(key, pack(rec), db=self._records)
         stored = {**event, "unit": unit_id, "role": role_index, "seq": seq, "count": rec[0]}
+        copied = copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
+        if copied:
+            stored["flags"] = [*event.get("flags", ()), "copied"]
         rewards = self._settle(txn, seq, settle) if settle is not None else ()
         if rewards:
             stored["rewards"] = rewards
@@ -225,7 +232,7 @@ class ScanLog:
         if diverted:
             # Alerts by distributor: key = distributor id, NUL, seq (listed per distributor).
             txn.put(diverted["distributor"].encode() + b"\0" + u64(seq), pack(stored), db=self._alerts)
-        return self._to_record(rec, seq, tuple(rewards))
+        return self._to_record(rec, seq, tuple(rewards), copied)
 
     def _settle(self, txn, seq: int, settle) -> list:
         sub = self._store.env.begin(write=True, parent=txn)
@@ -239,9 +246,9 @@ class ScanLog:
         return rewards
 
     @staticmethod
-    def _to_record(rec: list, seq: int, rewards: tuple = ()) -> ScanRecord:
+    def _to_record(rec: list, seq: int, rewards: tuple = (), copied: bool = False) -> ScanRecord:
         return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq, tuple(rec[6]), len(rec[7]),
-                          rewards)
+                          rewards, copied)
 
     def close(self) -> None:
         with self._lock:

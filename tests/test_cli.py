@@ -127,3 +127,19 @@ def test_accounts_and_bans(run):
     assert run("bans", "list").output == ""
     res = run("bans", "lift", "ip:1.2.3.4", ok=False)
     assert "no ban for ip:1.2.3.4" in res.output
+
+
+def test_region_import_list_locate(run, tmp_path):
+    run("init")
+    centres = tmp_path / "centres.csv"
+    centres.write_text("code,lat,lng\n440106,23.1256,113.3618\n330106,30.2741,120.1551\n")
+    assert "2 division centres loaded" in run("region", "import", str(centres)).output
+    assert run("region", "locate", "23.13", "113.35").output.strip() == "440106"
+    assert "no division centre within 30 km" in run("region", "locate", "31.23", "121.47").output
+    assert [json.loads(x)["code"] for x in run("region", "list", "--json").output.splitlines()] == [
+        "330106", "440106"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("110105,39.92\n")
+    res = run("region", "import", str(bad), ok=False)
+    assert res.exit_code == 1 and "bad.csv:1: expected code,lat,lng" in res.output
+    assert "Traceback" not in res.output

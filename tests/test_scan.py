@@ -90,6 +90,31 @@ def test_copied_code_flag(world):
     regions = ["440101", "440103", "440106"]
     results = [_scan(world, inner, region=r, device=f"d{i}") for i, r in enumerate(regions)]
     assert "copied" not in results[0].flags and "copied" in results[-1].flags
+    # the flag is evidence: it is stored with the scan event, not only answered
+    events = world["pipe"].scans.events(limit=10)
+    assert ["copied" in e["flags"] for e in events] == [False, False, True]
+
+
+def test_position_without_region_is_located(world, tmp_path):
+    """A scan with only lat/lng is counted in the nearest division centre within reach:
+    diversion is judged on it and the event says where the region came from."""
+    world["data"].regions.put([("440106", 23.1256, 113.3618),  # Tianhe, Guangzhou (gz-1's 4401)
+                               ("330106", 30.2741, 120.1551)])  # Xihu, Hangzhou
+    pipe = ScanPipeline(world["data"].codes, world["agg"], world["pipe"].scans, world["data"].abuse,
+                        world["data"].accounts, regions=world["data"].regions, clock=world["clock"])
+    inner = world["data"].codes.code(world["caps"], 7, "cap_inner")
+    home = pipe.scan(ScanRequest(inner, lat=23.13, lng=113.33, device="p1"))
+    assert home.flags == () and home.scan.last_region == "440106"
+    away = pipe.scan(ScanRequest(inner, lat=30.25, lng=120.16, device="p2"))
+    assert "diverted" in away.flags and away.diversion["region"] == "330106"
+    nowhere = pipe.scan(ScanRequest(inner, lat=45.0, lng=90.0, device="p3"))  # no centre near
+    assert "diverted" not in nowhere.flags and nowhere.scan.last_region is None
+    given = pipe.scan(ScanRequest(inner, region="440103", lat=30.25, lng=120.16, device="p4"))
+    assert "diverted" not in given.flags  # a region code given by the front end wins
+    events = pipe.scans.events(limit=10)
+    assert [(e["region"], e.get("region_from")) for e in events] == [
+        ("440106", "latlng"), ("330106", "latlng"), (None, None), ("440103", None)]
+    assert [e["lat"] for e in events] == [23.13, 30.25, 45.0, 30.25]
 
 
 def test_enumeration_ban(world):

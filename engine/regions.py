@@ -1,0 +1,125 @@
+"""Where a scan happened, from its coordinates: lat/lng -> administrative division code.
+
+A scan carries a region code (行政区划代码, e.g. ``440106``) and/or a position from the
+phone. When only the position is given, diversion checks need the region: the
+:class:`RegionTable` answers with the nearest known division centre within ``max_km``
+(default 30 km), or None when nothing is that close.
+
+The centres are data the operator loads (``wuma region import centres.csv``, columns
+``code,lat,lng``, e.g. the county-level centres of the national division list): Wuma ships
+no map. Without a table, positions are still recorded with the scan, and no region is
+derived from them.
+
+PERF: centres are bucketed into a 0.5° grid in memory; a lookup measures the distance
+to the centres of the nine cells around the point only (a few dozen at county level).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+from engine.store import Store, pack, unpack
+
+__all__ = ["RegionTable", "DEFAULT_MAX_KM"]
+
+DEFAULT_MAX_KM = 30.0
+_CELL = 0.5  # degrees
+_CODE = re.compile(r"^\d{2,12}$")
+_EARTH_KM = 6371.0
+
+
+def _cell(lat: float, lng: float) -> tuple[int, int]:
+    return int(math.floor(lat / _CELL)), int(math.floor(lng / _CELL))
+
+
+def _km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _check(code: str, lat: float, lng: float) -> tuple[str, float, float]:
+    if not isinstance(code, str) or not _CODE.match(code):
+        raise ValueError(f"region code {code!r} must be 2 to 12 digits, such as 440106")
+    try:
+        lat, lng = float(lat), float(lng)
+    except (TypeError, ValueError):
+        raise ValueError(f"region {code}: lat and lng must be numbers") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        raise ValueError(f"region {code}: lat must be in [-90, 90] and lng in [-180, 180]")
+    return code, lat, lng
+
+
+class RegionTable:
+    """Division centres in the data folder's store, and the nearest-centre lookup."""
+
+    def __init__(self, store: Store, max_km: float = DEFAULT_MAX_KM) -> None:
+        if not max_km > 0:
+            raise ValueError("max_km must be positive")
+        self._store = store
+        self._db = store.db("region_centres")
+        self.max_km = max_km
+        self._grid: dict[tuple[int, int], list[tuple[str, float, float]]] | None = None
+
+    # -- editing ------------------------------------------------------------------------
+    def put(self, rows) -> int:
+        """Add or replace centres: ``(code, lat, lng)`` rows, all or none. Returns how
+        many. Workers already running see them after a restart (``kill -HUP``)."""
+        checked = [_check(*row) for row in rows]
+        with self._store.write() as txn:
+            for code, lat, lng in checked:
+                txn.put(code.encode(), pack((lat, lng)), db=self._db)
+        self._grid = None
+        return len(checked)
+
+    def import_csv(self, path: Path) -> int:
+        """Load ``code,lat,lng`` rows (a header line is allowed); a bad row rejects the
+        whole file with its line number."""
+        rows = []
+        with open(path, newline="", encoding="utf-8") as fh:
+            for n, row in enumerate(csv.reader(fh), 1):
+                if not row or (n == 1 and row[0].strip().lower() == "code"):
+                    continue
+                if len(row) != 3:
+                    raise ValueError(f"{path}:{n}: expected code,lat,lng")
+                try:
+                    rows.append(_check(row[0].strip(), row[1], row[2]))
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: {e}") from None
+        return self.put(rows)
+
+    def list(self) -> list[tuple[str, float, float]]:
+        with self._store.read() as txn:
+            return [(k.decode(), *unpack(v)) for k, v in txn.cursor(db=self._db)]
+
+    # -- lookup -------------------------------------------------------------------------
+    def _load(self) -> dict:
+        grid: dict[tuple[int, int], list] = {}
+        for code, lat, lng in self.list():
+            grid.setdefault(_cell(lat, lng), []).append((code, lat, lng))
+        self._grid = grid
+        return grid
+
+    def locate(self, lat: float, lng: float) -> str | None:
+        """The code of the nearest centre within ``max_km``, or None."""
+        grid = self._grid if self._grid is not None else self._load()
+        if not grid:
+            return None
+        ci, cj = _cell(lat, lng)
+        # NOTE: a cell is ~55 km high and 55 km x cos(lat) wide: look as many cells
+        # around as max_km needs in each direction.
+        cell_km = 111.2 * _CELL
+        reach_i = max(1, math.ceil(self.max_km / cell_km))
+        reach_j = min(360, max(1, math.ceil(self.max_km / max(1e-3, cell_km * math.cos(math.radians(lat))))))
+        best, best_km = None, self.max_km
+        for i in range(ci - reach_i, ci + reach_i + 1):
+            for j in range(cj - reach_j, cj + reach_j + 1):
+                for code, clat, clng in grid.get((i, j), ()):
+                    d = _km(lat, lng, clat, clng)
+                    if d <= best_km:
+                        best, best_km = code, d
+        return best

@@ -1,0 +1,69 @@
+"""lat/lng -> administrative division code, from the centres an operator loads."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.regions import RegionTable, _km
+from engine.store import Store
+
+
+@pytest.fixture
+def table(tmp_path):
+    store = Store(tmp_path / "db")
+    yield RegionTable(store)
+    store.close()
+
+
+def test_nearest_centre_within_reach(table):
+    table.put([("440106", 23.1256, 113.3618), ("440103", 23.1292, 113.2443), ("110105", 39.9219, 116.4436)])
+    assert table.locate(23.13, 113.35) == "440106"
+    assert table.locate(23.13, 113.25) == "440103"
+    assert table.locate(39.90, 116.40) == "110105"
+    assert table.locate(31.23, 121.47) is None  # Shanghai: no centre within 30 km
+    assert RegionTable(table._store, max_km=1500).locate(31.23, 121.47) == "110105"
+
+
+def test_import_is_all_or_nothing_with_line_numbers(table, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("code,lat,lng\n440106,23.1256,113.3618\n330106,30.2741,120.1551\n")
+    assert table.import_csv(good) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("110105,39.92,116.44\n310101,31.2,not-a-number\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: region 310101: lat and lng must be numbers"):
+        table.import_csv(bad)
+    with pytest.raises(ValueError, match="2 to 12 digits"):
+        table.put([("Guangzhou", 23.1, 113.3)])
+    with pytest.raises(ValueError, match=r"lat must be in"):
+        table.put([("440106", 123.1, 113.3)])
+    assert [c for c, *_ in table.list()] == ["330106", "440106"]
+    assert RegionTable(table._store).locate(30.27, 120.15) == "330106"  # read back from the store
+
+
+def test_no_table_no_region(table):
+    assert table.locate(23.13, 113.35) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-60, 60), st.floats(-179, 179)), min_size=1, max_size=40),
+       st.floats(-60, 60), st.floats(-179, 179), st.sampled_from([5.0, 30.0, 80.0]))
+def test_grid_lookup_equals_brute_force(tmp_path_factory, centres, lat, lng, max_km):
+    """The grid only prunes: the answer is the nearest centre within max_km, as a scan of
+    every centre finds it (ties aside)."""
+    store = Store(tmp_path_factory.mktemp("regions"))
+    try:
+        t = RegionTable(store, max_km=max_km)
+        rows = [(f"{i + 10:02d}", a, b) for i, (a, b) in enumerate(centres)]
+        t.put(rows)
+        # a probe near a centre, so that "within reach" happens often
+        lat, lng = rows[0][1] + (lat - rows[0][1]) * 0.002, rows[0][2] + (lng - rows[0][2]) * 0.002
+        dists = sorted((_km(lat, lng, a, b), code) for code, a, b in rows)
+        want = dists[0][1] if dists[0][0] <= max_km else None
+        got = t.locate(lat, lng)
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None and abs(_km(lat, lng, *dict((c, (a, b)) for c, a, b in rows)[got])
+                                           - dists[0][0]) < 1e-9
+    finally:
+        store.close()
