@@ -33,6 +33,23 @@ accesslog = os.environ.get("WUMA_ACCESS_LOG") or None
 proc_name = "wuma"
 
 
+def post_request(worker, req, environ, resp) -> None:
+    """Under gevent, let the worker's other connections run between two requests.
+
+    NOTE: a greenlet gives the others a turn only when it waits. A client that sends its
+    next request as soon as it has an answer (a flood of forged codes, refused from
+    memory in microseconds) always finds data waiting and never waits: measured, genuine
+    clients on that worker went from p99 4 ms to 359-746 ms, some timing out. Yielding
+    here once per request keeps them at their usual latency.
+    """
+    if worker_class == "gevent":
+        _gevent_sleep(0)
+
+
+if worker_class == "gevent":
+    from gevent import sleep as _gevent_sleep
+
+
 class Logger(glogging.Logger):
     """gunicorn's logger, with the access log built only when it is switched on.
 

@@ -1,0 +1,69 @@
+"""Closed-loop genuine scans through the pipeline in one process, as a server worker runs
+them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads]``.
+
+Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan. Under
+``gevent`` the callers are greenlets and the standard library is monkey-patched first,
+exactly as in gunicorn's gevent worker (so it must be its own process).
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__" and sys.argv[4:5] == ["gevent"]:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def main(path: str, callers: int, seconds: float, mode: str) -> dict:
+    from engine import DataFolder
+    from engine.aggregation import Aggregation
+    from engine.scan import ScanPipeline, ScanRequest
+    from engine.scanlog import ScanLog
+
+    data = DataFolder(Path(path))
+    scans = ScanLog(data.store)
+    pipeline = ScanPipeline(data.codes, Aggregation(data), scans, data.abuse, data.accounts)
+    caps = data.batches.find(1)  # NOTE: tests/conftest_world.build_world's caps
+    assert caps is not None and caps.level == "cap", "expected build_world's data folder"
+    reqs = [ScanRequest(code=data.codes.code(caps, i, "cap_inner"), actor_id=f"wx-{i}", region="440106",
+                        device=f"dev-{i}", ip="198.51.100.7") for i in range(caps.count)]
+    for r in reqs:  # warm-up: numba kernels, caches
+        pipeline.scan(r)
+    counts = [0] * callers
+    deadline = time.perf_counter() + seconds
+
+    def run(k: int) -> None:
+        i, n = k, 0
+        while time.perf_counter() < deadline:
+            assert pipeline.scan(reqs[i % len(reqs)]).verdict == "genuine"
+            i += callers
+            n += 1
+        counts[k] = n
+
+    cpu0, start = time.process_time(), time.perf_counter()
+    if mode == "gevent":
+        import gevent
+
+        gevent.joinall([gevent.spawn(run, k) for k in range(callers)])
+    else:
+        ths = [threading.Thread(target=run, args=(k,)) for k in range(callers)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    n = sum(counts)
+    scans.close()
+    data.close()
+    return {"scans": n, "seconds": wall, "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])))
