@@ -10,8 +10,8 @@ from ~1.9-2.2k/s under gthread x 16 threads to ~5k/s under gevent. Under gthread
 scan crossed four threads (accept loop -> pool thread -> committer -> pool thread), and
 perf showed ~38% of the CPU in the kernel waking threads (futex) in this VM. Under
 gevent the requests of a worker are greenlets of one thread; their durable writes
-still group-commit (engine/scanlog.py), with each group's LMDB transaction and fsync
-on a native thread so the greenlets keep running meanwhile.
+still group-commit (engine/scanlog.py): every request waiting at that moment shares one
+LMDB transaction and one fsync.
 """
 
 import json
@@ -93,4 +93,5 @@ logconfig_dict = {
 # NOTE: gunicorn >= 24 opens a control socket at one fixed path per user; several servers
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.
 control_socket_disable = True
+
 
