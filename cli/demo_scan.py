@@ -12,13 +12,15 @@ import json
 from cli.demo import http_json, step
 
 
-
 @step
 def scans(d) -> None:
     print("\n== Scanning through the HTTP API (wuma serve, gunicorn on 127.0.0.1)")
     with open(d.work / "agg-caps.csv", newline="") as fh:
         rows = list(csv.reader(fh))[1:]
     activated_inner, other_inner = rows[0][2], rows[-1][2]
+    centres = d.work / "division-centres.csv"  # a two-row stand-in for the national list
+    centres.write_text("code,lat,lng\n440106,23.1256,113.3618\n330106,30.2741,120.1551\n")
+    d.wuma("region", "import", str(centres))
     with d.serve() as url:
         forged = activated_inner[:-1] + ("0" if activated_inner[-1] != "0" else "1")
         cases = [
@@ -30,6 +32,8 @@ def scans(d) -> None:
             ("a real code not yet activated", {"code": other_inner, "device": "phone-3"}),
             ("the genuine cap scanned in Hangzhou (outside gz-01's 4401)",
              {"code": activated_inner, "location": {"region": "330106"}, "device": "phone-4"}),
+            ("the same cap from a phone in Hangzhou that sends only its position",
+             {"code": activated_inner, "location": {"lat": 30.26, "lng": 120.17}, "device": "phone-5"}),
         ]
         for title, body in cases:
             status, answer = http_json(url, "/v1/scans", body)
