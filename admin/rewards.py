@@ -133,12 +133,14 @@ class RewardEngine:
         if register and scan["actor"]:
             txn.put(u64(scan["unit"]), scan["actor"].encode(), db=self._store_units, overwrite=False)
         out: list[dict] = []
+        charges = self.pools.charges(txn)
         for c, amount, voucher_id in draws:
-            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id))
+            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id, charges))
+        charges.flush()
         return out
 
     def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
-                         voucher_id: str | None) -> list[dict]:
+                         voucher_id: str | None, charges) -> list[dict]:
         base = {"campaign": c.id, "name": c.name}
         if self.campaigns.status_in(txn, c.id) != "active":  # paused/closed since the index was read
             return [{**base, "outcome": "campaign_inactive"}]
@@ -176,10 +178,10 @@ class RewardEngine:
         if amount == 0:
             results.append({**base, "outcome": "no_win"})
         else:
-            charged = self.pools.charge(txn, c.pool, amount, scan["region"], scan["at"])
+            charged = charges.charge(c.pool, amount, scan["region"], scan["at"])
             if not charged and reward["kind"] == "all_win" and amount > reward["min_amount"]:
                 amount = reward["min_amount"]
-                charged = self.pools.charge(txn, c.pool, amount, scan["region"], scan["at"])
+                charged = charges.charge(c.pool, amount, scan["region"], scan["at"])
             if not charged:
                 results.append({**base, "outcome": "budget_exhausted"})
             elif reward["payout"] == "voucher":
@@ -202,7 +204,7 @@ class RewardEngine:
                 results.append({**base, "outcome": "granted", "amount": amount, "unit": unit,
                                 "ledger": lseq})
         for rebate in rule["rebates"]:
-            results.append(self._rebate(txn, seq, scan, c, rebate, entry))
+            results.append(self._rebate(txn, seq, scan, c, rebate, entry, charges))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -211,7 +213,7 @@ class RewardEngine:
             unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
         return unit
 
-    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, entry: dict) -> dict:
+    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, entry: dict, charges) -> dict:
         base = {"campaign": c.id, "name": c.name, "rebate": rebate["to"]}
         if scan["diverted"]:
             return {**base, "outcome": "withheld_diverted"}
@@ -226,7 +228,7 @@ class RewardEngine:
                     break
         if who is None:
             return {**base, "outcome": "no_beneficiary"}
-        if not self.pools.charge(txn, c.pool, rebate["amount"], scan["region"], scan["at"]):
+        if not charges.charge(c.pool, rebate["amount"], scan["region"], scan["at"]):
             return {**base, "outcome": "budget_exhausted"}
         b = {"role": rebate["to"], "id": who}
         lseq = self.ledger.append(txn, {**entry, "kind": "grant", "amount": rebate["amount"],
