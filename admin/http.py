@@ -192,19 +192,24 @@ def _public_voucher(v: dict) -> dict:
     return {k: v.get(k) for k in _PUBLIC_VOUCHER}
 
 
-class VoucherResource:
+class AdminResource:
+    """A resource over the :class:`Admin` facade. Subclasses name, per HTTP method, the
+    permission a token needs (``permissions``; checked by :class:`AdminAuth`)."""
+
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
 
+
+class VoucherResource(AdminResource):
     def on_get(self, req, resp, voucher: str) -> None:
         if not voucher.strip():  # NOTE: an empty LMDB key is an error, not a miss
             raise NotFound("no such voucher")
         resp.media = _public_voucher(self.admin.rewards.voucher(voucher))
 
 
-class RedeemResource:
+class RedeemResource(AdminResource):
     def __init__(self, admin: Admin, clock: Callable[[], float]) -> None:
-        self.admin = admin
+        super().__init__(admin)
         self.clock = clock
 
     def on_post(self, req, resp) -> None:
@@ -227,11 +232,8 @@ class MeResource:
         resp.media = req.context.admin_token.to_dict()
 
 
-class ProductsResource:
+class ProductsResource(AdminResource):
     permissions = {"GET": "read", "POST": "product.add"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         resp.media = [p.to_dict() for p in self.admin.products.list()]
@@ -242,11 +244,8 @@ class ProductsResource:
         _created(resp, p.to_dict())
 
 
-class PoolsResource:
+class PoolsResource(AdminResource):
     permissions = {"GET": "read", "POST": "pool.create"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         pools = self.admin.pools
@@ -260,21 +259,15 @@ class PoolsResource:
         _created(resp, self.admin.pools.status(pool.id))
 
 
-class PoolResource:
+class PoolResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp, pool: str) -> None:
         resp.media = self.admin.pools.status(pool)
 
 
-class PoolTopUpResource:
+class PoolTopUpResource(AdminResource):
     permissions = {"POST": "pool.top_up"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_post(self, req, resp, pool: str) -> None:
         doc = _body(req, {"amount": (int,)}, required=("amount",))
@@ -282,11 +275,8 @@ class PoolTopUpResource:
         resp.media = self.admin.pools.status(pool)
 
 
-class CampaignsResource:
+class CampaignsResource(AdminResource):
     permissions = {"GET": "read", "POST": "campaign.write"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         status = _enum_param(req, "status", ("active", "paused", "closed"))
@@ -297,23 +287,20 @@ class CampaignsResource:
         _created(resp, c.to_dict())
 
 
-class CampaignResource:
+class CampaignResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp, campaign: int) -> None:
         resp.media = self.admin.campaigns.get(campaign).to_dict()
 
 
-class CampaignActionResource:
+class CampaignActionResource(AdminResource):
     """POST /admin/api/campaigns/{id}/pause (resume, close): one resource per action."""
 
     permissions = {"POST": "campaign.write"}
 
     def __init__(self, admin: Admin, action: str) -> None:
-        self.admin = admin
+        super().__init__(admin)
         self.action = action
 
     def on_post(self, req, resp, campaign: int) -> None:
@@ -321,11 +308,8 @@ class CampaignActionResource:
         resp.media = c.to_dict()
 
 
-class LedgerResource:
+class LedgerResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         after, limit = _page(req)
@@ -334,62 +318,44 @@ class LedgerResource:
         resp.media = self.admin.ledger.entries(after, limit, campaign=campaign, kind=kind)
 
 
-class LedgerReverseResource:
+class LedgerReverseResource(AdminResource):
     permissions = {"POST": "ledger.reverse"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_post(self, req, resp, seq: int) -> None:
         doc = _body(req, {"reason": (str,)}, required=("reason",))
         resp.media = self.admin.reverse(seq, reason=doc["reason"], who=_who(req))
 
 
-class PayoutsResource:
+class PayoutsResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.payouts = admin.payouts
 
     def on_get(self, req, resp) -> None:
-        resp.media = self.payouts.summary()
+        resp.media = self.admin.payouts.summary()
 
 
-class PayoutResource:
+class PayoutResource(AdminResource):
     permissions = {"GET": "read"}
 
-    def __init__(self, admin: Admin) -> None:
-        self.payouts = admin.payouts
-
     def on_get(self, req, resp, seq: int) -> None:
-        resp.media = self.payouts.state(seq)
+        resp.media = self.admin.payouts.state(seq)
 
 
-class PayoutRetryResource:
+class PayoutRetryResource(AdminResource):
     permissions = {"POST": "payout.retry"}
 
-    def __init__(self, admin: Admin) -> None:
-        self.payouts = admin.payouts
-
     def on_post(self, req, resp, seq: int) -> None:
-        resp.media = self.payouts.retry(seq, who=_who(req))
+        resp.media = self.admin.payouts.retry(seq, who=_who(req))
 
 
-class SweepResource:
+class SweepResource(AdminResource):
     permissions = {"POST": "voucher.sweep"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_post(self, req, resp) -> None:
         resp.media = self.admin.sweep(who=_who(req))
 
 
-class AuditResource:
+class AuditResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         after, limit = _page(req)
@@ -397,21 +363,15 @@ class AuditResource:
         resp.media = self.admin.audit.entries(after, limit, newest_first=newest)
 
 
-class BatchesResource:
+class BatchesResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         resp.media = [b.to_dict() for b in self.admin.data.batches.list()]
 
 
-class AlertsResource:
+class AlertsResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         distributor = req.get_param("distributor")
@@ -420,22 +380,16 @@ class AlertsResource:
                       "alerts": self.admin.scans.alerts(distributor, limit)}
 
 
-class BansResource:
+class BansResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp) -> None:
         everything = _bool_param(req, "all")
         resp.media = [b.to_dict() for b in self.admin.data.abuse.list_bans(include_inactive=everything)]
 
 
-class BanLiftResource:
+class BanLiftResource(AdminResource):
     permissions = {"POST": "ban.lift"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_post(self, req, resp) -> None:
         doc = _body(req, {"subject": (str,)}, required=("subject",))
@@ -448,11 +402,8 @@ class BanLiftResource:
         resp.media = self.admin.lift_ban(subject, who=_who(req)).to_dict()
 
 
-class TraceResource:
+class TraceResource(AdminResource):
     permissions = {"GET": "read"}
-
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
 
     def on_get(self, req, resp, code: str) -> None:
         try:

@@ -28,7 +28,6 @@ import struct
 import time
 from typing import Callable
 
-from admin._util import china_day
 from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
 from admin.ledger import Ledger
 from admin.pools import PoolRegistry

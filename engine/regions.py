@@ -69,7 +69,9 @@ class RegionTable:
     def put(self, rows) -> int:
         """Add or replace centres: ``(code, lat, lng)`` rows, all or none. Returns how
         many. Workers already running see them after a restart (``kill -HUP``)."""
-        checked = [_check(*row) for row in rows]
+        return self._write([_check(*row) for row in rows])
+
+    def _write(self, checked: list[tuple[str, float, float]]) -> int:
         with self._store.write() as txn:
             for code, lat, lng in checked:
                 txn.put(code.encode(), pack((lat, lng)), db=self._db)
@@ -90,7 +92,7 @@ class RegionTable:
                     rows.append(_check(row[0].strip(), row[1], row[2]))
                 except ValueError as e:
                     raise ValueError(f"{path}:{n}: {e}") from None
-        return self.put(rows)
+        return self._write(rows)
 
     def list(self) -> list[tuple[str, float, float]]:
         with self._store.read() as txn:

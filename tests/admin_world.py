@@ -6,7 +6,7 @@ from __future__ import annotations
 from conftest_world import build_world
 
 from admin.service import Admin
-from admin.tokens import ROLES, AdminTokens
+from admin.tokens import ROLES
 
 WHO = "cli:test"
 #: Always open (times are China time).

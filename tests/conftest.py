@@ -13,4 +13,10 @@ def data(tmp_path):
     d.close()
 
 
-from conftest_world import build_world  # noqa: E402,F401  (re-exported for tests)
+from conftest_world import build_world, production_run  # noqa: E402,F401  (re-exported for tests)
+
+
+@pytest.fixture
+def run(data):
+    """A small production run on ``data``: see :func:`conftest_world.production_run`."""
+    return production_run(data)

@@ -17,6 +17,26 @@ class Clock:
         return self.t
 
 
+def unit_codes(data, batch) -> list[str]:
+    """The first (outer, or only) printed code of every unit of a batch, in serial order."""
+    w = data.spec.role(batch.roles[0]).format.length
+    return [r[:w].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
+
+
+def production_run(data):
+    """A small production run: 4 pallets, 10 cases, 10x24 caps (beverage preset), no links."""
+    from engine.aggregation import Aggregation
+
+    caps = data.create_batch("cap", 240)
+    cases = data.create_batch("case", 10)
+    pallets = data.create_batch("pallet", 4)
+    r = type("Run", (), {})()
+    r.data, r.agg = data, Aggregation(data)
+    r.caps, r.cases, r.pallets = unit_codes(data, caps), unit_codes(data, cases), unit_codes(data, pallets)
+    r.cap_batch, r.case_batch, r.pallet_batch = caps.id, cases.id, pallets.id
+    return r
+
+
 def build_world(path, *, invalid_threshold: int = 5, serve: dict | None = None,
                 rate_per_minute: int = 600):
     """A small production run: 2 cases of 24 caps on a pallet, activated, shipped to gz-1

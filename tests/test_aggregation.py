@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from conftest_world import unit_codes
 from engine import Conflict, DataFolder, InvalidCode
 from engine.aggregation import Aggregation, unit_id
 from engine.epcis import check_parent_ids, export_epcis, pallet_sscc, sscc
@@ -23,28 +24,10 @@ VECTORS = Path(__file__).parent / "vectors" / "gs1"
 URL = "HTTPS://S.EXAMPLE.CN/Q/"
 
 
-def _codes(data, batch):
-    w = data.spec.role(batch.roles[0]).format.length
-    return [r[:w].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
-
-
 def _inner(data, batch):
     """The second (inner) code of each unit of a linked-pair level."""
     w = data.spec.role(batch.roles[0]).format.length
     return [r[w:].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
-
-
-@pytest.fixture
-def run(data):
-    """A small production run: 4 pallets, 10 cases, 10x24 caps (beverage preset)."""
-    caps = data.create_batch("cap", 240)
-    cases = data.create_batch("case", 10)
-    pallets = data.create_batch("pallet", 4)
-    r = type("Run", (), {})()
-    r.data, r.agg = data, Aggregation(data)
-    r.caps, r.cases, r.pallets = _codes(data, caps), _codes(data, cases), _codes(data, pallets)
-    r.cap_batch, r.case_batch, r.pallet_batch = caps.id, cases.id, pallets.id
-    return r
 
 
 def _file(tmp_path, lines, name="line.csv"):
@@ -340,7 +323,7 @@ class AggregationModel(RuleBasedStateMachine):
         self.units = []  # (uid, code, level)
         for level, n in _COUNTS.items():
             b = self.data.create_batch(level, n)
-            self.units += [(unit_id(b.id, s), c, level) for s, c in enumerate(_codes(self.data, b))]
+            self.units += [(unit_id(b.id, s), c, level) for s, c in enumerate(unit_codes(self.data, b))]
         self.parent: dict[int, int] = {}
         self.voided: set[int] = set()
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest_world import unit_codes
 from engine import Conflict, DataFolder
 from engine.aggregation import (_RUN, Aggregation, _decode_children, _encode_children,
                                 unit_id)
@@ -34,11 +35,6 @@ _LO = {"pallet": 0, "case": 3, "cap": 9}  # unit index of each level's first uni
 _DBS = ("agg_c2p", "agg_children", "agg_load_runs", "agg_unit_events", "agg_events")
 
 
-def _codes(data, batch):
-    w = data.spec.role(batch.roles[0]).format.length
-    return [r[:w].tobytes().decode() for r in data.codes.render(batch, 0, batch.count)]
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A closed data folder: 3 pallets, 6 cases, 14 caps; caps 0-2 already in case 0,
@@ -47,7 +43,7 @@ def template(tmp_path_factory):
     data = DataFolder.init(path, spec=_SMALL)
     codes = []
     for level, n in _COUNTS.items():
-        codes += _codes(data, data.create_batch(level, n))
+        codes += unit_codes(data, data.create_batch(level, n))
     agg = Aggregation(data)
     rep = agg.load(",".join([codes[3], codes[9], codes[10], codes[11]]).encode(), now=1.0)
     assert rep.loaded and rep.links_added == 3
@@ -121,18 +117,6 @@ def test_any_chunk_size_gives_the_same_report_and_store(template, lines, chunk, 
                 ingest._FEW = saved
                 data.close()
         assert got[0] == got[1]
-
-
-@pytest.fixture
-def run(data):
-    caps = data.create_batch("cap", 240)
-    cases = data.create_batch("case", 10)
-    pallets = data.create_batch("pallet", 4)
-    r = type("Run", (), {})()
-    r.data, r.agg = data, Aggregation(data)
-    r.caps, r.cases, r.pallets = _codes(data, caps), _codes(data, cases), _codes(data, pallets)
-    r.cap_batch, r.case_batch = caps.id, cases.id
-    return r
 
 
 def _production(r, n_cases=10):
@@ -282,9 +266,9 @@ def test_older_parent_to_children_layout_is_migrated(tmp_path):
     data = DataFolder.init(tmp_path / "w")
     caps, cases = data.create_batch("cap", 48), data.create_batch("case", 2)
     agg = Aggregation(data)
-    c2p = _codes(data, caps)
-    agg.load("\n".join([",".join([_codes(data, cases)[0]] + c2p[:24]),
-                        ",".join([_codes(data, cases)[1]] + c2p[24:30] + c2p[31:33])]).encode())
+    c2p = unit_codes(data, caps)
+    agg.load("\n".join([",".join([unit_codes(data, cases)[0]] + c2p[:24]),
+                        ",".join([unit_codes(data, cases)[1]] + c2p[24:30] + c2p[31:33])]).encode())
     runs = {}
     with data.store.read() as txn:
         for k, v in txn.cursor(db=agg._p2c_db):
