@@ -5,12 +5,24 @@ overspent: :meth:`PoolRegistry.charge` checks and moves the spend counters insid
 caller's LMDB write transaction, and LMDB admits one writer at a time across every
 process, so two scans can never both take the last yuan.
 
-Spend counters (``adm_pool_spend``) are keyed ``<pool>\\0<slot>`` with slots ``total``,
-``d:<YYYY-MM-DD>`` (China time) and ``r:<region prefix>``.
+Spend counters (``adm_pool_spend``) are keyed ``<pool>\\0<slot>``:
+
+``spend``
+    the pool's running state, read and written once per settlement: total spent, the
+    current China day (day number) and the spend of that day (``>QIQ``);
+``d:<YYYY-MM-DD>``
+    the spend of any other day: written when the running state moves on to a new day,
+    or by a scan dated to an earlier day (a late commit around midnight);
+``r:<region prefix>``
+    the spend in a capped region;
+``total``
+    the total spent in the first layout (before ``spend``); read only when a pool has
+    no ``spend`` state yet.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -39,8 +51,20 @@ class Pool:
         return asdict(self)
 
 
+#: the ``spend`` state: total spent, current China day number, spent that day
+_STATE = struct.Struct(">QIQ")
+
+
 def _slot(pool: str, slot: str) -> bytes:
     return f"{pool}\0{slot}".encode()
+
+
+def _day_number(ts: float) -> int:
+    return int((ts + 8 * 3600) // 86400)  # China Standard Time, UTC+8
+
+
+def _day_slot(n: int) -> str:
+    return "d:" + china_day(n * 86400 - 8 * 3600)
 
 
 class PoolRegistry:
@@ -119,7 +143,7 @@ class PoolRegistry:
         now = time.time() if now is None else now
         with self._store.read() as txn:
             pool = self.get_in(txn, pool_id)
-            spent = self._spent(txn, pool_id, "total")
+            spent, day, spent_that_day = self._state(txn, pool_id)
             by_day, by_region = {}, {}
             prefix = _slot(pool_id, "")
             cur = txn.cursor(db=self._spend)
@@ -132,10 +156,19 @@ class PoolRegistry:
                         by_day[slot[2:]] = int.from_bytes(v, "big")
                     elif slot.startswith("r:"):
                         by_region[slot[2:]] = int.from_bytes(v, "big")
+            if day:
+                by_day[_day_slot(day)[2:]] = spent_that_day
         return {**pool.to_dict(), "spent": spent, "left": pool.total - spent,
-                "spent_today": by_day.get(china_day(now), 0), "by_day": by_day,
+                "spent_today": by_day.get(china_day(now), 0), "by_day": dict(sorted(by_day.items())),
                 "by_region": by_region,
                 "use_rate": round(spent / pool.total, 6) if pool.total else 0.0}
+
+    def _state(self, txn, pool_id: str) -> tuple[int, int, int]:
+        """(total spent, current day number or 0, spent that day)."""
+        raw = txn.get(_slot(pool_id, "spend"), db=self._spend)
+        if raw is None:  # never charged, or charged only in the first layout
+            return self._spent(txn, pool_id, "total"), 0, 0
+        return _STATE.unpack(raw)
 
     # -- inside a scan's write transaction -------------------------------------------
     def _region_slot(self, pool: Pool, region: str | None) -> str | None:
@@ -146,17 +179,6 @@ class PoolRegistry:
             if region.startswith(prefix) and (best is None or len(prefix) > len(best)):
                 best = prefix
         return best
-
-    def _caps(self, pool: Pool, region: str | None, at: float) -> list | None:
-        """The spend slots a charge moves, with their caps; None when the pool cannot pay
-        in ``region`` at all (a pool with region caps pays only inside those regions)."""
-        slots = [("total", pool.total), ("d:" + china_day(at), pool.daily)]
-        if pool.regions:
-            prefix = self._region_slot(pool, region)
-            if prefix is None:
-                return None
-            slots.append(("r:" + prefix, pool.regions[prefix]))
-        return slots
 
     def charge(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> bool:
         """Take ``amount`` from the pool if every cap allows it; False (nothing changed)
@@ -172,62 +194,103 @@ class PoolRegistry:
 
     def refund(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> None:
         """Give back a charge made at time ``at`` in ``region`` (reversal, expiry)."""
-        pool = self.get_in(txn, pool_id)
-        slots = ["total", "d:" + china_day(at)]
-        prefix = self._region_slot(pool, region)
-        if prefix is not None:
-            slots.append("r:" + prefix)
-        for slot in slots:
-            value = max(self._spent(txn, pool_id, slot) - amount, 0)
-            txn.put(_slot(pool_id, slot), value.to_bytes(8, "big"), db=self._spend)
+        charges = self.charges(txn)
+        charges.refund(pool_id, amount, region, at)
+        charges.flush()
 
 
 class PoolCharges:
     """The charges of one settlement (a scan's reward and its rebates) inside one write
-    transaction: each pool and spend slot is read once, and written once by :meth:`flush`.
+    transaction: each pool's state and spend slots are read once, and written once by
+    :meth:`flush`.
 
     PERF: a consumer draw with bC and BbC rebates charges the same pool three times; read
-    and written per charge, that was 3 pool records, 6 slot reads and 6 slot writes.
-    Exactness is unchanged: everything happens inside the caller's write transaction,
-    and LMDB has one writer at a time across all processes.
+    and written per charge, that was 3 pool records, 6 slot reads and 6 slot writes. The
+    total and today's spend share one key (the ``spend`` state), so a settlement reads
+    the pool record and one key, and writes one key (plus a region slot in a pool with
+    region caps). Exactness is unchanged: everything happens inside the caller's write
+    transaction, and LMDB has one writer at a time across all processes.
     """
 
     def __init__(self, pools: PoolRegistry, txn) -> None:
         self._pools = pools
         self._txn = txn
         self._pool: dict[str, Pool] = {}
-        self._spent: dict[tuple[str, str], int] = {}
+        self._state: dict[str, list] = {}  # pool -> [total, day number, spent that day]
+        self._spent: dict[tuple[str, str], int] = {}  # (pool, slot) -> spent: other days, regions
         self._dirty: set[tuple[str, str]] = set()
 
     def charge(self, pool_id: str, amount: int, region: str | None, at: float) -> bool:
         """Take ``amount`` if every cap allows it; False (nothing taken) otherwise."""
         if amount == 0:
             return True
+        return self._move(pool_id, amount, region, at, check=True)
+
+    def refund(self, pool_id: str, amount: int, region: str | None, at: float) -> None:
+        """Give back ``amount`` charged at time ``at`` in ``region`` (never below zero)."""
+        self._move(pool_id, -amount, region, at, check=False)
+
+    def _load(self, pool_id: str) -> tuple[Pool, list]:
         pool = self._pool.get(pool_id)
         if pool is None:
             # NOTE: read inside the transaction, so a top-up by any process counts
             pool = self._pool[pool_id] = self._pools.get_in(self._txn, pool_id)
-        caps = self._pools._caps(pool, region, at)
-        if caps is None:
-            return False
-        moves = []
-        for slot, cap in caps:
-            key = (pool_id, slot)
-            value = self._spent.get(key)
-            if value is None:
-                value = self._spent[key] = self._pools._spent(self._txn, pool_id, slot)
-            value += amount
-            if cap is not None and value > cap:
+            self._state[pool_id] = list(self._pools._state(self._txn, pool_id))
+        return pool, self._state[pool_id]
+
+    def _slot_value(self, pool_id: str, slot: str) -> int:
+        key = (pool_id, slot)
+        value = self._spent.get(key)
+        if value is None:
+            value = self._spent[key] = self._pools._spent(self._txn, pool_id, slot)
+        return value
+
+    def _move(self, pool_id: str, amount: int, region: str | None, at: float, *, check: bool) -> bool:
+        pool, state = self._load(pool_id)
+        total, current, today = state
+        day = _day_number(at)
+        finished = None
+        if day > current:  # the first charge of a new day: the finished day gets its own key
+            finished = (current, today) if current else None
+            # (a day spent in the first layout keeps its spend in its d: key until now)
+            current, today = day, self._slot_value(pool_id, _day_slot(day))
+        # a scan dated to an earlier day (committed late around midnight) counts there
+        that_day = today if day == current else self._slot_value(pool_id, _day_slot(day))
+        region_slot = None
+        if pool.regions:
+            prefix = self._pools._region_slot(pool, region)
+            if prefix is not None:
+                region_slot = "r:" + prefix
+            elif check:  # a pool with region caps pays only inside those regions
                 return False
-            moves.append((key, value))
-        for key, value in moves:
-            self._spent[key] = value
-            self._dirty.add(key)
+        in_region = self._slot_value(pool_id, region_slot) + amount if region_slot else 0
+        if check and (total + amount > pool.total
+                      or (pool.daily is not None and that_day + amount > pool.daily)
+                      or (region_slot is not None and in_region > pool.regions[region_slot[2:]])):
+            return False
+        moved = [(pool_id, "spend")]
+        if finished is not None:
+            self._spent[(pool_id, _day_slot(finished[0]))] = finished[1]
+            moved.append((pool_id, _day_slot(finished[0])))
+        if day == current:
+            today = max(today + amount, 0)
+        else:
+            self._spent[(pool_id, _day_slot(day))] = max(that_day + amount, 0)
+            moved.append((pool_id, _day_slot(day)))
+        state[:] = (max(total + amount, 0), current, today)
+        if region_slot is not None:
+            self._spent[(pool_id, region_slot)] = max(in_region, 0)
+            moved.append((pool_id, region_slot))
+        self._dirty.update(moved)
         return True
 
     def flush(self) -> None:
-        """Write the moved slots (call before the settlement returns)."""
+        """Write the moved state and slots (call before the settlement returns)."""
         db = self._pools._spend
-        for key in self._dirty:
-            self._txn.put(_slot(*key), self._spent[key].to_bytes(8, "big"), db=db)
+        for pool_id, slot in self._dirty:
+            if slot == "spend":
+                value = _STATE.pack(*self._state[pool_id])
+            else:
+                value = self._spent[(pool_id, slot)].to_bytes(8, "big")
+            self._txn.put(_slot(pool_id, slot), value, db=db)
         self._dirty.clear()

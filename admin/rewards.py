@@ -148,25 +148,27 @@ class RewardEngine:
         if not actor:
             return [{**base, "outcome": "no_payee",
                      "message": "scan signed in (with a user id) to receive rewards"}]
+        # The code has its one chance in this campaign, win or lose. PERF: one put that
+        # refuses to overwrite answers "already rewarded?" and claims the code at once.
         code_key = u32(c.id) + u64(scan["unit"]) + scan["role"].encode()
-        if txn.get(code_key, db=self._code_rewards) is not None:
+        if not txn.put(code_key, u64(seq), db=self._code_rewards, overwrite=False):
             return [{**base, "outcome": "already_rewarded"}]
-        # Per-actor participation: one key per (campaign, actor) holding (day number, draws
-        # that day, draws in all) — PERF: one read and one write instead of two of each.
-        day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
-        count_key = u32(c.id) + actor.encode()
-        raw = txn.get(count_key, db=self._actor_counts)
-        last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
-        if last_day != day:
-            today = 0
         limits = rule["limits"]
-        for limit, n in (("per_actor_per_day", today), ("per_actor", total)):
-            cap = limits.get(limit)
-            if cap is not None and n >= cap:
-                return [{**base, "outcome": "limit_reached", "limit": limit, "max": cap}]
-        # The code has had its one chance in this campaign, win or lose.
-        txn.put(code_key, u64(seq), db=self._code_rewards)
-        txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
+        if limits:
+            # Per-actor participation: one key per (campaign, actor) holding (day number,
+            # draws that day, draws in all) — one read and one write.
+            day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
+            count_key = u32(c.id) + actor.encode()
+            raw = txn.get(count_key, db=self._actor_counts)
+            last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
+            if last_day != day:
+                today = 0
+            for limit, n in (("per_actor_per_day", today), ("per_actor", total)):
+                cap = limits.get(limit)
+                if cap is not None and n >= cap:
+                    txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
+                    return [{**base, "outcome": "limit_reached", "limit": limit, "max": cap}]
+            txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
 
         reward = rule["reward"]
         unit = self._pool_unit(txn, c.pool)
