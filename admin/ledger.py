@@ -38,14 +38,17 @@ class Ledger:
         self._refs = store.db("adm_ledger_refs")
 
     def append(self, txn, entry: dict) -> int:
-        """Append one entry inside the caller's write transaction; returns its seq."""
-        if entry.get("kind") not in KINDS:
+        """Append one entry inside the caller's write transaction; returns its seq.
+        The entry dict is the caller's to give: ``seq`` and ``payable`` are added to it."""
+        kind = entry.get("kind")
+        if kind not in KINDS:
             raise ValueError(f"ledger entry kind must be one of {', '.join(KINDS)}")
         # PERF: the ledger is append-only with seq keys, so the next seq is the last key
         # + 1: one cursor step (~0.4 µs) instead of a counter's read and write (~1.2 µs).
         cur = txn.cursor(db=self._db)
         seq = int.from_bytes(cur.key(), "big") + 1 if cur.last() else 1
-        entry = {**entry, "seq": seq, "payable": entry["kind"] in PAYABLE_KINDS}
+        entry["seq"] = seq
+        entry["payable"] = kind in PAYABLE_KINDS
         txn.put(u64(seq), pack(entry), db=self._db)
         if entry.get("ref"):
             txn.put(u64(entry["ref"]), u64(seq), db=self._refs)

@@ -249,6 +249,13 @@ class PoolCharges:
         pool, state = self._load(pool_id)
         total, current, today = state
         day = _day_number(at)
+        if day == current and not pool.regions:  # PERF: the common case, in one step
+            if check and (total + amount > pool.total
+                          or (pool.daily is not None and today + amount > pool.daily)):
+                return False
+            state[0], state[2] = max(total + amount, 0), max(today + amount, 0)
+            self._dirty.add((pool_id, "spend"))
+            return True
         finished = None
         if day > current:  # the first charge of a new day: the finished day gets its own key
             finished = (current, today) if current else None

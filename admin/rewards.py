@@ -140,25 +140,27 @@ class RewardEngine:
 
     def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
                          voucher_id: str | None, charges) -> list[dict]:
-        base = {"campaign": c.id, "name": c.name}
-        if self.campaigns.status_in(txn, c.id) != "active":  # paused/closed since the index was read
-            return [{**base, "outcome": "campaign_inactive"}]
+        # PERF: results and ledger entries are built as whole dicts, never merged from
+        # partial ones (~0.3 µs a merge; a rewarded scan used to make eight).
+        cid = c.id
+        if self.campaigns.status_in(txn, cid) != "active":  # paused/closed since the index was read
+            return [{"campaign": cid, "name": c.name, "outcome": "campaign_inactive"}]
         rule = c.rule  # rules never change after creation; only the status does
         actor = scan["actor"]
         if not actor:
-            return [{**base, "outcome": "no_payee",
+            return [{"campaign": cid, "name": c.name, "outcome": "no_payee",
                      "message": "scan signed in (with a user id) to receive rewards"}]
         # The code has its one chance in this campaign, win or lose. PERF: one put that
         # refuses to overwrite answers "already rewarded?" and claims the code at once.
-        code_key = u32(c.id) + u64(scan["unit"]) + scan["role"].encode()
+        code_key = u32(cid) + u64(scan["unit"]) + scan["role"].encode()
         if not txn.put(code_key, u64(seq), db=self._code_rewards, overwrite=False):
-            return [{**base, "outcome": "already_rewarded"}]
+            return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
             day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
-            count_key = u32(c.id) + actor.encode()
+            count_key = u32(cid) + actor.encode()
             raw = txn.get(count_key, db=self._actor_counts)
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
             if last_day != day:
@@ -167,45 +169,50 @@ class RewardEngine:
                 cap = limits.get(limit)
                 if cap is not None and n >= cap:
                     txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
-                    return [{**base, "outcome": "limit_reached", "limit": limit, "max": cap}]
+                    return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
+                             "limit": limit, "max": cap}]
             txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
 
         reward = rule["reward"]
-        unit = self._pool_unit(txn, c.pool)
-        beneficiary = {"role": scan["actor_role"], "id": actor}
-        entry = {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq, "unit": unit,
-                 "beneficiary": beneficiary, "region": scan["region"]}
+        pool, at, region = c.pool, scan["at"], scan["region"]
+        unit = self._pool_unit(txn, pool)
         results = []
         if amount == 0:
-            results.append({**base, "outcome": "no_win"})
+            results.append({"campaign": cid, "name": c.name, "outcome": "no_win"})
         else:
-            charged = charges.charge(c.pool, amount, scan["region"], scan["at"])
+            charged = charges.charge(pool, amount, region, at)
             if not charged and reward["kind"] == "all_win" and amount > reward["min_amount"]:
                 amount = reward["min_amount"]
-                charged = charges.charge(c.pool, amount, scan["region"], scan["at"])
+                charged = charges.charge(pool, amount, region, at)
             if not charged:
-                results.append({**base, "outcome": "budget_exhausted"})
-            elif reward["payout"] == "voucher":
-                expires = scan["at"] + reward["valid_days"] * _DAY
-                lseq = self.ledger.append(txn, {**entry, "kind": "voucher", "amount": amount,
-                                                "voucher": voucher_id, "expires_at": expires})
-                txn.put(voucher_id.encode(), pack({
-                    "id": voucher_id, "campaign": c.id, "pool": c.pool, "value": amount,
-                    "holder": actor, "issued_at": scan["at"], "expires_at": expires, "ledger": lseq,
-                    "region": scan["region"], "state": "issued"}), db=self._vouchers)
-                results.append({**base, "outcome": "voucher", "amount": amount, "unit": unit,
-                                "voucher": voucher_id, "expires_at": expires, "ledger": lseq})
-            elif rule.get("lock"):
-                lseq = self.ledger.append(txn, {**entry, "kind": "locked", "amount": amount})
-                results.append({**base, "outcome": "locked", "amount": amount, "unit": unit,
-                                "ledger": lseq, "lock": rule["lock"]})
-                results.extend(self._progress_lock(txn, seq, c, rule["lock"], actor, scan, lseq))
+                results.append({"campaign": cid, "name": c.name, "outcome": "budget_exhausted"})
             else:
-                lseq = self.ledger.append(txn, {**entry, "kind": "grant", "amount": amount})
-                results.append({**base, "outcome": "granted", "amount": amount, "unit": unit,
-                                "ledger": lseq})
+                payout, lock = reward["payout"], rule.get("lock")
+                kind = "voucher" if payout == "voucher" else "locked" if lock else "grant"
+                entry = {"at": at, "campaign": cid, "pool": pool, "scan": seq, "unit": unit,
+                         "beneficiary": {"role": scan["actor_role"], "id": actor}, "region": region,
+                         "kind": kind, "amount": amount}
+                if kind == "voucher":
+                    entry["voucher"] = voucher_id
+                    entry["expires_at"] = expires = at + reward["valid_days"] * _DAY
+                lseq = self.ledger.append(txn, entry)
+                if kind == "voucher":
+                    txn.put(voucher_id.encode(), pack({
+                        "id": voucher_id, "campaign": cid, "pool": pool, "value": amount,
+                        "holder": actor, "issued_at": at, "expires_at": expires, "ledger": lseq,
+                        "region": region, "state": "issued"}), db=self._vouchers)
+                    results.append({"campaign": cid, "name": c.name, "outcome": "voucher", "amount": amount,
+                                    "unit": unit, "voucher": voucher_id, "expires_at": expires,
+                                    "ledger": lseq})
+                elif kind == "locked":
+                    results.append({"campaign": cid, "name": c.name, "outcome": "locked", "amount": amount,
+                                    "unit": unit, "ledger": lseq, "lock": lock})
+                    results.extend(self._progress_lock(txn, seq, c, lock, actor, scan, lseq, charges))
+                else:
+                    results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
+                                    "unit": unit, "ledger": lseq})
         for rebate in rule["rebates"]:
-            results.append(self._rebate(txn, seq, scan, c, rebate, entry, charges))
+            results.append(self._rebate(txn, seq, scan, c, rebate, unit, charges))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -214,11 +221,11 @@ class RewardEngine:
             unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
         return unit
 
-    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, entry: dict, charges) -> dict:
-        base = {"campaign": c.id, "name": c.name, "rebate": rebate["to"]}
+    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, unit: str, charges) -> dict:
+        to = rebate["to"]
         if scan["diverted"]:
-            return {**base, "outcome": "withheld_diverted"}
-        if rebate["to"] == "distributor":
+            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "withheld_diverted"}
+        if to == "distributor":
             who = scan["distributor"]
         else:
             who = None
@@ -228,17 +235,19 @@ class RewardEngine:
                     who = raw.decode()
                     break
         if who is None:
-            return {**base, "outcome": "no_beneficiary"}
-        if not charges.charge(c.pool, rebate["amount"], scan["region"], scan["at"]):
-            return {**base, "outcome": "budget_exhausted"}
-        b = {"role": rebate["to"], "id": who}
-        lseq = self.ledger.append(txn, {**entry, "kind": "grant", "amount": rebate["amount"],
-                                        "beneficiary": b, "rebate": rebate["to"]})
-        return {**base, "outcome": "granted", "amount": rebate["amount"], "unit": entry["unit"],
-                "beneficiary": b, "ledger": lseq}
+            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
+        amount = rebate["amount"]
+        if not charges.charge(c.pool, amount, scan["region"], scan["at"]):
+            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "budget_exhausted"}
+        b = {"role": to, "id": who}
+        lseq = self.ledger.append(txn, {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq,
+                                        "unit": unit, "beneficiary": b, "region": scan["region"],
+                                        "kind": "grant", "amount": amount, "rebate": to})
+        return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "granted", "amount": amount,
+                "unit": unit, "beneficiary": dict(b), "ledger": lseq}
 
     def _progress_lock(self, txn, seq: int, c: Campaign, lock: dict, actor: str, scan: dict,
-                       lseq: int) -> list[dict]:
+                       lseq: int, charges) -> list[dict]:
         """Repurchase / collect-N: keep the actor's locked rewards of this campaign; expire
         those older than the lock's days; unlock them all when the condition is met."""
         key = u32(c.id) + actor.encode()
@@ -248,7 +257,7 @@ class RewardEngine:
         keep, out = [], []
         for at, sku, s in held:
             if at < horizon:
-                out.append(self._expire(txn, s, at, scan["at"]))
+                out.append(self._expire(txn, s, at, scan["at"], charges))
             else:
                 keep.append([at, sku, s])
         keep.append([scan["at"], scan["sku"], lseq])
@@ -267,10 +276,14 @@ class RewardEngine:
             txn.put(key, pack(keep), db=self._progress)
         return out
 
-    def _expire(self, txn, seq: int, charged_at: float, now: float) -> dict:
-        """Return a locked reward's or voucher's budget (charged at ``charged_at``)."""
+    def _expire(self, txn, seq: int, charged_at: float, now: float, charges=None) -> dict:
+        """Return a locked reward's or voucher's budget (charged at ``charged_at``), through
+        the settlement's ``charges`` when there is one (its pool state is the current one)."""
         e = self.ledger.get_in(txn, seq)
-        self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), charged_at)
+        if charges is None:
+            self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), charged_at)
+        else:
+            charges.refund(e["pool"], e["amount"], e.get("region"), charged_at)
         x = self.ledger.append(txn, {k: e[k] for k in ("campaign", "pool", "unit", "beneficiary", "amount")}
                                | {"kind": "expire", "at": now, "ref": seq, "scan": None})
         return {"campaign": e["campaign"], "outcome": "expired", "amount": e["amount"], "ledger": x, "ref": seq}

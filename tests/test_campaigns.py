@@ -290,6 +290,18 @@ def test_repurchase_lock_unlocks_on_the_second_scan_within_days(world):
     assert world["admin"].pools.status("p")["spent"] == 200
 
 
+def test_a_lock_expiring_at_the_next_scan_returns_its_budget(world):
+    """The next scan of the actor finds the old locked reward past its days: it expires
+    (budget returned) in the same settlement that charges the new one."""
+    pool(world)
+    world["admin"].campaigns.create(rule(world, lock={"kind": "repurchase", "days": 30}), who="test")
+    assert outcomes(scan(world, cap(world, 0))) == ["locked"]
+    world["clock"].t += 31 * 86400
+    assert outcomes(scan(world, cap(world, 1))) == ["locked", "expired"]
+    assert world["admin"].pools.status("p", now=world["clock"].t)["spent"] == 100
+    assert [e["kind"] for e in world["admin"].ledger.entries()] == ["locked", "locked", "expire"]
+
+
 def test_collect_n_needs_different_products(world, tmp_path):
     w = world
     pool(w)
