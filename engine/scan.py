@@ -122,9 +122,14 @@ class ScanResult:
         return d
 
 
+#: The answer for every invalid scan. PERF: built once; a ScanResult (13 fields and a
+#: default list) cost ~0.7 µs per invalid scan. Frozen, and to_dict() of it is a fresh dict.
+_INVALID_RESULT = ScanResult("invalid")
+
 #: A campaign hook looks at a genuine scan (outside any transaction) and returns None, or a
-#: ``settle(txn, seq) -> list[dict]`` function that the scan log runs inside the scan's
-#: durable write transaction; what it returns is stored in the event as ``rewards``.
+#: ``settle(txn, seq, memo) -> list[dict]`` function that the scan log runs inside the scan's
+#: durable write transaction; what it returns is stored in the event as ``rewards``. ``memo``
+#: is the write transaction's memo (see :meth:`engine.scanlog.ScanLog.record`).
 CampaignHook = Callable[[ScanContext], "Callable | None"]
 
 
@@ -133,7 +138,7 @@ def _chain(settles: list):
         return None
     if len(settles) == 1:
         return settles[0]
-    return lambda txn, seq: [r for s in settles for r in s(txn, seq)]
+    return lambda txn, seq, memo: [r for s in settles for r in s(txn, seq, memo)]
 
 
 def _unit_verdict(trace: dict) -> str:
@@ -203,7 +208,7 @@ class ScanPipeline:
         v = self.codes.verify(req.code)
         if not v.genuine:
             self.abuse.record_invalid(subjects, req.code, now)
-            return ScanResult("invalid")
+            return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.trace_unit(uid, history=False)
         located = False
@@ -252,7 +257,7 @@ class ScanPipeline:
         """Read-only anti-counterfeit check (the landing page): nothing is recorded."""
         v = self.codes.verify(code)
         if not v.genuine:
-            return ScanResult("invalid")
+            return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.trace_unit(uid, history=False)
         return _result(_unit_verdict(trace), v, trace,

@@ -53,7 +53,12 @@ class Store:
     """An open LMDB environment with named databases."""
 
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 sync: bool = True) -> None:
+                 sync: bool = True, writemap: bool = False) -> None:
+        """``writemap``: commits write through the memory map instead of ``pwrite``-ing
+        each dirty page (faster small commits; only for stores whose loss is harmless,
+        with ``sync=False``: every process must open an environment the same way). With
+        it LMDB sizes ``data.mdb`` to ``map_size`` at once: a sparse file on Linux, so keep
+        ``map_size`` modest and copy such a folder with ``cp --sparse=always``."""
         self.path = Path(path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -66,6 +71,7 @@ class Store:
             # stores whose loss is harmless (rate counters) pass sync=False.
             sync=sync,
             metasync=sync,
+            writemap=writemap,
             lock=True,
         )
         self._dbs: dict[str, object] = {}

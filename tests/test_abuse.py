@@ -6,7 +6,7 @@ import pytest
 
 from engine import NotFound
 from engine.abuse import AbuseGuard, AbuseLimits, subject
-from engine.store import Store
+from engine.store import Store, pack
 
 
 @pytest.fixture
@@ -107,3 +107,38 @@ def test_ban_holds_across_processes(tmp_path):
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="ban_s"):
         AbuseLimits(ban_s=0)
+
+
+def _two_invalid_codes(path):
+    store = Store(path / "db")
+    g = AbuseGuard(store, path / "db-counters", AbuseLimits(invalid_threshold=3))
+    assert g.record_invalid(["ip:10.8.8.8"], "P1", now=1001.0) is None
+    ban = g.record_invalid(["ip:10.8.8.8"], "P2", now=1002.0)
+    assert ban is not None and [c for _, c in ban.evidence] == ["M0", "M1", "P1", "P2"]
+    g.close()
+    store.close()
+
+
+def test_invalid_count_is_exact_across_processes(tmp_path):
+    """Each invalid code is committed before it is answered: two codes here and two in
+    another process are four, and the fourth bans there with all four as evidence."""
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", AbuseLimits(invalid_threshold=3))
+    for i in range(2):
+        assert g.record_invalid(["ip:10.8.8.8"], f"M{i}", now=1000.0 + i / 10) is None
+    p = mp.get_context("spawn").Process(target=_two_invalid_codes, args=(tmp_path,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert g.banned(["ip:10.8.8.8"], now=1003.0).subject == "ip:10.8.8.8"
+    g.close()
+    store.close()
+
+
+def test_sweep_empties_the_old_invalid_layout(guard):
+    """Counts and evidence under the layout before one record per subject are forgotten."""
+    with guard.counters.write() as txn:
+        txn.put(b"ip:old", pack((1.0, 2)), db=guard.counters.db("invalid"))
+        txn.put(b"ip:old\0\0\0", pack([1.0, "X"]), db=guard.counters.db("invalid_evidence"))
+    assert guard.sweep(now=2.0) == 2
+    assert guard.record_invalid([subject("ip", "old")], "Y", now=3.0) is None
