@@ -188,9 +188,17 @@ class PoolRegistry:
         charges.flush()
         return ok
 
-    def charges(self, txn) -> "PoolCharges":
-        """Several charges inside one write transaction, read once and written once."""
-        return PoolCharges(self, txn)
+    def charges(self, txn, memo: dict | None = None) -> "PoolCharges":
+        """Several charges inside one write transaction, read once and written once.
+        ``memo``: the write transaction's memo (:meth:`engine.scanlog.ScanLog.record`):
+        pools and their state are then read once per transaction, not per settlement."""
+        if memo is None:
+            return PoolCharges(self, txn)
+        charges = memo.get("pool_charges")
+        if charges is None:
+            charges = memo["pool_charges"] = PoolCharges(self, txn)
+        charges._txn = txn  # each settlement writes in its own nested transaction
+        return charges
 
     def refund(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> None:
         """Give back a charge made at time ``at`` in ``region`` (reversal, expiry)."""
@@ -215,9 +223,12 @@ class PoolCharges:
     def __init__(self, pools: PoolRegistry, txn) -> None:
         self._pools = pools
         self._txn = txn
+        # what the transaction has read and written (kept for its next settlements when
+        # this object lives in the transaction's memo):
         self._pool: dict[str, Pool] = {}
         self._state: dict[str, list] = {}  # pool -> [total, day number, spent that day]
         self._spent: dict[tuple[str, str], int] = {}  # (pool, slot) -> spent: other days, regions
+        self._keys: dict[tuple[str, str], bytes] = {}  # (pool, slot) -> LMDB key
         self._dirty: set[tuple[str, str]] = set()
 
     def charge(self, pool_id: str, amount: int, region: str | None, at: float) -> bool:
@@ -248,7 +259,7 @@ class PoolCharges:
     def _move(self, pool_id: str, amount: int, region: str | None, at: float, *, check: bool) -> bool:
         pool, state = self._load(pool_id)
         total, current, today = state
-        day = _day_number(at)
+        day = int((at + 8 * 3600) // 86400)  # _day_number, inline: the hot path
         if day == current and not pool.regions:  # PERF: the common case, in one step
             if check and (total + amount > pool.total
                           or (pool.daily is not None and today + amount > pool.daily)):
@@ -293,11 +304,15 @@ class PoolCharges:
 
     def flush(self) -> None:
         """Write the moved state and slots (call before the settlement returns)."""
-        db = self._pools._spend
-        for pool_id, slot in self._dirty:
+        db, keys = self._pools._spend, self._keys
+        for key in self._dirty:
+            pool_id, slot = key
             if slot == "spend":
                 value = _STATE.pack(*self._state[pool_id])
             else:
-                value = self._spent[(pool_id, slot)].to_bytes(8, "big")
-            self._txn.put(_slot(pool_id, slot), value, db=db)
+                value = self._spent[key].to_bytes(8, "big")
+            raw = keys.get(key)
+            if raw is None:
+                raw = keys[key] = _slot(pool_id, slot)
+            self._txn.put(raw, value, db=db)
         self._dirty.clear()

@@ -110,8 +110,8 @@ class RewardEngine:
                 "lineage": [ctx.unit] + [(a["batch"] << 32) | a["serial"] for a in ctx.trace["ancestors"]],
                 "distributor": (ctx.trace.get("distributor") or {}).get("id")}
 
-        def settle(txn, seq: int) -> list[dict]:
-            return self._settle(txn, seq, scan, draws, register)
+        def settle(txn, seq: int, memo: dict | None = None) -> list[dict]:
+            return self._settle(txn, seq, scan, draws, register, {} if memo is None else memo)
 
         return settle
 
@@ -128,22 +128,25 @@ class RewardEngine:
         return reward["tiers"][-1]["amount"]
 
     # -- step 2: inside the durable write -----------------------------------------------
-    def _settle(self, txn, seq: int, scan: dict, draws: list, register: bool) -> list[dict]:
+    def _settle(self, txn, seq: int, scan: dict, draws: list, register: bool, memo: dict) -> list[dict]:
         if register and scan["actor"]:
             txn.put(u64(scan["unit"]), scan["actor"].encode(), db=self._store_units, overwrite=False)
         out: list[dict] = []
-        charges = self.pools.charges(txn)
+        charges = self.pools.charges(txn, memo)
         for c, amount, voucher_id in draws:
-            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id, charges))
+            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id, charges, memo))
         charges.flush()
         return out
 
     def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
-                         voucher_id: str | None, charges) -> list[dict]:
+                         voucher_id: str | None, charges, memo: dict) -> list[dict]:
         # PERF: results and ledger entries are built as whole dicts, never merged from
         # partial ones (~0.3 µs a merge; a rewarded scan used to make eight).
         cid = c.id
-        if self.campaigns.status_in(txn, cid) != "active":  # paused/closed since the index was read
+        status = memo.get(("campaign_status", cid))
+        if status is None:  # read once per write transaction (see ScanLog.record's memo)
+            status = memo[("campaign_status", cid)] = self.campaigns.status_in(txn, cid)
+        if status != "active":  # paused/closed since the index was read
             return [{"campaign": cid, "name": c.name, "outcome": "campaign_inactive"}]
         rule = c.rule  # rules never change after creation; only the status does
         actor = scan["actor"]
@@ -152,7 +155,8 @@ class RewardEngine:
                      "message": "scan signed in (with a user id) to receive rewards"}]
         # The code has its one chance in this campaign, win or lose. PERF: one put that
         # refuses to overwrite answers "already rewarded?" and claims the code at once.
-        code_key = u32(cid) + u64(scan["unit"]) + scan["role"].encode()
+        campaign_key = u32(cid)
+        code_key = campaign_key + u64(scan["unit"]) + scan["role"].encode()
         if not txn.put(code_key, u64(seq), db=self._code_rewards, overwrite=False):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
@@ -160,7 +164,7 @@ class RewardEngine:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
             day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
-            count_key = u32(cid) + actor.encode()
+            count_key = campaign_key + actor.encode()
             raw = txn.get(count_key, db=self._actor_counts)
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
             if last_day != day:
@@ -195,7 +199,7 @@ class RewardEngine:
                 if kind == "voucher":
                     entry["voucher"] = voucher_id
                     entry["expires_at"] = expires = at + reward["valid_days"] * _DAY
-                lseq = self.ledger.append(txn, entry)
+                lseq = self.ledger.append(txn, entry, memo)
                 if kind == "voucher":
                     txn.put(voucher_id.encode(), pack({
                         "id": voucher_id, "campaign": cid, "pool": pool, "value": amount,
@@ -207,12 +211,12 @@ class RewardEngine:
                 elif kind == "locked":
                     results.append({"campaign": cid, "name": c.name, "outcome": "locked", "amount": amount,
                                     "unit": unit, "ledger": lseq, "lock": lock})
-                    results.extend(self._progress_lock(txn, seq, c, lock, actor, scan, lseq, charges))
+                    results.extend(self._progress_lock(txn, seq, c, lock, actor, scan, lseq, charges, memo))
                 else:
                     results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
                                     "unit": unit, "ledger": lseq})
         for rebate in rule["rebates"]:
-            results.append(self._rebate(txn, seq, scan, c, rebate, unit, charges))
+            results.append(self._rebate(txn, seq, scan, c, rebate, unit, charges, memo))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -221,7 +225,8 @@ class RewardEngine:
             unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
         return unit
 
-    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, unit: str, charges) -> dict:
+    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, unit: str, charges,
+                memo: dict) -> dict:
         to = rebate["to"]
         if scan["diverted"]:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "withheld_diverted"}
@@ -242,12 +247,12 @@ class RewardEngine:
         b = {"role": to, "id": who}
         lseq = self.ledger.append(txn, {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq,
                                         "unit": unit, "beneficiary": b, "region": scan["region"],
-                                        "kind": "grant", "amount": amount, "rebate": to})
+                                        "kind": "grant", "amount": amount, "rebate": to}, memo)
         return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "granted", "amount": amount,
                 "unit": unit, "beneficiary": dict(b), "ledger": lseq}
 
     def _progress_lock(self, txn, seq: int, c: Campaign, lock: dict, actor: str, scan: dict,
-                       lseq: int, charges) -> list[dict]:
+                       lseq: int, charges, memo: dict) -> list[dict]:
         """Repurchase / collect-N: keep the actor's locked rewards of this campaign; expire
         those older than the lock's days; unlock them all when the condition is met."""
         key = u32(c.id) + actor.encode()
@@ -257,7 +262,7 @@ class RewardEngine:
         keep, out = [], []
         for at, sku, s in held:
             if at < horizon:
-                out.append(self._expire(txn, s, at, scan["at"], charges))
+                out.append(self._expire(txn, s, at, scan["at"], charges, memo))
             else:
                 keep.append([at, sku, s])
         keep.append([scan["at"], scan["sku"], lseq])
@@ -268,7 +273,7 @@ class RewardEngine:
                 locked = self.ledger.get_in(txn, s)
                 u = self.ledger.append(txn, {k: locked[k] for k in ("campaign", "pool", "unit", "beneficiary",
                                                                    "amount", "region")}
-                                       | {"kind": "unlock", "at": scan["at"], "ref": s, "scan": seq})
+                                       | {"kind": "unlock", "at": scan["at"], "ref": s, "scan": seq}, memo)
                 out.append({"campaign": c.id, "name": c.name, "outcome": "unlocked",
                             "amount": locked["amount"], "unit": locked["unit"], "ledger": u, "ref": s})
             txn.delete(key, db=self._progress)
@@ -276,16 +281,18 @@ class RewardEngine:
             txn.put(key, pack(keep), db=self._progress)
         return out
 
-    def _expire(self, txn, seq: int, charged_at: float, now: float, charges=None) -> dict:
+    def _expire(self, txn, seq: int, charged_at: float, now: float, charges=None,
+                memo: dict | None = None) -> dict:
         """Return a locked reward's or voucher's budget (charged at ``charged_at``), through
-        the settlement's ``charges`` when there is one (its pool state is the current one)."""
+        the settlement's ``charges`` and ``memo`` when there are (they hold the current
+        pool state and ledger seq)."""
         e = self.ledger.get_in(txn, seq)
         if charges is None:
             self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), charged_at)
         else:
             charges.refund(e["pool"], e["amount"], e.get("region"), charged_at)
         x = self.ledger.append(txn, {k: e[k] for k in ("campaign", "pool", "unit", "beneficiary", "amount")}
-                               | {"kind": "expire", "at": now, "ref": seq, "scan": None})
+                               | {"kind": "expire", "at": now, "ref": seq, "scan": None}, memo)
         return {"campaign": e["campaign"], "outcome": "expired", "amount": e["amount"], "ledger": x, "ref": seq}
 
     # -- vouchers (N元换购) ------------------------------------------------------------------

@@ -140,10 +140,16 @@ class ScanLog:
         """Apply one scan durably; returns the code's updated scan record.
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
-        it is stored as the scan event with its sequence number. ``settle(txn, seq)``, if
-        given, runs inside the same write transaction (nested: if it raises, only its own
+        it is stored as the scan event with its sequence number. ``settle(txn, seq, memo)``,
+        if given, runs inside the same write transaction (nested: if it raises, only its own
         writes are undone) and returns the rewards stored with the event — so a reward and
-        its scan are committed together or not at all. ``copy_at = (regions, devices)``:
+        its scan are committed together or not at all.
+
+        ``memo`` is a dict shared by the settlements of one write transaction (a group of
+        scans). LMDB admits one writer at a time across all processes, so a value read
+        inside the transaction stays true until the transaction itself changes it: a
+        settlement may keep what it read (and keep it in step with what it writes) for the
+        next one. The memo is emptied when a settlement fails, since its writes are undone. ``copy_at = (regions, devices)``:
         when the code has now been seen in that many distinct regions or on that many
         devices, the event gets the flag ``copied`` and the record says ``copied``.
         """
@@ -193,13 +199,14 @@ class ScanLog:
         with self._store.write() as txn:
             # PERF: the group's sequence numbers are taken at once (one counter update)
             first = self._store.current_id(txn, "scan_event") + 1
-            out = [self._apply(txn, first + i, unit_id, role_index, event, settle, copy_at)
+            memo: dict = {}
+            out = [self._apply(txn, first + i, unit_id, role_index, event, settle, copy_at, memo)
                    for i, (unit_id, role_index, event, settle, copy_at, _) in enumerate(group)]
             self._store.set_id(txn, "scan_event", first + len(group) - 1)
             return out
 
     def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int] | None = None) -> ScanRecord:
+               copy_at: tuple[int, int] | None = None, memo: dict | None = None) -> ScanRecord:
         key = _record_key(unit_id, role_index)
         raw = txn.get(key, db=self._records)
         at = float(event["at"])
@@ -218,7 +225,7 @@ class ScanLog:
         copied = copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
         if copied:
             stored["flags"] = [*event.get("flags", ()), "copied"]
-        rewards = self._settle(txn, seq, settle) if settle is not None else ()
+        rewards = self._settle(txn, seq, settle, {} if memo is None else memo) if settle is not None else ()
         if rewards:
             stored["rewards"] = rewards
         txn.put(u64(seq), pack(stored), db=self._events)
@@ -228,12 +235,13 @@ class ScanLog:
             txn.put(diverted["distributor"].encode() + b"\0" + u64(seq), pack(stored), db=self._alerts)
         return self._to_record(rec, seq, tuple(rewards), copied)
 
-    def _settle(self, txn, seq: int, settle) -> list:
+    def _settle(self, txn, seq: int, settle, memo: dict) -> list:
         sub = self._store.env.begin(write=True, parent=txn)
         try:
-            rewards = settle(sub, seq)
+            rewards = settle(sub, seq, memo)
         except Exception:  # NOTE: a campaign bug must not lose the scan or its neighbours
             sub.abort()
+            memo.clear()  # it may hold what the undone writes wrote
             log.exception("campaign settlement failed for scan %d; no reward written", seq)
             return [{"outcome": "error"}]
         sub.commit()
