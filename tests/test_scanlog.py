@@ -111,3 +111,33 @@ def test_acknowledged_scans_survive_kill_9(tmp_path):
         per_unit[e["unit"]] = per_unit.get(e["unit"], 0) + 1
     assert all(log.get(u, 0).count == n for u, n in per_unit.items())
     store.close()
+
+
+def test_settlements_of_a_group_share_a_memo_emptied_when_one_fails(tmp_path):
+    """One write transaction for a group: its settlements share a memo; a failed
+    settlement's writes are undone, and so is everything the memo held."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    db = store.db("t")
+    seen = []
+
+    def settle(n, fail=False):
+        def run(txn, seq, memo):
+            seen.append((n, dict(memo)))
+            memo["last"] = n
+            txn.put(b"k%d" % n, b"x", db=db)
+            if fail:
+                raise RuntimeError("campaign bug")
+            return [{"outcome": "granted", "n": n}]
+        return run
+
+    group = [(1, 0, {"at": 1.0}, settle(1), None, None), (2, 0, {"at": 2.0}, settle(2, fail=True), None, None),
+             (3, 0, {"at": 3.0}, settle(3), None, None), (4, 0, {"at": 4.0}, settle(4), None, None)]
+    records = log._write_group(group)  # as the committer does with a queued group
+    assert seen == [(1, {}), (2, {"last": 1}), (3, {}), (4, {"last": 3})]
+    assert [r.rewards for r in records] == [({"outcome": "granted", "n": 1},), ({"outcome": "error"},),
+                                            ({"outcome": "granted", "n": 3},), ({"outcome": "granted", "n": 4},)]
+    with store.read() as txn:
+        assert [txn.get(b"k%d" % n, db=db) for n in (1, 2, 3, 4)] == [b"x", None, b"x", b"x"]
+    log.close()
+    store.close()
