@@ -191,13 +191,14 @@ class PoolRegistry:
     def charges(self, txn, memo: dict | None = None) -> "PoolCharges":
         """Several charges inside one write transaction, read once and written once.
         ``memo``: the write transaction's memo (:meth:`engine.scanlog.ScanLog.record`):
-        pools and their state are then read once per transaction, not per settlement."""
+        pools and their state are then read once per transaction, and written once at its
+        end (PERF: one write of a pool's state per group commit, not one per scan)."""
         if memo is None:
             return PoolCharges(self, txn)
         charges = memo.get("pool_charges")
         if charges is None:
-            charges = memo["pool_charges"] = PoolCharges(self, txn)
-        charges._txn = txn  # each settlement writes in its own nested transaction
+            charges = memo["pool_charges"] = PoolCharges(self, txn, deferred=True)
+            memo.before_commit(charges.write)
         return charges
 
     def refund(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> None:
@@ -220,9 +221,10 @@ class PoolCharges:
     transaction, and LMDB has one writer at a time across all processes.
     """
 
-    def __init__(self, pools: PoolRegistry, txn) -> None:
+    def __init__(self, pools: PoolRegistry, txn, *, deferred: bool = False) -> None:
         self._pools = pools
         self._txn = txn
+        self._deferred = deferred  # written by write() at the transaction's end, not by flush()
         # what the transaction has read and written (kept for its next settlements when
         # this object lives in the transaction's memo):
         self._pool: dict[str, Pool] = {}
@@ -303,7 +305,13 @@ class PoolCharges:
         return True
 
     def flush(self) -> None:
-        """Write the moved state and slots (call before the settlement returns)."""
+        """Write the moved state and slots (call before the settlement returns); when
+        deferred, the transaction's memo has them written at its end instead."""
+        if not self._deferred:
+            self.write(self._txn)
+
+    def write(self, txn) -> None:
+        """Write the moved state and slots now."""
         db, keys = self._pools._spend, self._keys
         for key in self._dirty:
             pool_id, slot = key
@@ -314,5 +322,5 @@ class PoolCharges:
             raw = keys.get(key)
             if raw is None:
                 raw = keys[key] = _slot(pool_id, slot)
-            self._txn.put(raw, value, db=db)
+            txn.put(raw, value, db=db)
         self._dirty.clear()

@@ -7,8 +7,7 @@ Two steps, split so that the slow part never holds the write lock:
    trigger, window and regions match, and draw each prize (``secrets``-grade random,
    injectable for tests). Returns a *settle* function, or None when nothing applies.
 2. The settle function runs **inside the scan's durable write transaction** (the scan
-   log's group commit; a nested transaction, so a failure undoes only this scan's
-   rewards): it re-reads the campaign's status, enforces one reward per code per
+   log's group commit; a failure undoes only this scan's rewards): it re-reads the campaign's status, enforces one reward per code per
    campaign ever, the per-actor limits, the pool's total/daily/region caps, writes the
    ledger entries, issues vouchers, applies locks, and pays linked rebates — or
    withholds them when the scan is diverted (窜货不返利). LMDB admits one writer at a
@@ -33,6 +32,7 @@ from admin.ledger import Ledger
 from admin.pools import PoolRegistry
 from engine.errors import Conflict, NotFound
 from engine.scan import ScanContext
+from engine.scanlog import WriteMemo
 from engine.store import Store, pack, u32, u64, unpack
 
 __all__ = ["RewardEngine", "REGISTRATION_ROLES", "OUTCOMES"]
@@ -105,13 +105,15 @@ class RewardEngine:
         if not draws and not register:
             return None
         actor = ctx.account_id or req.actor_id
-        scan = {"unit": ctx.unit, "role": ctx.code_role, "actor_role": req.actor_role, "actor": actor,
-                "region": req.region, "at": ctx.at, "sku": sku, "diverted": "diverted" in ctx.flags,
-                "lineage": [ctx.unit] + [(a["batch"] << 32) | a["serial"] for a in ctx.trace["ancestors"]],
-                "distributor": (ctx.trace.get("distributor") or {}).get("id")}
 
-        def settle(txn, seq: int, memo: dict | None = None) -> list[dict]:
-            return self._settle(txn, seq, scan, draws, register, {} if memo is None else memo)
+        def settle(txn, seq: int, memo: WriteMemo | None = None) -> list[dict]:
+            # PERF: the settlement reads the scan's context itself (no per-scan dict of it)
+            if memo is not None:  # the scan log's group commit
+                return self._settle(txn, seq, ctx, actor, sku, draws, register, memo)
+            memo = WriteMemo()  # a settlement on its own
+            out = self._settle(txn, seq, ctx, actor, sku, draws, register, memo)
+            memo.finish(txn)
+            return out
 
         return settle
 
@@ -128,18 +130,19 @@ class RewardEngine:
         return reward["tiers"][-1]["amount"]
 
     # -- step 2: inside the durable write -----------------------------------------------
-    def _settle(self, txn, seq: int, scan: dict, draws: list, register: bool, memo: dict) -> list[dict]:
-        if register and scan["actor"]:
-            txn.put(u64(scan["unit"]), scan["actor"].encode(), db=self._store_units, overwrite=False)
+    def _settle(self, txn, seq: int, ctx: ScanContext, actor: str | None, sku: str | None, draws: list,
+                register: bool, memo: WriteMemo) -> list[dict]:
+        if register and actor:
+            txn.put(u64(ctx.unit), actor.encode(), db=self._store_units, overwrite=False)
         out: list[dict] = []
         charges = self.pools.charges(txn, memo)
         for c, amount, voucher_id in draws:
-            out.extend(self._settle_campaign(txn, seq, scan, c, amount, voucher_id, charges, memo))
+            out.extend(self._settle_campaign(txn, seq, ctx, actor, sku, c, amount, voucher_id, charges, memo))
         charges.flush()
         return out
 
-    def _settle_campaign(self, txn, seq: int, scan: dict, c: Campaign, amount: int,
-                         voucher_id: str | None, charges, memo: dict) -> list[dict]:
+    def _settle_campaign(self, txn, seq: int, ctx: ScanContext, actor: str | None, sku: str | None,
+                         c: Campaign, amount: int, voucher_id: str | None, charges, memo: dict) -> list[dict]:
         # PERF: results and ledger entries are built as whole dicts, never merged from
         # partial ones (~0.3 µs a merge; a rewarded scan used to make eight).
         cid = c.id
@@ -149,21 +152,20 @@ class RewardEngine:
         if status != "active":  # paused/closed since the index was read
             return [{"campaign": cid, "name": c.name, "outcome": "campaign_inactive"}]
         rule = c.rule  # rules never change after creation; only the status does
-        actor = scan["actor"]
         if not actor:
             return [{"campaign": cid, "name": c.name, "outcome": "no_payee",
                      "message": "scan signed in (with a user id) to receive rewards"}]
         # The code has its one chance in this campaign, win or lose. PERF: one put that
         # refuses to overwrite answers "already rewarded?" and claims the code at once.
         campaign_key = u32(cid)
-        code_key = campaign_key + u64(scan["unit"]) + scan["role"].encode()
+        code_key = campaign_key + u64(ctx.unit) + ctx.code_role.encode()
         if not txn.put(code_key, u64(seq), db=self._code_rewards, overwrite=False):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
-            day = int((scan["at"] + 8 * 3600) // 86400)  # China day number
+            day = int((ctx.at + 8 * 3600) // 86400)  # China day number
             count_key = campaign_key + actor.encode()
             raw = txn.get(count_key, db=self._actor_counts)
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
@@ -178,7 +180,7 @@ class RewardEngine:
             txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
 
         reward = rule["reward"]
-        pool, at, region = c.pool, scan["at"], scan["region"]
+        pool, at, region = c.pool, ctx.at, ctx.request.region
         unit = self._pool_unit(txn, pool)
         results = []
         if amount == 0:
@@ -194,7 +196,7 @@ class RewardEngine:
                 payout, lock = reward["payout"], rule.get("lock")
                 kind = "voucher" if payout == "voucher" else "locked" if lock else "grant"
                 entry = {"at": at, "campaign": cid, "pool": pool, "scan": seq, "unit": unit,
-                         "beneficiary": {"role": scan["actor_role"], "id": actor}, "region": region,
+                         "beneficiary": {"role": ctx.request.actor_role, "id": actor}, "region": region,
                          "kind": kind, "amount": amount}
                 if kind == "voucher":
                     entry["voucher"] = voucher_id
@@ -211,12 +213,12 @@ class RewardEngine:
                 elif kind == "locked":
                     results.append({"campaign": cid, "name": c.name, "outcome": "locked", "amount": amount,
                                     "unit": unit, "ledger": lseq, "lock": lock})
-                    results.extend(self._progress_lock(txn, seq, c, lock, actor, scan, lseq, charges, memo))
+                    results.extend(self._progress_lock(txn, seq, c, lock, actor, at, sku, lseq, charges, memo))
                 else:
                     results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
                                     "unit": unit, "ledger": lseq})
         for rebate in rule["rebates"]:
-            results.append(self._rebate(txn, seq, scan, c, rebate, unit, charges, memo))
+            results.append(self._rebate(txn, seq, ctx, c, rebate, unit, charges, memo))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -225,16 +227,16 @@ class RewardEngine:
             unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
         return unit
 
-    def _rebate(self, txn, seq: int, scan: dict, c: Campaign, rebate: dict, unit: str, charges,
+    def _rebate(self, txn, seq: int, ctx: ScanContext, c: Campaign, rebate: dict, unit: str, charges,
                 memo: dict) -> dict:
         to = rebate["to"]
-        if scan["diverted"]:
+        if "diverted" in ctx.flags:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "withheld_diverted"}
         if to == "distributor":
-            who = scan["distributor"]
+            who = (ctx.trace.get("distributor") or {}).get("id")
         else:
             who = None
-            for u in scan["lineage"]:
+            for u in [ctx.unit] + [(a["batch"] << 32) | a["serial"] for a in ctx.trace["ancestors"]]:
                 raw = txn.get(u64(u), db=self._store_units)
                 if raw is not None:
                     who = raw.decode()
@@ -242,30 +244,31 @@ class RewardEngine:
         if who is None:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
         amount = rebate["amount"]
-        if not charges.charge(c.pool, amount, scan["region"], scan["at"]):
+        region, at = ctx.request.region, ctx.at
+        if not charges.charge(c.pool, amount, region, at):
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "budget_exhausted"}
         b = {"role": to, "id": who}
-        lseq = self.ledger.append(txn, {"at": scan["at"], "campaign": c.id, "pool": c.pool, "scan": seq,
-                                        "unit": unit, "beneficiary": b, "region": scan["region"],
+        lseq = self.ledger.append(txn, {"at": at, "campaign": c.id, "pool": c.pool, "scan": seq,
+                                        "unit": unit, "beneficiary": b, "region": region,
                                         "kind": "grant", "amount": amount, "rebate": to}, memo)
         return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "granted", "amount": amount,
                 "unit": unit, "beneficiary": dict(b), "ledger": lseq}
 
-    def _progress_lock(self, txn, seq: int, c: Campaign, lock: dict, actor: str, scan: dict,
+    def _progress_lock(self, txn, seq: int, c: Campaign, lock: dict, actor: str, now: float, sku: str | None,
                        lseq: int, charges, memo: dict) -> list[dict]:
         """Repurchase / collect-N: keep the actor's locked rewards of this campaign; expire
         those older than the lock's days; unlock them all when the condition is met."""
         key = u32(c.id) + actor.encode()
         raw = txn.get(key, db=self._progress)
         held = [] if raw is None else unpack(raw)
-        horizon = scan["at"] - lock["days"] * _DAY
+        horizon = now - lock["days"] * _DAY
         keep, out = [], []
-        for at, sku, s in held:
+        for at, held_sku, s in held:
             if at < horizon:
-                out.append(self._expire(txn, s, at, scan["at"], charges, memo))
+                out.append(self._expire(txn, s, at, now, charges, memo))
             else:
-                keep.append([at, sku, s])
-        keep.append([scan["at"], scan["sku"], lseq])
+                keep.append([at, held_sku, s])
+        keep.append([now, sku, lseq])
         met = (len(keep) >= 2 if lock["kind"] == "repurchase"
                else len({k[1] for k in keep if k[1]}) >= lock["products"])
         if met:
@@ -273,7 +276,7 @@ class RewardEngine:
                 locked = self.ledger.get_in(txn, s)
                 u = self.ledger.append(txn, {k: locked[k] for k in ("campaign", "pool", "unit", "beneficiary",
                                                                    "amount", "region")}
-                                       | {"kind": "unlock", "at": scan["at"], "ref": s, "scan": seq}, memo)
+                                       | {"kind": "unlock", "at": now, "ref": s, "scan": seq}, memo)
                 out.append({"campaign": c.id, "name": c.name, "outcome": "unlocked",
                             "amount": locked["amount"], "unit": locked["unit"], "ledger": u, "ref": s})
             txn.delete(key, db=self._progress)

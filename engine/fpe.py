@@ -55,6 +55,8 @@ class _Layout:
     h: bytes  # CBC-MAC chain value after P and the constant blocks of Q
     tail_const: int  # constant bytes of the last Q block, as an int (variable part zero)
     hx: int  # h xor tail_const: the last block before the round number and NUM(B)
+    #: (hx ^ [i] shifted into place, modulus) of rounds 0..9: the fast path's constants
+    rounds: tuple = ()
 
     @property
     def fast(self) -> bool:
@@ -141,8 +143,9 @@ class FF1:
             tail_const = int.from_bytes(tail, "big")
         else:  # pragma: no cover - only for radix^v beyond 2^120
             h, tail_const = b"", 0
-        lay = _Layout(n, u, v, b, d, radix**u, radix**v, h, tail_const,
-                      int.from_bytes(h, "big") ^ tail_const if h else 0)
+        hx = int.from_bytes(h, "big") ^ tail_const if h else 0
+        lay = _Layout(n, u, v, b, d, radix**u, radix**v, h, tail_const, hx,
+                      tuple((hx ^ (i << (8 * b)), radix**v if i & 1 else radix**u) for i in range(_ROUNDS)))
         if len(self._layouts) < 64:
             self._layouts[key] = lay
         return lay
@@ -225,21 +228,17 @@ class FF1:
 
     def _fast_rounds(self, lay: _Layout, a: int, b: int, encrypt: bool) -> tuple[int, int]:
         # PERF: one code is verified per scan; this loop is ~2x faster than the generic
-        # one (no per-round attribute lookups or slicing) and keeps verify under 10 us.
+        # one (no per-round attribute lookups or slicing), and each round's constant
+        # block and modulus come precomputed from the layout (~6.6 -> ~5 us a decrypt).
         upd = self._ecb().update
-        hx = lay.hx
-        sh = 8 * lay.b
         drop = 8 * (16 - lay.d)
-        mu, mv = lay.mod_u, lay.mod_v
         frombytes = int.from_bytes
         if encrypt:
-            for i in range(_ROUNDS):
-                y = frombytes(upd((hx ^ (i << sh) ^ b).to_bytes(16, "big")), "big") >> drop
-                a, b = b, (a + y) % (mv if i & 1 else mu)
+            for c, m in lay.rounds:
+                a, b = b, (a + (frombytes(upd((c ^ b).to_bytes(16, "big")), "big") >> drop)) % m
         else:
-            for i in range(_ROUNDS - 1, -1, -1):
-                y = frombytes(upd((hx ^ (i << sh) ^ a).to_bytes(16, "big")), "big") >> drop
-                b, a = a, (b - y) % (mv if i & 1 else mu)
+            for c, m in reversed(lay.rounds):
+                b, a = a, (b - (frombytes(upd((c ^ a).to_bytes(16, "big")), "big") >> drop)) % m
         return a, b
 
     def _crypt_text(self, text: str, tweak: bytes, encrypt: bool) -> str:

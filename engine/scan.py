@@ -138,7 +138,7 @@ def _chain(settles: list):
         return None
     if len(settles) == 1:
         return settles[0]
-    return lambda txn, seq, memo: [r for s in settles for r in s(txn, seq, memo)]
+    return lambda txn, seq, memo=None: [r for s in settles for r in s(txn, seq, memo)]
 
 
 def _unit_verdict(trace: dict) -> str:

@@ -37,6 +37,38 @@ log = logging.getLogger("wuma.scanlog")
 DISTINCT_MAX = 16
 
 
+class WriteMemo(dict):
+    """What the settlements of one write transaction share (see :meth:`ScanLog.record`):
+    values read inside the transaction, kept by key, and writes deferred to its end
+    (:meth:`before_commit`), such as a running total moved by every settlement."""
+
+    __slots__ = ("_before_commit",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._before_commit: list = []
+
+    def before_commit(self, write) -> None:
+        """Run ``write(txn)`` once the transaction's settlements are done."""
+        self._before_commit.append(write)
+
+    def finish(self, txn) -> None:
+        """Run the deferred writes (the owner of the transaction calls it, then commits)."""
+        for write in self._before_commit:
+            write(txn)
+        self._before_commit.clear()
+
+
+#: Marks a settlement that raised: the group is written again without running it.
+_FAILED = object()
+
+
+class _SettlementFailed(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """Scan history of one code (unit + role) after the scan that returned it."""
@@ -141,15 +173,17 @@ class ScanLog:
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
         it is stored as the scan event with its sequence number. ``settle(txn, seq, memo)``,
-        if given, runs inside the same write transaction (nested: if it raises, only its own
-        writes are undone) and returns the rewards stored with the event — so a reward and
+        if given, runs inside the same write transaction (if it raises, the scan is written
+        without its rewards) and returns the rewards stored with the event — so a reward and
         its scan are committed together or not at all.
 
-        ``memo`` is a dict shared by the settlements of one write transaction (a group of
-        scans). LMDB admits one writer at a time across all processes, so a value read
-        inside the transaction stays true until the transaction itself changes it: a
-        settlement may keep what it read (and keep it in step with what it writes) for the
-        next one. The memo is emptied when a settlement fails, since its writes are undone. ``copy_at = (regions, devices)``:
+        ``memo`` (a :class:`WriteMemo`, or None when a settlement runs alone) is shared by
+        the settlements of one write transaction (a group of scans). LMDB admits one writer
+        at a time across all processes, so a value read inside the transaction stays true
+        until the transaction itself changes it: a settlement may keep what it read (and
+        keep it in step with what it writes) for the next one, and leave a running total's
+        write to the end of the transaction. When a settlement fails the group is written
+        again in a new transaction with a new memo (see :meth:`_write_group`). ``copy_at = (regions, devices)``:
         when the code has now been seen in that many distinct regions or on that many
         devices, the event gets the flag ``copied`` and the record says ``copied``.
         """
@@ -195,18 +229,33 @@ class ScanLog:
         self._deliver([item[-1] for item in group], results, None)
 
     def _write_group(self, group: list) -> list[ScanRecord]:
-        """One write transaction (and one fsync) for a whole group of scans."""
-        with self._store.write() as txn:
-            # PERF: the group's sequence numbers are taken at once (one counter update)
-            first = self._store.current_id(txn, "scan_event") + 1
-            memo: dict = {}
-            out = [self._apply(txn, first + i, unit_id, role_index, event, settle, copy_at, memo)
-                   for i, (unit_id, role_index, event, settle, copy_at, _) in enumerate(group)]
-            self._store.set_id(txn, "scan_event", first + len(group) - 1)
-            return out
+        """One write transaction (and one fsync) for a whole group of scans.
+
+        A settlement that raises (a campaign bug) must not lose its scan or its
+        neighbours: the transaction is rolled back and the group written again without
+        that settlement (its scan answers ``[{"outcome": "error"}]``). PERF: settlements
+        run without a nested transaction each (~0.7 µs a scan); only a failure costs a
+        redo, and a settlement never fails twice (it is not run again).
+        """
+        failed: set[int] = set()
+        while True:
+            try:
+                with self._store.write() as txn:
+                    # PERF: the group's sequence numbers are taken at once (one counter update)
+                    first = self._store.current_id(txn, "scan_event") + 1
+                    memo = WriteMemo()
+                    out = [self._apply(txn, first + i, unit_id, role_index, event,
+                                       _FAILED if i in failed else settle, copy_at, memo, i)
+                           for i, (unit_id, role_index, event, settle, copy_at, _) in enumerate(group)]
+                    memo.finish(txn)
+                    self._store.set_id(txn, "scan_event", first + len(group) - 1)
+                    return out
+            except _SettlementFailed as e:
+                failed.add(e.index)
 
     def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int] | None = None, memo: dict | None = None) -> ScanRecord:
+               copy_at: tuple[int, int] | None = None, memo: WriteMemo | None = None,
+               index: int = 0) -> ScanRecord:
         key = _record_key(unit_id, role_index)
         raw = txn.get(key, db=self._records)
         at = float(event["at"])
@@ -225,7 +274,16 @@ class ScanLog:
         copied = copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
         if copied:
             stored["flags"] = [*event.get("flags", ()), "copied"]
-        rewards = self._settle(txn, seq, settle, {} if memo is None else memo) if settle is not None else ()
+        if settle is None:
+            rewards = ()
+        elif settle is _FAILED:
+            rewards = [{"outcome": "error"}]
+        else:
+            try:
+                rewards = settle(txn, seq, memo)
+            except Exception as e:
+                log.exception("campaign settlement failed for scan %d; no reward written", seq)
+                raise _SettlementFailed(index) from e
         if rewards:
             stored["rewards"] = rewards
         txn.put(u64(seq), pack(stored), db=self._events)
@@ -234,18 +292,6 @@ class ScanLog:
             # Alerts by distributor: key = distributor id, NUL, seq (listed per distributor).
             txn.put(diverted["distributor"].encode() + b"\0" + u64(seq), pack(stored), db=self._alerts)
         return self._to_record(rec, seq, tuple(rewards), copied)
-
-    def _settle(self, txn, seq: int, settle, memo: dict) -> list:
-        sub = self._store.env.begin(write=True, parent=txn)
-        try:
-            rewards = settle(sub, seq, memo)
-        except Exception:  # NOTE: a campaign bug must not lose the scan or its neighbours
-            sub.abort()
-            memo.clear()  # it may hold what the undone writes wrote
-            log.exception("campaign settlement failed for scan %d; no reward written", seq)
-            return [{"outcome": "error"}]
-        sub.commit()
-        return rewards
 
     @staticmethod
     def _to_record(rec: list, seq: int, rewards: tuple = (), copied: bool = False) -> ScanRecord:

@@ -113,9 +113,10 @@ def test_acknowledged_scans_survive_kill_9(tmp_path):
     store.close()
 
 
-def test_settlements_of_a_group_share_a_memo_emptied_when_one_fails(tmp_path):
-    """One write transaction for a group: its settlements share a memo; a failed
-    settlement's writes are undone, and so is everything the memo held."""
+def test_settlements_of_a_group_share_a_memo_and_a_failure_undoes_only_its_own(tmp_path):
+    """One write transaction for a group: its settlements share a memo. A settlement that
+    raises is undone (the group is written again without it, with a new memo): its scan
+    is recorded with an error outcome, its neighbours keep their rewards."""
     store = Store(tmp_path / "db")
     log = ScanLog(store)
     db = store.db("t")
@@ -134,10 +135,13 @@ def test_settlements_of_a_group_share_a_memo_emptied_when_one_fails(tmp_path):
     group = [(1, 0, {"at": 1.0}, settle(1), None, None), (2, 0, {"at": 2.0}, settle(2, fail=True), None, None),
              (3, 0, {"at": 3.0}, settle(3), None, None), (4, 0, {"at": 4.0}, settle(4), None, None)]
     records = log._write_group(group)  # as the committer does with a queued group
-    assert seen == [(1, {}), (2, {"last": 1}), (3, {}), (4, {"last": 3})]
+    assert seen == [(1, {}), (2, {"last": 1}), (1, {}), (3, {"last": 1}), (4, {"last": 3})]
     assert [r.rewards for r in records] == [({"outcome": "granted", "n": 1},), ({"outcome": "error"},),
                                             ({"outcome": "granted", "n": 3},), ({"outcome": "granted", "n": 4},)]
     with store.read() as txn:
         assert [txn.get(b"k%d" % n, db=db) for n in (1, 2, 3, 4)] == [b"x", None, b"x", b"x"]
+    assert [(e["seq"], e["count"], e.get("rewards")) for e in log.events()] == [
+        (1, 1, [{"outcome": "granted", "n": 1}]), (2, 1, [{"outcome": "error"}]),
+        (3, 1, [{"outcome": "granted", "n": 3}]), (4, 1, [{"outcome": "granted", "n": 4}])]
     log.close()
     store.close()
