@@ -28,6 +28,7 @@ __all__ = ["Ledger", "KINDS", "PAYABLE_KINDS"]
 
 KINDS = ("grant", "locked", "unlock", "expire", "voucher", "redeem", "reversal")
 PAYABLE_KINDS = frozenset({"grant", "unlock", "redeem"})
+_KIND_SET = frozenset(KINDS)
 
 
 class Ledger:
@@ -43,7 +44,7 @@ class Ledger:
         ``memo``: the write transaction's memo (:meth:`engine.scanlog.ScanLog.record`),
         which keeps the last seq for the transaction's next entries."""
         kind = entry.get("kind")
-        if kind not in KINDS:
+        if kind not in _KIND_SET:
             raise ValueError(f"ledger entry kind must be one of {', '.join(KINDS)}")
         # PERF: the ledger is append-only with seq keys, so the next seq is the last key
         # + 1: one cursor step (~0.4 µs) instead of a counter's read and write (~1.2 µs).

@@ -171,17 +171,23 @@ class RewardEngine:
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
             if last_day != day:
                 today = 0
-            for limit, n in (("per_actor_per_day", today), ("per_actor", total)):
-                cap = limits.get(limit)
-                if cap is not None and n >= cap:
-                    txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
-                    return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
-                             "limit": limit, "max": cap}]
+            limit = None
+            cap = limits.get("per_actor_per_day")
+            if cap is not None and today >= cap:
+                limit = "per_actor_per_day"
+            else:
+                cap = limits.get("per_actor")
+                if cap is not None and total >= cap:
+                    limit = "per_actor"
+            if limit is not None:
+                txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
+                return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
+                         "limit": limit, "max": cap}]
             txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), db=self._actor_counts)
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
-        unit = self._pool_unit(txn, pool)
+        unit = self._units.get(pool) or self._pool_unit(txn, pool)
         results = []
         if amount == 0:
             results.append({"campaign": cid, "name": c.name, "outcome": "no_win"})
@@ -235,12 +241,14 @@ class RewardEngine:
         if to == "distributor":
             who = (ctx.trace.get("distributor") or {}).get("id")
         else:
-            who = None
-            for u in [ctx.unit] + [(a["batch"] << 32) | a["serial"] for a in ctx.trace["ancestors"]]:
-                raw = txn.get(u64(u), db=self._store_units)
-                if raw is not None:
-                    who = raw.decode()
-                    break
+            # the store registered on the unit or the nearest unit above it (bC)
+            raw = txn.get(u64(ctx.unit), db=self._store_units)
+            if raw is None:
+                for a in ctx.trace["ancestors"]:
+                    raw = txn.get(u64((a["batch"] << 32) | a["serial"]), db=self._store_units)
+                    if raw is not None:
+                        break
+            who = None if raw is None else raw.decode()
         if who is None:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
         amount = rebate["amount"]
