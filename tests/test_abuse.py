@@ -142,3 +142,26 @@ def test_sweep_empties_the_old_invalid_layout(guard):
         txn.put(b"ip:old\0\0\0", pack([1.0, "X"]), db=guard.counters.db("invalid_evidence"))
     assert guard.sweep(now=2.0) == 2
     assert guard.record_invalid([subject("ip", "old")], "Y", now=3.0) is None
+
+
+def _four_requests(path):
+    store = Store(path / "db")
+    g = AbuseGuard(store, path / "db-counters", AbuseLimits(rate_per_minute=5))
+    assert [g.over_rate(["ip:10.7.7.7"], now=1000.0 + i / 100) for i in range(4)] == [None] * 4
+    g.close()  # flushes, as a worker does every 0.1 s
+    store.close()
+
+
+def test_rate_counts_are_shared_across_processes(tmp_path):
+    """Another worker's requests count here once this process flushes its own (<= 0.1 s)."""
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", AbuseLimits(rate_per_minute=5))
+    p = mp.get_context("spawn").Process(target=_four_requests, args=(tmp_path,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert g.over_rate(["ip:10.7.7.7"], now=1000.5) is None  # 4 there + 1 here
+    assert g.over_rate(["ip:10.7.7.7"], now=1000.7) == "ip:10.7.7.7"  # the 6th in the minute
+    assert g.over_rate(["ip:10.8.8.8"], now=1000.8) is None
+    g.close()
+    store.close()
