@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import BinaryIO, Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -29,9 +29,9 @@ _SLICE = 1 << 16
 EXPORT_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Verification:
-    """The answer for one scanned string. ``genuine=False`` carries nothing else."""
+class Verification(NamedTuple):
+    """The answer for one scanned string. ``genuine=False`` carries nothing else.
+    PERF: a NamedTuple (immutable; ~3x cheaper to build than a frozen dataclass)."""
 
     genuine: bool
     code: str | None = None
@@ -44,7 +44,7 @@ class Verification:
     def to_dict(self) -> dict:
         if not self.genuine:
             return {"genuine": False, "verdict": "invalid"}
-        d = asdict(self)
+        d = self._asdict()
         d["verdict"] = "genuine"
         return d
 
