@@ -185,9 +185,11 @@ class ScanLog:
         until the transaction itself changes it: a settlement may keep what it read (and
         keep it in step with what it writes) for the next one, and leave a running total's
         write to the end of the transaction. When a settlement fails the group is written
-        again in a new transaction with a new memo (see :meth:`_write_group`). ``copy_at = (regions, devices)``:
-        when the code has now been seen in that many distinct regions or on that many
-        devices, the event gets the flag ``copied`` and the record says ``copied``.
+        again in a new transaction with a new memo (see :meth:`_write_group`).
+
+        ``copy_at = (regions, devices)``: when the code has now been seen in that many
+        distinct regions or on that many devices, the event gets the flag ``copied`` and
+        the record says ``copied``.
         """
         if self._thread is None:
             self._start()
