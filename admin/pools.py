@@ -26,7 +26,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 
-from admin._util import check_amount, check_id, check_regions, china_day
+from admin._util import check_amount, check_id, check_regions, china_day, china_day_number
 from admin.audit import AuditLog
 from engine.errors import Conflict, NotFound
 from engine.store import Store, pack, unpack
@@ -57,10 +57,6 @@ _STATE = struct.Struct(">QIQ")
 
 def _slot(pool: str, slot: str) -> bytes:
     return f"{pool}\0{slot}".encode()
-
-
-def _day_number(ts: float) -> int:
-    return int((ts + 8 * 3600) // 86400)  # China Standard Time, UTC+8
 
 
 def _day_slot(n: int) -> str:
@@ -261,7 +257,7 @@ class PoolCharges:
     def _move(self, pool_id: str, amount: int, region: str | None, at: float, *, check: bool) -> bool:
         pool, state = self._load(pool_id)
         total, current, today = state
-        day = int((at + 8 * 3600) // 86400)  # _day_number, inline: the hot path
+        day = china_day_number(at)
         if day == current and not pool.regions:  # PERF: the common case, in one step
             if check and (total + amount > pool.total
                           or (pool.daily is not None and today + amount > pool.daily)):

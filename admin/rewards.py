@@ -7,9 +7,10 @@ Two steps, split so that the slow part never holds the write lock:
    trigger, window and regions match, and draw each prize (``secrets``-grade random,
    injectable for tests). Returns a *settle* function, or None when nothing applies.
 2. The settle function runs **inside the scan's durable write transaction** (the scan
-   log's group commit; a failure undoes only this scan's rewards): it re-reads the campaign's status, enforces one reward per code per
-   campaign ever, the per-actor limits, the pool's total/daily/region caps, writes the
-   ledger entries, issues vouchers, applies locks, and pays linked rebates — or
+   log's group commit; a failure undoes only this scan's rewards): it re-reads the
+   campaign's status, enforces one reward per code per campaign ever, the per-actor
+   limits, the pool's total/daily/region caps, writes the ledger entries, issues
+   vouchers, applies locks, and pays linked rebates — or
    withholds them when the scan is diverted (窜货不返利). LMDB admits one writer at a
    time across all gunicorn workers, so none of this can race: a pool is never
    overspent and a code never pays twice.
@@ -27,6 +28,7 @@ import struct
 import time
 from typing import Callable
 
+from admin._util import china_day_number
 from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
 from admin.ledger import Ledger
 from admin.pools import PoolRegistry
@@ -168,7 +170,7 @@ class RewardEngine:
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
-            day = int((ctx.at + 8 * 3600) // 86400)  # China day number
+            day = china_day_number(ctx.at)
             count_key = campaign_key + actor.encode()
             raw = txn.get(count_key, None, self._actor_counts)
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
@@ -190,7 +192,7 @@ class RewardEngine:
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
-        unit = self._units.get(pool) or self._pool_unit(txn, pool)
+        unit = self._pool_unit(txn, pool)
         results = []
         if amount == 0:
             results.append({"campaign": cid, "name": c.name, "outcome": "no_win"})

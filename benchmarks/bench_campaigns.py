@@ -7,8 +7,8 @@ campaigns defined. Measured in two parts, in the same run:
   reference hook call on a batch with no campaigns;
 * settle: the writes inside the scan's transaction (status re-check, one-per-code,
   limits, pool caps, ledger entries, rebates), per scan, inside one write transaction,
-  in groups of 16 scans sharing a memo as the scan log's group commit does (groups are
-  ~5-30 scans at 5,000 scans/s; larger under heavier load).
+  in groups of 16 scans sharing a memo as the scan log's group commit does (its groups
+  are everything waiting at commit time: larger under heavier load).
 
 Small by default (300 campaigns); ``WUMA_BENCH=full`` defines 10,000.
 """

@@ -217,8 +217,8 @@ class AbuseGuard:
         re-packed), read and written once: one get and one put in one database per
         subject. Separate count and evidence keys in two databases dirtied twice the
         pages; with the writemap environment an invalid scan's write went from ~11.7 to
-        ~3.3 µs (median, 2 subjects, evidence written, /tmp/inv/layouts2.py), and this
-        method from ~9.5 to ~4.2 µs in the scan benchmark's case (/tmp/inv/prof.py).
+        ~3.3 µs (median, 2 subjects, evidence written), and this method from ~9.5 to
+        ~4.2 µs in the case of ``benchmarks/bench_pipeline.py`` (invalid code).
         """
         now = time.time() if now is None else now
         lim = self.limits
