@@ -38,7 +38,7 @@ def _rule(pool, batch, code_role, actor_role, **extra):
 
 
 def _ctx(agg, uid, code_role, actor_role="consumer", actor_id="bench-user"):
-    trace = agg.trace_unit(uid, history=False)
+    trace = agg.scan_trace(uid)
     req = ScanRequest("x", actor_role=actor_role, actor_id=actor_id, region="440106")
     return ScanContext(req, None, "genuine", code_role, uid, trace, [], time.time())
 

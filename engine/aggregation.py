@@ -724,9 +724,9 @@ class Aggregation:
     def in_territory(distributor: dict, region: str) -> bool:
         return any(str(region).startswith(t) for t in distributor["territory"])
 
-    def _shipment_of(self, txn, chain: list[int]):
+    def _shipment_of(self, txn, chain):
         for u in chain:
-            raw = txn.get(_Q.pack(u), db=self._ship_db)
+            raw = txn.get(_Q.pack(u), None, self._ship_db)  # PERF: positional (scan path)
             if raw is not None:
                 sid = _I.unpack(raw)[0]
                 return u, sid
@@ -808,15 +808,7 @@ class Aggregation:
         # immutable records (activations, shipments, distributors) cached in process.
         txn = self.store.env.begin(buffers=False)
         try:
-            c2p = txn.cursor(db=self._c2p_db)
-            chain = []
-            u = uid
-            while c2p.set_range(_Q.pack(u)):
-                first, parent = _c2p_decode(_Q.unpack(c2p.key())[0], c2p.value())
-                if first > u or len(chain) >= len(self._depth):
-                    break
-                chain.append(parent)
-                u = parent
+            chain = self._chain_of(txn, uid)
             act_ref = self.active.find(txn, uid)
             act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
             void = self.voids.find(txn, uid)
@@ -862,6 +854,51 @@ class Aggregation:
         finally:
             txn.abort()
         return out
+
+    def scan_trace(self, uid: int) -> dict:
+        """What a scan needs of :meth:`trace_unit`, and only that: ``active``, ``voided``,
+        ``product``, ``ancestors`` (each ``{"level", "batch", "serial"}``, nearest first)
+        and ``distributor`` (the record of the distributor the unit was shipped to).
+
+        PERF: every genuine scan calls this. No unit description, children, shipment or
+        history; the ancestors are built in the shape the scan answer carries (~8.9 ->
+        ~6.6 µs against ``trace_unit(uid, history=False)``).
+        """
+        txn = self.store.env.begin(buffers=False)
+        try:
+            chain = self._chain_of(txn, uid)
+            act_ref = self.active.find(txn, uid)
+            act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
+            void = self.voids.find(txn, uid)
+            _, sid = self._shipment_of(txn, (uid, *chain))
+            dist = None
+            if sid:
+                dist = self._distributor_rec(txn, self._shipment_rec(txn, sid)["distributor"])
+        finally:
+            txn.abort()
+        levels = self._levels
+        return {
+            "active": act is not None and void is None,
+            "voided": void is not None,
+            "product": None if act is None else dict(act["product"]),
+            "ancestors": [{"level": levels.get(a >> 32) or self.level_of(a), "batch": a >> 32,
+                           "serial": a & _LOW} for a in chain],
+            "distributor": None if dist is None else dict(dist),
+        }
+
+    def _chain_of(self, txn, uid: int) -> list[int]:
+        """The unit's ancestors, nearest first: one ``set_range`` per level."""
+        c2p = txn.cursor(self._c2p_db)
+        chain: list[int] = []
+        depth = len(self._depth)
+        u = uid
+        while c2p.set_range(_Q.pack(u)):
+            first, parent = _c2p_decode(_Q.unpack(c2p.key())[0], c2p.value())
+            if first > u or len(chain) >= depth:
+                break
+            chain.append(parent)
+            u = parent
+        return chain
 
     def _activation_rec(self, txn, ref: bytes) -> dict | None:
         got = self._cache.get(("a", ref))

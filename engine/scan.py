@@ -79,7 +79,8 @@ class ScanRequest(NamedTuple):
 
 @dataclass
 class ScanContext:
-    """What a campaign hook sees (a genuine scan, before its durable write)."""
+    """What a campaign hook sees (a genuine scan, before its durable write). ``trace`` is
+    :meth:`engine.aggregation.Aggregation.scan_trace` of the unit."""
 
     request: ScanRequest
     account_id: str | None
@@ -149,12 +150,11 @@ def _unit_verdict(trace: dict) -> str:
 
 def _result(verdict: str, v, trace: dict, record: ScanRecord | None, **extra) -> ScanResult:
     """The answer for a genuine code (any unit state), from its verification and trace."""
-    dist = trace.get("distributor")
+    dist = trace["distributor"]
     return ScanResult(
-        verdict, v.code, v.role, v.level, v.batch, v.serial, product=trace.get("product"),
-        ancestors=[{"level": a["level"], "batch": a["batch"], "serial": a["serial"]}
-                   for a in trace["ancestors"]],
-        distributor=dist["id"] if dist else None, scan=record, **extra,
+        verdict, v.code, v.role, v.level, v.batch, v.serial, product=trace["product"],
+        ancestors=trace["ancestors"], distributor=dist["id"] if dist else None, scan=record,
+        **extra,
     )
 
 
@@ -212,7 +212,7 @@ class ScanPipeline:
             self.abuse.record_invalid(subjects, req.code, now)
             return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
-        trace = self.aggregation.trace_unit(uid, history=False)
+        trace = self.aggregation.scan_trace(uid)
         located = False
         if req.region is None and req.lat is not None and req.lng is not None and self.regions is not None:
             region = self.regions.locate(req.lat, req.lng)
@@ -223,7 +223,7 @@ class ScanPipeline:
         if v.role not in self.role_rules.get(req.actor_role, ()):
             flags.append("role_not_allowed")
         diversion = None
-        dist = trace.get("distributor")
+        dist = trace["distributor"]
         if verdict == "genuine" and dist and req.region:
             if not self.aggregation.in_territory(dist, req.region):
                 diversion = {"distributor": dist["id"], "territory": dist["territory"],
@@ -261,6 +261,6 @@ class ScanPipeline:
         if not v.genuine:
             return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
-        trace = self.aggregation.trace_unit(uid, history=False)
+        trace = self.aggregation.scan_trace(uid)
         return _result(_unit_verdict(trace), v, trace,
                        self.scans.get(uid, self.codes.spec.role(v.role).index))

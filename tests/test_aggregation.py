@@ -228,6 +228,32 @@ def test_ship_trace_distributor_through_ancestors(run, tmp_path):
         agg.trace("not a code")
 
 
+
+def _scan_view(t: dict) -> dict:
+    """What a scan reads of trace_unit: the keys and shape of scan_trace."""
+    return {"active": t["active"], "voided": t["voided"], "product": t["product"],
+            "ancestors": [{k: a[k] for k in ("level", "batch", "serial")} for a in t["ancestors"]],
+            "distributor": t["distributor"]}
+
+
+def test_scan_trace_agrees_with_trace_unit(run, tmp_path):
+    """The scan path's lean trace says what the full trace says, for every unit: linked
+    or loose, active or not, voided, shipped, transferred and returned."""
+    agg = run.agg
+    agg.load(_file(tmp_path, _production(run, n_cases=8)))
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21", pallets=[run.pallets[0]])
+    agg.add_distributor("gz-01", "Guangzhou", ["4401"])
+    agg.add_distributor("fs-02", "Foshan", ["4406"])
+    agg.ship([run.pallets[0]], "gz-01", now=1000.0)
+    agg.receive([run.pallets[0]])
+    agg.transfer([run.cases[1]], "fs-02")
+    agg.return_goods([run.cases[2]])
+    agg.void([run.caps[5], run.cases[3]])
+    units = [agg.unit(c) for c in run.caps + run.cases + run.pallets]
+    assert any(_scan_view(agg.trace_unit(u, history=False))["distributor"] for u in units)
+    for u in units:
+        assert agg.scan_trace(u) == _scan_view(agg.trace_unit(u, history=False)), u
+
 # -- EPCIS and SSCC ------------------------------------------------------------------------
 def test_sscc_check_digit():
     # GS1 General Specifications example SSCC (00) 106141411234567897

@@ -4,6 +4,7 @@ workers, metrics, the OpenAPI document, and kill -9 during load."""
 from __future__ import annotations
 
 import http.client
+import io
 import threading
 
 import jsonschema
@@ -12,6 +13,7 @@ from conftest_world import build_world
 from server import Server
 
 from engine import DataFolder
+from engine.http_scan import JSON_HANDLER
 from engine.openapi import OPENAPI
 from engine.scanlog import ScanLog
 
@@ -231,3 +233,11 @@ def test_openapi_document_holds_against_live_server(tmp_path):
     with DataFolder(tmp_path / "wuma-data") as data:
         revoked = {e["target"] for e in AuditLog(data.store).entries(0, 100_000) if e["action"] == "token.revoke"}
     assert "admin-1" not in revoked
+
+
+def test_json_bodies_are_utf8_text():
+    """Answers carry Chinese product names as UTF-8, not \\u escapes, and read back."""
+    body = JSON_HANDLER.serialize({"name": "绿茶 500ml", "n": [1, 2.5, None]}, "application/json")
+    assert body == '{"name": "绿茶 500ml", "n": [1, 2.5, null]}'.encode()
+    assert JSON_HANDLER.deserialize(io.BytesIO(body), "application/json", len(body)) == {
+        "name": "绿茶 500ml", "n": [1, 2.5, None]}
