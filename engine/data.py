@@ -28,14 +28,28 @@ from engine.regions import RegionTable
 from engine.spec import PackagingSpec, load_preset
 from engine.store import Store
 
-__all__ = ["DataFolder", "DEFAULT_URL_BASE", "default_data_path"]
+__all__ = ["DataFolder", "DEFAULT_URL_BASE", "DURABILITY", "default_data_path"]
 
 DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
 _CONFIG = "wuma.json"
 
 
 #: Settings sections a brand may change after init.
-_SETTINGS = {"abuse", "serve"}
+_SETTINGS = {"abuse", "serve", "store"}
+#: ``"store": {"durability": ...}``: when a write (a scan, a reward, an admin change) is
+#: acknowledged. ``strict``: committed and on disk (data and meta pages fsynced).
+#: ``relaxed``: committed and its data pages fsynced; a power loss or kernel crash may undo
+#: the last commit (never corrupt the store); a crash of any process loses nothing.
+DURABILITY = ("strict", "relaxed")
+
+
+def _durability(config: dict) -> str:
+    store = config.get("store", {})
+    value = store.get("durability", "strict") if isinstance(store, dict) else None
+    if value not in DURABILITY:
+        raise DataFolderError(f'store durability must be one of {", ".join(DURABILITY)} '
+                              f"(wuma.json, \"store\": {{\"durability\": ...}}); got {value!r}")
+    return value
 
 
 def _write_config(path: Path, config: dict) -> None:
@@ -65,7 +79,8 @@ class DataFolder:
             raise DataFolderError(f"{cfg} is damaged: {e}") from None
         self.url_base: str = self.config.get("url_base", DEFAULT_URL_BASE)
         self.keys = KeyRing(self.path / "keys")
-        self.store = Store(self.path / "db")
+        self.durability = _durability(self.config)
+        self.store = Store(self.path / "db", metasync=self.durability == "strict")
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
 
@@ -86,11 +101,15 @@ class DataFolder:
         return cls(path)
 
     def update_config(self, **sections: dict) -> None:
-        """Set settings sections (``abuse``, ``serve``) in wuma.json; read by processes
-        that open the folder afterwards (a running server keeps what it read)."""
+        """Set settings sections (``abuse``, ``serve``, ``store``) in wuma.json; read by
+        processes that open the folder afterwards (a running server keeps what it read)."""
         unknown = set(sections) - _SETTINGS
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        try:
+            _durability(sections)
+        except DataFolderError as e:
+            raise ValueError(str(e)) from None
         self.config.update(sections)
         _write_config(self.path, self.config)
 

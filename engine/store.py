@@ -53,12 +53,16 @@ class Store:
     """An open LMDB environment with named databases."""
 
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 sync: bool = True, writemap: bool = False) -> None:
+                 sync: bool = True, writemap: bool = False, metasync: bool | None = None) -> None:
         """``writemap``: commits write through the memory map instead of ``pwrite``-ing
         each dirty page (faster small commits; only for stores whose loss is harmless,
         with ``sync=False``: every process must open an environment the same way). With
         it LMDB sizes ``data.mdb`` to ``map_size`` at once: a sparse file on Linux, so keep
-        ``map_size`` modest and copy such a folder with ``cp --sparse=always``."""
+        ``map_size`` modest and copy such a folder with ``cp --sparse=always``.
+
+        ``metasync=False`` (with ``sync``): each commit fsyncs the data pages but not the
+        meta page, which reaches the disk with the next commit; a power loss may undo the
+        last committed transaction, never corrupt the store (LMDB's MDB_NOMETASYNC)."""
         self.path = Path(path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -68,9 +72,10 @@ class Store:
             readonly=readonly,
             max_readers=512,
             # NOTE: sync=True + metasync=True: a committed transaction is on disk. Only
-            # stores whose loss is harmless (rate counters) pass sync=False.
+            # stores whose loss is harmless (rate counters) pass sync=False; a data folder
+            # set to durability "relaxed" passes metasync=False.
             sync=sync,
-            metasync=sync,
+            metasync=sync if metasync is None else sync and metasync,
             writemap=writemap,
             lock=True,
         )

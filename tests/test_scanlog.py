@@ -9,6 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from engine import DataFolder
 from engine.scanlog import ScanLog
 from engine.store import Store
 
@@ -68,7 +71,7 @@ _WRITER = """
 import sys, threading, time
 from engine.store import Store
 from engine.scanlog import ScanLog
-log = ScanLog(Store(sys.argv[1]))
+log = ScanLog(Store(sys.argv[1], metasync=sys.argv[2] == "strict"))
 lock = threading.Lock()
 def worker(t):
     i = 0
@@ -83,10 +86,12 @@ time.sleep(60)
 """
 
 
-def test_acknowledged_scans_survive_kill_9(tmp_path):
+@pytest.mark.parametrize("durability", ["strict", "relaxed"])
+def test_acknowledged_scans_survive_kill_9(tmp_path, durability):
+    """Either durability: a scan answered is committed, so a killed process loses none."""
     db = tmp_path / "db"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), durability], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
     deadline = time.time() + 30
@@ -145,3 +150,17 @@ def test_settlements_of_a_group_share_a_memo_and_a_failure_undoes_only_its_own(t
         (3, 1, [{"outcome": "granted", "n": 3}]), (4, 1, [{"outcome": "granted", "n": 4}])]
     log.close()
     store.close()
+
+
+def test_durability_setting(tmp_path):
+    """strict (the default) fsyncs data and meta pages at each commit; relaxed only the
+    data pages; anything else is refused with the setting's name and values."""
+    data = DataFolder.init(tmp_path / "w")
+    assert data.durability == "strict" and data.store.env.flags()["metasync"]
+    with pytest.raises(ValueError, match="durability must be one of strict, relaxed"):
+        data.update_config(store={"durability": "fast"})
+    data.update_config(store={"durability": "relaxed"})
+    data.close()
+    with DataFolder(tmp_path / "w") as data:
+        flags = data.store.env.flags()
+        assert data.durability == "relaxed" and flags["sync"] and not flags["metasync"]
