@@ -98,6 +98,7 @@ class CodeEngine:
         self._decode_tables: dict[str, np.ndarray] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._workers = max(1, min(len(os.sched_getaffinity(0)), 8))
+        self._native = False
 
     # -- keys -------------------------------------------------------------------------
     def ff1(self, version: int, fmt: CodeFormat) -> FF1:
@@ -106,8 +107,21 @@ class CodeEngine:
         if f is None:
             # AES-128: 128-bit security for the permutation; 10 rounds of AES instead of 14.
             f = FF1(self.keys.derive(version, f"code-ff1/{fmt.name}", 16), fmt.radix)
+            if self._native:
+                f.use_native_rounds()
             self._ff1[key] = f
         return f
+
+    def use_native_ff1(self) -> bool:
+        """Verify with FF1's rounds compiled (:meth:`engine.fpe.FF1.use_native_rounds`),
+        now and for keys loaded later: for long-running verifiers such as the scan pipeline
+        (compiles once per process, ~0.4 s). False if this machine cannot."""
+        self._native = True
+        for version in self.keys.versions:
+            for fmt in self._formats:
+                if not self.ff1(version, fmt).use_native_rounds():
+                    return False
+        return True
 
     # -- generation -------------------------------------------------------------------
     def widths(self, batch: Batch) -> list[int]:

