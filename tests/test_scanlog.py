@@ -33,6 +33,22 @@ def test_first_and_repeat_scans(tmp_path):
     store.close()
 
 
+def test_an_event_is_never_dropped_when_the_counter_is_behind(tmp_path):
+    """Events are appended in sequence order; if the sequence counter were ever behind the
+    log (a bad restore), the scan fails loudly and nothing of it is written."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    log.record(7, 4, {"at": 100.0})
+    log.record(7, 4, {"at": 101.0})
+    with store.write() as txn:
+        store.set_id(txn, "scan_event", 1)
+    with pytest.raises(RuntimeError, match="not after the last one"):
+        log.record(7, 4, {"at": 102.0})
+    assert log.get(7, 4).count == 2 and [e["at"] for e in log.events()] == [100.0, 101.0]
+    log.close()
+    store.close()
+
+
 def _hammer(path, unit, n):
     store = Store(Path(path))
     log = ScanLog(store)
