@@ -809,11 +809,7 @@ class Aggregation:
         # immutable records (activations, shipments, distributors) cached in process.
         txn = self.store.env.begin(buffers=False)
         try:
-            chain = self._chain_of(txn, uid)
-            act_ref = self.active.find(txn, uid)
-            act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
-            void = self.voids.find(txn, uid)
-            via, sid = self._shipment_of(txn, [uid, *chain])
+            chain, act, void, via, sid = self._unit_facts(txn, uid)
             shipment = distributor = None
             if sid:
                 rec = self._shipment_rec(txn, sid)
@@ -867,11 +863,7 @@ class Aggregation:
         """
         txn = self.store.env.begin(buffers=False)
         try:
-            chain = self._chain_of(txn, uid)
-            act_ref = self.active.find(txn, uid)
-            act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
-            void = self.voids.find(txn, uid)
-            _, sid = self._shipment_of(txn, (uid, *chain))
+            chain, act, void, _, sid = self._unit_facts(txn, uid)
             dist = None
             if sid:
                 dist = self._distributor_rec(txn, self._shipment_rec(txn, sid)["distributor"])
@@ -886,6 +878,14 @@ class Aggregation:
                            "serial": a & _LOW} for a in chain],
             "distributor": None if dist is None else dict(dist),
         }
+
+    def _unit_facts(self, txn, uid: int):
+        """``(ancestors, activation record, void run, shipped unit, shipment id)``."""
+        chain = self._chain_of(txn, uid)
+        act_ref = self.active.find(txn, uid)
+        act = None if act_ref is None else self._activation_rec(txn, act_ref[2])
+        via, sid = self._shipment_of(txn, (uid, *chain))
+        return chain, act, self.voids.find(txn, uid), via, sid
 
     def _chain_of(self, txn, uid: int) -> list[int]:
         """The unit's ancestors, nearest first: one ``set_range`` per level."""
