@@ -225,7 +225,7 @@ class AbuseGuard:
         head = _INVALID_HEAD
         head_size = head.size
         to_ban: list[tuple[str, list]] = []
-        evidence = None  # PERF: packed only for a subject still collecting evidence
+        evidence = None  # PERF: packed once, and only for a subject still collecting it
         with self.counters.write() as txn:
             for s in subjects:
                 key = s.encode()
@@ -235,22 +235,23 @@ class AbuseGuard:
                 if raw is None or now - start > lim.invalid_window_s:
                     start, n, raw = now, 0, None
                 n += 1
-                if n > lim.invalid_threshold:
-                    kept = raw[head_size:] if raw is not None else b""
-                    if n <= lim.evidence_max:
-                        kept += evidence or pack([now, str(code)[:_EVIDENCE_CODE_CHARS]])
-                    to_ban.append((s, _evidence_list(kept)))
-                    txn.delete(key, db=self._invalid)
-                    continue
-                if n > lim.evidence_max:
+                if n <= lim.evidence_max:
+                    if evidence is None:
+                        evidence = pack([now, str(code)[:_EVIDENCE_CODE_CHARS]])
+                    kept = (b"" if raw is None else raw[head_size:]) + evidence
+                elif n <= lim.invalid_threshold:
                     # PERF: the evidence is full: one copy of the record, its head rewritten
                     value = bytearray(raw)
                     head.pack_into(value, 0, start, n)
+                    txn.put(key, value, True, True, False, self._invalid)
+                    continue
                 else:
-                    if evidence is None:
-                        evidence = pack([now, str(code)[:_EVIDENCE_CODE_CHARS]])
-                    value = head.pack(start, n) + (b"" if raw is None else raw[head_size:]) + evidence
-                txn.put(key, value, True, True, False, self._invalid)
+                    kept = raw[head_size:]
+                if n > lim.invalid_threshold:
+                    to_ban.append((s, _evidence_list(kept)))
+                    txn.delete(key, db=self._invalid)
+                else:
+                    txn.put(key, head.pack(start, n) + kept, True, True, False, self._invalid)
         first = None
         if to_ban:
             with self._store.write() as txn:

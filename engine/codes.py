@@ -94,7 +94,6 @@ class CodeEngine:
         self._ff1: dict[tuple[int, str], FF1] = {}
         self._facts: dict[int, _BatchFacts] = {}
         self._formats = list(spec.formats.values())
-        self._tables: dict[str, dict] = {}
         self._verify_consts: dict[str, tuple] = {}
         self._decode_tables: dict[str, np.ndarray] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -252,8 +251,8 @@ class CodeEngine:
         return INVALID
 
     def _verify_canonical(self, s: str, fmt: CodeFormat) -> Verification:
-        # PERF: the format's numbers come precomputed (one tuple per format): attribute
-        # lookups and radix ** v on every verify cost ~0.5 µs
+        # PERF: the format's numbers come precomputed (one tuple per format) instead of
+        # attribute lookups and radix ** v on every verify (8.1 -> 7.6-8.0 µs here)
         c = self._verify_consts.get(fmt.name) or self._verify_constants(fmt)
         alphabet, name, n, u, radix, scale, tag_mask, tag_bits, serial_mask, serial_bits, \
             batch_mask, batch_bits, table = c
@@ -278,22 +277,16 @@ class CodeEngine:
         return Verification(True, s, batch_id, serial, got[0], got[1], version)
 
     def _verify_constants(self, fmt: CodeFormat) -> tuple:
+        """What :meth:`_verify_canonical` needs of a format, computed once; the last item is
+        the str.translate table from the format's alphabet to int()'s digits (radix <= 36)."""
         n = fmt.body_length
         u = n // 2
+        int_digits = str.maketrans(fmt.alphabet, "0123456789abcdefghijklmnopqrstuvwxyz"[: fmt.radix])
         c = (fmt.alphabet, fmt.name, n, u, fmt.radix, fmt.radix ** (n - u), (1 << fmt.tag_bits) - 1,
              fmt.tag_bits, (1 << fmt.serial_bits) - 1, fmt.serial_bits, (1 << fmt.batch_bits) - 1,
-             fmt.batch_bits, self._int_table(fmt))
+             fmt.batch_bits, int_digits)
         self._verify_consts[fmt.name] = c
         return c
-
-    def _int_table(self, fmt: CodeFormat):
-        """str.translate table: format alphabet -> Python's int() digits (radix <= 36)."""
-        got = self._tables.get(fmt.name)
-        if got is None:
-            digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-            got = str.maketrans(fmt.alphabet, digits[: fmt.radix])
-            self._tables[fmt.name] = got
-        return got
 
     def _decode_table(self, fmt: CodeFormat) -> np.ndarray:
         """ASCII byte -> numeral (255 = not in the alphabet), read as :meth:`verify` reads."""
