@@ -94,3 +94,8 @@ logconfig_dict = {
 control_socket_disable = True
 
 
+
+# PERF: a response's headers and body in one write (see engine/gunicorn_response.py).
+from engine.gunicorn_response import install as _install_coalescing_response  # noqa: E402
+
+_install_coalescing_response()
