@@ -13,6 +13,7 @@ answer for both). Invalid codes count towards the caller's enumeration ban.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -93,6 +94,71 @@ class ScanContext:
     at: float
 
 
+#: How answers become JSON: UTF-8 text, no ASCII escapes. One encoder, reused (PERF:
+#: ``json.dumps`` builds a new one per call).
+JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
+_ENCODE = JSON_ENCODER.encode
+_ESCAPE = json.encoder.encode_basestring  # the C escaper JSON_ENCODER uses
+
+
+def _string(v) -> str:
+    return _ESCAPE(v) if v.__class__ is str else _ENCODE(v)
+
+
+def _number(v) -> str:
+    # NOTE: json writes ints and floats with their repr; bools, None and the rest go to it
+    return v.__repr__() if v.__class__ is int or v.__class__ is float and math.isfinite(v) else _ENCODE(v)
+
+
+def _strings(items) -> str:
+    if not items:
+        return "[]"
+    if all(v.__class__ is str for v in items):
+        return "[" + ", ".join(map(_ESCAPE, items)) + "]"
+    return _ENCODE(list(items))
+
+
+def _flat(d) -> str:
+    """A dict of string keys and string-or-None values (a product), else the encoder's.
+    PERF: a product is the same for a whole batch; its text is kept (bounded) by content."""
+    if d.__class__ is not dict:
+        return _ENCODE(d)
+    key = (*d, *d.values())
+    try:
+        return _FLAT_SEEN[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value
+        return _ENCODE(d)
+    out = []
+    for k, v in d.items():
+        if k.__class__ is not str or not (v is None or v.__class__ is str):
+            return _ENCODE(d)
+        out.append(f"{_ESCAPE(k)}: {'null' if v is None else _ESCAPE(v)}")
+    if len(_FLAT_SEEN) >= 4096:
+        _FLAT_SEEN.clear()
+    text = _FLAT_SEEN[key] = "{" + ", ".join(out) + "}"
+    return text
+
+
+_FLAT_SEEN: dict[tuple, str] = {}
+
+
+def _ancestors(items) -> str:
+    out = []
+    for a in items:
+        if a.__class__ is dict and tuple(a) == _ANCESTOR_KEYS:
+            level, batch, serial = a.values()
+            if level.__class__ is str and batch.__class__ is int and serial.__class__ is int:
+                out.append('{"level": %s, "batch": %d, "serial": %d}' % (_ESCAPE(level), batch, serial))
+                continue
+        return _ENCODE(list(items))
+    return "[" + ", ".join(out) + "]"
+
+
+_ANCESTOR_KEYS = ("level", "batch", "serial")
+
+
 class ScanResult(NamedTuple):
     """The answer to a scan. PERF: a NamedTuple (immutable, ~0.7 µs to build; a frozen
     dataclass took ~2.8 µs for these 13 fields, on every scan)."""
@@ -125,10 +191,37 @@ class ScanResult(NamedTuple):
                          "first_region": self.scan.first_region, "last_at": self.scan.last_at}
         return d
 
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` as UTF-8 JSON, byte for byte what ``JSON_ENCODER`` makes of it.
+
+        PERF: written out field by field, strings through json's C escaper: ~6.5 µs for
+        a genuine answer through ``JSONEncoder.encode(to_dict())``, ~2 µs this way. Values
+        of a shape this does not know (campaign rewards, a diversion) go through the
+        encoder."""
+        if self.verdict == "invalid":
+            return _INVALID_JSON
+        head = (f'{{"verdict": {_string(self.verdict)}, "code": {_string(self.code)}, '
+                f'"role": {_string(self.role)}, "level": {_string(self.level)}, '
+                f'"flags": {_strings(self.flags)}')
+        parts = [head]
+        if self.verdict == "genuine":
+            parts.append(f', "batch": {_number(self.batch)}, "serial": {_number(self.serial)}, '
+                         f'"product": {_flat(self.product)}, "ancestors": {_ancestors(self.ancestors)}, '
+                         f'"distributor": {_string(self.distributor)}, '
+                         f'"diversion": {"null" if self.diversion is None else _ENCODE(self.diversion)}, '
+                         f'"rewards": {_ENCODE(list(self.rewards)) if self.rewards else "[]"}')
+        r = self.scan
+        if r is not None:
+            parts.append(f', "scan": {{"count": {_number(r.count)}, "first_at": {_number(r.first_at)}, '
+                         f'"first_region": {_string(r.first_region)}, "last_at": {_number(r.last_at)}}}')
+        parts.append("}")
+        return "".join(parts).encode()
+
 
 #: The answer for every invalid scan. PERF: built once (immutable; to_dict() of it is a
 #: fresh dict).
 _INVALID_RESULT = ScanResult("invalid")
+_INVALID_JSON = JSON_ENCODER.encode(_INVALID_RESULT.to_dict()).encode()
 
 #: A campaign hook looks at a genuine scan (outside any transaction) and returns None, or a
 #: ``settle(txn, seq, memo) -> list[dict]`` function that the scan log runs inside the scan's

@@ -241,3 +241,28 @@ def test_json_bodies_are_utf8_text():
     assert body == '{"name": "绿茶 500ml", "n": [1, 2.5, null]}'.encode()
     assert JSON_HANDLER.deserialize(io.BytesIO(body), "application/json", len(body)) == {
         "name": "绿茶 500ml", "n": [1, 2.5, None]}
+
+
+def test_metrics_count_every_observed_scan_exactly(tmp_path):
+    from engine.http_scan import LATENCY_BUCKETS, Metrics
+    from engine.store import Store
+
+    metrics = Metrics(Store(tmp_path / "counters", sync=False), interval=0.01)  # flushing all along
+
+    def observe(k: int) -> None:
+        for i in range(5000):
+            metrics.observe_scan("genuine" if i % 5 else "invalid", 0.0007 if k else 0.3)
+
+    threads = [threading.Thread(target=observe, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = metrics.totals()
+    assert got['wuma_scans_total{verdict="genuine"}'] == 16_000
+    assert got['wuma_scans_total{verdict="invalid"}'] == 4_000
+    assert got["wuma_scan_latency_seconds_count"] == 20_000
+    assert got['wuma_scan_latency_seconds_bucket{le="0.0005"}'] == 0
+    assert got['wuma_scan_latency_seconds_bucket{le="0.001"}'] == 15_000
+    assert got[f'wuma_scan_latency_seconds_bucket{{le="{LATENCY_BUCKETS[-2]}"}}'] == 20_000
+    assert abs(got["wuma_scan_latency_seconds_sum"] - (15_000 * 0.0007 + 5_000 * 0.3)) < 1e-6
