@@ -10,7 +10,7 @@ from gunicorn.http import wsgi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.gunicorn_response import CoalescingResponse
+from engine.gunicorn_response import CoalescingResponse, SecondDate
 
 STOCK = CoalescingResponse.__mro__[1]
 
@@ -61,6 +61,22 @@ def test_gunicorn_uses_it_once_installed():
     from engine import gunicorn_conf  # noqa: F401  (the config module installs it)
 
     assert wsgi.Response is CoalescingResponse
+    assert isinstance(util.http_date, SecondDate)
+
+
+def test_the_date_is_gunicorns_for_every_second():
+    from email.utils import formatdate
+
+    def stock(ts=None):
+        return formatdate(ts, localtime=False, usegmt=True)
+
+    now = [1796013384.0]
+    date = SecondDate(stock, clock=lambda: now[0])
+    for t in (1796013384.0, 1796013384.2, 1796013384.999999, 1796013385.0, 1796013385.5, 1796013399.01):
+        now[0] = t
+        assert date() == stock(t)
+    assert date() == "Mon, 30 Nov 2026 04:36:39 GMT"
+    assert date(86400.7) == stock(86400.7) == "Fri, 02 Jan 1970 00:00:00 GMT"
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,6 +4,7 @@ workers, metrics, the OpenAPI document, and kill -9 during load."""
 from __future__ import annotations
 
 import http.client
+import json
 import io
 import threading
 
@@ -78,6 +79,33 @@ def test_bad_requests_get_json_errors(live, body, status, error):
     got_status, got = live["server"].scan(body)
     assert (got_status, got["error"]) == (status, error)
     assert "Traceback" not in got["message"]
+
+
+def test_bodies_in_chunks_and_on_one_connection(live):
+    """A chunked body (no Content-Length) is read to its end, and each of several requests
+    on one keep-alive connection gets its own body's answer."""
+    s = live["server"]
+    genuine = live["data"].codes.code(live["caps"], 4, "cap_inner")
+    conn = s.conn()
+    try:
+        body = json.dumps({"code": genuine, "device": "chunky"}).encode()
+        conn.request("POST", "/v1/scans", body=iter([body[:7], body[7:20], body[20:]]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["verdict"] == "genuine"
+        conn.request("POST", "/v1/scans", body=iter([b"x" * 9000, b"y" * 9000]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["error"] == "request_too_large"
+    finally:
+        conn.close()
+    conn = s.conn()
+    try:
+        for code, verdict in ((genuine, "genuine"), ("1" + "Q" * 19, "invalid"), (genuine, "genuine")):
+            status, got = s.scan({"code": code, "device": "keepalive"}, conn=conn)
+            assert (status, got["verdict"]) == (200, verdict)
+    finally:
+        conn.close()
 
 
 def test_ban_holds_across_workers(live):
