@@ -92,6 +92,7 @@ class CodeEngine:
         self.keys = keys
         self.batches = batches
         self._ff1: dict[tuple[int, str], FF1] = {}
+        self._decrypters: dict[tuple[int, str], Callable] = {}  # FF1.int_decrypter, for verify
         self._facts: dict[int, _BatchFacts] = {}
         self._formats = list(spec.formats.values())
         self._verify_consts: dict[str, tuple] = {}
@@ -117,6 +118,7 @@ class CodeEngine:
         now and for keys loaded later: for long-running verifiers such as the scan pipeline
         (compiles once per process, ~0.4 s). False if this machine cannot."""
         self._native = True
+        self._decrypters.clear()  # built with the Python rounds until now
         for version in self.keys.versions:
             for fmt in self._formats:
                 if not self.ff1(version, fmt).use_native_rounds():
@@ -257,13 +259,13 @@ class CodeEngine:
         alphabet, name, n, u, radix, scale, tag_mask, tag_bits, serial_mask, serial_bits, \
             batch_mask, batch_bits, table = c
         version = alphabet.index(s[0])
-        ff1 = self._ff1.get((version, name))
-        if ff1 is None:
+        decrypt = self._decrypters.get((version, name))
+        if decrypt is None:
             if version not in self.keys.versions:
                 return INVALID
-            ff1 = self.ff1(version, fmt)
+            decrypt = self._decrypters[(version, name)] = self.ff1(version, fmt).int_decrypter(n)
         body = s[1:].translate(table)
-        a, b = ff1.decrypt_int(int(body[:u], radix), int(body[u:], radix), n)
+        a, b = decrypt(int(body[:u], radix), int(body[u:], radix))
         payload = a * scale + b
         if payload & tag_mask:
             return INVALID

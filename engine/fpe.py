@@ -242,6 +242,16 @@ class FF1:
             b, a = a, c
         return a, b
 
+    def int_decrypter(self, n: int, tweak: bytes = b""):
+        """``f(a, b)`` = :meth:`decrypt_int` ``(a, b, n, tweak)``, for a verifier decrypting
+        many inputs of one length. PERF: with compiled rounds (:meth:`use_native_rounds`,
+        called first) the kernel is called directly, not through decrypt_int's layout
+        lookup and two more calls: ~0.4 µs less per decrypt."""
+        lay = self._layout(n, tweak)
+        if lay.fast and self._native is not None and lay.native is not None:
+            return self._native.bound(lay.native, lay.d, False)
+        return lambda a, b: self.decrypt_int(a, b, n, tweak)
+
     def _fast_rounds(self, lay: _Layout, a: int, b: int, encrypt: bool) -> tuple[int, int]:
         # PERF: one code is verified per scan; this loop is ~2x faster than the generic
         # one (no per-round attribute lookups or slicing), and each round's constant
