@@ -19,10 +19,10 @@ from server import Server  # noqa: E402
 from cli.localserver import start_gunicorn, stop  # noqa: E402
 
 
-def _measure(port: int, pid: int, bodies: list[dict], seconds: float) -> dict:
+def _measure(port: int, pid: int, bodies: list[dict], seconds: float, connections: int = 16) -> dict:
     run_load(port, "/v1/scans", bodies, seconds=1.0)  # warm-up (numba, caches), not measured
     c0 = server_cpu_seconds(pid)
-    out = run_load(port, "/v1/scans", bodies, seconds=seconds)
+    out = run_load(port, "/v1/scans", bodies, seconds=seconds, processes=2, connections=connections // 2)
     out["cpu_ms"] = (server_cpu_seconds(pid) - c0) / out["requests"] * 1e3
     return out
 
@@ -36,10 +36,10 @@ def _bare(worker_class: str, bodies: list[dict], seconds: float) -> dict:
         stop(proc)
 
 
-def _scan(data: Path, worker_class: str, bodies: list[dict], seconds: float) -> dict:
+def _scan(data: Path, worker_class: str, bodies: list[dict], seconds: float, connections: int = 16) -> dict:
     server = Server(data, worker_class=worker_class)
     try:
-        return _measure(server.port, server.proc.pid, bodies, seconds)
+        return _measure(server.port, server.proc.pid, bodies, seconds, connections)
     finally:
         server.stop()
 
@@ -81,6 +81,8 @@ def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
     r["bare_gthread"] = _bare("gthread", bodies, seconds)
     r["scan_gthread"] = _scan(data, "gthread", bodies, seconds)
     r["relaxed"] = _scan_durability(data, "relaxed", bodies, seconds)
+    if FULL:  # NOTE: for capacity planning: more clients at once, bigger group commits
+        r["scan_32"] = _scan(data, "gevent", bodies, seconds, connections=32)
     _three_campaigns(data, w)
     r["campaigns"] = _scan(data, "gevent", bodies, seconds)
 
@@ -103,6 +105,8 @@ def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
          ">= 80%"),
         ("  statuses", str(s["statuses"]), "all 200"),
         *rows("scan, relaxed durability (meta page not fsynced)", r["relaxed"], "", s, "strict"),
+        *(rows("scan, strict, 32 connections (one run)", r["scan_32"], "", s, "16 connections")
+          if "scan_32" in r else []),
         *rows("scan with 3 campaigns active, gevent", r["campaigns"], "", s, "plain scans"),
         *rows("bare Falcon, gthread x 16 threads", r["bare_gthread"]),
         *rows("scan, strict durable, gthread x 16", r["scan_gthread"], "", r["bare_gthread"], "gthread bare"),
