@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,14 @@ def test_pipeline_in_process(benchmark, tmp_path):
         data.close()
     t = 10.0 if FULL else 2.0
     one = _genuine(tmp_path / "wuma-data", 1, t / 2, "gevent")
-    g16 = _genuine(tmp_path / "wuma-data", 16, t, "gevent")
-    g64 = _genuine(tmp_path / "wuma-data", 64, t, "gevent")
+    # NOTE: the machine's speed drifts within minutes: at full size the two gevent figures
+    # are medians of 3 alternated runs (16, 64, 16, 64, ...), each a third as long
+    runs: dict[int, list[dict]] = {16: [], 64: []}
+    for _ in range(3 if FULL else 1):
+        for callers in runs:
+            runs[callers].append(_genuine(tmp_path / "wuma-data", callers, t / 3 if FULL else t, "gevent"))
+    g16, g64 = (min(rs, key=lambda m: abs(m["wall_us"] - statistics.median(x["wall_us"] for x in rs)))
+                for rs in runs.values())
     th16 = _genuine(tmp_path / "wuma-data", 16, t, "threads")
     report("scan pipeline in process (no HTTP), strict durable", [
         ("invalid code: median per scan", f"{invalid_us:.1f} µs", "<= 10 µs"),
@@ -63,6 +70,8 @@ def test_pipeline_in_process(benchmark, tmp_path):
          f"reference (CPU {one['cpu_us']:.0f} µs)"),
         ("genuine, 16 greenlets (gevent, as served)", f"{g16['wall_us']:.1f} µs/scan", f"<= 30 µs (CPU {g16['cpu_us']:.1f} µs)"),
         ("genuine, 64 greenlets", f"{g64['wall_us']:.1f} µs/scan", f"<= 30 µs (CPU {g64['cpu_us']:.1f} µs)"),
+        ("  each run, 16 / 64 greenlets", " / ".join(", ".join(f"{m['wall_us']:.1f}" for m in rs)
+                                                     for rs in runs.values()) + " µs", ""),
         ("genuine, 16 threads (gthread's model)", f"{th16['wall_us']:.1f} µs/scan", f"CPU {th16['cpu_us']:.1f} µs"),
         ("  ratio 1 caller / 16 greenlets", f"{one['wall_us'] / g16['wall_us']:.1f}x", ""),
     ])
