@@ -2,8 +2,8 @@
 
 * invalid code (forged, well-formed): <= 10 µs per scan, median of single calls;
 * genuine scan, durable write included in amortised form: <= 30 µs per scan. Measured
-  as wall time / scans with 16 (and 64) callers scanning at once for a fixed time, as
-  greenlets under gevent in their own process (``pipeline_load.py``), the way a server
+  as wall time / scans with 16 (and 64) callers scanning at once for a fixed time (at
+  full size, the run with the median of 3 alternated runs), as greenlets under gevent in their own process (``pipeline_load.py``), the way a server
   worker runs them, so the group-committed LMDB transaction and its fsync are shared as
   in the server. One caller (a commit and fsync per scan) is the reference; 16 threads
   show the cost of the thread model gthread workers use.
