@@ -144,19 +144,18 @@ class NativeRounds:
         return np.array([(c >> 64, c & (2**64 - 1), m) for c, m in rounds], np.uint64)
 
     def run(self, table: np.ndarray, d: int, a: int, b: int, encrypt: bool) -> tuple[int, int]:
-        return self.bound(table, d, encrypt)(a, b)
+        return _checked(self._kernel(self._ctx, table, a, b, encrypt, d, self._scratch))
 
     def bound(self, table: np.ndarray, d: int, encrypt: bool):
         """``run`` with everything but the two halves fixed: ``f(a, b) -> (a, b)``."""
         kernel, ctx, scratch = self._kernel, self._ctx, self._scratch
+        return lambda a, b: _checked(kernel(ctx, table, a, b, encrypt, d, scratch))
 
-        def rounds(a: int, b: int) -> tuple[int, int]:
-            a, b = kernel(ctx, table, a, b, encrypt, d, scratch)
-            if a < 0:  # pragma: no cover - OpenSSL failing an ECB block on a valid context
-                raise RuntimeError("OpenSSL AES failed")
-            return a, b
 
-        return rounds
+def _checked(halves: tuple[int, int]) -> tuple[int, int]:
+    if halves[0] < 0:  # pragma: no cover - OpenSSL failing an ECB block on a valid context
+        raise RuntimeError("OpenSSL AES failed")
+    return halves
 
 
 def native_rounds(key: bytes) -> NativeRounds | None:

@@ -246,9 +246,9 @@ class FF1:
         """``f(a, b)`` = :meth:`decrypt_int` ``(a, b, n, tweak)``, for a verifier decrypting
         many inputs of one length. PERF: with compiled rounds (:meth:`use_native_rounds`,
         called first) the kernel is called directly, not through decrypt_int's layout
-        lookup and two more calls: ~0.4 µs less per decrypt."""
+        lookup and two more calls: 1.6-1.9 -> 1.2 µs a decrypt."""
         lay = self._layout(n, tweak)
-        if lay.fast and self._native is not None and lay.native is not None:
+        if self._native is not None and lay.native is not None:  # (a native table: a fast layout)
             return self._native.bound(lay.native, lay.d, False)
         return lambda a, b: self.decrypt_int(a, b, n, tweak)
 

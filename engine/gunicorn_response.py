@@ -9,7 +9,7 @@ chunk and sends both together. Responses with no body (HEAD, 204, 304, an empty 
 and chunked responses are sent as gunicorn sends them.
 
 PERF (benchmarks/bench_http.py's loop, two alternated runs each, 16 connections): server
-system time per request 33-34 -> 22-24 µs on the bare endpoint and 67-69 -> 55-56 µs on
+system time per request 32-34 -> 22-24 µs on the bare endpoint and 67-69 -> 55-56 µs on
 scans; requests/s bare 8.9-9.3k -> 10.6-11.5k, scans 4.0-4.4k -> 4.4-4.6k.
 
 :func:`install` makes gunicorn build its responses from this class (``gunicorn.http.wsgi``

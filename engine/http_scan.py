@@ -78,8 +78,8 @@ class Metrics:
         """Count one answered scan by verdict, and its latency.
 
         PERF: appended to a queue (deque.append is atomic: no lock on the request path;
-        the lock and the counting took ~2 µs a scan under gevent); counted at the next
-        flush or read."""
+        the lock and the counting took 0.7-0.9 µs a scan under gevent, the append 0.1 µs);
+        counted at the next flush or read."""
         self._observed.append((verdict, seconds))
 
     def _count_observed(self) -> None:
@@ -142,7 +142,7 @@ def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
     env = req.env
     # PERF: a server that ends wsgi.input at the body's end (gunicorn says so with
     # wsgi.input_terminated, PEP 3333 extension) is read directly; Falcon's bounded
-    # stream, which guards servers that do not, cost ~2 µs a request to set up
+    # stream, which guards servers that do not, took ~2% of the app's time (py-spy)
     stream = env["wsgi.input"] if env.get("wsgi.input_terminated") else req.bounded_stream
     raw = stream.read(max_bytes + 1)
     if len(raw) > max_bytes:

@@ -53,7 +53,7 @@ class Store:
     """An open LMDB environment with named databases."""
 
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 sync: bool = True, writemap: bool = False, metasync: bool | None = None) -> None:
+                 sync: bool = True, writemap: bool = False, metasync: bool = True) -> None:
         """``writemap``: commits write through the memory map instead of ``pwrite``-ing
         each dirty page (faster small commits; only for stores whose loss is harmless,
         with ``sync=False``: every process must open an environment the same way). With
@@ -75,7 +75,7 @@ class Store:
             # stores whose loss is harmless (rate counters) pass sync=False; a data folder
             # set to durability "relaxed" passes metasync=False.
             sync=sync,
-            metasync=sync if metasync is None else sync and metasync,
+            metasync=sync and metasync,
             writemap=writemap,
             lock=True,
         )
