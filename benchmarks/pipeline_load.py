@@ -1,9 +1,13 @@
 """Closed-loop genuine scans through the pipeline in one process, as a server worker runs
-them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads]``.
+them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads] [nofsync]``.
 
 Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan. Under
 ``gevent`` the callers are greenlets and the standard library is monkey-patched first,
 exactly as in gunicorn's gevent worker (so it must be its own process).
+
+``nofsync`` is a reference for capacity planning, never a way to serve: the data folder's
+store is opened without fsync, so the figure is the pipeline's own cost, and the gap to
+the strict run is what waiting for the disk costs on this machine.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-def main(path: str, callers: int, seconds: float, mode: str) -> dict:
+def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True) -> dict:
     from engine import DataFolder
+    from engine.store import Store
+
+    if not fsync:  # NOTE: benchmark reference only (see the module docstring)
+        opened = Store.__init__
+
+        def without_fsync(self, store_path, **options):
+            opened(self, store_path, **{**options, "sync": False})
+
+        Store.__init__ = without_fsync
     from engine.aggregation import Aggregation
     from engine.scan import ScanPipeline, ScanRequest
     from engine.scanlog import ScanLog
@@ -66,4 +79,5 @@ def main(path: str, callers: int, seconds: float, mode: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])))
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
+                          fsync=sys.argv[5:6] != ["nofsync"])))
