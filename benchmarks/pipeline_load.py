@@ -1,5 +1,5 @@
 """Closed-loop genuine scans through the pipeline in one process, as a server worker runs
-them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads] [nofsync]``.
+them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads] [nofsync[+sleep:US|+spin:US]]``.
 
 Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan. Under
 ``gevent`` the callers are greenlets and the standard library is monkey-patched first,
@@ -7,7 +7,10 @@ exactly as in gunicorn's gevent worker (so it must be its own process).
 
 ``nofsync`` is a reference for capacity planning, never a way to serve: the data folder's
 store is opened without fsync, so the figure is the pipeline's own cost, and the gap to
-the strict run is what waiting for the disk costs on this machine.
+the strict run is what waiting for the disk costs on this machine. ``nofsync+sleep:300``
+then blocks the committing thread for 300 µs after each commit (as an fsync does, without
+the disk's work), ``nofsync+spin:300`` keeps it busy for as long: together they tell the
+cost of the wait itself from the cost of the disk's work.
 """
 
 from __future__ import annotations
@@ -25,9 +28,38 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True) -> dict:
+def _wait_after_commit(how: str) -> None:
+    """Benchmark only: hold the committing thread ``how`` = ``sleep:US`` or ``spin:US``
+    after every group commit."""
+    from gevent.monkey import get_original
+
+    from engine.scanlog import ScanLog
+
+    kind, _, us = how.partition(":")
+    seconds = float(us) / 1e6
+    block = get_original("time", "sleep")  # the OS thread's own sleep, not gevent's
+    write_group = ScanLog._write_group
+
+    def waiting(self, group):
+        out = write_group(self, group)
+        if kind == "sleep":
+            block(seconds)
+        else:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        return out
+
+    ScanLog._write_group = waiting
+
+
+def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True,
+         commit_wait: str | None = None) -> dict:
     from engine import DataFolder
     from engine.store import Store
+
+    if commit_wait:
+        _wait_after_commit(commit_wait)
 
     if not fsync:  # NOTE: benchmark reference only (see the module docstring)
         opened = Store.__init__
@@ -79,5 +111,6 @@ def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True)
 
 
 if __name__ == "__main__":
+    store_mode, _, wait = (sys.argv[5] if len(sys.argv) > 5 else "").partition("+")
     print(json.dumps(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
-                          fsync=sys.argv[5:6] != ["nofsync"])))
+                          fsync=store_mode != "nofsync", commit_wait=wait or None)))
