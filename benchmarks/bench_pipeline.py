@@ -32,7 +32,8 @@ from engine.scanlog import ScanLog  # noqa: E402
 
 def _genuine(data: Path, callers: int, seconds: float, mode: str, fsync: bool = True) -> dict:
     out = subprocess.run([sys.executable, str(HERE / "pipeline_load.py"), str(data), str(callers),
-                          str(seconds), mode, *([] if fsync else ["nofsync"])], capture_output=True, text=True, check=True,
+                          str(seconds), mode, *([] if fsync else ["nofsync"])],
+                         capture_output=True, text=True, check=True,
                          cwd=HERE.parent, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     return json.loads(out.stdout.splitlines()[-1])
 

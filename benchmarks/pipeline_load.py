@@ -36,7 +36,9 @@ def _wait_after_commit(how: str) -> None:
     from engine.scanlog import ScanLog
 
     kind, _, us = how.partition(":")
-    seconds = float(us) / 1e6
+    if kind not in ("sleep", "spin") or not us.isdigit():
+        raise SystemExit(f"expected sleep:US or spin:US after '+', got {how!r}")
+    seconds = int(us) / 1e6
     block = get_original("time", "sleep")  # the OS thread's own sleep, not gevent's
     write_group = ScanLog._write_group
 
@@ -112,5 +114,7 @@ def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True,
 
 if __name__ == "__main__":
     store_mode, _, wait = (sys.argv[5] if len(sys.argv) > 5 else "").partition("+")
+    if store_mode not in ("", "nofsync"):
+        raise SystemExit(f"the fifth argument is nofsync[+sleep:US|+spin:US], not {sys.argv[5]!r}")
     print(json.dumps(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
                           fsync=store_mode != "nofsync", commit_wait=wait or None)))
