@@ -36,6 +36,8 @@ def _environ(body: bytes) -> dict:
 def main(path: str, callers: int, seconds: float, which: str) -> dict:
     import gevent
 
+    from loadgen import scan_bodies
+
     from engine import DataFolder
 
     data = DataFolder(Path(path))
@@ -51,9 +53,7 @@ def main(path: str, callers: int, seconds: float, which: str) -> dict:
         app = create_app(data)
     caps = data.batches.find(1)  # NOTE: tests/conftest_world.build_world's caps
     assert caps is not None and caps.level == "cap", "expected build_world's data folder"
-    bodies = [json.dumps({"code": data.codes.code(caps, i, "cap_inner"), "device": f"bench-{i}",
-                          "actor": {"role": "consumer", "id": f"wx-{i}"},
-                          "location": {"region": "440106"}}).encode() for i in range(caps.count)]
+    bodies = [json.dumps(b).encode() for b in scan_bodies(data.codes, caps)]
     statuses: dict[str, int] = {}
 
     def start_response(status, headers, exc_info=None):

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest_world import build_world  # noqa: E402
-from loadgen import run_load, server_cpu_seconds  # noqa: E402
+from loadgen import run_load, scan_bodies, server_cpu_seconds  # noqa: E402
 from server import Server  # noqa: E402
 
 from cli.localserver import start_gunicorn, stop  # noqa: E402
@@ -62,9 +62,7 @@ def test_scan_endpoint_vs_bare_falcon(benchmark, tmp_path):
     data = tmp_path / "wuma-data"
     w = build_world(data, invalid_threshold=10**9, rate_per_minute=10**9)
     caps = w["caps"]
-    bodies = [{"code": w["data"].codes.code(caps, i, "cap_inner"), "device": f"bench-{i}",
-               "actor": {"role": "consumer", "id": f"wx-{i}"},
-               "location": {"region": "440106"}} for i in range(caps.count)]
+    bodies = scan_bodies(w["data"].codes, caps)
     w["data"].close()
     bare_runs: list[dict] = []
     scan_runs: list[dict] = []

@@ -18,6 +18,14 @@ import threading
 import time
 
 
+def scan_bodies(codes, caps) -> list[dict]:
+    """One consumer scan of each cap of a batch (``POST /v1/scans`` bodies): the load the
+    HTTP benchmarks send, each cap from its own device and user, in one region."""
+    return [{"code": codes.code(caps, i, "cap_inner"), "device": f"bench-{i}",
+             "actor": {"role": "consumer", "id": f"wx-{i}"}, "location": {"region": "440106"}}
+            for i in range(caps.count)]
+
+
 def _worker(port, path, bodies, seconds, connections, out_q):
     lat: list[float] = []
     statuses: dict[int, int] = {}

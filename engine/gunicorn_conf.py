@@ -93,8 +93,6 @@ logconfig_dict = {
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.
 control_socket_disable = True
 
-
-
 # PERF: a response's headers and body in one write (see engine/gunicorn_response.py).
 from engine.gunicorn_response import install as _install_coalescing_response  # noqa: E402
 

@@ -84,10 +84,9 @@ class SecondDate:
 
 def install() -> bool:
     """Make gunicorn use :class:`CoalescingResponse` and :class:`SecondDate`; False (and
-    nothing changed) on a gunicorn
-    whose ``Response`` has no ``_emit_body`` (the one place it puts body bytes on the wire;
-    the gunicorn this project is tested with, 27, has it): there, holding the headers back
-    could send them after the body."""
+    nothing changed) on a gunicorn whose ``Response`` has no ``_emit_body`` (the one place
+    it puts body bytes on the wire; the gunicorn this project is tested with, 27, has it):
+    there, holding the headers back could send them after the body."""
     if not hasattr(CoalescingResponse.__mro__[1], "_emit_body"):
         return False
     wsgi.Response = CoalescingResponse

@@ -228,7 +228,6 @@ def test_ship_trace_distributor_through_ancestors(run, tmp_path):
         agg.trace("not a code")
 
 
-
 def _scan_view(t: dict) -> dict:
     """What a scan reads of trace_unit: the keys and shape of scan_trace."""
     return {"active": t["active"], "voided": t["voided"], "product": t["product"],
@@ -253,6 +252,7 @@ def test_scan_trace_agrees_with_trace_unit(run, tmp_path):
     assert any(_scan_view(agg.trace_unit(u, history=False))["distributor"] for u in units)
     for u in units:
         assert agg.scan_trace(u) == _scan_view(agg.trace_unit(u, history=False)), u
+
 
 # -- EPCIS and SSCC ------------------------------------------------------------------------
 def test_sscc_check_digit():

@@ -62,6 +62,7 @@ def test_int_decrypter_is_decrypt_int(key, rt, tweak, native):
     if native:
         assert f.use_native_rounds()
     n, u = len(text), len(text) // 2
+
     def num(digits: str) -> int:
         out = 0
         for ch in digits:

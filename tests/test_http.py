@@ -4,8 +4,8 @@ workers, metrics, the OpenAPI document, and kill -9 during load."""
 from __future__ import annotations
 
 import http.client
-import json
 import io
+import json
 import threading
 
 import jsonschema
