@@ -59,7 +59,8 @@ class Metrics:
     def __init__(self, counters: Store, interval: float = 1.0) -> None:
         self._db = counters.db("metrics")
         self._counters = counters
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the values
+        self._flush_lock = threading.Lock()  # one flush at a time, snapshot to write
         self._key = f"pid:{os.getpid()}:{time.time_ns()}".encode()
         self.values: dict[str, float] = {}
         self._latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
@@ -106,13 +107,18 @@ class Metrics:
         return out
 
     def flush(self) -> None:
-        with self._lock:
-            snapshot = self._snapshot()
-            if not self._dirty:
-                return
-            self._dirty = False
-        with self._counters.write() as txn:
-            txn.put(self._key, pack(snapshot), db=self._db)
+        """Write this worker's totals. Flushes run one at a time from snapshot to write: a
+        flush that found nothing new returns only once the one before it has written (so
+        :meth:`totals` never reads before a snapshot already taken is stored), and an
+        older snapshot never overwrites a newer one."""
+        with self._flush_lock:
+            with self._lock:
+                snapshot = self._snapshot()
+                if not self._dirty:
+                    return
+                self._dirty = False
+            with self._counters.write() as txn:
+                txn.put(self._key, pack(snapshot), db=self._db)
 
     def _flusher(self) -> None:
         while True:

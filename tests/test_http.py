@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import threading
+import time
 
 import jsonschema
 import pytest
@@ -269,6 +270,32 @@ def test_json_bodies_are_utf8_text():
     assert body == '{"name": "绿茶 500ml", "n": [1, 2.5, null]}'.encode()
     assert JSON_HANDLER.deserialize(io.BytesIO(body), "application/json", len(body)) == {
         "name": "绿茶 500ml", "n": [1, 2.5, None]}
+
+
+def test_metrics_totals_wait_for_a_flush_in_flight(tmp_path):
+    """The periodic flush takes its snapshot, then writes it: totals() called in between
+    must still count those scans (it once read the store before that write landed)."""
+    from engine.http_scan import Metrics
+    from engine.store import Store
+
+    counters = Store(tmp_path / "counters", sync=False)
+    metrics = Metrics(counters, interval=3600)  # no periodic flush during the test
+    metrics.observe_scan("genuine", 0.001)
+    opened, snapshot_taken = counters.write, threading.Event()
+
+    def slow_write():
+        snapshot_taken.set()
+        time.sleep(0.2)
+        return opened()
+
+    counters.write = slow_write
+    flusher = threading.Thread(target=metrics.flush)
+    flusher.start()
+    assert snapshot_taken.wait(5)
+    got = metrics.totals()
+    flusher.join()
+    assert got.get('wuma_scans_total{verdict="genuine"}') == 1.0
+    assert got.get("wuma_scan_latency_seconds_count") == 1.0
 
 
 def test_metrics_count_every_observed_scan_exactly(tmp_path):
