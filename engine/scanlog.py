@@ -133,25 +133,31 @@ def _deliver(waiters: list, results: list | None, error: BaseException | None) -
 
 
 def _runtime():
-    """``(new_waiter, deliver)`` for this process.
+    """``(new_waiter, deliver, gather)`` for this process.
 
     Plain threads: the committer thread runs each group's transaction and releases each
-    caller's :class:`_ThreadWaiter`. Under gevent's monkey-patching (gunicorn's gevent
-    worker) the committer greenlet runs the transaction in place and callers wait on
-    gevent's own Waiter, woken from the hub (one callback per group, a greenlet switch
-    per caller, no lock).
+    caller's :class:`_ThreadWaiter`; ``gather`` is None (callers on other threads queue
+    their scans while the committer works). Under gevent's monkey-patching (gunicorn's
+    gevent worker) the committer greenlet runs the transaction in place and callers wait
+    on gevent's own Waiter, woken from the hub (one callback per group, a greenlet switch
+    per caller, no lock). There ``gather`` is ``gevent.sleep(0)``: woken by the first scan
+    of a group, the committer yields once, so every request the hub already has ready
+    runs up to its own commit wait and joins the group. PERF: under HTTP load (16
+    connections, 2 workers) groups grew from ~4.8 to ~6.3 scans per commit and strict
+    scans/s by ~7% (median of 6 alternated pairs, 5,098 -> 5,467/s).
     """
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency, but not required here
-        return _ThreadWaiter, _deliver
+        return _ThreadWaiter, _deliver, None
     if not monkey.is_module_patched("threading"):
-        return _ThreadWaiter, _deliver
+        return _ThreadWaiter, _deliver, None
     import gevent
     from gevent.hub import Waiter
 
     hub = gevent.get_hub()
-    return Waiter, lambda waiters, results, error: hub.loop.run_callback(_deliver, waiters, results, error)
+    return (Waiter, lambda waiters, results, error: hub.loop.run_callback(_deliver, waiters, results, error),
+            lambda: gevent.sleep(0))
 
 
 class ScanLog:
@@ -202,7 +208,7 @@ class ScanLog:
             if self._closed:
                 raise RuntimeError("scan log is closed")
             if self._thread is None:
-                self._new_waiter, self._deliver = _runtime()
+                self._new_waiter, self._deliver, self._gather = _runtime()
                 self._thread = threading.Thread(target=self._run, name="wuma-scan-commit",
                                                 daemon=True)
                 self._thread.start()
@@ -212,6 +218,8 @@ class ScanLog:
             item = self._queue.get()
             if item is None:
                 return
+            if self._gather is not None:
+                self._gather()
             group = [item]
             while len(group) < self._max_group:
                 try:
