@@ -127,7 +127,9 @@ def test_ban_holds_across_workers(live):
 
 def test_metrics_and_openapi(live):
     s = live["server"]
-    import time
+    code = live["data"].codes.code(live["caps"], 7, "cap_inner")
+    status, _ = s.scan({"code": code, "device": "metrics-1"}, {"X-Forwarded-For": "198.51.100.77"})
+    assert status == 200
     time.sleep(1.2)  # workers flush their counters once a second
     status, text = s.get("/metrics")
     assert status == 200 and 'wuma_scans_total{verdict="genuine"}' in text
