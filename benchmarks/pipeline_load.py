@@ -1,7 +1,8 @@
 """Closed-loop genuine scans through the pipeline in one process, as a server worker runs
 them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads] [nofsync[+sleep:US|+spin:US]]``.
 
-Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan. Under
+Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan (and the
+CPU split into user and kernel time). Under
 ``gevent`` the callers are greenlets and the standard library is monkey-patched first,
 exactly as in gunicorn's gevent worker (so it must be its own process).
 
@@ -23,6 +24,7 @@ if __name__ == "__main__" and sys.argv[4:5] == ["gevent"]:
     monkey.patch_all()
 
 import json  # noqa: E402
+import resource  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -94,7 +96,7 @@ def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True,
             n += 1
         counts[k] = n
 
-    cpu0, start = time.process_time(), time.perf_counter()
+    usage0, cpu0, start = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
     if mode == "gevent":
         import gevent
 
@@ -106,10 +108,13 @@ def main(path: str, callers: int, seconds: float, mode: str, fsync: bool = True,
         for t in ths:
             t.join()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     n = sum(counts)
     scans.close()
     data.close()
-    return {"scans": n, "seconds": wall, "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6}
+    return {"scans": n, "seconds": wall, "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6,
+            "user_us": (usage.ru_utime - usage0.ru_utime) / n * 1e6,
+            "sys_us": (usage.ru_stime - usage0.ru_stime) / n * 1e6}
 
 
 if __name__ == "__main__":
