@@ -205,11 +205,12 @@ def run_load(port: int, path: str, bodies: list[dict], *, seconds: float = 5.0,
             "p99_ms": pct(0.99) * 1e3, "statuses": statuses, "seconds": elapsed, "client": "python"}
 
 
-def server_cpu_seconds(pgid: int) -> float:
-    """User+system CPU of every process in a process group (the gunicorn master and workers)."""
+def process_cpu_seconds(pgid: int) -> dict[int, float]:
+    """User+system CPU of each process in a process group (the gunicorn master and its
+    workers), by pid."""
     import os
 
-    total = 0
+    out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -220,5 +221,6 @@ def server_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # field 5 (pgrp) after the comm
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
