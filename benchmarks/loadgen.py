@@ -223,4 +223,3 @@ def process_cpu_seconds(pgid: int) -> dict[int, float]:
         if int(fields[2]) == pgid:  # field 5 (pgrp) after the comm
             out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
     return out
-

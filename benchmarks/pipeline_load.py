@@ -1,10 +1,10 @@
 """Closed-loop genuine scans through the pipeline in one process, as a server worker runs
 them: ``python benchmarks/pipeline_load.py DATA_FOLDER CALLERS SECONDS [gevent|threads] [nofsync[+sleep:US|+spin:US]]``.
 
-Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan (and the
-CPU split into user and kernel time). Under
-``gevent`` the callers are greenlets and the standard library is monkey-patched first,
-exactly as in gunicorn's gevent worker (so it must be its own process).
+Prints one JSON line: scans, seconds, µs of wall time and of process CPU per scan, and that
+CPU split into user and kernel time. Under ``gevent`` the callers are greenlets and the
+standard library is monkey-patched first, exactly as in gunicorn's gevent worker (so it
+must be its own process).
 
 ``nofsync`` is a reference for capacity planning, never a way to serve: the data folder's
 store is opened without fsync, so the figure is the pipeline's own cost, and the gap to
