@@ -2,10 +2,10 @@
 
 * invalid code (forged, well-formed): <= 10 µs per scan, median of single calls;
 * genuine scan, durable write included in amortised form: <= 30 µs per scan. Measured
-  as wall time / scans with 16 (and 64) callers scanning at once for a fixed time (at
-  full size, the run with the median of 3 alternated runs), as greenlets under gevent in their own process (``pipeline_load.py``), the way a server
-  worker runs them, so the group-committed LMDB transaction and its fsync are shared as
-  in the server. One caller (a commit and fsync per scan) is the reference; 16 threads
+  as wall time / scans with 16, 64 and 256 callers scanning at once for a fixed time (at
+  full size, the run with the median of 3 alternated runs), as greenlets under gevent in
+  their own process (``pipeline_load.py``), the way a server worker runs them, so the
+  group-committed LMDB transaction and its fsync are shared as in the server. One caller (a commit and fsync per scan) is the reference; 16 threads
   show the cost of the thread model gthread workers use; 256 greenlets show how far the
   group commit amortises the fsync wait; 64 greenlets with commits not fsynced show the
   pipeline's own cost (a reference only: nothing is durable there).
@@ -57,11 +57,11 @@ def test_pipeline_in_process(benchmark, tmp_path):
         data.close()
     t = 10.0 if FULL else 2.0
     one = _genuine(tmp_path / "wuma-data", 1, t / 2, "gevent")
-    # NOTE: the machine's speed drifts within minutes: at full size the two gevent figures
-    # are medians of 3 alternated runs (16, 64, 16, 64, ...), each a third as long
-    # The third kind, commits without fsync, is the pipeline's own cost (a reference, never
-    # a way to serve): its gap to the 64-greenlet figure is what waiting for the disk costs.
-    # 256 callers: how far group commit amortises the fsync wait with more scans in flight.
+    # NOTE: the machine's speed drifts within minutes: at full size each gevent figure is
+    # the median of 3 alternated runs (16, 64, 256, 64 not fsynced, 16, ...), each a third
+    # as long. 256 callers: how far group commit amortises the fsync wait with more scans
+    # in flight. Commits without fsync are the pipeline's own cost (a reference, never a
+    # way to serve): their gap to the 64-greenlet figure is what waiting for the disk costs.
     runs: dict[str, list[dict]] = {"16": [], "64": [], "256": [], "64 nofsync": []}
     for _ in range(3 if FULL else 1):
         for kind in runs:

@@ -143,8 +143,8 @@ def _runtime():
     per caller, no lock). There ``gather`` is ``gevent.sleep(0)``: woken by the first scan
     of a group, the committer yields once, so every request the hub already has ready
     runs up to its own commit wait and joins the group. PERF: under HTTP load (16
-    connections, 2 workers) groups grew from ~4.8 to ~6.3 scans per commit and strict
-    scans/s by ~7% (median of 6 alternated pairs, 5,098 -> 5,467/s).
+    connections, 2 workers) groups grew from ~4.6 to ~6.0 scans per commit and strict
+    scans/s by ~7% (medians of 4 alternated pairs, 5,110 -> 5,472/s; see the README).
     """
     try:
         from gevent import monkey
