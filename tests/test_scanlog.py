@@ -1,5 +1,6 @@
 """Scan records: exact counts under concurrency, first/last scan, durability under kill -9."""
 
+import fcntl
 import multiprocessing as mp
 import os
 import signal
@@ -45,6 +46,63 @@ def test_an_event_is_never_dropped_when_the_counter_is_behind(tmp_path):
     with pytest.raises(RuntimeError, match="not after the last one"):
         log.record(7, 4, {"at": 102.0})
     assert log.get(7, 4).count == 2 and [e["at"] for e in log.events()] == [100.0, 101.0]
+    log.close()
+    store.close()
+
+
+def _hold_turn(store: Store) -> int:
+    """Take the scan commit turn as another process would (its own open file)."""
+    fd = os.open(store.path / "scan-commit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_scans_wait_for_the_commit_turn_and_then_share_one_commit(tmp_path):
+    """While another process has the turn to commit scans, nothing is acknowledged; the
+    scans that queued meanwhile are then committed together, in one transaction."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    log.record(1, 0, {"at": 1.0})
+    held = _hold_turn(store)
+    before = store.env.info()["last_txnid"]
+    done: list = []
+    threads = [threading.Thread(target=lambda u=u: done.append(log.record(u, 0, {"at": 2.0})))
+               for u in range(2, 7)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    assert done == [] and store.env.info()["last_txnid"] == before
+    fcntl.flock(held, fcntl.LOCK_UN)
+    for t in threads:
+        t.join(10)
+    assert sorted(r.seq for r in done) == [2, 3, 4, 5, 6]
+    assert store.env.info()["last_txnid"] == before + 1
+    os.close(held)
+    log.close()
+    store.close()
+
+
+def test_a_failed_commit_gives_the_turn_back(tmp_path, monkeypatch):
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+
+    def full(group):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(log, "_write_group", full)
+    with pytest.raises(OSError, match="No space"):
+        log.record(1, 0, {"at": 1.0})
+    deadline = time.monotonic() + 5
+    while True:  # NOTE: the caller is answered just before the committer gives the turn back
+        try:
+            fd = _hold_turn(store)
+            break
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "the commit turn was never given back"
+            time.sleep(0.01)
+    os.close(fd)
+    monkeypatch.undo()
+    assert log.record(1, 0, {"at": 2.0}).count == 1
     log.close()
     store.close()
 
