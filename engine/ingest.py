@@ -34,6 +34,10 @@ How, in bounded memory (``load_links``):
    keys where they sort after them (full LMDB pages). A bad record (without
    ``skip_bad``) aborts the transaction: nothing changes.
 
+The transaction is a :func:`engine.scanlog.bulk_write`: scan servers' commits wait for it
+(LMDB has one writer at a time) without stalling the workers, which keep answering
+checks and invalid codes while it runs.
+
 A chunk boundary never changes a result: lines are never split, and every check that
 spans lines runs on the whole file's runs.
 
@@ -55,6 +59,7 @@ import numpy as np
 from engine.aggregation import (_LOW, _Q, BadRecord, LoadReport, _c2p_decode,
                                 _children_count, _decode_children, _encode_children)
 from engine.errors import Conflict
+from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
 __all__ = ["load_links", "parse_records"]
@@ -553,7 +558,7 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
 
     report = LoadReport(records=chk.records)
     try:
-        with agg.store.write() as txn:
+        with bulk_write(agg.store) as txn:
             # -- 3. against the store, in the transaction that writes ----------------------
             vf, vl = agg.voids.all_runs(txn)
             o = np.argsort(vl)

@@ -33,12 +33,12 @@ import os
 import queue
 import threading
 import time
-from pathlib import Path
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from engine.store import Store, pack, u64, unpack
 
-__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX"]
+__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write"]
 
 log = logging.getLogger("wuma.scanlog")
 
@@ -142,8 +142,15 @@ def _deliver(waiters: list, results: list | None, error: BaseException | None) -
 
 
 #: How long a gevent committer keeps serving its worker's other requests while another
-#: process has the commit turn, before it blocks until the turn is free (see _CommitTurn).
+#: scan committer has the commit turn, before it blocks until the turn is free (see
+#: _CommitTurn).
 TURN_SPIN_S = 150e-6
+#: In a store's folder: the commit turn's lock file, and the one a bulk writer holds.
+TURN_FILE, BULK_FILE = "scan-commit.lock", "bulk-write.lock"
+
+
+def _lock_file(store: Store, name: str) -> int:
+    return os.open(store.path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 class _CommitTurn:
@@ -160,40 +167,84 @@ class _CommitTurn:
     for up to :data:`TURN_SPIN_S`; then it blocks until the turn is free (about when the
     other commit's fsync ends). The spin is bounded because a busy wait costs only itself
     and a blocked thread costs CPU when it wakes on this VM, but a spin cannot outlast an
-    fsync cheaply. PERF: 16 connections, 2 workers, old and new code alternated in 6
-    pairs: groups 6.2 -> 6.8 scans, p99 13.9 -> 9.8 ms (the old code's runs also had p99s
-    of 331-339 ms in 2 of 12; none in 18 runs with a turn), strict scans/s 5,524 -> 5,779
-    (medians). Other writers (the CLI, the admin API) do not take the turn: LMDB's own
-    lock still orders every write; the turn only keeps scan committers from queueing
-    on it.
+    fsync cheaply. PERF: 16 connections, 2 workers, old and new code alternated in three
+    sets of 6, 6 and 4 pairs: groups ~6.3 -> ~7.0 scans, p99 13.9 / 12.1 / 14.1 -> 9.8 /
+    8.7 / 10.6 ms (medians; the old code also had p99s of 331-339 ms in 2 runs), strict
+    scans/s +5% / +8% / +1% (new ahead in 12 pairs, behind in 3, one even: see the
+    README).
+
+    A long write (a line-collection ingest, seconds for millions of links) takes the turn
+    through :func:`bulk_write`. A gevent committer that finds the turn held by one waits
+    for it on gevent's thread pool (``wait_aside``) instead of blocking: its worker keeps
+    answering everything but genuine scans (checks, invalid codes, health, metrics), and
+    gunicorn's heartbeat keeps it alive through a write longer than its timeout. Other
+    writers (the admin API, bans) are short and need no turn: LMDB's own lock orders
+    every write; the turn only keeps scan committers from queueing on it.
     """
 
-    def __init__(self, path: Path, yield_=None) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._yield = yield_
+    def __init__(self, store: Store, yield_=None, wait_aside=None) -> None:
+        self._fd = _lock_file(store, TURN_FILE)
+        self._bulk = _lock_file(store, BULK_FILE) if yield_ is not None else None
+        self._yield, self._wait_aside = yield_, wait_aside
 
     def take(self) -> None:
         fd = self._fd
-        if self._yield is not None:
-            end = time.perf_counter() + TURN_SPIN_S
-            while True:
-                try:
-                    return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if time.perf_counter() >= end:
-                        break
-                self._yield()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if self._try(fd, fcntl.LOCK_EX):
+            return
+        if self._yield is None:  # a committer thread: blocking it stalls nobody
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        end = time.perf_counter() + TURN_SPIN_S
+        while time.perf_counter() < end:
+            self._yield()
+            if self._try(fd, fcntl.LOCK_EX):
+                return
+        # NOTE: a bulk writer takes BULK_FILE before the turn; holding it shared while
+        # blocking means the turn's holder is another scan committer, done within a commit
+        if not self._try(self._bulk, fcntl.LOCK_SH):
+            self._wait_aside(fcntl.flock, fd, fcntl.LOCK_EX)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self._bulk, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _try(fd: int, op: int) -> bool:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
     def give(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self._fd)
+        for fd in (self._fd, self._bulk):
+            if fd is not None:
+                os.close(fd)
+
+
+@contextmanager
+def bulk_write(store: Store):
+    """``with bulk_write(store) as txn:`` a write transaction expected to run long (an
+    ingest), with the scan commit turn held (see :class:`_CommitTurn`): scans wait for it
+    (they cannot commit while it writes anyway), without stalling the workers that serve
+    them. Waits for a scan commit in progress to end."""
+    bulk, turn = _lock_file(store, BULK_FILE), _lock_file(store, TURN_FILE)
+    try:
+        fcntl.flock(bulk, fcntl.LOCK_EX)
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        with store.write() as txn:
+            yield txn
+    finally:
+        os.close(turn)  # NOTE: closing the last descriptor of a file drops its flock
+        os.close(bulk)
 
 
 def _runtime():
-    """``(new_waiter, deliver, gather)`` for this process.
+    """``(new_waiter, deliver, gather, wait_aside)`` for this process.
 
     Plain threads: the committer thread runs each group's transaction and releases each
     caller's :class:`_ThreadWaiter`; ``gather`` is None (callers on other threads queue
@@ -205,19 +256,21 @@ def _runtime():
     runs up to its own commit wait and joins the group. PERF: under HTTP load (16
     connections, 2 workers) groups grew from ~4.6 to ~6.0 scans per commit and strict
     scans/s by ~7% (medians of 4 alternated pairs, 5,110 -> 5,472/s; see the README).
+    ``wait_aside(fn, *args)`` runs a blocking call on gevent's thread pool while the hub
+    goes on (None under plain threads); see :class:`_CommitTurn`.
     """
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency, but not required here
-        return _ThreadWaiter, _deliver, None
+        return _ThreadWaiter, _deliver, None, None
     if not monkey.is_module_patched("threading"):
-        return _ThreadWaiter, _deliver, None
+        return _ThreadWaiter, _deliver, None, None
     import gevent
     from gevent.hub import Waiter
 
     hub = gevent.get_hub()
     return (Waiter, lambda waiters, results, error: hub.loop.run_callback(_deliver, waiters, results, error),
-            lambda: gevent.sleep(0))
+            lambda: gevent.sleep(0), lambda fn, *args: hub.threadpool.apply(fn, args))
 
 
 class ScanLog:
@@ -268,8 +321,8 @@ class ScanLog:
             if self._closed:
                 raise RuntimeError("scan log is closed")
             if self._thread is None:
-                self._new_waiter, self._deliver, self._gather = _runtime()
-                self._turn = _CommitTurn(self._store.path / "scan-commit.lock", self._gather)
+                self._new_waiter, self._deliver, self._gather, wait_aside = _runtime()
+                self._turn = _CommitTurn(self._store, self._gather, wait_aside)
                 self._thread = threading.Thread(target=self._run, name="wuma-scan-commit",
                                                 daemon=True)
                 self._thread.start()

@@ -17,7 +17,7 @@ from server import Server
 from engine import DataFolder
 from engine.http_scan import JSON_HANDLER
 from engine.openapi import OPENAPI
-from engine.scanlog import ScanLog
+from engine.scanlog import ScanLog, bulk_write
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,37 @@ def test_metrics_and_openapi(live):
     assert status == 200 and set(doc["paths"]) >= {"/v1/scans", "/v1/codes/{code}", "/healthz",
                                                    "/metrics", "/openapi.json"}
     assert s.get("/nowhere")[0] == 404
+
+
+def test_a_long_write_holds_scans_but_not_the_workers(live):
+    """While a long write (a line-collection ingest) has the store, genuine scans wait for
+    it, and both workers keep answering everything else; then every waiting scan lands."""
+    s, codes = live["server"], live["data"].codes
+    scanned = [codes.code(live["caps"], 20 + i, "cap_inner") for i in range(8)]
+    answers: dict[int, tuple] = {}
+
+    def scan(i):  # each on its own connection: the workers share them
+        answers[i] = s.scan({"code": scanned[i], "device": f"d-bulk-{i}"},
+                            headers={"X-Forwarded-For": f"203.0.113.{60 + i}"})
+
+    threads = [threading.Thread(target=scan, args=(i,)) for i in range(len(scanned))]
+    with DataFolder(live["path"]) as data, bulk_write(data.store):
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        assert answers == {}
+        for _ in range(8):  # new connections, so both workers answer some
+            start = time.perf_counter()
+            status, body = s.get(f"/v1/codes/{scanned[0]}")
+            assert status == 200 and body["verdict"] == "genuine" and "scan" not in body
+            assert s.get("/healthz")[0] == 200
+            assert time.perf_counter() - start < 1.0
+        assert answers == {}
+    for t in threads:
+        t.join(10)
+    assert sorted(answers) == list(range(len(scanned)))
+    assert all(status == 200 and body["verdict"] == "genuine" and body["scan"]["count"] == 1
+               for status, body in answers.values())
 
 
 def test_kill_9_loses_no_acknowledged_scan(tmp_path):
