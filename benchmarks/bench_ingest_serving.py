@@ -1,0 +1,103 @@
+"""A line-collection ingest while the scan API serves (capacity planning for line files).
+
+LMDB has one writer at a time, so genuine scans cannot commit while an ingest's write
+transaction runs; they wait for it. Everything else must keep being answered: the
+workers' committers wait for the ingest's commit turn aside (engine/scanlog.py,
+``bulk_write``). Here 4 clients scan genuine codes and 4 check codes (the landing page's
+read-only GET), each on its own keep-alive connection with a 5 ms pause between
+requests, while ``wuma aggregate load`` ingests a fresh production run's line file (240k
+caps by default, 10M with ``WUMA_BENCH=full``, ``WUMA_BENCH_CAPS=N`` for any size).
+Reported: the ingest's time, and the longest answer of each kind during it; a scan that
+waited for the write shows its length.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench_aggregation import _line_file
+from conftest import report, size
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest_world import build_world  # noqa: E402
+from server import Server  # noqa: E402
+
+
+def _client(port: int, kind: str, codes: list[str], k: int, until: list, out: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    i = k
+    while until[0] is None or time.time() < until[0]:
+        start = time.time()
+        if kind == "scan":
+            conn.request("POST", "/v1/scans", json.dumps({"code": codes[i % len(codes)], "device": f"d-{k}"}),
+                         {"Content-Type": "application/json", "X-Forwarded-For": f"198.51.100.{k}"})
+        else:
+            conn.request("GET", f"/v1/codes/{codes[i % len(codes)]}")
+        r = conn.getresponse()
+        r.read()
+        out.append((start, time.time() - start, r.status))
+        i += 4
+        time.sleep(0.005)
+
+
+def test_ingest_while_serving(benchmark, tmp_path):
+    n_caps = int(os.environ.get("WUMA_BENCH_CAPS") or size(240_000, 10_000_000))
+    w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
+    data = w["data"]
+    codes = [data.codes.code(w["caps"], i, "cap_inner") for i in range(w["caps"].count)]
+    links, _ = _line_file(data, tmp_path / "lines.csv", n_caps)
+    data.close()
+    server = Server(tmp_path / "wuma-data")
+    until: list = [None]
+    seen: dict[str, list] = {"scan": [], "check": []}
+    clients = [threading.Thread(target=_client, args=(server.port, kind, codes, k, until, seen[kind]), daemon=True)
+               for kind in seen for k in range(4)]
+    gc.disable()  # NOTE: a full collection in this process (the clients) stalled them ~70 ms
+    try:
+        for t in clients:
+            t.start()
+        time.sleep(2.0)  # the clients alone first
+
+        def ingest():
+            start = time.time()
+            subprocess.run([sys.executable, "-m", "cli", "--data", str(tmp_path / "wuma-data"), "aggregate",
+                            "load", str(tmp_path / "lines.csv")], cwd=ROOT, check=True, capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+            return start, time.time()
+
+        start, end = benchmark.pedantic(ingest, rounds=1, iterations=1)
+        until[0] = time.time() + 1.0
+        for t in clients:
+            t.join(600)
+    finally:
+        gc.enable()
+        server.stop()
+
+    def longest(kind: str, during: bool) -> tuple[float, int]:
+        xs = [lat for s, lat, _ in seen[kind] if (start <= s <= end) == during]
+        return (max(xs) * 1e3 if xs else 0.0), len(xs)
+
+    rows = []
+    for kind in seen:
+        before, n_before = longest(kind, False)
+        during, n_during = longest(kind, True)
+        rows += [(f"{kind}: longest answer outside the ingest", f"{before:.1f} ms", f"{n_before} requests"),
+                 (f"{kind}: longest answer during it", f"{during:.1f} ms", f"{n_during} requests")]
+    report(f"ingest of {links:,} links ({n_caps:,} caps) while 4 clients scan and 4 check", [
+        ("ingest (wuma aggregate load, its own process)", f"{end - start:.1f} s", f"{links / (end - start):,.0f} links/s"),
+        *rows,
+    ])
+    benchmark.extra_info.update(ingest_s=end - start, **{
+        f"{kind}_longest_during_ms": longest(kind, True)[0] for kind in seen})
+    assert {status for kind in seen for _, _, status in seen[kind]} == {200}
+    assert seen["check"] and seen["scan"]
