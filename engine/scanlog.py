@@ -187,7 +187,17 @@ class _CommitTurn:
         self._bulk = _lock_file(store, BULK_FILE) if yield_ is not None else None
         self._yield, self._wait_aside = yield_, wait_aside
 
-    def take(self) -> None:
+    def take(self) -> bool:
+        """Wait for the turn; False if the lock cannot be taken at all (an OSError,
+        logged): the group is then committed without a turn, LMDB's lock still orders it."""
+        try:
+            self._take()
+            return True
+        except OSError as e:
+            log.warning("scan commit turn unavailable (%s); committing without it", e)
+            return False
+
+    def _take(self) -> None:
         fd = self._fd
         if self._try(fd, fcntl.LOCK_EX):
             return
@@ -234,8 +244,11 @@ def bulk_write(store: Store):
     them. Waits for a scan commit in progress to end."""
     bulk, turn = _lock_file(store, BULK_FILE), _lock_file(store, TURN_FILE)
     try:
-        fcntl.flock(bulk, fcntl.LOCK_EX)
-        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(bulk, fcntl.LOCK_EX)
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
+            log.warning("scan commit turn unavailable (%s); writing without it", e)
         with store.write() as txn:
             yield txn
     finally:
@@ -334,7 +347,7 @@ class ScanLog:
                 return
             if self._gather is not None:
                 self._gather()
-            self._turn.take()  # NOTE: the group is taken once it is this process's turn
+            turn = self._turn.take()  # NOTE: the group is taken once it is this process's turn
             try:
                 group = [item]
                 while len(group) < self._max_group:
@@ -348,7 +361,8 @@ class ScanLog:
                     group.append(nxt)
                 self._commit(group)
             finally:
-                self._turn.give()
+                if turn:
+                    self._turn.give()
 
     def _commit(self, group: list) -> None:
         try:

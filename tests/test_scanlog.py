@@ -107,6 +107,25 @@ def test_a_failed_commit_gives_the_turn_back(tmp_path, monkeypatch):
     store.close()
 
 
+def test_scans_are_committed_when_the_turn_cannot_be_taken(tmp_path, monkeypatch, caplog):
+    """The turn only orders scan committers (LMDB's own lock keeps writes apart): a
+    filesystem that refuses the lock costs no scan."""
+    import engine.scanlog as scanlog
+
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+
+    def refused(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(scanlog.fcntl, "flock", refused)
+    assert [log.record(1, 0, {"at": float(t)}).count for t in range(3)] == [1, 2, 3]
+    assert "scan commit turn unavailable" in caplog.text
+    monkeypatch.undo()
+    log.close()
+    store.close()
+
+
 def _hammer(path, unit, n):
     store = Store(Path(path))
     log = ScanLog(store)
