@@ -177,7 +177,7 @@ class _CommitTurn:
     through :func:`bulk_write`. A gevent committer that finds the turn held by one waits
     for it on gevent's thread pool (``wait_aside``) instead of blocking: its worker keeps
     answering everything but genuine scans (checks, invalid codes, health, metrics), and
-    gunicorn's heartbeat keeps it alive through a write longer than its timeout. Other
+    its hub, which sends gunicorn's heartbeat, is never blocked by the write. Other
     writers (the admin API, bans) are short and need no turn: LMDB's own lock orders
     every write; the turn only keeps scan committers from queueing on it.
     """
