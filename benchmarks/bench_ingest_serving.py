@@ -40,7 +40,7 @@ def _client(port: int, kind: str, codes: list[str], k: int, until: list, out: li
         start = time.time()
         if kind == "scan":
             conn.request("POST", "/v1/scans", json.dumps({"code": codes[i % len(codes)], "device": f"d-{k}"}),
-                         {"Content-Type": "application/json", "X-Forwarded-For": f"198.51.100.{k}"})
+                         {"Content-Type": "application/json"})
         else:
             conn.request("GET", f"/v1/codes/{codes[i % len(codes)]}")
         r = conn.getresponse()

@@ -5,10 +5,11 @@
   as wall time / scans with 16, 64 and 256 callers scanning at once for a fixed time (at
   full size, the run with the median of 3 alternated runs), as greenlets under gevent in
   their own process (``pipeline_load.py``), the way a server worker runs them, so the
-  group-committed LMDB transaction and its fsync are shared as in the server. One caller (a commit and fsync per scan) is the reference; 16 threads
-  show the cost of the thread model gthread workers use; 256 greenlets show how far the
-  group commit amortises the fsync wait; 64 greenlets with commits not fsynced show the
-  pipeline's own cost (a reference only: nothing is durable there).
+  group-committed LMDB transaction and its fsync are shared as in the server. One
+  caller (a commit and fsync per scan) is the reference; 16 threads show the cost of the
+  thread model gthread workers use; 256 greenlets show how far the group commit
+  amortises the fsync wait; 64 greenlets with commits not fsynced show the pipeline's own
+  cost (a reference only: nothing is durable there).
 """
 
 from __future__ import annotations

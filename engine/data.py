@@ -4,8 +4,9 @@ Layout::
 
     <data>/wuma.json      packaging spec, URL base, settings (no secrets)
     <data>/keys/          master-v<N>.key, mode 0600 (see engine.keys)
-    <data>/db/            LMDB environment (data.mdb, lock.mdb); scan-commit.lock, whose
-                          flock gives scan committers their turns (engine.scanlog)
+    <data>/db/            LMDB environment (data.mdb, lock.mdb); scan-commit.lock and
+                          bulk-write.lock, whose flocks give scan committers and long
+                          writes their turns (engine.scanlog)
     <data>/db-counters/   LMDB environment for rate counters (not synced: losable)
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine import DataFolder
-from engine.scanlog import ScanLog
+from engine.scanlog import TURN_FILE, ScanLog
 from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_an_event_is_never_dropped_when_the_counter_is_behind(tmp_path):
 
 def _hold_turn(store: Store) -> int:
     """Take the scan commit turn as another process would (its own open file)."""
-    fd = os.open(store.path / "scan-commit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(store.path / TURN_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
 
@@ -163,7 +163,7 @@ def test_counts_exact_across_processes_and_threads(tmp_path):
 _WRITER = """
 import sys, threading, time
 from engine.store import Store
-from engine.scanlog import ScanLog
+from engine.scanlog import TURN_FILE, ScanLog
 log = ScanLog(Store(sys.argv[1], metasync=sys.argv[2] == "strict"))
 lock = threading.Lock()
 def worker(t):
