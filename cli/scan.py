@@ -158,8 +158,10 @@ def region_locate(data, lat, lng, as_json):
               show_default=True, help="gunicorn worker class (gevent measured fastest for scans).")
 @click.option("--threads", type=int, default=16, show_default=True,
               help="Threads per worker (gthread only).")
+@click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Seconds a worker may go without a heartbeat before gunicorn restarts it.")
 @click.pass_context
-def serve(ctx, bind, workers, worker_class, threads):
+def serve(ctx, bind, workers, worker_class, threads, timeout):
     """Run the scan API under gunicorn (config: engine/gunicorn_conf.py).
 
     Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
@@ -172,7 +174,7 @@ def serve(ctx, bind, workers, worker_class, threads):
     except WumaError as e:
         raise click.ClickException(str(e)) from None
     env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),
-               WUMA_WORKER_CLASS=worker_class)
+               WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout))
     if workers:
         env["WUMA_WORKERS"] = str(workers)
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",

@@ -2,7 +2,10 @@
 
 Settings come from the environment that `wuma serve` sets: WUMA_BIND (default
 127.0.0.1:8080), WUMA_WORKERS (default: one per core), WUMA_WORKER_CLASS (default
-gevent; gthread is the alternative), WUMA_THREADS (gthread only).
+gevent; gthread is the alternative), WUMA_THREADS (gthread only), WUMA_TIMEOUT (default 30:
+seconds a worker may go without a heartbeat before the arbiter restarts it; a gevent
+worker's heartbeat is sent from its hub, which a long write such as an ingest never
+blocks, see engine/scanlog.py).
 
 PERF: the worker class was chosen by measurement (benchmarks/bench_http.py, wrk, 16
 keep-alive connections, 2 workers on the 2-core machine, 20 s): strict-durable scans
@@ -26,7 +29,7 @@ worker_class = os.environ.get("WUMA_WORKER_CLASS") or "gevent"
 threads = int(os.environ.get("WUMA_THREADS") or 16)  # gthread only
 worker_connections = 1000  # gevent: open connections per worker
 keepalive = 5
-timeout = 30
+timeout = int(os.environ.get("WUMA_TIMEOUT") or 30)
 graceful_timeout = 10
 preload_app = False  # NOTE: every worker opens its own LMDB environment after fork
 accesslog = os.environ.get("WUMA_ACCESS_LOG") or None

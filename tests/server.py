@@ -16,13 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Server:
-    def __init__(self, data: Path, workers: int = 2, threads: int = 16, worker_class: str = "gevent") -> None:
+    def __init__(self, data: Path, workers: int = 2, threads: int = 16, worker_class: str = "gevent",
+                 timeout: int = 30) -> None:
         self.port = free_port()
         self.log = open(data.parent / f"server-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "--data", str(data), "serve", "--bind",
              f"127.0.0.1:{self.port}", "--workers", str(workers), "--threads", str(threads),
-             "--worker-class", worker_class],
+             "--worker-class", worker_class, "--timeout", str(timeout)],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))
         if wait_until_up(f"http://127.0.0.1:{self.port}/healthz"):

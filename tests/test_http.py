@@ -172,6 +172,46 @@ def test_a_long_write_holds_scans_but_not_the_workers(live):
                for status, body in answers.values())
 
 
+def _worker_pids(server: Server) -> set[int]:
+    pid = server.proc.pid  # `wuma serve` execs gunicorn: this is the arbiter
+    return {int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()}
+
+
+def test_a_write_longer_than_the_worker_timeout_restarts_no_worker(tmp_path):
+    """gunicorn restarts a worker that sends no heartbeat for ``--timeout`` seconds. A
+    write that holds the store for longer (a big ingest) must not get the workers killed:
+    the scans that waited for it are answered, by the same workers."""
+    path = tmp_path / "wuma-data"
+    w = build_world(path)
+    scanned = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(4)]
+    w["data"].close()
+    timeout = 3
+    server = Server(path, timeout=timeout)
+    try:
+        workers = _worker_pids(server)
+        assert len(workers) == 2
+        answers: dict[int, tuple] = {}
+
+        def scan(i):
+            answers[i] = server.scan({"code": scanned[i], "device": f"d-long-{i}"})
+
+        threads = [threading.Thread(target=scan, args=(i,)) for i in range(len(scanned))]
+        with DataFolder(path) as data, bulk_write(data.store):
+            for t in threads:
+                t.start()
+            time.sleep(3 * timeout)  # the arbiter checks heartbeats about once a second
+            assert answers == {}
+            assert server.get("/healthz")[0] == 200
+        for t in threads:
+            t.join(30)
+        assert all(status == 200 and body["verdict"] == "genuine" and body["scan"]["count"] == 1
+                   for status, body in answers.values()) and len(answers) == len(scanned)
+        assert _worker_pids(server) == workers
+    finally:
+        server.stop()
+    assert "WORKER TIMEOUT" not in (tmp_path / f"server-{server.port}.log").read_text()
+
+
 def test_kill_9_loses_no_acknowledged_scan(tmp_path):
     path = tmp_path / "wuma-data"
     w = build_world(path)
