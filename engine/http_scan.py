@@ -31,7 +31,7 @@ from engine.data import DataFolder
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
-from engine.scanlog import ScanLog
+from engine.scanlog import ScanLog, gate_writes
 from engine.store import Store, pack, unpack
 
 __all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER"]
@@ -282,6 +282,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     """Build the scan API over an open data folder (one per worker process). ``pipeline``
     defaults to one without campaign hooks; the admin layer passes its own."""
     cfg = data.config.get("serve", {})
+    gate_writes(data.store)  # under gevent: a ban or an admin write never blocks the worker for an ingest
     if pipeline is None:
         pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
                                 data.accounts, regions=data.regions, clock=clock)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 from engine.store import Store, pack, u64, unpack
 
-__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write"]
+__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes"]
 
 log = logging.getLogger("wuma.scanlog")
 
@@ -255,11 +255,47 @@ def bulk_write(store: Store):
             fcntl.flock(turn, fcntl.LOCK_EX)
         except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
             log.warning("scan commit turn unavailable (%s); writing without it", e)
-        with store.write() as txn:
+        with store.env.begin(write=True) as txn:  # NOTE: not store.write(): never gated
             yield txn
     finally:
         os.close(turn)  # NOTE: closing the last descriptor of a file drops its flock
         os.close(bulk)
+
+
+def gate_writes(store: Store) -> bool:
+    """Make a gevent worker's other writes to ``store`` (bans, the admin API, vouchers)
+    wait for a bulk writer without blocking the worker; True if installed.
+
+    Without it, such a write begun while :func:`bulk_write` runs in another process blocks
+    in LMDB's writer lock, and with it the worker's hub (every request it serves, and
+    gunicorn's heartbeat) until the bulk write ends: seconds for a big ingest. With it,
+    :meth:`Store.write` first takes ``bulk-write.lock`` shared; if a bulk writer holds
+    it, the wait runs on gevent's thread pool while the hub goes on, and the transaction
+    then begins on the worker's own thread. Holding the lock shared to the end of the
+    transaction keeps a bulk writer from starting under it. PERF: an open, two ``flock``
+    calls and a close a write (a few µs against a commit's fsync); scan commits are not
+    gated (they take the commit turn, see :class:`_CommitTurn`). Under plain threads
+    blocking a thread stalls no one: nothing is installed."""
+    wait_aside = _runtime()[3]
+    if wait_aside is None:
+        return False
+
+    @contextmanager
+    def gated(store: Store):
+        fd = _lock_file(store, BULK_FILE)
+        try:
+            try:
+                if not _CommitTurn._try(fd, fcntl.LOCK_SH):
+                    wait_aside(fcntl.flock, fd, fcntl.LOCK_SH)
+            except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
+                log.warning("bulk-write lock unavailable (%s); writing without it", e)
+            with store.env.begin(write=True) as txn:
+                yield txn
+        finally:
+            os.close(fd)  # drops the shared lock
+
+    store.write_gate = gated
+    return True
 
 
 def _runtime():
@@ -390,7 +426,9 @@ class ScanLog:
         failed: set[int] = set()
         while True:
             try:
-                with self._store.write() as txn:
+                # NOTE: not store.write(): the commit turn orders this against bulk writers,
+                # and a gate (gate_writes) waiting for one that waits for the turn would deadlock
+                with self._store.env.begin(write=True) as txn:
                     # PERF: the group's sequence numbers are taken at once (one counter update)
                     first = self._store.current_id(txn, "scan_event") + 1
                     memo = WriteMemo()

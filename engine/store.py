@@ -80,6 +80,10 @@ class Store:
             lock=True,
         )
         self._dbs: dict[str, object] = {}
+        #: If set, ``write_gate(store)`` is what :meth:`write` returns: a context manager
+        #: that waits its turn before beginning the transaction (see
+        #: :func:`engine.scanlog.gate_writes`).
+        self.write_gate = None
         # NOTE: open_db(create=True) takes the write lock itself, so every database must be
         # opened before (never inside) a write transaction: owners open theirs in __init__.
         self._meta = self.db("meta")
@@ -103,6 +107,8 @@ class Store:
     def write(self) -> lmdb.Transaction:
         """``with store.write() as txn:`` committed at the end of the block, aborted (all of
         it) if the block raises."""
+        if self.write_gate is not None:
+            return self.write_gate(self)
         return self.env.begin(write=True)
 
     def next_id(self, txn: lmdb.Transaction, counter: str) -> int:

@@ -172,6 +172,39 @@ def test_a_long_write_holds_scans_but_not_the_workers(live):
                for status, body in answers.values())
 
 
+def test_a_ban_during_a_long_write_does_not_block_its_worker(live):
+    """An enumeration ban is a write. Begun while a long write has the store, it waits for
+    that write without stalling its worker (engine.scanlog.gate_writes): the request that
+    crosses the threshold is answered after the write, everything else meanwhile."""
+    s = live["server"]
+    flood = {"X-Forwarded-For": "203.0.113.150"}
+    answered: list[int] = []
+
+    def enumerate_codes():  # one connection: one worker sees all 21
+        conn = s.conn()
+        for i in range(21):
+            answered.append(s.scan({"code": f"1{'W' * 17}{i:02d}", "device": f"rot-{i}"}, flood, conn=conn)[0])
+
+    flooder = threading.Thread(target=enumerate_codes)
+    with DataFolder(live["path"]) as data, bulk_write(data.store):
+        flooder.start()
+        deadline = time.time() + 10
+        while len(answered) < 20 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert answered == [200] * 20  # the 21st waits for its ban's write
+        check = live["data"].codes.code(live["caps"], 30, "cap_inner")
+        for _ in range(8):  # new connections: both workers, the flooder's included
+            start = time.perf_counter()
+            assert s.get(f"/v1/codes/{check}")[0] == 200 and s.get("/healthz")[0] == 200
+            assert time.perf_counter() - start < 1.0
+        assert len(answered) == 20
+    flooder.join(10)
+    assert answered == [200] * 21
+    status, body = s.scan({"code": check, "device": "after-the-ban"}, flood)
+    assert status == 403 and body["error"] == "banned"
+
+
 def _worker_pids(server: Server) -> set[int]:
     pid = server.proc.pid  # `wuma serve` execs gunicorn: this is the arbiter
     return {int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()}

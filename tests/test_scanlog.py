@@ -70,7 +70,10 @@ def test_scans_wait_for_the_commit_turn_and_then_share_one_commit(tmp_path):
                for u in range(2, 7)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    deadline = time.time() + 10  # the committer holds the first scan; the other 4 queue
+    while log._queue.qsize() < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
     assert done == [] and store.env.info()["last_txnid"] == before
     fcntl.flock(held, fcntl.LOCK_UN)
     for t in threads:
