@@ -9,6 +9,11 @@ requests, while ``wuma aggregate load`` ingests a fresh production run's line fi
 caps by default, 10M with ``WUMA_BENCH=full``, ``WUMA_BENCH_CAPS=N`` for any size).
 Reported: the ingest's time, and the longest answer of each kind during it; a scan that
 waited for the write shows its length.
+
+A commit's fsync runs on its worker's own thread, so a slow fsync stalls the requests of
+both workers (engine/scanlog.py, _CommitTurn). To tell such stalls from the ingest's, a
+probe thread fsyncs 4 KiB of another file on the same disk every 5 ms, and the report
+counts the checks over 50 ms that overlapped one of its slow (over 20 ms) fsyncs.
 """
 
 from __future__ import annotations
@@ -50,6 +55,22 @@ def _client(port: int, kind: str, codes: list[str], k: int, until: list, out: li
         time.sleep(0.005)
 
 
+def _disk_probe(path: Path, until: list, out: list) -> None:
+    """fsync 4 KiB of ``path`` every 5 ms; ``out`` gets (start, seconds) of each."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        block, i = b"\0" * 4096, 0
+        while until[0] is None or time.time() < until[0]:
+            os.pwrite(fd, block, (i % 256) * 4096)
+            start = time.time()
+            os.fdatasync(fd)
+            out.append((start, time.time() - start))
+            i += 1
+            time.sleep(0.005)
+    finally:
+        os.close(fd)
+
+
 def test_ingest_while_serving(benchmark, tmp_path):
     n_caps = int(os.environ.get("WUMA_BENCH_CAPS") or size(240_000, 10_000_000))
     w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
@@ -60,8 +81,10 @@ def test_ingest_while_serving(benchmark, tmp_path):
     server = Server(tmp_path / "wuma-data")
     until: list = [None]
     seen: dict[str, list] = {"scan": [], "check": []}
+    fsyncs: list = []
     clients = [threading.Thread(target=_client, args=(server.port, kind, codes, k, until, seen[kind]), daemon=True)
                for kind in seen for k in range(4)]
+    clients.append(threading.Thread(target=_disk_probe, args=(tmp_path / "probe.dat", until, fsyncs), daemon=True))
     gc.disable()  # NOTE: a full collection in this process (the clients) stalled them ~70 ms
     try:
         for t in clients:
@@ -93,11 +116,19 @@ def test_ingest_while_serving(benchmark, tmp_path):
         during, n_during = longest(kind, True)
         rows += [(f"{kind}: longest answer outside the ingest", f"{before:.1f} ms", f"{n_before} requests"),
                  (f"{kind}: longest answer during it", f"{during:.1f} ms", f"{n_during} requests")]
+    slow_fsyncs = [(s, d) for s, d in fsyncs if d > 0.02]
+    slow_checks = [(s, lat) for s, lat, _ in seen["check"] if lat > 0.05]
+    explained = sum(any(s - 0.01 <= f <= s + lat for f, _ in slow_fsyncs) for s, lat in slow_checks)
+    probe = sorted(d for _, d in fsyncs) or [0.0]
     report(f"ingest of {links:,} links ({n_caps:,} caps) while 4 clients scan and 4 check", [
         ("ingest (wuma aggregate load, its own process)", f"{end - start:.1f} s", f"{links / (end - start):,.0f} links/s"),
         *rows,
+        ("disk: probe fsyncs, median / longest", f"{probe[len(probe) // 2] * 1e3:.1f} / {probe[-1] * 1e3:.0f} ms",
+         f"{len(slow_fsyncs)} of {len(fsyncs)} over 20 ms"),
+        ("checks over 50 ms / overlapping a slow fsync", f"{len(slow_checks)} / {explained}", ""),
     ])
-    benchmark.extra_info.update(ingest_s=end - start, **{
+    benchmark.extra_info.update(ingest_s=end - start, slow_checks=len(slow_checks),
+                                slow_checks_at_slow_fsyncs=explained, slow_fsyncs=len(slow_fsyncs), **{
         f"{kind}_longest_during_ms": longest(kind, True)[0] for kind in seen})
     assert {status for kind in seen for _, _, status in seen[kind]} == {200}
     assert seen["check"] and seen["scan"]
