@@ -10,8 +10,8 @@ caps by default, 10M with ``WUMA_BENCH=full``, ``WUMA_BENCH_CAPS=N`` for any siz
 Reported: the ingest's time, and the longest answer of each kind during it; a scan that
 waited for the write shows its length.
 
-A commit's fsync runs on its worker's own thread, so a slow fsync stalls the requests of
-both workers (engine/scanlog.py, _CommitTurn). To tell such stalls from the ingest's, a
+A commit's fsync runs on its worker's own thread, so a slow fsync stalls every request of
+that worker (engine/scanlog.py, _CommitTurn). To tell such stalls from the ingest's, a
 probe thread fsyncs 4 KiB of another file on the same disk every 5 ms, and the report
 counts the checks over 50 ms that overlapped one of its slow (over 20 ms) fsyncs.
 """

@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -145,8 +146,40 @@ def _deliver(waiters: list, results: list | None, error: BaseException | None) -
 #: scan committer has the commit turn, before it blocks until the turn is free (see
 #: _CommitTurn).
 TURN_SPIN_S = 150e-6
+#: ... then how long it blocks at most (some 15 commits) before it waits on gevent's thread
+#: pool instead: a commit whose fsync is slow then stalls its own worker only.
+TURN_BLOCK_S = 0.005
 #: In a store's folder: the commit turn's lock file, and the one a bulk writer holds.
 TURN_FILE, BULK_FILE = "scan-commit.lock", "bulk-write.lock"
+
+
+class _TurnSlow(Exception):
+    """The turn was not free within TURN_BLOCK_S (raised by the SIGALRM handler)."""
+
+
+_alarm_armed = [False]  # a committer is blocked on the turn under the timer
+
+
+def _on_alarm(signum, frame) -> None:
+    # NOTE: Python runs it in the main thread, where the gevent hub and its committer run;
+    # raised there, it ends the committer's flock (EINTR) instead of letting it resume
+    if _alarm_armed[0]:
+        _alarm_armed[0] = False
+        raise _TurnSlow
+
+
+def _install_alarm() -> bool:
+    """Take SIGALRM for the turn's timer, unless someone else has it or this is not the
+    main thread; False if not taken."""
+    try:
+        current = signal.getsignal(signal.SIGALRM)
+        if current is not _on_alarm:
+            if current not in (signal.SIG_DFL, None):
+                return False
+            signal.signal(signal.SIGALRM, _on_alarm)
+        return True
+    except ValueError:  # not the main thread
+        return False
 
 
 def _lock_file(store: Store, name: str) -> int:
@@ -165,7 +198,7 @@ class _CommitTurn:
     then, and under gevent (``yield_`` given) it waits for the turn by yielding to the
     hub, so its worker keeps serving and the requests it reads meanwhile join the group,
     for up to :data:`TURN_SPIN_S`; then it blocks until the turn is free (about when the
-    other commit's fsync ends). The spin is bounded because a busy wait costs only itself
+    other commit's fsync ends), for :data:`TURN_BLOCK_S` at most. The spin is bounded because a busy wait costs only itself
     and a blocked thread costs CPU when it wakes on this VM, but a spin cannot outlast an
     fsync cheaply. PERF: 16 connections, 2 workers, old and new code alternated in three
     sets of 6, 6 and 4 pairs: groups ~6.3 -> ~7.0 scans, p99 13.9 / 12.1 / 14.1 -> 9.8 /
@@ -178,20 +211,24 @@ class _CommitTurn:
     for it on gevent's thread pool (``wait_aside``) instead of blocking: its worker keeps
     answering everything but genuine scans (checks, invalid codes, health, metrics), and
     its hub, which sends gunicorn's heartbeat, is never blocked by the write. Other
-    writers (the admin API, bans) are short and need no turn: LMDB's own lock orders
-    every write; the turn only keeps scan committers from queueing on it.
+    writers (the admin API, bans) need no turn: LMDB's own lock orders every write (see
+    :func:`gate_writes` for how they wait for a bulk writer); the turn only keeps scan
+    committers from queueing on it.
 
-    NOTE: a slow fsync (30-75 ms now and then on this VM's disk, against ~0.3 ms) blocks
-    the committing worker, and the other one once its spin is over: both answer nothing
-    meanwhile, checks included. Waiting on the thread pool after the spin would keep the
-    other worker serving, but cost 6% of strict scans/s over HTTP (6 alternated pairs) and
-    once collapsed a run to 3.9k/s with a p99 of 121 ms; see the README.
+    A commit can also take long: now and then this VM's disk takes 30-220 ms for an fsync
+    that usually takes ~0.3 ms, and the commit blocks its worker meanwhile. A committer
+    blocked on the turn longer than :data:`TURN_BLOCK_S` (a one-shot SIGALRM ends the
+    ``flock``) waits on the thread pool instead, so a slow fsync stalls its own worker
+    only. PERF: not on the thread pool from the start: waiting there right after the spin
+    cost 6% of strict scans/s over HTTP (6 alternated pairs) and once collapsed a run to
+    3.9k/s with a p99 of 121 ms; the timer costs two ``setitimer`` calls per block.
     """
 
     def __init__(self, store: Store, yield_=None, wait_aside=None) -> None:
         self._fd = _lock_file(store, TURN_FILE)
         self._bulk = _lock_file(store, BULK_FILE) if yield_ is not None else None
         self._yield, self._wait_aside = yield_, wait_aside
+        self._timer = yield_ is not None and _install_alarm()
 
     def take(self) -> bool:
         """Wait for the turn; False if the lock cannot be taken at all (an OSError,
@@ -199,8 +236,8 @@ class _CommitTurn:
         try:
             self._take()
             return True
-        except OSError as e:
-            log.warning("scan commit turn unavailable (%s); committing without it", e)
+        except (OSError, _TurnSlow) as e:  # NOTE: _TurnSlow only from a stray alarm
+            log.warning("scan commit turn unavailable (%r); committing without it", e)
             return False
 
     def _take(self) -> None:
@@ -221,9 +258,32 @@ class _CommitTurn:
             self._wait_aside(fcntl.flock, fd, fcntl.LOCK_EX)
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._block(fd):
+                self._wait_aside(fcntl.flock, fd, fcntl.LOCK_EX)
         finally:
             fcntl.flock(self._bulk, fcntl.LOCK_UN)
+
+    def _block(self, fd: int) -> bool:
+        """Block the worker on the turn, for TURN_BLOCK_S at most (a one-shot SIGALRM
+        ends the wait); False if the turn was still taken then.
+
+        NOTE: an alarm that comes just after the lock was taken makes this return False
+        too; the caller then asks again for a lock its descriptor already holds, which
+        flock grants at once."""
+        if not self._timer:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return True
+        try:
+            _alarm_armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, TURN_BLOCK_S)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _alarm_armed[0] = False
+            return True
+        except _TurnSlow:
+            return False
+        finally:
+            _alarm_armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     @staticmethod
     def _try(fd: int, op: int) -> bool:
