@@ -198,13 +198,13 @@ class _CommitTurn:
     then, and under gevent (``yield_`` given) it waits for the turn by yielding to the
     hub, so its worker keeps serving and the requests it reads meanwhile join the group,
     for up to :data:`TURN_SPIN_S`; then it blocks until the turn is free (about when the
-    other commit's fsync ends), for :data:`TURN_BLOCK_S` at most. The spin is bounded because a busy wait costs only itself
-    and a blocked thread costs CPU when it wakes on this VM, but a spin cannot outlast an
-    fsync cheaply. PERF: 16 connections, 2 workers, old and new code alternated in three
-    sets of 6, 6 and 4 pairs: groups ~6.3 -> ~7.0 scans, p99 13.9 / 12.1 / 14.1 -> 9.8 /
-    8.7 / 10.6 ms (medians; the old code also had p99s of 331-339 ms in 2 runs), strict
-    scans/s +5% / +8% / +1% (new ahead in 12 pairs, behind in 3, one even: see the
-    README).
+    other commit's fsync ends), for :data:`TURN_BLOCK_S` at most (see below). The spin is
+    bounded because a busy wait costs only itself and a blocked thread costs CPU when it
+    wakes on this VM, but a spin cannot outlast an fsync cheaply. PERF: 16 connections,
+    2 workers, old and new code alternated in three sets of 6, 6 and 4 pairs: groups ~6.3
+    -> ~7.0 scans, p99 13.9 / 12.1 / 14.1 -> 9.8 / 8.7 / 10.6 ms (medians; the old code
+    also had p99s of 331-339 ms in 2 runs), strict scans/s +5% / +8% / +1% (new ahead in
+    12 pairs, behind in 3, one even: see the README).
 
     A long write (a line-collection ingest, seconds for millions of links) takes the turn
     through :func:`bulk_write`. A gevent committer that finds the turn held by one waits
