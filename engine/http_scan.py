@@ -282,7 +282,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     """Build the scan API over an open data folder (one per worker process). ``pipeline``
     defaults to one without campaign hooks; the admin layer passes its own."""
     cfg = data.config.get("serve", {})
-    gate_writes(data.store)  # under gevent: a ban or an admin write never blocks the worker for an ingest
+    gate_writes(data.store)  # under gevent: bans and admin writes wait for an ingest aside
     if pipeline is None:
         pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
                                 data.accounts, regions=data.regions, clock=clock)

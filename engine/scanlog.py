@@ -186,6 +186,15 @@ def _lock_file(store: Store, name: str) -> int:
     return os.open(store.path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def _try_lock(fd: int, op: int) -> bool:
+    """``flock(fd, op)`` without waiting; False if another open file holds the lock."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 class _CommitTurn:
     """Whose turn it is to commit scans, among the committers of every process on one
     store: an exclusive ``flock`` on ``<store>/scan-commit.lock``, held from taking a
@@ -215,7 +224,7 @@ class _CommitTurn:
     :func:`gate_writes` for how they wait for a bulk writer); the turn only keeps scan
     committers from queueing on it.
 
-    A commit can also take long: now and then this VM's disk takes 30-220 ms for an fsync
+    A commit can also take long: now and then this VM's disk takes 30-250 ms for an fsync
     that usually takes ~0.3 ms, and the commit blocks its worker meanwhile. A committer
     blocked on the turn longer than :data:`TURN_BLOCK_S` (a one-shot SIGALRM ends the
     ``flock``) waits on the thread pool instead, so a slow fsync stalls its own worker
@@ -238,11 +247,15 @@ class _CommitTurn:
             return True
         except (OSError, _TurnSlow) as e:  # NOTE: _TurnSlow only from a stray alarm
             log.warning("scan commit turn unavailable (%r); committing without it", e)
+            try:
+                self.give()  # NOTE: never keep a turn that this group will not give back
+            except OSError:
+                pass
             return False
 
     def _take(self) -> None:
         fd = self._fd
-        if self._try(fd, fcntl.LOCK_EX):
+        if _try_lock(fd, fcntl.LOCK_EX):
             return
         if self._yield is None:  # a committer thread: blocking it stalls nobody
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -250,11 +263,11 @@ class _CommitTurn:
         end = time.perf_counter() + TURN_SPIN_S
         while time.perf_counter() < end:
             self._yield()
-            if self._try(fd, fcntl.LOCK_EX):
+            if _try_lock(fd, fcntl.LOCK_EX):
                 return
         # NOTE: a bulk writer takes BULK_FILE before the turn; holding it shared while
         # blocking means the turn's holder is another scan committer, done within a commit
-        if not self._try(self._bulk, fcntl.LOCK_SH):
+        if not _try_lock(self._bulk, fcntl.LOCK_SH):
             self._wait_aside(fcntl.flock, fd, fcntl.LOCK_EX)
             return
         try:
@@ -265,33 +278,22 @@ class _CommitTurn:
 
     def _block(self, fd: int) -> bool:
         """Block the worker on the turn, for TURN_BLOCK_S at most (a one-shot SIGALRM
-        ends the wait); False if the turn was still taken then.
-
-        NOTE: an alarm that comes just after the lock was taken makes this return False
-        too; the caller then asks again for a lock its descriptor already holds, which
-        flock grants at once."""
+        ends the wait); False if the turn was still taken then."""
         if not self._timer:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return True
+        _alarm_armed[0] = True
         try:
-            _alarm_armed[0] = True
             signal.setitimer(signal.ITIMER_REAL, TURN_BLOCK_S)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _alarm_armed[0] = False
-            return True
         except _TurnSlow:
-            return False
+            pass
         finally:
             _alarm_armed[0] = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-
-    @staticmethod
-    def _try(fd: int, op: int) -> bool:
-        try:
-            fcntl.flock(fd, op | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        # NOTE: whichever way the wait ended (an alarm may come just after the lock was
+        # granted), ask again: flock grants at once a lock this descriptor already holds
+        return _try_lock(fd, fcntl.LOCK_EX)
 
     def give(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -345,7 +347,7 @@ def gate_writes(store: Store) -> bool:
         fd = _lock_file(store, BULK_FILE)
         try:
             try:
-                if not _CommitTurn._try(fd, fcntl.LOCK_SH):
+                if not _try_lock(fd, fcntl.LOCK_SH):
                     wait_aside(fcntl.flock, fd, fcntl.LOCK_SH)
             except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
                 log.warning("bulk-write lock unavailable (%s); writing without it", e)

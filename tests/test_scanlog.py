@@ -166,7 +166,7 @@ def test_counts_exact_across_processes_and_threads(tmp_path):
 _WRITER = """
 import sys, threading, time
 from engine.store import Store
-from engine.scanlog import TURN_FILE, ScanLog
+from engine.scanlog import ScanLog
 log = ScanLog(Store(sys.argv[1], metasync=sys.argv[2] == "strict"))
 lock = threading.Lock()
 def worker(t):
