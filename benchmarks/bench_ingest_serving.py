@@ -14,6 +14,11 @@ A commit's fsync runs on its worker's own thread, so a slow fsync stalls every r
 that worker (engine/scanlog.py, _CommitTurn). To tell such stalls from the ingest's, a
 probe thread fsyncs 4 KiB of another file on the same disk every 5 ms, and the report
 counts the checks over 50 ms that overlapped one of its slow (over 20 ms) fsyncs.
+
+Each kind's 4 connections are spread 2 and 2 over the 2 workers (left to themselves, one
+worker took 7 of the 8), so the report can say which worker each slow check was on, and
+how many slow checks came while the other worker's checks were slow too (a stall of both
+workers at once).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 from bench_aggregation import _line_file
 from conftest import report, size
+from loadgen import spread_connections
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -38,8 +44,8 @@ from conftest_world import build_world  # noqa: E402
 from server import Server  # noqa: E402
 
 
-def _client(port: int, kind: str, codes: list[str], k: int, until: list, out: list) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+def _client(conn: http.client.HTTPConnection, kind: str, codes: list[str], k: int, until: list,
+            out: list) -> None:
     i = k
     while until[0] is None or time.time() < until[0]:
         start = time.time()
@@ -50,7 +56,7 @@ def _client(port: int, kind: str, codes: list[str], k: int, until: list, out: li
             conn.request("GET", f"/v1/codes/{codes[i % len(codes)]}")
         r = conn.getresponse()
         r.read()
-        out.append((start, time.time() - start, r.status))
+        out.append((start, time.time() - start, r.status, k))
         i += 4
         time.sleep(0.005)
 
@@ -82,8 +88,12 @@ def test_ingest_while_serving(benchmark, tmp_path):
     until: list = [None]
     seen: dict[str, list] = {"scan": [], "check": []}
     fsyncs: list = []
-    clients = [threading.Thread(target=_client, args=(server.port, kind, codes, k, until, seen[kind]), daemon=True)
-               for kind in seen for k in range(4)]
+    # NOTE: each kind's 4 connections 2 and 2 on the two workers, so that a stall of one
+    # worker shows as a stall of its clients only
+    placed = {kind: spread_connections(server.port, server.proc.pid, 4) for kind in seen}
+    worker_of = {kind: [pid for _, pid in placed[kind]] for kind in seen}
+    clients = [threading.Thread(target=_client, args=(conn, kind, codes, k, until, seen[kind]), daemon=True)
+               for kind in seen for k, (conn, _) in enumerate(placed[kind])]
     clients.append(threading.Thread(target=_disk_probe, args=(tmp_path / "probe.dat", until, fsyncs), daemon=True))
     gc.disable()  # NOTE: a full collection in this process (the clients) stalled them ~70 ms
     try:
@@ -107,7 +117,7 @@ def test_ingest_while_serving(benchmark, tmp_path):
         server.stop()
 
     def longest(kind: str, during: bool) -> tuple[float, int]:
-        xs = [lat for s, lat, _ in seen[kind] if (start <= s <= end) == during]
+        xs = [lat for s, lat, _, _ in seen[kind] if (start <= s <= end) == during]
         return (max(xs) * 1e3 if xs else 0.0), len(xs)
 
     rows = []
@@ -117,8 +127,11 @@ def test_ingest_while_serving(benchmark, tmp_path):
         rows += [(f"{kind}: longest answer outside the ingest", f"{before:.1f} ms", f"{n_before} requests"),
                  (f"{kind}: longest answer during it", f"{during:.1f} ms", f"{n_during} requests")]
     slow_fsyncs = [(s, d) for s, d in fsyncs if d > 0.02]
-    slow_checks = [(s, lat) for s, lat, _ in seen["check"] if lat > 0.05]
-    explained = sum(any(s - 0.01 <= f <= s + lat for f, _ in slow_fsyncs) for s, lat in slow_checks)
+    slow_checks = [(s, lat, worker_of["check"][k]) for s, lat, _, k in seen["check"] if lat > 0.05]
+    explained = sum(any(s - 0.01 <= f <= s + lat for f, _ in slow_fsyncs) for s, lat, _ in slow_checks)
+    workers = sorted({pid for kind in seen for pid in worker_of[kind] if pid is not None})
+    # a slow check on one worker while a check on the other was slow too: both stalled
+    both = sum(any(w != v and s < t + m and t < s + lat for t, m, v in slow_checks) for s, lat, w in slow_checks)
     probe = sorted(d for _, d in fsyncs) or [0.0]
     report(f"ingest of {links:,} links ({n_caps:,} caps) while 4 clients scan and 4 check", [
         ("ingest (wuma aggregate load, its own process)", f"{end - start:.1f} s", f"{links / (end - start):,.0f} links/s"),
@@ -126,9 +139,13 @@ def test_ingest_while_serving(benchmark, tmp_path):
         ("disk: probe fsyncs, median / longest", f"{probe[len(probe) // 2] * 1e3:.1f} / {probe[-1] * 1e3:.0f} ms",
          f"{len(slow_fsyncs)} of {len(fsyncs)} over 20 ms"),
         ("checks over 50 ms / overlapping a slow fsync", f"{len(slow_checks)} / {explained}", ""),
+        ("  by worker (its connections: scan + check)", ", ".join(
+            f"{sum(1 for *_, w in slow_checks if w == pid)} ({worker_of['scan'].count(pid)} + "
+            f"{worker_of['check'].count(pid)})" for pid in workers), "spread 2 + 2 on each"),
+        ("  while the other worker's checks were slow too", f"{both}", ""),
     ])
-    benchmark.extra_info.update(ingest_s=end - start, slow_checks=len(slow_checks),
+    benchmark.extra_info.update(ingest_s=end - start, slow_checks=len(slow_checks), slow_checks_both_workers=both,
                                 slow_checks_at_slow_fsyncs=explained, slow_fsyncs=len(slow_fsyncs), **{
         f"{kind}_longest_during_ms": longest(kind, True)[0] for kind in seen})
-    assert {status for kind in seen for _, _, status in seen[kind]} == {200}
+    assert {status for kind in seen for _, _, status, _ in seen[kind]} == {200}
     assert seen["check"] and seen["scan"]

@@ -223,3 +223,70 @@ def process_cpu_seconds(pgid: int) -> dict[int, float]:
         if int(fields[2]) == pgid:  # field 5 (pgrp) after the comm
             out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def serving_pid(conn: http.client.HTTPConnection, pgid: int) -> int | None:
+    """The pid of the server process (of process group ``pgid``) that holds the other end
+    of ``conn``, a loopback connection that has had an answer (so a worker accepted it);
+    None if /proc does not tell (not Linux, or the connection is gone).
+
+    gunicorn's workers accept from one shared socket, so which worker serves a connection
+    is up to them; a benchmark about one worker's stalls needs to know."""
+    import os
+
+    client_port, server_port = conn.sock.getsockname()[1], conn.port
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                lines = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)) == (server_port, client_port):
+                inode = f[9]
+                break
+        if inode:
+            break
+    if not inode:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in process_cpu_seconds(pgid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def spread_connections(port: int, pgid: int, n: int, tries: int = 100) -> list[tuple]:
+    """``n`` keep-alive connections to the server of process group ``pgid``, spread evenly
+    over its workers: ``[(connection, worker pid), ...]``.
+
+    One gunicorn worker often accepts nearly all of a burst of connections (14 of 16
+    measured here). A connection that lands on a worker already holding more than the
+    others is closed and made again, up to ``tries`` times per connection; after that it is
+    kept where it landed (the caller reports the split it got)."""
+    workers = [pid for pid in process_cpu_seconds(pgid) if pid != pgid]
+    held = dict.fromkeys(workers, 0)
+    out = []
+    for _ in range(n):
+        for attempt in range(tries):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            pid = serving_pid(conn, pgid)
+            if pid not in held or held[pid] == min(held.values()) or attempt == tries - 1:
+                break
+            conn.close()
+        if pid in held:
+            held[pid] += 1
+        out.append((conn, pid))
+    return out
