@@ -243,8 +243,9 @@ def serving_pid(conn: http.client.HTTPConnection, pgid: int) -> int | None:
         except OSError:
             continue
         for line in lines:
-            f = line.split()
-            if (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)) == (server_port, client_port):
+            f = line.split()  # sl, local address, remote address, state, ..., inode (10th)
+            if f[3] == "01" and (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)) == (
+                    server_port, client_port):  # NOTE: 01 = established, never a closed one's
                 inode = f[9]
                 break
         if inode:
