@@ -3,6 +3,7 @@
 import fcntl
 import multiprocessing as mp
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -62,6 +63,14 @@ def test_scans_wait_for_the_commit_turn_and_then_share_one_commit(tmp_path):
     scans that queued meanwhile are then committed together, in one transaction."""
     store = Store(tmp_path / "db")
     log = ScanLog(store)
+    queued = []
+
+    class Queue(queue.SimpleQueue):  # NOTE: counts the scans handed to the committer
+        def put(self, item):
+            super().put(item)
+            queued.append(item)
+
+    log._queue = Queue()
     log.record(1, 0, {"at": 1.0})
     held = _hold_turn(store)
     before = store.env.info()["last_txnid"]
@@ -70,8 +79,8 @@ def test_scans_wait_for_the_commit_turn_and_then_share_one_commit(tmp_path):
                for u in range(2, 7)]
     for t in threads:
         t.start()
-    deadline = time.time() + 10  # the committer holds the first scan; the other 4 queue
-    while log._queue.qsize() < 4 and time.time() < deadline:
+    deadline = time.time() + 10  # all 5 handed over: the committer waits for the turn
+    while len(queued) < 6 and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
     assert done == [] and store.env.info()["last_txnid"] == before
