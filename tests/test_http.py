@@ -196,37 +196,45 @@ def test_scans_wait_for_the_store_but_the_workers_go_on(live, holder):
                for i, (status, body) in answers.items())
 
 
-def test_a_ban_during_a_long_write_does_not_block_its_worker(live):
+@pytest.mark.parametrize("flooders", [1, 24])
+def test_a_ban_during_a_long_write_does_not_block_its_worker(live, flooders):
     """An enumeration ban is a write. Begun while a long write has the store, it waits for
     that write without stalling its worker (engine.scanlog.gate_writes): the request that
-    crosses the threshold is answered after the write, everything else meanwhile."""
+    crosses the threshold is answered after the write, everything else meanwhile. With 24
+    flooders at once, one worker has more bans waiting than gevent's thread pool has
+    threads (10): they queue there, and its hub still goes on."""
     s = live["server"]
-    flood = {"X-Forwarded-For": "203.0.113.150"}
-    answered: list[int] = []
+    floods = [{"X-Forwarded-For": f"203.0.113.{150 + k}" if flooders == 1 else f"198.18.7.{k}"}
+              for k in range(flooders)]
+    answered: dict[int, list[int]] = {k: [] for k in range(flooders)}
 
-    def enumerate_codes():  # one connection: one worker sees all 21
+    def enumerate_codes(k):  # one connection: one worker sees all 21
         conn = s.conn()
         for i in range(21):
-            answered.append(s.scan({"code": f"1{'W' * 17}{i:02d}", "device": f"rot-{i}"}, flood, conn=conn)[0])
+            answered[k].append(s.scan({"code": f"1{'W' * 17}{i:02d}", "device": f"rot-{k}-{i}"}, floods[k],
+                                      conn=conn)[0])
 
-    flooder = threading.Thread(target=enumerate_codes)
+    flooding = [threading.Thread(target=enumerate_codes, args=(k,)) for k in range(flooders)]
     with DataFolder(live["path"]) as data, bulk_write(data.store):
-        flooder.start()
-        deadline = time.time() + 10
-        while len(answered) < 20 and time.time() < deadline:
+        for t in flooding:
+            t.start()
+        deadline = time.time() + 30
+        while sum(map(len, answered.values())) < 20 * flooders and time.time() < deadline:
             time.sleep(0.01)
         time.sleep(0.3)
-        assert answered == [200] * 20  # the 21st waits for its ban's write
+        assert all(a == [200] * 20 for a in answered.values())  # each 21st waits for its ban's write
         check = live["data"].codes.code(live["caps"], 30, "cap_inner")
-        for _ in range(8):  # new connections: both workers, the flooder's included
+        for _ in range(8):  # new connections: both workers, the flooders' included
             start = time.perf_counter()
             assert s.get(f"/v1/codes/{check}")[0] == 200 and s.get("/healthz")[0] == 200
             assert time.perf_counter() - start < 1.0
-        assert len(answered) == 20
-    flooder.join(10)
-    assert answered == [200] * 21
-    status, body = s.scan({"code": check, "device": "after-the-ban"}, flood)
-    assert status == 403 and body["error"] == "banned"
+        assert all(len(a) == 20 for a in answered.values())
+    for t in flooding:
+        t.join(30)
+    assert all(a == [200] * 21 for a in answered.values())
+    for flood in floods:
+        status, body = s.scan({"code": check, "device": "after-the-ban"}, flood)
+        assert status == 403 and body["error"] == "banned"
 
 
 def _worker_pids(server: Server) -> set[int]:
