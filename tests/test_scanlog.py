@@ -79,7 +79,7 @@ def test_scans_wait_for_the_commit_turn_and_then_share_one_commit(tmp_path):
                for u in range(2, 7)]
     for t in threads:
         t.start()
-    deadline = time.time() + 10  # all 5 handed over: the committer waits for the turn
+    deadline = time.time() + 10  # the first scan and these 5 handed over: the committer waits for the turn
     while len(queued) < 6 and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
