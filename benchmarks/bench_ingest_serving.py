@@ -44,8 +44,8 @@ from conftest_world import build_world  # noqa: E402
 from server import Server  # noqa: E402
 
 
-def _client(conn: http.client.HTTPConnection, kind: str, codes: list[str], k: int, until: list,
-            out: list) -> None:
+def _client(conn: http.client.HTTPConnection, worker: int | None, kind: str, codes: list[str], k: int,
+            until: list, out: list) -> None:
     i = k
     while until[0] is None or time.time() < until[0]:
         start = time.time()
@@ -56,7 +56,7 @@ def _client(conn: http.client.HTTPConnection, kind: str, codes: list[str], k: in
             conn.request("GET", f"/v1/codes/{codes[i % len(codes)]}")
         r = conn.getresponse()
         r.read()
-        out.append((start, time.time() - start, r.status, k))
+        out.append((start, time.time() - start, r.status, worker))
         i += 4
         time.sleep(0.005)
 
@@ -91,9 +91,8 @@ def test_ingest_while_serving(benchmark, tmp_path):
     # NOTE: each kind's 4 connections 2 and 2 on the two workers, so that a stall of one
     # worker shows as a stall of its clients only
     placed = {kind: spread_connections(server.port, server.proc.pid, 4) for kind in seen}
-    worker_of = {kind: [pid for _, pid in placed[kind]] for kind in seen}
-    clients = [threading.Thread(target=_client, args=(conn, kind, codes, k, until, seen[kind]), daemon=True)
-               for kind in seen for k, (conn, _) in enumerate(placed[kind])]
+    clients = [threading.Thread(target=_client, args=(conn, pid, kind, codes, k, until, seen[kind]), daemon=True)
+               for kind in seen for k, (conn, pid) in enumerate(placed[kind])]
     clients.append(threading.Thread(target=_disk_probe, args=(tmp_path / "probe.dat", until, fsyncs), daemon=True))
     gc.disable()  # NOTE: a full collection in this process (the clients) stalled them ~70 ms
     try:
@@ -127,11 +126,13 @@ def test_ingest_while_serving(benchmark, tmp_path):
         rows += [(f"{kind}: longest answer outside the ingest", f"{before:.1f} ms", f"{n_before} requests"),
                  (f"{kind}: longest answer during it", f"{during:.1f} ms", f"{n_during} requests")]
     slow_fsyncs = [(s, d) for s, d in fsyncs if d > 0.02]
-    slow_checks = [(s, lat, worker_of["check"][k]) for s, lat, _, k in seen["check"] if lat > 0.05]
+    slow_checks = [(s, lat, w) for s, lat, _, w in seen["check"] if lat > 0.05]
     explained = sum(any(s - 0.01 <= f <= s + lat for f, _ in slow_fsyncs) for s, lat, _ in slow_checks)
-    workers = sorted({pid for kind in seen for pid in worker_of[kind] if pid is not None})
+    held = {kind: [pid for _, pid in placed[kind]] for kind in seen}
+    workers = sorted({pid for pids in held.values() for pid in pids if pid is not None})
     # a slow check on one worker while a check on the other was slow too: both stalled
-    both = sum(any(w != v and s < t + m and t < s + lat for t, m, v in slow_checks) for s, lat, w in slow_checks)
+    both = sum(any(None not in (w, v) and w != v and s < t + m and t < s + lat for t, m, v in slow_checks)
+               for s, lat, w in slow_checks)
     probe = sorted(d for _, d in fsyncs) or [0.0]
     report(f"ingest of {links:,} links ({n_caps:,} caps) while 4 clients scan and 4 check", [
         ("ingest (wuma aggregate load, its own process)", f"{end - start:.1f} s", f"{links / (end - start):,.0f} links/s"),
@@ -140,8 +141,8 @@ def test_ingest_while_serving(benchmark, tmp_path):
          f"{len(slow_fsyncs)} of {len(fsyncs)} over 20 ms"),
         ("checks over 50 ms / overlapping a slow fsync", f"{len(slow_checks)} / {explained}", ""),
         ("  by worker (its connections: scan + check)", ", ".join(
-            f"{sum(1 for *_, w in slow_checks if w == pid)} ({worker_of['scan'].count(pid)} + "
-            f"{worker_of['check'].count(pid)})" for pid in workers), "spread 2 + 2 on each"),
+            f"{sum(1 for *_, w in slow_checks if w == pid)} ({held['scan'].count(pid)} + "
+            f"{held['check'].count(pid)})" for pid in workers), "spread 2 + 2 on each"),
         ("  while the other worker's checks were slow too", f"{both}", ""),
     ])
     benchmark.extra_info.update(ingest_s=end - start, slow_checks=len(slow_checks), slow_checks_both_workers=both,

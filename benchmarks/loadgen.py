@@ -205,13 +205,11 @@ def run_load(port: int, path: str, bodies: list[dict], *, seconds: float = 5.0,
             "p99_ms": pct(0.99) * 1e3, "statuses": statuses, "seconds": elapsed, "client": "python"}
 
 
-def process_cpu_seconds(pgid: int) -> dict[int, float]:
-    """User+system CPU of each process in a process group (the gunicorn master and its
-    workers), by pid."""
+def _group_stats(pgid: int):
+    """``(pid, fields of /proc/<pid>/stat after the comm)`` of each process in a process
+    group (the gunicorn master and its workers)."""
     import os
 
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -221,8 +219,16 @@ def process_cpu_seconds(pgid: int) -> dict[int, float]:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # field 5 (pgrp) after the comm
-            out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+            yield int(pid), fields
+
+
+def process_cpu_seconds(pgid: int) -> dict[int, float]:
+    """User+system CPU of each process in a process group (the gunicorn master and its
+    workers), by pid."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (int(fields[11]) + int(fields[12])) / tick for pid, fields in _group_stats(pgid)}
 
 
 def serving_pid(conn: http.client.HTTPConnection, pgid: int) -> int | None:
@@ -253,7 +259,7 @@ def serving_pid(conn: http.client.HTTPConnection, pgid: int) -> int | None:
     if not inode:
         return None
     target = f"socket:[{inode}]"
-    for pid in process_cpu_seconds(pgid):
+    for pid, _ in _group_stats(pgid):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
@@ -275,7 +281,7 @@ def spread_connections(port: int, pgid: int, n: int, tries: int = 100) -> list[t
     measured here). A connection that lands on a worker already holding more than the
     others is closed and made again, up to ``tries`` times per connection; after that it is
     kept where it landed (the caller reports the split it got)."""
-    workers = [pid for pid in process_cpu_seconds(pgid) if pid != pgid]
+    workers = [pid for pid, _ in _group_stats(pgid) if pid != pgid]
     held = dict.fromkeys(workers, 0)
     out = []
     for _ in range(n):

@@ -19,7 +19,7 @@ LMDB transaction and one fsync.
 PERF: one worker per core, measured (2-core machine, 16 connections, 8 s runs, bare and
 scan alternated 3 times, medians, a slow day): 2 / 3 / 4 workers gave 3,364 / 3,264 /
 2,440 strict scans/s and 9,658 / 7,689 / 8,059 bare req/s. More workers only split the
-group commits (7.1 / 4.8 / 2.7 scans per commit). gunicorn's C HTTP parser
+group commits (7.2 / 4.7 / 2.7 scans per commit). gunicorn's C HTTP parser
 (gunicorn_h1c 0.6.10, ``gunicorn[fast]``, built from source here) was not worth a
 compiled dependency: bare 10,031 -> 10,482 req/s, scans 4,398 -> 4,515/s (4 alternated
 rounds); gunicorn uses it where it is installed (http_parser "auto").

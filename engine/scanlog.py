@@ -305,23 +305,34 @@ class _CommitTurn:
 
 
 @contextmanager
+def _write_holding(store: Store, locks: tuple, take, what: str):
+    """A write transaction begun once ``take(fd, op)`` has taken each ``(lock file, op)``
+    of ``locks``, in order, and held to its end: closing the files drops their flocks. A
+    lock refused (an OSError, logged as ``what``) does not stop the write: LMDB's own lock
+    still orders it, as in :meth:`_CommitTurn.take`."""
+    fds: list[int] = []
+    try:
+        for name, _ in locks:
+            fds.append(_lock_file(store, name))
+        try:
+            for fd, (_, op) in zip(fds, locks):
+                take(fd, op)
+        except OSError as e:
+            log.warning("%s unavailable (%s); writing without it", what, e)
+        with store.env.begin(write=True) as txn:  # NOTE: not store.write(): never gated
+            yield txn
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def bulk_write(store: Store):
     """``with bulk_write(store) as txn:`` a write transaction expected to run long (an
     ingest), with the scan commit turn held (see :class:`_CommitTurn`): scans wait for it
     (they cannot commit while it writes anyway), without stalling the workers that serve
     them. Waits for a scan commit in progress to end."""
-    bulk, turn = _lock_file(store, BULK_FILE), _lock_file(store, TURN_FILE)
-    try:
-        try:
-            fcntl.flock(bulk, fcntl.LOCK_EX)
-            fcntl.flock(turn, fcntl.LOCK_EX)
-        except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
-            log.warning("scan commit turn unavailable (%s); writing without it", e)
-        with store.env.begin(write=True) as txn:  # NOTE: not store.write(): never gated
-            yield txn
-    finally:
-        os.close(turn)  # NOTE: closing the last descriptor of a file drops its flock
-        os.close(bulk)
+    return _write_holding(store, ((BULK_FILE, fcntl.LOCK_EX), (TURN_FILE, fcntl.LOCK_EX)), fcntl.flock,
+                          "scan commit turn")
 
 
 def gate_writes(store: Store) -> bool:
@@ -342,21 +353,12 @@ def gate_writes(store: Store) -> bool:
     if wait_aside is None:
         return False
 
-    @contextmanager
-    def gated(store: Store):
-        fd = _lock_file(store, BULK_FILE)
-        try:
-            try:
-                if not _try_lock(fd, fcntl.LOCK_SH):
-                    wait_aside(fcntl.flock, fd, fcntl.LOCK_SH)
-            except OSError as e:  # as in _CommitTurn.take: the write goes on, LMDB orders it
-                log.warning("bulk-write lock unavailable (%s); writing without it", e)
-            with store.env.begin(write=True) as txn:
-                yield txn
-        finally:
-            os.close(fd)  # drops the shared lock
+    def take(fd: int, op: int) -> None:
+        if not _try_lock(fd, op):
+            wait_aside(fcntl.flock, fd, op)
 
-    store.write_gate = gated
+    store.write_gate = lambda store: _write_holding(store, ((BULK_FILE, fcntl.LOCK_SH),), take,
+                                                    "bulk-write lock")
     return True
 
 
