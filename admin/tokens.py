@@ -25,13 +25,13 @@ can make one); after that admins can make more through the API.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass
 
 from admin._util import check_id
 from admin.audit import AuditLog
 from engine.errors import Conflict, NotFound
+from engine.ids import is_id
 from engine.store import Store, pack, unpack
 from engine.tokens import new_token, parse_token, secret_matches
 
@@ -53,7 +53,6 @@ PERMISSIONS = {
     "ledger.reverse": "admin",
 }
 _PREFIX = "wma"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # what check_id admits
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class AdminTokens:
         return record, token
 
     def _key(self, name: str) -> bytes:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not is_id(name):  # what check_id admits
             raise NotFound(f"no admin token {name}")
         return name.encode()
 

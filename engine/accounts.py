@@ -9,11 +9,11 @@ Revoked accounts and unknown tokens get the same answer.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass
 
 from engine.errors import Conflict, NotFound
+from engine.ids import is_id, is_region_code
 from engine.store import Store, pack, unpack
 from engine.tokens import new_token, parse_token, secret_matches
 
@@ -23,8 +23,6 @@ __all__ = ["Account", "AccountRegistry", "ACCOUNT_ROLES", "ACTOR_ROLES"]
 ACCOUNT_ROLES = ("store", "distributor", "sales_rep", "shop_assistant")
 #: Every actor role a scan can carry.
 ACTOR_ROLES = ("consumer",) + ACCOUNT_ROLES
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_REGION = re.compile(r"^\d{2,12}$")
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,11 @@ class AccountRegistry:
     def add(self, account_id: str, role: str, *, name: str = "", region: str | None = None,
             distributor: str | None = None, now: float | None = None) -> tuple[Account, str]:
         """Create an account; returns it with its token (shown once, stored hashed)."""
-        if not isinstance(account_id, str) or not _ID.match(account_id):
+        if not is_id(account_id):
             raise ValueError("account id: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
         if role not in ACCOUNT_ROLES:
             raise ValueError(f"role must be one of {', '.join(ACCOUNT_ROLES)}")
-        if region is not None and not _REGION.match(region):
+        if region is not None and not is_region_code(region):
             raise ValueError("region must be an administrative division code such as 4401 or 440106")
         if distributor is not None and role != "store":
             raise ValueError("only a store has a distributor it buys from")

@@ -22,7 +22,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import stat
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from engine.keys import write_private_file
 from engine.errors import Conflict, NotFound, WumaError
+from engine.ids import is_id
 from engine.keys import KeyRing
 from engine.store import Store, pack, unpack
 
@@ -54,7 +54,6 @@ LINE_PUBLIC_FILE = "line.pub"
 BRAND_KEYS_FILE = "brand-keys.json"
 _X25519_FILE = "x25519.key"
 _ED25519_FILE = "ed25519.key"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RAW = serialization.Encoding.Raw
 
 
@@ -268,7 +267,7 @@ class LineRegistry:
     ) -> Line:
         if not isinstance(name, str):
             raise TypeError("line name must be a str")
-        if not _NAME.match(name):
+        if not is_id(name):
             raise ValueError("line name: 1-64 letters, digits, '.', '_' or '-'")
         x, e = read_line_public(public_file)
         line = Line(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.ids import REGION_PATTERN
+
 __all__ = ["OPENAPI"]
 
 _ERROR = {
@@ -65,7 +67,7 @@ OPENAPI = {
                                                                 "sales_rep", "shop_assistant"]},
                             "id": {"type": "string", "maxLength": 128, "nullable": True}}},
                         "location": {"type": "object", "nullable": True, "properties": {
-                            "region": {"type": "string", "pattern": "^[0-9]{2,12}$", "nullable": True},
+                            "region": {"type": "string", "pattern": REGION_PATTERN, "nullable": True},
                             "lat": {"type": "number", "minimum": -90, "maximum": 90, "nullable": True},
                             "lng": {"type": "number", "minimum": -180, "maximum": 180,
                                     "nullable": True}}},

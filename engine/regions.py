@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from pathlib import Path
 
+from engine.ids import is_region_code
 from engine.store import Store, pack, unpack
 
 __all__ = ["RegionTable", "DEFAULT_MAX_KM"]
 
 DEFAULT_MAX_KM = 30.0
 _CELL = 0.5  # degrees
-_CODE = re.compile(r"^\d{2,12}$")
 _EARTH_KM = 6371.0
 
 
@@ -43,7 +42,7 @@ def _km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 
 def _check(code: str, lat: float, lng: float) -> tuple[str, float, float]:
-    if not isinstance(code, str) or not _CODE.match(code):
+    if not is_region_code(code):
         raise ValueError(f"region code {code!r} must be 2 to 12 digits, such as 440106")
     try:
         lat, lng = float(lat), float(lng)

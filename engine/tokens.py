@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
+
+from engine.ids import is_id
 
 __all__ = ["new_token", "parse_token", "secret_matches", "MAX_TOKEN_LENGTH"]
 
 #: Longer strings are refused before any work (a name is at most 64 characters).
 MAX_TOKEN_LENGTH = 200
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # account ids and admin token names
 
 
 def _hash(secret: str) -> bytes:
@@ -39,7 +39,7 @@ def parse_token(token: object, prefix: str) -> tuple[str, str] | None:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.startswith(prefix + "_"):
         return None
     name, sep, secret = token[len(prefix) + 1:].rpartition("_")
-    if not sep or not _NAME.match(name):
+    if not sep or not is_id(name):  # account ids and admin token names
         return None
     return name, secret
 

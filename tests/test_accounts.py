@@ -42,12 +42,14 @@ def test_validation_and_conflicts(accounts):
         reg.add("a1", "store")
     with pytest.raises(ValueError, match="role"):
         reg.add("c1", "consumer")
-    with pytest.raises(ValueError, match="region"):
-        reg.add("s1", "store", region="Guangzhou")
+    for region in ("Guangzhou", "4401\n", "\u0664\u0664\u0660\u0661"):
+        with pytest.raises(ValueError, match="region"):
+            reg.add("s1", "store", region=region)
     with pytest.raises(NotFound, match="distributor"):
         reg.add("s2", "store", distributor="a1")
-    with pytest.raises(ValueError, match="account id"):
-        reg.add("bad id", "store")
+    for account_id in ("bad id", "s-1\n"):
+        with pytest.raises(ValueError, match="account id"):
+            reg.add(account_id, "store")
     assert [a.id for a in reg.list("shop_assistant")] == ["a1"]
     with pytest.raises(NotFound):
         reg.revoke("zz")

@@ -53,8 +53,9 @@ def test_validation(tokens):
     reg, audit, _ = tokens
     with pytest.raises(ValueError, match="role must be one of viewer, operator, admin"):
         reg.add("x", "root", who="cli:alice")
-    with pytest.raises(ValueError, match="token name"):
-        reg.add("bad name", "viewer", who="cli:alice")
+    for name in ("bad name", "nl\n", "x" * 65, "\u0661"):  # a token with a newline cannot be sent
+        with pytest.raises(ValueError, match="token name"):
+            reg.add(name, "viewer", who="cli:alice")
     with pytest.raises(ValueError, match="who"):
         reg.add("x", "viewer", who="")
     assert reg.list() == [] and audit.entries() == []  # nothing half-made

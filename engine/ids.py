@@ -1,0 +1,29 @@
+"""Identifiers and region codes: one definition of each, for the checks and the OpenAPI
+documents alike.
+
+A value is checked whole (``re.fullmatch``): with ``^...$`` a trailing newline would pass
+(``$`` matches before it), and ``\\d`` would admit any Unicode digit (``"٤٤٠١٠٦"``), which
+the OpenAPI patterns (``[0-9]``) and every later comparison of region codes do not.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["ID_PATTERN", "REGION_PATTERN", "is_id", "is_region_code"]
+
+#: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
+#: digits, '_', '.', '-', starting with a letter or digit (as an OpenAPI pattern).
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: An administrative division code (行政区划代码) or a prefix of one: 2-12 ASCII digits.
+REGION_PATTERN = "^[0-9]{2,12}$"
+_ID = re.compile(ID_PATTERN[1:-1])
+_REGION = re.compile(REGION_PATTERN[1:-1])
+
+
+def is_id(value: object) -> bool:
+    return value.__class__ is str and _ID.fullmatch(value) is not None
+
+
+def is_region_code(value: object) -> bool:
+    return value.__class__ is str and _REGION.fullmatch(value) is not None
