@@ -38,9 +38,18 @@ _INVALID_HEAD = struct.Struct(">dI")
 _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 
 
+#: A subject's id is cut to this many bytes in UTF-8: subjects are database keys (LMDB
+#: takes at most 511 bytes).
+SUBJECT_ID_BYTES = 384
+
+
 def subject(kind: str, ident: str) -> str:
-    """``kind:ident``, e.g. ``ip:127.0.0.1``; the id is cut to 128 characters."""
-    return f"{kind}:{str(ident)[:128]}"
+    """``kind:ident``, e.g. ``ip:127.0.0.1``; the id is cut to 128 characters and to
+    :data:`SUBJECT_ID_BYTES` bytes."""
+    ident = str(ident)[:128]
+    if not ident.isascii():
+        ident = ident.encode()[:SUBJECT_ID_BYTES].decode(errors="ignore")
+    return f"{kind}:{ident}"
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,15 @@ class Metrics:
         return out
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Request bodies are read as RFC 8259 JSON: Python's json would take the literals NaN,
+#: Infinity and -Infinity too, and they would come back out as invalid JSON.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _error(resp: falcon.Response, status: str, code: str, message: str, **extra) -> None:
     resp.status = status
     resp.media = {"error": code, "message": message, **extra}
@@ -157,8 +166,8 @@ def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
     try:
         # NOTE: JSON is UTF-8 (RFC 8259); decoding first spares json.loads its encoding
         # detection
-        doc = json.loads(raw.decode() if raw else "null")
-    except (ValueError, UnicodeDecodeError):
+        doc = _DECODER.decode(raw.decode() if raw else "null")
+    except (ValueError, UnicodeDecodeError, RecursionError):  # NOTE: RecursionError: [[[[...]]]]
         raise falcon.HTTPBadRequest(title="bad_json", description="the body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise falcon.HTTPBadRequest(title="bad_request", description="the body must be a JSON object")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -25,6 +24,7 @@ from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
 from engine.aggregation import Aggregation, unit_id
 from engine.codes import CodeEngine
 from engine.errors import Banned, RateLimited, Unauthorized
+from engine.ids import is_region_code
 from engine.regions import RegionTable
 from engine.scanlog import ScanLog, ScanRecord
 
@@ -41,8 +41,11 @@ DEFAULT_ROLE_RULES: dict[str, frozenset] = {
     "distributor": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
     "sales_rep": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
 }
-_REGION = re.compile(r"^\d{2,12}$")
 _MAX_ID = 128
+#: ... and at most this many bytes in UTF-8: an id becomes part of database keys (a ban's
+#: subject, a campaign's per-actor count), which LMDB caps at 511 bytes. 128 Chinese
+#: characters (3 bytes each) fit; 128 emoji (4 bytes) do not.
+_MAX_ID_BYTES = 384
 
 
 class ScanRequest(NamedTuple):
@@ -66,17 +69,22 @@ class ScanRequest(NamedTuple):
         if self.actor_role not in ACTOR_ROLES:
             raise ValueError(f"actor role must be one of {', '.join(ACTOR_ROLES)}")
         region = self.region
-        if region is not None and (not isinstance(region, str) or not _REGION.match(region)):
+        if region is not None and not is_region_code(region):
             raise ValueError("region must be an administrative division code such as 440106")
         # PERF: the usual request has no position: one check instead of two loops
         if self.lat is not None or self.lng is not None:
             for name, v, lo, hi in (("lat", self.lat, -90, 90), ("lng", self.lng, -180, 180)):
+                # NOTE: the range check refuses NaN and the infinities too; math.isfinite
+                # would raise OverflowError on an integer too large for a float
                 if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                      or not math.isfinite(v) or not lo <= v <= hi):
+                                      or not lo <= v <= hi):
                     raise ValueError(f"{name} must be a number between {lo} and {hi}")
         for name, v in (("actor_id", self.actor_id), ("device", self.device), ("ip", self.ip)):
-            if v is not None and (not isinstance(v, str) or len(v) > _MAX_ID):
-                raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters")
+            # PERF: isascii() is a flag check; only other text is encoded to count its bytes
+            if v is not None and (not isinstance(v, str) or len(v) > _MAX_ID
+                                  or not v.isascii() and len(v.encode()) > _MAX_ID_BYTES):
+                raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters "
+                                 f"({_MAX_ID_BYTES} bytes in UTF-8)")
 
 
 @dataclass

@@ -165,3 +165,12 @@ def test_rate_counts_are_shared_across_processes(tmp_path):
     assert g.over_rate(["ip:10.8.8.8"], now=1000.8) is None
     g.close()
     store.close()
+
+
+def test_a_subject_fits_a_database_key(guard):
+    s = subject("device", "\U0001F600" * 200)
+    assert s.startswith("device:") and len(s.encode()) <= 7 + 384
+    assert subject("device", "d" * 200) == "device:" + "d" * 128
+    for i in range(4):  # over the threshold of 3
+        guard.record_invalid([s], f"code-{i}", now=1000.0 + i)
+    assert guard.banned([s], now=1004.0) is not None

@@ -78,6 +78,12 @@ def test_accounts_over_http(live):
     ({"code": "x", "actor": {"role": "admin"}}, 400, "bad_request"),
     ({"code": "x", "extra": 1}, 400, "bad_request"),
     (b"x" * 20000, 413, "request_too_large"),
+    (b'{"code": "x", "device": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "bad_json"),  # too deep
+    (b'{"code": "x", "location": {"lat": NaN}}', 400, "bad_json"),  # not JSON (RFC 8259)
+    ({"code": "x", "location": {"lat": 10**400}}, 400, "bad_request"),  # too large for a float
+    ({"code": "x", "device": "\U0001F600" * 128}, 400, "bad_request"),  # 512 bytes: too long a key
+    ({"code": "x", "location": {"region": "440106\n"}}, 400, "bad_request"),
+    ({"code": "x", "location": {"region": "\u0664\u0664\u0660\u0661\u0660\u0666"}}, 400, "bad_request"),
 ])
 def test_bad_requests_get_json_errors(live, body, status, error):
     got_status, got = live["server"].scan(body)

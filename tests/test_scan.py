@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest_world import Clock, build_world
+from engine.abuse import subject
 from engine.errors import Banned, Unauthorized
 from engine.scan import ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog
@@ -141,3 +142,30 @@ def test_alerts_command_lists_diversion(world):
                           "--json"], capture_output=True, text=True, check=True)
     (alert,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert alert["diverted"] == {"distributor": "gz-1", "territory": ["4401"], "region": "330106"}
+
+
+def test_ids_of_many_bytes_are_refused_or_stored_whole(world):
+    """Ids become parts of database keys (LMDB: at most 511 bytes). 128 emoji (512 bytes)
+    are refused with a clear message; 128 Chinese characters (384 bytes) are scanned,
+    counted, and banned like any id."""
+    inner = world["data"].codes.code(world["caps"], 31, "cap_inner")
+    with pytest.raises(ValueError, match="384 bytes"):
+        _scan(world, inner, device="\U0001F600" * 128)
+    device = "扫" * 128
+    assert _scan(world, inner, device=device, actor_id=device).verdict == "genuine"
+    with pytest.raises(Banned):  # over the enumeration threshold, the device is banned
+        for _ in range(100):
+            assert _scan(world, "nonsense", device=device, ip=None).verdict == "invalid"
+    assert world["data"].abuse.banned([subject("device", device)], world["clock"]()) is not None
+
+
+@pytest.mark.parametrize("location, message", [
+    ({"lat": 10**400, "lng": 113.3}, "lat must be a number"),
+    ({"lat": 23.1, "lng": float("nan")}, "lng must be a number"),
+    ({"region": "440106\n"}, "region must be"),
+    ({"region": "\u0664\u0664\u0660\u0661\u0660\u0666"}, "region must be"),  # Arabic-Indic digits
+])
+def test_locations_that_are_no_place_are_refused(world, location, message):
+    inner = world["data"].codes.code(world["caps"], 32, "cap_inner")
+    with pytest.raises(ValueError, match=message):
+        _scan(world, inner, **location)
