@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+
+from engine.ids import is_id, is_region_code
 
 __all__ = ["CHINA", "MAX_AMOUNT", "china_day", "china_day_number", "parse_time", "check_id", "check_amount", "check_regions"]
 
@@ -11,8 +12,6 @@ __all__ = ["CHINA", "MAX_AMOUNT", "china_day", "china_day_number", "parse_time",
 CHINA = timezone(timedelta(hours=8), "CST")
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_REGION = re.compile(r"^\d{2,12}$")
 
 
 _DAYS: dict[int, str] = {}
@@ -35,24 +34,44 @@ def china_day(ts: float) -> str:
     return day
 
 
-def parse_time(value, what: str) -> float:
-    """A unix time from a number or an ISO 8601 string (no zone means China time)."""
+#: The latest time taken, 9999-12-31T23:59:59Z (a year Python's datetime can still write).
+_MAX_TIME = 253402300799
+
+
+def parse_time(value, what: str, *, day_end: bool = False) -> float:
+    """A unix time from a number or an ISO 8601 string (no zone means China time).
+
+    A date alone (``2027-01-31``) is the start of that day in China time, or with
+    ``day_end`` its end (the next day's start): a window's end given as a date includes
+    that day."""
+    message = f"{what}: a unix time or an ISO 8601 date/time such as 2026-12-01T00:00+08:00"
     if isinstance(value, bool):
-        raise ValueError(f"{what}: a unix time or an ISO 8601 date/time such as 2026-12-01T00:00+08:00")
+        raise ValueError(message)
     if isinstance(value, (int, float)):
+        # NOTE: compared before float(): NaN and the infinities fail the range, and an int
+        # too large for a float never reaches float()
+        if not 0 <= value <= _MAX_TIME:
+            raise ValueError(f"{what}: a unix time from 0 to {_MAX_TIME} (the year 9999)")
         return float(value)
     if isinstance(value, str):
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            day = None
+        if day is not None:
+            dt = datetime(day.year, day.month, day.day, tzinfo=CHINA)
+            return (dt + timedelta(days=1) if day_end else dt).timestamp()
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
             pass
         else:
             return (dt if dt.tzinfo else dt.replace(tzinfo=CHINA)).timestamp()
-    raise ValueError(f"{what}: a unix time or an ISO 8601 date/time such as 2026-12-01T00:00+08:00")
+    raise ValueError(message)
 
 
 def check_id(value, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not is_id(value):
         raise ValueError(f"{what}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
     return value
 
@@ -68,6 +87,6 @@ def check_amount(value, what: str, *, positive: bool = False) -> int:
 
 def check_regions(value, what: str) -> list[str]:
     """A list of administrative division code prefixes such as ["44", "4401"]."""
-    if not isinstance(value, list) or not all(isinstance(r, str) and _REGION.match(r) for r in value):
+    if not isinstance(value, list) or not all(is_region_code(r) for r in value):
         raise ValueError(f"{what}: a list of administrative division code prefixes such as [\"44\", \"4401\"]")
     return value

@@ -9,7 +9,7 @@ scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)
     {"name": "Summer draw", "pool": "summer",
      "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
      "target": {"batches": [3]},                 # or {"serials": [[3, 0, 9999]]} or {"skus": ["BJ-500"]}
-     "window": {"start": "2026-12-01T00:00", "end": "2027-01-31T23:59"},   # China time
+     "window": {"start": "2026-12-01", "end": "2027-01-31"},   # China time, both days included
      "regions": ["44"],                          # optional: scans outside earn nothing
      "reward": {"kind": "draw", "payout": "cash",
                 "tiers": [{"amount": 888, "odds": 0.01}, {"amount": 0, "odds": 0.99}]},
@@ -42,6 +42,7 @@ from admin.pools import PoolRegistry
 from engine.accounts import ACTOR_ROLES
 from engine.batches import BatchRegistry
 from engine.errors import Conflict, NotFound
+from engine.ids import is_id
 from engine.spec import PackagingSpec
 from engine.store import Store, pack, u32, unpack
 
@@ -147,7 +148,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     name = rule["name"]
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ValueError("campaign name: 1-200 characters")
-    pool = pools.get(rule["pool"]) if isinstance(rule["pool"], str) else None
+    pool = pools.get(rule["pool"]) if is_id(rule["pool"]) else None
     if pool is None:
         raise ValueError("pool: the id of a budget pool")
 
@@ -168,8 +169,8 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     if not isinstance(items, list) or not items:
         raise ValueError(f"target {kind}: a non-empty list")
     if kind == "skus":
-        if not all(isinstance(s, str) and s for s in items):
-            raise ValueError("target skus: a list of product SKUs")
+        if not all(is_id(s) for s in items):
+            raise ValueError("target skus: a list of product SKUs (each 1-64 letters, digits, '_', '.', '-')")
         target = {"skus": sorted(set(items))}
     else:
         ranges = []
@@ -198,7 +199,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     window = rule["window"]
     if not isinstance(window, dict) or set(window) != {"start", "end"}:
         raise ValueError("window: {\"start\": time, \"end\": time}")
-    start, end = parse_time(window["start"], "window start"), parse_time(window["end"], "window end")
+    start, end = parse_time(window["start"], "window start"), parse_time(window["end"], "window end", day_end=True)
     if start >= end:
         raise ValueError("window: the start must come before the end")
 

@@ -108,7 +108,7 @@ def _body(req: falcon.Request, fields: dict[str, tuple] | None = None,
 
 def _page(req: falcon.Request) -> tuple[int, int]:
     """``after`` (a sequence number, default 0) and ``limit`` (1-1000, default 100)."""
-    return (req.get_param_as_int("after", min_value=0, default=0),
+    return (req.get_param_as_int("after", min_value=0, max_value=2**63 - 1, default=0),
             req.get_param_as_int("limit", min_value=1, max_value=1000, default=100))
 
 

@@ -17,11 +17,11 @@ from admin.ledger import KINDS
 from admin.pools import UNITS
 from admin.tokens import ROLES
 from engine.accounts import ACTOR_ROLES
+from engine.ids import ID_PATTERN, REGION_PATTERN
 from engine.openapi import OPENAPI
 
 __all__ = ["ADMIN_OPENAPI"]
 
-_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ERROR = {"type": "object", "required": ["error", "message"],
           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
 _OBJ = {"type": "object"}
@@ -81,7 +81,8 @@ _CAMPAIGN = _obj(["id", "status", "created_at", "name", "pool", "trigger", "targ
     "regions": _array(_STR), "reward": _OBJ, "limits": _OBJ, "rebates": _array(_OBJ),
     "lock": _nullable(_OBJ)})
 _TIME = {"oneOf": [{"type": "number"}, {"type": "string"}],
-         "description": "unix time or ISO 8601 (no zone: China time)"}
+         "description": "unix time or ISO 8601 (no zone: China time); a window's end is "
+                        "not included, but an end given as a date alone includes that day"}
 _CAMPAIGN_RULE = {
     "type": "object",
     "description": "A campaign rule; see admin/campaigns.py (`wuma campaign create --help`) for every field.",
@@ -89,14 +90,14 @@ _CAMPAIGN_RULE = {
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "pool": {"type": "string", "pattern": _ID_PATTERN},
+        "pool": {"type": "string", "pattern": ID_PATTERN},
         "trigger": _obj(["code_role", "actor_role"], {
             "code_role": _STR, "actor_role": {"type": "string", "enum": list(ACTOR_ROLES)}}, closed=True),
         "target": {"type": "object", "minProperties": 1, "maxProperties": 1, "properties": {
             "batches": _array(_INT), "skus": _array(_STR), "serials": _array(_array(_INT))},
             "additionalProperties": False},
         "window": _obj(["start", "end"], {"start": _TIME, "end": _TIME}, closed=True),
-        "regions": _nullable(_array({"type": "string", "pattern": "^[0-9]{2,12}$"})),
+        "regions": _nullable(_array({"type": "string", "pattern": REGION_PATTERN})),
         "reward": _obj(["kind"], {"kind": {"type": "string", "enum": ["fixed", "draw", "all_win"]},
                                   "payout": {"type": "string", "enum": ["cash", "points", "voucher"]}}),
         "limits": _nullable(_OBJ),
@@ -129,7 +130,8 @@ def _param(name: str, where: str, schema: dict, description: str = "", required:
     return p
 
 
-_AFTER = _param("after", "query", {"type": "integer", "minimum": 0}, "only entries with a higher seq")
+_AFTER = _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                "only entries with a higher seq")
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)")
 _BOOL = {"type": "string", "enum": ["true", "false"]}
 
@@ -159,7 +161,7 @@ def _static(summary: str, content_type: str) -> dict:
 
 _CAMPAIGN_ID = _param("campaign", "path", {"type": "integer", "minimum": 1, "maximum": 2**32 - 1})
 _SEQ = _param("seq", "path", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}, "a ledger entry's seq")
-_POOL_ID = _param("pool", "path", {"type": "string", "pattern": _ID_PATTERN})
+_POOL_ID = _param("pool", "path", {"type": "string", "pattern": ID_PATTERN})
 
 
 def _campaign_action(action: str) -> dict:
@@ -192,7 +194,7 @@ _PATHS: dict[str, dict[str, Any]] = {
         "get": _op("List products", "read", _json(_array(_PRODUCT), "products"), errors=()),
         "post": _op("Add a product", "product.add", _json(_PRODUCT, "added"), errors=("409",), ok_status="201",
                     body=_obj(["sku", "name"], {
-                        "sku": {"type": "string", "pattern": _ID_PATTERN},
+                        "sku": {"type": "string", "pattern": ID_PATTERN},
                         "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
                         "gtin": _nullable({"type": "string", "pattern": "^[0-9]{8,14}$",
                                            "description": "GTIN-8/12/13/14 with its check digit"})},
@@ -202,7 +204,7 @@ _PATHS: dict[str, dict[str, Any]] = {
         "get": _op("Every pool with its spend (burn-down by day)", "read", _json(_array(_POOL), "pools"), errors=()),
         "post": _op("Create a budget pool", "pool.create", _json(_POOL, "created"), errors=("409",),
                     ok_status="201", body=_obj(["id", "total"], {
-                        "id": {"type": "string", "pattern": _ID_PATTERN},
+                        "id": {"type": "string", "pattern": ID_PATTERN},
                         "total": _AMOUNT,
                         "name": _STR,
                         "unit": {"type": "string", "enum": list(UNITS)},
@@ -277,7 +279,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                     _json({**_TOKEN, "required": _TOKEN["required"] + ["token"],
                            "properties": {**_TOKEN["properties"], "token": _STR}}, "made"),
                     errors=("409",), ok_status="201", body=_obj(["name", "role"], {
-                        "name": {"type": "string", "pattern": _ID_PATTERN},
+                        "name": {"type": "string", "pattern": ID_PATTERN},
                         "role": {"type": "string", "enum": list(ROLES)}}, closed=True)),
     },
     "/admin/api/tokens/{name}/revoke": {"post": _op(

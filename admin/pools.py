@@ -26,9 +26,10 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 
-from admin._util import check_amount, check_id, check_regions, china_day, china_day_number
+from admin._util import MAX_AMOUNT, check_amount, check_id, check_regions, china_day, china_day_number
 from admin.audit import AuditLog
 from engine.errors import Conflict, NotFound
+from engine.ids import is_id
 from engine.store import Store, pack, unpack
 
 __all__ = ["Pool", "PoolRegistry", "PoolCharges", "UNITS"]
@@ -101,7 +102,10 @@ class PoolRegistry:
         """Raise a pool's total (budgets grow; they never shrink below what is spent)."""
         check_amount(amount, "top-up", positive=True)
         with self._store.write() as txn:
-            pool = self.get_in(txn, pool_id)
+            pool = self.get_in(txn, self._checked(pool_id))
+            if pool.total + amount > MAX_AMOUNT:
+                raise ValueError(f"top-up: pool {pool_id} would hold {pool.total + amount}, over the most a "
+                                 f"pool holds ({MAX_AMOUNT}); top up at most {MAX_AMOUNT - pool.total}")
             pool = Pool(**{**pool.to_dict(), "total": pool.total + amount})
             txn.put(pool_id.encode(), pack(pool.to_dict()), db=self._db)
             self._audit.append(txn, who, "pool.top_up", pool_id, {"amount": amount, "total": pool.total},
@@ -122,9 +126,18 @@ class PoolRegistry:
         self._decoded[pool_id] = (raw, pool)
         return pool
 
+    @staticmethod
+    def _checked(pool_id: str) -> str:
+        """``pool_id``, or NotFound for what cannot be a pool id (an empty or over-long
+        string would be refused as a database key). NOTE: get_in, on every rewarded scan's
+        path, reads ids the campaigns stored, checked then."""
+        if not is_id(pool_id):
+            raise NotFound(f"no pool {pool_id!r}; pool ids are 1-64 letters, digits, '_', '.', '-'")
+        return pool_id
+
     def get(self, pool_id: str) -> Pool:
         with self._store.read() as txn:
-            return self.get_in(txn, pool_id)
+            return self.get_in(txn, self._checked(pool_id))
 
     def list(self) -> list[Pool]:
         with self._store.read() as txn:
@@ -138,7 +151,7 @@ class PoolRegistry:
         """Total, spent, left, today's spend and the spend by day and region (burn-down)."""
         now = time.time() if now is None else now
         with self._store.read() as txn:
-            pool = self.get_in(txn, pool_id)
+            pool = self.get_in(txn, self._checked(pool_id))
             spent, day, spent_that_day = self._state(txn, pool_id)
             by_day, by_region = {}, {}
             prefix = _slot(pool_id, "")

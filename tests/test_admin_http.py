@@ -217,6 +217,11 @@ def _rule(live, **changes) -> dict:
     (lambda w: _rule(w, name=None), 400, "a campaign needs \"name\""),
     (lambda w: b"{not json", 400, "not valid JSON"),
     (lambda w: [1, 2], 400, "must be a JSON object"),
+    (lambda w: _rule(w, pool=""), 400, "pool: the id of a budget pool"),
+    (lambda w: _rule(w, target={"skus": ["S" * 600]}), 400, "target skus"),
+    (lambda w: _rule(w, window={"start": 0, "end": 10**400}), 400, "the year 9999"),
+    (lambda w: json.dumps(_rule(w, window={"start": float("nan"), "end": 2e9})).encode(), 400, "not valid JSON"),
+    (lambda w: b'{"name": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "not valid JSON"),
 ])
 def test_campaign_validation_errors_carry_the_library_message(live, make, status, message):
     got, doc, _ = call(live, "POST", "/admin/api/campaigns", make(live), role="operator")
@@ -254,7 +259,7 @@ def test_conflicts_and_missing_things(live):
                                 ("/admin/api/ledger/1/reverse", {"reason": " "}, "why")):
         status, doc, _ = call(live, "POST", path, body, role="admin")
         assert status == 400 and message in doc["message"], (path, doc)
-    for query in ("kind=gift", "limit=0", "after=-1", "campaign=x"):
+    for query in ("kind=gift", "limit=0", "after=-1", "campaign=x", f"after={2**64}"):
         status, doc, _ = call(live, "GET", f"/admin/api/ledger?{query}", role="viewer")
         assert (status, doc["error"]) == (400, "bad_request"), query
     assert call(live, "GET", "/admin/api/campaigns?status=sleeping", role="viewer")[0] == 400
