@@ -376,14 +376,15 @@ class Payouts:
     # -- changes -------------------------------------------------------------------------
     def cancel_in(self, txn, seq: int, *, now: float | None = None) -> dict:
         """Cancel the payout of ``seq`` inside the caller's write transaction (a ledger
-        reversal). Only an entry never sent can be cancelled: once a copy may have reached
-        the payment system, only the payment system can stop it."""
+        reversal). Only an entry never sent, or one the payment system refused (``rejected``,
+        a 4xx answer to its last send), can be cancelled: once a copy may have reached the
+        payment system otherwise, only the payment system can stop it."""
         rec = self._record_in(txn, seq)
         if rec is None:
             raise ValueError(f"ledger entry {seq} is not payable; there is no payout to cancel")
         if rec["state"] == "cancelled":
             raise Conflict(f"the payout of ledger entry {seq} is already cancelled")
-        if rec["state"] != "pending" or rec["attempts"] > 0:
+        if rec["state"] != "rejected" and (rec["state"] != "pending" or rec["attempts"] > 0):
             raise Conflict(f"the payout of ledger entry {seq} was already sent to the payment"
                            f" system ({rec['state']}, {rec['attempts']} attempt(s)); only the"
                            " payment system can stop it now")
@@ -485,6 +486,10 @@ class Payouts:
             rec = unpack(txn.get(u64(seq), db=self._db))
             if answer.outcome == "paid":
                 # The receiver has it, whoever holds the lease now: paid it is.
+                if rec["state"] == "cancelled":
+                    log.error("payout %d was paid after it was cancelled (its ledger entry is "
+                              "reversed and its budget returned): settle it with the payment "
+                              "system", seq)
                 if rec["state"] != "paid":
                     rec.update(state="paid", paid_at=now, last_status=answer.status,
                                last_error=None, leased_until=0.0, lease=None)

@@ -174,11 +174,16 @@ class RewardEngine:
             count_key = campaign_key + actor.encode()
             raw = txn.get(count_key, None, self._actor_counts)
             last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
-            if last_day != day:
+            # NOTE: a scan stamped before the stored day can commit after it (a group taken
+            # across midnight): it counts in the total, but must not move the day back and
+            # reset the new day's count. Its own day's count is no longer kept, so its daily
+            # cap is not checked (a scan within a group commit of midnight).
+            late = day < last_day
+            if day > last_day:
                 today = 0
             limit = None
             cap = limits.get("per_actor_per_day")
-            if cap is not None and today >= cap:
+            if cap is not None and not late and today >= cap:
                 limit = "per_actor_per_day"
             else:
                 cap = limits.get("per_actor")
@@ -188,7 +193,8 @@ class RewardEngine:
                 txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
                 return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
                          "limit": limit, "max": cap}]
-            txn.put(count_key, _COUNTS.pack(day, today + 1, total + 1), True, True, False, self._actor_counts)
+            txn.put(count_key, _COUNTS.pack(last_day, today, total + 1) if late
+                    else _COUNTS.pack(day, today + 1, total + 1), True, True, False, self._actor_counts)
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
@@ -349,6 +355,23 @@ class RewardEngine:
                 "settle_with": store_account.distributor, "ref": v["ledger"], "voucher": vid})
             v.update(state="redeemed", redeemed_by=store_account.id, redeemed_at=now, redeem_ledger=lseq)
             txn.put(vid.encode(), pack(v), db=self._vouchers)
+        return v
+
+    def unredeem_in(self, txn, voucher_id: str, redeem_seq: int, now: float) -> dict:
+        """Undo a redemption (its ledger entry ``redeem_seq`` is being reversed) inside the
+        caller's write transaction: the voucher is ``issued`` again, or, past its time,
+        expired with its budget returned as a sweep would."""
+        raw = txn.get(voucher_id.encode(), db=self._vouchers)
+        v = None if raw is None else unpack(raw)
+        if v is None or v["state"] != "redeemed" or v.get("redeem_ledger") != redeem_seq:
+            raise Conflict(f"voucher {voucher_id} is not redeemed by ledger entry {redeem_seq}")
+        for k in ("redeemed_by", "redeemed_at", "redeem_ledger"):
+            v.pop(k, None)
+        v["state"] = "issued"
+        if now >= v["expires_at"]:
+            self._expire(txn, v["ledger"], v["issued_at"], now)
+            v["state"] = "expired"
+        txn.put(voucher_id.encode(), pack(v), db=self._vouchers)
         return v
 
     def sweep(self, now: float | None = None) -> dict:

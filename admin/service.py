@@ -63,15 +63,25 @@ class Admin:
         return Payouts(self.data.store, self.ledger, self.audit)
 
     def reverse(self, seq: int, *, reason: str, who: str, now: float | None = None) -> dict:
-        """Cancel a payable ledger entry that was never sent to the payment system: a
-        ``reversal`` entry is appended, the budget returns to its pool and the payout is
-        cancelled — all in one transaction. Anything already sent cannot be reversed here
-        (the payment system has it; settle it there)."""
-        if not isinstance(reason, str) or not reason.strip():
-            raise ValueError("say why the entry is reversed (--reason)")
+        """Cancel a payable ledger entry that the payment system never paid: a ``reversal``
+        entry is appended, the payout is cancelled and the budget goes back — all in one
+        transaction.
+
+        The budget returns to the pool on the day and in the region it was charged: for a
+        grant, its own; for an unlock, the locked reward's. A redemption's budget was
+        charged when its voucher was issued: reversing the redemption puts the voucher back
+        (``issued``: the consumer may redeem it again until it expires, when its budget
+        returns), or expires it at once, budget returned, if its time is past.
+
+        An entry never sent, or one the payment system refused (``rejected``: a 4xx
+        answer), can be reversed. Anything else sent cannot be reversed here (the payment
+        system may have it; settle it there)."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
+            raise ValueError("say why the entry is reversed (--reason), in at most 500 characters")
         now = self._clock() if now is None else now
         store = self.data.store
         payouts = self.payouts
+        rewards = self.rewards  # NOTE: built outside the write txn (it opens its databases)
         with store.write() as txn:
             e = self.ledger.get_in(txn, seq) if isinstance(seq, int) and seq > 0 else None
             if e is None:
@@ -81,8 +91,11 @@ class Admin:
             if self.ledger.referred_by(txn, seq) is not None:
                 raise Conflict(f"ledger entry {seq} was already reversed")
             payouts.cancel_in(txn, seq, now=now)
-            if e["kind"] != "redeem":  # a redemption's budget was charged when the voucher was issued
-                self.pools.refund(txn, e["pool"], e["amount"], e.get("region"), e["at"])
+            if e["kind"] == "redeem":
+                rewards.unredeem_in(txn, e["voucher"], seq, now)
+            else:
+                charge = self.ledger.get_in(txn, e["ref"]) if e["kind"] == "unlock" else e
+                self.pools.refund(txn, e["pool"], e["amount"], charge.get("region"), charge["at"])
             entry = {k: e.get(k) for k in ("campaign", "pool", "unit", "beneficiary", "amount", "region")}
             rseq = self.ledger.append(txn, {**entry, "kind": "reversal", "at": now, "ref": seq, "scan": None,
                                             "reason": reason.strip()})

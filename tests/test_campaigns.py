@@ -398,3 +398,103 @@ def test_reversal_returns_the_budget_and_cancels_the_unsent_payout(world):
         world["admin"].reverse(second, reason="late", who="test")
     assert world["admin"].pools.status("p")["spent"] == 100
     assert [e["action"] for e in world["admin"].audit.entries()][-1] == "ledger.reverse"
+
+
+def test_reversing_an_unlock_returns_the_budget_to_the_day_it_was_charged(world):
+    """A locked reward is charged on its own day; reversing its unlock (a later day) must
+    give the budget back to that day, or the unlock day could pay past its daily cap."""
+    admin = world["admin"]
+    pool(world, total=100_000, daily=300)
+    admin.campaigns.create(rule(world, lock={"kind": "repurchase", "days": 30}), who="test")
+    world["clock"].t = T0
+    day_1 = scan(world, cap(world, 0)).rewards  # 100 charged on day 1
+    assert [x["outcome"] for x in day_1] == ["locked"]
+    world["clock"].t = T0 + 86400
+    r = scan(world, cap(world, 1))  # 100 on day 2, and both unlocked
+    assert outcomes(r) == ["locked", "unlocked", "unlocked"]
+    unlock_of_day_1 = next(x for x in r.rewards if x.get("ref") == day_1[0]["ledger"])["ledger"]
+    admin.reverse(unlock_of_day_1, reason="test scan", who="test", now=T0 + 86400 + 100)
+    status = admin.pools.status("p", now=T0 + 86400 + 100)
+    assert status["by_day"] == {"2027-01-15": 0, "2027-01-16": 100} and status["spent"] == 100
+    got = [outcomes(scan(world, cap(world, 10 + i), actor_id=f"x{i}"))[0] for i in range(3)]
+    assert got == ["locked", "locked", "budget_exhausted"]  # day 2: 300, its cap
+
+
+def test_reversing_a_redemption_gives_the_voucher_back(world):
+    admin = world["admin"]
+    pool(world, total=1_000)
+    admin.campaigns.create(rule(world, reward={"kind": "fixed", "amount": 500, "payout": "voucher",
+                                                "valid_days": 7}), who="test")
+    v = scan(world, cap(world, 0)).rewards[0]["voucher"]
+    store = world["data"].accounts.get("s-1")
+    redeemed = admin.rewards.redeem(v, store, now=T0 + 100)
+    admin.reverse(redeemed["redeem_ledger"], reason="wrong store", who="test", now=T0 + 200)
+    assert admin.payouts.state(redeemed["redeem_ledger"])["state"] == "cancelled"
+    back = admin.rewards.voucher(v)
+    assert back["state"] == "issued" and "redeemed_by" not in back
+    assert admin.pools.status("p")["spent"] == 500  # still owed to the consumer's voucher
+    again = admin.rewards.redeem(v, store, now=T0 + 300)  # redeemable again ...
+    admin.reverse(again["redeem_ledger"], reason="wrong store again", who="test", now=T0 + 8 * 86400)
+    # ... and reversed past its validity, it expires at once with its budget returned
+    assert admin.rewards.voucher(v)["state"] == "expired"
+    assert admin.pools.status("p")["spent"] == 0
+    kinds = [e["kind"] for e in admin.ledger.entries()]
+    assert kinds == ["voucher", "redeem", "reversal", "redeem", "expire", "reversal"]
+
+
+def test_a_scan_from_before_midnight_committed_after_one_from_after_keeps_the_daily_limit(world):
+    """The clock is read before the group commit, so around midnight a scan of the old day
+    can commit after one of the new day: the new day's count must survive it."""
+    midnight = T0 + 8 * 3600  # 2027-01-16 00:00 China time
+    pool(world)
+    world["admin"].campaigns.create(rule(world, limits={"per_actor_per_day": 1, "per_actor": 10}), who="test")
+    times = iter([midnight + 0.5, midnight - 0.5, midnight + 10.0])
+    world["pipe"].clock = lambda: next(times)
+    got = [outcomes(scan(world, cap(world, i), actor_id="same-user"))[0] for i in range(3)]
+    assert got == ["granted", "granted", "limit_reached"]
+
+
+def test_a_window_ending_on_a_date_includes_that_day(world):
+    pool(world)
+    c = world["admin"].campaigns.create(rule(world, window={"start": "2027-01-15", "end": "2027-01-16"}),
+                                        who="test")
+    assert c.rule["window"] == {"start": T0 - 16 * 3600, "end": T0 + 32 * 3600}  # China days
+    world["clock"].t = T0 + 32 * 3600 - 2  # NOTE: the test clock ticks 1 s before it answers
+    assert outcomes(scan(world, cap(world, 0))) == ["granted"]  # 2027-01-16 23:59:59
+    assert outcomes(scan(world, cap(world, 1))) == []  # 2027-01-17 00:00:00
+
+
+@pytest.mark.parametrize("window, message", [
+    ({"start": T0, "end": 10**400}, "the year 9999"),
+    ({"start": float("nan"), "end": T0}, "the year 9999"),
+    ({"start": T0, "end": float("inf")}, "the year 9999"),
+    ({"start": -1, "end": T0}, "the year 9999"),
+])
+def test_window_times_out_of_range_are_refused(world, window, message):
+    pool(world)
+    with pytest.raises(ValueError, match=message):
+        world["admin"].campaigns.create(rule(world, window=window), who="test")
+
+
+@pytest.mark.parametrize("change", [{"pool": ""}, {"pool": "p\n"}, {"target": {"skus": ["S" * 600]}},
+                                    {"target": {"skus": ["BJ-500\n"]}}])
+def test_ids_that_cannot_be_ids_are_refused_before_any_lookup(world, change):
+    pool(world)
+    with pytest.raises(ValueError, match="pool|SKU"):
+        world["admin"].campaigns.create(rule(world, **change), who="test")
+
+
+def test_a_top_up_cannot_raise_a_pool_past_the_most_it_holds(world):
+    from admin._util import MAX_AMOUNT
+    pool(world, total=MAX_AMOUNT - 10)
+    with pytest.raises(ValueError, match="top up at most 10"):
+        world["admin"].pools.top_up("p", 11, who="test")
+    assert world["admin"].pools.top_up("p", 10, who="test").total == MAX_AMOUNT
+
+
+def test_a_reversal_reason_is_at_most_500_characters(world):
+    pool(world)
+    world["admin"].campaigns.create(rule(world), who="test")
+    seq = scan(world, cap(world, 0)).rewards[0]["ledger"]
+    with pytest.raises(ValueError, match="500 characters"):
+        world["admin"].reverse(seq, reason="x" * 501, who="test")

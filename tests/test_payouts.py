@@ -452,6 +452,20 @@ def test_cancel_in_only_before_anything_was_sent(store, ledger, payouts, receive
     assert f"wuma-{early}" not in receiver.keys() and f"wuma-{unsent}" not in receiver.keys()
 
 
+def test_a_payout_the_payment_system_refused_can_be_cancelled(store, ledger, payouts, receiver):
+    """A 4xx (rejected) says the payment system will not pay it: the entry may be reversed,
+    and is never sent again."""
+    seq = add(store, ledger, amount=300)
+    receiver.plan = ["422"]
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0)["rejected"] == 1
+    with store.write() as txn:
+        assert payouts.cancel_in(txn, seq, now=T0 + 5)["state"] == "cancelled"
+    with pytest.raises(Conflict, match="only a rejected payout"):
+        payouts.retry(seq, who="cli:ops")
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 86400)["sent"] == 0
+    assert payouts.summary()["cancelled"] == {"count": 1, "amount": {"cash": 300}}
+
+
 def test_reversed_without_cancel_in_is_never_sent(store, ledger, payouts, receiver):
     seq = add(store, ledger)
     add(store, ledger, "reversal", ref=seq)  # a caller that forgot cancel_in
