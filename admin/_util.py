@@ -6,12 +6,18 @@ from datetime import date, datetime, timedelta, timezone
 
 from engine.ids import is_id, is_region_code
 
-__all__ = ["CHINA", "MAX_AMOUNT", "china_day", "china_day_number", "parse_time", "check_id", "check_amount", "check_regions"]
+__all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "china_day", "china_day_number", "parse_time", "check_id", "check_amount",
+           "check_regions", "is_seq", "check_after"]
 
 #: Days, daily caps and per-day limits follow China Standard Time (UTC+8, no DST).
 CHINA = timezone(timedelta(hours=8), "CST")
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
+
+
+#: Sequence numbers (the ledger's, the audit log's; payouts go by the ledger's) run from 1
+#: to this: they are 8-byte keys, and the admin API's integers stay signed 64-bit.
+MAX_SEQ = 2**63 - 1
 
 
 _DAYS: dict[int, str] = {}
@@ -68,6 +74,17 @@ def parse_time(value, what: str, *, day_end: bool = False) -> float:
         else:
             return (dt if dt.tzinfo else dt.replace(tzinfo=CHINA)).timestamp()
     raise ValueError(message)
+
+
+def is_seq(value) -> bool:
+    return value.__class__ is int and 0 < value <= MAX_SEQ
+
+
+def check_after(after) -> int:
+    """A listing's ``after`` (entries with a higher seq): 0 to :data:`MAX_SEQ`."""
+    if after.__class__ is not int or not 0 <= after <= MAX_SEQ:
+        raise ValueError(f"after: a sequence number from 0 to {MAX_SEQ}")
+    return after
 
 
 def check_id(value, what: str) -> str:

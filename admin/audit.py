@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from admin._util import check_after
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["AuditLog"]
@@ -39,7 +40,7 @@ class AuditLog:
                     return out
                 it = cur.iterprev()
             else:
-                if not cur.set_range(u64(after + 1)):
+                if not cur.set_range(u64(check_after(after) + 1)):
                     return out
                 it = iter(cur)
             for _, raw in it:

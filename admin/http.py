@@ -52,6 +52,7 @@ from typing import Callable
 
 import falcon
 
+from admin._util import MAX_SEQ
 from admin.ledger import KINDS
 from admin.openapi import ADMIN_OPENAPI
 from admin.page import add_page_routes
@@ -70,7 +71,7 @@ _MAX_BODY = 256 * 1024  # a campaign on many serial ranges is a few KB; leave ro
 _MAX_SUBJECT = 135  # a ban's subject: kind:id, the id cut to 128 characters (engine.abuse)
 #: Path converters: ids outside these ranges are not routes (404), never a crash.
 _CAMPAIGN = "{campaign:int(min=1, max=4294967295)}"
-_SEQ = "{seq:int(min=1, max=9223372036854775807)}"
+_SEQ = f"{{seq:int(min=1, max={MAX_SEQ})}}"
 
 
 # -- edges: bodies, parameters, errors ---------------------------------------------------------
@@ -108,7 +109,7 @@ def _body(req: falcon.Request, fields: dict[str, tuple] | None = None,
 
 def _page(req: falcon.Request) -> tuple[int, int]:
     """``after`` (a sequence number, default 0) and ``limit`` (1-1000, default 100)."""
-    return (req.get_param_as_int("after", min_value=0, max_value=2**63 - 1, default=0),
+    return (req.get_param_as_int("after", min_value=0, max_value=MAX_SEQ, default=0),
             req.get_param_as_int("limit", min_value=1, max_value=1000, default=100))
 
 

@@ -22,6 +22,7 @@ Payable entries go to the payment system through :mod:`admin.payouts`; a reward 
 
 from __future__ import annotations
 
+from admin._util import check_after
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Ledger", "KINDS", "PAYABLE_KINDS"]
@@ -86,7 +87,7 @@ class Ledger:
         out: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._db)
-            if not cur.set_range(u64(after + 1)):
+            if not cur.set_range(u64(check_after(after) + 1)):
                 return out
             for _, raw in cur:
                 e = unpack(raw)

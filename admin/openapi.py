@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from admin._util import MAX_AMOUNT
+from admin._util import MAX_AMOUNT, MAX_SEQ
 from admin.campaigns import STATUSES
 from admin.ledger import KINDS
 from admin.pools import UNITS
@@ -130,7 +130,7 @@ def _param(name: str, where: str, schema: dict, description: str = "", required:
     return p
 
 
-_AFTER = _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+_AFTER = _param("after", "query", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
                 "only entries with a higher seq")
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)")
 _BOOL = {"type": "string", "enum": ["true", "false"]}
@@ -160,7 +160,7 @@ def _static(summary: str, content_type: str) -> dict:
 
 
 _CAMPAIGN_ID = _param("campaign", "path", {"type": "integer", "minimum": 1, "maximum": 2**32 - 1})
-_SEQ = _param("seq", "path", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}, "a ledger entry's seq")
+_SEQ = _param("seq", "path", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}, "a ledger entry's seq")
 _POOL_ID = _param("pool", "path", {"type": "string", "pattern": ID_PATTERN})
 
 

@@ -108,6 +108,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from admin._util import is_seq
 from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
@@ -274,6 +275,8 @@ class Payouts:
 
     def _record_in(self, txn, seq: int) -> dict | None:
         """The payout record of a payable entry (a fresh pending one if not taken in yet)."""
+        if not is_seq(seq):
+            raise NotFound(f"no ledger entry {seq}")
         raw = txn.get(u64(seq), db=self._db)
         if raw is not None:
             return unpack(raw)

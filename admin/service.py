@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from functools import cached_property
 
+from admin._util import is_seq
 from admin.audit import AuditLog
 from admin.campaigns import CampaignRegistry
 from admin.ledger import Ledger
@@ -83,7 +84,7 @@ class Admin:
         payouts = self.payouts
         rewards = self.rewards  # NOTE: built outside the write txn (it opens its databases)
         with store.write() as txn:
-            e = self.ledger.get_in(txn, seq) if isinstance(seq, int) and seq > 0 else None
+            e = self.ledger.get_in(txn, seq) if is_seq(seq) else None
             if e is None:
                 raise NotFound(f"no ledger entry {seq}")
             if not e["payable"]:

@@ -564,3 +564,19 @@ def test_state_of_unknown_or_unpayable_entries(store, ledger, payouts):
                                 "last_error": None, "next_at": 0.0, "leased_until": 0.0,
                                 "paid_at": None, "cancelled_at": None, "amount": 188,
                                 "unit": "cash"}
+
+
+@pytest.mark.parametrize("seq", [0, -1, 2**63, 2**64])
+def test_sequence_numbers_out_of_range_are_not_found(store, ledger, payouts, seq):
+    with pytest.raises(NotFound, match="no ledger entry"):
+        payouts.state(seq)
+    with pytest.raises(NotFound, match="no ledger entry"):
+        payouts.retry(seq, who="cli:ops")
+
+
+@pytest.mark.parametrize("after", [-1, 2**63, 2**64])
+def test_listings_refuse_an_after_out_of_range(store, ledger, after):
+    with pytest.raises(ValueError, match="after: a sequence number"):
+        ledger.entries(after=after)
+    with pytest.raises(ValueError, match="after: a sequence number"):
+        AuditLog(store).entries(after=after)
