@@ -1,5 +1,6 @@
 """gunicorn's response, sending the header block and the first body chunk in one write,
-with its Date header formatted once a second (:class:`SecondDate`).
+with its Date header formatted once a second (:class:`SecondDate`), and its answers to
+requests it cannot parse in JSON (:func:`write_json_error`).
 
 gunicorn writes a response's headers with one ``sendall`` and its body with another. A
 scan's answer (~0.5 kB) and the header block fit one TCP segment, so the second call
@@ -19,12 +20,13 @@ builds them by that module's name ``Response``) and format dates through
 
 from __future__ import annotations
 
+import json
 import time
 
 from gunicorn import util
 from gunicorn.http import wsgi
 
-__all__ = ["CoalescingResponse", "install", "SecondDate"]
+__all__ = ["CoalescingResponse", "install", "SecondDate", "write_json_error"]
 
 
 class CoalescingResponse(wsgi.Response):
@@ -82,6 +84,17 @@ class SecondDate:
         return self._text
 
 
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error`` (its answer to a request it could not parse: a bad
+    request line or header, a line or header block over its limits, a bad chunk; or an
+    error outside the app), in this API's error shape instead of an HTML page:
+    ``{"error": "<reason in snake case>", "message": "..."}``, and the connection closed."""
+    body = json.dumps({"error": reason.lower().replace(" ", "_"), "message": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def install() -> bool:
     """Make gunicorn use :class:`CoalescingResponse` and :class:`SecondDate`; False (and
     nothing changed) on a gunicorn whose ``Response`` has no ``_emit_body`` (the one place
@@ -90,6 +103,7 @@ def install() -> bool:
     if not hasattr(CoalescingResponse.__mro__[1], "_emit_body"):
         return False
     wsgi.Response = CoalescingResponse
+    util.write_error = write_json_error  # NOTE: the workers call it as util.write_error
     if not isinstance(util.http_date, SecondDate):
         util.http_date = SecondDate(util.http_date)
     return True

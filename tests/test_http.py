@@ -91,6 +91,30 @@ def test_bad_requests_get_json_errors(live, body, status, error):
     assert "Traceback" not in got["message"]
 
 
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /v1/codes/" + b"A" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400),
+    (b"POST /v1/scans HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 10000 + b"\r\n\r\n", 431),
+    (b"GARBAGE\r\n\r\n", 400),
+])
+def test_requests_the_server_cannot_parse_get_json_errors(live, raw, status):
+    """What gunicorn refuses before the app sees it is answered in the API's error shape."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", live["server"].port), timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} ")
+    assert "content-type: application/json" in (line.lower() for line in lines)
+    doc = json.loads(body)
+    assert set(doc) == {"error", "message"} and doc["error"] and doc["message"]
+
+
 def test_bodies_in_chunks_and_on_one_connection(live):
     """A chunked body (no Content-Length) is read to its end, and each of several requests
     on one keep-alive connection gets its own body's answer."""
