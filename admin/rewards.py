@@ -157,7 +157,8 @@ class RewardEngine:
         if not actor:
             return [{"campaign": cid, "name": c.name, "outcome": "no_payee",
                      "message": "scan signed in (with a user id) to receive rewards"}]
-        # The code has its one chance in this campaign, win or lose. PERF: one put that
+        # The code has its one chance in this campaign, win or lose (a scan the pool cannot
+        # afford gives it back, below). PERF: one put that
         # refuses to overwrite answers "already rewarded?" and claims the code at once.
         # (The hot LMDB calls here pass their arguments by position, put(key, value,
         # dupdata, overwrite, append, db) and get(key, default, db): py-lmdb parses
@@ -167,6 +168,7 @@ class RewardEngine:
         if not txn.put(code_key, u64(seq), True, False, False, self._code_rewards):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
+        counted = None  # (key, its value before this scan): the actor's slot, given back if nothing is paid
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
@@ -193,6 +195,7 @@ class RewardEngine:
                 txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
                 return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
                          "limit": limit, "max": cap}]
+            counted = (count_key, raw)
             txn.put(count_key, _COUNTS.pack(last_day, today, total + 1) if late
                     else _COUNTS.pack(day, today + 1, total + 1), True, True, False, self._actor_counts)
 
@@ -208,7 +211,16 @@ class RewardEngine:
                 amount = reward["min_amount"]
                 charged = charges.charge(pool, amount, region, at)
             if not charged:
-                results.append({"campaign": cid, "name": c.name, "outcome": "budget_exhausted"})
+                # NOTE: nothing is paid for a scan the pool cannot afford, rebates neither: the
+                # code keeps its chance and the actor the slot (as for limit_reached), so
+                # after a top-up they can try again, and nothing is paid twice for the code.
+                txn.delete(code_key, db=self._code_rewards)
+                if counted is not None:
+                    if counted[1] is None:
+                        txn.delete(counted[0], db=self._actor_counts)
+                    else:
+                        txn.put(counted[0], counted[1], db=self._actor_counts)
+                return [{"campaign": cid, "name": c.name, "outcome": "budget_exhausted"}]
             else:
                 payout, lock = reward["payout"], rule.get("lock")
                 kind = "voucher" if payout == "voucher" else "locked" if lock else "grant"

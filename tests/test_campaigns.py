@@ -362,11 +362,13 @@ def test_ledger_and_pool_agree_with_a_model(tmp_path_factory, ops, total, per_da
                 want = ["already_rewarded"]
             elif per_actor.get(actor, 0) >= per_day:
                 want = ["limit_reached"]
+            elif spent + 100 > total:  # nothing paid: the code and the actor keep their chance
+                want = ["budget_exhausted"]
             else:
                 used.add(serial)
                 per_actor[actor] = per_actor.get(actor, 0) + 1
-                want = ["granted" if spent + 100 <= total else "budget_exhausted"]
-                spent += 100 if want[0] == "granted" else 0
+                want = ["granted"]
+                spent += 100
                 if region != "310106" and spent + 10 <= total:  # diverted: rebate withheld
                     spent += 10
             assert outcomes(r) == want
@@ -498,3 +500,22 @@ def test_a_reversal_reason_is_at_most_500_characters(world):
     seq = scan(world, cap(world, 0)).rewards[0]["ledger"]
     with pytest.raises(ValueError, match="500 characters"):
         world["admin"].reverse(seq, reason="x" * 501, who="test")
+
+
+def test_a_scan_the_pool_cannot_afford_keeps_its_chance_for_after_a_top_up(world):
+    """Nothing is paid for it, rebates neither, and neither the code's one chance nor the
+    actor's limit is used up: after a top-up the same code pays, once."""
+    pool(world, total=110)
+    world["admin"].campaigns.create(rule(world, limits={"per_actor": 2},
+                                         rebates=[{"to": "distributor", "amount": 10}]), who="test")
+    assert outcomes(scan(world, cap(world, 0))) == ["granted"]  # 100 + the rebate's 10
+    for _ in range(3):  # the pool is empty: the same code, the same actor, again and again
+        r = scan(world, cap(world, 1))
+        assert outcomes(r) == ["budget_exhausted"] and len(r.rewards) == 1
+    assert world["admin"].pools.status("p")["spent"] == 110
+    world["admin"].pools.top_up("p", 1_000, who="test")
+    assert outcomes(scan(world, cap(world, 1))) == ["granted"]  # the actor's second of 2
+    assert outcomes(scan(world, cap(world, 1))) == ["already_rewarded"]
+    assert outcomes(scan(world, cap(world, 2))) == ["limit_reached"]
+    assert world["admin"].pools.status("p")["spent"] == 220
+    assert [e["amount"] for e in world["admin"].ledger.entries()] == [100, 10, 100, 10]
