@@ -500,7 +500,7 @@ class Aggregation:
         parent = self.unit(parent_code)
         with self.store.write() as txn:
             if child_codes:
-                kids = [self.unit(c) for c in child_codes]
+                kids = list(dict.fromkeys(self.unit(c) for c in child_codes))  # once each
                 for k in kids:
                     if self._parent(txn, k) != parent:
                         raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")

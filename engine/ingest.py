@@ -2,7 +2,8 @@
 
 Formats (one record per line; a parent code, then the codes packed into it)::
 
-    # CSV (codes bare or as URLs; blank lines and lines starting with '#' are skipped)
+    # CSV (codes bare or as URLs; blank lines and lines starting with '#' are skipped;
+    # a UTF-8 byte-order mark at the start of the file is ignored)
     HTTPS://S.EXAMPLE.CN/Q/1X4K...,1ABC...,1DEF...
     # JSON lines
     {"parent": "1X4K...", "children": ["1ABC...", "1DEF..."]}
@@ -50,6 +51,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -74,6 +77,8 @@ _ODD_BUDGET = 100_000  # fields in odd forms verified one by one, per file
 _FEW = 50_000  # up to this many runs / parents: store look-ups one by one, not range reads
 _U64 = np.uint64
 _U32 = np.uint32
+#: The UTF-8 byte-order mark Excel ("CSV UTF-8") and Windows Notepad put at the start.
+_BOM = b"\xef\xbb\xbf"
 
 
 class _Source:
@@ -95,12 +100,24 @@ class _Source:
                 yield block
 
     def chunks(self, size: int, hasher=None):
-        """Whole lines, about ``size`` bytes at a time (a longer line is one chunk)."""
+        """Whole lines, about ``size`` bytes at a time (a longer line is one chunk). A UTF-8
+        byte-order mark at the start is dropped (the hash is of the bytes as stored)."""
         carry = b""
+        head = True  # PERF: only the file's first bytes are looked at for a BOM
         for block in self.blocks(max(size, 1)):
             if hasher is not None:
                 hasher.update(block)
             data = carry + block if carry else block
+            if head:
+                if len(data) < len(_BOM) and _BOM.startswith(data):
+                    carry = data  # NOTE: tiny blocks: wait for three bytes
+                    continue
+                head = False
+                if data.startswith(_BOM):
+                    data = data[len(_BOM):]
+                    if not data:
+                        carry = b""
+                        continue
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data
@@ -115,8 +132,8 @@ class _Source:
 
     def first_byte(self) -> bytes:
         """The first byte that is not white space (b"" for none)."""
-        for block in self.blocks(1 << 16):
-            s = block.lstrip()
+        for i, block in enumerate(self.blocks(1 << 16)):
+            s = (block.removeprefix(_BOM) if i == 0 else block).lstrip()
             if s:
                 return s[:1]
         return b""
@@ -254,6 +271,8 @@ class _Parsed:
 def parse_records(agg, raw: bytes, fmt: str | None = None) -> tuple[_Parsed, dict[int, str]]:
     """Parse and decode a whole buffer (CSV or JSON lines)."""
     pre_bad: dict[int, str] = {}
+    if raw[:len(_BOM)] == _BOM:
+        raw = raw[len(_BOM):]
     if fmt is None:
         fmt = "jsonl" if raw.lstrip()[:1] == b"{" else "csv"
     if fmt not in ("csv", "jsonl"):
@@ -521,12 +540,34 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
     is bad and ``skip_bad`` is not set. Bad records carry their 1-based line number.
     ``chunk_bytes`` bounds the part of the file parsed at once (results never depend
     on it).
+
+    With ``skip_bad``, the bad records go to ``reject_file`` (if given), written whole or
+    not at all, in the transaction that loads the good ones. ``ValueError`` (nothing
+    loaded) when the reject file is the input file, a folder, or cannot be written.
     """
     if fmt not in (None, "csv", "jsonl"):
         raise ValueError("format must be csv or jsonl")
     if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ValueError("chunk_bytes must be a positive integer")
     src = _Source(source)
+    # NOTE: the reject file is checked and created (as a temporary file beside it) before
+    # anything is read or written: a target that is the input or cannot be written refuses
+    # the load up front, and the rejects are renamed into place only once complete.
+    rej = _RejectFile(reject_file, src) if skip_bad and reject_file is not None else None
+    try:
+        report = _load(agg, src, skip_bad, rej, fmt, name, now, chunk_bytes)
+    except BaseException:
+        if rej is not None:
+            rej.discard()
+        raise
+    if rej is not None:
+        report.rejected_to = rej.finish(report)
+    return report
+
+
+def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str | None,
+          name: str | None, now: float | None, chunk_bytes: int) -> LoadReport:
+    """:func:`load_links` once the reject file is open."""
     if fmt is None:
         if src.path is not None and src.path.name.endswith((".jsonl", ".ndjson", ".json")):
             fmt = "jsonl"
@@ -577,6 +618,10 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
             report.links_existing = int(same_count[good_line[same_line]].sum())
             if report.bad and not skip_bad:
                 raise _Rollback
+            if report.bad and rej is not None:
+                # NOTE: written in the transaction, so a failure (disk full...) leaves the
+                # store unchanged: good records are never loaded with their rejects lost
+                rej.write(src, chunk_bytes, report.bad)
             report.loaded = True
             new = new.take(good_line[new.line])
             report.links_added = int(new.count.sum())
@@ -588,9 +633,6 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
                                      src.name if name is None else name, digest, report, now)
     except _Rollback:
         pass
-    if report.bad and skip_bad and reject_file is not None:
-        _write_rejects(src, chunk_bytes, report.bad, reject_file)
-        report.rejected_to = str(reject_file)
     return report
 
 
@@ -987,22 +1029,90 @@ def _merge_children(agg, txn, parents, firsts, counts) -> None:
         txn.put(_Q.pack(p), _encode_children(old + runs), db=agg._p2c_db)
 
 
-def _write_rejects(src: _Source, chunk_bytes: int, bad: list[BadRecord], path) -> None:
+class _RejectFile:
+    """Where ``skip_bad`` writes the bad records: checked and opened as a temporary file in
+    the target's folder before the load; renamed onto the target only when complete."""
+
+    def __init__(self, path, src: _Source) -> None:
+        self.shown = str(path)
+        self.target = os.path.realpath(os.fspath(path))  # NOTE: through a symlink, not over it
+        if os.path.isdir(self.target):
+            raise ValueError(f"the reject file {self.shown} is a folder; nothing loaded "
+                             "(give the path of a file to write the bad records to)")
+        if src.path is not None and _same_file(src.path, self.target):
+            raise ValueError(f"the reject file {self.shown} is the input file; nothing loaded "
+                             f"(choose another reject file, such as {src.path}.rejects)")
+        folder, base = os.path.split(self.target)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=folder)
+        except OSError as e:
+            raise ValueError(f"cannot write the reject file {self.shown} "
+                             f"({e.strerror or e}); nothing loaded (choose a reject file in "
+                             "an existing folder you can write to)") from None
+        self.fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.written = False
+
+    def write(self, src: _Source, chunk_bytes: int, bad: list[BadRecord]) -> None:
+        try:
+            _write_rejects(src, chunk_bytes, bad, self.fh)
+            self.fh.close()
+        except OSError as e:
+            raise ValueError(f"cannot write the reject file {self.shown} "
+                             f"({e.strerror or e}); nothing loaded (free some space or "
+                             "choose another reject file)") from None
+        self.written = True
+
+    def finish(self, report: LoadReport) -> str | None:
+        """Put the written rejects in place (or drop the unused temporary file)."""
+        if not self.written:
+            self.discard()
+            return None
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError as e:
+            what = (f"loaded {report.links_added:,} links (event {report.event_id})"
+                    if report.event_id is not None else "nothing loaded")
+            raise OSError(e.errno, f"{what}, but the {len(report.bad)} rejected records could "
+                          f"not be moved to {self.shown} ({e.strerror}); they are in",
+                          self.tmp) from None
+        return self.shown
+
+    def discard(self) -> None:
+        self.fh.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _same_file(a, b) -> bool:
+    """True if the paths name one file (however spelled: relative, via symlinks or hard
+    links, another case on a case-insensitive disk)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # NOTE: one does not exist: then they cannot be the same file
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_rejects(src: _Source, chunk_bytes: int, bad: list[BadRecord], fh) -> None:
     """The bad records' lines, as read, each after a ``#`` comment with its reason
-    (a second pass over the source)."""
+    (a second pass over the source, up to the last bad line)."""
     todo = {b.line - 1: b for b in bad}
+    wanted = sorted(todo)
+    k = 0
     line0 = 0
-    with open(path, "wb") as fh:
-        for data in src.chunks(chunk_bytes):
+    for data in src.chunks(chunk_bytes):
+        if k == len(wanted):
+            break
+        n = data.count(b"\n") + (not data.endswith(b"\n"))
+        if wanted[k] < line0 + n:  # PERF: only chunks holding a bad line are split
             lines = data.split(b"\n")
-            if data.endswith(b"\n"):
-                lines.pop()
-            for i in range(line0, line0 + len(lines)):
-                b = todo.get(i)
-                if b is not None:
-                    fh.write(f"# line {b.line}: {b.reason}\n".encode())
-                    fh.write(lines[i - line0].rstrip(b"\r") + b"\n")
-            line0 += len(lines)
+            while k < len(wanted) and wanted[k] < line0 + n:
+                b = todo[wanted[k]]
+                fh.write(f"# line {b.line}: {b.reason}\n".encode())
+                fh.write(lines[wanted[k] - line0].rstrip(b"\r") + b"\n")
+                k += 1
+        line0 += n
 
 
 _REASONS = {

@@ -170,6 +170,17 @@ def test_unpack_move_replace_void(run, tmp_path):
     agg.check_consistency()
 
 
+def test_unpack_the_same_child_twice_counts_it_once(run, tmp_path):
+    run.agg.load(_file(tmp_path, _production(run, 1)[:1]))
+    cap0, cap1 = unit_id(run.cap_batch, 0), unit_id(run.cap_batch, 1)
+    got = run.agg.unpack(run.cases[0], [run.caps[1], run.caps[0], URL + run.caps[1].lower()])
+    assert got == [cap1, cap0]  # first-seen order, each once
+    ev = [e for e in run.agg.events() if e["type"] == "unpack"]
+    assert len(ev) == 1 and ev[0]["children"] == [cap1, cap0]
+    assert len(run.agg.links()) == 22
+    run.agg.check_consistency()
+
+
 def test_move_unpacks_whole_pallet_case_into_other_pallet(run, tmp_path):
     run.agg.load(_file(tmp_path, _production(run)))
     run.agg.move(run.cases[:2], to=run.pallets[2])
