@@ -55,14 +55,17 @@ def packs(d) -> None:
     receipt = d.work / "line-L1-receipt.json"
     print("\n  without the key share (sent separately) the pack does not open:")
     d.wuma("pack", "open", first["path"], "--key", str(line_dir), "-o", str(codes), check=False)
+    share_file = d.work / "line-L1-share.txt"  # NOTE: from a file, the share stays out of `ps`
+    share_file.write_text(first["share"] + "\n")
+    share_file.chmod(0o600)
     d.wuma(
         "pack",
         "open",
         first["path"],
         "--key",
         str(line_dir),
-        "--share",
-        first["share"],
+        "--share-file",
+        str(share_file),
         "-o",
         str(codes),
         "--url",

@@ -27,7 +27,7 @@ from engine.lines import (
     generate_line_keys,
     load_brand_keys,
 )
-from engine.packs import PackRegistry, open_pack, open_pack_to_file
+from engine.packs import PackRegistry, open_pack_to_file
 
 __all__ = ["line", "pack"]
 
@@ -185,8 +185,11 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     """Write encrypted, signed packs of a batch (or range) for one line.
 
     Codes are regenerated from the keys and encrypted as they are made; no plaintext is
-    written. With --split-key each pack's share is printed once: send it by another
-    channel (it is not stored).
+    written. Files are named <line>-b<batch>-<start>-<stop>-<pack id>.wpk; an existing
+    file is never replaced. All or nothing: if any part fails (or Ctrl-C), no pack is
+    registered and no pack file is left. With --split-key each pack's share is printed
+    once: send it by another channel (it is not stored); the line gives it to
+    `wuma pack open --share-file`.
 
     Example: wuma pack export 1 --line L1 --range 0:1000000 --parts 2 --split-key -o packs/
     """
@@ -216,6 +219,25 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
         emit(p.to_dict(), as_json, text)
 
 
+def _share_text(share: str | None, share_file: Path | None) -> str | None:
+    """The key share from --share-file (a file, or - for stdin) or --share."""
+    # APPSEC: --share-file keeps the share out of `ps` and shell history.
+    if share is not None and share_file is not None:
+        raise click.UsageError("give the key share once: --share-file or --share, not both")
+    if share_file is None:
+        return share
+    if str(share_file) != "-":
+        text = share_file.read_text("utf-8", errors="replace")
+    elif sys.stdin.isatty():
+        text = click.prompt("key share", hide_input=True, err=True)
+    else:
+        text = sys.stdin.read()
+    if not text.strip():
+        where = "stdin" if str(share_file) == "-" else str(share_file)
+        raise click.ClickException(f"no key share in {where}: it holds nothing but blanks")
+    return text.strip()
+
+
 @pack.command("open")
 @click.argument("pack_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
@@ -225,7 +247,19 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="The line's key folder (from `wuma line keygen`).",
 )
-@click.option("--share", default=None, help="Key share text, for packs exported with --split-key.")
+@click.option(
+    "--share-file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default=None,
+    help="File holding the key share of a --split-key pack, or - to read it from stdin "
+    "(typed without echo at a terminal). Safer than --share.",
+)
+@click.option(
+    "--share",
+    default=None,
+    help="Key share text. Visible to other users (ps) and kept in shell history: "
+    "prefer --share-file.",
+)
 @click.option(
     "--brand-key",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -255,23 +289,21 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     help="Write the signed open report here, for the brand (`wuma pack report`).",
 )
 @library_errors
-def pack_open(pack_file, key_dir, share, brand_key, output, output_format, url, receipt):
+def pack_open(
+    pack_file, key_dir, share_file, share, brand_key, output, output_format, url, receipt
+):
     """Check a pack's signature and line, then decrypt its codes for the printer.
 
     Nothing is written unless the whole pack checks (to stdout: the signature is checked
     over the whole file before the first byte is written).
 
-    Example: wuma pack open L1-b1-0-1000000.wpk --key /etc/wuma-line --share XXXXX-... -o codes.csv
+    Example: wuma pack open L1-b1-0-1000-<pack id>.wpk --key /etc/wuma-line --share-file share.txt -o codes.csv
     """
     keys = LineKeys.load(key_dir)
     brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
-    kw = {"share": share, "output_format": output_format, "url": url}
-    if output == "-":
-        got = open_pack(pack_file, keys, brand, sys.stdout.buffer, **kw)
-    else:
-        got = open_pack_to_file(pack_file, keys, brand, Path(output), **kw)
-    if receipt:
-        receipt.write_bytes(got.receipt)
+    kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
+    target = sys.stdout.buffer if output == "-" else Path(output)
+    got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt, **kw)
     click.echo(
         f"opened pack {got.id}: {got.count:,} units of batch {got.batch} "
         f"(serials {got.start}:{got.stop}) to {output}",

@@ -31,6 +31,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import falcon
@@ -205,8 +207,39 @@ class PullError(WumaError):
     """The server refused or could not be reached."""
 
 
-def _get(keys: LineKeys, server: str, path: str, timeout: float):
-    req = urllib.request.Request(server.rstrip("/") + path, headers=sign_request(keys, "GET", path))
+def _not_authenticated_hint(keys: LineKeys, server_date: str | None, now: float) -> str:
+    """What the line's operator can check after a 401.
+
+    APPSEC: the server's answer stays the same opaque 401 (no oracle); this hint is made
+    on the client from what it already knows: its own key, its clock, and the standard
+    ``Date`` header of the reply."""
+    skew = None
+    try:
+        if server_date:
+            at = parsedate_to_datetime(server_date)
+            if at.tzinfo is None:  # "-0000": UTC, source unknown
+                at = at.replace(tzinfo=UTC)
+            skew = now - at.timestamp()
+    except (TypeError, ValueError, IndexError):
+        pass
+    if skew is not None and abs(skew) > REPLAY_WINDOW - 5:
+        way = "ahead of" if skew > 0 else "behind"
+        return (
+            f"this machine's clock is about {abs(skew):.0f} s {way} the server's (at most "
+            f"{REPLAY_WINDOW} s is allowed): set the clock right (e.g. enable NTP) and retry"
+        )
+    return (
+        f"check that the brand registered this line's key (fingerprint {keys.fingerprint}) "
+        "with `wuma line add NAME --pubkey line.pub`, and that this machine's clock is "
+        f"within {REPLAY_WINDOW} s of the server's"
+    )
+
+
+def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable[[], float]):
+    now = clock()
+    req = urllib.request.Request(
+        server.rstrip("/") + path, headers=sign_request(keys, "GET", path, now=now)
+    )
     try:
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -214,16 +247,26 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float):
             detail = json.loads(e.read()).get("title") or e.reason
         except ValueError:
             detail = e.reason
-        raise PullError(f"{server}{path}: {e.code} {detail}") from None
+        message = f"{server}{path}: {e.code} {detail}"
+        if e.code == 401:
+            message += "; " + _not_authenticated_hint(keys, e.headers.get("Date"), now)
+        raise PullError(message) from None
     except urllib.error.URLError as e:
         raise PullError(f"cannot reach {server}: {e.reason}") from None
 
 
-def pull_packs(keys: LineKeys, server: str, out_dir: Path, *, timeout: float = 60.0) -> list[Path]:
+def pull_packs(
+    keys: LineKeys,
+    server: str,
+    out_dir: Path,
+    *,
+    timeout: float = 60.0,
+    clock: Callable[[], float] = time.time,
+) -> list[Path]:
     """Download the packs issued to this line that are not yet in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _get(keys, server, "/packs", timeout) as r:
+    with _get(keys, server, "/packs", timeout, clock) as r:
         listing = json.loads(r.read())
     got = []
     for p in listing["packs"]:
@@ -235,7 +278,10 @@ def pull_packs(keys: LineKeys, server: str, out_dir: Path, *, timeout: float = 6
             continue
         tmp = out_dir / (name + ".part")
         try:
-            with _get(keys, server, f"/packs/{p['id']}", timeout) as r, open(tmp, "wb") as fh:
+            with (
+                _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r,
+                open(tmp, "wb") as fh,
+            ):
                 while chunk := r.read(1 << 20):
                     fh.write(chunk)
             tmp.replace(target)

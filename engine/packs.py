@@ -26,11 +26,15 @@ APPSEC:
 * Opening checks the signature over the whole file *before* unwrapping or decrypting
   anything, then decrypts in a second pass (and checks the file did not change between
   the passes). Output goes to a temporary file renamed only on full success.
+* Export is all or nothing: every part is written under a temporary name, then all are
+  registered in one transaction and linked into place (never over an existing file; the
+  name holds the pack id). No pack is registered whose share was not handed back.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -65,6 +69,7 @@ __all__ = [
     "PackRegistry",
     "open_pack",
     "open_pack_to_file",
+    "pack_file_name",
     "parse_share",
     "read_header",
     "share_text",
@@ -82,6 +87,7 @@ _READ = 8 << 20
 _SHARE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _SHARE_BYTES = 32
 _SHARE_CHECK = 2
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 
 
 class PackError(WumaError):
@@ -102,6 +108,57 @@ class IssuedPack:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _WrittenPart:
+    """A pack written under a temporary name, not yet registered nor in place."""
+
+    tmp: Path
+    path: Path
+    record: dict
+    share: str | None
+
+    def issued(self) -> IssuedPack:
+        r = self.record
+        return IssuedPack(
+            r["id"],
+            str(self.path),
+            r["batch"],
+            r["line"],
+            r["start"],
+            r["stop"],
+            r["count"],
+            r["size"],
+            self.share,
+        )
+
+
+def pack_file_name(line: str, batch: int, start: int, stop: int, pack_id: str) -> str:
+    """``<line>-b<batch>-<start>-<stop>-<pack id>.wpk``: the pack id makes every issued
+    pack's file name unique, so exporting a range again never replaces an issued pack."""
+    return f"{line}-b{batch}-{start}-{stop}-{pack_id}.wpk"
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists."""
+    exists = PackError(
+        f"{path} already exists: not replacing it (it may be an issued pack); "
+        "move it away or export to another folder"
+    )
+    try:
+        os.link(tmp, path)  # NOTE: unlike rename, link never replaces an existing file
+    except FileExistsError:
+        raise exists from None
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links: check, then rename (not atomic, still careful).
+        if os.path.lexists(path):
+            raise exists from None
+        os.rename(tmp, path)
+    else:
+        tmp.unlink()
 
 
 @dataclass(frozen=True)
@@ -255,26 +312,50 @@ class PackRegistry:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         bounds = [start + (stop - start) * i // parts for i in range(parts + 1)]
-        issued = []
-        for a, b in pairwise(bounds):
-            issued.append(
-                self._export_one(
-                    batch,
-                    line,
-                    out_dir,
-                    a,
-                    b,
-                    split_key,
-                    chunk_bytes,
-                    signer_id,
-                    signer,
-                    now,
-                    progress,
+        # NOTE: all or nothing. Every part is first written under a temporary name; only
+        # when all are written are they registered (one transaction) and put in place.
+        # A failure or Ctrl-C at any point leaves no pack registered and no pack file, so
+        # no pack is ever issued whose key share was not handed back to the caller.
+        written: list[_WrittenPart] = []
+        placed: list[Path] = []
+        try:
+            for a, b in pairwise(bounds):
+                written.append(
+                    self._write_part(
+                        batch,
+                        line,
+                        out_dir,
+                        a,
+                        b,
+                        split_key,
+                        chunk_bytes,
+                        signer_id,
+                        signer,
+                        now,
+                        progress,
+                    )
                 )
-            )
-        return issued
+            with self._store.write() as txn:
+                for part in written:
+                    txn.put(bytes.fromhex(part.record["id"]), pack(part.record), db=self._packs)
+                    self._event(
+                        txn, part.record["id"], "issued", part.record["created"], who=line.name
+                    )
+                # Put the files in place inside the transaction: if one cannot be placed,
+                # the transaction aborts and nothing is registered.
+                for part in written:
+                    _place_new(part.tmp, part.path)
+                    placed.append(part.path)
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            for part in written:
+                part.tmp.unlink(missing_ok=True)
+        return [part.issued() for part in written]
 
-    def _export_one(
+    def _write_part(
         self,
         batch,
         line,
@@ -287,7 +368,8 @@ class PackRegistry:
         signer,
         now,
         progress,
-    ) -> IssuedPack:
+    ) -> _WrittenPart:
+        """Write one pack under a temporary name in ``out_dir``; register nothing."""
         codes = self._data.codes
         widths = codes.widths(batch)
         row = sum(widths)
@@ -321,14 +403,15 @@ class PackRegistry:
         hd = hashlib.sha256(header_bytes).digest()
         wrapped = _wrap(_xor(data_key, share) if share else data_key, line.x25519, pack_id, hd)
         del header  # NOTE: only the bytes are signed; nothing below may change them
-        name = f"{line.name}-b{batch.id}-{start}-{stop}.wpk"
+        name = pack_file_name(line.name, batch.id, start, stop, pack_id.hex())
         path = out_dir / name
-        tmp = out_dir / (name + ".part")
+        # NOTE: "x": a fresh, hidden temporary file; never one that is already there.
+        tmp = out_dir / f".{name}.{os.urandom(4).hex()}.part"
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
         try:
-            with open(tmp, "wb") as fh:
+            with open(tmp, "xb") as fh:
 
                 def put(b) -> None:
                     digest.update(b)
@@ -356,9 +439,9 @@ class PackRegistry:
                         progress(matrix.shape[0])
                 fh.write(signer.sign(_signed_message(digest.digest())))
                 size = fh.tell()
-            tmp.replace(path)  # NOTE: no partial pack under the final name
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
         record = {
             "id": pack_id.hex(),
             "file": name,
@@ -375,20 +458,7 @@ class PackRegistry:
             "created": created,
             "revoked_at": None,
         }
-        with self._store.write() as txn:
-            txn.put(pack_id, pack(record), db=self._packs)
-            self._event(txn, pack_id.hex(), "issued", created, who=line.name)
-        return IssuedPack(
-            pack_id.hex(),
-            str(path),
-            batch.id,
-            line.name,
-            start,
-            stop,
-            stop - start,
-            size,
-            share_text(share) if share else None,
-        )
+        return _WrittenPart(tmp, path, record, share_text(share) if share else None)
 
     def _event(self, txn, pack_id: str, kind: str, at: float, **extra) -> None:
         no = self._store.next_id(txn, "pack_event")
@@ -608,7 +678,8 @@ def open_pack(
     if header.get("split"):
         if share is None:
             raise PackError(
-                "this pack's key is split: give the key share sent separately (--share)"
+                "this pack's key is split: give the key share that was sent separately "
+                "(wuma pack open --share-file FILE, or --share-file - to type or pipe it)"
             )
         s_bytes = parse_share(share)
         if _share_check(pack_id, s_bytes) != header.get("share_check"):
@@ -729,20 +800,92 @@ def _write_jsonl(out, first, matrix, widths, roles, base) -> None:
 
 
 def open_pack_to_file(
-    path: Path, keys: LineKeys, brand_keys: dict[str, BrandKey], output: Path, **kw
+    path: Path,
+    keys: LineKeys,
+    brand_keys: dict[str, BrandKey],
+    output: Path | BinaryIO,
+    *,
+    receipt: Path | None = None,
+    **kw,
 ) -> OpenedPack:
-    """:func:`open_pack` into a file: written to a temporary file in the same folder and
-    renamed only on full success, so a rejected pack leaves no output behind."""
-    output = Path(output)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + output.name + ".", suffix=".part", dir=output.parent or "."
-    )
-    os.chmod(tmp, 0o600)
+    """:func:`open_pack` into ``output``: a path (written to a temporary file in the same
+    folder and renamed only on full success, so a rejected pack leaves no output behind)
+    or an open binary file such as stdout. With ``receipt``, the signed open report
+    (:attr:`OpenedPack.receipt`) is written to that path as well.
+
+    Both paths are checked before anything is read or written: neither may be the pack
+    itself, nor a folder, nor the same file as the other, and both folders must accept a
+    new file; so a bad receipt path is refused before any codes are written."""
+    path = Path(path)
+    to_file = isinstance(output, (str, os.PathLike))
+    if to_file:
+        output = Path(output)
+        _check_target(path, output, "codes output")
+    if receipt is not None:
+        receipt = Path(receipt)
+        _check_target(path, receipt, "receipt")
+        if to_file and _same_file(output, receipt):
+            raise PackError(
+                f"the receipt and the codes output are the same file ({receipt}): "
+                "give each its own file name"
+            )
+    made: list[str] = []
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
-            got = open_pack(path, keys, brand_keys, fh, **kw)
-        os.replace(tmp, output)
+        tmp = _make_temp(output, "codes output", 0o600) if to_file else None
+        if tmp:
+            made.append(tmp)
+        rtmp = _make_temp(receipt, "receipt", 0o644) if receipt is not None else None
+        if rtmp:
+            made.append(rtmp)
+        if tmp:
+            with open(tmp, "wb", buffering=1 << 20) as fh:
+                got = open_pack(path, keys, brand_keys, fh, **kw)
+        else:
+            got = open_pack(path, keys, brand_keys, output, **kw)
+        if rtmp:
+            with open(rtmp, "wb") as fh:
+                fh.write(got.receipt)
+        if tmp:
+            os.replace(tmp, output)
+        if rtmp:
+            os.replace(rtmp, receipt)
         return got
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for t in made:
+            if os.path.exists(t):
+                os.unlink(t)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` name one file (through links too); either may not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where the names lead
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_target(pack_path: Path, target: Path, what: str) -> None:
+    if _same_file(pack_path, target):
+        raise PackError(
+            f"the {what} {target} is the pack itself: writing there would destroy the pack; "
+            "choose another file name"
+        )
+    if target.is_dir():
+        raise PackError(f"the {what} {target} is a folder: give a file name")
+
+
+def _make_temp(target: Path, what: str, mode: int) -> str:
+    """A temporary file next to ``target`` (renamed onto it at the end); proves up front
+    that the folder accepts a new file."""
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + target.name + ".", suffix=".part", dir=target.parent or "."
+        )
+    except OSError as e:
+        raise PackError(
+            f"cannot write the {what} {target}: {e.strerror or e}; "
+            "choose a folder that exists and that you may write to"
+        ) from None
+    os.close(fd)
+    os.chmod(tmp, mode)
+    return tmp

@@ -1,0 +1,226 @@
+"""Pack export and open must never lose or destroy a pack, nor expose a key share."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import test_packs
+from click.testing import CliRunner
+from test_packs import _export, _rows
+
+from cli.main import cli
+from engine.http_packs import PullError, pull_packs
+from engine.lines import generate_line_keys
+from engine.packs import MAGIC, PackError, open_pack_to_file
+
+# The fixtures of test_packs (a registered line L1 with a batch; a real pull server).
+world = test_packs.world
+server = test_packs.server
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# -- 1. a multi-part export is all or nothing ------------------------------------------------
+def test_export_interrupted_in_a_later_part_leaves_nothing(world):
+    reg, _keys, _brand, _batch, tmp = world
+    calls = []
+
+    def interrupt_in_part_two(n):
+        calls.append(n)
+        if len(calls) == 2:  # part 1 is fully written; Ctrl-C while part 2 is written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _export(world, parts=3, split_key=True, progress=interrupt_in_part_two)
+    assert reg.list(line="L1") == []
+    assert _files(tmp / "packs") == []  # no pack file, no temporary file
+
+
+def test_export_failing_to_place_a_part_registers_nothing(world, monkeypatch):
+    reg, _keys, _brand, _batch, tmp = world
+    real_link = os.link
+    linked = []
+
+    def link_fails_second(src, dst):
+        if linked:
+            raise OSError(28, "No space left on device", str(dst))
+        linked.append(dst)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_fails_second)
+    with pytest.raises(OSError, match="No space"):
+        _export(world, parts=2, split_key=True)
+    assert len(linked) == 1  # the first part was put in place, then taken back
+    assert reg.list(line="L1") == []
+    assert _files(tmp / "packs") == []
+
+
+def test_export_registers_every_part_with_its_share(world):
+    reg, keys, brand, _batch, tmp = world
+    packs = _export(world, start=0, stop=900, parts=3, split_key=True)
+    assert sorted(p["id"] for p in reg.list(line="L1")) == sorted(p.id for p in packs)
+    assert _files(tmp / "packs") == sorted(os.path.basename(p.path) for p in packs)
+    for p in packs:
+        open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", share=p.share)
+        assert len(_rows(tmp / "codes.csv")) == p.count + 1
+
+
+# -- 2. exporting a range again never replaces an issued pack ---------------------------------
+def test_reexport_of_same_range_keeps_both_packs(world):
+    reg, keys, brand, _batch, tmp = world
+    (first,) = _export(world, start=100, stop=150)
+    first_bytes = Path(first.path).read_bytes()
+    (second,) = _export(world, start=100, stop=150)
+    assert first.path != second.path
+    assert first.id in first.path and second.id in second.path
+    assert Path(first.path).read_bytes() == first_bytes
+    for p in (first, second):
+        got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv")
+        assert got.id == p.id
+    assert {r["id"]: r["path"] for r in reg.list()} == {
+        first.id: str(Path(first.path).resolve()),
+        second.id: str(Path(second.path).resolve()),
+    }
+
+
+def test_export_never_replaces_an_existing_file(world, monkeypatch):
+    reg, _keys, _brand, _batch, tmp = world
+    (tmp / "packs").mkdir()
+    squatter = tmp / "packs" / "L1-b1-0-10-fixed.wpk"
+    squatter.write_bytes(b"an issued pack")
+    monkeypatch.setattr("engine.packs.pack_file_name", lambda *a: squatter.name)
+    with pytest.raises(PackError, match="already exists: not replacing it"):
+        _export(world, start=0, stop=10)
+    assert squatter.read_bytes() == b"an issued pack"
+    assert reg.list() == [] and _files(tmp / "packs") == [squatter.name]
+
+
+def test_pull_gets_each_reexported_pack_under_its_own_id(world, server):
+    _reg, keys, _brand, _batch, tmp = world
+    (first,) = _export(world, start=100, stop=150)
+    (second,) = _export(world, start=100, stop=150)
+    got = pull_packs(keys, server, tmp / "pulled")
+    assert sorted(p.name for p in got) == sorted(os.path.basename(p.path) for p in (first, second))
+    for p in (first, second):
+        pulled = tmp / "pulled" / os.path.basename(p.path)
+        assert pulled.read_bytes() == Path(p.path).read_bytes()
+
+
+# -- 3. pack open never writes over the pack, and checks the receipt path first ---------------
+def test_open_refuses_output_that_is_the_pack(world):
+    _reg, keys, brand, _batch, tmp = world
+    (p,) = _export(world, stop=100)
+    before = Path(p.path).read_bytes()
+    with pytest.raises(PackError, match="is the pack itself"):
+        open_pack_to_file(p.path, keys, brand, p.path)
+    link = tmp / "link.wpk"
+    link.symlink_to(p.path)
+    with pytest.raises(PackError, match="is the pack itself"):
+        open_pack_to_file(link, keys, brand, Path(p.path))
+    with pytest.raises(PackError, match="is the pack itself"):
+        open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", receipt=link)
+    assert Path(p.path).read_bytes() == before and not (tmp / "codes.csv").exists()
+
+
+def test_open_checks_receipt_path_before_writing_codes(world):
+    _reg, keys, brand, _batch, tmp = world
+    (p,) = _export(world, stop=100)
+    with pytest.raises(PackError, match="cannot write the receipt .*nodir"):
+        open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", receipt=tmp / "nodir" / "r.json")
+    with pytest.raises(PackError, match="same file"):
+        open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", receipt=tmp / "codes.csv")
+    assert not (tmp / "codes.csv").exists()
+    assert not [n for n in os.listdir(tmp) if n.endswith(".part")]
+    got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", receipt=tmp / "r.json")
+    assert (tmp / "r.json").read_bytes() == got.receipt
+    assert len(_rows(tmp / "codes.csv")) == 101
+
+
+def test_cli_open_output_is_pack_or_receipt_unwritable(world):
+    _reg, _keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=100)
+    key = str(tmp / "line1")
+    r = CliRunner()
+    res = r.invoke(cli, ["pack", "open", p.path, "--key", key, "-o", p.path])
+    assert res.exit_code == 1 and "the pack itself" in res.output
+    assert Path(p.path).read_bytes().startswith(MAGIC)
+    codes = tmp / "codes.csv"
+    args = ["pack", "open", p.path, "--key", key, "-o", str(codes)]
+    res = r.invoke(cli, [*args, "--receipt", str(tmp / "nodir" / "r.json")])
+    assert res.exit_code == 1 and "cannot write the receipt" in res.output
+    assert not codes.exists()
+    res = r.invoke(cli, ["pack", "open", p.path, "--key", key, "-o", "-", "--receipt", p.path])
+    assert res.exit_code == 1 and "the pack itself" in res.output and "serial" not in res.output
+
+
+# -- 4. the key share from a file or stdin ----------------------------------------------------
+def test_cli_share_from_file_or_stdin(world):
+    _reg, _keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=100, split_key=True)
+    key = str(tmp / "line1")
+    share_file = tmp / "share.txt"
+    share_file.write_text(p.share + "\n")
+    r = CliRunner()
+    base = ["pack", "open", p.path, "--key", key]
+    res = r.invoke(cli, [*base, "--share-file", str(share_file), "-o", str(tmp / "a.csv")])
+    assert res.exit_code == 0, res.output
+    assert len(_rows(tmp / "a.csv")) == 101
+    res = r.invoke(cli, [*base, "--share-file", "-", "-o", "-"], input=p.share + "\n")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0] == "serial,cap_outer,cap_inner"
+    assert len(res.stdout.splitlines()) == 101
+    # --share still works (scripts), and the help steers people to the safer way
+    res = r.invoke(cli, [*base, "--share", p.share, "-o", str(tmp / "b.csv")])
+    assert res.exit_code == 0, res.output
+    help_text = r.invoke(cli, ["pack", "open", "--help"]).output
+    assert "--share-file" in help_text and "prefer --share-file" in help_text
+
+
+def test_cli_share_file_errors(world):
+    _reg, _keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=100, split_key=True)
+    base = ["pack", "open", p.path, "--key", str(tmp / "line1"), "-o", str(tmp / "c.csv")]
+    empty = tmp / "empty.txt"
+    empty.write_text("\n")
+    r = CliRunner()
+    res = r.invoke(cli, [*base, "--share-file", str(empty)])
+    assert res.exit_code == 1 and "no key share in" in res.output
+    res = r.invoke(cli, [*base, "--share-file", str(empty), "--share", p.share])
+    assert res.exit_code == 2 and "not both" in res.output
+    res = r.invoke(cli, base)
+    assert res.exit_code == 1 and "--share-file" in res.output
+    assert not (tmp / "c.csv").exists()
+
+
+# -- 5. a refused pull says what to check -----------------------------------------------------
+def test_pull_unregistered_line_hints_at_line_add(world, server):
+    _reg, _keys, _brand, _batch, tmp = world
+    stranger = generate_line_keys(tmp / "stranger")
+    with pytest.raises(PullError) as e:
+        pull_packs(stranger, server, tmp / "pulled")
+    msg = str(e.value)
+    assert "401" in msg and "wuma line add" in msg and stranger.fingerprint in msg
+    assert "clock" in msg
+
+
+def test_pull_with_clock_off_says_so(world, server):
+    _reg, keys, _brand, _batch, tmp = world
+    with pytest.raises(PullError, match=r"401 .*clock is about \d+ s behind the server"):
+        pull_packs(keys, server, tmp / "pulled", clock=lambda: time.time() - 3600)
+    with pytest.raises(PullError, match=r"clock is about \d+ s ahead of the server"):
+        pull_packs(keys, server, tmp / "pulled", clock=lambda: time.time() + 900)
+
+
+def test_cli_pull_unregistered_line_hint(world, server):
+    _reg, _keys, _brand, _batch, tmp = world
+    generate_line_keys(tmp / "stranger")
+    res = CliRunner().invoke(
+        cli,
+        ["pack", "pull", "--line", str(tmp / "stranger"), "--server", server, "-o", str(tmp / "p")],
+    )
+    assert res.exit_code == 1 and "wuma line add" in res.output
