@@ -184,7 +184,8 @@ def campaign_create(admin, rule_file, as_json):
     Example: wuma campaign create open-case.json
     """
     try:
-        rule = json.load(rule_file)
+        # NOTE: Notepad and Excel start a UTF-8 file with a BOM: not part of the JSON
+        rule = json.loads(rule_file.read().removeprefix("\ufeff"))
     except ValueError as e:
         raise click.ClickException(f"{rule_file.name}: not valid JSON ({e})") from None
     c = admin.campaigns.create(rule, who=cli_user())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import struct
 import sys
 from pathlib import Path
 
@@ -27,10 +29,21 @@ def library_errors(fn):
             return fn(*args, **kwargs)
         except (WumaError, ValueError, TypeError) as e:
             raise click.ClickException(str(e)) from None
+        except (struct.error, OverflowError):
+            # NOTE: a backstop: a number too large (or negative) for the store's 64-bit keys
+            # that no option or library check caught.
+            raise click.ClickException(
+                "a number given is out of range: ids and sequence numbers are whole numbers "
+                "from 0, and smaller than 2^63") from None
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 
     return wrapper
+
+
+@library_errors
+def _open_folder(path: Path) -> DataFolder:
+    return DataFolder(path)
 
 
 def pass_data(fn):
@@ -40,10 +53,7 @@ def pass_data(fn):
     @functools.wraps(fn)
     def wrapper(ctx, *args, **kwargs):
         path = ctx.find_root().params.get("data") or default_data_path()
-        try:
-            data = DataFolder(Path(path))
-        except WumaError as e:
-            raise click.ClickException(str(e)) from None
+        data = _open_folder(Path(path))
         ctx.call_on_close(data.close)
         return library_errors(fn)(data, *args, **kwargs)
 
@@ -215,8 +225,10 @@ def batch_export(data, batch_id, plaintext, output, serial_range, url):
         data.codes.export_csv(b, sys.stdout.buffer, start=start, stop=stop, url_base=url_base)
         return
     tmp = Path(output + ".part")
+    tmp.unlink(missing_ok=True)  # a stale one from an interrupted export: O_EXCL below
     try:
-        with open(tmp, "wb") as fh:
+        # APPSEC: usable codes: created 0600 (like `pack open`), never readable by others
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
             if _progress_enabled():
                 with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
                     n = data.codes.export_csv(b, fh, start=start, stop=stop, url_base=url_base,
@@ -264,8 +276,9 @@ def code_verify(data, codes, as_json):
     def inputs():
         for c in codes:
             if c == "-":
-                for line in sys.stdin:
-                    yield line.rstrip("\r\n")
+                for n, line in enumerate(sys.stdin):
+                    # NOTE: a UTF-8 BOM (Excel, Notepad) is not part of the first code
+                    yield (line.removeprefix("\ufeff") if n == 0 else line).rstrip("\r\n")
             else:
                 yield c
 

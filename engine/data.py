@@ -8,15 +8,26 @@ Layout::
                           bulk-write.lock, whose flocks give scan committers and long
                           writes their turns (engine.scanlog)
     <data>/db-counters/   LMDB environment for rate counters (not synced: losable)
+
+wuma.json, keys/ and db/ belong together and are backed up together: new batches take the
+next batch id from db/ and derive their codes from the master key, so a folder with its
+keys but an empty or lost store would print codes again that are already on products.
+``init`` creates the store first and writes wuma.json last, and the two share a random
+``store_id`` (in wuma.json and in the store's meta database): a folder whose store is
+missing, empty, re-created or another folder's is refused, never silently given a new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import time
+from dataclasses import fields
 from functools import cached_property
 from pathlib import Path
+
+import lmdb
 
 from engine.abuse import AbuseGuard, AbuseLimits
 from engine.accounts import AccountRegistry
@@ -34,6 +45,8 @@ __all__ = ["DataFolder", "DEFAULT_URL_BASE", "DURABILITY", "default_data_path"]
 
 DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
 _CONFIG = "wuma.json"
+#: Key of the store id in the store's "meta" database (the same id is in wuma.json).
+_STORE_ID = b"store_id"
 
 
 #: Settings sections a brand may change after init.
@@ -61,6 +74,139 @@ def _write_config(path: Path, config: dict) -> None:
     os.replace(tmp, path / _CONFIG)
 
 
+def _section(config: dict, name: str, known: list[str]) -> dict:
+    """A settings section of wuma.json as keyword arguments, checked against ``known``."""
+    value = config.get(name, {})
+    unknown = sorted(set(value) - set(known)) if isinstance(value, dict) else None
+    if unknown is None or unknown:
+        what = f"unknown setting {', '.join(map(repr, unknown))}" if unknown else "it must be a JSON object"
+        raise ValueError(f'"{name}" section: {what}; known settings: {", ".join(known)}')
+    return value
+
+
+def _abuse_limits(config: dict) -> AbuseLimits:
+    section = _section(config, "abuse", [f.name for f in fields(AbuseLimits)])
+    try:
+        return AbuseLimits(**section)
+    except ValueError as e:
+        raise ValueError(f'"abuse" section: {e}') from None
+
+
+# -- the store's files, checked before LMDB maps them ------------------------------------
+#: MDB_meta of LMDB 0.9 on a 64-bit machine, after the 16-byte page header: magic,
+#: version, address, mapsize, two MDB_db records (the first one's pad is the page size),
+#: last page number used, transaction id. Native byte order, like the file.
+_MDB_META = struct.Struct("=IIQQ" + "IHHQQQQQ" * 2 + "QQ")
+_MDB_MAGIC = 0xBEEFC0DE
+_PAGE_HEADER = 16
+
+
+def _read_meta(fh, offset: int) -> tuple[int, int, int, int] | None:
+    """``(version, page size, last page, txnid)`` of the meta page at ``offset``, or None."""
+    fh.seek(offset + _PAGE_HEADER)
+    raw = fh.read(_MDB_META.size)
+    if len(raw) < _MDB_META.size:
+        return None
+    f = _MDB_META.unpack(raw)
+    if f[0] != _MDB_MAGIC:
+        return None
+    return f[1], f[4], f[20], f[21]
+
+
+def _store_damage(db: Path) -> str | None:
+    """Why ``db/data.mdb`` cannot be opened, or None: missing, empty, not LMDB, truncated.
+
+    NOTE: LMDB maps the file and trusts its meta page: pages past the end of a truncated
+    file kill the process with SIGBUS, not an error. A file shorter than the end of the
+    last page its newest meta page uses is refused here (LMDB writes the data pages before
+    the meta page that points to them, and never shrinks the file, so a sound store is
+    never shorter).
+    """
+    if not db.is_dir():
+        return f"{db} is missing" if not db.exists() else f"{db} is not a folder"
+    mdb = db / "data.mdb"
+    try:
+        with open(mdb, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return f"{mdb} is empty"
+            if struct.calcsize("P") != 8:  # another meta layout: leave the checks to LMDB
+                return None
+            first = _read_meta(fh, 0)
+            if first is not None and first[0] != 1:  # not LMDB 0.9's data format: LMDB checks
+                return None
+            second = _read_meta(fh, first[1]) if first and 512 <= first[1] <= 1 << 16 else None
+    except FileNotFoundError:
+        return f"{mdb} is missing"
+    except OSError as e:
+        return f"{mdb} cannot be read ({e.strerror or e})"
+    if first is None:
+        if size < _PAGE_HEADER + _MDB_META.size:
+            return f"{mdb} is truncated ({size:,} bytes)"
+        return f"{mdb} is not an LMDB store"
+    if second is None:
+        return f"{mdb} is truncated or damaged (its second meta page is missing)"
+    _, psize, last_page, _ = max(first, second, key=lambda m: m[3])
+    if size < (last_page + 1) * psize:
+        return f"{mdb} is truncated ({size:,} bytes; its pages end at {(last_page + 1) * psize:,})"
+    return None
+
+
+def _store_exists(db: Path) -> bool:
+    """Whether ``db`` holds a store file with something in it (sound or not)."""
+    try:
+        return (db / "data.mdb").stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _open_store(db: Path, *, metasync: bool = True) -> Store:
+    try:
+        return Store(db, metasync=metasync)
+    except lmdb.Error as e:
+        raise DataFolderError(f"the store in {db} cannot be opened ({e})") from None
+    except OSError as e:
+        raise DataFolderError(f"the store in {db} cannot be opened ({e.strerror or e}: "
+                              f"{e.filename or db})") from None
+
+
+def _stored_id(store: Store) -> str | None:
+    with store.read() as txn:
+        raw = txn.get(_STORE_ID, db=store.db("meta"))
+    return raw.decode("ascii", "replace") if raw is not None else None
+
+
+def _prepare_store(path: Path) -> str:
+    """Create the store of a new data folder, or take over the blank one an interrupted
+    ``init`` left (nothing in it but its id); return its id. Refuses a store in use."""
+    db = path / "db"
+    if db.exists() and not db.is_dir():
+        raise DataFolderError(f"{db} is not a folder: move it aside and run `wuma init` again")
+    if _store_exists(db):
+        damage = _store_damage(db)
+        if damage:
+            raise DataFolderError(f"{damage}; {path} has no {_CONFIG}: restore the data folder "
+                                  "(wuma.json, keys/ and db/) from its backup")
+    store = _open_store(db)
+    try:
+        meta = store.db("meta")
+        with store.read() as txn:
+            databases = {k for k, _ in txn.cursor()}
+            entries = {k for k, _ in txn.cursor(db=meta)}
+        if databases - {b"meta"} or entries - {_STORE_ID}:
+            raise DataFolderError(
+                f"{path} has no {_CONFIG} but {db} holds data: restore {_CONFIG} from the backup "
+                "taken with db/ and keys/ (`wuma init` never takes over a store in use)")
+        store_id = _stored_id(store)
+        if store_id is None:
+            store_id = os.urandom(16).hex()
+            with store.write() as txn:
+                txn.put(_STORE_ID, store_id.encode(), db=meta)
+        return store_id
+    finally:
+        store.close()
+
+
 def default_data_path() -> Path:
     """``$WUMA_DATA``, else ``./wuma-data``."""
     return Path(os.environ.get("WUMA_DATA") or "wuma-data")
@@ -73,23 +219,60 @@ class DataFolder:
         self.path = Path(path)
         cfg = self.path / _CONFIG
         if not cfg.is_file():
+            if (self.path / "keys").exists() or (self.path / "db").exists():
+                raise DataFolderError(
+                    f"{self.path} has keys/ or db/ but no {_CONFIG}: restore {_CONFIG} from the backup "
+                    "taken with them, or, if `wuma init` failed here, run it again")
             raise DataFolderError(f"{self.path} is not a Wuma data folder (no {_CONFIG}); run `wuma init`")
         try:
             self.config = json.loads(cfg.read_text("utf-8"))
+            if not isinstance(self.config, dict):
+                raise TypeError("it must hold a JSON object")
+            if "spec" not in self.config:
+                raise ValueError('it has no "spec" section')
             self.spec = PackagingSpec.from_dict(self.config["spec"])
-        except (ValueError, KeyError) as e:
-            raise DataFolderError(f"{cfg} is damaged: {e}") from None
-        self.url_base: str = self.config.get("url_base", DEFAULT_URL_BASE)
+            self.url_base: str = self.config.get("url_base", DEFAULT_URL_BASE)
+            if not isinstance(self.url_base, str):
+                raise TypeError("url_base must be text")
+        except (ValueError, TypeError) as e:
+            raise DataFolderError(f"{cfg} is damaged ({e}): restore it from the backup taken "
+                                  "with keys/ and db/") from None
+        except OSError as e:
+            raise DataFolderError(f"{cfg} cannot be read ({e.strerror or e})") from None
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
-        self.store = Store(self.path / "db", metasync=self.durability == "strict")
+        self.store = self._open_store()
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
+
+    def _open_store(self) -> Store:
+        """The store, if it is this folder's: never a new empty one in place of a lost one
+        (new batches would take ids again and repeat codes already printed)."""
+        db = self.path / "db"
+        restore = (f"restore {db} from the backup taken with {_CONFIG} and keys/ (do not create "
+                   "batches without it: their codes would repeat codes already printed)")
+        damage = _store_damage(db)
+        if damage:
+            raise DataFolderError(f"{damage}: {restore}")
+        store = _open_store(db, metasync=self.durability == "strict")
+        expected = self.config.get("store_id")
+        if expected is not None:  # NOTE: folders made before store ids: the file checks only
+            found = _stored_id(store)
+            if found != expected:
+                store.close()
+                why = ("holds a store without this folder's id (re-created empty, or another "
+                       "folder's)" if found is None else "holds another data folder's store")
+                raise DataFolderError(f"{db} {why}: {restore}")
+        return store
 
     @classmethod
     def init(cls, path: Path, *, preset: str = "beverage", spec: PackagingSpec | None = None,
              url_base: str = DEFAULT_URL_BASE) -> "DataFolder":
-        """Create a data folder with a fresh master key. Refuses an existing one."""
+        """Create a data folder with a fresh master key. Refuses an existing one.
+
+        The store comes first, then the key, and wuma.json last: if init fails part way,
+        running it again takes over the blank store and the key it left (never replacing
+        a key). A key without a store is refused: it may be a used folder's key."""
         path = Path(path)
         if (path / _CONFIG).exists():
             raise DataFolderError(f"{path} already holds a Wuma data folder")
@@ -97,8 +280,20 @@ class DataFolder:
         longest = max(f.length for f in FORMATS.values() if f.name in spec.formats)
         url_base = validate_url_base(url_base, longest)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        KeyRing.create(path / "keys")
-        config = {"version": 1, "created_at": time.time(), "url_base": url_base, "spec": spec.to_dict()}
+        keys = path / "keys"
+        has_key = KeyRing.holds_key(keys)
+        if has_key and not _store_exists(path / "db"):
+            raise DataFolderError(
+                f"{keys} holds a master key but {path} has no {_CONFIG} and no store: if this folder "
+                f"was in use, restore {_CONFIG} and db/ from the backup taken with keys/ (a new store "
+                "would repeat codes already printed); if not, move keys/ aside and run `wuma init` again")
+        store_id = _prepare_store(path)
+        if has_key:
+            KeyRing(keys)  # the key an interrupted init left: checked, never replaced
+        else:
+            KeyRing.create(keys)
+        config = {"version": 1, "created_at": time.time(), "url_base": url_base, "spec": spec.to_dict(),
+                  "store_id": store_id}
         _write_config(path, config)
         return cls(path)
 
@@ -112,6 +307,8 @@ class DataFolder:
             _durability(sections)
         except DataFolderError as e:
             raise ValueError(str(e)) from None
+        if "abuse" in sections:
+            _abuse_limits(sections)
         self.config.update(sections)
         _write_config(self.path, self.config)
 
@@ -123,12 +320,21 @@ class DataFolder:
     @cached_property
     def abuse(self) -> AbuseGuard:
         """Rate limits and bans; counters in ``<data>/db-counters`` (not synced)."""
-        return AbuseGuard(self.store, self.path / "db-counters", AbuseLimits(**self.config.get("abuse", {})))
+        try:
+            limits = _abuse_limits(self.config)
+        except ValueError as e:
+            raise DataFolderError(f"{self.path / _CONFIG}, {e}: fix it there") from None
+        return AbuseGuard(self.store, self.path / "db-counters", limits)
 
     @cached_property
     def regions(self) -> RegionTable:
         """Division centres for lat/lng -> region (``wuma region import``)."""
-        return RegionTable(self.store, **self.config.get("regions", {}))
+        try:
+            section = _section(self.config, "regions", ["max_km"])
+            return RegionTable(self.store, **section)
+        except (ValueError, TypeError) as e:
+            where = "" if str(e).startswith('"regions"') else '"regions" section: '
+            raise DataFolderError(f"{self.path / _CONFIG}, {where}{e}: fix it there") from None
 
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
         """Register a batch under the current key version (metadata only)."""

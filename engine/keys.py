@@ -42,12 +42,18 @@ class KeyRing:
             m = _NAME.match(p.name)
             if not m:
                 continue
-            mode = stat.S_IMODE(p.stat().st_mode)
-            if mode & 0o077:
+            try:
+                mode = stat.S_IMODE(p.stat().st_mode)
+                if mode & 0o077:
+                    raise DataFolderError(
+                        f"{p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
+                    )
+                data = p.read_bytes()
+            except OSError as e:  # a dangling symlink, a folder, no permission, an I/O error
                 raise DataFolderError(
-                    f"{p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
-                )
-            data = p.read_bytes()
+                    f"master key file {p} cannot be read ({e.strerror or e}): restore it from the "
+                    "backup of keys/; codes made with that key version cannot be verified without it"
+                ) from None
             if len(data) != MASTER_KEY_BYTES:
                 raise DataFolderError(f"{p} is damaged: a master key file holds 32 bytes")
             self._keys[int(m.group(1))] = data
@@ -65,6 +71,12 @@ class KeyRing:
         os.chmod(folder, 0o700)
         _write_key(folder / "master-v1.key", random or os.urandom(MASTER_KEY_BYTES))
         return cls(folder)
+
+    @staticmethod
+    def holds_key(folder: Path) -> bool:
+        """Whether ``folder`` holds any master key file (readable or not)."""
+        folder = Path(folder)
+        return folder.is_dir() and any(_NAME.match(p.name) for p in folder.iterdir())
 
     @property
     def versions(self) -> list[int]:
@@ -115,8 +127,13 @@ def write_private_file(path: Path, data: bytes, exists: Exception) -> None:
     try:
         os.write(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
+        # NOTE: the file is ours (O_EXCL) and incomplete: leave no half-written secret that
+        # would make the next attempt refuse ("already exists") or read a damaged key.
         os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def _write_key(path: Path, key: bytes) -> None:

@@ -41,15 +41,26 @@ def _km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     return 2 * _EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
+def _position(lat: float, lng: float) -> tuple[float, float]:
+    """``(lat, lng)`` as floats, or ValueError: numbers in [-90, 90] and [-180, 180] (so
+    never NaN or infinite)."""
+    try:
+        lat, lng = float(lat), float(lng)
+    except (TypeError, ValueError):
+        raise ValueError("lat and lng must be numbers (decimal degrees)") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):  # NOTE: False for NaN too
+        raise ValueError(f"lat must be in [-90, 90] and lng in [-180, 180] (decimal degrees); "
+                         f"got {lat:g}, {lng:g}")
+    return lat, lng
+
+
 def _check(code: str, lat: float, lng: float) -> tuple[str, float, float]:
     if not is_region_code(code):
         raise ValueError(f"region code {code!r} must be 2 to 12 digits, such as 440106")
     try:
-        lat, lng = float(lat), float(lng)
-    except (TypeError, ValueError):
-        raise ValueError(f"region {code}: lat and lng must be numbers") from None
-    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
-        raise ValueError(f"region {code}: lat must be in [-90, 90] and lng in [-180, 180]")
+        lat, lng = _position(lat, lng)
+    except ValueError as e:
+        raise ValueError(f"region {code}: {e}") from None
     return code, lat, lng
 
 
@@ -81,7 +92,8 @@ class RegionTable:
         """Load ``code,lat,lng`` rows (a header line is allowed); a bad row rejects the
         whole file with its line number."""
         rows = []
-        with open(path, newline="", encoding="utf-8") as fh:
+        # NOTE: utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with a BOM.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             for n, row in enumerate(csv.reader(fh), 1):
                 if not row or (n == 1 and row[0].strip().lower() == "code"):
                     continue
@@ -106,7 +118,9 @@ class RegionTable:
         return grid
 
     def locate(self, lat: float, lng: float) -> str | None:
-        """The code of the nearest centre within ``max_km``, or None."""
+        """The code of the nearest centre within ``max_km``, or None. ValueError for a
+        position off the globe (see :func:`_position`)."""
+        lat, lng = _position(lat, lng)
         grid = self._grid if self._grid is not None else self._load()
         if not grid:
             return None

@@ -42,34 +42,42 @@ class PackagingSpec:
     def __init__(self, name: str, levels: list[dict], description: str = "") -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("packaging spec needs a name")
-        if not levels:
-            raise ValueError("packaging spec needs at least one level")
+        if not isinstance(description, str):
+            raise TypeError("packaging spec description must be text")
+        if not isinstance(levels, (list, tuple)) or not levels:
+            raise ValueError("packaging spec needs at least one level (a list of levels)")
         self.name = name
         self.description = description
         self.levels: tuple[Level, ...] = ()
         self.roles: dict[str, Role] = {}
         lvls = []
         for depth, lv in enumerate(levels):
+            if not isinstance(lv, dict):
+                raise TypeError(f"level {depth}: must be an object with name, capacity and roles")
             lname = lv.get("name")
             if not isinstance(lname, str) or not lname.isidentifier():
                 raise ValueError(f"level {depth}: name must be an identifier")
             if any(x.name == lname for x in lvls):
                 raise ValueError(f"level {lname} appears twice")
             roles = lv.get("roles") or []
-            if not 1 <= len(roles) <= 2:
-                raise ValueError(f"level {lname}: needs one role or a linked pair (two)")
-            capacity = int(lv.get("capacity", 0))
+            if not isinstance(roles, list) or not 1 <= len(roles) <= 2:
+                raise ValueError(f"level {lname}: needs one role or a linked pair (two), as a list")
+            capacity = lv.get("capacity", 0)
+            if not isinstance(capacity, int) or isinstance(capacity, bool):
+                raise TypeError(f"level {lname}: capacity must be a whole number")
             if capacity < 0 or (depth < len(levels) - 1 and capacity == 0):
                 raise ValueError(f"level {lname}: capacity must be > 0 (it holds children)")
             names = []
             for r in roles:
+                if not isinstance(r, dict):
+                    raise TypeError(f"level {lname}: each role must be an object with name and format")
                 rname = r.get("name")
                 if not isinstance(rname, str) or not rname.isidentifier():
                     raise ValueError(f"level {lname}: role name must be an identifier")
                 if rname in self.roles:
                     raise ValueError(f"role {rname} appears twice")
                 fmt = r.get("format", "base32")
-                if fmt not in FORMATS:
+                if not isinstance(fmt, str) or fmt not in FORMATS:
                     raise ValueError(f"role {rname}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
                 if len(self.roles) >= _MAX_ROLES:
                     raise ValueError(f"at most {_MAX_ROLES} roles in a packaging spec")
@@ -132,7 +140,10 @@ class PackagingSpec:
     def from_dict(cls, doc: dict) -> "PackagingSpec":
         if not isinstance(doc, dict):
             raise ValueError("packaging spec must be a JSON object")
-        return cls(doc.get("name", ""), list(doc.get("levels") or []), doc.get("description", ""))
+        levels = doc.get("levels") or []
+        if not isinstance(levels, list):
+            raise TypeError("packaging spec levels must be a list")
+        return cls(doc.get("name", ""), levels, doc.get("description", ""))
 
 
 def load_preset(name: str) -> PackagingSpec:

@@ -1,7 +1,10 @@
 """The `wuma` command: each command through click, as a user runs it."""
 
 import json
+import os
 import re
+import shutil
+import stat
 from pathlib import Path
 
 import click
@@ -143,3 +146,117 @@ def test_region_import_list_locate(run, tmp_path):
     res = run("region", "import", str(bad), ok=False)
     assert res.exit_code == 1 and "bad.csv:1: expected code,lat,lng" in res.output
     assert "Traceback" not in res.output
+
+
+def test_library_errors_turns_a_number_out_of_range_into_a_message():
+    import struct
+
+    from cli.main import library_errors
+
+    @library_errors
+    def store_key(n):
+        return struct.pack(">Q", n)
+
+    @library_errors
+    def overflow():
+        raise OverflowError("Python int too large to convert to C long")
+
+    for call in (lambda: store_key(-1), lambda: store_key(2**64), overflow):
+        with pytest.raises(click.ClickException, match="out of range: ids and sequence numbers are whole"):
+            call()
+
+
+def test_region_locate_off_the_globe_is_a_message(run):
+    run("init")
+    for lat, lng in [("inf", "0"), ("1e308", "0"), ("nan", "0"), ("95", "500")]:
+        res = run("region", "locate", lat, lng, ok=False)
+        assert res.exit_code == 1 and "lat must be in [-90, 90] and lng in [-180, 180]" in res.output
+
+
+def test_utf8_bom_in_verify_stdin_and_region_import(run, tmp_path):
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "3")
+    code = run("batch", "export", "1", "--plaintext", "-o", "-").output.splitlines()[1].split(",")[2]
+    res = run("code", "verify", "-", input=f"\ufeff{code}\r\n{code}\n")
+    assert res.output.splitlines() == [f"{code}\tgenuine\tbatch 1 serial 0 cap_inner (cap)"] * 2
+    centres = tmp_path / "centres.csv"
+    centres.write_bytes(b"\xef\xbb\xbfcode,lat,lng\r\n440106,23.1,113.3\r\n")
+    assert "1 division centres loaded" in run("region", "import", str(centres)).output
+
+
+def test_plaintext_export_is_created_private(run, tmp_path):
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "3")
+    target = tmp_path / "codes.csv"
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    old = os.umask(0o022)
+    try:
+        run("batch", "export", "1", "--plaintext", "-o", str(target))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_text().startswith("serial,")
+
+
+def test_folder_without_its_store_is_refused_not_given_a_new_one(run, tmp_path):
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "3")
+    shutil.rmtree(run.data / "db")
+    for args in (("batch", "list"), ("batch", "create", "--level", "cap", "--count", "3")):
+        res = run(*args, ok=False)
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert "db is missing: restore" in res.output and "backup taken with wuma.json and keys/" in res.output
+    assert not (run.data / "db").exists()
+
+
+def _list_config(path):
+    (path / "wuma.json").write_text("[]")
+
+
+def _levels_of_ints(path):
+    config = json.loads((path / "wuma.json").read_text())
+    config["spec"]["levels"] = [1]
+    (path / "wuma.json").write_text(json.dumps(config))
+
+
+def _dangling_key(path):
+    (path / "keys" / "master-v2.key").symlink_to(path / "nowhere")
+
+
+def _db_is_a_file(path):
+    shutil.rmtree(path / "db")
+    (path / "db").write_text("x")
+
+
+def _not_lmdb(path):
+    (path / "db" / "data.mdb").write_bytes(b"\x00" * 8192)
+
+
+def _abuse_typo(path):
+    config = json.loads((path / "wuma.json").read_text())
+    config["abuse"] = {"max_scans": 1}
+    (path / "wuma.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (_list_config, "wuma.json is damaged (it must hold a JSON object)"),
+    (_levels_of_ints, "wuma.json is damaged (level 0: must be an object"),
+    (_dangling_key, "master-v2.key cannot be read"),
+    (_db_is_a_file, "db is not a folder: restore"),
+    (_not_lmdb, "data.mdb is not an LMDB store: restore"),
+    (_abuse_typo, 'wuma.json, "abuse" section: unknown setting \'max_scans\'; known settings:'),
+])
+def test_damaged_folder_is_a_message_not_a_traceback(run, damage, msg):
+    run("init")
+    damage(run.data)
+    res = run("bans", "list", ok=False)
+    assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output
+
+
+def test_init_runs_again_after_failing_to_write_its_config(run):
+    (run.data / "wuma.json.tmp").mkdir(parents=True)
+    res = run("init", ok=False)
+    assert res.exit_code == 1 and "wuma.json.tmp" in res.output
+    (run.data / "wuma.json.tmp").rmdir()
+    assert json.loads(run("init", "--json").output)["key_version"] == 1
+    run("batch", "list")

@@ -70,3 +70,24 @@ def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
     assert actions == [("product.add", True), ("pool.create", True), ("campaign.create", True),
                        ("campaign.pause", True), ("campaign.resume", True), ("campaign.close", True),
                        ("pool.top_up", True)]
+
+
+def test_campaign_rule_file_with_utf8_bom(run, tmp_path):
+    run("product", "add", "SKU-1", "--name", "Green tea 500ml")
+    run("pool", "create", "gd", "--total", "50000")
+    rule = {"name": "Cap draw", "pool": "gd", "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
+            "target": {"skus": ["SKU-1"]}, "window": {"start": "2026-01-01T00:00", "end": "2030-01-01T00:00"},
+            "reward": {"kind": "fixed", "amount": 100}}
+    f = tmp_path / "rule.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps(rule).encode())
+    assert json.loads(run("campaign", "create", str(f), "--json").output)["name"] == "Cap draw"
+    res = run("campaign", "create", "-", input="\ufeff" + json.dumps(dict(rule, target={"skus": ["X"]})))
+    assert "created, active" in res.output
+
+
+@pytest.mark.parametrize("args", [("ledger", "list", "--after=-5"), ("ledger", "list", f"--after={2**64}"),
+                                  ("payout", "status", "--seq=-1"), ("payout", "retry", "--", "-1"),
+                                  ("ledger", "reverse", "--reason", "x", "--", str(2**64))])
+def test_out_of_range_sequence_numbers_are_messages(run, args):
+    res = run(*args, ok=False)
+    assert res.exit_code in (1, 2) and "Error:" in res.output

@@ -50,3 +50,21 @@ def test_damaged_key_file(data):
     (data.path / "keys" / "master-v1.key").write_bytes(b"short")
     with pytest.raises(DataFolderError, match="damaged"):
         KeyRing(data.path / "keys")
+
+
+def test_dangling_key_symlink_is_a_clear_error(data):
+    (data.path / "keys" / "master-v2.key").symlink_to(data.path / "nowhere")
+    with pytest.raises(DataFolderError, match="master-v2.key cannot be read .*restore it from the backup"):
+        KeyRing(data.path / "keys")
+
+
+def test_failed_key_write_leaves_no_half_written_key(tmp_path, monkeypatch):
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        KeyRing.create(tmp_path / "keys")
+    monkeypatch.undo()
+    assert not (tmp_path / "keys" / "master-v1.key").exists()
+    assert KeyRing.create(tmp_path / "keys").versions == [1]  # a second try works

@@ -67,3 +67,24 @@ def test_grid_lookup_equals_brute_force(tmp_path_factory, centres, lat, lng, max
                                            - dists[0][0]) < 1e-9
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("lat, lng", [(float("inf"), 0), (1e308, 0), (float("nan"), 0), (0, float("nan")),
+                                      (95, 500), (-90.5, 0), (0, 180.01), ("north", 0)])
+def test_locate_refuses_a_position_off_the_globe(table, lat, lng):
+    table.put([("440106", 23.1256, 113.3618)])
+    with pytest.raises(ValueError, match=r"lat must be in \[-90, 90\] and lng in \[-180, 180\]|must be numbers"):
+        table.locate(lat, lng)
+
+
+def test_locate_takes_the_edges_of_the_globe(table):
+    table.put([("440106", 23.1256, 113.3618)])
+    for lat, lng in [(90, 180), (-90, -180), (0, 0)]:
+        assert table.locate(lat, lng) is None
+
+
+def test_import_reads_a_utf8_bom(table, tmp_path):
+    f = tmp_path / "centres.csv"
+    f.write_bytes(b"\xef\xbb\xbfcode,lat,lng\r\n440106,23.1,113.3\r\n")
+    assert table.import_csv(f) == 1
+    assert table.list() == [("440106", 23.1, 113.3)]

@@ -1,0 +1,155 @@
+"""A data folder that is damaged or incomplete is refused with a message saying what to do,
+never opened with a new empty store (new batches would repeat codes already printed)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import DataFolder, DataFolderError
+from engine.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A closed data folder with one batch."""
+    with DataFolder.init(tmp_path / "wuma-data") as data:
+        data.create_batch("cap", 10)
+    return tmp_path / "wuma-data"
+
+
+def _edit_config(path, change):
+    cfg = path / "wuma.json"
+    config = json.loads(cfg.read_text())
+    change(config)
+    cfg.write_text(json.dumps(config))
+
+
+def test_init_records_the_store_and_an_unused_folder_opens(tmp_path):
+    DataFolder.init(tmp_path / "w").close()
+    assert json.loads((tmp_path / "w" / "wuma.json").read_text())["store_id"]
+    with DataFolder(tmp_path / "w") as data:
+        assert data.batches.list() == []
+
+
+def _no_db(path):
+    shutil.rmtree(path / "db")
+
+
+def _empty_data_mdb(path):
+    (path / "db" / "data.mdb").write_bytes(b"")
+
+
+def _recreated_store(path):
+    shutil.rmtree(path / "db")
+    Store(path / "db").close()  # what opening the folder used to do silently
+
+
+def _other_folders_store(path):
+    shutil.rmtree(path / "db")
+    DataFolder.init(path.parent / "other").close()
+    shutil.copytree(path.parent / "other" / "db", path / "db")
+
+
+@pytest.mark.parametrize("damage", [_no_db, _empty_data_mdb, _recreated_store, _other_folders_store])
+def test_lost_store_is_refused_not_replaced(folder, damage):
+    damage(folder)
+    with pytest.raises(DataFolderError, match=r"restore .*db from the backup taken with wuma.json and keys/"):
+        DataFolder(folder)
+    if damage is _no_db:
+        assert not (folder / "db").exists()  # nothing created in its place
+
+
+def test_folder_made_before_store_ids_still_refuses_a_missing_store(folder):
+    _edit_config(folder, lambda c: c.pop("store_id"))
+    DataFolder(folder).close()  # opens as before
+    shutil.rmtree(folder / "db")
+    with pytest.raises(DataFolderError, match="db is missing: restore"):
+        DataFolder(folder)
+
+
+@pytest.mark.parametrize("config, match", [
+    ([], "must hold a JSON object"),
+    ({"url_base": "HTTPS://S.EXAMPLE.CN/Q/"}, 'no "spec" section'),
+    ({"spec": {"name": "x", "levels": [1]}}, "level 0: must be an object"),
+    ({"spec": {"name": "x", "levels": {"cap": 1}}}, "levels must be a list"),
+    ({"spec": {"name": "x", "levels": [{"name": "cap", "roles": "cap"}]}}, "as a list"),
+    ({"spec": {"name": "x", "levels": [{"name": "cap", "roles": [1]}]}}, "each role must be an object"),
+    ({"spec": {"name": "x", "levels": [{"name": "cap", "capacity": [], "roles": [{"name": "c"}]}]}},
+     "capacity must be a whole number"),
+    ({"spec": {"name": "x", "levels": [{"name": "cap", "roles": [{"name": "c", "format": []}]}]}},
+     "unknown format"),
+])
+def test_damaged_config_is_refused_with_a_message(folder, config, match):
+    (folder / "wuma.json").write_text(json.dumps(config))
+    with pytest.raises(DataFolderError, match=match) as e:
+        DataFolder(folder)
+    assert "wuma.json is damaged" in str(e.value) and "restore it from the backup" in str(e.value)
+
+
+def test_db_that_is_a_file_or_not_lmdb_is_refused(folder):
+    (folder / "db" / "data.mdb").write_bytes(os.urandom(8192))
+    with pytest.raises(DataFolderError, match="data.mdb is not an LMDB store: restore"):
+        DataFolder(folder)
+    shutil.rmtree(folder / "db")
+    (folder / "db").write_text("x")
+    with pytest.raises(DataFolderError, match="db is not a folder: restore"):
+        DataFolder(folder)
+
+
+@pytest.mark.parametrize("size", [8192, 4096, 100])
+def test_truncated_store_is_refused_not_a_crash(folder, size):
+    # NOTE: in a child process: LMDB would kill the process with SIGBUS
+    os.truncate(folder / "db" / "data.mdb", size)
+    got = subprocess.run([sys.executable, "-c", "import sys; from engine import DataFolder; "
+                          "DataFolder(sys.argv[1])", str(folder)], cwd=ROOT, capture_output=True, text=True)
+    assert got.returncode == 1, got.stderr
+    assert "DataFolderError" in got.stderr and "data.mdb is truncated" in got.stderr
+
+
+def test_unknown_abuse_setting_names_the_section_and_the_known_ones(folder):
+    _edit_config(folder, lambda c: c.update(abuse={"max_scans": 1}))
+    with DataFolder(folder) as data:
+        with pytest.raises(DataFolderError, match=r'wuma.json, "abuse" section: unknown setting '
+                                                  r"'max_scans'; known settings: rate_per_minute"):
+            data.abuse
+        with pytest.raises(ValueError, match="unknown setting 'max_scans'"):
+            data.update_config(abuse={"max_scans": 1})
+
+
+def test_init_can_be_run_again_after_failing_part_way(tmp_path):
+    path = tmp_path / "w"
+    path.mkdir()
+    (path / "wuma.json.tmp").mkdir()  # stands in for a full disk when wuma.json is written
+    with pytest.raises(OSError):
+        DataFolder.init(path)
+    key = (path / "keys" / "master-v1.key").read_bytes()
+    with pytest.raises(DataFolderError, match="if `wuma init` failed here, run it again"):
+        DataFolder(path)
+    (path / "wuma.json.tmp").rmdir()
+    with DataFolder.init(path) as data:
+        assert data.keys.versions == [1]
+    assert (path / "keys" / "master-v1.key").read_bytes() == key  # the key is kept, not replaced
+    DataFolder(path).close()
+
+
+def test_init_refuses_a_key_without_its_store(folder, tmp_path):
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copytree(folder / "keys", restored / "keys")
+    with pytest.raises(DataFolderError, match="restore wuma.json and db/ from the backup"):
+        DataFolder.init(restored)
+    assert not (restored / "db").exists() and not (restored / "wuma.json").exists()
+
+
+def test_init_refuses_a_store_in_use_without_its_config(folder):
+    (folder / "wuma.json").unlink()
+    with pytest.raises(DataFolderError, match="holds data: restore wuma.json"):
+        DataFolder.init(folder)
+    assert not (folder / "wuma.json").exists()
