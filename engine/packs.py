@@ -320,21 +320,9 @@ class PackRegistry:
         placed: list[Path] = []
         try:
             for a, b in pairwise(bounds):
-                written.append(
-                    self._write_part(
-                        batch,
-                        line,
-                        out_dir,
-                        a,
-                        b,
-                        split_key,
-                        chunk_bytes,
-                        signer_id,
-                        signer,
-                        now,
-                        progress,
-                    )
-                )
+                part = self._write_part(batch, line, out_dir, a, b, split_key, chunk_bytes,
+                                        signer_id, signer, now, progress)
+                written.append(part)
             with self._store.write() as txn:
                 for part in written:
                     txn.put(bytes.fromhex(part.record["id"]), pack(part.record), db=self._packs)
@@ -355,20 +343,8 @@ class PackRegistry:
                 part.tmp.unlink(missing_ok=True)
         return [part.issued() for part in written]
 
-    def _write_part(
-        self,
-        batch,
-        line,
-        out_dir,
-        start,
-        stop,
-        split_key,
-        chunk_bytes,
-        signer_id,
-        signer,
-        now,
-        progress,
-    ) -> _WrittenPart:
+    def _write_part(self, batch, line, out_dir, start, stop, split_key, chunk_bytes, signer_id,
+                    signer, now, progress) -> _WrittenPart:
         """Write one pack under a temporary name in ``out_dir``; register nothing."""
         codes = self._data.codes
         widths = codes.widths(batch)
