@@ -129,14 +129,6 @@ def _created(resp: falcon.Response, doc: dict) -> None:
     resp.media = doc
 
 
-def _unexpected(req, resp, ex: Exception, params) -> None:
-    # APPSEC: the trace goes to the log for operators; the client gets a bare answer.
-    log.exception("unhandled error on %s %s", req.method, req.path)
-    resp.status = falcon.HTTP_500
-    message = "internal error; the scan was not recorded" if req.path == "/v1/scans" else "internal error"
-    resp.media = {"error": "internal", "message": message}
-
-
 def _not_found(req, resp, ex: NotFound, params) -> None:
     resp.status = falcon.HTTP_404
     resp.media = {"error": "not_found", "message": str(ex)}
@@ -467,7 +459,7 @@ def create_app(data: DataFolder, *, admin: Admin | None = None,
     app = http_scan.create_app(data, pipeline=admin.scan_pipeline(), clock=clock)
     tokens = admin.tokens
     app.add_middleware(AdminAuth(tokens))
-    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(Exception, http_scan.unexpected_error)
     app.add_error_handler(ValueError, _invalid)
     app.add_error_handler(NotFound, _not_found)
     app.add_error_handler(Conflict, _conflict)

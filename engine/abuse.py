@@ -16,6 +16,7 @@ all of them at once.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import threading
 import time
@@ -27,7 +28,7 @@ import msgpack
 from engine.errors import NotFound
 from engine.store import Store, pack, unpack
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject"]
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address"]
 
 _EVIDENCE_CODE_CHARS = 64
 #: How often a process merges its rate counts into the shared store.
@@ -41,6 +42,27 @@ _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 #: A subject's id is cut to this many bytes in UTF-8: subjects are database keys (LMDB
 #: takes at most 511 bytes).
 SUBJECT_ID_BYTES = 384
+
+
+def client_address(text: str) -> str | None:
+    """An IP address as rate limits and bans count it, or None if ``text`` is none: IPv4
+    as written; an IPv4-mapped IPv6 address as its IPv4 address; any other IPv6 address as
+    its /64 network (a subscriber is given a whole /64: counted per address, one client
+    would have 2^64 of them)."""
+    if ":" not in text:
+        # PERF: IPv4, the usual case, without the ipaddress module (~1.5 µs a call)
+        parts = text.split(".")
+        if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255
+                                   for p in parts):
+            return text
+        return None
+    try:
+        address = ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 def subject(kind: str, ident: str) -> str:
@@ -246,7 +268,7 @@ class AbuseGuard:
                 n += 1
                 if n <= lim.evidence_max:
                     if evidence is None:
-                        evidence = pack([now, str(code)[:_EVIDENCE_CODE_CHARS]])
+                        evidence = pack([now, _evidence_text(code)])
                     kept = (b"" if raw is None else raw[head_size:]) + evidence
                 elif n <= lim.invalid_threshold:
                     # PERF: the evidence is full: one copy of the record, its head rewritten
@@ -291,6 +313,14 @@ class AbuseGuard:
                 removed += txn.stat(db)["entries"]
                 txn.drop(db, delete=False)
         return removed
+
+
+def _evidence_text(code) -> str:
+    """What is kept of a tried code: its last characters (a code ends a scanned URL, so
+    padding the path cannot push it out), as text that always stores (a lone surrogate
+    from a JSON escape becomes "?": the count it belongs to must never fail)."""
+    text = str(code)[-_EVIDENCE_CODE_CHARS:]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode()
 
 
 def _evidence_list(raw: bytes) -> list:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -155,6 +156,8 @@ def extract_code(text: str) -> str | None:
     """
     if not isinstance(text, str) or len(text) > MAX_INPUT:
         return None
+    if not text.isascii():  # NOTE: full-width forms from a Chinese input method: １ＤＧＣ－…
+        text = unicodedata.normalize("NFKC", text)
     s = text.strip()
     if "/" not in s:
         return s

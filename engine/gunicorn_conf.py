@@ -61,13 +61,21 @@ if worker_class == "gevent":
 
 
 class Logger(glogging.Logger):
-    """gunicorn's logger, with the access log built only when it is switched on.
+    """gunicorn's logger, with the access log built only when it is switched on, and no
+    code in it (see engine.http_scan.masked_path).
 
     PERF: with a logconfig_dict, gunicorn formats every request's access-log atoms even
     when the access logger drops them (~4% of a worker under load)."""
 
     def access(self, resp, req, environ, request_time):
         if accesslog:
+            # APPSEC: no code in the access log (GET /v1/codes/{code}, the admin trace)
+            from engine.http_scan import masked_path
+
+            path = environ.get("PATH_INFO") or ""
+            masked = masked_path(path)
+            if masked != path:
+                environ = {**environ, "PATH_INFO": masked, "RAW_URI": masked}
             super().access(resp, req, environ, request_time)
 
 

@@ -28,13 +28,15 @@ import falcon
 
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
+from engine.abuse import client_address
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes
 from engine.store import Store, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER"]
+__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
+           "masked_path", "unexpected_error"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -199,32 +201,44 @@ class ScanResource:
                            ip=self.client_ip(req))
         try:
             result = self.pipeline.scan(sreq)
-        except ValueError as e:
-            raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
-        except Unauthorized as e:
-            self.metrics.inc('wuma_scans_refused_total{reason="unauthorized"}')
-            _error(resp, falcon.HTTP_401, "unauthorized", str(e))
-            resp.set_header("WWW-Authenticate", "Bearer")
-            return
-        except Banned as e:
-            self.metrics.inc('wuma_scans_refused_total{reason="banned"}')
-            _error(resp, falcon.HTTP_403, "banned", str(e), until=e.until)
-            return
-        except RateLimited as e:
-            self.metrics.inc('wuma_scans_refused_total{reason="rate_limited"}')
-            _error(resp, falcon.HTTP_429, "rate_limited", str(e))
-            resp.set_header("Retry-After", str(e.retry_after))
+        except (ValueError, Unauthorized, Banned, RateLimited) as e:
+            _refused(resp, self.metrics, e)
             return
         self.metrics.observe_scan(result.verdict, time.perf_counter() - start)
         resp.data = result.to_json()
 
 
+def _refused(resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
+    """The answer to a scan or check the pipeline refused."""
+    if isinstance(e, ValueError):
+        raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
+    if isinstance(e, Unauthorized):
+        metrics.inc('wuma_scans_refused_total{reason="unauthorized"}')
+        _error(resp, falcon.HTTP_401, "unauthorized", str(e))
+        resp.set_header("WWW-Authenticate", "Bearer")
+    elif isinstance(e, Banned):
+        metrics.inc('wuma_scans_refused_total{reason="banned"}')
+        _error(resp, falcon.HTTP_403, "banned", str(e), until=e.until)
+    else:
+        metrics.inc('wuma_scans_refused_total{reason="rate_limited"}')
+        _error(resp, falcon.HTTP_429, "rate_limited", str(e))
+        resp.set_header("Retry-After", str(e.retry_after))
+
+
 class CodeResource:
-    def __init__(self, pipeline: ScanPipeline) -> None:
+    """The landing page's read-only check: held to the client's bans and rate, and an
+    invalid code counts towards its enumeration ban, as for scans."""
+
+    def __init__(self, pipeline: ScanPipeline, metrics: Metrics, client_ip: Callable) -> None:
         self.pipeline = pipeline
+        self.metrics = metrics
+        self.client_ip = client_ip
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, code: str) -> None:
-        resp.data = self.pipeline.check(code).to_json()
+        try:
+            resp.data = self.pipeline.check(code, self.client_ip(req)).to_json()
+        except (ValueError, Banned, RateLimited) as e:
+            _refused(resp, self.metrics, e)
 
 
 class HealthResource:
@@ -264,24 +278,62 @@ def _http_error(req, resp, ex: falcon.HTTPError, params) -> None:
         resp.set_header(k, v)
 
 
-def _unexpected(req, resp, ex: Exception, params) -> None:
-    # APPSEC: log the trace for operators; the client gets a stable, bare answer.
-    log.exception("unhandled error on %s %s", req.method, req.path)
+#: Paths whose last segment is a code: masked in log lines.
+_CODE_PATHS = ("/v1/codes/", "/admin/api/trace/")
+
+
+def masked_path(path: str) -> str:
+    """``path`` for a log line: a code in it (``/v1/codes/{code}``, ``/admin/api/trace/{code}``)
+    cut to its first 4 characters. APPSEC: codes in logs could be harvested and claimed."""
+    for prefix in _CODE_PATHS:
+        if path.startswith(prefix) and len(path) > len(prefix) + 4:
+            return path[:len(prefix) + 4] + "..."
+    return path
+
+
+def unexpected_error(req, resp, ex: Exception, params) -> None:
+    """Falcon's handler of last resort: the trace to the log for operators (the path
+    masked), a stable, bare answer to the client."""
+    log.exception("unhandled error on %s %s", req.method, masked_path(req.path))
     resp.status = falcon.HTTP_500
-    resp.media = {"error": "internal", "message": "internal error; the scan was not recorded"}
+    message = "internal error; the scan was not recorded" if req.path == "/v1/scans" else "internal error"
+    resp.media = {"error": "internal", "message": message}
+
+
+#: The client of a connection over a unix socket when no proxy header says who it is.
+UNIX_PEER = "unix"
 
 
 def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Callable:
-    """The client IP: the connection's, or ``header``'s last hop when the connection
-    comes from a trusted proxy."""
+    """The client's address as bans and rate limits count it (see
+    :func:`engine.abuse.client_address`: an IPv6 client by its /64).
+
+    The connection's address; or, when the connection comes from a trusted proxy or over a
+    unix socket (which only a local proxy reaches), the rightmost address in ``header``
+    that is not a trusted proxy's: hops to the left of it are whatever the client wrote.
+    A hop that is no address counts as the proxy itself. Over a unix socket with no
+    header, every client is one, :data:`UNIX_PEER`, sharing one rate and one ban (fail
+    closed; logged once): set ``serve.proxy_header``."""
+    warned: list[bool] = []
 
     def client_ip(req: falcon.Request) -> str:
         remote = req.remote_addr or ""
-        if header and remote in trusted_proxies:
+        if header and (not remote or remote in trusted_proxies):
             value = req.get_header(header)
             if value:
-                return value.split(",")[-1].strip()[:64]
-        return remote
+                for hop in reversed(value.split(",")):
+                    hop = hop.strip()
+                    if hop not in trusted_proxies:
+                        return client_address(hop) or remote or UNIX_PEER
+        if not remote:
+            if not warned:
+                warned.append(True)
+                log.warning("scan API reached over a unix socket with no serve.proxy_header in "
+                            "wuma.json (or a request without it): every client counts as one "
+                            "for rate limits and bans; set it to the header your proxy writes, "
+                            "such as X-Forwarded-For")
+            return UNIX_PEER
+        return remote if ":" not in remote else client_address(remote) or remote
 
     return client_ip
 
@@ -302,11 +354,11 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.add_route("/v1/scans", ScanResource(pipeline, metrics, client_ip))
-    app.add_route("/v1/codes/{code}", CodeResource(pipeline))
+    app.add_route("/v1/codes/{code}", CodeResource(pipeline, metrics, client_ip))
     app.add_route("/healthz", HealthResource())
     app.add_route("/metrics", MetricsResource(metrics, data))
     app.add_route("/openapi.json", OpenApiResource())
-    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(Exception, unexpected_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     return app
 

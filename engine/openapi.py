@@ -44,6 +44,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_REFUSED = {
+    "403": _json(_ERROR, "client banned for enumeration (error: banned)"),
+    "429": _json(_ERROR, "rate limited (error: rate_limited)"),
+}
 _ERRORS = {
     "400": _json(_ERROR, "malformed request (error: bad_request, bad_json)"),
     "413": _json(_ERROR, "body too large"),
@@ -77,18 +81,19 @@ OPENAPI = {
                 "responses": {
                     "200": _json(_VERDICT, "the verdict"),
                     "401": _json(_ERROR, "account role without a valid bearer token"),
-                    "403": _json(_ERROR, "client banned for enumeration (error: banned)"),
-                    "429": _json(_ERROR, "rate limited (error: rate_limited)"),
+                    **_REFUSED,
                     **_ERRORS,
                 },
             }
         },
         "/v1/codes/{code}": {
             "get": {
-                "summary": "Read-only check of a code (nothing recorded)",
+                "summary": "Read-only check of a code (nothing recorded of the code; an invalid "
+                           "one counts towards the client's enumeration ban, as for scans)",
                 "parameters": [{"name": "code", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
-                "responses": {"200": _json(_VERDICT, "the verdict, with the scan history"), **_ERRORS},
+                "responses": {"200": _json(_VERDICT, "the verdict, with the scan history"), **_REFUSED,
+                              **_ERRORS},
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(

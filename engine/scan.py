@@ -42,6 +42,9 @@ DEFAULT_ROLE_RULES: dict[str, frozenset] = {
     "sales_rep": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
 }
 _MAX_ID = 128
+#: A code seen in ``copy_regions`` regions or on ``copy_devices`` devices within this long is
+#: flagged ``copied`` ("many places in a short time"): a week.
+COPY_WINDOW_S = 7 * 86400
 #: ... and at most this many bytes in UTF-8: an id becomes part of database keys (a ban's
 #: subject, a campaign's per-actor count), which LMDB caps at 511 bytes. 128 Chinese
 #: characters (3 bytes each) fit; 128 emoji (4 bytes) do not.
@@ -64,8 +67,11 @@ class ScanRequest(NamedTuple):
 
     def validate(self) -> None:
         """ValueError with a message a person can act on."""
-        if not isinstance(self.code, str):
+        code = self.code
+        if not isinstance(code, str):
             raise ValueError("code must be a string (the printed code or its URL)")
+        if not code.isascii():
+            _text(code, "code")
         if self.actor_role not in ACTOR_ROLES:
             raise ValueError(f"actor role must be one of {', '.join(ACTOR_ROLES)}")
         region = self.region
@@ -82,9 +88,20 @@ class ScanRequest(NamedTuple):
         for name, v in (("actor_id", self.actor_id), ("device", self.device), ("ip", self.ip)):
             # PERF: isascii() is a flag check; only other text is encoded to count its bytes
             if v is not None and (not isinstance(v, str) or len(v) > _MAX_ID
-                                  or not v.isascii() and len(v.encode()) > _MAX_ID_BYTES):
+                                  or not v.isascii() and len(_text(v, name)) > _MAX_ID_BYTES):
                 raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters "
                                  f"({_MAX_ID_BYTES} bytes in UTF-8)")
+
+
+def _text(value: str, name: str) -> bytes:
+    """``value`` in UTF-8, or ValueError: JSON can carry a lone surrogate (``"\\ud800"``),
+    which is no text and cannot be stored; refused before any step (an invalid code's
+    evidence must always store, or it would escape the enumeration count)."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} must be Unicode text; it holds a lone surrogate "
+                         f"(\\u{ord(value[e.start]):04x} at character {e.start + 1})") from None
 
 
 @dataclass
@@ -267,7 +284,8 @@ class ScanPipeline:
     def __init__(self, codes: CodeEngine, aggregation: Aggregation, scans: ScanLog,
                  abuse: AbuseGuard, accounts: AccountRegistry, *,
                  role_rules: dict[str, frozenset] | None = None, copy_regions: int = 3,
-                 copy_devices: int = 5, hooks: list[CampaignHook] | None = None,
+                 copy_devices: int = 5, copy_window_s: float = COPY_WINDOW_S,
+                 hooks: list[CampaignHook] | None = None,
                  regions: RegionTable | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.codes = codes
@@ -278,39 +296,47 @@ class ScanPipeline:
         self.role_rules = role_rules or DEFAULT_ROLE_RULES
         self.copy_regions = copy_regions
         self.copy_devices = copy_devices
+        self.copy_window_s = copy_window_s
         self.hooks = list(hooks or [])
         self.regions = regions
         self.clock = clock
         # PERF: every scan verifies one code; compiled FF1 rounds (~5.6 -> ~1.6 µs).
         codes.use_native_ff1()
 
-    def _subjects(self, req: ScanRequest, account_id: str | None) -> list[str]:
+    def _subjects(self, req: ScanRequest) -> list[str]:
         out = []
         if req.ip:
             out.append(subject("ip", req.ip))
         if req.device:
             out.append(subject("device", req.device))
-        if account_id:
-            out.append(subject("account", account_id))
         return out
+
+    def _admit(self, subjects: list[str], now: float) -> None:
+        """Banned or RateLimited for the first subject banned or over its rate."""
+        ban = self.abuse.banned(subjects, now)
+        if ban is not None:
+            raise Banned(ban.subject, ban.expires_at)
+        if self.abuse.over_rate(subjects, now):
+            raise RateLimited(60 - int(now) % 60)
 
     def scan(self, req: ScanRequest) -> ScanResult:
         """Run one scan through the pipeline; raises Banned, RateLimited, Unauthorized,
         ValueError (bad request); every other outcome is a verdict."""
         req.validate()
         now = self.clock()
+        # NOTE: the client (IP, device) is checked before its token is: a banned or
+        # flooding client gets no token checks either
+        subjects = self._subjects(req)
+        self._admit(subjects, now)
         account_id = None
         if req.actor_role in ACCOUNT_ROLES:
             account = self.accounts.authenticate(req.token)
             if account is None or account.role != req.actor_role:
                 raise Unauthorized("a valid API token for this actor role is required")
             account_id = account.id
-        subjects = self._subjects(req, account_id)
-        ban = self.abuse.banned(subjects, now)
-        if ban is not None:
-            raise Banned(ban.subject, ban.expires_at)
-        if self.abuse.over_rate(subjects, now):
-            raise RateLimited(60 - int(now) % 60)
+            mine = [subject("account", account_id)]
+            self._admit(mine, now)
+            subjects += mine
 
         v = self.codes.verify(req.code)
         if not v.genuine:
@@ -352,7 +378,8 @@ class ScanPipeline:
             event["diverted"] = diversion
         role_index = self.codes.spec.role(v.role).index
         record = self.scans.record(uid, role_index, event, _chain(settles),
-                                   (self.copy_regions, self.copy_devices) if verdict == "genuine" else None)
+                                   (self.copy_regions, self.copy_devices, self.copy_window_s)
+                                   if verdict == "genuine" else None)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
         rewards = [r for r in record.rewards if "rebate" not in r]
         if record.copied:
@@ -360,10 +387,24 @@ class ScanPipeline:
         return _result(verdict, v, trace, record, flags=tuple(flags), diversion=diversion,
                        rewards=tuple(rewards))
 
-    def check(self, code: str) -> ScanResult:
-        """Read-only anti-counterfeit check (the landing page): nothing is recorded."""
+    def check(self, code: str, ip: str | None = None) -> ScanResult:
+        """Read-only anti-counterfeit check (the landing page): nothing is recorded of the
+        code. The client at ``ip`` is held to the same bans and rate as its scans, and an
+        invalid code counts towards its enumeration ban (else the check would answer
+        forged guesses without limit, banned clients included). Raises Banned,
+        RateLimited, ValueError (not text)."""
+        if not isinstance(code, str):
+            raise ValueError("code must be a string (the printed code or its URL)")
+        if not code.isascii():
+            _text(code, "code")
+        subjects = [subject("ip", ip)] if ip else []
+        now = self.clock()
+        if subjects:
+            self._admit(subjects, now)
         v = self.codes.verify(code)
         if not v.genuine:
+            if subjects:
+                self.abuse.record_invalid(subjects, code, now)
             return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.scan_trace(uid)

@@ -174,3 +174,29 @@ def test_a_subject_fits_a_database_key(guard):
     for i in range(4):  # over the threshold of 3
         guard.record_invalid([s], f"code-{i}", now=1000.0 + i)
     assert guard.banned([s], now=1004.0) is not None
+
+
+def test_evidence_keeps_the_end_of_what_was_tried_and_always_stores(guard):
+    """The code ends a scanned URL: padding the path must not push it out of the evidence;
+    text that is no UTF-8 (a lone surrogate) must not make the count fail."""
+    ip = subject("ip", "203.0.113.80")
+    guard.record_invalid([ip], "https://x.cn/" + "p/" * 100 + "1FORGEDCODE", now=1000.0)
+    guard.record_invalid([ip], "\ud800/1FORGED", now=1001.0)
+    guard.record_invalid([ip], "a", now=1002.0)
+    ban = guard.record_invalid([ip], "b", now=1003.0)
+    assert ban is not None
+    tried = [code for _, code in ban.evidence]
+    assert tried[0].endswith("p/1FORGEDCODE") and tried[1] == "?/1FORGED"  # the surrogate replaced
+
+
+@pytest.mark.parametrize("text, counted", [
+    ("203.0.113.9", "203.0.113.9"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),  # one subscriber: a whole /64
+    ("2001:db8:1:2:bbbb::7", "2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.7", "198.51.100.7"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("1.2.3.256", None), ("1.2.3", None), ("١.2.3.4", None), ("garbage", None), ("", None),
+])
+def test_client_address(text, counted):
+    from engine.abuse import client_address
+    assert client_address(text) == counted

@@ -489,3 +489,58 @@ def test_metrics_count_every_observed_scan_exactly(tmp_path):
     assert got['wuma_scan_latency_seconds_bucket{le="0.001"}'] == 15_000
     assert got[f'wuma_scan_latency_seconds_bucket{{le="{LATENCY_BUCKETS[-2]}"}}'] == 20_000
     assert abs(got["wuma_scan_latency_seconds_sum"] - (15_000 * 0.0007 + 5_000 * 0.3)) < 1e-6
+
+
+@pytest.mark.parametrize("remote, forwarded, client", [
+    ("203.0.113.5", None, "203.0.113.5"),
+    ("203.0.113.5", "198.51.100.1", "203.0.113.5"),  # not from a trusted proxy: the header is ignored
+    ("10.0.0.1", "198.51.100.1", "198.51.100.1"),
+    ("10.0.0.1", "6.6.6.6, 198.51.100.1, 10.0.0.2", "198.51.100.1"),  # rightmost not a proxy
+    ("10.0.0.1", "10.0.0.2", "10.0.0.1"),  # only proxies: the connection's
+    ("10.0.0.1", "not-an-address", "10.0.0.1"),  # a hop that is no address: the proxy itself
+    ("10.0.0.1", "2001:db8:7:7::99", "2001:db8:7:7::/64"),
+    ("", "198.51.100.1", "198.51.100.1"),  # a unix socket: a local proxy's
+    ("2001:db8:9:9::1", None, "2001:db8:9:9::/64"),
+])
+def test_client_ip_behind_proxies(remote, forwarded, client):
+    from falcon import testing
+
+    from engine.http_scan import make_client_ip
+    client_ip = make_client_ip(frozenset({"10.0.0.1", "10.0.0.2"}), "X-Forwarded-For")
+    req = testing.create_req(remote_addr=remote or None,
+                             headers={"X-Forwarded-For": forwarded} if forwarded else {})
+    if not remote:
+        req.env["REMOTE_ADDR"] = ""
+    assert client_ip(req) == client
+
+
+def test_a_unix_socket_without_a_proxy_header_is_one_client(caplog):
+    from falcon import testing
+
+    from engine.http_scan import UNIX_PEER, make_client_ip
+    client_ip = make_client_ip(frozenset(), None)
+    req = testing.create_req()
+    req.env["REMOTE_ADDR"] = ""
+    assert client_ip(req) == client_ip(req) == UNIX_PEER
+    assert sum("proxy_header" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_no_code_reaches_the_access_log(tmp_path):
+    from cli.localserver import start_gunicorn, stop
+
+    w = build_world(tmp_path / "wuma-data")
+    code = w["data"].codes.code(w["caps"], 3, "cap_inner")
+    w["data"].close()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc, port = start_gunicorn("engine.http_scan:app_from_env()", workers=1, stdout=out, env={
+            "WUMA_DATA": str(tmp_path / "wuma-data"), "WUMA_ACCESS_LOG": "-"})
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", f"/v1/codes/{code}?from=qr")
+            assert json.loads(conn.getresponse().read())["verdict"] == "genuine"
+            conn.close()
+        finally:
+            stop(proc)
+    text = log.read_text()
+    assert f"/v1/codes/{code[:4]}..." in text and code not in text

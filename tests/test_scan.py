@@ -169,3 +169,45 @@ def test_locations_that_are_no_place_are_refused(world, location, message):
     inner = world["data"].codes.code(world["caps"], 32, "cap_inner")
     with pytest.raises(ValueError, match=message):
         _scan(world, inner, **location)
+
+
+def test_the_landing_page_check_is_held_to_bans_and_counts_invalid_codes(world):
+    """The read-only check must not be an unlimited oracle: forged guesses count towards
+    the client's ban, and a banned client's checks are refused like its scans."""
+    pipe, genuine = world["pipe"], world["data"].codes.code(world["caps"], 8, "cap_inner")
+    assert pipe.check(genuine, "203.0.113.70").verdict == "genuine"
+    for i in range(6):  # threshold 5
+        assert pipe.check(f"1{'C' * 18}{i}", "203.0.113.70").verdict == "invalid"
+    with pytest.raises(Banned):
+        pipe.check(genuine, "203.0.113.70")
+    with pytest.raises(Banned):  # and its scans too: one ban
+        _scan(world, genuine, ip="203.0.113.70", device="fresh")
+    assert pipe.check(genuine, "198.51.100.9").scan is None  # nothing recorded of the code
+    assert world["pipe"].scans.count_events() == 0
+
+
+def test_a_banned_client_is_refused_before_its_token_is_checked(world):
+    for i in range(6):
+        _scan(world, f"1{'D' * 18}{i}", ip="203.0.113.71", device=f"y{i}")
+    case = world["data"].codes.code(world["cases"], 0, "case_inner")
+    with pytest.raises(Banned):  # not Unauthorized: a banned client learns nothing of tokens
+        _scan(world, case, actor_role="store", token="wm_s-1_" + "0" * 64, ip="203.0.113.71")
+
+
+@pytest.mark.parametrize("typed", [
+    lambda c: "".join(chr(ord(ch) + 0xFEE0) for ch in c),  # full-width (a Chinese input method)
+    lambda c: "".join(chr(ord(ch) + 0xFEE0) for ch in c[:5]) + "\uff0d" + c[5:],  # and a full-width dash
+    lambda c: "\u3000" + c.lower() + "\u3000",  # ideographic spaces
+])
+def test_full_width_input_is_read(world, typed):
+    code = world["data"].codes.code(world["caps"], 9, "cap_inner")
+    assert _scan(world, typed(code)).verdict == "genuine"
+
+
+def test_a_lone_surrogate_is_refused_not_counted_nor_verified(world):
+    """JSON can carry "\\ud800": it must be refused whatever follows it (before, a forged
+    guess after it escaped the ban count while a genuine code still verified)."""
+    genuine = world["data"].codes.code(world["caps"], 10, "cap_inner")
+    for code in ("\ud800/" + genuine, "\ud800/1" + "E" * 19):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            _scan(world, code, ip="203.0.113.72")
