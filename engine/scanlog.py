@@ -79,6 +79,17 @@ class _SettlementFailed(Exception):
         self.index = index
 
 
+def _copied(rec: list, at: float, copy_at: tuple) -> bool:
+    """Has the code been seen in ``copy_at[0]`` distinct regions or on ``copy_at[1]``
+    devices within the last ``copy_at[2]`` seconds (or ever, without a window)?"""
+    window = copy_at[2] if len(copy_at) > 2 else None
+    for slot, threshold in ((6, copy_at[0]), (7, copy_at[1])):
+        if len(rec[slot]) >= threshold:
+            if window is None or sum(1 for t in rec[slot + 2] if t >= at - window) >= threshold:
+                return True
+    return False
+
+
 class ScanRecord(NamedTuple):
     """Scan history of one code (unit + role) after the scan that returned it.
 
@@ -425,9 +436,11 @@ class ScanLog:
         write to the end of the transaction. When a settlement fails the group is written
         again in a new transaction with a new memo (see :meth:`_write_group`).
 
-        ``copy_at = (regions, devices)``: when the code has now been seen in that many
-        distinct regions or on that many devices, the event gets the flag ``copied`` and
-        the record says ``copied``.
+        ``copy_at = (regions, devices, window_s)``: when the code has now been seen in that
+        many distinct regions or on that many devices within the last ``window_s`` seconds
+        (ever, with a pair), the event gets the flag ``copied`` and the record says
+        ``copied``. The first and last scan are the earliest and latest by ``at``, whatever
+        order their groups commit in.
         """
         if self._thread is None:
             self._start()
@@ -514,17 +527,33 @@ class ScanLog:
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")
         if raw is None:
-            rec = [0, at, region, device, at, region, [], []]
+            rec = [0, at, region, device, at, region, [], [], [], []]
         else:
             rec = unpack(raw)
+            if len(rec) == 8:  # NOTE: a record from before the last-seen times: seen at first
+                rec += [[rec[1]] * len(rec[6]), [rec[1]] * len(rec[7])]
+            if at < rec[1]:  # NOTE: an earlier scan committed later (the turn, a slow fsync)
+                rec[1], rec[2], rec[3] = at, region, device
         rec[0] += 1
-        rec[4], rec[5] = at, region
+        if at >= rec[4]:
+            rec[4], rec[5] = at, region
+        # Distinct regions (6) and devices (7), each with when it was last seen (8, 9); a
+        # full list gives up the one seen longest ago.
         for slot, value in ((6, region), (7, device)):
-            if value is not None and value not in rec[slot] and len(rec[slot]) < DISTINCT_MAX:
-                rec[slot].append(value)
+            if value is not None:
+                seen, times = rec[slot], rec[slot + 2]
+                if value in seen:
+                    i = seen.index(value)
+                    times[i] = max(times[i], at)
+                elif len(seen) < DISTINCT_MAX:
+                    seen.append(value)
+                    times.append(at)
+                else:
+                    i = times.index(min(times))
+                    seen[i], times[i] = value, at
         txn.put(key, pack(rec), True, True, False, self._records)
         stored = {**event, "unit": unit_id, "role": role_index, "seq": seq, "count": rec[0]}
-        copied = copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
+        copied = copy_at is not None and _copied(rec, at, copy_at)
         if copied:
             stored["flags"] = [*event.get("flags", ()), "copied"]
         if settle is None:
@@ -552,6 +581,7 @@ class ScanLog:
 
     @staticmethod
     def _to_record(rec: list, seq: int, rewards: tuple = (), copied: bool = False) -> ScanRecord:
+        # NOTE: regions and devices are those seen in any window, at most DISTINCT_MAX
         return ScanRecord(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], seq, tuple(rec[6]), len(rec[7]),
                           rewards, copied)
 

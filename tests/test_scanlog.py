@@ -35,6 +35,55 @@ def test_first_and_repeat_scans(tmp_path):
     store.close()
 
 
+def test_first_and_last_scan_go_by_time_not_by_commit_order(tmp_path):
+    """A scan can commit after a later one (waiting for the commit turn, a slow fsync)."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    log.record(7, 4, {"at": 200.0, "region": "3301", "device": "d2"})
+    late = log.record(7, 4, {"at": 100.0, "region": "4401", "device": "d1"})
+    assert (late.first_at, late.first_region, late.first_device) == (100.0, "4401", "d1")
+    assert (late.last_at, late.last_region, late.count) == (200.0, "3301", 2)
+    log.close()
+    store.close()
+
+
+def test_copied_counts_places_and_devices_within_the_window_only(tmp_path):
+    day = 86400.0
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    at = (3, 5, 7 * day)  # 3 regions or 5 devices within a week
+
+    def scan(t, region, device):
+        return log.record(7, 4, {"at": t, "region": region, "device": device}, copy_at=at).copied
+
+    # three districts a month apart: one bottle moving with its owner, not a copied label
+    assert [scan(i * 30 * day, r, "phone") for i, r in enumerate(["440101", "440103", "440106"])] == [False] * 3
+    assert not scan(365 * day, "440101", "phone")
+    # then within a week: copied; and no longer once those scans are over a week old
+    assert [scan(400 * day + i, r, f"d{i}") for i, r in enumerate(["310101", "310104", "310105"])] == [
+        False, False, True]
+    assert not scan(420 * day, "310101", "d0")
+    # ever, without a window (the pair form)
+    assert log.record(8, 4, {"at": 1.0, "region": "440101"}, copy_at=(1, 5)).copied
+    log.close()
+    store.close()
+
+
+def test_a_record_from_before_last_seen_times_is_read_and_kept(tmp_path):
+    from engine.scanlog import _record_key
+    from engine.store import pack
+
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    with store.write() as txn:  # the layout before: no last-seen times
+        txn.put(_record_key(7, 4), pack([2, 100.0, "4401", "d1", 150.0, "4402", ["4401", "4402"], ["d1"]]),
+                db=store.db("scan_records"))
+    r = log.record(7, 4, {"at": 200.0, "region": "4403", "device": "d2"}, copy_at=(3, 5, 1e9))
+    assert (r.count, r.first_at, r.regions, r.devices, r.copied) == (3, 100.0, ("4401", "4402", "4403"), 2, True)
+    log.close()
+    store.close()
+
+
 def test_an_event_is_never_dropped_when_the_counter_is_behind(tmp_path):
     """Events are appended in sequence order; if the sequence counter were ever behind the
     log (a bad restore), the scan fails loudly and nothing of it is written."""
