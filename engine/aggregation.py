@@ -21,7 +21,8 @@ value + 2 index, full pages) and 3.3-3.9 parent -> children (240k-10M caps; a va
 gap grows with the batch; not measured at 100M). The same run layout (key = last
 uid, value starts with the first serial) holds activations, voids, and nothing else;
 shipments bind the shipped unit only and resolve through ancestors (``agg_ship``,
-value 0 = returned to the brand).
+value 0 = returned to the brand); a unit leaving its parent (unpack, move) first gets
+the shipment it resolved to recorded on itself, so no distributor changes silently.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _C2P = struct.Struct(">IQ")  # c2p value: first serial, parent uid
 _II = struct.Struct(">II")
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
+_ZERO = _I.pack(0)  # agg_ship value of a unit returned to the brand
 
 
 def _c2p_value(first: int, last: int, parent: int) -> bytes:
@@ -405,7 +407,8 @@ class Aggregation:
         rec = {"id": eid, "type": kind, "time": time.time() if now is None else now, **fields}
         txn.put(u64(eid), pack(rec), db=self._events_db)
         for uid in set(index):  # history of these units (bulk loads index parents only)
-            txn.put(_Q.pack(uid), u64(eid), db=self._unit_events_db)
+            if uid is not None:  # e.g. a moved unit's previous parent when it had none
+                txn.put(_Q.pack(uid), u64(eid), db=self._unit_events_db)
         return eid
 
     def events(self) -> list[dict]:
@@ -506,38 +509,82 @@ class Aggregation:
                         raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")
             else:
                 kids = self.children(txn, parent)
+            kept = []
             for k in kids:
+                sid = self._keep_shipment(txn, k)
+                if sid is not None:
+                    kept.append([k, sid])
                 self._unlink(txn, k)
             if kids:
-                self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids)
+                extra = {"kept_shipments": kept} if kept else {}
+                self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids,
+                            **extra)
         return kids
 
     def move(self, codes: list[str], to: str, *, now: float | None = None) -> list[int]:
-        """Move units into another parent (from wherever they are); returns uids moved."""
+        """Move units into another parent (from wherever they are); returns uids moved.
+
+        A moved unit keeps the distributor it had: if its shipment came through its old
+        parent, that shipment is first recorded on the unit itself (a distributor
+        rebuilding pallets 拆垛组垛 still holds the cases; the event's ``kept_shipments``
+        lists the ``[unit, shipment id]`` so recorded, 0 = returned to the brand).
+
+        NOTE: a unit may go onto a parent that is with no distributor (never shipped, or
+        returned) or with the same distributor; onto a parent with *another* distributor
+        (or onto a shipped parent when the unit itself is with none) it is refused with a
+        :class:`Conflict`: the unit would sit on a pallet of B while its own record says
+        A, and a later transfer or return of that pallet would silently carry it along.
+        Changing hands is recorded by ``transfer`` (or ``ship``) first, then the move.
+        """
         target = self.unit(to)
         units = [self.unit(c) for c in codes]
         with self.store.write() as txn:
-            moved, old = [], []
+            moved, old, kept = [], [], []
+            target_dist = self._distributor_at(txn, target)
             for u in dict.fromkeys(units):
                 cur = self._parent(txn, u)
                 if cur == target:
                     continue
                 if self._voided(txn, u):
-                    raise Conflict(f"{self._ref(u)} is voided")
+                    raise Conflict(f"{self._ref(u)} is voided: a voided label cannot be moved "
+                                   "(if it was replaced, move its new label)")
                 self._check_place(txn, u, target)
+                if target_dist is not None:
+                    have = self._distributor_at(txn, u)
+                    if have is None:
+                        raise Conflict(
+                            f"{self._ref(u)} is not with a distributor but {self._ref(target)} "
+                            f"was shipped to {target_dist}: ship {self._ref(u)} to "
+                            f"{target_dist} first, then move it")
+                    if have != target_dist:
+                        raise Conflict(
+                            f"{self._ref(u)} belongs to distributor {have} but "
+                            f"{self._ref(target)} was shipped to {target_dist}: transfer "
+                            f"{self._ref(u)} to {target_dist} first, then move it")
                 if cur is not None:
+                    sid = self._keep_shipment(txn, u)
+                    if sid is not None:
+                        kept.append([u, sid])
                     self._unlink(txn, u)
                 self._add_run(txn, target, u, u)
                 moved.append(u)
                 old.append(cur)
             if moved:
-                self._event(txn, "move", now, [target, *moved], parent=target, children=moved,
-                            previous=old)
+                extra = {"kept_shipments": kept} if kept else {}
+                self._event(txn, "move", now, [target, *moved, *old], parent=target,
+                            children=moved, previous=old, **extra)
         return moved
 
     def replace(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
         """Replace a damaged label: the new unit takes the old one's parent, children,
-        activation and shipment; the old code is voided. Returns the event id."""
+        activation and shipment; the old code is voided. Returns the event id.
+
+        The new label must be fresh: not aggregated, not voided and with no shipment
+        record of its own (a label shipped or returned on its own is refused). It then
+        resolves to exactly the shipment the old label resolved to (the old one's own
+        record, or through the same parent), so the children moved under it keep their
+        distributor without a record of their own.
+        """
         old, new = self.unit(old_code), self.unit(new_code)
         if old == new:
             raise ValueError("old and new code are the same unit")
@@ -550,6 +597,11 @@ class Aggregation:
                 raise Conflict(f"{self._ref(new)} is voided")
             if self._parent(txn, new) is not None or self._children_runs(txn, new):
                 raise Conflict(f"{self._ref(new)} is already aggregated; use a fresh label")
+            own = txn.get(_Q.pack(new), db=self._ship_db)
+            if own is not None:
+                raise Conflict(f"{self._ref(new)} has a shipment record of its own "
+                               f"({self._shipment_text(txn, _I.unpack(own)[0])}); a "
+                               "replacement label must be fresh: use one that was never shipped")
             parent = self._unlink(txn, old)
             if parent is not None:
                 self._add_run(txn, parent, new, new)
@@ -566,8 +618,8 @@ class Aggregation:
             if ship is not None:
                 txn.put(_Q.pack(new), ship, db=self._ship_db)
                 txn.delete(_Q.pack(old), db=self._ship_db)
-            eid = self._event(txn, "replace", now, [old, new], old=old, new=new, parent=parent,
-                              children=kids)
+            eid = self._event(txn, "replace", now, [old, new, parent], old=old, new=new,
+                              parent=parent, children=kids)
             self.voids.put(txn, old, old, _I.pack(eid))
         return eid
 
@@ -733,12 +785,52 @@ class Aggregation:
                 return u, sid
         return None, 0
 
+    def _shipment_text(self, txn, sid: int) -> str:
+        """A shipment record for a person: ``shipment 3 to gz-01`` or ``returned to the
+        brand`` (id 0)."""
+        if not sid:
+            return "returned to the brand"
+        rec = unpack(txn.get(u32(sid), db=self._shipments_db))  # NOTE: not cached (write txn)
+        return f"shipment {sid} to {rec['distributor']}"
+
+    def _distributor_at(self, txn, uid: int) -> str | None:
+        """The distributor a unit is with (its own shipment or an ancestor's), or None."""
+        sid = self._shipment_of(txn, [uid, *self._ancestors(txn, uid)])[1]
+        if not sid:
+            return None
+        return unpack(txn.get(u32(sid), db=self._shipments_db))["distributor"]
+
+    def _keep_shipment(self, txn, uid: int) -> int | None:
+        """Before ``uid`` leaves its parent: if it has no shipment record of its own but
+        resolves to one through its ancestors, record that same one on it (0 = returned),
+        so that leaving the parent changes no distributor. Returns the id so recorded."""
+        if txn.get(_Q.pack(uid), db=self._ship_db) is not None:
+            return None
+        via, sid = self._shipment_of(txn, self._ancestors(txn, uid))
+        if via is None:
+            return None
+        txn.put(_Q.pack(uid), _I.pack(sid), db=self._ship_db)
+        return sid
+
+    def _refuse_voided(self, txn, uid: int, what: str) -> None:
+        # NOTE: a void marks the unit itself (trace and scan read it so), not the units
+        # packed in it: a case in a voided pallet can still be shipped on its own.
+        if self._voided(txn, uid):
+            raise Conflict(f"{self._ref(uid)} is voided: a voided label cannot be {what} "
+                           "(if it was replaced, use its new label)")
+
     def ship(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
-        """Ship units (and so every unit below them) to a distributor."""
+        """Ship units (and so every unit below them) to a distributor.
+
+        Refused when a unit, an ancestor or a unit below it is already with a distributor
+        (``transfer`` moves shipped units); a unit below it that was returned to the brand
+        ships again with it. Units that were never activated can be shipped.
+        """
         return self._shipment("ship", codes, to, now)
 
     def transfer(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
-        """Record shipped units passing to another distributor."""
+        """Record shipped units passing to another distributor (with every unit below
+        them, except those returned to the brand: they stay returned)."""
         return self._shipment("transfer", codes, to, now)
 
     def _shipment(self, kind: str, codes, to, now) -> dict:
@@ -747,14 +839,27 @@ class Aggregation:
         if not units:
             raise ValueError("no units to ship")
         with self.store.write() as txn:
+            below = {}
             for u in units:
-                if self._voided(txn, u):
-                    raise Conflict(f"{self._ref(u)} is voided")
-                via, sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])
+                self._refuse_voided(txn, u, "shipped" if kind == "ship" else "transferred")
+                sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]
                 if kind == "ship" and sid:
-                    raise Conflict(f"{self._ref(u)} was already shipped (shipment {sid})")
+                    raise Conflict(f"{self._ref(u)} was already shipped ("
+                                   f"{self._shipment_text(txn, sid)}): use transfer to pass "
+                                   "it to another distributor")
                 if kind == "transfer" and not sid:
-                    raise Conflict(f"{self._ref(u)} has not been shipped")
+                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
+                                   "or returned): ship it instead")
+                below[u] = self._descendants(txn, u)
+                if kind == "ship":
+                    for d in below[u]:
+                        raw = txn.get(_Q.pack(d), db=self._ship_db)
+                        if raw is not None and _I.unpack(raw)[0]:
+                            raise Conflict(
+                                f"{self._ref(d)} inside {self._ref(u)} was already shipped ("
+                                f"{self._shipment_text(txn, _I.unpack(raw)[0])}): unpack it "
+                                f"from {self._ref(u)} before shipping, or use transfer to pass "
+                                "it to another distributor")
             sid = self.store.next_id(txn, "agg_shipment")
             rec = {"id": sid, "distributor": to, "units": units, "kind": kind,
                    "time": time.time() if now is None else now}
@@ -762,31 +867,43 @@ class Aggregation:
                                           units=units)
             txn.put(u32(sid), pack(rec), db=self._shipments_db)
             for u in units:
-                for d in self._descendants(txn, u):  # NOTE: the new shipment governs them
+                for d in below[u]:  # NOTE: the new shipment governs them
+                    if kind == "transfer" and txn.get(_Q.pack(d), db=self._ship_db) == _ZERO:
+                        continue  # returned to the brand: not in the distributor's hands
                     txn.delete(_Q.pack(d), db=self._ship_db)
                 txn.put(_Q.pack(u), _I.pack(sid), db=self._ship_db)
         return rec
 
     def receive(self, codes: list[str], *, now: float | None = None) -> int:
         """The distributor confirms receipt (an event; the binding was made by ``ship``)."""
-        units = [self.unit(c) for c in codes]
+        units = list(dict.fromkeys(self.unit(c) for c in codes))  # once each
+        if not units:
+            raise ValueError("no units to receive")
         with self.store.write() as txn:
             for u in units:
+                self._refuse_voided(txn, u, "received")
                 if not self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]:
-                    raise Conflict(f"{self._ref(u)} has not been shipped")
+                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
+                                   "or returned): ship it before receiving it")
             return self._event(txn, "receive", now, units, units=units)
 
     def return_goods(self, codes: list[str], *, now: float | None = None) -> int:
-        """Units come back to the brand: they no longer belong to a distributor."""
-        units = [self.unit(c) for c in codes]
+        """Units come back to the brand: they, and every unit below them, no longer
+        belong to a distributor."""
+        units = list(dict.fromkeys(self.unit(c) for c in codes))  # once each
+        if not units:
+            raise ValueError("no units to return")
         with self.store.write() as txn:
             for u in units:
-                via, sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])
-                if not sid:
-                    raise Conflict(f"{self._ref(u)} has not been shipped")
+                self._refuse_voided(txn, u, "returned")
+                if not self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]:
+                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
+                                   "or already returned): there is nothing to return")
             eid = self._event(txn, "return", now, units, units=units)
             for u in units:
-                txn.put(_Q.pack(u), _I.pack(0), db=self._ship_db)
+                for d in self._descendants(txn, u):  # NOTE: everything below comes back too
+                    txn.delete(_Q.pack(d), db=self._ship_db)
+                txn.put(_Q.pack(u), _ZERO, db=self._ship_db)
         return eid
 
     # -- trace -----------------------------------------------------------------------------------

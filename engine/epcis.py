@@ -5,11 +5,19 @@ Event mapping (CBV 2.0 vocabulary):
 * activation -> ObjectEvent ADD, bizStep ``commissioning``, disposition ``active``
 * line-collection load / pack / move -> AggregationEvent ADD, bizStep ``packing``
 * unpack / move (from the old parent) -> AggregationEvent DELETE, bizStep ``unpacking``
-* replace -> ObjectEvent DELETE ``decommissioning`` (old) + AggregationEvent ADD (new)
+* replace -> AggregationEvent DELETE ``unpacking`` (the old label from its parent, its
+  children from it) + ObjectEvent DELETE ``decommissioning`` (old) + AggregationEvent ADD
+  ``replacing`` (the new label into the parent, the children into it): replaying the
+  AggregationEvents in order gives the stored hierarchy
 * void -> ObjectEvent DELETE, bizStep ``decommissioning``, disposition ``inactive``
 * ship / transfer -> ObjectEvent OBSERVE ``shipping`` ``in_transit`` with the
   distributor as owning-party destination; receive -> ``receiving``; return ->
   ``receiving`` with disposition ``returned``.
+
+An EPC appears once per list (``epcList`` and ``childEPCs`` are sets in the schema). The
+eventID hashes the exported event together with the stored event's id and its place
+among the events exported for it, so two identical operations in one millisecond still
+get distinct eventIDs.
 
 Units are identified by their printed short URL (``url_base + code``); pallets by SSCC
 (``urn:epc:id:sscc:...``) when a GS1 company prefix is given.
@@ -101,8 +109,9 @@ class _Namer:
         return self.many([uid])[0]
 
 
-def _event_id(ev: dict) -> str:
-    digest = hashlib.sha256(json.dumps(ev, sort_keys=True).encode()).hexdigest()
+def _event_id(ev: dict, source: tuple[int, int]) -> str:
+    """``source`` = (stored event id, index among the events exported for it)."""
+    digest = hashlib.sha256(json.dumps([ev, list(source)], sort_keys=True).encode()).hexdigest()
     return f"ni:///sha-256;{digest}?ver=CBV2.0"
 
 
@@ -115,16 +124,22 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
     """An EPCISDocument with one or more events per recorded aggregation event."""
     name = _Namer(agg, company_prefix)
     out: list[dict] = []
+    source = [0, 0]  # the stored event being exported, events exported for it so far
 
     def add(ev: dict, t: float) -> None:
         ev = {"type": ev.pop("type"), "eventTime": _time(t), "eventTimeZoneOffset": "+00:00", **ev}
-        ev["eventID"] = _event_id(ev)
+        for key in ("epcList", "childEPCs"):  # NOTE: the schema's uniqueItems
+            if key in ev:
+                ev[key] = list(dict.fromkeys(ev[key]))
+        ev["eventID"] = _event_id(ev, (source[0], source[1]))
+        source[1] += 1
         out.append(ev)
 
     with agg.store.read() as txn:
         activations = {}
         for ev in agg.events():
             t, kind = ev["time"], ev["type"]
+            source[:] = [ev["id"], 0]
             if kind == "load":
                 rp, rf, rn = agg.load_runs(ev["id"])
                 order = np.argsort(rp, kind="stable")
@@ -155,6 +170,14 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                      "parentID": name.one(ev["parent"]), "childEPCs": name.many(ev["children"]),
                      "bizStep": "packing"}, t)
             elif kind == "replace":
+                if ev.get("parent") is not None:
+                    add({"type": "AggregationEvent", "action": "DELETE",
+                         "parentID": name.one(ev["parent"]), "childEPCs": [name.one(ev["old"])],
+                         "bizStep": "unpacking"}, t)
+                if ev.get("children"):
+                    add({"type": "AggregationEvent", "action": "DELETE",
+                         "parentID": name.one(ev["old"]), "childEPCs": name.many(ev["children"]),
+                         "bizStep": "unpacking"}, t)
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": [name.one(ev["old"])],
                      "bizStep": "decommissioning", "disposition": "damaged"}, t)
                 if ev.get("parent") is not None:

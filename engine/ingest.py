@@ -157,7 +157,7 @@ def _jsonl_to_csv(raw: bytes) -> tuple[bytes, dict[int, str]]:
             if "\n" in text:
                 raise TypeError
             out.append(text.encode("utf-8", "replace"))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: deep nesting
             bad[i] = 'not a JSON record {"parent": "...", "children": ["...", ...]}'
             out.append(b"")
     return b"\n".join(out), bad

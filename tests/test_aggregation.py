@@ -132,6 +132,20 @@ def test_jsonl_bad_records(run, tmp_path):
     assert "needs a parent" in rep.bad[0].reason and "not a JSON record" in rep.bad[1].reason
 
 
+def test_jsonl_deeply_nested_record_is_a_bad_record_not_a_crash(run, tmp_path):
+    """A JSON line nested deeper than the parser's recursion limit is reported like any
+    other bad record; with ``skip_bad`` the good records still load."""
+    good = json.dumps({"parent": run.cases[0], "children": run.caps[:2]})
+    deep = '{"parent": "' + run.cases[1] + '", "children": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    f = _file(tmp_path, [good, deep], "deep.jsonl")
+    rep = run.agg.load(f)
+    assert not rep.loaded and [(b.line, "not a JSON record" in b.reason) for b in rep.bad] == [
+        (2, True)]
+    rep = run.agg.load(f, skip_bad=True)
+    assert rep.loaded and rep.links_added == 2 and [b.line for b in rep.bad] == [2]
+    run.agg.check_consistency()
+
+
 # -- warehouse operations ----------------------------------------------------------------------
 def test_unpack_move_replace_void(run, tmp_path):
     run.agg.load(_file(tmp_path, _production(run)))

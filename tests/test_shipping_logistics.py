@@ -1,0 +1,204 @@
+"""Shipping and the warehouse operations that touch it: a unit keeps the distributor it
+was shipped to (through its own record or an ancestor's) until a ship, transfer or return
+says otherwise; unpack, move and replace never change it silently."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import Conflict
+from engine.aggregation import unit_id
+
+URL = "HTTPS://S.EXAMPLE.CN/Q/"
+
+
+@pytest.fixture
+def world(run):
+    """Cases 0-3 of 24 caps; cases 0, 1 on pallet 0 and 2, 3 on pallet 1; all activated;
+    distributors A (4401) and B (4406). Cases 4-9 and pallets 2-3 are loose labels."""
+    agg = run.agg
+    for c in range(4):
+        agg.link(run.cases[c], run.caps[24 * c:24 * c + 24])
+    agg.link(run.pallets[0], run.cases[0:2])
+    agg.link(run.pallets[1], run.cases[2:4])
+    for p in run.pallets[:2]:
+        agg.activate(sku="S", name="N", lot="L", production_date="2026-11-01", pallets=[p])
+    agg.add_distributor("A", "A", ["4401"])
+    agg.add_distributor("B", "B", ["4406"])
+    return run
+
+
+def _dist(r, code):
+    t = r.agg.trace(code)
+    return (t["distributor"] or {}).get("id"), t["returned"]
+
+
+def _case(r, i):
+    return unit_id(r.case_batch, i)
+
+
+# -- 1. unpack / move keep the distributor ----------------------------------------------------
+def test_unpack_from_shipped_pallet_keeps_distributor(world):
+    r, agg = world, world.agg
+    sid = agg.ship([r.pallets[0]], "A")["id"]
+    agg.unpack(r.pallets[0], [r.cases[0]])  # distributor A splits the pallet (拆垛)
+    assert _dist(r, r.cases[0]) == ("A", False)
+    assert _dist(r, r.caps[0]) == ("A", False)
+    assert agg.scan_trace(agg.unit(r.caps[0]))["distributor"]["id"] == "A"
+    assert agg.trace(r.cases[0])["shipment"]["via"] == _case(r, 0)
+    ev = [e for e in agg.events() if e["type"] == "unpack"][-1]
+    assert ev["kept_shipments"] == [[_case(r, 0), sid]]
+    # a case with a record of its own needs no second one; the event says nothing then
+    agg.unpack(r.cases[0], [r.caps[0]])
+    assert _dist(r, r.caps[0]) == ("A", False)
+    agg.check_consistency()
+
+
+def test_unpack_from_returned_pallet_keeps_it_returned(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.return_goods([r.pallets[0]])
+    agg.unpack(r.pallets[0])
+    assert _dist(r, r.cases[1]) == (None, True)
+    assert _dist(r, r.caps[30]) == (None, True)
+    agg.ship([r.cases[1]], "B")  # returned goods can go out again
+    assert _dist(r, r.caps[30]) == ("B", False)
+    agg.check_consistency()
+
+
+def test_move_keeps_distributor(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.move([r.cases[0]], to=r.pallets[2])  # a fresh pallet label: 组垛 at the distributor
+    assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.caps[5]) == ("A", False)
+    assert _dist(r, r.pallets[2]) == (None, False)
+    agg.ship([r.pallets[3]], "A")
+    agg.move([r.cases[1]], to=r.pallets[3])  # onto another pallet of the same distributor
+    assert _dist(r, r.cases[1]) == ("A", False)
+    ev = [e for e in agg.events() if e["type"] == "move"]
+    assert [k[0] for e in ev for k in e["kept_shipments"]] == [_case(r, 0), _case(r, 1)]
+    agg.check_consistency()
+
+
+def test_move_onto_pallet_of_another_distributor_is_refused(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.ship([r.pallets[1]], "B")
+    links = agg.links()
+    with pytest.raises(Conflict, match="belongs to distributor A .* transfer .* first"):
+        agg.move([r.cases[1]], to=r.pallets[1])
+    with pytest.raises(Conflict, match="not with a distributor .* ship .* first"):
+        agg.move([r.cases[4]], to=r.pallets[1])  # a case never shipped
+    assert agg.links() == links and _dist(r, r.cases[1]) == ("A", False)
+    assert [e["type"] for e in agg.events()][-1] == "ship"
+    agg.transfer([r.cases[1]], "B")  # the way to do it: the change of hands is recorded
+    agg.move([r.cases[1]], to=r.pallets[1])
+    assert _dist(r, r.cases[1]) == ("B", False) and agg.links()[_case(r, 1)] == unit_id(
+        r.pallet_batch, 1)
+    agg.check_consistency()
+
+
+# -- 2. return takes everything below ----------------------------------------------------------
+def test_return_of_a_pallet_returns_the_cases_transferred_from_it(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.transfer([r.cases[1]], "B")
+    agg.return_goods([r.pallets[0]])
+    assert _dist(r, r.cases[1]) == (None, True) and _dist(r, r.caps[24]) == (None, True)
+    assert agg.scan_trace(agg.unit(r.caps[24]))["distributor"] is None
+    with pytest.raises(Conflict, match="nothing to return"):
+        agg.return_goods([r.cases[1]])
+    agg.check_consistency()
+
+
+def test_transfer_of_a_pallet_leaves_its_returned_case_returned(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.return_goods([r.cases[0]])
+    agg.transfer([r.pallets[0]], "B")
+    assert _dist(r, r.cases[0]) == (None, True) and _dist(r, r.cases[1]) == ("B", False)
+
+
+# -- 3. ship looks below ------------------------------------------------------------------------
+def test_ship_refuses_a_pallet_holding_a_shipped_case(world):
+    r, agg = world, world.agg
+    agg.ship([r.cases[0]], "A")
+    with pytest.raises(Conflict, match=r"2:0 inside .* already shipped \(shipment 1 to A\).*"
+                                       "transfer"):
+        agg.ship([r.pallets[0]], "B")
+    assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[1]) == (None, False)
+    assert [e["type"] for e in agg.events()].count("ship") == 1
+    # a case that came back to the brand ships again with its pallet
+    agg.return_goods([r.cases[0]])
+    agg.ship([r.pallets[0]], "B")
+    assert _dist(r, r.cases[0]) == ("B", False)
+
+
+# -- 7. replace takes a fresh label ------------------------------------------------------------
+def test_replace_refuses_a_label_with_a_shipment_of_its_own(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.ship([r.cases[4]], "B")  # a loose label shipped on its own
+    with pytest.raises(Conflict, match="shipment record of its own .*to B.* fresh"):
+        agg.replace(r.cases[0], r.cases[4])
+    assert _dist(r, r.caps[0]) == ("A", False)
+    agg.return_goods([r.cases[4]])
+    with pytest.raises(Conflict, match="returned to the brand"):
+        agg.replace(r.cases[0], r.cases[4])
+    agg.replace(r.cases[0], r.cases[5])  # a fresh label
+    assert _dist(r, r.cases[5]) == ("A", False) and _dist(r, r.caps[0]) == ("A", False)
+    assert agg.trace(r.caps[0])["ancestors"][0]["uid"] == _case(r, 5)
+    agg.check_consistency()
+
+
+def test_replace_keeps_shipment_of_children_and_own_record(world):
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.transfer([r.cases[1]], "B")
+    agg.replace(r.cases[1], r.cases[6])  # the old label had its own record (to B)
+    assert _dist(r, r.cases[6]) == ("B", False) and _dist(r, r.caps[24]) == ("B", False)
+    assert agg.trace(r.cases[1])["shipment"] is None  # the old label's record moved
+    agg.check_consistency()
+
+
+# -- 8a. history of the parents ------------------------------------------------------------------
+def test_move_and_replace_show_in_the_old_parents_history(world):
+    r, agg = world, world.agg
+    agg.move([r.cases[1]], to=r.pallets[2])
+    assert "move" in [h["type"] for h in agg.trace(r.pallets[0])["history"]]
+    agg.move([r.cases[4]], to=r.pallets[2])  # from no parent: nothing more to index
+    agg.replace(r.cases[2], r.cases[7])
+    assert "replace" in [h["type"] for h in agg.trace(r.pallets[1])["history"]]
+
+
+# -- 8c. voided units ---------------------------------------------------------------------------
+def test_voided_units_cannot_be_shipped_received_or_returned(world):
+    r, agg = world, world.agg
+    agg.void([r.cases[4]])
+    with pytest.raises(Conflict, match="is voided"):
+        agg.ship([r.cases[4]], "A")
+    agg.ship([r.pallets[0]], "A")
+    agg.void([r.cases[0]])
+    for op in (lambda: agg.receive([r.cases[0]]), lambda: agg.return_goods([r.cases[0]]),
+               lambda: agg.transfer([r.cases[0]], "B")):
+        with pytest.raises(Conflict, match="is voided: a voided label cannot be"):
+            op()
+    # a void marks the unit, not what is packed in it: the caps of the voided case and the
+    # units of a pallet never activated still go about their business
+    agg.receive([r.caps[0]])
+    agg.ship([r.pallets[2]], "B")
+    assert _dist(r, r.pallets[2]) == ("B", False)
+
+
+# -- 5. each unit once -----------------------------------------------------------------------------
+def test_receive_and_return_count_each_unit_once(world):
+    r, agg = world, world.agg
+    w = r.data.spec.role(r.data.batches.get(r.case_batch).roles[0]).format.length
+    inner0 = r.data.codes.render(r.data.batches.get(r.case_batch), 0, 1)[0][w:].tobytes().decode()
+    agg.ship([r.pallets[0]], "A")
+    eid = agg.receive([r.pallets[0], URL + r.pallets[0], r.pallets[0].lower()])
+    assert agg.event(eid)["units"] == [unit_id(r.pallet_batch, 0)]
+    eid = agg.return_goods([r.cases[0], r.cases[0].lower(), inner0, r.cases[1]])
+    assert agg.event(eid)["units"] == [_case(r, 0), _case(r, 1)]
+    with pytest.raises(ValueError, match="no units"):
+        agg.receive([])
