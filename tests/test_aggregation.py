@@ -498,3 +498,25 @@ class AggregationModel(RuleBasedStateMachine):
 TestAggregationModel = AggregationModel.TestCase
 TestAggregationModel.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("territory, region, inside", [
+    (["4401"], "440106", True),
+    (["4401"], "440000", True),  # the province: coarser than the territory, maybe inside
+    (["4401"], "44", True),
+    (["4401"], "440200", False),  # Shaoguan
+    (["4401"], "310104", False),
+    (["440100"], "440106", True),  # Guangzhou written with its zeros
+    (["440100", "3101"], "310104", True),
+    (["440106"], "4401", True),  # the city, coarser than a district territory
+    (["440106"], "440103", False),
+])
+def test_territory_reads_division_codes_as_prefixes(tmp_path, territory, region, inside):
+    from engine.aggregation import Aggregation
+
+    data = DataFolder.init(tmp_path / "d")
+    agg = Aggregation(data)
+    d = agg.add_distributor("d-1", "D", territory)
+    assert agg.in_territory(d, region) is inside
+    assert agg.in_territory({"territory": territory}, region) is inside  # as stored before
+    data.close()
