@@ -100,18 +100,17 @@ import hmac
 import http.client
 import json
 import logging
-import os
 import secrets
 import ssl
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from admin._util import is_seq
 from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
+from engine.files import private_output
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Payouts", "STATES", "EXPORT_FIELDS"]
@@ -325,41 +324,31 @@ class Payouts:
     def export(self, path, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
         """Write payable entries with seq > ``after`` (optionally only those in ``state``)
         to ``path`` as ``csv`` or ``jsonl``; returns how many. The file appears whole or
-        not at all (written to ``<path>.part``, then renamed)."""
+        not at all (see engine.files.private_output)."""
         if fmt not in ("csv", "jsonl"):
             raise ValueError("export format must be csv or jsonl")
         if state is not None and state not in STATES:
             raise ValueError(f"payout state must be one of {', '.join(STATES)}")
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise ValueError("after must be a ledger seq (a whole number of at least 0)")
-        path = Path(path)
-        part = path.with_name(path.name + ".part")
         count = 0
         # NOTE: mode 0600: the file names beneficiaries and amounts.
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with open(fd, "w", encoding="utf-8", newline="") as f:
-                writer = None
-                if fmt == "csv":
-                    # APPSEC: values are written verbatim (a payment import must match ids
-                    # exactly); open the file in a spreadsheet as text, not as formulas.
-                    writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-                    writer.writeheader()
-                for row in self._export_rows(after, state):
-                    if writer is not None:
-                        b = row.pop("beneficiary") or {}
-                        row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
-                        writer.writerow({k: "" if row[k] is None else row[k]
-                                         for k in EXPORT_FIELDS})
-                    else:
-                        f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-                    count += 1
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, path)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+        with private_output(path, "w", encoding="utf-8", newline="") as f:
+            writer = None
+            if fmt == "csv":
+                # APPSEC: values are written verbatim (a payment import must match ids
+                # exactly); open the file in a spreadsheet as text, not as formulas.
+                writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+                writer.writeheader()
+            for row in self._export_rows(after, state):
+                if writer is not None:
+                    b = row.pop("beneficiary") or {}
+                    row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
+                    writer.writerow({k: "" if row[k] is None else row[k]
+                                     for k in EXPORT_FIELDS})
+                else:
+                    f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                count += 1
         return count
 
     def _export_rows(self, after: int, state: str | None):

@@ -12,6 +12,7 @@ import click
 
 from cli.main import emit, pass_data
 from engine.aggregation import Aggregation
+from engine.files import private_output
 
 __all__ = ["register"]
 
@@ -329,7 +330,8 @@ def epcis_export(data, output, company_prefix, as_json):
     if output == "-":
         sys.stdout.write(text + "\n")
         return
-    with open(output, "w", encoding="utf-8") as fh:
+    # APPSEC: it lists every activated unit's code: 0600, whole or not at all
+    with private_output(output, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
     n = len(doc["epcisBody"]["eventList"])
     emit({"events": n, "output": output}, as_json, f"wrote {n} EPCIS events to {output}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import struct
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import click
 
 from engine import DataFolder, WumaError, default_data_path
+from engine.files import private_output
 from engine.spec import PRESETS
 
 __all__ = ["cli", "pass_data", "emit", "library_errors"]
@@ -224,20 +224,14 @@ def batch_export(data, batch_id, plaintext, output, serial_range, url):
     if output == "-":
         data.codes.export_csv(b, sys.stdout.buffer, start=start, stop=stop, url_base=url_base)
         return
-    tmp = Path(output + ".part")
-    tmp.unlink(missing_ok=True)  # a stale one from an interrupted export: O_EXCL below
-    try:
-        # APPSEC: usable codes: created 0600 (like `pack open`), never readable by others
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
-            if _progress_enabled():
-                with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
-                    n = data.codes.export_csv(b, fh, start=start, stop=stop, url_base=url_base,
-                                              progress=bar.update)
-            else:
-                n = data.codes.export_csv(b, fh, start=start, stop=stop, url_base=url_base)
-        tmp.replace(output)  # NOTE: no partial file under the final name
-    finally:
-        tmp.unlink(missing_ok=True)
+    # APPSEC: usable codes: 0600 (like `pack open`), and no partial file under the final name
+    with private_output(output) as fh:
+        if _progress_enabled():
+            with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
+                n = data.codes.export_csv(b, fh, start=start, stop=stop, url_base=url_base,
+                                          progress=bar.update)
+        else:
+            n = data.codes.export_csv(b, fh, start=start, stop=stop, url_base=url_base)
     click.echo(f"wrote {n:,} units of batch {b.id} to {output}", err=True)
 
 
