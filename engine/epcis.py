@@ -170,24 +170,21 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                      "parentID": name.one(ev["parent"]), "childEPCs": name.many(ev["children"]),
                      "bizStep": "packing"}, t)
             elif kind == "replace":
-                if ev.get("parent") is not None:
-                    add({"type": "AggregationEvent", "action": "DELETE",
-                         "parentID": name.one(ev["parent"]), "childEPCs": [name.one(ev["old"])],
-                         "bizStep": "unpacking"}, t)
-                if ev.get("children"):
-                    add({"type": "AggregationEvent", "action": "DELETE",
-                         "parentID": name.one(ev["old"]), "childEPCs": name.many(ev["children"]),
-                         "bizStep": "unpacking"}, t)
-                add({"type": "ObjectEvent", "action": "DELETE", "epcList": [name.one(ev["old"])],
-                     "bizStep": "decommissioning", "disposition": "damaged"}, t)
-                if ev.get("parent") is not None:
-                    add({"type": "AggregationEvent", "action": "ADD",
-                         "parentID": name.one(ev["parent"]), "childEPCs": [name.one(ev["new"])],
-                         "bizStep": "replacing"}, t)
-                if ev.get("children"):
-                    add({"type": "AggregationEvent", "action": "ADD",
-                         "parentID": name.one(ev["new"]), "childEPCs": name.many(ev["children"]),
-                         "bizStep": "replacing"}, t)
+                # the old label out of its parent and its children out of it; the new in
+                steps = (("DELETE", ev["old"], "unpacking"), ("ADD", ev["new"], "replacing"))
+                for action, label, step in steps:
+                    if action == "ADD":
+                        add({"type": "ObjectEvent", "action": "DELETE",
+                             "epcList": [name.one(ev["old"])], "bizStep": "decommissioning",
+                             "disposition": "damaged"}, t)
+                    if ev.get("parent") is not None:
+                        add({"type": "AggregationEvent", "action": action,
+                             "parentID": name.one(ev["parent"]), "childEPCs": [name.one(label)],
+                             "bizStep": step}, t)
+                    if ev.get("children"):
+                        add({"type": "AggregationEvent", "action": action,
+                             "parentID": name.one(label), "childEPCs": name.many(ev["children"]),
+                             "bizStep": step}, t)
             elif kind == "void":
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": name.many(
                     _expand(ev["runs"])), "bizStep": "decommissioning",
