@@ -327,7 +327,12 @@ class ScanPipeline:
         # NOTE: the client (IP, device) is checked before its token is: a banned or
         # flooding client gets no token checks either
         subjects = self._subjects(req)
-        self._admit(subjects, now)
+        # PERF: _admit written out for the usual scan (no account): a call less
+        ban = self.abuse.banned(subjects, now)
+        if ban is not None:
+            raise Banned(ban.subject, ban.expires_at)
+        if self.abuse.over_rate(subjects, now):
+            raise RateLimited(60 - int(now) % 60)
         account_id = None
         if req.actor_role in ACCOUNT_ROLES:
             account = self.accounts.authenticate(req.token)

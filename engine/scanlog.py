@@ -542,18 +542,23 @@ class ScanLog:
         for slot, value in ((6, region), (7, device)):
             if value is not None:
                 seen, times = rec[slot], rec[slot + 2]
-                if value in seen:
+                try:
                     i = seen.index(value)
-                    times[i] = max(times[i], at)
-                elif len(seen) < DISTINCT_MAX:
-                    seen.append(value)
-                    times.append(at)
+                except ValueError:  # PERF: one search of the list, not `in` and index()
+                    if len(seen) < DISTINCT_MAX:
+                        seen.append(value)
+                        times.append(at)
+                    else:
+                        i = times.index(min(times))
+                        seen[i], times[i] = value, at
                 else:
-                    i = times.index(min(times))
-                    seen[i], times[i] = value, at
+                    if at > times[i]:
+                        times[i] = at
         txn.put(key, pack(rec), True, True, False, self._records)
         stored = {**event, "unit": unit_id, "role": role_index, "seq": seq, "count": rec[0]}
-        copied = copy_at is not None and _copied(rec, at, copy_at)
+        # PERF: the window is looked at only once a list is long enough
+        copied = (copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
+                  and _copied(rec, at, copy_at))
         if copied:
             stored["flags"] = [*event.get("flags", ()), "copied"]
         if settle is None:
