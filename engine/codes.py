@@ -7,7 +7,9 @@ back to them.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, NamedTuple
@@ -16,10 +18,13 @@ import numpy as np
 
 from engine import _kernels as K
 from engine.batches import Batch, BatchRegistry
+from engine.errors import WumaError
 from engine.formats import CodeFormat, extract_code
 from engine.fpe import FF1, _pow2_bits, halves_to_text
 from engine.keys import KeyRing
 from engine.spec import PackagingSpec
+
+log = logging.getLogger("wuma.codes")
 
 __all__ = ["CodeEngine", "Verification", "INVALID", "DecodedCodes"]
 
@@ -100,6 +105,7 @@ class CodeEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._workers = max(1, min(len(os.sched_getaffinity(0)), 8))
         self._native = False
+        self._key_looks: dict[int, float] = {}  # version -> when its key file was last looked for
 
     # -- keys -------------------------------------------------------------------------
     def ff1(self, version: int, fmt: CodeFormat) -> FF1:
@@ -112,6 +118,20 @@ class CodeEngine:
                 f.use_native_rounds()
             self._ff1[key] = f
         return f
+
+    def _key_added(self, version: int) -> bool:
+        """Has another process added this key version since the ring was read (a ``key
+        rotate`` while a server runs: its new batches' codes must not answer invalid)?
+        Looked for at most once a second per version: a forged code names any version."""
+        now = time.monotonic()
+        if now - self._key_looks.get(version, -2.0) < 1.0:
+            return False
+        self._key_looks[version] = now
+        try:
+            return self.keys.load(version)
+        except WumaError as e:  # NOTE: a verify answers; the operator reads why in the log
+            log.error("%s", e)
+            return False
 
     def use_native_ff1(self) -> bool:
         """Verify with FF1's rounds compiled (:meth:`engine.fpe.FF1.use_native_rounds`),
@@ -261,7 +281,7 @@ class CodeEngine:
         version = alphabet.index(s[0])
         decrypt = self._decrypters.get((version, name))
         if decrypt is None:
-            if version not in self.keys.versions:
+            if version not in self.keys.versions and not self._key_added(version):
                 return INVALID
             decrypt = self._decrypters[(version, name)] = self.ff1(version, fmt).int_decrypter(n)
         body = s[1:].translate(table)
@@ -324,7 +344,7 @@ class CodeEngine:
         for version in _distinct(versions[ok]):
             version = int(version)
             rows = np.flatnonzero(ok & (versions == version))
-            if version not in self.keys.versions:
+            if version not in self.keys.versions and not self._key_added(version):
                 ok[rows] = False
                 continue
             va, vb = a[rows], b[rows]

@@ -39,7 +39,7 @@ from engine.formats import FORMATS, validate_url_base
 from engine.keys import KeyRing
 from engine.regions import RegionTable
 from engine.spec import PackagingSpec, load_preset
-from engine.store import Store
+from engine.store import Store, pack, unpack
 
 __all__ = ["DataFolder", "DEFAULT_URL_BASE", "DURABILITY", "default_data_path"]
 
@@ -47,6 +47,8 @@ DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
 _CONFIG = "wuma.json"
 #: Key of the store id in the store's "meta" database (the same id is in wuma.json).
 _STORE_ID = b"store_id"
+#: Key of the master key versions ever issued, with their fingerprints, in "meta".
+_KEY_VERSIONS = b"key_versions"
 
 
 #: Settings sections a brand may change after init.
@@ -193,7 +195,7 @@ def _prepare_store(path: Path) -> str:
         with store.read() as txn:
             databases = {k for k, _ in txn.cursor()}
             entries = {k for k, _ in txn.cursor(db=meta)}
-        if databases - {b"meta"} or entries - {_STORE_ID}:
+        if databases - {b"meta"} or entries - {_STORE_ID, _KEY_VERSIONS}:
             raise DataFolderError(
                 f"{path} has no {_CONFIG} but {db} holds data: restore {_CONFIG} from the backup "
                 "taken with db/ and keys/ (`wuma init` never takes over a store in use)")
@@ -242,8 +244,47 @@ class DataFolder:
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
         self.store = self._open_store()
+        try:
+            self._record_keys()
+        except BaseException:
+            self.store.close()
+            raise
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
+
+    def _issued_keys(self, txn) -> dict[int, str]:
+        raw = txn.get(_KEY_VERSIONS, db=self.store.db("meta"))
+        return {} if raw is None else {int(v): fp for v, fp in unpack(raw)}
+
+    def _record_keys(self) -> None:
+        """Every master key version this folder ever issued must be in keys/ and be the
+        same key (its fingerprint is recorded in the store): a lost or replaced key file is
+        refused here, not met later as genuine codes answering invalid, or as a new key
+        taking a lost one's number. Versions here but not yet recorded (a folder from before
+        the record, a rotate interrupted between key file and record) are recorded."""
+        keys = self.path / "keys"
+        with self.store.read() as txn:
+            issued = self._issued_keys(txn)
+        missing = sorted(set(issued) - set(self.keys.versions))
+        if missing:
+            raise DataFolderError(
+                f"master key version(s) {', '.join(map(str, missing))} missing from {keys}: restore "
+                "keys/ from its backup (the codes made with them cannot be verified without them)")
+        changed = [v for v, fp in issued.items() if self.keys.fingerprint(v) != fp]
+        if changed:
+            raise DataFolderError(
+                f"{keys}/master-v{changed[0]}.key is not the key this data folder issued as version "
+                f"{changed[0]}: restore keys/ from its backup")
+        if set(self.keys.versions) - set(issued):
+            self._record_versions(self.keys.versions)
+
+    def _record_versions(self, versions) -> None:
+        # NOTE: read and written in one write transaction: a record made meanwhile by
+        # another process (its rotate) is kept
+        with self.store.write() as txn:
+            issued = self._issued_keys(txn)
+            issued.update({v: self.keys.fingerprint(v) for v in versions if v not in issued})
+            txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=self.store.db("meta"))
 
     def _open_store(self) -> Store:
         """The store, if it is this folder's: never a new empty one in place of a lost one
@@ -341,8 +382,14 @@ class DataFolder:
         return self.batches.create(level, count, self.keys.current, note=note)
 
     def rotate_key(self) -> int:
-        """New master key version for new batches; printed codes stay valid."""
-        version = self.keys.rotate()
+        """New master key version for new batches; printed codes stay valid. Its number
+        follows every version ever issued (the store's record), and must fit the version
+        character of the folder's code formats."""
+        with self.store.read() as txn:
+            issued = self._issued_keys(txn)
+        highest = min(f.max_key_version for f in self.spec.formats.values())
+        version = self.keys.rotate(after=max(issued, default=0), highest=highest)
+        self._record_versions([version])
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
         return version
 

@@ -40,25 +40,11 @@ class KeyRing:
             raise DataFolderError(f"no key folder at {self._folder}; run `wuma init` first")
         for p in self._folder.iterdir():
             m = _NAME.match(p.name)
-            if not m:
-                continue
-            try:
-                mode = stat.S_IMODE(p.stat().st_mode)
-                if mode & 0o077:
-                    raise DataFolderError(
-                        f"{p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
-                    )
-                data = p.read_bytes()
-            except OSError as e:  # a dangling symlink, a folder, no permission, an I/O error
-                raise DataFolderError(
-                    f"master key file {p} cannot be read ({e.strerror or e}): restore it from the "
-                    "backup of keys/; codes made with that key version cannot be verified without it"
-                ) from None
-            if len(data) != MASTER_KEY_BYTES:
-                raise DataFolderError(f"{p} is damaged: a master key file holds 32 bytes")
-            self._keys[int(m.group(1))] = data
+            if m:
+                self._keys[int(m.group(1))] = _read_key(p)
         if not self._keys:
-            raise DataFolderError(f"no master key in {self._folder}; run `wuma init` first")
+            raise DataFolderError(f"no master key in {self._folder}: restore keys/ from its backup "
+                                  "(or run `wuma init` to make a new data folder)")
 
     def __repr__(self) -> str:  # APPSEC: never the key bytes
         return f"KeyRing(versions={self.versions})"
@@ -82,13 +68,35 @@ class KeyRing:
     def versions(self) -> list[int]:
         return sorted(self._keys)
 
+    def load(self, version: int) -> bool:
+        """Read ``master-v<version>.key`` if another process has added it since this ring
+        was opened (a ``key rotate`` while a server runs); True if the version is here now."""
+        if version not in self._keys:
+            path = self._folder / f"master-v{version}.key"
+            if not path.exists():
+                return False
+            self._keys[version] = _read_key(path)
+        return True
+
+    def fingerprint(self, version: int) -> str:
+        """A public mark of a master key version (HKDF output: it tells nothing of the key),
+        recorded in the store so that a key file replaced or lost is noticed."""
+        return self.derive(version, "key-fingerprint", 8).hex()
+
     @property
     def current(self) -> int:
         return max(self._keys)
 
-    def rotate(self, random: bytes | None = None) -> int:
-        """Add a new master key version; returns it. Old versions keep working."""
-        version = self.current + 1
+    def rotate(self, random: bytes | None = None, *, after: int = 0, highest: int | None = None) -> int:
+        """Add a new master key version; returns it. Old versions keep working.
+
+        The new version comes after the newest here and after ``after`` (the newest ever
+        issued, as the caller's records say: a lost key's number is never given to a new
+        key); ValueError above ``highest`` (what the code formats can carry)."""
+        version = max(self.current, after) + 1
+        if highest is not None and version > highest:
+            raise ValueError(f"key version {version} does not fit this data folder's code formats "
+                             f"(their version character carries at most {highest}); no key was made")
         key = random or os.urandom(MASTER_KEY_BYTES)
         _write_key(self._folder / f"master-v{version}.key", key)
         self._keys[version] = key
@@ -112,6 +120,24 @@ class KeyRing:
         """The brand's Ed25519 signing key of a version (derived, so versioned with it)."""
         v = self.current if version is None else version
         return Ed25519PrivateKey.from_private_bytes(self.derive(v, "brand-signing/ed25519"))
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise DataFolderError(
+                f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+            )
+        data = path.read_bytes()
+    except OSError as e:  # a dangling symlink, a folder, no permission, an I/O error
+        raise DataFolderError(
+            f"master key file {path} cannot be read ({e.strerror or e}): restore it from the "
+            "backup of keys/; codes made with that key version cannot be verified without it"
+        ) from None
+    if len(data) != MASTER_KEY_BYTES:
+        raise DataFolderError(f"{path} is damaged: a master key file holds 32 bytes")
+    return data
 
 
 def write_private_file(path: Path, data: bytes, exists: Exception) -> None:

@@ -153,3 +153,84 @@ def test_init_refuses_a_store_in_use_without_its_config(folder):
     with pytest.raises(DataFolderError, match="holds data: restore wuma.json"):
         DataFolder.init(folder)
     assert not (folder / "wuma.json").exists()
+
+
+# -- master key versions -------------------------------------------------------------------
+def test_a_lost_or_replaced_key_is_refused_and_its_number_never_reused(folder):
+    with DataFolder(folder) as data:
+        assert data.rotate_key() == 2
+        data.create_batch("cap", 5)  # under version 2
+    v2 = folder / "keys" / "master-v2.key"
+    kept = v2.read_bytes()
+    v2.rename(folder / "v2.aside")
+    with pytest.raises(DataFolderError, match=r"master key version\(s\) 2 missing from .*restore keys/"):
+        DataFolder(folder)
+    (folder / "v2.aside").rename(v2)
+    os.chmod(v2, 0o600)
+    with DataFolder(folder) as data:
+        assert data.keys.versions == [1, 2]
+    # a different key under a version's name is not the key the folder issued
+    os.unlink(v2)
+    fd = os.open(v2, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, bytes(32))
+    os.close(fd)
+    with pytest.raises(DataFolderError, match="master-v2.key is not the key this data folder issued"):
+        DataFolder(folder)
+    os.unlink(v2)
+    fd = os.open(v2, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, kept)
+    os.close(fd)
+    # a rotate interrupted after the key file: the number is taken from the store's record
+    with DataFolder(folder) as data:
+        assert data.rotate_key() == 3
+
+
+def test_a_folder_from_before_the_record_records_its_keys(folder):
+    store = Store(folder / "db")  # the layout before: no record
+    with store.write() as txn:
+        txn.delete(b"key_versions", db=store.db("meta"))
+    store.close()
+    with DataFolder(folder) as data:
+        assert data.keys.versions == [1]
+    with DataFolder(folder) as data:
+        data.rotate_key()
+    os.rename(folder / "keys" / "master-v1.key", folder / "v1.aside")
+    with pytest.raises(DataFolderError, match=r"version\(s\) 1 missing"):
+        DataFolder(folder)
+
+
+def test_a_rotate_past_what_the_codes_can_carry_is_refused(folder):
+    with DataFolder(folder) as data:
+        highest = min(f.max_key_version for f in data.spec.formats.values())
+        for _ in range(highest - 1):
+            data.rotate_key()
+        with pytest.raises(ValueError, match=f"key version {highest + 1} does not fit"):
+            data.rotate_key()
+        assert data.keys.current == highest
+        data.create_batch("cap", 1)  # still possible
+
+
+def test_a_running_verifier_takes_a_key_rotated_by_another_process(folder, monkeypatch):
+    """A server keeps its data folder open for days: a `key rotate` and new batches from
+    the CLI meanwhile must verify there, not answer invalid (and count towards a ban)."""
+    import engine.codes
+
+    with DataFolder(folder) as server:
+        code = subprocess.run([sys.executable, "-c", (
+            "import sys; from engine import DataFolder\n"
+            "with DataFolder(sys.argv[1]) as d:\n"
+            "    d.rotate_key(); b = d.create_batch('cap', 3); print(d.codes.code(b, 0, 'cap_inner'))")
+            , str(folder)], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        clock = [100.0]
+        monkeypatch.setattr(engine.codes.time, "monotonic", lambda: clock[0])
+        assert server.codes.verify(code).genuine
+        assert server.keys.versions == [1, 2]
+        # a forged code naming a version not here looks for its file once a second at most
+        looks = []
+        monkeypatch.setattr(server.keys, "load", lambda v: looks.append(v) or False)
+        forged = "Z" + code[1:]
+        for _ in range(3):
+            assert not server.codes.verify(forged).genuine
+        clock[0] += 1.5
+        server.codes.verify(forged)
+        assert len(looks) <= 2
