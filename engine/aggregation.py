@@ -682,12 +682,20 @@ class Aggregation:
                  serial_range: tuple[int, int, int] | None = None, pallets: list[str] = (),
                  now: float | None = None) -> dict:
         """Bind a product, lot, production date and line to a batch, a serial range
-        ``(batch, start, stop)`` or everything under the given pallets (and the pallets)."""
+        ``(batch, start, stop)`` or everything under the given pallets (and the pallets).
+
+        Voided units are left out (``voided_skipped`` in the record). A batch or range
+        that overlaps an activation is refused. Pallets may be activated again: what was
+        packed on them since is activated, units already active keep their activation
+        (``already_active``); refused only when nothing is left to activate."""
         for label, value in (("sku", sku), ("name", name), ("lot", lot)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{label} is required")
         try:
-            _dt.date.fromisoformat(production_date)
+            if not (isinstance(production_date, str) and len(production_date) == 10
+                    and production_date[4] == production_date[7] == "-"):
+                raise ValueError  # NOTE: fromisoformat also takes 20260101 and 2026W011
+            production_date = _dt.date.fromisoformat(production_date).isoformat()
         except (TypeError, ValueError):
             raise ValueError(
                 f"production date must be YYYY-MM-DD, got {production_date!r}") from None
@@ -712,14 +720,26 @@ class Aggregation:
                   "production_date": production_date, "line": line,
                   "time": time.time() if now is None else now}
         with self.store.write() as txn:
-            for f, l in runs:
-                hit = self.active.overlapping(txn, f, l)
-                if hit:
-                    raise Conflict(f"units {self._ref(max(f, hit[0][0]))}.. are already activated "
-                                   f"(activation {_I.unpack(hit[0][2])[0]})")
+            asked = sum(l - f + 1 for f, l in runs)
+            if pallet_units:
+                runs = [g for f, l in runs for g in self.active.gaps(txn, f, l)]
+            else:
+                for f, l in runs:
+                    hit = self.active.overlapping(txn, f, l)
+                    if hit:
+                        raise Conflict(f"units {self._ref(max(f, hit[0][0]))}.. are already activated "
+                                       f"(activation {_I.unpack(hit[0][2])[0]})")
+            not_active = sum(l - f + 1 for f, l in runs)
+            runs = [g for f, l in runs for g in self.voids.gaps(txn, f, l)]
+            units = sum(l - f + 1 for f, l in runs)
+            if not units:
+                raise Conflict("nothing to activate: every unit asked for is already activated "
+                               "or voided")
             aid = self.store.next_id(txn, "agg_activation")
             record["id"] = aid
-            record["units"] = sum(l - f + 1 for f, l in runs)
+            record["units"] = units
+            record["already_active"] = asked - not_active
+            record["voided_skipped"] = not_active - units
             record["event_id"] = self._event(txn, "activate", now, pallet_units, activation=aid,
                                              runs=[[f, l] for f, l in runs])
             txn.put(u32(aid), pack(record), db=self._activations_db)

@@ -220,6 +220,34 @@ def test_activation_validates_and_binds(run, tmp_path):
     assert run.agg.activate(serial_range=(run.cap_batch, 120, 240), **kw)["units"] == 120
 
 
+def test_activating_pallets_again_takes_in_what_was_packed_since(run, tmp_path):
+    """Activation reaches what is under the pallets *now*: a case packed on later is
+    activated by activating the pallet again; what is active keeps its activation."""
+    agg = run.agg
+    agg.load(_file(tmp_path, _production(run)))
+    kw = dict(sku="TEA-500", name="Green tea", lot="L1", production_date="2026-11-21")
+    assert agg.activate(pallets=[run.pallets[0]], **kw)["units"] == 1 + 5 + 120
+    agg.move([run.cases[5]], to=run.pallets[0])  # a case of pallet 1, with its 24 caps
+    assert not agg.is_active(unit_id(run.cap_batch, 5 * 24))
+    again = agg.activate(pallets=[run.pallets[0]], **kw)
+    assert (again["units"], again["already_active"], again["voided_skipped"]) == (25, 126, 0)
+    assert agg.is_active(unit_id(run.cap_batch, 5 * 24))
+    with pytest.raises(Conflict, match="nothing to activate"):
+        agg.activate(pallets=[run.pallets[0]], **kw)
+
+
+def test_activation_leaves_voided_units_out_and_stores_the_date_as_written_by_iso(run, tmp_path):
+    agg = run.agg
+    agg.void([run.caps[2], run.caps[3]])
+    kw = dict(sku="S", name="N", lot="L")
+    for odd in ("20261121", "2026W011", "2026-1-21"):
+        with pytest.raises(ValueError, match="YYYY-MM-DD"):
+            agg.activate(serial_range=(run.cap_batch, 0, 10), production_date=odd, **kw)
+    rec = agg.activate(serial_range=(run.cap_batch, 0, 10), production_date="2026-11-21", **kw)
+    assert (rec["units"], rec["voided_skipped"], rec["production_date"]) == (8, 2, "2026-11-21")
+    assert agg.activated_counts()["cap"] == 8
+
+
 def test_ship_trace_distributor_through_ancestors(run, tmp_path):
     agg = run.agg
     agg.load(_file(tmp_path, _production(run)))
