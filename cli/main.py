@@ -263,10 +263,17 @@ def code():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
 def code_verify(data, codes, as_json):
-    """Verify codes (or URLs); `-` reads one per line from stdin.
+    """Verify codes (or URLs) as the scan API answers them: genuine, inactive (not yet
+    activated), voided or invalid. Read-only: nothing is recorded. `-` reads one per line
+    from stdin.
 
     Example: wuma code verify HTTPS://S.EXAMPLE.CN/Q/1Z05JGJADZG79SCFE9CS
     """
+    from engine.aggregation import Aggregation
+    from engine.scan import code_verdict
+
+    aggregation = Aggregation(data)
+
     def inputs():
         for c in codes:
             if c == "-":
@@ -277,10 +284,9 @@ def code_verify(data, codes, as_json):
                 yield c
 
     for text in inputs():
-        v = data.codes.verify(text)
-        d = v.to_dict()
-        d["input"] = text
-        human = (f"{text}\tgenuine\tbatch {v.batch} serial {v.serial} {v.role} ({v.level})"
+        verdict, v = code_verdict(data.codes, aggregation, text)
+        d = {**v.to_dict(), "verdict": verdict, "input": text}
+        human = (f"{text}\t{verdict}\tbatch {v.batch} serial {v.serial} {v.role} ({v.level})"
                  if v.genuine else f"{text}\tinvalid")
         emit(d, as_json, human)
 

@@ -29,7 +29,7 @@ from engine.regions import RegionTable
 from engine.scanlog import ScanLog, ScanRecord
 
 __all__ = ["ScanRequest", "ScanResult", "ScanPipeline", "ScanContext", "DEFAULT_ROLE_RULES",
-           "VERDICTS"]
+           "VERDICTS", "code_verdict"]
 
 VERDICTS = ("genuine", "inactive", "voided", "invalid")
 #: Which code roles each actor role is meant to scan. Any other pair is still verified
@@ -266,6 +266,16 @@ def _chain(settles: list):
 
 def _unit_verdict(trace: dict) -> str:
     return "voided" if trace["voided"] else "genuine" if trace["active"] else "inactive"
+
+
+def code_verdict(codes: CodeEngine, aggregation: Aggregation, text: str) -> tuple[str, object]:
+    """``(verdict, verification)`` of a code as the scan API would answer it (genuine,
+    inactive, voided, invalid), read-only: nothing recorded, no abuse control (for
+    operators, ``wuma code verify``)."""
+    v = codes.verify(text)
+    if not v.genuine:
+        return "invalid", v
+    return _unit_verdict(aggregation.scan_trace(unit_id(v.batch, v.serial))), v
 
 
 def _result(verdict: str, v, trace: dict, record: ScanRecord | None, flags: tuple = (),

@@ -66,13 +66,19 @@ def test_init_batch_export_verify(run, tmp_path):
     assert len(rows) == 5001
     serial, outer, inner = rows[4001].split(",")
     assert serial == "4000"
+    # the scan API's verdicts: authentic but not yet activated is inactive
     res = run("code", "verify", outer, inner, "nonsense", "--json")
     answers = [json.loads(x) for x in res.output.splitlines()]
-    assert [a["verdict"] for a in answers] == ["genuine", "genuine", "invalid"]
+    assert [a["verdict"] for a in answers] == ["inactive", "inactive", "invalid"]
+    assert [a["genuine"] for a in answers] == [True, True, False]
     assert answers[1]["serial"] == 4000 and answers[1]["role"] == "cap_inner"
+    run("activate", "--batch", "1", "--sku", "S", "--name", "N", "--lot", "L", "--date", "2026-11-21")
+    run("void", "--range", "1:4000:4001")
+    assert [json.loads(x)["verdict"] for x in run("code", "verify", outer, rows[1].split(",")[1], "--json")
+            .output.splitlines()] == ["voided", "genuine"]
     # stdin, one per line, human output
     res = run("code", "verify", "-", input=f"{inner}\nxyz\n")
-    assert res.output.splitlines() == [f"{inner}\tgenuine\tbatch 1 serial 4000 cap_inner (cap)", "xyz\tinvalid"]
+    assert res.output.splitlines() == [f"{inner}\tvoided\tbatch 1 serial 4000 cap_inner (cap)", "xyz\tinvalid"]
 
 
 def test_export_range_url_and_stdout(run):
@@ -178,7 +184,7 @@ def test_utf8_bom_in_verify_stdin_and_region_import(run, tmp_path):
     run("batch", "create", "--level", "cap", "--count", "3")
     code = run("batch", "export", "1", "--plaintext", "-o", "-").output.splitlines()[1].split(",")[2]
     res = run("code", "verify", "-", input=f"\ufeff{code}\r\n{code}\n")
-    assert res.output.splitlines() == [f"{code}\tgenuine\tbatch 1 serial 0 cap_inner (cap)"] * 2
+    assert res.output.splitlines() == [f"{code}\tinactive\tbatch 1 serial 0 cap_inner (cap)"] * 2
     centres = tmp_path / "centres.csv"
     centres.write_bytes(b"\xef\xbb\xbfcode,lat,lng\r\n440106,23.1,113.3\r\n")
     assert "1 division centres loaded" in run("region", "import", str(centres)).output
