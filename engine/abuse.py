@@ -16,7 +16,9 @@ all of them at once.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
 import struct
 import threading
 import time
@@ -27,6 +29,8 @@ import msgpack
 
 from engine.errors import NotFound
 from engine.store import Store, pack, unpack
+
+log = logging.getLogger("wuma.abuse")
 
 __all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address"]
 
@@ -121,6 +125,7 @@ class AbuseGuard:
         # upgrade from a release without it, old workers open them without: that costs
         # only sync guarantees these counters never had.)
         self.counters = Store(counters_path, map_size=1 << 32, sync=False, writemap=True)
+        self._full_logged = -60.0
         self._rate = self.counters.db("rate")
         # One record per subject: _INVALID_HEAD, then up to evidence_max msgpack'd
         # [time, code] pieces of evidence, oldest first.
@@ -229,13 +234,17 @@ class AbuseGuard:
         # such late counts go; rate limits need not be exact.
         items = list(pending.items())
         shared = self._shared
-        with self.counters.write() as txn:
-            for s, k in items:
-                key = s.encode()
-                raw = txn.get(key, db=self._rate)
-                m, n = unpack(raw) if raw else (minute, 0)
-                shared[s] = merged = (n if m == minute else 0) + k
-                txn.put(key, pack((minute, merged)), db=self._rate)
+        try:
+            with self.counters.write() as txn:
+                for s, k in items:
+                    key = s.encode()
+                    raw = txn.get(key, db=self._rate)
+                    m, n = unpack(raw) if raw else (minute, 0)
+                    shared[s] = merged = (n if m == minute else 0) + k
+                    txn.put(key, pack((minute, merged)), db=self._rate)
+        except OSError as e:  # the counts of this interval are let go (see record_invalid)
+            if not self._counters_full(e):
+                raise
 
     # -- enumeration ------------------------------------------------------------------
     def record_invalid(self, subjects: list[str], code: str, now: float | None = None) -> Ban | None:
@@ -250,7 +259,28 @@ class AbuseGuard:
         pages; with the writemap environment an invalid scan's write went from ~11.7 to
         ~3.3 µs (median, 2 subjects, evidence written), and this method from ~9.5 to
         ~4.2 µs in the case of ``benchmarks/bench_pipeline.py`` (invalid code).
+
+        A file system too full for the counters (Store.write's ENOSPC) stops the counting,
+        logged, rather than the scan: invalid codes are still answered invalid.
         """
+        try:
+            return self._record_invalid(subjects, code, now)
+        except OSError as e:
+            if not self._counters_full(e):
+                raise
+            return None
+
+    def _counters_full(self, e: OSError) -> bool:
+        """Is ``e`` the counters' file system being full? Logged once a minute at most."""
+        if e.errno != errno.ENOSPC:
+            return False
+        now = time.monotonic()
+        if now - self._full_logged >= 60:
+            self._full_logged = now
+            log.error("rate limits and enumeration counts are not kept: %s; free some space", e)
+        return True
+
+    def _record_invalid(self, subjects: list[str], code: str, now: float | None) -> Ban | None:
         now = time.time() if now is None else now
         lim = self.limits
         head = _INVALID_HEAD

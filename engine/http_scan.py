@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import falcon
+import lmdb
 
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
@@ -44,6 +45,8 @@ _MAX_BODY = 16 * 1024
 _BUCKET_KEYS = tuple(f'wuma_scan_latency_seconds_bucket{{le="{b}"}}' for b in LATENCY_BUCKETS) + (
     'wuma_scan_latency_seconds_bucket{le="+Inf"}',)
 _VERDICT_KEYS = {v: f'wuma_scans_total{{verdict="{v}"}}' for v in VERDICTS}
+_REFUSED_KEYS = tuple(f'wuma_scans_refused_total{{reason="{r}"}}'
+                      for r in ("unauthorized", "banned", "rate_limited", "storage_unavailable"))
 
 #: JSON bodies in and out. PERF: one reused encoder (engine.scan.JSON_ENCODER). Falcon's
 #: default, ``json.dumps(obj, ensure_ascii=False)``, builds a new JSONEncoder on every call:
@@ -201,15 +204,27 @@ class ScanResource:
                            ip=self.client_ip(req))
         try:
             result = self.pipeline.scan(sreq)
-        except (ValueError, Unauthorized, Banned, RateLimited) as e:
+        except (ValueError, Unauthorized, Banned, RateLimited, lmdb.Error) as e:
             _refused(resp, self.metrics, e)
             return
         self.metrics.observe_scan(result.verdict, time.perf_counter() - start)
         resp.data = result.to_json()
 
 
+_storage_logged = [-60.0]
+
+
 def _refused(resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
     """The answer to a scan or check the pipeline refused."""
+    if isinstance(e, lmdb.Error):  # NOTE: map or disk full, an I/O error: nothing stored
+        metrics.inc('wuma_scans_refused_total{reason="storage_unavailable"}')
+        if time.monotonic() - _storage_logged[0] >= 60:  # once a minute, not per request
+            _storage_logged[0] = time.monotonic()
+            log.error("scans cannot be stored: %s", e)
+        _error(resp, falcon.HTTP_503, "storage_unavailable",
+               "the scan could not be stored and was not counted; try again later")
+        resp.set_header("Retry-After", "60")
+        return
     if isinstance(e, ValueError):
         raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
     if isinstance(e, Unauthorized):
@@ -237,13 +252,24 @@ class CodeResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, code: str) -> None:
         try:
             resp.data = self.pipeline.check(code, self.client_ip(req)).to_json()
-        except (ValueError, Banned, RateLimited) as e:
+        except (ValueError, Banned, RateLimited, lmdb.Error) as e:
             _refused(resp, self.metrics, e)
 
 
 class HealthResource:
+    """200 ``{"status": "ok"}``, or 503 with the reason when the store cannot take scans
+    (its map nearly full, its disk nearly full): a load balancer takes the server out."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok"}
+        problem = self.store.problem()
+        if problem is None:
+            resp.media = {"status": "ok"}
+        else:
+            resp.status = falcon.HTTP_503
+            resp.media = {"status": "unavailable", "reason": problem}
 
 
 class MetricsResource:
@@ -252,17 +278,30 @@ class MetricsResource:
         self.data = data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Prometheus text format 0.0.4: each family's HELP and TYPE then its samples,
+        every series from the start (zeros), buckets in increasing order, +Inf last."""
         totals = self.metrics.totals()
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str, keys) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{k} {_sample(totals.get(k, 0.0))}" for k in keys)
+
+        family("wuma_scans_total", "counter", "Scans answered, by verdict.", _VERDICT_KEYS.values())
+        family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", _REFUSED_KEYS)
+        family("wuma_scan_latency_seconds", "histogram", "Time to answer a scan.",
+               (*_BUCKET_KEYS, "wuma_scan_latency_seconds_sum", "wuma_scan_latency_seconds_count"))
         totals["wuma_bans_active"] = float(len(self.data.abuse.list_bans()))
-        lines = [
-            "# TYPE wuma_scans_total counter",
-            "# TYPE wuma_scans_refused_total counter",
-            "# TYPE wuma_scan_latency_seconds histogram",
-            "# TYPE wuma_bans_active gauge",
-        ]
-        lines += [f"{k} {v:g}" for k, v in sorted(totals.items())]
+        family("wuma_bans_active", "gauge", "Clients banned now.", ("wuma_bans_active",))
         resp.content_type = "text/plain; version=0.0.4"
         resp.text = "\n".join(lines) + "\n"
+
+
+def _sample(value: float) -> str:
+    """A sample value in full: counts as integers (``%g`` wrote 1234567 as 1.23457e+06,
+    so past a million a counter moved in steps of ten), other values as Python's repr."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
 
 
 class OpenApiResource:
@@ -355,7 +394,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.add_route("/v1/scans", ScanResource(pipeline, metrics, client_ip))
     app.add_route("/v1/codes/{code}", CodeResource(pipeline, metrics, client_ip))
-    app.add_route("/healthz", HealthResource())
+    app.add_route("/healthz", HealthResource(data.store))
     app.add_route("/metrics", MetricsResource(metrics, data))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, unexpected_error)

@@ -47,7 +47,10 @@ def _json(schema: dict, description: str) -> dict:
 _REFUSED = {
     "403": _json(_ERROR, "client banned for enumeration (error: banned)"),
     "429": _json(_ERROR, "rate limited (error: rate_limited)"),
+    "503": _json(_ERROR, "the store cannot take it now, map or disk full (error: storage_unavailable)"),
 }
+_HEALTH = {"type": "object", "required": ["status"],
+           "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}}
 _ERRORS = {
     "400": _json(_ERROR, "malformed request (error: bad_request, bad_json)"),
     "413": _json(_ERROR, "body too large"),
@@ -96,8 +99,8 @@ OPENAPI = {
                               **_ERRORS},
             }
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(
-            {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}, "ok")}}},
+        "/healthz": {"get": {"summary": "Liveness, and whether the store can take scans", "responses": {
+            "200": _json(_HEALTH, "ok"), "503": _json(_HEALTH, "the store cannot take scans (reason)")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},

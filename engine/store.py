@@ -7,13 +7,15 @@ each: a write either lands whole or not at all.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+import time
 from pathlib import Path
 import lmdb
 import msgpack
 
-__all__ = ["Store", "pack", "unpack", "u32", "u64"]
+__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES"]
 
 #: Virtual size of the map; LMDB files are sparse, so this only caps growth.
 DEFAULT_MAP_SIZE = int(os.environ.get("WUMA_MAP_SIZE", str(1 << 40)))
@@ -49,6 +51,16 @@ def unpack(data: bytes):
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+#: Writes through the map (``writemap``) stop below this much free space (see Store.write).
+MIN_FREE_BYTES = 64 << 20
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for an unprivileged writer on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 class Store:
     """An open LMDB environment with named databases."""
 
@@ -80,6 +92,8 @@ class Store:
             lock=True,
         )
         self._dbs: dict[str, object] = {}
+        self._writemap = writemap
+        self._space_checked = -1.0  # when the file system's free space was last looked at
         #: If set, ``write_gate(store)`` is what :meth:`write` returns: a context manager
         #: that waits its turn before beginning the transaction (see
         #: :func:`engine.scanlog.gate_writes`).
@@ -97,6 +111,19 @@ class Store:
             self._dbs[name] = handle
         return handle
 
+    def problem(self) -> str | None:
+        """Why this store cannot take writes now, or None: its map nearly full (writes fail
+        with MDB_MAP_FULL), or its file system below :data:`MIN_FREE_BYTES` free."""
+        info, stat = self.env.info(), self.env.stat()
+        used = (info["last_pgno"] + 1) * stat["psize"]
+        if used > 0.95 * info["map_size"]:
+            return (f"the store at {self.path} has used {used >> 20} of its {info['map_size'] >> 20} "
+                    "MiB map (raise WUMA_MAP_SIZE)")
+        free = free_bytes(self.path)
+        if free < MIN_FREE_BYTES:
+            return f"{free >> 20} MiB free on the file system of {self.path}"
+        return None
+
     # PERF: the transactions are their own context managers (commit on success, abort on
     # an exception); a generator-based contextmanager around them cost ~1 µs per use, and
     # a scan opens several.
@@ -106,7 +133,19 @@ class Store:
 
     def write(self) -> lmdb.Transaction:
         """``with store.write() as txn:`` committed at the end of the block, aborted (all of
-        it) if the block raises."""
+        it) if the block raises.
+
+        With ``writemap``: OSError(ENOSPC) instead of a transaction when the file system
+        has less than :data:`MIN_FREE_BYTES` free. NOTE: a write through the map onto a
+        page the file system cannot allocate kills the process with SIGBUS (the workers
+        of a full disk crash-looped); looked at once a second at most."""
+        if self._writemap:
+            now = time.monotonic()
+            if now - self._space_checked >= 1.0:
+                if free_bytes(self.path) < MIN_FREE_BYTES:
+                    raise OSError(errno.ENOSPC, f"less than {MIN_FREE_BYTES >> 20} MiB free for "
+                                  f"the store at {self.path}", str(self.path))
+                self._space_checked = now
         if self.write_gate is not None:
             return self.write_gate(self)
         return self.env.begin(write=True)

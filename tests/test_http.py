@@ -167,6 +167,20 @@ def test_metrics_and_openapi(live):
     status, text = s.get("/metrics")
     assert status == 200 and 'wuma_scans_total{verdict="genuine"}' in text
     assert "wuma_scan_latency_seconds_bucket" in text and "wuma_bans_active" in text
+    lines = text.splitlines()  # Prometheus text format: a family's TYPE before its samples
+    for family in ("wuma_scans_total", "wuma_scans_refused_total", "wuma_scan_latency_seconds",
+                   "wuma_bans_active"):
+        typed = lines.index(next(x for x in lines if x.startswith(f"# TYPE {family} ")))
+        samples = [i for i, x in enumerate(lines) if x.startswith(family + "{") or x.startswith(family + " ")
+                   or x.startswith(family + "_bucket") or x.startswith(family + "_sum")
+                   or x.startswith(family + "_count")]
+        assert samples and min(samples) == typed + 1 and max(samples) - min(samples) == len(samples) - 1
+    buckets = [x for x in lines if x.startswith("wuma_scan_latency_seconds_bucket")]
+    assert buckets[-1].startswith('wuma_scan_latency_seconds_bucket{le="+Inf"}')
+    counts = [int(x.rsplit(" ", 1)[1]) for x in buckets]
+    assert counts == sorted(counts) and counts[-1] == int(next(
+        x for x in lines if x.startswith("wuma_scan_latency_seconds_count")).rsplit(" ", 1)[1])
+    assert "e+" not in text and 'wuma_scans_total{verdict="voided"} 0' in text
     status, doc = s.get("/openapi.json")
     # The served document is the admin app's (admin/openapi.py): the scan API and more.
     assert status == 200 and set(doc["paths"]) >= {"/v1/scans", "/v1/codes/{code}", "/healthz",
@@ -544,3 +558,54 @@ def test_no_code_reaches_the_access_log(tmp_path):
             stop(proc)
     text = log.read_text()
     assert f"/v1/codes/{code[:4]}..." in text and code not in text
+
+
+def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch):
+    """Map or disk full: the scan is not stored and the client is told so (503, not a
+    500 and a traceback per request); /healthz takes the server out of rotation."""
+    import lmdb
+    from falcon import testing
+
+    import engine.store
+    from engine.http_scan import create_app
+    from engine.scan import ScanPipeline
+
+    w = build_world(tmp_path / "wuma-data")
+    try:
+        client = testing.TestClient(create_app(w["data"]))
+        assert client.simulate_get("/healthz").json == {"status": "ok"}
+
+        def full(self, req):
+            raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL: Environment mapsize limit reached")
+
+        monkeypatch.setattr(ScanPipeline, "scan", full)
+        got = client.simulate_post("/v1/scans", json={"code": "x"})
+        assert got.status_code == 503 and got.json["error"] == "storage_unavailable"
+        assert got.headers["Retry-After"] == "60"
+        monkeypatch.setattr(engine.store, "free_bytes", lambda path: 10 << 20)
+        health = client.simulate_get("/healthz")
+        assert health.status_code == 503 and "MiB free" in health.json["reason"]
+    finally:
+        w["data"].close()
+
+
+def test_counters_stop_rather_than_crash_when_their_disk_is_full(tmp_path, monkeypatch, caplog):
+    """Writes through the counters' memory map onto a full disk would kill the worker
+    (SIGBUS): below the free-space floor the counting stops, logged, and scans go on."""
+    import engine.store
+    from engine.abuse import subject
+
+    w = build_world(tmp_path / "wuma-data")
+    try:
+        abuse = w["data"].abuse
+        monkeypatch.setattr(engine.store, "free_bytes", lambda path: 1 << 20)
+        abuse.counters._space_checked = -1.0
+        assert abuse.record_invalid([subject("ip", "203.0.113.90")], "1XYZ", now=1000.0) is None
+        assert "not kept" in caplog.text
+    finally:
+        w["data"].close()
+
+
+def test_metric_samples_are_written_in_full():
+    from engine.http_scan import _sample
+    assert [_sample(v) for v in (1234567.0, 0.0, 0.000123, 12.5)] == ["1234567", "0", "0.000123", "12.5"]
