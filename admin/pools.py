@@ -248,6 +248,12 @@ class PoolCharges:
             return True
         return self._move(pool_id, amount, region, at, check=True)
 
+    def covers(self, pool_id: str, region: str | None) -> bool:
+        """Does the pool pay in ``region`` at all? A pool with region caps pays only inside
+        them (and not for a scan with no region)."""
+        pool = self._load(pool_id)[0]
+        return not pool.regions or self._pools._region_slot(pool, region) is not None
+
     def refund(self, pool_id: str, amount: int, region: str | None, at: float) -> None:
         """Give back ``amount`` charged at time ``at`` in ``region`` (never below zero)."""
         self._move(pool_id, -amount, region, at, check=False)

@@ -43,8 +43,8 @@ __all__ = ["RewardEngine", "REGISTRATION_ROLES", "OUTCOMES"]
 REGISTRATION_ROLES = frozenset({"cap_outer", "case_inner", "case"})
 #: What a campaign did for a scan (``rewards[].outcome`` of the scan answer and event).
 OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewarded",
-            "limit_reached", "budget_exhausted", "no_payee", "no_beneficiary",
-            "withheld_diverted", "campaign_inactive", "expired")
+            "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee",
+            "no_beneficiary", "withheld_diverted", "campaign_inactive", "expired")
 _DAY = 86400.0
 _COUNTS = struct.Struct(">III")  # China day number, draws that day, draws in all
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -53,6 +53,11 @@ _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def _new_voucher_id() -> str:
     # APPSEC: 100 random bits: vouchers are bearer instruments, not guessable.
     return "V" + "".join(secrets.choice(_VOUCHER_ALPHABET) for _ in range(20))
+
+
+def _unpaid(charges, pool: str, region: str | None) -> str:
+    """Why a charge was refused: the pool pays only in its capped regions, or it is spent."""
+    return "budget_exhausted" if charges.covers(pool, region) else "outside_pool_regions"
 
 
 class RewardEngine:
@@ -220,7 +225,7 @@ class RewardEngine:
                         txn.delete(counted[0], db=self._actor_counts)
                     else:
                         txn.put(counted[0], counted[1], db=self._actor_counts)
-                return [{"campaign": cid, "name": c.name, "outcome": "budget_exhausted"}]
+                return [{"campaign": cid, "name": c.name, "outcome": _unpaid(charges, pool, region)}]
             else:
                 payout, lock = reward["payout"], rule.get("lock")
                 kind = "voucher" if payout == "voucher" else "locked" if lock else "grant"
@@ -277,7 +282,7 @@ class RewardEngine:
         amount = rebate["amount"]
         region, at = ctx.request.region, ctx.at
         if not charges.charge(c.pool, amount, region, at):
-            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "budget_exhausted"}
+            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": _unpaid(charges, c.pool, region)}
         b = {"role": to, "id": who}
         lseq = self.ledger.append(txn, {"at": at, "campaign": c.id, "pool": c.pool, "scan": seq,
                                         "unit": unit, "beneficiary": b, "region": region,
