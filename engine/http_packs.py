@@ -89,7 +89,7 @@ class _LineAuth:
         ts = req.get_header("X-Wuma-Timestamp") or ""
         nonce = req.get_header("X-Wuma-Nonce") or ""
         sig_text = req.get_header("X-Wuma-Signature") or ""
-        if not ts.isdigit() or not _NONCE.match(nonce) or len(ts) > 12:
+        if not (ts.isascii() and ts.isdigit()) or not _NONCE.match(nonce) or len(ts) > 12:
             raise denied
         now = self._clock()
         if abs(now - int(ts)) > REPLAY_WINDOW:
@@ -192,6 +192,11 @@ def create_app(data_path: Path, *, clock: Callable[[], float] = time.time) -> fa
     app = falcon.App(middleware=[_LineAuth(data, registry, clock)])
     app.add_route("/packs", _PackList(registry))
     app.add_route("/packs/{pack_id}", _PackFile(registry))
+    # NOTE: errors in the API's shape, {"error", "message"}; a trace only in the log
+    from engine.http_scan import http_error, unexpected_error
+
+    app.add_error_handler(Exception, unexpected_error)
+    app.add_error_handler(falcon.HTTPError, http_error)
     return app
 
 

@@ -37,7 +37,7 @@ from engine.scanlog import ScanLog, gate_writes
 from engine.store import Store, pack, unpack
 
 __all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
-           "masked_path", "unexpected_error"]
+           "masked_path", "unexpected_error", "http_error"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -143,6 +143,13 @@ class Metrics:
         return out
 
 
+try:  # gunicorn's errors for a body it cannot parse (a bad chunk size...)
+    from gunicorn.http.errors import ParseException as _GunicornParseError
+except ImportError:  # pragma: no cover - another WSGI server
+    _GunicornParseError = OSError
+_UNREADABLE = (OSError, _GunicornParseError)
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -164,7 +171,12 @@ def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
     # wsgi.input_terminated, PEP 3333 extension) is read directly; Falcon's bounded
     # stream, which guards servers that do not, took ~2% of the app's time (py-spy)
     stream = env["wsgi.input"] if env.get("wsgi.input_terminated") else req.bounded_stream
-    raw = stream.read(max_bytes + 1)
+    try:
+        raw = stream.read(max_bytes + 1)
+    except _UNREADABLE:  # NOTE: the client's doing (a reset, a bad chunk): no ERROR, no trace
+        raise falcon.HTTPBadRequest(title="bad_request",
+                                    description="the body could not be read (connection or chunk "
+                                                "framing broken)") from None
     if len(raw) > max_bytes:
         raise falcon.HTTPContentTooLarge(title="request_too_large",
                                          description=f"body over {max_bytes} bytes")
@@ -309,7 +321,8 @@ class OpenApiResource:
         resp.media = OPENAPI
 
 
-def _http_error(req, resp, ex: falcon.HTTPError, params) -> None:
+def http_error(req, resp, ex: falcon.HTTPError, params) -> None:
+    """Falcon's HTTP errors as ``{"error": <stable code>, "message": ...}``."""
     code = ex.title if ex.title and " " not in ex.title else ex.status.split(" ", 1)[1].lower().replace(" ", "_")
     resp.status = ex.status
     resp.media = {"error": code, "message": ex.description or ex.status.split(" ", 1)[1]}
@@ -381,7 +394,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
                clock: Callable[[], float] = time.time) -> falcon.App:
     """Build the scan API over an open data folder (one per worker process). ``pipeline``
     defaults to one without campaign hooks; the admin layer passes its own."""
-    cfg = data.config.get("serve", {})
+    cfg = data.serve_settings
     gate_writes(data.store)  # under gevent: bans and admin writes wait for an ingest aside
     if pipeline is None:
         pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
@@ -398,7 +411,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     app.add_route("/metrics", MetricsResource(metrics, data))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, unexpected_error)
-    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(falcon.HTTPError, http_error)
     return app
 
 

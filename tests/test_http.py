@@ -609,3 +609,26 @@ def test_counters_stop_rather_than_crash_when_their_disk_is_full(tmp_path, monke
 def test_metric_samples_are_written_in_full():
     from engine.http_scan import _sample
     assert [_sample(v) for v in (1234567.0, 0.0, 0.000123, 12.5)] == ["1234567", "0", "0.000123", "12.5"]
+
+
+def test_a_body_that_cannot_be_read_is_a_400_not_an_error_in_the_log(tmp_path, caplog):
+    """A client that resets mid-body, or sends a bad chunk, is the client's doing."""
+    import io
+
+    from falcon import testing
+
+    from engine.http_scan import create_app
+
+    class Broken(io.RawIOBase):
+        def read(self, n=-1):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    w = build_world(tmp_path / "wuma-data")
+    try:
+        client = testing.TestClient(create_app(w["data"]))
+        got = client.simulate_post("/v1/scans", body=b"", extras={"wsgi.input": Broken(),
+                                                                  "wsgi.input_terminated": True})
+        assert got.status_code == 400 and "could not be read" in got.json["message"]
+        assert "unhandled error" not in caplog.text
+    finally:
+        w["data"].close()

@@ -495,6 +495,10 @@ def test_pull_rejects_replay_stale_forged_and_unknown(world, server):
     stranger = generate_line_keys(tmp / "stranger")
     assert _call(server, "/packs", sign_request(stranger, "GET", "/packs"))[0] == 401
     assert _call(server, "/packs", {})[0] == 401
+    # a timestamp of other digits than ASCII is the same opaque 401, in the API's error shape
+    odd = {**sign_request(keys, "GET", "/packs"), "X-Wuma-Timestamp": "\u00b2"}
+    status, body = _call(server, "/packs", odd)[:2]
+    assert status == 401 and set(json.loads(body)) == {"error", "message"}
 
 
 def test_revoked_line_and_pack_get_nothing(world, server):
