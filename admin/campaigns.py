@@ -363,7 +363,8 @@ class CampaignRegistry:
                 if _overlap(rule, other.rule):
                     raise Conflict(f"campaign {other.id} ({other.name}) already rewards "
                                    f"{rule['trigger']['actor_role']} scans of {rule['trigger']['code_role']} "
-                                   "codes on the same target, regions and time; pause or close it, or narrow this one")
+                                   "codes on the same target, regions and time; close it (a paused "
+                                   "campaign keeps its place), or narrow this one")
             cid = self._store.next_id(txn, "campaign")
             campaign = Campaign(cid, "active", rule, now)
             txn.put(u32(cid), pack(campaign.to_dict()), db=self._db)

@@ -85,7 +85,8 @@ _TIME = {"oneOf": [{"type": "number"}, {"type": "string"}],
                         "not included, but an end given as a date alone includes that day"}
 _CAMPAIGN_RULE = {
     "type": "object",
-    "description": "A campaign rule; see admin/campaigns.py (`wuma campaign create --help`) for every field.",
+    "description": "A campaign rule; every field is described in the README's section "
+                   "\"Campaigns, pools and the ledger\" (checked by admin/campaigns.py).",
     "required": ["name", "pool", "trigger", "target", "window", "reward"],
     "additionalProperties": False,
     "properties": {
@@ -210,7 +211,9 @@ _PATHS: dict[str, dict[str, Any]] = {
                         "unit": {"type": "string", "enum": list(UNITS)},
                         "daily": _nullable(_AMOUNT),
                         "regions": _nullable({"type": "object", "additionalProperties": _AMOUNT,
-                                              "description": "region code prefix -> cap"})}, closed=True)),
+                                              "description": "region code prefix -> cap; a pool "
+                                                             "with region caps pays only scans in "
+                                                             "those regions"})}, closed=True)),
     },
     "/admin/api/pools/{pool}": {"get": _op("A pool's spend: total, by day (burn-down) and by region", "read",
                                            _json(_POOL, "the pool"), errors=("404",), params=[_POOL_ID])},

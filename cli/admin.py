@@ -209,8 +209,9 @@ def campaign_list(admin, status, as_json):
 
 @campaign.command("show")
 @click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the output is JSON either way).")
 @pass_admin
-def campaign_show(admin, campaign_id):
+def campaign_show(admin, campaign_id, as_json):
     """One campaign's rule, as JSON.
 
     Example: wuma campaign show 3
@@ -275,8 +276,9 @@ def voucher():
 
 @voucher.command("show")
 @click.argument("voucher_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the output is JSON either way).")
 @pass_admin
-def voucher_show(admin, voucher_id):
+def voucher_show(admin, voucher_id, as_json):
     """A voucher's state, as JSON.
 
     Example: wuma voucher show V7K2M9QX4T1B8N3R5W6Y0

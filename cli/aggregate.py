@@ -79,8 +79,11 @@ def aggregate_load(data, file, skip_bad, reject_file, fmt, as_json):
         if len(r.bad) > 50:
             click.echo(f"... {len(r.bad) - 50} more bad records", err=True)
         if r.loaded:
-            extra = f"; {len(r.bad)} bad records written to {r.rejected_to}" if r.bad else ""
-            click.echo(f"loaded {r.records:,} records: {r.links_added:,} links added, "
+            what = (f"{r.records - len(r.bad):,} of {r.records:,} records" if r.bad
+                    else f"{r.records:,} records")
+            extra = (f"; {len(r.bad):,} bad record{'s' if len(r.bad) != 1 else ''} not loaded, "
+                     f"written to {r.rejected_to}" if r.bad else "")
+            click.echo(f"loaded {what}: {r.links_added:,} links added, "
                        f"{r.links_existing:,} already present{extra}")
     if not r.loaded:
         raise click.ClickException(f"{len(r.bad)} bad records; nothing loaded "

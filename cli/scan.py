@@ -19,7 +19,7 @@ from engine.accounts import ACCOUNT_ROLES
 def account():
     """Scanning accounts for stores, distributors, sales reps and shop assistants.
 
-    Example: wuma account add store-17 --role store --region 440106 --distributor gz-1
+    Example: wuma account add store-17 --role store --region 440106 --distributor gz-01
     """
 
 
@@ -34,7 +34,7 @@ def account():
 def account_add(data, account_id, role, name, region, distributor, as_json):
     """Create an account and print its API token once (only a hash is kept).
 
-    Example: wuma account add gz-1 --role distributor --region 4401
+    Example: wuma account add gz-01 --role distributor --region 4401
     """
     acct, token = data.accounts.add(account_id, role, name=name, region=region, distributor=distributor)
     emit({**acct.to_dict(), "token": token}, as_json,
@@ -170,7 +170,11 @@ def serve(ctx, bind, workers, worker_class, threads, timeout):
 
     path = ctx.find_root().params.get("data") or default_data_path()
     try:
-        DataFolder(path).close()  # fail here, with a clear message, not in every worker
+        # fail here, with a clear message, not in every worker: the folder, and the
+        # wuma.json sections the scan app reads when it starts
+        with DataFolder(path) as data:
+            for section in ("serve_settings", "abuse", "regions"):  # each checks its section
+                getattr(data, section)
     except WumaError as e:
         raise click.ClickException(str(e)) from None
     env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),

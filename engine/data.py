@@ -19,8 +19,10 @@ missing, empty, re-created or another folder's is refused, never silently given 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import struct
 import time
 from dataclasses import fields
@@ -84,6 +86,37 @@ def _section(config: dict, name: str, known: list[str]) -> dict:
         what = f"unknown setting {', '.join(map(repr, unknown))}" if unknown else "it must be a JSON object"
         raise ValueError(f'"{name}" section: {what}; known settings: {", ".join(known)}')
     return value
+
+
+#: ``"serve": {...}``: how the scan API finds a client's address behind a proxy (see
+#: engine.http_scan.make_client_ip), with the defaults: no proxy trusted, no header read.
+_SERVE = {"trusted_proxies": [], "proxy_header": None}
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _serve_settings(config: dict) -> dict:
+    """The ``"serve"`` section, checked, with its defaults filled in. NOTE: a proxy is
+    matched by its exact address, so each is checked to be one and written the way the
+    server reports a peer (``2001:DB8::1`` -> ``2001:db8::1``)."""
+    section = _section(config, "serve", list(_SERVE))
+    proxies = section.get("trusted_proxies", [])
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise ValueError('"serve" section: trusted_proxies must be a list of IP addresses, such as '
+                         f'["10.0.0.2"]; got {proxies!r}')
+    addresses = []
+    for p in proxies:
+        try:
+            addresses.append(str(ipaddress.ip_address(p)))
+        except ValueError:
+            raise ValueError(f'"serve" section: trusted_proxies: {p!r} is not an IP address '
+                             "(each proxy is named by its exact address, not a network or a "
+                             "host name)") from None
+    header = section.get("proxy_header")
+    if header is not None and not (isinstance(header, str) and _HEADER_NAME.fullmatch(header)):
+        raise ValueError('"serve" section: proxy_header must be a header name, such as '
+                         f'"X-Forwarded-For", or null; got {header!r}')
+    return {"trusted_proxies": addresses, "proxy_header": header}
 
 
 def _abuse_limits(config: dict) -> AbuseLimits:
@@ -350,6 +383,8 @@ class DataFolder:
             raise ValueError(str(e)) from None
         if "abuse" in sections:
             _abuse_limits(sections)
+        if "serve" in sections:
+            _serve_settings(sections)
         self.config.update(sections)
         _write_config(self.path, self.config)
 
@@ -366,6 +401,15 @@ class DataFolder:
         except ValueError as e:
             raise DataFolderError(f"{self.path / _CONFIG}, {e}: fix it there") from None
         return AbuseGuard(self.store, self.path / "db-counters", limits)
+
+    @cached_property
+    def serve_settings(self) -> dict:
+        """The ``"serve"`` section of wuma.json, checked: ``trusted_proxies`` (a list of
+        addresses) and ``proxy_header`` (a header name or None)."""
+        try:
+            return _serve_settings(self.config)
+        except ValueError as e:
+            raise DataFolderError(f"{self.path / _CONFIG}, {e}: fix it there") from None
 
     @cached_property
     def regions(self) -> RegionTable:

@@ -266,3 +266,59 @@ def test_init_runs_again_after_failing_to_write_its_config(run):
     (run.data / "wuma.json.tmp").rmdir()
     assert json.loads(run("init", "--json").output)["key_version"] == 1
     run("batch", "list")
+
+
+def _set_config(path, **sections):
+    config = json.loads((path / "wuma.json").read_text())
+    config.update(sections)
+    (path / "wuma.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("sections, msg", [
+    ({"serve": {"trusted_proxy": ["10.0.0.2"]}},
+     'wuma.json, "serve" section: unknown setting \'trusted_proxy\'; known settings: '),
+    ({"serve": {"trusted_proxies": "10.0.0.2"}}, '"serve" section: trusted_proxies must be a list'),
+    ({"serve": {"proxy_header": ["X-Forwarded-For"]}},
+     '"serve" section: proxy_header must be a header'),
+    ({"abuse": {"max_scans": 1}}, 'wuma.json, "abuse" section: unknown setting \'max_scans\''),
+    ({"regions": {"maxkm": 30}}, 'wuma.json, "regions" section: unknown setting \'maxkm\''),
+])
+def test_serve_checks_its_settings_before_starting_gunicorn(run, monkeypatch, sections, msg):
+    started = []
+    monkeypatch.setattr("cli.scan.os.execve", lambda *args: started.append(args))
+    run("init")
+    _set_config(run.data, **sections)
+    res = run("serve", ok=False)
+    assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output
+    assert not started
+
+
+def test_serve_starts_gunicorn_when_the_settings_are_good(run, monkeypatch):
+    started = []
+    monkeypatch.setattr("cli.scan.os.execve", lambda exe, argv, env: started.append(env))
+    run("init")
+    _set_config(run.data, abuse={"invalid_threshold": 5}, regions={"max_km": 20},
+                serve={"trusted_proxies": ["10.0.0.2"], "proxy_header": "X-Forwarded-For"})
+    run("serve", "--bind", "127.0.0.1:8081")
+    assert len(started) == 1
+    assert started[0]["WUMA_DATA"] == str(run.data) and started[0]["WUMA_BIND"] == "127.0.0.1:8081"
+
+
+def test_aggregate_load_skip_bad_says_how_many_were_loaded_and_how_many_bad(run, tmp_path):
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "8")
+    run("batch", "create", "--level", "case", "--count", "3")
+    codes = {}
+    for batch, role in ((1, "cap_outer"), (2, "case_outer")):
+        out = tmp_path / f"{role}.csv"
+        run("batch", "export", str(batch), "--plaintext", "-o", str(out))
+        codes[role] = [row.split(",")[1] for row in out.read_text().splitlines()[1:]]
+    caps, cases = codes["cap_outer"], codes["case_outer"]
+    lines = tmp_path / "line.csv"
+    lines.write_text("\n".join([",".join([cases[0], *caps[:4]]),  # good
+                                f"{cases[1]},1ZZZZZZZZZZZZZZZZZZZ",  # not a genuine code
+                                f"{caps[5]},{caps[6]}",  # a cap in a cap
+                                f"{cases[2]},{cases[0]}"]) + "\n")  # a case in a case
+    res = run("aggregate", "load", str(lines), "--skip-bad")
+    assert res.stdout == (f"loaded 1 of 4 records: 4 links added, 0 already present; 3 bad records "
+                          f"not loaded, written to {lines}.rejects\n")

@@ -43,24 +43,30 @@ def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
     f.write_text(json.dumps(rule))
     c = json.loads(run("campaign", "create", str(f), "--json").output)
     assert c["status"] == "active" and c["window"]["start"] == 1767196800.0
-    assert f"campaign {c['id']} (Cap draw) already rewards" in run(
-        "campaign", "create", "-", input=json.dumps(rule), ok=False).output
+    overlap = run("campaign", "create", "-", input=json.dumps(rule), ok=False).output
+    assert f"campaign {c['id']} (Cap draw) already rewards" in overlap
+    assert "close it (a paused campaign keeps its place), or narrow this one" in overlap
     bad = dict(rule, reward={"kind": "draw", "tiers": [{"amount": 100, "odds": 0.4}]})
     assert "odds must sum to 1" in run("campaign", "create", "-", input=json.dumps(bad), ok=False).output
     assert "not valid JSON" in run("campaign", "create", "-", input="{nope", ok=False).output
     run("campaign", "pause", str(c["id"]))
     assert "cannot pause" in run("campaign", "pause", str(c["id"]), ok=False).output
+    # a paused campaign keeps its place: an overlapping one is still refused
+    assert f"campaign {c['id']} (Cap draw) already rewards" in run(
+        "campaign", "create", "-", input=json.dumps(rule), ok=False).output
     lines = run("campaign", "list", "--status", "paused").output.splitlines()
     assert len(lines) == 1 and "Cap draw" in lines[0]
     run("campaign", "resume", str(c["id"]))
     run("campaign", "close", str(c["id"]))
     assert json.loads(run("campaign", "show", str(c["id"])).output)["status"] == "closed"
+    assert json.loads(run("campaign", "show", str(c["id"]), "--json").output)["status"] == "closed"
     assert "no campaign 99" in run("campaign", "pause", "99", ok=False).output
     run("pool", "top-up", "gd", "1000")
     shown = json.loads(run("pool", "show", "gd", "--json").output)
     assert shown["total"] == 51000 and shown["spent"] == 0
     assert run("ledger", "list").output == ""
     assert "no such voucher" in run("voucher", "show", "VNOPE", ok=False).output
+    assert "no such voucher" in run("voucher", "show", "VNOPE", "--json", ok=False).output
 
     from admin.audit import AuditLog
     from engine import DataFolder

@@ -234,3 +234,35 @@ def test_a_running_verifier_takes_a_key_rotated_by_another_process(folder, monke
         clock[0] += 1.5
         server.codes.verify(forged)
         assert len(looks) <= 2
+
+
+@pytest.mark.parametrize("serve, msg", [
+    ({"trusted_proxy": ["10.0.0.2"]},
+     "unknown setting 'trusted_proxy'; known settings: trusted_proxies, proxy_header"),
+    ([], "it must be a JSON object"),
+    ({"trusted_proxies": "10.0.0.2"}, "trusted_proxies must be a list of IP addresses"),
+    ({"trusted_proxies": [10]}, "trusted_proxies must be a list of IP addresses"),
+    ({"trusted_proxies": ["10.0.0.0/8"]}, "'10.0.0.0/8' is not an IP address"),
+    ({"trusted_proxies": ["proxy.internal"]}, "'proxy.internal' is not an IP address"),
+    ({"proxy_header": "X Forwarded For"}, "proxy_header must be a header name"),
+    ({"proxy_header": ""}, "proxy_header must be a header name"),
+    ({"proxy_header": ["X-Forwarded-For"]}, "proxy_header must be a header name"),
+])
+def test_a_bad_serve_section_is_refused_with_what_is_wrong(folder, serve, msg):
+    _edit_config(folder, lambda c: c.update(serve=serve))
+    with DataFolder(folder) as data:
+        with pytest.raises(DataFolderError, match=r'wuma.json, "serve" section: ') as e:
+            data.serve_settings
+        assert msg in str(e.value)
+        with pytest.raises(ValueError, match='"serve" section: '):
+            data.update_config(serve=serve)
+
+
+def test_serve_settings_have_defaults_and_addresses_as_the_server_writes_them(folder):
+    with DataFolder(folder) as data:
+        assert data.serve_settings == {"trusted_proxies": [], "proxy_header": None}
+        data.update_config(serve={"trusted_proxies": ["10.0.0.2", "2001:DB8::1"],
+                                  "proxy_header": "X-Forwarded-For"})
+    with DataFolder(folder) as data:
+        assert data.serve_settings == {"trusted_proxies": ["10.0.0.2", "2001:db8::1"],
+                                       "proxy_header": "X-Forwarded-For"}
