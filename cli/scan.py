@@ -152,11 +152,14 @@ def region_locate(data, lat, lng, as_json):
 
 
 @click.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="Address to listen on.")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
+@click.option("--bind", default="127.0.0.1:8080", show_default=True,
+              help="Address to listen on (HOST:PORT, or unix:PATH behind a local proxy). The "
+                   "admin API and page share it: keep it on loopback, behind a TLS proxy.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per core).")
 @click.option("--worker-class", type=click.Choice(["gevent", "gthread"]), default="gevent",
               show_default=True, help="gunicorn worker class (gevent measured fastest for scans).")
-@click.option("--threads", type=int, default=16, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=16, show_default=True,
               help="Threads per worker (gthread only).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds a worker may go without a heartbeat before gunicorn restarts it.")
@@ -166,17 +169,19 @@ def serve(ctx, bind, workers, worker_class, threads, timeout):
 
     Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
     """
-    from engine import DataFolder, WumaError, default_data_path
+    from engine import WumaError, default_data_path
+    from engine.data import check_serving
 
     path = ctx.find_root().params.get("data") or default_data_path()
     try:
-        # fail here, with a clear message, not in every worker: the folder, and the
-        # wuma.json sections the scan app reads when it starts
-        with DataFolder(path) as data:
-            for section in ("serve_settings", "abuse", "regions"):  # each checks its section
-                getattr(data, section)
+        check_serving(path)  # NOTE: here, with a clear message, not in every worker
     except WumaError as e:
         raise click.ClickException(str(e)) from None
+    host = bind.rsplit(":", 1)[0].strip("[]") if not bind.startswith("unix:") else "localhost"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {bind}, not loopback: the scan API, the admin API and "
+                   "the admin page are reachable from the network; put a TLS proxy in front "
+                   "(and set serve.trusted_proxies and serve.proxy_header)", err=True)
     env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),
                WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout))
     if workers:

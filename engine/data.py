@@ -43,7 +43,7 @@ from engine.regions import RegionTable
 from engine.spec import PackagingSpec, load_preset
 from engine.store import Store, pack, unpack
 
-__all__ = ["DataFolder", "DEFAULT_URL_BASE", "DURABILITY", "default_data_path"]
+__all__ = ["DataFolder", "DEFAULT_URL_BASE", "DURABILITY", "default_data_path", "check_serving"]
 
 DEFAULT_URL_BASE = "HTTPS://S.EXAMPLE.CN/Q/"
 _CONFIG = "wuma.json"
@@ -240,6 +240,16 @@ def _prepare_store(path: Path) -> str:
         return store_id
     finally:
         store.close()
+
+
+def check_serving(path) -> None:
+    """Open the data folder at ``path`` and check what the scan app reads when it starts
+    (the "serve", "abuse" and "regions" sections); DataFolderError says what is wrong.
+    ``wuma serve`` calls it before starting gunicorn, and the master before a reload
+    (engine/gunicorn_conf.py): a mistake is a message, not workers failing to boot."""
+    with DataFolder(Path(path)) as data:
+        for section in ("serve_settings", "abuse", "regions"):  # each checks its section
+            getattr(data, section)
 
 
 def default_data_path() -> Path:

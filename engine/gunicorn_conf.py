@@ -108,6 +108,39 @@ logconfig_dict = {
     },
 }
 
+def _check_before_reload() -> None:
+    """SIGHUP (graceful reload) only when the data folder and its settings still load.
+
+    NOTE: gunicorn halts the whole server when a new worker fails to boot: a mistake in
+    wuma.json followed by `kill -HUP` stopped the old workers too, which were serving.
+    The check runs in a child process (the master never opens the LMDB environments its
+    workers fork from)."""
+    import subprocess
+    import sys
+
+    from gunicorn.arbiter import Arbiter
+
+    reload = Arbiter.handle_hup
+
+    def handle_hup(self) -> None:
+        path = os.environ.get("WUMA_DATA")
+        if path:
+            check = subprocess.run(
+                [sys.executable, "-c", "import sys\nfrom engine.data import check_serving\n"
+                 "try:\n    check_serving(sys.argv[1])\nexcept Exception as e:\n"
+                 "    sys.exit(str(e))", path], capture_output=True, text=True, timeout=60)
+            if check.returncode != 0:
+                why = (check.stderr.strip().splitlines() or ["?"])[-1]
+                self.log.error("reload refused, the workers keep serving with the settings they "
+                               "started with: %s", why)
+                return
+        reload(self)
+
+    Arbiter.handle_hup = handle_hup
+
+
+_check_before_reload()
+
 # NOTE: gunicorn >= 24 opens a control socket at one fixed path per user; several servers
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.
 control_socket_disable = True

@@ -304,6 +304,18 @@ def test_serve_starts_gunicorn_when_the_settings_are_good(run, monkeypatch):
     assert started[0]["WUMA_DATA"] == str(run.data) and started[0]["WUMA_BIND"] == "127.0.0.1:8081"
 
 
+def test_serve_warns_off_loopback_and_refuses_no_workers(run, monkeypatch):
+    started = []
+    monkeypatch.setattr("cli.scan.os.execve", lambda exe, argv, env: started.append(env))
+    run("init")
+    assert "warning" not in run("serve", "--bind", "[::1]:8081").output
+    res = run("serve", "--bind", "0.0.0.0:8081")
+    assert "not loopback" in res.output and "admin" in res.output and len(started) == 2
+    for bad in (["--workers", "0"], ["--threads", "0"]):
+        assert run("serve", *bad, ok=False).exit_code == 2
+    assert len(started) == 2
+
+
 def test_aggregate_load_skip_bad_says_how_many_were_loaded_and_how_many_bad(run, tmp_path):
     run("init")
     run("batch", "create", "--level", "cap", "--count", "8")

@@ -632,3 +632,31 @@ def test_a_body_that_cannot_be_read_is_a_400_not_an_error_in_the_log(tmp_path, c
         assert "unhandled error" not in caplog.text
     finally:
         w["data"].close()
+
+
+def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path):
+    """SIGHUP after a bad edit: refused, logged, the workers serve on; fixed, it reloads."""
+    import signal
+
+    w = build_world(tmp_path / "wuma-data")
+    w["data"].close()
+    cfg = tmp_path / "wuma-data" / "wuma.json"
+    good = cfg.read_text()
+    s = Server(tmp_path / "wuma-data", workers=1)
+    try:
+        doc = json.loads(good)
+        doc["abuse"]["rate_per_minute"] = "sixty"
+        cfg.write_text(json.dumps(doc))
+        os.kill(s.proc.pid, signal.SIGHUP)
+        log = tmp_path / f"server-{s.port}.log"
+        deadline = time.time() + 20
+        while "reload refused" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "reload refused" in log.read_text() and "rate_per_minute" in log.read_text()
+        assert s.get("/healthz")[0] == 200 and s.proc.poll() is None
+        cfg.write_text(good)
+        os.kill(s.proc.pid, signal.SIGHUP)
+        time.sleep(2)
+        assert s.get("/healthz")[0] == 200 and s.proc.poll() is None
+    finally:
+        s.stop()
