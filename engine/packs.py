@@ -304,6 +304,7 @@ class PackRegistry:
             raise ValueError(
                 f"serial range {start}:{stop} is outside batch {batch.id} (0:{batch.count})"
             )
+        self._refuse_voided(batch, start, stop)
         if not 1 <= parts <= stop - start:
             raise ValueError(f"parts must be between 1 and {stop - start}")
         if not 1024 <= chunk_bytes <= 64 << 20:
@@ -342,6 +343,19 @@ class PackRegistry:
             for part in written:
                 part.tmp.unlink(missing_ok=True)
         return [part.issued() for part in written]
+
+    def _refuse_voided(self, batch, start: int, stop: int) -> None:
+        """Conflict if codes of ``start:stop`` were voided (a range void; a whole-batch void
+        is the batch's state): voided labels must not be printed."""
+        from engine.aggregation import Aggregation, split_unit, unit_id
+
+        agg = Aggregation(self._data)
+        with self._data.store.read() as txn:
+            hit = agg.voids.overlapping(txn, unit_id(batch.id, start), unit_id(batch.id, stop - 1))
+        if hit:
+            first = max(split_unit(hit[0][0])[1], start)
+            raise Conflict(f"serial {first} of batch {batch.id} (and maybe more in {start}:{stop}) "
+                           "is voided: export the ranges around the voided codes")
 
     def _write_part(self, batch, line, out_dir, start, stop, split_key, chunk_bytes, signer_id,
                     signer, now, progress) -> _WrittenPart:

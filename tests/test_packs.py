@@ -557,3 +557,16 @@ def test_header_with_wrong_types_is_damaged(world):
     junk.write_bytes(MAGIC + struct.pack(">I", len(hb)) + hb + b"\0" * 200)
     with pytest.raises(PackError, match="damaged"):
         open_pack_to_file(junk, keys, brand, tmp / "codes.csv")
+
+
+def test_voided_codes_are_not_packed_for_printing(world, data):
+    from engine.aggregation import Aggregation
+
+    reg, _keys, _brand, batch, _tmp = world
+    Aggregation(data).void(serial_range=(batch.id, 100, 110), reason="labels destroyed")
+    for start, stop in ((0, 200), (105, 106), (109, 300)):
+        with pytest.raises(Conflict, match=f"batch {batch.id} .* is voided"):
+            _export(world, start=start, stop=stop)
+    assert [p.count for p in _export(world, start=0, stop=100)] == [100]
+    assert [p.count for p in _export(world, start=110, stop=200)] == [90]
+    assert len(reg.list()) == 2
