@@ -88,3 +88,13 @@ def test_import_reads_a_utf8_bom(table, tmp_path):
     f.write_bytes(b"\xef\xbb\xbfcode,lat,lng\r\n440106,23.1,113.3\r\n")
     assert table.import_csv(f) == 1
     assert table.list() == [("440106", 23.1, 113.3)]
+
+
+@pytest.mark.parametrize("max_km", ["30", 0, -5, float("nan"), True, 1e9])
+def test_max_km_must_be_a_distance(tmp_path, max_km):
+    from engine.store import Store
+
+    store = Store(tmp_path / "db")
+    with pytest.raises(ValueError, match="max_km must be a number of kilometres"):
+        RegionTable(store, max_km=max_km)
+    store.close()
