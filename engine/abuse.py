@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import struct
 import threading
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import msgpack
 
 from engine.errors import NotFound
-from engine.store import Store, pack, unpack
+from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
@@ -117,6 +118,9 @@ class AbuseGuard:
         self.limits = limits or AbuseLimits()
         self._store = store
         self._bans = store.db("bans")
+        # subject -> when its ban ends (u64 seconds), for bans not lifted: counting the
+        # active bans reads these 8-byte values, not every ban record with its evidence
+        self._ban_ends = store.db("ban_ends")
         # NOTE: sync=False/metasync=False: counters may be lost in a crash; bans may not.
         # PERF: writemap=True: a commit updates the mapped pages in place instead of
         # pwrite-ing each dirty page; an invalid scan's counter write went from ~9.4 to
@@ -164,6 +168,25 @@ class AbuseGuard:
             bans = [Ban(**unpack(v)) for _, v in txn.cursor(db=self._bans)]
         return [b for b in bans if include_inactive or b.active(now)]
 
+    def count_active(self, now: float | None = None) -> int:
+        """How many clients are banned now (for /metrics). PERF: from the ban ends, not
+        the ban records: 100k expired bans with their evidence took ~3 s a scrape."""
+        now = time.time() if now is None else now
+        meta = self._store.db("meta")
+        with self._store.read() as txn:
+            built = txn.get(b"ban_ends_built", db=meta) is not None
+        if not built:  # NOTE: bans recorded before the ends were kept: once per store
+            with self._store.write() as txn:
+                if txn.get(b"ban_ends_built", db=meta) is None:
+                    for key, raw in txn.cursor(db=self._bans):
+                        d = unpack(raw)
+                        if d.get("lifted_at") is None:
+                            txn.put(key, u64(math.ceil(d["expires_at"])), db=self._ban_ends)
+                    txn.put(b"ban_ends_built", b"1", db=meta)
+        with self._store.read() as txn:
+            return sum(1 for v in txn.cursor(db=self._ban_ends).iternext(keys=False)
+                       if int.from_bytes(v, "big") > now)
+
     def lift(self, subject_: str, now: float | None = None) -> Ban:
         """Lift a ban now (kept, marked lifted, as a record)."""
         with self._store.write() as txn:
@@ -179,6 +202,7 @@ class AbuseGuard:
         d = unpack(raw)
         d["lifted_at"] = now
         txn.put(subject_.encode(), pack(d), db=self._bans)
+        txn.delete(subject_.encode(), db=self._ban_ends)
         # NOTE: the counters live in their own (unsynced) environment; restarting the count
         # early is harmless if the lift is then rolled back.
         with self.counters.write() as ctxn:
@@ -320,6 +344,7 @@ class AbuseGuard:
                     ban = Ban(s, f"more than {lim.invalid_threshold} invalid codes in "
                                  f"{lim.invalid_window_s} s", now, now + lim.ban_s, ev)
                     txn.put(s.encode(), pack(ban.to_dict()), db=self._bans)
+                    txn.put(s.encode(), u64(math.ceil(ban.expires_at)), db=self._ban_ends)
                     first = first or ban
         return first
 
@@ -342,6 +367,11 @@ class AbuseGuard:
             for db in self._legacy:  # NOTE: counts in the old layout are simply forgotten
                 removed += txn.stat(db)["entries"]
                 txn.drop(db, delete=False)
+        with self._store.write() as txn:  # ended bans (their records stay, as evidence)
+            for key, raw in list(txn.cursor(db=self._ban_ends)):
+                if int.from_bytes(raw, "big") <= now:
+                    txn.delete(key, db=self._ban_ends)
+                    removed += 1
         return removed
 
 

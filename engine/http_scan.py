@@ -304,7 +304,7 @@ class MetricsResource:
         family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", _REFUSED_KEYS)
         family("wuma_scan_latency_seconds", "histogram", "Time to answer a scan.",
                (*_BUCKET_KEYS, "wuma_scan_latency_seconds_sum", "wuma_scan_latency_seconds_count"))
-        totals["wuma_bans_active"] = float(len(self.data.abuse.list_bans()))
+        totals["wuma_bans_active"] = float(self.data.abuse.count_active())
         family("wuma_bans_active", "gauge", "Clients banned now.", ("wuma_bans_active",))
         resp.content_type = "text/plain; version=0.0.4"
         resp.text = "\n".join(lines) + "\n"

@@ -200,3 +200,25 @@ def test_evidence_keeps_the_end_of_what_was_tried_and_always_stores(guard):
 def test_client_address(text, counted):
     from engine.abuse import client_address
     assert client_address(text) == counted
+
+
+def test_active_bans_are_counted_without_reading_every_ban(guard):
+    a, b = subject("ip", "203.0.113.91"), subject("ip", "203.0.113.92")
+    for s in (a, b):
+        for i in range(4):  # over the threshold of 3
+            guard.record_invalid([s], f"code-{i}", now=1000.0 + i)
+    assert guard.count_active(now=1010.0) == 2
+    guard.lift(a, now=1011.0)
+    assert guard.count_active(now=1012.0) == 1
+    assert guard.count_active(now=1003.0 + 301) == 0  # ban_s 300: ended
+    guard.sweep(now=2000.0)
+    assert guard.count_active(now=1010.0) == 0  # the ended ban's end is swept; its record stays
+    assert len(guard.list_bans(include_inactive=True)) == 2
+
+
+def test_bans_from_before_the_ends_are_counted(guard):
+    from engine.store import pack as _pack
+    with guard._store.write() as txn:  # a ban recorded by an earlier release
+        txn.put(b"ip:198.51.100.99", _pack({"subject": "ip:198.51.100.99", "reason": "r", "created_at": 1.0,
+                                          "expires_at": 5000.0, "evidence": []}), db=guard._bans)
+    assert guard.count_active(now=1000.0) == 1
