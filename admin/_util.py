@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone
 
 from engine.ids import is_id, is_region_code
@@ -54,26 +55,27 @@ def parse_time(value, what: str, *, day_end: bool = False) -> float:
     if isinstance(value, bool):
         raise ValueError(message)
     if isinstance(value, (int, float)):
-        # NOTE: compared before float(): NaN and the infinities fail the range, and an int
-        # too large for a float never reaches float()
-        if not 0 <= value <= _MAX_TIME:
-            raise ValueError(f"{what}: a unix time from 0 to {_MAX_TIME} (the year 9999)")
-        return float(value)
-    if isinstance(value, str):
+        t = value  # NOTE: compared before float(): an int too large for a float never reaches it
+    elif isinstance(value, str):
         try:
-            day = date.fromisoformat(value)
+            if "T" not in value and " " not in value:  # a date alone: the day's start (or end)
+                day = date.fromisoformat(value)
+                dt = datetime(day.year, day.month, day.day, tzinfo=CHINA)
+                dt += timedelta(days=1) if day_end else timedelta()
+            else:
+                dt = datetime.fromisoformat(value)
+                dt = dt if dt.tzinfo else dt.replace(tzinfo=CHINA)
+            t = dt.timestamp()
         except ValueError:
-            day = None
-        if day is not None:
-            dt = datetime(day.year, day.month, day.day, tzinfo=CHINA)
-            return (dt + timedelta(days=1) if day_end else dt).timestamp()
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            return (dt if dt.tzinfo else dt.replace(tzinfo=CHINA)).timestamp()
-    raise ValueError(message)
+            raise ValueError(message) from None
+        except OverflowError:  # 9999-12-31 as an end: its next day is past datetime's range
+            t = math.inf
+    else:
+        raise ValueError(message)
+    # NOTE: one range for every form; NaN and the infinities fail it too
+    if not 0 <= t <= _MAX_TIME:
+        raise ValueError(f"{what}: a unix time from 0 to {_MAX_TIME} (the year 9999)")
+    return float(t)
 
 
 def is_seq(value) -> bool:
