@@ -148,9 +148,9 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     name = rule["name"]
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ValueError("campaign name: 1-200 characters")
-    pool = pools.get(rule["pool"]) if is_id(rule["pool"]) else None
-    if pool is None:
+    if not is_id(rule["pool"]):
         raise ValueError("pool: the id of a budget pool")
+    pool = pools.get(rule["pool"])
 
     trig = rule["trigger"]
     if not isinstance(trig, dict) or set(trig) != {"code_role", "actor_role"}:

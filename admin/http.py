@@ -459,7 +459,6 @@ def create_app(data: DataFolder, *, admin: Admin | None = None,
     app = http_scan.create_app(data, pipeline=admin.scan_pipeline(), clock=clock)
     tokens = admin.tokens
     app.add_middleware(AdminAuth(tokens))
-    app.add_error_handler(Exception, http_scan.unexpected_error)
     app.add_error_handler(ValueError, _invalid)
     app.add_error_handler(NotFound, _not_found)
     app.add_error_handler(Conflict, _conflict)

@@ -106,7 +106,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from admin._util import is_seq
+from admin._util import check_after, is_seq
 from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
@@ -329,8 +329,7 @@ class Payouts:
             raise ValueError("export format must be csv or jsonl")
         if state is not None and state not in STATES:
             raise ValueError(f"payout state must be one of {', '.join(STATES)}")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ValueError("after must be a ledger seq (a whole number of at least 0)")
+        check_after(after)
         count = 0
         # NOTE: mode 0600: the file names beneficiaries and amounts.
         with private_output(path, "w", encoding="utf-8", newline="") as f:

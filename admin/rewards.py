@@ -173,7 +173,7 @@ class RewardEngine:
         if not txn.put(code_key, u64(seq), True, False, False, self._code_rewards):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
-        counted = None  # (key, its value before this scan): the actor's slot, given back if nothing is paid
+        counted = None  # (key, value): the actor's count, written once the scan is not refused
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding (day number,
             # draws that day, draws in all) — one read and one write.
@@ -200,9 +200,8 @@ class RewardEngine:
                 txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
                 return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
                          "limit": limit, "max": cap}]
-            counted = (count_key, raw)
-            txn.put(count_key, _COUNTS.pack(last_day, today, total + 1) if late
-                    else _COUNTS.pack(day, today + 1, total + 1), True, True, False, self._actor_counts)
+            counted = (count_key, _COUNTS.pack(last_day, today, total + 1) if late
+                       else _COUNTS.pack(day, today + 1, total + 1))
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
@@ -220,11 +219,6 @@ class RewardEngine:
                 # code keeps its chance and the actor the slot (as for limit_reached), so
                 # after a top-up they can try again, and nothing is paid twice for the code.
                 txn.delete(code_key, db=self._code_rewards)
-                if counted is not None:
-                    if counted[1] is None:
-                        txn.delete(counted[0], db=self._actor_counts)
-                    else:
-                        txn.put(counted[0], counted[1], db=self._actor_counts)
                 return [{"campaign": cid, "name": c.name, "outcome": _unpaid(charges, pool, region)}]
             else:
                 payout, lock = reward["payout"], rule.get("lock")
@@ -251,6 +245,8 @@ class RewardEngine:
                 else:
                     results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
                                     "unit": unit, "ledger": lseq})
+        if counted is not None:
+            txn.put(counted[0], counted[1], True, True, False, self._actor_counts)
         for rebate in rule["rebates"]:
             results.append(self._rebate(txn, seq, ctx, c, rebate, unit, charges, memo))
         return results

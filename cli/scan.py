@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli.admin import cli_user, pass_admin
-from cli.main import emit, pass_data
+from cli.main import emit, library_errors, pass_data
 from engine.accounts import ACCOUNT_ROLES
 
 
@@ -169,14 +169,11 @@ def serve(ctx, bind, workers, worker_class, threads, timeout):
 
     Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
     """
-    from engine import WumaError, default_data_path
+    from engine import default_data_path
     from engine.data import check_serving
 
     path = ctx.find_root().params.get("data") or default_data_path()
-    try:
-        check_serving(path)  # NOTE: here, with a clear message, not in every worker
-    except WumaError as e:
-        raise click.ClickException(str(e)) from None
+    library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
     host = bind.rsplit(":", 1)[0].strip("[]") if not bind.startswith("unix:") else "localhost"
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {bind}, not loopback: the scan API, the admin API and "

@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import logging
 import math
+import re
 import struct
 import threading
 import time
@@ -33,7 +34,7 @@ from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address"]
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "Every"]
 
 _EVIDENCE_CODE_CHARS = 64
 #: How often a process merges its rate counts into the shared store.
@@ -49,18 +50,34 @@ _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 SUBJECT_ID_BYTES = 384
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+class Every:
+    """``if every.due(): log...``: true at most once per ``seconds`` (a log line repeated
+    by every request of an outage would bury the one that matters)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._last = seconds, None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
 def client_address(text: str) -> str | None:
     """An IP address as rate limits and bans count it, or None if ``text`` is none: IPv4
     as written; an IPv4-mapped IPv6 address as its IPv4 address; any other IPv6 address as
     its /64 network (a subscriber is given a whole /64: counted per address, one client
     would have 2^64 of them)."""
     if ":" not in text:
-        # PERF: IPv4, the usual case, without the ipaddress module (~1.5 µs a call)
-        parts = text.split(".")
-        if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255
-                                   for p in parts):
-            return text
-        return None
+        # PERF: IPv4, the usual case, by one regular expression (~0.45 µs; the ipaddress
+        # module ~1.5 µs, a split and a check per part ~2 µs)
+        return text if _IPV4.fullmatch(text) else None
     try:
         address = ipaddress.IPv6Address(text.split("%", 1)[0])
     except ValueError:
@@ -121,6 +138,7 @@ class AbuseGuard:
         # subject -> when its ban ends (u64 seconds), for bans not lifted: counting the
         # active bans reads these 8-byte values, not every ban record with its evidence
         self._ban_ends = store.db("ban_ends")
+        self._ends_built = False  # see _build_ban_ends
         # NOTE: sync=False/metasync=False: counters may be lost in a crash; bans may not.
         # PERF: writemap=True: a commit updates the mapped pages in place instead of
         # pwrite-ing each dirty page; an invalid scan's counter write went from ~9.4 to
@@ -129,7 +147,7 @@ class AbuseGuard:
         # upgrade from a release without it, old workers open them without: that costs
         # only sync guarantees these counters never had.)
         self.counters = Store(counters_path, map_size=1 << 32, sync=False, writemap=True)
-        self._full_logged = -60.0
+        self._full_logged = Every(60)
         self._rate = self.counters.db("rate")
         # One record per subject: _INVALID_HEAD, then up to evidence_max msgpack'd
         # [time, code] pieces of evidence, oldest first.
@@ -172,20 +190,32 @@ class AbuseGuard:
         """How many clients are banned now (for /metrics). PERF: from the ban ends, not
         the ban records: 100k expired bans with their evidence took ~3 s a scrape."""
         now = time.time() if now is None else now
-        meta = self._store.db("meta")
-        with self._store.read() as txn:
-            built = txn.get(b"ban_ends_built", db=meta) is not None
-        if not built:  # NOTE: bans recorded before the ends were kept: once per store
-            with self._store.write() as txn:
-                if txn.get(b"ban_ends_built", db=meta) is None:
-                    for key, raw in txn.cursor(db=self._bans):
-                        d = unpack(raw)
-                        if d.get("lifted_at") is None:
-                            txn.put(key, u64(math.ceil(d["expires_at"])), db=self._ban_ends)
-                    txn.put(b"ban_ends_built", b"1", db=meta)
+        if not self._ends_built:
+            self._build_ban_ends()
         with self._store.read() as txn:
             return sum(1 for v in txn.cursor(db=self._ban_ends).iternext(keys=False)
                        if int.from_bytes(v, "big") > now)
+
+    def _build_ban_ends(self) -> None:
+        """Take in the ends of bans recorded before they were kept, once per store: the
+        records are read in a read transaction, the write (8 bytes a ban) is short."""
+        meta = self._store.db("meta")
+        with self._store.read() as txn:
+            built = txn.get(b"ban_ends_built", db=meta) is not None
+            ends = [] if built else [
+                (key, u64(math.ceil(d["expires_at"])))
+                for key, d in ((k, unpack(v)) for k, v in txn.cursor(db=self._bans))
+                if d.get("lifted_at") is None]
+        if not built:
+            with self._store.write() as txn:
+                if txn.get(b"ban_ends_built", db=meta) is None:
+                    # NOTE: a ban lifted between the two transactions counts until it ends
+                    # (once, at the upgrade); one recorded meanwhile has its end already
+                    for key, end in ends:
+                        if txn.get(key, db=self._ban_ends) is None:
+                            txn.put(key, end, db=self._ban_ends)
+                    txn.put(b"ban_ends_built", b"1", db=meta)
+        self._ends_built = True
 
     def lift(self, subject_: str, now: float | None = None) -> Ban:
         """Lift a ban now (kept, marked lifted, as a record)."""
@@ -298,9 +328,7 @@ class AbuseGuard:
         """Is ``e`` the counters' file system being full? Logged once a minute at most."""
         if e.errno != errno.ENOSPC:
             return False
-        now = time.monotonic()
-        if now - self._full_logged >= 60:
-            self._full_logged = now
+        if self._full_logged.due():
             log.error("rate limits and enumeration counts are not kept: %s; free some space", e)
         return True
 

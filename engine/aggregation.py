@@ -40,7 +40,8 @@ from engine.formats import check_gtin
 from engine.ids import is_region_code
 from engine.store import pack, u32, u64, unpack
 
-__all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix"]
+__all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix",
+           "VoidRuns"]
 
 _LOW = 0xFFFFFFFF
 _RUN = struct.Struct(">QI")  # old agg_p2c value: first child uid, count (migrated on open)
@@ -255,6 +256,21 @@ class _RangeMap:
             lasts.append(rl)
             firsts.append(self._split(rl, v)[0])
         return np.array(firsts, np.uint64), np.array(lasts, np.uint64)
+
+
+class VoidRuns:
+    """The voided ranges of a store, read without an :class:`Aggregation`.
+
+    NOTE: make it outside any transaction: it opens the ``agg_void`` database (a database
+    opened inside a transaction is not usable in it)."""
+
+    def __init__(self, store) -> None:
+        self._runs = _RangeMap(store.db("agg_void"))
+
+    def first(self, txn, batch_id: int, start: int, stop: int) -> int | None:
+        """The first voided serial of ``start:stop`` (stop exclusive) of a batch, or None."""
+        hit = self._runs.overlapping(txn, unit_id(batch_id, start), unit_id(batch_id, stop - 1))
+        return max(split_unit(hit[0][0])[1], start) if hit else None
 
 
 class Aggregation:
@@ -518,9 +534,10 @@ class Aggregation:
                         raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")
             else:
                 kids = self.children(txn, parent)
+            above = self._resolved(txn, parent)  # what every child resolves to through it
             kept = []
             for k in kids:
-                sid = self._keep_shipment(txn, k)
+                sid = self._keep_shipment(txn, k, above)
                 if sid is not None:
                     kept.append([k, sid])
                 self._unlink(txn, k)
@@ -554,12 +571,11 @@ class Aggregation:
                 cur = self._parent(txn, u)
                 if cur == target:
                     continue
-                if self._voided(txn, u):
-                    raise Conflict(f"{self._ref(u)} is voided: a voided label cannot be moved "
-                                   "(if it was replaced, move its new label)")
+                self._refuse_voided(txn, u, "moved")
                 self._check_place(txn, u, target)
+                resolved = self._resolved(txn, u)
                 if target_dist is not None:
-                    have = self._distributor_at(txn, u)
+                    have = self._distributor_of(txn, resolved[1])
                     if have is None:
                         raise Conflict(
                             f"{self._ref(u)} is not with a distributor but {self._ref(target)} "
@@ -571,7 +587,7 @@ class Aggregation:
                             f"{self._ref(target)} was shipped to {target_dist}: transfer "
                             f"{self._ref(u)} to {target_dist} first, then move it")
                 if cur is not None:
-                    sid = self._keep_shipment(txn, u)
+                    sid = self._keep_shipment(txn, u, resolved)
                     if sid is not None:
                         kept.append([u, sid])
                     self._unlink(txn, u)
@@ -832,24 +848,49 @@ class Aggregation:
         rec = unpack(txn.get(u32(sid), db=self._shipments_db))  # NOTE: not cached (write txn)
         return f"shipment {sid} to {rec['distributor']}"
 
-    def _distributor_at(self, txn, uid: int) -> str | None:
-        """The distributor a unit is with (its own shipment or an ancestor's), or None."""
-        sid = self._shipment_of(txn, [uid, *self._ancestors(txn, uid)])[1]
+    def _resolved(self, txn, uid: int) -> tuple[int | None, int]:
+        """``(unit holding the record, shipment id)`` a unit resolves to: its own shipment
+        record or its nearest ancestor's; ``(None, 0)`` for none (id 0 = returned)."""
+        return self._shipment_of(txn, [uid, *self._ancestors(txn, uid)])
+
+    def _distributor_of(self, txn, sid: int) -> str | None:
+        """The distributor of shipment ``sid``; None for no shipment or returned (0)."""
         if not sid:
             return None
         return unpack(txn.get(u32(sid), db=self._shipments_db))["distributor"]
 
-    def _keep_shipment(self, txn, uid: int) -> int | None:
+    def _distributor_at(self, txn, uid: int) -> str | None:
+        """The distributor a unit is with (its own shipment or an ancestor's), or None."""
+        return self._distributor_of(txn, self._resolved(txn, uid)[1])
+
+    def _keep_shipment(self, txn, uid: int, above: tuple[int | None, int]) -> int | None:
         """Before ``uid`` leaves its parent: if it has no shipment record of its own but
         resolves to one through its ancestors, record that same one on it (0 = returned),
-        so that leaving the parent changes no distributor. Returns the id so recorded."""
+        so that leaving the parent changes no distributor. Returns the id so recorded.
+
+        ``above`` is what ``uid`` resolves to through its ancestors: :meth:`_resolved` of
+        its parent, or of ``uid`` itself (the same when it has no record of its own)."""
         if txn.get(_Q.pack(uid), db=self._ship_db) is not None:
             return None
-        via, sid = self._shipment_of(txn, self._ancestors(txn, uid))
+        via, sid = above
         if via is None:
             return None
         txn.put(_Q.pack(uid), _I.pack(sid), db=self._ship_db)
         return sid
+
+    def _units_once(self, codes, what: str) -> list[int]:
+        """The units of ``codes``, each once, in order; ValueError for none."""
+        units = list(dict.fromkeys(self.unit(c) for c in codes))
+        if not units:
+            raise ValueError(f"no units to {what}")
+        return units
+
+    def _refuse_unshipped(self, uid: int, sid: int, then: str) -> None:
+        """Conflict unless ``sid`` (what ``uid`` resolves to) is a shipment to a distributor;
+        ``then`` ends the message: what to do instead."""
+        if not sid:
+            raise Conflict(f"{self._ref(uid)} is not with a distributor (never shipped, "
+                           f"or returned): {then}")
 
     def _refuse_voided(self, txn, uid: int, what: str) -> None:
         # NOTE: a void marks the unit itself (trace and scan read it so), not the units
@@ -874,21 +915,18 @@ class Aggregation:
 
     def _shipment(self, kind: str, codes, to, now) -> dict:
         self.distributor(to)
-        units = list(dict.fromkeys(self.unit(c) for c in codes))
-        if not units:
-            raise ValueError("no units to ship")
+        units = self._units_once(codes, "ship")
         with self.store.write() as txn:
             below = {}
             for u in units:
                 self._refuse_voided(txn, u, "shipped" if kind == "ship" else "transferred")
-                sid = self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]
+                sid = self._resolved(txn, u)[1]
                 if kind == "ship" and sid:
                     raise Conflict(f"{self._ref(u)} was already shipped ("
                                    f"{self._shipment_text(txn, sid)}): use transfer to pass "
                                    "it to another distributor")
-                if kind == "transfer" and not sid:
-                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
-                                   "or returned): ship it instead")
+                if kind == "transfer":
+                    self._refuse_unshipped(u, sid, "ship it instead")
                 below[u] = self._descendants(txn, u)
                 if kind == "ship":
                     for d in below[u]:
@@ -915,29 +953,23 @@ class Aggregation:
 
     def receive(self, codes: list[str], *, now: float | None = None) -> int:
         """The distributor confirms receipt (an event; the binding was made by ``ship``)."""
-        units = list(dict.fromkeys(self.unit(c) for c in codes))  # once each
-        if not units:
-            raise ValueError("no units to receive")
+        units = self._units_once(codes, "receive")
         with self.store.write() as txn:
             for u in units:
                 self._refuse_voided(txn, u, "received")
-                if not self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]:
-                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
-                                   "or returned): ship it before receiving it")
+                self._refuse_unshipped(u, self._resolved(txn, u)[1],
+                                       "ship it before receiving it")
             return self._event(txn, "receive", now, units, units=units)
 
     def return_goods(self, codes: list[str], *, now: float | None = None) -> int:
         """Units come back to the brand: they, and every unit below them, no longer
         belong to a distributor."""
-        units = list(dict.fromkeys(self.unit(c) for c in codes))  # once each
-        if not units:
-            raise ValueError("no units to return")
+        units = self._units_once(codes, "return")
         with self.store.write() as txn:
             for u in units:
                 self._refuse_voided(txn, u, "returned")
-                if not self._shipment_of(txn, [u, *self._ancestors(txn, u)])[1]:
-                    raise Conflict(f"{self._ref(u)} is not with a distributor (never shipped, "
-                                   "or already returned): there is nothing to return")
+                self._refuse_unshipped(u, self._resolved(txn, u)[1],
+                                       "there is nothing to return")
             eid = self._event(txn, "return", now, units, units=units)
             for u in units:
                 for d in self._descendants(txn, u):  # NOTE: everything below comes back too

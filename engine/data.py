@@ -99,8 +99,8 @@ def _serve_settings(config: dict) -> dict:
     """The ``"serve"`` section, checked, with its defaults filled in. NOTE: a proxy is
     matched by its exact address, so each is checked to be one and written the way the
     server reports a peer (``2001:DB8::1`` -> ``2001:db8::1``)."""
-    section = _section(config, "serve", list(_SERVE))
-    proxies = section.get("trusted_proxies", [])
+    section = {**_SERVE, **_section(config, "serve", list(_SERVE))}
+    proxies = section["trusted_proxies"]
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         raise ValueError('"serve" section: trusted_proxies must be a list of IP addresses, such as '
                          f'["10.0.0.2"]; got {proxies!r}')
@@ -112,7 +112,7 @@ def _serve_settings(config: dict) -> dict:
             raise ValueError(f'"serve" section: trusted_proxies: {p!r} is not an IP address '
                              "(each proxy is named by its exact address, not a network or a "
                              "host name)") from None
-    header = section.get("proxy_header")
+    header = section["proxy_header"]
     if header is not None and not (isinstance(header, str) and _HEADER_NAME.fullmatch(header)):
         raise ValueError('"serve" section: proxy_header must be a header name, such as '
                          f'"X-Forwarded-For", or null; got {header!r}')
@@ -205,10 +205,21 @@ def _open_store(db: Path, *, metasync: bool = True) -> Store:
                               f"{e.filename or db})") from None
 
 
-def _stored_id(store: Store) -> str | None:
-    with store.read() as txn:
-        raw = txn.get(_STORE_ID, db=store.db("meta"))
+def _stored_id(txn, meta) -> str | None:
+    """The store id in the store's meta database ``meta``, or None."""
+    raw = txn.get(_STORE_ID, db=meta)
     return raw.decode("ascii", "replace") if raw is not None else None
+
+
+def _key_record(raw: bytes | None) -> dict[int, str]:
+    """The master key versions recorded as issued (the meta value ``raw``), with their
+    fingerprints."""
+    return {} if raw is None else {int(v): fp for v, fp in unpack(raw)}
+
+
+def _issued_keys(txn, meta) -> dict[int, str]:
+    """The master key versions recorded as issued in ``meta``, with their fingerprints."""
+    return _key_record(txn.get(_KEY_VERSIONS, db=meta))
 
 
 def _prepare_store(path: Path) -> str:
@@ -228,11 +239,13 @@ def _prepare_store(path: Path) -> str:
         with store.read() as txn:
             databases = {k for k, _ in txn.cursor()}
             entries = {k for k, _ in txn.cursor(db=meta)}
+            store_id = _stored_id(txn, meta)
+        # NOTE: key_versions too: a folder's first open (DataFolder.__init__, at the end of
+        # init) records its keys before it opens any other database
         if databases - {b"meta"} or entries - {_STORE_ID, _KEY_VERSIONS}:
             raise DataFolderError(
                 f"{path} has no {_CONFIG} but {db} holds data: restore {_CONFIG} from the backup "
                 "taken with db/ and keys/ (`wuma init` never takes over a store in use)")
-        store_id = _stored_id(store)
         if store_id is None:
             store_id = os.urandom(16).hex()
             with store.write() as txn:
@@ -248,7 +261,8 @@ def check_serving(path) -> None:
     ``wuma serve`` calls it before starting gunicorn, and the master before a reload
     (engine/gunicorn_conf.py): a mistake is a message, not workers failing to boot."""
     with DataFolder(Path(path)) as data:
-        for section in ("serve_settings", "abuse", "regions"):  # each checks its section
+        # NOTE: abuse_limits, not abuse: the limits without opening the counters' store
+        for section in ("serve_settings", "abuse_limits", "regions"):  # each checks its section
             getattr(data, section)
 
 
@@ -286,28 +300,23 @@ class DataFolder:
             raise DataFolderError(f"{cfg} cannot be read ({e.strerror or e})") from None
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
-        self.store = self._open_store()
+        self.store, issued = self._open_store()
         try:
-            self._record_keys()
+            self._record_keys(issued)
         except BaseException:
             self.store.close()
             raise
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
 
-    def _issued_keys(self, txn) -> dict[int, str]:
-        raw = txn.get(_KEY_VERSIONS, db=self.store.db("meta"))
-        return {} if raw is None else {int(v): fp for v, fp in unpack(raw)}
-
-    def _record_keys(self) -> None:
+    def _record_keys(self, issued: dict[int, str]) -> None:
         """Every master key version this folder ever issued must be in keys/ and be the
         same key (its fingerprint is recorded in the store): a lost or replaced key file is
         refused here, not met later as genuine codes answering invalid, or as a new key
         taking a lost one's number. Versions here but not yet recorded (a folder from before
-        the record, a rotate interrupted between key file and record) are recorded."""
+        the record, a rotate interrupted between key file and record) are recorded.
+        ``issued``: the record, as read when the store was opened."""
         keys = self.path / "keys"
-        with self.store.read() as txn:
-            issued = self._issued_keys(txn)
         missing = sorted(set(issued) - set(self.keys.versions))
         if missing:
             raise DataFolderError(
@@ -325,13 +334,14 @@ class DataFolder:
         # NOTE: read and written in one write transaction: a record made meanwhile by
         # another process (its rotate) is kept
         with self.store.write() as txn:
-            issued = self._issued_keys(txn)
+            issued = _issued_keys(txn, self.store.db("meta"))
             issued.update({v: self.keys.fingerprint(v) for v in versions if v not in issued})
             txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=self.store.db("meta"))
 
-    def _open_store(self) -> Store:
+    def _open_store(self) -> tuple[Store, dict[int, str]]:
         """The store, if it is this folder's: never a new empty one in place of a lost one
-        (new batches would take ids again and repeat codes already printed)."""
+        (new batches would take ids again and repeat codes already printed); and the master
+        key versions it records as issued (read with its id, in one read transaction)."""
         db = self.path / "db"
         restore = (f"restore {db} from the backup taken with {_CONFIG} and keys/ (do not create "
                    "batches without it: their codes would repeat codes already printed)")
@@ -339,15 +349,22 @@ class DataFolder:
         if damage:
             raise DataFolderError(f"{damage}: {restore}")
         store = _open_store(db, metasync=self.durability == "strict")
-        expected = self.config.get("store_id")
-        if expected is not None:  # NOTE: folders made before store ids: the file checks only
-            found = _stored_id(store)
-            if found != expected:
-                store.close()
+        try:
+            meta = store.db("meta")
+            with store.read() as txn:
+                found = _stored_id(txn, meta)
+                raw_keys = txn.get(_KEY_VERSIONS, db=meta)
+            expected = self.config.get("store_id")
+            # NOTE: folders made before store ids: the file checks only
+            if expected is not None and found != expected:
                 why = ("holds a store without this folder's id (re-created empty, or another "
                        "folder's)" if found is None else "holds another data folder's store")
                 raise DataFolderError(f"{db} {why}: {restore}")
-        return store
+            # NOTE: the record is unpacked only once the store is known to be this folder's
+            return store, _key_record(raw_keys)
+        except BaseException:
+            store.close()
+            raise
 
     @classmethod
     def init(cls, path: Path, *, preset: str = "beverage", spec: PackagingSpec | None = None,
@@ -404,13 +421,17 @@ class DataFolder:
         return AccountRegistry(self.store)
 
     @cached_property
-    def abuse(self) -> AbuseGuard:
-        """Rate limits and bans; counters in ``<data>/db-counters`` (not synced)."""
+    def abuse_limits(self) -> AbuseLimits:
+        """The ``"abuse"`` section of wuma.json, checked (no store opened)."""
         try:
-            limits = _abuse_limits(self.config)
+            return _abuse_limits(self.config)
         except ValueError as e:
             raise DataFolderError(f"{self.path / _CONFIG}, {e}: fix it there") from None
-        return AbuseGuard(self.store, self.path / "db-counters", limits)
+
+    @cached_property
+    def abuse(self) -> AbuseGuard:
+        """Rate limits and bans; counters in ``<data>/db-counters`` (not synced)."""
+        return AbuseGuard(self.store, self.path / "db-counters", self.abuse_limits)
 
     @cached_property
     def serve_settings(self) -> dict:
@@ -425,11 +446,13 @@ class DataFolder:
     def regions(self) -> RegionTable:
         """Division centres for lat/lng -> region (``wuma region import``)."""
         try:
-            section = _section(self.config, "regions", ["max_km"])
+            section = _section(self.config, "regions", ["max_km"])  # its errors name the section
+        except ValueError as e:
+            raise DataFolderError(f"{self.path / _CONFIG}, {e}: fix it there") from None
+        try:
             return RegionTable(self.store, **section)
-        except (ValueError, TypeError) as e:
-            where = "" if str(e).startswith('"regions"') else '"regions" section: '
-            raise DataFolderError(f"{self.path / _CONFIG}, {where}{e}: fix it there") from None
+        except ValueError as e:
+            raise DataFolderError(f'{self.path / _CONFIG}, "regions" section: {e}: fix it there') from None
 
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
         """Register a batch under the current key version (metadata only)."""
@@ -440,7 +463,7 @@ class DataFolder:
         follows every version ever issued (the store's record), and must fit the version
         character of the folder's code formats."""
         with self.store.read() as txn:
-            issued = self._issued_keys(txn)
+            issued = _issued_keys(txn, self.store.db("meta"))
         highest = min(f.max_key_version for f in self.spec.formats.values())
         version = self.keys.rotate(after=max(issued, default=0), highest=highest)
         self._record_versions([version])

@@ -14,10 +14,13 @@ Event mapping (CBV 2.0 vocabulary):
   distributor as owning-party destination; receive -> ``receiving``; return ->
   ``receiving`` with disposition ``returned``.
 
-An EPC appears once per list (``epcList`` and ``childEPCs`` are sets in the schema). The
-eventID hashes the exported event together with the stored event's id and its place
-among the events exported for it, so two identical operations in one millisecond still
-get distinct eventIDs.
+An EPC appears once per list (``epcList`` and ``childEPCs`` are sets in the schema): the
+stored unpack, receive and return events may list a unit twice (older data), so their
+lists are de-duplicated; the others hold each unit once by construction (a load's links,
+an activation's or a void's disjoint runs, a shipment's units). The eventID hashes the
+exported event together with the stored event's id and its place among the events
+exported for it, so two identical operations in one millisecond still get distinct
+eventIDs.
 
 Units are identified by their printed short URL (``url_base + code``); pallets by SSCC
 (``urn:epc:id:sscc:...``) when a GS1 company prefix is given.
@@ -119,6 +122,11 @@ def _expand(runs) -> list[int]:
     return [u for f, l in runs for u in range(int(f), int(l) + 1)]
 
 
+def _once(uids) -> list[int]:
+    """``uids`` each once, in order (the schema's uniqueItems)."""
+    return list(dict.fromkeys(uids))
+
+
 def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = None,
                  brand_uri: str = "https://brand.example/party/") -> dict:
     """An EPCISDocument with one or more events per recorded aggregation event."""
@@ -128,12 +136,19 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
 
     def add(ev: dict, t: float) -> None:
         ev = {"type": ev.pop("type"), "eventTime": _time(t), "eventTimeZoneOffset": "+00:00", **ev}
-        for key in ("epcList", "childEPCs"):  # NOTE: the schema's uniqueItems
-            if key in ev:
-                ev[key] = list(dict.fromkeys(ev[key]))
         ev["eventID"] = _event_id(ev, (source[0], source[1]))
         source[1] += 1
         out.append(ev)
+
+    def relink(ev: dict, action: str, label: int, step: str) -> None:
+        """A replace event's ``label`` into (ADD) or out of (DELETE) its parent, and its
+        children into or out of ``label``."""
+        if ev.get("parent") is not None:
+            add({"type": "AggregationEvent", "action": action, "parentID": name.one(ev["parent"]),
+                 "childEPCs": [name.one(label)], "bizStep": step}, ev["time"])
+        if ev.get("children"):
+            add({"type": "AggregationEvent", "action": action, "parentID": name.one(label),
+                 "childEPCs": name.many(ev["children"]), "bizStep": step}, ev["time"])
 
     with agg.store.read() as txn:
         activations = {}
@@ -156,8 +171,8 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                      "bizStep": "packing"}, t)
             elif kind == "unpack":
                 add({"type": "AggregationEvent", "action": "DELETE",
-                     "parentID": name.one(ev["parent"]), "childEPCs": name.many(ev["children"]),
-                     "bizStep": "unpacking"}, t)
+                     "parentID": name.one(ev["parent"]),
+                     "childEPCs": name.many(_once(ev["children"])), "bizStep": "unpacking"}, t)
             elif kind == "move":
                 olds: dict[int, list[int]] = {}
                 for c, p in zip(ev["children"], ev["previous"]):
@@ -171,20 +186,10 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                      "bizStep": "packing"}, t)
             elif kind == "replace":
                 # the old label out of its parent and its children out of it; the new in
-                steps = (("DELETE", ev["old"], "unpacking"), ("ADD", ev["new"], "replacing"))
-                for action, label, step in steps:
-                    if action == "ADD":
-                        add({"type": "ObjectEvent", "action": "DELETE",
-                             "epcList": [name.one(ev["old"])], "bizStep": "decommissioning",
-                             "disposition": "damaged"}, t)
-                    if ev.get("parent") is not None:
-                        add({"type": "AggregationEvent", "action": action,
-                             "parentID": name.one(ev["parent"]), "childEPCs": [name.one(label)],
-                             "bizStep": step}, t)
-                    if ev.get("children"):
-                        add({"type": "AggregationEvent", "action": action,
-                             "parentID": name.one(label), "childEPCs": name.many(ev["children"]),
-                             "bizStep": step}, t)
+                relink(ev, "DELETE", ev["old"], "unpacking")
+                add({"type": "ObjectEvent", "action": "DELETE", "epcList": [name.one(ev["old"])],
+                     "bizStep": "decommissioning", "disposition": "damaged"}, t)
+                relink(ev, "ADD", ev["new"], "replacing")
             elif kind == "void":
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": name.many(
                     _expand(ev["runs"])), "bizStep": "decommissioning",
@@ -202,7 +207,8 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                                 "example:productionDate": a["production_date"]}}
                 add(obj, t)
             elif kind in ("ship", "transfer", "receive", "return"):
-                ob = {"type": "ObjectEvent", "action": "OBSERVE", "epcList": name.many(ev["units"])}
+                units = _once(ev["units"]) if kind in ("receive", "return") else ev["units"]
+                ob = {"type": "ObjectEvent", "action": "OBSERVE", "epcList": name.many(units)}
                 if kind in ("ship", "transfer"):
                     ob.update(bizStep="shipping", disposition="in_transit",
                               destinationList=[{"type": "owning_party",

@@ -31,6 +31,8 @@ import os
 
 from gunicorn import glogging
 
+from engine.http_errors import masked_path
+
 bind = os.environ.get("WUMA_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("WUMA_WORKERS") or len(os.sched_getaffinity(0)))
 worker_class = os.environ.get("WUMA_WORKER_CLASS") or "gevent"
@@ -62,7 +64,7 @@ if worker_class == "gevent":
 
 class Logger(glogging.Logger):
     """gunicorn's logger, with the access log built only when it is switched on, and no
-    code in it (see engine.http_scan.masked_path).
+    code in it (see engine.http_errors.masked_path).
 
     PERF: with a logconfig_dict, gunicorn formats every request's access-log atoms even
     when the access logger drops them (~4% of a worker under load)."""
@@ -70,8 +72,6 @@ class Logger(glogging.Logger):
     def access(self, resp, req, environ, request_time):
         if accesslog:
             # APPSEC: no code in the access log (GET /v1/codes/{code}, the admin trace)
-            from engine.http_scan import masked_path
-
             path = environ.get("PATH_INFO") or ""
             masked = masked_path(path)
             if masked != path:

@@ -26,6 +26,8 @@ import time
 from gunicorn import util
 from gunicorn.http import wsgi
 
+from engine.http_errors import error_code
+
 __all__ = ["CoalescingResponse", "install", "SecondDate", "write_json_error"]
 
 
@@ -89,7 +91,7 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     request line or header, a line or header block over its limits, a bad chunk; or an
     error outside the app), in this API's error shape instead of an HTML page:
     ``{"error": "<reason in snake case>", "message": "..."}``, and the connection closed."""
-    body = json.dumps({"error": reason.lower().replace(" ", "_"), "message": mesg or reason}).encode()
+    body = json.dumps({"error": error_code(reason), "message": mesg or reason}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -39,6 +39,7 @@ import falcon
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from engine import http_errors
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
 from engine.lines import LineKeys
@@ -192,11 +193,7 @@ def create_app(data_path: Path, *, clock: Callable[[], float] = time.time) -> fa
     app = falcon.App(middleware=[_LineAuth(data, registry, clock)])
     app.add_route("/packs", _PackList(registry))
     app.add_route("/packs/{pack_id}", _PackFile(registry))
-    # NOTE: errors in the API's shape, {"error", "message"}; a trace only in the log
-    from engine.http_scan import http_error, unexpected_error
-
-    app.add_error_handler(Exception, unexpected_error)
-    app.add_error_handler(falcon.HTTPError, http_error)
+    http_errors.install(app)  # NOTE: errors in the API's shape; a trace only in the log
     return app
 
 

@@ -27,17 +27,17 @@ from typing import Callable
 import falcon
 import lmdb
 
+from engine import http_errors
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
-from engine.abuse import client_address
+from engine.abuse import Every, client_address
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes
 from engine.store import Store, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
-           "masked_path", "unexpected_error", "http_error"]
+__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -45,8 +45,8 @@ _MAX_BODY = 16 * 1024
 _BUCKET_KEYS = tuple(f'wuma_scan_latency_seconds_bucket{{le="{b}"}}' for b in LATENCY_BUCKETS) + (
     'wuma_scan_latency_seconds_bucket{le="+Inf"}',)
 _VERDICT_KEYS = {v: f'wuma_scans_total{{verdict="{v}"}}' for v in VERDICTS}
-_REFUSED_KEYS = tuple(f'wuma_scans_refused_total{{reason="{r}"}}'
-                      for r in ("unauthorized", "banned", "rate_limited", "storage_unavailable"))
+_REFUSED_KEYS = {r: f'wuma_scans_refused_total{{reason="{r}"}}'
+                 for r in ("unauthorized", "banned", "rate_limited", "storage_unavailable")}
 
 #: JSON bodies in and out. PERF: one reused encoder (engine.scan.JSON_ENCODER). Falcon's
 #: default, ``json.dumps(obj, ensure_ascii=False)``, builds a new JSONEncoder on every call:
@@ -126,12 +126,14 @@ class Metrics:
                 txn.put(self._key, pack(snapshot), db=self._db)
 
     def _flusher(self) -> None:
+        failing = Every(60)  # NOTE: a full disk fails every flush: logged once a minute
         while True:
             time.sleep(self._interval)
             try:
                 self.flush()
             except Exception:  # pragma: no cover - metrics must never take a worker down
-                log.exception("metrics flush failed")
+                if failing.due():
+                    log.exception("metrics flush failed")
 
     def totals(self) -> dict[str, float]:
         self.flush()
@@ -223,15 +225,14 @@ class ScanResource:
         resp.data = result.to_json()
 
 
-_storage_logged = [-60.0]
+_storage_logged = Every(60)
 
 
 def _refused(resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
     """The answer to a scan or check the pipeline refused."""
     if isinstance(e, lmdb.Error):  # NOTE: map or disk full, an I/O error: nothing stored
-        metrics.inc('wuma_scans_refused_total{reason="storage_unavailable"}')
-        if time.monotonic() - _storage_logged[0] >= 60:  # once a minute, not per request
-            _storage_logged[0] = time.monotonic()
+        metrics.inc(_REFUSED_KEYS["storage_unavailable"])
+        if _storage_logged.due():  # once a minute, not per request
             log.error("scans cannot be stored: %s", e)
         _error(resp, falcon.HTTP_503, "storage_unavailable",
                "the scan could not be stored and was not counted; try again later")
@@ -240,14 +241,14 @@ def _refused(resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
     if isinstance(e, ValueError):
         raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
     if isinstance(e, Unauthorized):
-        metrics.inc('wuma_scans_refused_total{reason="unauthorized"}')
+        metrics.inc(_REFUSED_KEYS["unauthorized"])
         _error(resp, falcon.HTTP_401, "unauthorized", str(e))
         resp.set_header("WWW-Authenticate", "Bearer")
     elif isinstance(e, Banned):
-        metrics.inc('wuma_scans_refused_total{reason="banned"}')
+        metrics.inc(_REFUSED_KEYS["banned"])
         _error(resp, falcon.HTTP_403, "banned", str(e), until=e.until)
     else:
-        metrics.inc('wuma_scans_refused_total{reason="rate_limited"}')
+        metrics.inc(_REFUSED_KEYS["rate_limited"])
         _error(resp, falcon.HTTP_429, "rate_limited", str(e))
         resp.set_header("Retry-After", str(e.retry_after))
 
@@ -301,7 +302,7 @@ class MetricsResource:
             lines.extend(f"{k} {_sample(totals.get(k, 0.0))}" for k in keys)
 
         family("wuma_scans_total", "counter", "Scans answered, by verdict.", _VERDICT_KEYS.values())
-        family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", _REFUSED_KEYS)
+        family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", _REFUSED_KEYS.values())
         family("wuma_scan_latency_seconds", "histogram", "Time to answer a scan.",
                (*_BUCKET_KEYS, "wuma_scan_latency_seconds_sum", "wuma_scan_latency_seconds_count"))
         totals["wuma_bans_active"] = float(self.data.abuse.count_active())
@@ -321,37 +322,6 @@ class OpenApiResource:
         resp.media = OPENAPI
 
 
-def http_error(req, resp, ex: falcon.HTTPError, params) -> None:
-    """Falcon's HTTP errors as ``{"error": <stable code>, "message": ...}``."""
-    code = ex.title if ex.title and " " not in ex.title else ex.status.split(" ", 1)[1].lower().replace(" ", "_")
-    resp.status = ex.status
-    resp.media = {"error": code, "message": ex.description or ex.status.split(" ", 1)[1]}
-    for k, v in (ex.headers or {}).items():
-        resp.set_header(k, v)
-
-
-#: Paths whose last segment is a code: masked in log lines.
-_CODE_PATHS = ("/v1/codes/", "/admin/api/trace/")
-
-
-def masked_path(path: str) -> str:
-    """``path`` for a log line: a code in it (``/v1/codes/{code}``, ``/admin/api/trace/{code}``)
-    cut to its first 4 characters. APPSEC: codes in logs could be harvested and claimed."""
-    for prefix in _CODE_PATHS:
-        if path.startswith(prefix) and len(path) > len(prefix) + 4:
-            return path[:len(prefix) + 4] + "..."
-    return path
-
-
-def unexpected_error(req, resp, ex: Exception, params) -> None:
-    """Falcon's handler of last resort: the trace to the log for operators (the path
-    masked), a stable, bare answer to the client."""
-    log.exception("unhandled error on %s %s", req.method, masked_path(req.path))
-    resp.status = falcon.HTTP_500
-    message = "internal error; the scan was not recorded" if req.path == "/v1/scans" else "internal error"
-    resp.media = {"error": "internal", "message": message}
-
-
 #: The client of a connection over a unix socket when no proxy header says who it is.
 UNIX_PEER = "unix"
 
@@ -366,9 +336,10 @@ def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Calla
     A hop that is no address counts as the proxy itself. Over a unix socket with no
     header, every client is one, :data:`UNIX_PEER`, sharing one rate and one ban (fail
     closed; logged once): set ``serve.proxy_header``."""
-    warned: list[bool] = []
+    warned = False
 
     def client_ip(req: falcon.Request) -> str:
+        nonlocal warned
         remote = req.remote_addr or ""
         if header and (not remote or remote in trusted_proxies):
             value = req.get_header(header)
@@ -379,7 +350,7 @@ def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Calla
                         return client_address(hop) or remote or UNIX_PEER
         if not remote:
             if not warned:
-                warned.append(True)
+                warned = True
                 log.warning("scan API reached over a unix socket with no serve.proxy_header in "
                             "wuma.json (or a request without it): every client counts as one "
                             "for rate limits and bans; set it to the header your proxy writes, "
@@ -400,7 +371,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
         pipeline = ScanPipeline(data.codes, Aggregation(data), ScanLog(data.store), data.abuse,
                                 data.accounts, regions=data.regions, clock=clock)
     metrics = Metrics(data.abuse.counters)  # NOTE: one LMDB env per path per process
-    client_ip = make_client_ip(frozenset(cfg.get("trusted_proxies", [])), cfg.get("proxy_header"))
+    client_ip = make_client_ip(frozenset(cfg["trusted_proxies"]), cfg["proxy_header"])
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
@@ -410,8 +381,7 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     app.add_route("/healthz", HealthResource(data.store))
     app.add_route("/metrics", MetricsResource(metrics, data))
     app.add_route("/openapi.json", OpenApiResource())
-    app.add_error_handler(Exception, unexpected_error)
-    app.add_error_handler(falcon.HTTPError, http_error)
+    http_errors.install(app)
     return app
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -62,6 +61,7 @@ import numpy as np
 from engine.aggregation import (_LOW, _Q, BadRecord, LoadReport, _c2p_decode,
                                 _children_count, _decode_children, _encode_children)
 from engine.errors import Conflict
+from engine.files import same_file, temp_beside
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
@@ -102,22 +102,22 @@ class _Source:
     def chunks(self, size: int, hasher=None):
         """Whole lines, about ``size`` bytes at a time (a longer line is one chunk). A UTF-8
         byte-order mark at the start is dropped (the hash is of the bytes as stored)."""
+        pieces = self._pieces(size, hasher)
+        # NOTE: the first piece starts at offset 0 and runs to a newline (or to the end of
+        # the file), whatever the block size: as no BOM byte is a newline, it holds the
+        # whole BOM if the file starts with one.
+        first = next(pieces, b"").removeprefix(_BOM)
+        if first:
+            yield first
+        yield from pieces
+
+    def _pieces(self, size: int, hasher):
+        """:meth:`chunks`, the BOM left in."""
         carry = b""
-        head = True  # PERF: only the file's first bytes are looked at for a BOM
         for block in self.blocks(max(size, 1)):
             if hasher is not None:
                 hasher.update(block)
             data = carry + block if carry else block
-            if head:
-                if len(data) < len(_BOM) and _BOM.startswith(data):
-                    carry = data  # NOTE: tiny blocks: wait for three bytes
-                    continue
-                head = False
-                if data.startswith(_BOM):
-                    data = data[len(_BOM):]
-                    if not data:
-                        carry = b""
-                        continue
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data
@@ -271,8 +271,7 @@ class _Parsed:
 def parse_records(agg, raw: bytes, fmt: str | None = None) -> tuple[_Parsed, dict[int, str]]:
     """Parse and decode a whole buffer (CSV or JSON lines)."""
     pre_bad: dict[int, str] = {}
-    if raw[:len(_BOM)] == _BOM:
-        raw = raw[len(_BOM):]
+    raw = raw.removeprefix(_BOM)
     if fmt is None:
         fmt = "jsonl" if raw.lstrip()[:1] == b"{" else "csv"
     if fmt not in ("csv", "jsonl"):
@@ -1039,16 +1038,12 @@ class _RejectFile:
         if os.path.isdir(self.target):
             raise ValueError(f"the reject file {self.shown} is a folder; nothing loaded "
                              "(give the path of a file to write the bad records to)")
-        if src.path is not None and _same_file(src.path, self.target):
+        if src.path is not None and same_file(src.path, self.target):
             raise ValueError(f"the reject file {self.shown} is the input file; nothing loaded "
                              f"(choose another reject file, such as {src.path}.rejects)")
-        folder, base = os.path.split(self.target)
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=folder)
-        except OSError as e:
-            raise ValueError(f"cannot write the reject file {self.shown} "
-                             f"({e.strerror or e}); nothing loaded (choose a reject file in "
-                             "an existing folder you can write to)") from None
+        fd, self.tmp = temp_beside(self.target, lambda e: ValueError(
+            f"cannot write the reject file {self.shown} ({e.strerror or e}); nothing loaded "
+            "(choose a reject file in an existing folder you can write to)"))
         self.fh = os.fdopen(fd, "wb", buffering=1 << 20)
         self.written = False
 
@@ -1079,19 +1074,7 @@ class _RejectFile:
 
     def discard(self) -> None:
         self.fh.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _same_file(a, b) -> bool:
-    """True if the paths name one file (however spelled: relative, via symlinks or hard
-    links, another case on a case-insensitive disk)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # NOTE: one does not exist: then they cannot be the same file
-        return os.path.realpath(a) == os.path.realpath(b)
+        Path(self.tmp).unlink(missing_ok=True)
 
 
 def _write_rejects(src: _Source, chunk_bytes: int, bad: list[BadRecord], fh) -> None:

@@ -39,10 +39,10 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -57,8 +57,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine import _kernels as K
+from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
+from engine.files import private_output, same_file
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
@@ -141,7 +143,8 @@ def pack_file_name(line: str, batch: int, start: int, stop: int, pack_id: str) -
 
 
 def _place_new(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists."""
+    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists.
+    ``tmp`` is left as a second link to the file: the caller removes it."""
     exists = PackError(
         f"{path} already exists: not replacing it (it may be an issued pack); "
         "move it away or export to another folder"
@@ -157,8 +160,6 @@ def _place_new(tmp: Path, path: Path) -> None:
         if os.path.lexists(path):
             raise exists from None
         os.rename(tmp, path)
-    else:
-        tmp.unlink()
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class PackRegistry:
         self.lines = LineRegistry(data.store, data.keys)
         self._packs = data.store.db("packs")
         self._events = data.store.db("pack_events")
+        self._voids = VoidRuns(data.store)
 
     def export(
         self,
@@ -304,7 +306,8 @@ class PackRegistry:
             raise ValueError(
                 f"serial range {start}:{stop} is outside batch {batch.id} (0:{batch.count})"
             )
-        self._refuse_voided(batch, start, stop)
+        with self._store.read() as txn:  # NOTE: fail before any file is written
+            self._refuse_voided(txn, batch, start, stop)
         if not 1 <= parts <= stop - start:
             raise ValueError(f"parts must be between 1 and {stop - start}")
         if not 1024 <= chunk_bytes <= 64 << 20:
@@ -325,6 +328,8 @@ class PackRegistry:
                                         signer_id, signer, now, progress)
                 written.append(part)
             with self._store.write() as txn:
+                # again: a range voided while the parts were being written is refused too
+                self._refuse_voided(txn, batch, start, stop)
                 for part in written:
                     txn.put(bytes.fromhex(part.record["id"]), pack(part.record), db=self._packs)
                     self._event(
@@ -344,16 +349,11 @@ class PackRegistry:
                 part.tmp.unlink(missing_ok=True)
         return [part.issued() for part in written]
 
-    def _refuse_voided(self, batch, start: int, stop: int) -> None:
+    def _refuse_voided(self, txn, batch, start: int, stop: int) -> None:
         """Conflict if codes of ``start:stop`` were voided (a range void; a whole-batch void
         is the batch's state): voided labels must not be printed."""
-        from engine.aggregation import Aggregation, split_unit, unit_id
-
-        agg = Aggregation(self._data)
-        with self._data.store.read() as txn:
-            hit = agg.voids.overlapping(txn, unit_id(batch.id, start), unit_id(batch.id, stop - 1))
-        if hit:
-            first = max(split_unit(hit[0][0])[1], start)
+        first = self._voids.first(txn, batch.id, start, stop)
+        if first is not None:
             raise Conflict(f"serial {first} of batch {batch.id} (and maybe more in {start}:{stop}) "
                            "is voided: export the ranges around the voided codes")
 
@@ -814,48 +814,39 @@ def open_pack_to_file(
     if receipt is not None:
         receipt = Path(receipt)
         _check_target(path, receipt, "receipt")
-        if to_file and _same_file(output, receipt):
+        if to_file and same_file(output, receipt):
             raise PackError(
                 f"the receipt and the codes output are the same file ({receipt}): "
                 "give each its own file name"
             )
-    made: list[str] = []
-    try:
-        tmp = _make_temp(output, "codes output", 0o600) if to_file else None
-        if tmp:
-            made.append(tmp)
-        rtmp = _make_temp(receipt, "receipt", 0o644) if receipt is not None else None
-        if rtmp:
-            made.append(rtmp)
-        if tmp:
-            with open(tmp, "wb", buffering=1 << 20) as fh:
-                got = open_pack(path, keys, brand_keys, fh, **kw)
-        else:
-            got = open_pack(path, keys, brand_keys, output, **kw)
-        if rtmp:
-            with open(rtmp, "wb") as fh:
-                fh.write(got.receipt)
-        if tmp:
-            os.replace(tmp, output)
-        if rtmp:
-            os.replace(rtmp, receipt)
-        return got
-    finally:
-        for t in made:
-            if os.path.exists(t):
-                os.unlink(t)
+    # NOTE: both temporary files are made (so both folders proved writable) before the
+    # pack is read. The receipt's block is entered first so that it ends last: the receipt
+    # appears only once the codes did. No fsync (private_output's default), as before.
+    with ExitStack() as stack:
+        rfh, out = None, output
+        if receipt is not None:
+            rfh = stack.enter_context(private_output(
+                receipt, perms=0o644, error=_cannot_write("receipt", receipt), fsync=False))
+        if to_file:
+            out = stack.enter_context(private_output(
+                output, buffering=1 << 20, error=_cannot_write("codes output", output),
+                fsync=False))
+        got = open_pack(path, keys, brand_keys, out, **kw)
+        if rfh is not None:
+            rfh.write(got.receipt)
+    return got
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """True if ``a`` and ``b`` name one file (through links too); either may not exist."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet): compare where the names lead
-        return os.path.realpath(a) == os.path.realpath(b)
+def _cannot_write(what: str, target: Path):
+    """The :func:`engine.files.temp_beside` error hook for an output of pack open."""
+    return lambda e: PackError(
+        f"cannot write the {what} {target}: {e.strerror or e}; "
+        "choose a folder that exists and that you may write to"
+    )
 
 
 def _check_target(pack_path: Path, target: Path, what: str) -> None:
-    if _same_file(pack_path, target):
+    if same_file(pack_path, target):
         raise PackError(
             f"the {what} {target} is the pack itself: writing there would destroy the pack; "
             "choose another file name"
@@ -863,19 +854,3 @@ def _check_target(pack_path: Path, target: Path, what: str) -> None:
     if target.is_dir():
         raise PackError(f"the {what} {target} is a folder: give a file name")
 
-
-def _make_temp(target: Path, what: str, mode: int) -> str:
-    """A temporary file next to ``target`` (renamed onto it at the end); proves up front
-    that the folder accepts a new file."""
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix="." + target.name + ".", suffix=".part", dir=target.parent or "."
-        )
-    except OSError as e:
-        raise PackError(
-            f"cannot write the {what} {target}: {e.strerror or e}; "
-            "choose a folder that exists and that you may write to"
-        ) from None
-    os.close(fd)
-    os.chmod(tmp, mode)
-    return tmp

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from engine.abuse import AbuseGuard, subject
+from engine.abuse import SUBJECT_ID_BYTES, AbuseGuard, subject
 from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
 from engine.aggregation import Aggregation, unit_id
 from engine.codes import CodeEngine
@@ -42,13 +42,13 @@ DEFAULT_ROLE_RULES: dict[str, frozenset] = {
     "sales_rep": frozenset({"pallet", "case_outer", "case", "cap_outer"}),
 }
 _MAX_ID = 128
-#: A code seen in ``copy_regions`` regions or on ``copy_devices`` devices within this long is
-#: flagged ``copied`` ("many places in a short time"): a week.
-COPY_WINDOW_S = 7 * 86400
 #: ... and at most this many bytes in UTF-8: an id becomes part of database keys (a ban's
 #: subject, a campaign's per-actor count), which LMDB caps at 511 bytes. 128 Chinese
 #: characters (3 bytes each) fit; 128 emoji (4 bytes) do not.
-_MAX_ID_BYTES = 384
+_MAX_ID_BYTES = SUBJECT_ID_BYTES
+#: A code seen in ``copy_regions`` regions or on ``copy_devices`` devices within this long is
+#: flagged ``copied`` ("many places in a short time"): a week.
+COPY_WINDOW_S = 7 * 86400
 
 
 class ScanRequest(NamedTuple):
@@ -67,11 +67,7 @@ class ScanRequest(NamedTuple):
 
     def validate(self) -> None:
         """ValueError with a message a person can act on."""
-        code = self.code
-        if not isinstance(code, str):
-            raise ValueError("code must be a string (the printed code or its URL)")
-        if not code.isascii():
-            _text(code, "code")
+        _check_code(self.code)
         if self.actor_role not in ACTOR_ROLES:
             raise ValueError(f"actor role must be one of {', '.join(ACTOR_ROLES)}")
         region = self.region
@@ -91,6 +87,14 @@ class ScanRequest(NamedTuple):
                                   or not v.isascii() and len(_text(v, name)) > _MAX_ID_BYTES):
                 raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters "
                                  f"({_MAX_ID_BYTES} bytes in UTF-8)")
+
+
+def _check_code(code) -> None:
+    """ValueError unless ``code`` is text (a scan's, a check's)."""
+    if not isinstance(code, str):
+        raise ValueError("code must be a string (the printed code or its URL)")
+    if not code.isascii():
+        _text(code, "code")
 
 
 def _text(value: str, name: str) -> bytes:
@@ -337,21 +341,17 @@ class ScanPipeline:
         # NOTE: the client (IP, device) is checked before its token is: a banned or
         # flooding client gets no token checks either
         subjects = self._subjects(req)
-        # PERF: _admit written out for the usual scan (no account): a call less
-        ban = self.abuse.banned(subjects, now)
-        if ban is not None:
-            raise Banned(ban.subject, ban.expires_at)
-        if self.abuse.over_rate(subjects, now):
-            raise RateLimited(60 - int(now) % 60)
         account_id = None
         if req.actor_role in ACCOUNT_ROLES:
             account = self.accounts.authenticate(req.token)
-            if account is None or account.role != req.actor_role:
-                raise Unauthorized("a valid API token for this actor role is required")
-            account_id = account.id
-            mine = [subject("account", account_id)]
-            self._admit(mine, now)
-            subjects += mine
+            if account is not None and account.role == req.actor_role:
+                account_id = account.id
+                subjects.append(subject("account", account_id))
+        # NOTE: the client is admitted (ban, rate) before a bad token is answered: a banned
+        # client learns nothing of tokens. One ban read and one rate count for all subjects.
+        self._admit(subjects, now)
+        if req.actor_role in ACCOUNT_ROLES and account_id is None:
+            raise Unauthorized("a valid API token for this actor role is required")
 
         v = self.codes.verify(req.code)
         if not v.genuine:
@@ -408,11 +408,8 @@ class ScanPipeline:
         invalid code counts towards its enumeration ban (else the check would answer
         forged guesses without limit, banned clients included). Raises Banned,
         RateLimited, ValueError (not text)."""
-        if not isinstance(code, str):
-            raise ValueError("code must be a string (the printed code or its URL)")
-        if not code.isascii():
-            _text(code, "code")
-        subjects = [subject("ip", ip)] if ip else []
+        _check_code(code)
+        subjects = self._subjects(ScanRequest(code, ip=ip))
         now = self.clock()
         if subjects:
             self._admit(subjects, now)

@@ -79,14 +79,13 @@ class _SettlementFailed(Exception):
         self.index = index
 
 
-def _copied(rec: list, at: float, copy_at: tuple) -> bool:
+def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     """Has the code been seen in ``copy_at[0]`` distinct regions or on ``copy_at[1]``
-    devices within the last ``copy_at[2]`` seconds (or ever, without a window)?"""
-    window = copy_at[2] if len(copy_at) > 2 else None
-    for slot, threshold in ((6, copy_at[0]), (7, copy_at[1])):
-        if len(rec[slot]) >= threshold:
-            if window is None or sum(1 for t in rec[slot + 2] if t >= at - window) >= threshold:
-                return True
+    devices within the last ``copy_at[2]`` seconds (``math.inf``: ever)?"""
+    regions, devices, window = copy_at
+    for slot, threshold in ((6, regions), (7, devices)):
+        if len(rec[slot]) >= threshold and sum(1 for t in rec[slot + 2] if t >= at - window) >= threshold:
+            return True
     return False
 
 
@@ -168,14 +167,15 @@ class _TurnSlow(Exception):
     """The turn was not free within TURN_BLOCK_S (raised by the SIGALRM handler)."""
 
 
-_alarm_armed = [False]  # a committer is blocked on the turn under the timer
+_alarm_armed = False  # a committer is blocked on the turn under the timer
 
 
 def _on_alarm(signum, frame) -> None:
     # NOTE: Python runs it in the main thread, where the gevent hub and its committer run;
     # raised there, it ends the committer's flock (EINTR) instead of letting it resume
-    if _alarm_armed[0]:
-        _alarm_armed[0] = False
+    global _alarm_armed
+    if _alarm_armed:
+        _alarm_armed = False
         raise _TurnSlow
 
 
@@ -290,20 +290,22 @@ class _CommitTurn:
     def _block(self, fd: int) -> bool:
         """Block the worker on the turn, for TURN_BLOCK_S at most (a one-shot SIGALRM
         ends the wait); False if the turn was still taken then."""
+        global _alarm_armed
         if not self._timer:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return True
-        _alarm_armed[0] = True
+        _alarm_armed = True
         try:
             signal.setitimer(signal.ITIMER_REAL, TURN_BLOCK_S)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            return True
         except _TurnSlow:
             pass
         finally:
-            _alarm_armed[0] = False
+            _alarm_armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-        # NOTE: whichever way the wait ended (an alarm may come just after the lock was
-        # granted), ask again: flock grants at once a lock this descriptor already holds
+        # NOTE: the alarm ended the wait, or came just after the lock was granted: ask
+        # again (flock grants at once a lock this descriptor already holds)
         return _try_lock(fd, fcntl.LOCK_EX)
 
     def give(self) -> None:
@@ -419,7 +421,7 @@ class ScanLog:
 
     # -- writing ----------------------------------------------------------------------
     def record(self, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int] | None = None) -> ScanRecord:
+               copy_at: tuple[int, int, float] | None = None) -> ScanRecord:
         """Apply one scan durably; returns the code's updated scan record.
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
@@ -438,7 +440,7 @@ class ScanLog:
 
         ``copy_at = (regions, devices, window_s)``: when the code has now been seen in that
         many distinct regions or on that many devices within the last ``window_s`` seconds
-        (ever, with a pair), the event gets the flag ``copied`` and the record says
+        (``math.inf``: ever), the event gets the flag ``copied`` and the record says
         ``copied``. The first and last scan are the earliest and latest by ``at``, whatever
         order their groups commit in.
         """
@@ -519,7 +521,7 @@ class ScanLog:
                 failed.add(e.index)
 
     def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int] | None = None, memo: WriteMemo | None = None,
+               copy_at: tuple[int, int, float] | None = None, memo: WriteMemo | None = None,
                index: int = 0) -> ScanRecord:
         # PERF: LMDB arguments by position (py-lmdb parses keywords slowly, ~0.1 µs a call)
         key = _record_key(unit_id, role_index)

@@ -119,6 +119,10 @@ class Store:
         if used > 0.95 * info["map_size"]:
             return (f"the store at {self.path} has used {used >> 20} of its {info['map_size'] >> 20} "
                     "MiB map (raise WUMA_MAP_SIZE)")
+        return self._low_space()
+
+    def _low_space(self) -> str | None:
+        """Says so when the file system holding the store has under MIN_FREE_BYTES free."""
         free = free_bytes(self.path)
         if free < MIN_FREE_BYTES:
             return f"{free >> 20} MiB free on the file system of {self.path}"
@@ -142,9 +146,10 @@ class Store:
         if self._writemap:
             now = time.monotonic()
             if now - self._space_checked >= 1.0:
-                if free_bytes(self.path) < MIN_FREE_BYTES:
-                    raise OSError(errno.ENOSPC, f"less than {MIN_FREE_BYTES >> 20} MiB free for "
-                                  f"the store at {self.path}", str(self.path))
+                low = self._low_space()
+                if low:
+                    raise OSError(errno.ENOSPC, f"{low} (writes stop below "
+                                  f"{MIN_FREE_BYTES >> 20} MiB)", str(self.path))
                 self._space_checked = now
         if self.write_gate is not None:
             return self.write_gate(self)

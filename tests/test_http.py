@@ -658,5 +658,6 @@ def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path)
         os.kill(s.proc.pid, signal.SIGHUP)
         time.sleep(2)
         assert s.get("/healthz")[0] == 200 and s.proc.poll() is None
+        assert log.read_text().count("reload refused") == 1  # this time it reloaded
     finally:
         s.stop()

@@ -105,11 +105,7 @@ def test_failing_reject_write_loads_nothing_and_leaves_no_half_file(run, tmp_pat
     rej.write_bytes(b"older rejects\n")
 
     def disk_full(src, chunk_bytes, bad, out, *a):
-        if hasattr(out, "write"):
-            out.write(b"# line 3: half")
-        else:
-            with open(out, "wb") as fh:
-                fh.write(b"# line 3: half")
+        out.write(b"# line 3: half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ingest, "_write_rejects", disk_full)

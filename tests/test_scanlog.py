@@ -1,6 +1,7 @@
 """Scan records: exact counts under concurrency, first/last scan, durability under kill -9."""
 
 import fcntl
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -63,8 +64,8 @@ def test_copied_counts_places_and_devices_within_the_window_only(tmp_path):
     assert [scan(400 * day + i, r, f"d{i}") for i, r in enumerate(["310101", "310104", "310105"])] == [
         False, False, True]
     assert not scan(420 * day, "310101", "d0")
-    # ever, without a window (the pair form)
-    assert log.record(8, 4, {"at": 1.0, "region": "440101"}, copy_at=(1, 5)).copied
+    # ever: an endless window
+    assert log.record(8, 4, {"at": 1.0, "region": "440101"}, copy_at=(1, 5, math.inf)).copied
     log.close()
     store.close()
 

@@ -1,0 +1,60 @@
+"""What every HTTP app of Wuma answers on an error, and what its logs show of a path.
+
+Errors are ``{"error": "<stable code>", "message": "<for a person>"}``; no stack trace
+reaches a client. The handlers are installed on each Falcon app (:func:`install`), and
+gunicorn's own answers use :func:`error_code` too (engine/gunicorn_response.py). This
+module imports nothing heavy: the gunicorn master reads it for its access log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["error_code", "masked_path", "http_error", "unexpected_error", "install"]
+
+log = logging.getLogger("wuma.http")
+
+#: Paths whose last segment is a code: masked in log lines.
+_CODE_PATHS = ("/v1/codes/", "/admin/api/trace/")
+
+
+def error_code(reason: str) -> str:
+    """An HTTP reason phrase as a stable error code: ``Bad Request`` -> ``bad_request``."""
+    return reason.lower().replace(" ", "_")
+
+
+def masked_path(path: str) -> str:
+    """``path`` for a log line: a code in it (``/v1/codes/{code}``, ``/admin/api/trace/{code}``)
+    cut to its first 4 characters. APPSEC: codes in logs could be harvested and claimed."""
+    for prefix in _CODE_PATHS:
+        if path.startswith(prefix) and len(path) > len(prefix) + 4:
+            return path[:len(prefix) + 4] + "..."
+    return path
+
+
+def http_error(req, resp, ex, params) -> None:
+    """Falcon's HTTP errors as ``{"error": <stable code>, "message": ...}``."""
+    reason = ex.status.split(" ", 1)[1]
+    resp.status = ex.status
+    resp.media = {"error": ex.title if ex.title and " " not in ex.title else error_code(reason),
+                  "message": ex.description or reason}
+    for k, v in (ex.headers or {}).items():
+        resp.set_header(k, v)
+
+
+def unexpected_error(req, resp, ex: Exception, params) -> None:
+    """Falcon's handler of last resort: the trace to the log for operators (the path
+    masked), a stable, bare answer to the client."""
+    log.exception("unhandled error on %s %s", req.method, masked_path(req.path))
+    resp.status = "500 Internal Server Error"
+    message = "internal error; the scan was not recorded" if req.path == "/v1/scans" else "internal error"
+    resp.media = {"error": "internal", "message": message}
+
+
+def install(app) -> None:
+    """Both handlers on a Falcon app (the HTTPError one takes precedence: Falcon picks the
+    most specific)."""
+    import falcon
+
+    app.add_error_handler(Exception, unexpected_error)
+    app.add_error_handler(falcon.HTTPError, http_error)
