@@ -49,6 +49,9 @@ _MAX_ID_BYTES = SUBJECT_ID_BYTES
 #: A code seen in ``copy_regions`` regions or on ``copy_devices`` devices within this long is
 #: flagged ``copied`` ("many places in a short time"): a week.
 COPY_WINDOW_S = 7 * 86400
+#: Account roles that scan at one place, their account's registered region (门店, 仓库): a
+#: scan of theirs without a location is taken there.
+_FIXED_PLACE_ROLES = frozenset({"store", "shop_assistant", "distributor"})
 
 
 class ScanRequest(NamedTuple):
@@ -341,11 +344,11 @@ class ScanPipeline:
         # NOTE: the client (IP, device) is checked before its token is: a banned or
         # flooding client gets no token checks either
         subjects = self._subjects(req)
-        account_id = None
+        account_id = account_region = None
         if req.actor_role in ACCOUNT_ROLES:
             account = self.accounts.authenticate(req.token)
             if account is not None and account.role == req.actor_role:
-                account_id = account.id
+                account_id, account_region = account.id, account.region
                 subjects.append(subject("account", account_id))
         # NOTE: the client is admitted (ban, rate) before a bad token is answered: a banned
         # client learns nothing of tokens. One ban read and one rate count for all subjects.
@@ -359,11 +362,18 @@ class ScanPipeline:
             return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.scan_trace(uid)
-        located = False
-        if req.region is None and req.lat is not None and req.lng is not None and self.regions is not None:
-            region = self.regions.locate(req.lat, req.lng)
-            if region is not None:  # diversion, campaigns and the record use it from here on
-                req, located = req._replace(region=region), True
+        region_from = None
+        if req.region is None:
+            if req.lat is not None and req.lng is not None and self.regions is not None:
+                region = self.regions.locate(req.lat, req.lng)
+                if region is not None:  # diversion, campaigns and the record use it from here on
+                    req, region_from = req._replace(region=region), "latlng"
+            # NOTE: a store's (or its assistant's, a distributor's) scan without a place is
+            # taken at the account's registered region: those accounts scan on their own
+            # premises. Else a store could send no location and its diverted cases would
+            # pay the distributor's rebate (窜货不返利). A sales rep moves about: not so.
+            if req.region is None and account_region is not None and req.actor_role in _FIXED_PLACE_ROLES:
+                req, region_from = req._replace(region=account_region), "account"
         flags: list[str] = []
         verdict = _unit_verdict(trace)
         if v.role not in self.role_rules.get(req.actor_role, ()):
@@ -387,8 +397,8 @@ class ScanPipeline:
                  "ip": req.ip, "flags": flags}
         if req.lat is not None and req.lng is not None:
             event["lat"], event["lng"] = req.lat, req.lng
-        if located:
-            event["region_from"] = "latlng"
+        if region_from is not None:
+            event["region_from"] = region_from
         if diversion:
             event["diverted"] = diversion
         role_index = self.codes.spec.role(v.role).index

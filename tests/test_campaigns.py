@@ -241,6 +241,29 @@ def test_store_open_case_reward(world):
     assert kinds == [("store", 100), ("distributor", 20)]
 
 
+def test_store_scan_without_location_is_judged_at_the_store(world):
+    """窜货不返利 (Bb): a store opening a case triggers the flow check. A store's scan that
+    sends no location is taken at the store's registered region, so a store in Hangzhou
+    opening a case shipped to Guangzhou's distributor cannot collect the distributor's
+    rebate for it by leaving the location out."""
+    pool(world)
+    world["admin"].campaigns.create(rule(world, name="Open case", target={"batches": [world["cases"].id]},
+                                         trigger={"code_role": "case_inner", "actor_role": "store"},
+                                         rebates=[{"to": "distributor", "amount": 20}]), who="test")
+    _, hz_token = world["data"].accounts.add("s-hz", "store", region="330106", distributor="gz-1")
+    case = world["data"].codes.code(world["cases"], 1, "case_inner")
+    r = world["pipe"].scan(ScanRequest(case, actor_role="store", token=hz_token))
+    assert "diverted" in r.flags and r.diversion["region"] == "330106"
+    ev = world["pipe"].scans.events()[-1]
+    assert ev["region"] == "330106" and ev["region_from"] == "account"
+    assert [x["outcome"] for x in ev["rewards"]] == ["granted", "withheld_diverted"]
+    # the Guangzhou store, no location either: in territory, the distributor is paid
+    r = world["pipe"].scan(ScanRequest(world["data"].codes.code(world["cases"], 0, "case_inner"),
+                                       actor_role="store", token=world["store_token"]))
+    assert r.flags == ()
+    assert [x["outcome"] for x in world["pipe"].scans.events()[-1]["rewards"]] == ["granted", "granted"]
+
+
 def test_voucher_issue_and_redeem_exactly_once(world):
     pool(world)
     c = world["admin"].campaigns.create(rule(world, reward={"kind": "fixed", "amount": 500, "payout": "voucher",

@@ -118,6 +118,25 @@ def test_position_without_region_is_located(world, tmp_path):
     assert [e["lat"] for e in events] == [23.13, 30.25, 45.0, 30.25]
 
 
+def test_account_scan_without_location_is_at_its_registered_region(world):
+    """Stores, shop assistants and distributors scan on their own premises: without a
+    location their scan is counted in the account's region (and judged for diversion
+    there); a location they send wins; a sales rep, who moves about, gets no region."""
+    data = world["data"]
+    _, hz = data.accounts.add("s-hz", "store", region="330106", distributor="gz-1")
+    _, rep = data.accounts.add("rep-1", "sales_rep", region="330106")
+    case_inner = data.codes.code(world["cases"], 1, "case_inner")
+    away = _scan(world, case_inner, actor_role="store", token=hz)
+    assert "diverted" in away.flags and away.scan.last_region == "330106"
+    here = _scan(world, case_inner, actor_role="store", token=hz, region="440106")
+    assert "diverted" not in here.flags
+    case_outer = data.codes.code(world["cases"], 1, "case_outer")
+    assert "diverted" not in _scan(world, case_outer, actor_role="sales_rep", token=rep).flags
+    events = world["pipe"].scans.events(limit=10)
+    assert [(e["region"], e.get("region_from")) for e in events] == [
+        ("330106", "account"), ("440106", None), (None, None)]
+
+
 def test_enumeration_ban(world):
     for i in range(6):  # threshold 5: the sixth invalid code bans the client
         assert _scan(world, f"1{'A' * 18}{i}", ip="203.0.113.66", device=f"x{i}").verdict == "invalid"
