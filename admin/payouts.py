@@ -5,7 +5,8 @@ Wuma never moves money. Every payable ledger entry (kinds ``grant``, ``unlock`` 
 (WeChat Pay, a bank, a points platform ... all outside Wuma) in one of two ways:
 
 * **Export** (:meth:`Payouts.export`): a CSV or JSON Lines file of payable entries with
-  their payout state, for a payment system that imports files.
+  their payout state, for a payment system that imports files (JSON Lines: values
+  verbatim) or for people to open in a spreadsheet (CSV: no cell runs as a formula).
 * **Webhook** (:meth:`Payouts.deliver_once`, :meth:`Payouts.run`): an outbox delivered
   at least once to a configured HTTPS endpoint, one entry per request.
 
@@ -94,7 +95,6 @@ never part of an error message (a receiver's answer that echoes it is redacted f
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import http.client
@@ -110,7 +110,7 @@ from admin._util import check_after, is_seq
 from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
-from engine.files import private_output
+from engine.files import SpreadsheetWriter, private_output
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Payouts", "STATES", "EXPORT_FIELDS"]
@@ -324,7 +324,19 @@ class Payouts:
     def export(self, path, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
         """Write payable entries with seq > ``after`` (optionally only those in ``state``)
         to ``path`` as ``csv`` or ``jsonl``; returns how many. The file appears whole or
-        not at all (see engine.files.private_output)."""
+        not at all, readable by its owner only (see engine.files.private_output).
+
+        ``jsonl``: one JSON object a line, the webhook body plus ``state``, ``attempts``
+        and ``paid_at``, every value verbatim: what a payment system should import.
+
+        ``csv``: the columns :data:`EXPORT_FIELDS`, a header line, CRLF line ends, UTF-8,
+        for people opening it in Excel, WPS or LibreOffice. A consumer's id is whatever
+        the brand's front end sent with the scan, so a text cell that starts with ``=``,
+        ``+``, ``-``, ``@``, a tab or a carriage return (or with ``'``) is written with a
+        ``'`` in front, and shown as text instead of run as a formula (CSV injection,
+        see engine.files.spreadsheet_cell). Numbers (``amount``, ``seq`` ...) are written
+        as numbers. To get an id back exactly, drop the first ``'`` of a cell that starts
+        with one."""
         if fmt not in ("csv", "jsonl"):
             raise ValueError("export format must be csv or jsonl")
         if state is not None and state not in STATES:
@@ -335,16 +347,16 @@ class Payouts:
         with private_output(path, "w", encoding="utf-8", newline="") as f:
             writer = None
             if fmt == "csv":
-                # APPSEC: values are written verbatim (a payment import must match ids
-                # exactly); open the file in a spreadsheet as text, not as formulas.
-                writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+                # APPSEC: a consumer's id comes from the public scan API as any text
+                # (=HYPERLINK(...), or a bare CR that would start a forged row): the
+                # writer escapes such cells; the JSON Lines export stays verbatim.
+                writer = SpreadsheetWriter(f, EXPORT_FIELDS)
                 writer.writeheader()
             for row in self._export_rows(after, state):
                 if writer is not None:
                     b = row.pop("beneficiary") or {}
                     row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
-                    writer.writerow({k: "" if row[k] is None else row[k]
-                                     for k in EXPORT_FIELDS})
+                    writer.writerow({k: row[k] for k in EXPORT_FIELDS})
                 else:
                     f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
                 count += 1

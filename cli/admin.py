@@ -336,6 +336,9 @@ def ledger_reverse(admin, seq, reason, as_json):
 def ledger_export(admin, output, fmt, after, state):
     """Export payable entries with their payout state, for a payment system that imports files.
 
+    JSON lines hold every value verbatim (import those). CSV is for a spreadsheet: a text
+    cell that would start a formula (=, +, -, @, tab, CR) or starts with ' gets a ' in front.
+
     Example: wuma ledger export -o payouts.csv --state pending
     """
     n = admin.payouts.export(output, fmt, after=after, state=state)

@@ -1,14 +1,18 @@
-"""Output files that appear whole or not at all, readable by their owner only."""
+"""Output files that appear whole or not at all, readable by their owner only; and CSV
+files that people open in a spreadsheet, whose cells never run as formulas."""
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["private_output", "same_file", "temp_beside"]
+__all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
+           "temp_beside"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
@@ -64,3 +68,52 @@ def private_output(path, mode: str = "wb", *, perms: int = 0o600,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: First characters that make Excel, WPS, LibreOffice or Google Sheets read a cell as a
+#: formula (OWASP, "CSV Injection"): ``=HYPERLINK(...)``, ``+cmd|' /C calc'!A0``, ``@SUM(1)``.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Prefixed to such a cell (and to a cell that starts with it, so the escape is undone
+#: by removing one leading quote from any text cell that starts with one).
+_ESCAPE = "'"
+
+
+def spreadsheet_cell(value: object) -> str | int | float:
+    """``value`` as a CSV cell that a spreadsheet shows as text and never evaluates
+    (CWE-1236).
+
+    ``None`` is an empty cell. An ``int`` or a finite ``float`` is returned unchanged and
+    written as a number, negative ones included. Anything else is written as text
+    (``str(value)``): text that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return, or with ``'``, gets one ``'`` in front. The original text is the cell without
+    that first ``'``; a cell starting with ``-`` is always a number."""
+    if value is None:
+        return ""
+    if (isinstance(value, int) and not isinstance(value, bool)
+            or isinstance(value, float) and math.isfinite(value)):
+        return value
+    text = str(value)
+    if text.startswith(_FORMULA_START) or text.startswith(_ESCAPE):
+        return _ESCAPE + text
+    return text
+
+
+class SpreadsheetWriter(csv.DictWriter):
+    """A :class:`csv.DictWriter` for a CSV file that people open in a spreadsheet.
+
+    APPSEC: every cell goes through :func:`spreadsheet_cell`, so values from outside
+    (a consumer's id from the scan API, names) never become live formulas. Lines end in
+    CRLF (RFC 4180, as Excel writes them), so a cell holding a carriage return or a line
+    feed is always quoted: CPython before 3.11.9 / 3.12.3 leaves a bare CR unquoted
+    under ``lineterminator="\\n"``, which would end the row in the reader and start a
+    new one, escape or not (gh-67044). Open ``f`` with ``newline=""``."""
+
+    def __init__(self, f, fieldnames) -> None:
+        super().__init__(f, fieldnames, lineterminator="\r\n")
+
+    def writerow(self, rowdict):
+        return super().writerow({k: spreadsheet_cell(v) for k, v in rowdict.items()})
+
+    def writerows(self, rowdicts):
+        for row in rowdicts:
+            self.writerow(row)
