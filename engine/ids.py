@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ID_PATTERN", "REGION_PATTERN", "is_id", "is_region_code"]
+__all__ = ["ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "has_control", "is_id", "is_region_code"]
 
 #: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
 #: digits, '_', '.', '-', starting with a letter or digit (as an OpenAPI pattern).
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: An administrative division code (行政区划代码) or a prefix of one: 2-12 ASCII digits.
 REGION_PATTERN = "^[0-9]{2,12}$"
+#: Ids the front end makes up (a consumer's user id, a device id): any text but control
+#: characters (C0, DEL, C1) and the Unicode line and paragraph separators. Those would
+#: reshape an operator's terminal listing (or drive the terminal: escape sequences) and
+#: rows of exports.
+TEXT_ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
 _ID = re.compile(ID_PATTERN[1:-1])
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _REGION = re.compile(REGION_PATTERN[1:-1])
 
 
@@ -27,3 +33,11 @@ def is_id(value: object) -> bool:
 
 def is_region_code(value: object) -> bool:
     return value.__class__ is str and _REGION.fullmatch(value) is not None
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character :data:`TEXT_ID_PATTERN` refuses. PERF: ASCII
+    text (the usual id) by ``isprintable()``, which for ASCII refuses exactly those."""
+    if text.isascii():
+        return not text.isprintable()
+    return _CONTROL.search(text) is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.ids import REGION_PATTERN
+from engine.ids import REGION_PATTERN, TEXT_ID_PATTERN
 
 __all__ = ["OPENAPI"]
 
@@ -72,13 +72,14 @@ OPENAPI = {
                         "actor": {"type": "object", "nullable": True, "properties": {
                             "role": {"type": "string", "enum": ["consumer", "store", "distributor",
                                                                 "sales_rep", "shop_assistant"]},
-                            "id": {"type": "string", "maxLength": 128, "nullable": True}}},
+                            "id": {"type": "string", "maxLength": 128, "pattern": TEXT_ID_PATTERN,
+                                   "nullable": True}}},
                         "location": {"type": "object", "nullable": True, "properties": {
                             "region": {"type": "string", "pattern": REGION_PATTERN, "nullable": True},
                             "lat": {"type": "number", "minimum": -90, "maximum": 90, "nullable": True},
                             "lng": {"type": "number", "minimum": -180, "maximum": 180,
                                     "nullable": True}}},
-                        "device": {"type": "string", "maxLength": 128, "nullable": True,
+                        "device": {"type": "string", "maxLength": 128, "pattern": TEXT_ID_PATTERN, "nullable": True,
                                    "description": "the front end's device id; null = absent"},
                     }}}}},
                 "responses": {

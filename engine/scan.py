@@ -24,7 +24,7 @@ from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
 from engine.aggregation import Aggregation, unit_id
 from engine.codes import CodeEngine
 from engine.errors import Banned, RateLimited, Unauthorized
-from engine.ids import is_region_code
+from engine.ids import has_control, is_region_code
 from engine.regions import RegionTable
 from engine.scanlog import ScanLog, ScanRecord
 
@@ -90,6 +90,10 @@ class ScanRequest(NamedTuple):
                                   or not v.isascii() and len(_text(v, name)) > _MAX_ID_BYTES):
                 raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters "
                                  f"({_MAX_ID_BYTES} bytes in UTF-8)")
+            if v is not None and has_control(v):
+                raise ValueError(f"{name} must be printable text: it holds a control character "
+                                 "(a line break, tab, escape ...), which would reshape listings "
+                                 "and exports of it")
 
 
 def _check_code(code) -> None:

@@ -83,6 +83,9 @@ def test_accounts_over_http(live):
     ({"code": "x", "location": {"lat": 10**400}}, 400, "bad_request"),  # too large for a float
     ({"code": "x", "device": "\U0001F600" * 128}, 400, "bad_request"),  # 512 bytes: too long a key
     ({"code": "x", "location": {"region": "440106\n"}}, 400, "bad_request"),
+    # control characters would drive an operator's terminal (wuma bans, ledger list)
+    ({"code": "x", "device": "d\x1b]52;c;ZXZpbA==\x07"}, 400, "bad_request"),
+    ({"code": "x", "actor": {"role": "consumer", "id": "u-1\r\nforged"}}, 400, "bad_request"),
     ({"code": "x", "location": {"region": "\u0664\u0664\u0660\u0661\u0660\u0666"}}, 400, "bad_request"),
 ])
 def test_bad_requests_get_json_errors(live, body, status, error):

@@ -137,6 +137,19 @@ def test_account_scan_without_location_is_at_its_registered_region(world):
         ("330106", "account"), ("440106", None), (None, None)]
 
 
+@pytest.mark.parametrize("text", ["a\x1b[2J", "u\r\n=1+1", "tab\there", "nul\x00", "c1\x9b31m",
+                                  "line\u2028sep", "扫\x07"])
+def test_front_end_ids_with_control_characters_are_refused(world, text):
+    """A consumer's or device id lands in ban listings, alerts and payout exports that an
+    operator reads in a terminal or a spreadsheet: control characters are refused, with
+    which field it was; printable text of any script is taken."""
+    inner = world["data"].codes.code(world["caps"], 32, "cap_inner")
+    for field in ("device", "actor_id"):
+        with pytest.raises(ValueError, match=f"{field} must be printable text"):
+            _scan(world, inner, **{field: text})
+    assert _scan(world, inner, device="设备 1号", actor_id="o-Ab_9 ☕").verdict == "genuine"
+
+
 def test_enumeration_ban(world):
     for i in range(6):  # threshold 5: the sixth invalid code bans the client
         assert _scan(world, f"1{'A' * 18}{i}", ip="203.0.113.66", device=f"x{i}").verdict == "invalid"
