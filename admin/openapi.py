@@ -260,7 +260,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                                      _json(_obj(["counts", "alerts"], {"counts": _COUNTS, "alerts": _array(_OBJ)}),
                                            "alerts"), params=[_param("distributor", "query", _STR), _LIMIT])},
     "/admin/api/bans": {"get": _op("Clients banned for enumerating codes", "read", _json(_array(_BAN), "bans"),
-                                   params=[_param("all", "query", _BOOL, "include expired and lifted bans")])},
+                                   params=[_param("all", "query", _BOOL, "include expired and lifted bans, and the earlier bans of clients banned again")])},
     "/admin/api/bans/lift": {"post": _op("Lift a ban now (the record is kept)", "ban.lift", _json(_BAN, "lifted"),
                                          errors=("404",), body=_obj(["subject"], {"subject": {
                                              "type": "string", "minLength": 1, "maxLength": 135,

@@ -77,7 +77,7 @@ def bans():
 
 
 @bans.command("list")
-@click.option("--all", "include_inactive", is_flag=True, help="Include expired and lifted bans.")
+@click.option("--all", "include_inactive", is_flag=True, help="Include expired and lifted bans, and the earlier bans of clients banned again.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
 def bans_list(data, include_inactive, as_json):

@@ -9,7 +9,9 @@ all of them at once.
   losing them in a crash only forgets some counts.
 * Enumeration bans: more than ``invalid_threshold`` invalid codes from one subject within
   ``invalid_window_s`` bans it for ``ban_s``. The ban, with its evidence (the codes tried
-  and when), goes to the durable store and is listed and lifted by ``wuma bans``. Every
+  and when), goes to the durable store and is listed and lifted by ``wuma bans``. A subject
+  banned again keeps its earlier bans (the latest :data:`EARLIER_BANS_MAX`) as history,
+  listed with ``wuma bans list --all``: a repeat offender's record is evidence. Every
   invalid code is counted in a write committed before the scan is answered, so the ban is
   exact across workers (the threshold+1-th invalid code from any mix of workers bans).
 """
@@ -44,6 +46,12 @@ _INVALID_HEAD = struct.Struct(">dI")
 #: Databases of the layout before one record per subject; emptied by :meth:`AbuseGuard.sweep`.
 _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 
+
+#: Earlier bans kept per subject when it is banned again; beyond this the oldest goes (one
+#: client banned every hour cannot grow the store without bound).
+EARLIER_BANS_MAX = 50
+#: Key of an earlier ban: the subject's length, the subject, when the ban was made (µs).
+_EARLIER_HEAD = struct.Struct(">H")
 
 #: A subject's id is cut to this many bytes in UTF-8: subjects are database keys (LMDB
 #: takes at most 511 bytes).
@@ -134,7 +142,11 @@ class AbuseGuard:
     def __init__(self, store: Store, counters_path: Path, limits: AbuseLimits | None = None) -> None:
         self.limits = limits or AbuseLimits()
         self._store = store
+        # subject -> its latest ban; the hot path (banned()) reads only this one record
         self._bans = store.db("bans")
+        # _EARLIER_HEAD (subject's length) + subject + u64(made, µs) -> a ban the subject had
+        # before its latest, as it was when the new one was made (see _keep_earlier)
+        self._earlier = store.db("ban_history")
         # subject -> when its ban ends (u64 seconds), for bans not lifted: counting the
         # active bans reads these 8-byte values, not every ban record with its evidence
         self._ban_ends = store.db("ban_ends")
@@ -181,10 +193,16 @@ class AbuseGuard:
         return None
 
     def list_bans(self, now: float | None = None, *, include_inactive: bool = False) -> list[Ban]:
+        """The active bans by subject; with ``include_inactive``, every ban recorded (expired,
+        lifted and earlier bans of subjects banned again), by subject and then oldest first."""
         now = time.time() if now is None else now
         with self._store.read() as txn:
             bans = [Ban(**unpack(v)) for _, v in txn.cursor(db=self._bans)]
-        return [b for b in bans if include_inactive or b.active(now)]
+            if not include_inactive:
+                return [b for b in bans if b.active(now)]
+            bans += [Ban(**unpack(v)) for _, v in txn.cursor(db=self._earlier)]
+        bans.sort(key=lambda b: (b.subject.encode(), b.created_at))
+        return bans
 
     def count_active(self, now: float | None = None) -> int:
         """How many clients are banned now (for /metrics). PERF: from the ban ends, not
@@ -224,12 +242,15 @@ class AbuseGuard:
 
     def lift_in(self, txn, subject_: str, now: float | None = None) -> Ban:
         """:meth:`lift` inside the caller's write transaction (so an audit entry can go
-        with it). The subject's invalid-code count restarts too."""
+        with it). The subject's invalid-code count restarts too. A ban lifted already is
+        NotFound: lifting it again would overwrite when it was lifted."""
         now = time.time() if now is None else now
         raw = txn.get(subject_.encode(), db=self._bans)
         if raw is None:
             raise NotFound(f"no ban for {subject_}")
         d = unpack(raw)
+        if d.get("lifted_at") is not None:
+            raise NotFound(f"no ban in force for {subject_}: its latest ban was lifted already")
         d["lifted_at"] = now
         txn.put(subject_.encode(), pack(d), db=self._bans)
         txn.delete(subject_.encode(), db=self._ban_ends)
@@ -369,12 +390,39 @@ class AbuseGuard:
         if to_ban:
             with self._store.write() as txn:
                 for s, ev in to_ban:
+                    key = s.encode()
                     ban = Ban(s, f"more than {lim.invalid_threshold} invalid codes in "
                                  f"{lim.invalid_window_s} s", now, now + lim.ban_s, ev)
-                    txn.put(s.encode(), pack(ban.to_dict()), db=self._bans)
-                    txn.put(s.encode(), u64(math.ceil(ban.expires_at)), db=self._ban_ends)
+                    earlier = txn.get(key, None, self._bans)
+                    if earlier is not None:
+                        self._keep_earlier(txn, key, earlier)
+                    txn.put(key, pack(ban.to_dict()), db=self._bans)
+                    txn.put(key, u64(math.ceil(ban.expires_at)), db=self._ban_ends)
                     first = first or ban
         return first
+
+    def _keep_earlier(self, txn, key: bytes, raw: bytes) -> None:
+        """Keep a subject's ban record ``raw`` as an earlier ban (a new ban replaces it under
+        the subject's key), and only the latest :data:`EARLIER_BANS_MAX` of them.
+
+        NOTE: a ban still in force when replaced (a new ban from scans that passed the ban
+        check before it was made) is kept as it was: its end then overlaps the new ban's."""
+        created = unpack(raw).get("created_at") or 0.0
+        prefix = _EARLIER_HEAD.pack(len(key)) + key
+        at = max(0, int(created * 1_000_000))
+        while txn.get(prefix + u64(at), None, self._earlier) is not None:  # same µs: next one
+            at += 1
+        txn.put(prefix + u64(at), raw, db=self._earlier)
+        cursor = txn.cursor(db=self._earlier)
+        # the subject's length first: no other subject's key starts with this prefix
+        kept = []
+        if cursor.set_range(prefix):
+            for k in cursor.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                kept.append(k)
+        for k in kept[:-EARLIER_BANS_MAX]:  # oldest first (the time is big-endian)
+            txn.delete(k, db=self._earlier)
 
     def sweep(self, now: float | None = None) -> int:
         """Drop stale counters (old minutes, expired windows); returns entries removed."""
@@ -395,7 +443,7 @@ class AbuseGuard:
             for db in self._legacy:  # NOTE: counts in the old layout are simply forgotten
                 removed += txn.stat(db)["entries"]
                 txn.drop(db, delete=False)
-        with self._store.write() as txn:  # ended bans (their records stay, as evidence)
+        with self._store.write() as txn:  # ended bans (records, earlier ones too, stay: evidence)
             for key, raw in list(txn.cursor(db=self._ban_ends)):
                 if int.from_bytes(raw, "big") <= now:
                     txn.delete(key, db=self._ban_ends)

@@ -222,3 +222,55 @@ def test_bans_from_before_the_ends_are_counted(guard):
         txn.put(b"ip:198.51.100.99", _pack({"subject": "ip:198.51.100.99", "reason": "r", "created_at": 1.0,
                                           "expires_at": 5000.0, "evidence": []}), db=guard._bans)
     assert guard.count_active(now=1000.0) == 1
+
+
+def _ban(guard, s, at, tag):
+    """Four invalid codes from ``s`` from ``at`` on (threshold 3): the fourth bans."""
+    for i in range(4):
+        ban = guard.record_invalid([s], f"{tag}{i}", now=at + i)
+    assert ban is not None
+    return ban
+
+
+def test_a_subject_banned_again_keeps_its_earlier_bans(guard):
+    """A repeat offender's earlier bans (lifted or ended) stay listed with their evidence;
+    only the latest one bans and counts."""
+    ip, other = subject("ip", "203.0.113.5"), subject("ip", "203.0.113.50")  # one id extends the other
+    _ban(guard, ip, 1000.0, "FIRST")
+    _ban(guard, other, 1000.0, "OTHER")
+    guard.lift(ip, now=1010.0)
+    _ban(guard, ip, 2000.0, "SECOND")  # after a lift
+    _ban(guard, ip, 9000.0, "THIRD")  # after the second ended (ban_s 300)
+    history = [(b.subject, b.evidence[0][1], b.lifted_at)
+               for b in guard.list_bans(now=9010.0, include_inactive=True)]
+    assert history == [(ip, "FIRST0", 1010.0), (ip, "SECOND0", None), (ip, "THIRD0", None),
+                       (other, "OTHER0", None)]
+    assert [(b.subject, b.created_at) for b in guard.list_bans(now=9010.0)] == [(ip, 9003.0)]
+    assert guard.banned([ip], now=9010.0).created_at == 9003.0
+    assert guard.count_active(now=9010.0) == 1
+    guard.sweep(now=20_000.0)
+    assert guard.count_active(now=9010.0) == 0  # the ends are swept, the records stay
+    assert len(guard.list_bans(now=20_000.0, include_inactive=True)) == 4
+    guard.lift(ip, now=20_001.0)  # lifts the latest ban only
+    assert [b.lifted_at for b in guard.list_bans(include_inactive=True) if b.subject == ip] == \
+        [1010.0, None, 20_001.0]
+
+
+def test_earlier_bans_are_bounded(guard, monkeypatch):
+    from engine import abuse
+    monkeypatch.setattr(abuse, "EARLIER_BANS_MAX", 2)
+    ip = subject("ip", "203.0.113.6")
+    for n in range(5):
+        _ban(guard, ip, 1000.0 + 1000 * n, f"B{n}-")
+    kept = [b.evidence[0][1] for b in guard.list_bans(include_inactive=True)]
+    assert kept == ["B2-0", "B3-0", "B4-0"]  # the two latest earlier bans and the current one
+
+
+def test_a_lifted_ban_is_not_lifted_again(guard):
+    """Lifting twice would overwrite when the ban was lifted (and audit a second lift)."""
+    ip = subject("ip", "203.0.113.7")
+    _ban(guard, ip, 1000.0, "X")
+    guard.lift(ip, now=1010.0)
+    with pytest.raises(NotFound, match="lifted already"):
+        guard.lift(ip, now=1020.0)
+    assert guard.list_bans(include_inactive=True)[0].lifted_at == 1010.0
