@@ -23,15 +23,155 @@ group commits (7.2 / 4.7 / 2.7 scans per commit). gunicorn's C HTTP parser
 (gunicorn_h1c 0.6.10, ``gunicorn[fast]``, built from source here) was not worth a
 compiled dependency: bare 10,031 -> 10,482 req/s, scans 4,398 -> 4,515/s (4 alternated
 rounds); gunicorn uses it where it is installed (http_parser "auto").
+
+Logging: every line on stderr is one JSON object (see :class:`JsonFormatter`), the log
+records and also what gunicorn, gevent or Python write there outside logging (see
+:class:`JsonStderr`), Python warnings included.
 """
 
+import io
 import json
 import logging
 import os
+import sys
+import threading
+import time
+from pathlib import Path
 
 from gunicorn import glogging
 
 from engine.http_errors import masked_path
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC, milliseconds:
+    ``2026-11-30T14:31:02.123Z``), level, logger, message, and the traceback."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage(), "pid": record.process}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class JsonStderr(io.TextIOBase):
+    """``sys.stderr`` of gunicorn's processes: text written to it outside logging goes out
+    as JSON objects like the log's (logger ``stderr``), one a line.
+
+    That text is gunicorn's prints (a worker that fails to boot, a setting it refuses),
+    tracebacks printed by gevent's hub or by Python (an uncaught exception in a thread).
+    Each line is an object, a traceback one object (its last line the message, the whole
+    in ``exception``); a line that is a JSON object already goes out as it is. The log
+    records themselves go to the stream underneath (``sys.__stderr__``, see
+    ``logconfig_dict``), not through here.
+    """
+
+    def __init__(self, stream, formatter: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self._stream, self._formatter = stream, formatter or JsonFormatter()
+        self._reset()
+
+    def _reset(self) -> None:
+        # NOTE: reentrant: a signal handler may write while write() holds it
+        self._lock = threading.RLock()
+        self._partial = ""  # the line written so far
+        self._traceback: list[str] | None = None  # the lines of a traceback being written
+
+    # -- the stream ----------------------------------------------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self):  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
+
+    @property
+    def errors(self):  # type: ignore[override]
+        return getattr(self._stream, "errors", "backslashreplace")
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Writes out what is pending: a line written without its end, a traceback cut
+        short (print then flush, as gunicorn does before it exits)."""
+        with self._lock:
+            if self._traceback is not None:
+                self._emit_traceback()
+            if self._partial.strip():
+                self._emit(self._partial)
+            self._partial = ""
+            self._stream.flush()
+
+    # -- lines to objects --------------------------------------------------------------
+    def _line(self, line: str) -> None:
+        if self._traceback is not None:
+            self._traceback.append(line)
+            if line and not line[0].isspace():  # the exception's line ends it
+                self._emit_traceback()
+        elif line.startswith("Traceback (most recent call last):"):
+            self._traceback = [line]
+        elif line.strip():  # NOTE: blank lines (gunicorn prints "\nError: ...") are left out
+            self._emit(line)
+
+    def _emit_traceback(self) -> None:
+        lines, self._traceback = self._traceback or [], None
+        last = lines[-1] if lines[-1:] and not lines[-1][:1].isspace() else lines[0]
+        self._emit(last, "\n".join(lines))
+
+    def _emit(self, line: str, exception: str | None = None) -> None:
+        if exception is None and line.startswith("{"):
+            try:
+                if isinstance(json.loads(line), dict):
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
+                    return
+            except ValueError:
+                pass
+        level = logging.WARNING if line.lstrip("! ").lower().startswith("warning") else logging.ERROR
+        record = logging.LogRecord("stderr", level, "", 0, line.rstrip(), None, None)
+        record.exc_text = exception
+        self._stream.write(self._formatter.format(record) + "\n")
+        self._stream.flush()
+
+
+def json_stderr() -> None:
+    """Make every line this process (and the workers it forks) writes to stderr one JSON
+    object: :class:`JsonStderr` as ``sys.stderr``, Python warnings through logging."""
+    if sys.stderr is not None and not isinstance(sys.stderr, JsonStderr):
+        sys.stderr = stream = JsonStderr(sys.__stderr__ or sys.stderr)
+        os.register_at_fork(after_in_child=stream._reset)  # a worker starts with nothing pending
+    logging.captureWarnings(True)  # to the logger py.warnings (JSON once gunicorn set it up)
+
+
+def _read_by_gunicorn() -> bool:
+    """Is this module read by gunicorn (``python -m gunicorn``, the ``gunicorn`` script),
+    not imported by a test or a tool (whose stderr stays theirs)?"""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "gunicorn.__main__" or Path((sys.argv or [""])[0]).name == "gunicorn"
+
+
+if _read_by_gunicorn():
+    # NOTE: first, before anything here can fail: gunicorn prints "Error: ..." for a
+    # setting it refuses or this module raising, to the stderr installed here
+    json_stderr()
 
 bind = os.environ.get("WUMA_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("WUMA_WORKERS") or len(os.sched_getaffinity(0)))
@@ -82,23 +222,14 @@ class Logger(glogging.Logger):
 logger_class = "engine.gunicorn_conf.Logger"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the traceback."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-               "message": record.getMessage(), "pid": record.process}
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
-
-
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "engine.gunicorn_conf.JsonFormatter"}},
+    # NOTE: the stream under JsonStderr: these lines are JSON already (and the access log
+    # must not be parsed again to find that out)
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"}},
+                            "stream": "ext://sys.__stderr__"}},
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},

@@ -1,0 +1,129 @@
+"""`wuma serve` logs one JSON object a line on stderr: gunicorn's log records, and also
+what gunicorn, gevent and Python write there outside logging (engine/gunicorn_conf.py)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+from conftest_world import build_world
+from server import ROOT, Server
+
+from cli.localserver import free_port
+from engine.gunicorn_conf import JsonStderr
+
+
+def _objects(text: str) -> list[dict]:
+    """Every line of ``text`` as a JSON object (the assertion names the first that is not)."""
+    docs = []
+    for line in text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            doc = None
+        assert isinstance(doc, dict), f"not a JSON object: {line!r}"
+        docs.append(doc)
+    return docs
+
+
+def test_what_is_printed_to_stderr_goes_out_as_json_objects():
+    out = io.StringIO()
+    err = JsonStderr(out)
+    print("\nError: 'soon' is not a number", file=err)  # gunicorn's "Error: ..." prints
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        traceback.print_exc(file=err)
+    print('{"level": "INFO", "message": "already JSON"}', file=err)
+    err.write("Warning: a line written in pieces")
+    err.write(", ended by a flush")
+    err.flush()
+    docs = _objects(out.getvalue())
+    assert [(d.get("level"), d.get("logger"), d["message"]) for d in docs] == [
+        ("ERROR", "stderr", "Error: 'soon' is not a number"),
+        ("ERROR", "stderr", "ValueError: boom"),
+        ("INFO", None, "already JSON"),
+        ("WARNING", "stderr", "Warning: a line written in pieces, ended by a flush"),
+    ]
+    assert docs[1]["exception"].startswith("Traceback (most recent call last):\n  File ")
+    assert docs[1]["exception"].endswith("ValueError: boom") and docs[0]["pid"] == os.getpid()
+    # times in ISO 8601, UTC, as log shippers read them
+    stamp = datetime.datetime.fromisoformat(docs[0]["time"].replace("Z", "+00:00"))
+    assert docs[0]["time"].endswith("Z") and abs(stamp.timestamp() - time.time()) < 60
+
+
+def test_importing_the_config_leaves_this_process_stderr_alone():
+    before = sys.stderr
+    from engine import gunicorn_conf  # noqa: F401
+
+    assert sys.stderr is before and not isinstance(sys.stderr, JsonStderr)
+
+
+def _gunicorn(app: str, **env: str) -> subprocess.CompletedProcess:
+    """gunicorn with Wuma's config, one worker, expected to stop by itself."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), WUMA_BIND=f"127.0.0.1:{free_port()}", WUMA_WORKERS="1")
+    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf", app],
+                          cwd=ROOT, env={**full, **env}, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+@pytest.mark.parametrize("app, env, code, printed", [
+    # a worker that fails to boot: gunicorn logs the traceback, then prints the error
+    ("admin.http:app_from_env()", {"WUMA_DATA": "/nonexistent/wuma-data"}, 3,
+     ("stderr", "ERROR", "/nonexistent/wuma-data is not a Wuma data folder")),
+    # a Python warning in a worker, then an app gunicorn cannot load (printed)
+    ("warnings:warn('a warning at boot')", {}, 4, ("py.warnings", "WARNING", "UserWarning: a warning at boot")),
+    ("warnings:warn('a warning at boot')", {}, 4, ("stderr", "ERROR", "Failed to find application object")),
+    # a setting gunicorn refuses: "Error: ..." printed before it starts
+    ("admin.http:app_from_env()", {"WUMA_TIMEOUT": "soon"}, 1, ("stderr", "ERROR", "Error: invalid literal")),
+])
+def test_a_server_that_cannot_start_says_why_in_json(app, env, code, printed):
+    res = _gunicorn(app, **env)
+    assert res.returncode == code and res.stdout == ""
+    docs = _objects(res.stderr)
+    logger, level, text = printed
+    assert any(d["logger"] == logger and d["level"] == level and text in d["message"] for d in docs), docs
+
+
+def _wait_for(log: Path, text: str, count: int = 1, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while log.read_text().count(text) < count:
+        assert time.time() < deadline, f"{text!r} not logged {count} times:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_the_log_from_start_to_shutdown_is_json_lines(tmp_path, monkeypatch):
+    """Start, requests (access log on), a reload, a worker killed with SIGKILL and
+    replaced, SIGTERM: what the server writes (stdout and stderr) is JSON objects."""
+    monkeypatch.setenv("WUMA_ACCESS_LOG", "-")
+    path = tmp_path / "wuma-data"
+    build_world(path)["data"].close()
+    server = Server(path, workers=2)
+    log = Path(server.log.name)
+    try:
+        assert server.get("/healthz")[0] == 200
+        os.kill(server.proc.pid, signal.SIGHUP)
+        _wait_for(log, "Booting worker", 4)  # 2 at the start, 2 on the reload
+        _wait_for(log, "Worker exiting", 2)  # the 2 old ones
+        worker = [d["pid"] for d in _objects(log.read_text()) if d["message"].startswith("Booting")][-1]
+        os.kill(worker, signal.SIGKILL)
+        _wait_for(log, "Booting worker", 5)
+        assert server.get("/healthz")[0] == 200
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
+    docs = _objects(log.read_text())
+    messages = [d["message"] for d in docs]
+    assert any("GET /healthz" in m for m in messages)  # the access log
+    assert "Handling signal: hup" in messages and "Handling signal: term" in messages
+    assert any(f"Worker (pid:{worker}) was sent SIGKILL" in m for m in messages)
+    assert messages[-1] == "Shutting down: Master"
