@@ -174,11 +174,7 @@ def serve(ctx, bind, workers, worker_class, threads, timeout):
 
     path = ctx.find_root().params.get("data") or default_data_path()
     library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
-    host = bind.rsplit(":", 1)[0].strip("[]") if not bind.startswith("unix:") else "localhost"
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {bind}, not loopback: the scan API, the admin API and "
-                   "the admin page are reachable from the network; put a TLS proxy in front "
-                   "(and set serve.trusted_proxies and serve.proxy_header)", err=True)
+    # NOTE: a bind off loopback is warned of in the server's JSON log (gunicorn_conf.on_starting)
     env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),
                WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout))
     if workers:

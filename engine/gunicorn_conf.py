@@ -272,6 +272,29 @@ def _check_before_reload() -> None:
 
 _check_before_reload()
 
+
+def off_loopback(address: str) -> bool:
+    """Whether a gunicorn bind address (``host:port``, ``[v6]:port``, ``unix:path``, or a
+    bare host) listens beyond this machine."""
+    if address.startswith("unix:"):
+        return False
+    if address.startswith("["):  # [v6]:port
+        host = address[1:].split("]", 1)[0]
+    elif address.count(":") == 1:  # host:port
+        host = address.split(":", 1)[0]
+    else:  # a bare host, an IPv6 one included
+        host = address
+    return host not in ("127.0.0.1", "localhost", "::1")
+
+
+def on_starting(server) -> None:
+    """Warn, in the JSON log, of a listener reachable from the network."""
+    for address in server.cfg.bind:
+        if off_loopback(address):
+            server.log.warning("listening on %s, not loopback: the scan API, the admin API and the "
+                               "admin page are reachable from the network; put a TLS proxy in front "
+                               "(and set serve.trusted_proxies and serve.proxy_header)", address)
+
 # NOTE: gunicorn >= 24 opens a control socket at one fixed path per user; several servers
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.
 control_socket_disable = True

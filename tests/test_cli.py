@@ -304,13 +304,13 @@ def test_serve_starts_gunicorn_when_the_settings_are_good(run, monkeypatch):
     assert started[0]["WUMA_DATA"] == str(run.data) and started[0]["WUMA_BIND"] == "127.0.0.1:8081"
 
 
-def test_serve_warns_off_loopback_and_refuses_no_workers(run, monkeypatch):
+def test_serve_refuses_no_workers(run, monkeypatch):
     started = []
     monkeypatch.setattr("cli.scan.os.execve", lambda exe, argv, env: started.append(env))
     run("init")
-    assert "warning" not in run("serve", "--bind", "[::1]:8081").output
-    res = run("serve", "--bind", "0.0.0.0:8081")
-    assert "not loopback" in res.output and "admin" in res.output and len(started) == 2
+    run("serve", "--bind", "[::1]:8081")
+    run("serve", "--bind", "0.0.0.0:8081")
+    assert [env["WUMA_BIND"] for env in started] == ["[::1]:8081", "0.0.0.0:8081"]
     for bad in (["--workers", "0"], ["--threads", "0"]):
         assert run("serve", *bad, ok=False).exit_code == 2
     assert len(started) == 2
@@ -334,3 +334,20 @@ def test_aggregate_load_skip_bad_says_how_many_were_loaded_and_how_many_bad(run,
     res = run("aggregate", "load", str(lines), "--skip-bad")
     assert res.stdout == (f"loaded 1 of 4 records: 4 links added, 0 already present; 3 bad records "
                           f"not loaded, written to {lines}.rejects\n")
+
+
+def test_batch_list_shows_batches_activated_and_voided(run):
+    run("init")
+    for _ in range(3):
+        run("batch", "create", "--level", "cap", "--count", "100")
+    run("activate", "--range", "1:0:40", "--sku", "S", "--name", "N", "--lot", "L",
+        "--date", "2026-11-21")
+    run("activate", "--batch", "2", "--sku", "S", "--name", "N", "--lot", "L",
+        "--date", "2026-11-21")
+    run("void", "--batch", "3")
+    listed = [json.loads(x) for x in run("batch", "list", "--json").output.splitlines()]
+    assert [(b["state"], b["activated"]) for b in listed] == [
+        ("activated", 40), ("activated", 100), ("voided", 0)]
+    assert [x.rsplit(" ", 1)[1] for x in run("batch", "list").output.splitlines()] == [
+        "activated", "activated", "voided"]
+    assert json.loads(run("batch", "show", "1", "--json").output)["activated"] == 40

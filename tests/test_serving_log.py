@@ -127,3 +127,25 @@ def test_the_log_from_start_to_shutdown_is_json_lines(tmp_path, monkeypatch):
     assert "Handling signal: hup" in messages and "Handling signal: term" in messages
     assert any(f"Worker (pid:{worker}) was sent SIGKILL" in m for m in messages)
     assert messages[-1] == "Shutting down: Master"
+
+
+@pytest.mark.parametrize("address, off", [
+    ("127.0.0.1:8080", False), ("localhost:80", False), ("[::1]:8081", False), ("::1", False),
+    ("unix:/run/wuma.sock", False), ("0.0.0.0:8081", True), ("[::]:80", True), ("10.0.0.5", True)])
+def test_a_bind_off_loopback_is_warned_of_in_the_json_log(address, off, caplog):
+    """The scan API, the admin API and the page reachable from the network: said once, as
+    the server starts, in its log (the server's own on_starting hook, its own logger)."""
+    import logging
+    from types import SimpleNamespace
+
+    from engine.gunicorn_conf import off_loopback, on_starting
+
+    assert off_loopback(address) is off
+    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:9", address]),
+                             log=logging.getLogger("gunicorn.error"))
+    with caplog.at_level(logging.WARNING, "gunicorn.error"):
+        on_starting(server)
+    warned = [r.getMessage() for r in caplog.records if "not loopback" in r.getMessage()]
+    assert warned == ([f"listening on {address}, not loopback: the scan API, the admin API and the admin page "
+                       "are reachable from the network; put a TLS proxy in front (and set "
+                       "serve.trusted_proxies and serve.proxy_header)"] if off else [])
