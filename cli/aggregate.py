@@ -149,8 +149,6 @@ def void(data, codes, batch_id, serial_range, reason, as_json):
         raise click.UsageError("give codes, --batch or --range")
     rng = _parse_range(serial_range) if serial_range else None
     n = _agg(data).void(list(codes), batch=batch_id, serial_range=rng, reason=reason)
-    if batch_id is not None:
-        data.batches.set_state(batch_id, "voided")
     emit({"voided": n}, as_json, f"voided {n:,} units")
 
 

@@ -41,7 +41,7 @@ from engine.ids import is_region_code
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix",
-           "VoidRuns"]
+           "VoidRuns", "activated_per_batch"]
 
 _LOW = 0xFFFFFFFF
 _RUN = struct.Struct(">QI")  # old agg_p2c value: first child uid, count (migrated on open)
@@ -238,6 +238,21 @@ class _RangeMap:
     def delete(self, txn, last: int) -> None:
         txn.delete(_Q.pack(last), db=self.db)
 
+    def covers(self, txn, first: int, last: int) -> bool:
+        """Do the runs cover all of ``[first, last]``? (Stops at the first gap.)"""
+        at = first
+        cur = txn.cursor(db=self.db)
+        if not cur.set_range(_Q.pack(first)):
+            return False
+        for k, v in cur:
+            rl = _Q.unpack(k)[0]
+            if self._split(rl, v)[0] > at:
+                return False
+            at = rl + 1
+            if at > last:
+                return True
+        return False
+
     def gaps(self, txn, first: int, last: int) -> list[tuple[int, int]]:
         """Sub-ranges of ``[first, last]`` not covered by any run."""
         out, at = [], first
@@ -256,6 +271,19 @@ class _RangeMap:
             lasts.append(rl)
             firsts.append(self._split(rl, v)[0])
         return np.array(firsts, np.uint64), np.array(lasts, np.uint64)
+
+
+def activated_per_batch(txn, db) -> dict[int, int]:
+    """Activated units per batch id, from the ``agg_active`` runs in ``db`` (a void does
+    not undo an activation): one pass over the runs, not over units."""
+    firsts, lasts = _RangeMap(db).all_runs(txn)
+    out: dict[int, int] = {}
+    if len(firsts):
+        batches, where = np.unique(firsts >> np.uint64(32), return_inverse=True)
+        units = np.zeros(len(batches), np.uint64)
+        np.add.at(units, where, lasts - firsts + np.uint64(1))
+        out = dict(zip(batches.tolist(), units.tolist()))
+    return out
 
 
 class VoidRuns:
@@ -501,11 +529,15 @@ class Aggregation:
                           name=name, now=now, chunk_bytes=chunk_bytes or CHUNK_BYTES)
 
     def link(self, parent_code: str, child_codes: list[str], *, now: float | None = None) -> int:
-        """Pack children into a parent (one record of a line collection); returns links added."""
+        """Pack children into a parent (one record of a line collection); returns links added.
+
+        A child with another distributor than the parent's, or with none when the parent
+        was shipped, is refused (:class:`Conflict`), as in :meth:`move`."""
         parent = self.unit(parent_code)
         kids = [self.unit(c) for c in child_codes]
         with self.store.write() as txn:
             added = []
+            parent_dist = self._distributor_at(txn, parent)
             for k in kids:
                 cur = self._parent(txn, k)
                 if cur == parent:
@@ -515,6 +547,8 @@ class Aggregation:
                 if self._voided(txn, k):
                     raise Conflict(f"{self._ref(k)} is voided")
                 self._check_place(txn, k, parent)
+                self._refuse_other_hands(txn, k, self._resolved(txn, k)[1], parent,
+                                         parent_dist, "pack it")
                 self._add_run(txn, parent, k, k)
                 added.append(k)
             if added:
@@ -558,9 +592,9 @@ class Aggregation:
         NOTE: a unit may go onto a parent that is with no distributor (never shipped, or
         returned) or with the same distributor; onto a parent with *another* distributor
         (or onto a shipped parent when the unit itself is with none) it is refused with a
-        :class:`Conflict`: the unit would sit on a pallet of B while its own record says
-        A, and a later transfer or return of that pallet would silently carry it along.
-        Changing hands is recorded by ``transfer`` (or ``ship``) first, then the move.
+        :class:`Conflict` (:meth:`_other_hands`; :meth:`link` and the line-collection load
+        apply the same rule). Changing hands is recorded by ``transfer`` (or ``ship``)
+        first, then the move.
         """
         target = self.unit(to)
         units = [self.unit(c) for c in codes]
@@ -574,18 +608,7 @@ class Aggregation:
                 self._refuse_voided(txn, u, "moved")
                 self._check_place(txn, u, target)
                 resolved = self._resolved(txn, u)
-                if target_dist is not None:
-                    have = self._distributor_of(txn, resolved[1])
-                    if have is None:
-                        raise Conflict(
-                            f"{self._ref(u)} is not with a distributor but {self._ref(target)} "
-                            f"was shipped to {target_dist}: ship {self._ref(u)} to "
-                            f"{target_dist} first, then move it")
-                    if have != target_dist:
-                        raise Conflict(
-                            f"{self._ref(u)} belongs to distributor {have} but "
-                            f"{self._ref(target)} was shipped to {target_dist}: transfer "
-                            f"{self._ref(u)} to {target_dist} first, then move it")
+                self._refuse_other_hands(txn, u, resolved[1], target, target_dist, "move it")
                 if cur is not None:
                     sid = self._keep_shipment(txn, u, resolved)
                     if sid is not None:
@@ -639,6 +662,7 @@ class Aggregation:
                 if self.active.find(txn, new) is not None:
                     raise Conflict(f"{self._ref(new)} is already activated")
                 self.active.put(txn, new, new, act[2])
+                self.data.batches.count_activated(txn, {new >> 32: 1})
             ship = txn.get(_Q.pack(old), db=self._ship_db)
             if ship is not None:
                 txn.put(_Q.pack(new), ship, db=self._ship_db)
@@ -667,7 +691,8 @@ class Aggregation:
              serial_range: tuple[int, int, int] | None = None, reason: str = "",
              now: float | None = None) -> int:
         """Void codes, a serial range ``(batch, start, stop)`` (stop exclusive) or a batch.
-        Returns the number of units newly voided."""
+        Returns the number of units newly voided. A batch all of whose units are then
+        voided is marked ``voided`` (its packs are refused)."""
         units = [self.unit(c) for c in codes]
         runs = [(u, u) for u in units] + self._unit_runs(batch, serial_range)
         if not runs:
@@ -690,6 +715,10 @@ class Aggregation:
                     for gf, gl in self.voids.gaps(txn, f, l):
                         self.voids.put(txn, gf, gl, _I.pack(eid))
                         n += gl - gf + 1
+            for b in sorted({f >> 32 for f, _ in runs}):
+                size = self.data.batches.get(b).count
+                if self.voids.covers(txn, unit_id(b, 0), unit_id(b, size - 1)):
+                    self.data.batches.mark_voided(txn, b)
         return n
 
     # -- activation ----------------------------------------------------------------------------
@@ -759,8 +788,11 @@ class Aggregation:
             record["event_id"] = self._event(txn, "activate", now, pallet_units, activation=aid,
                                              runs=[[f, l] for f, l in runs])
             txn.put(u32(aid), pack(record), db=self._activations_db)
+            per_batch: dict[int, int] = {}
             for f, l in runs:
                 self.active.put(txn, f, l, _I.pack(aid))
+                per_batch[f >> 32] = per_batch.get(f >> 32, 0) + l - f + 1
+            self.data.batches.count_activated(txn, per_batch)
         return record
 
     def activation_of(self, txn, uid: int) -> dict | None:
@@ -780,15 +812,11 @@ class Aggregation:
         """
         out = {lv.name: 0 for lv in self.spec.levels}
         with self.store.read() as txn:
-            firsts, lasts = self.active.all_runs(txn)
-        if len(firsts):
-            batches, where = np.unique(firsts >> np.uint64(32), return_inverse=True)
-            units = np.zeros(len(batches), np.uint64)
-            np.add.at(units, where, lasts - firsts + np.uint64(1))
-            for b, n in zip(batches.tolist(), units.tolist()):
-                lv = self.level_of(b << 32)
-                if lv is not None:
-                    out[lv] += n
+            per_batch = activated_per_batch(txn, self.active.db)
+        for b, n in per_batch.items():
+            lv = self.level_of(b << 32)
+            if lv is not None:
+                out[lv] += n
         return out
 
     # -- distributors and shipping ---------------------------------------------------------------
@@ -862,6 +890,38 @@ class Aggregation:
     def _distributor_at(self, txn, uid: int) -> str | None:
         """The distributor a unit is with (its own shipment or an ancestor's), or None."""
         return self._distributor_of(txn, self._resolved(txn, uid)[1])
+
+    def _other_hands(self, txn, uid: int, sid: int, parent: int,
+                     parent_dist: str | None) -> str | None:
+        """Why ``uid`` (resolving to shipment ``sid``) may not go into ``parent`` (with
+        distributor ``parent_dist``; None for none or returned), or None when it may.
+
+        NOTE: the rule of :meth:`move`, :meth:`link` and the line-collection load: a unit
+        goes onto a parent with no distributor, or with its own; not onto a parent with
+        another distributor, nor (when it is with none) onto a shipped parent: it would
+        sit on a pallet of B while its own record says A (or silently become B's), and a
+        later transfer or return of that pallet would carry it along. The message says
+        what to do first (ship or transfer the unit)."""
+        if parent_dist is None:
+            return None
+        have = self._distributor_of(txn, sid)
+        if have is None:
+            return (f"{self._ref(uid)} is not with a distributor but {self._ref(parent)} "
+                    f"was shipped to {parent_dist}: ship {self._ref(uid)} to {parent_dist} "
+                    "first")
+        if have != parent_dist:
+            return (f"{self._ref(uid)} belongs to distributor {have} but {self._ref(parent)} "
+                    f"was shipped to {parent_dist}: transfer {self._ref(uid)} to "
+                    f"{parent_dist} first")
+        return None
+
+    def _refuse_other_hands(self, txn, uid: int, sid: int, parent: int,
+                            parent_dist: str | None, then: str) -> None:
+        """:class:`Conflict` when :meth:`_other_hands` refuses; ``then`` ends the message
+        (what to do once the unit has changed hands, e.g. ``move it``)."""
+        why = self._other_hands(txn, uid, sid, parent, parent_dist)
+        if why is not None:
+            raise Conflict(f"{why}, then {then}")
 
     def _keep_shipment(self, txn, uid: int, above: tuple[int | None, int]) -> int | None:
         """Before ``uid`` leaves its parent: if it has no shipment record of its own but

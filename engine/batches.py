@@ -2,6 +2,9 @@
 
 A batch is ``count`` units of one packaging level; unit ``serial`` (0-based) carries one
 code per role of the level, all regenerated on demand from the key.
+
+Its ``state`` and ``activated`` follow what :class:`engine.aggregation.Aggregation` does
+to its units, written in the same transaction (see :data:`BATCH_STATES`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from engine.store import Store, pack, u32, unpack
 
 __all__ = ["Batch", "BatchRegistry", "BATCH_STATES"]
 
+#: ``generated``: no unit activated yet; ``activated``: at least one unit activated
+#: (``Batch.activated`` says how many: a batch is often activated a pallet at a time);
+#: ``voided``: the whole batch voided. Activation is recorded per unit range
+#: (``Aggregation.activate``), and the batch follows it: nothing sets a state by hand.
 BATCH_STATES = ("generated", "activated", "voided")
 
 
@@ -29,6 +36,9 @@ class Batch:
     state: str = "generated"
     created_at: float = 0.0
     note: str = ""
+    #: units activated (a void does not undo an activation; a replacement label
+    #: activated in place of a damaged one counts in its own batch)
+    activated: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,6 +59,31 @@ class BatchRegistry:
         self._store = store
         self._spec = spec
         self._db = store.db("batches")
+        self._count_activations()
+
+    def _count_activations(self) -> None:
+        """Batches written before they counted their activated units get the count (and
+        the ``activated`` state) from the activations on record, once.
+
+        NOTE: every batch record written since carries ``activated``, and this writes
+        all of them in one transaction: looking at the first record tells."""
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._db)
+            if not cur.first() or "activated" in unpack(cur.value()):
+                return
+        from engine.aggregation import activated_per_batch  # NOTE: its run layout, once
+
+        active = self._store.db("agg_active")
+        with self._store.write() as txn:
+            counts = activated_per_batch(txn, active)
+            for k, v in list(txn.cursor(db=self._db)):
+                d = unpack(v)
+                if "activated" in d:  # another process did it first
+                    return
+                d["activated"] = counts.get(int.from_bytes(k, "big"), 0)
+                if d["activated"] and d["state"] == "generated":
+                    d["state"] = "activated"
+                txn.put(k, pack(d), db=self._db)
 
     def create(self, level: str, count: int, key_version: int, *, note: str = "",
                now: float | None = None) -> Batch:
@@ -95,14 +130,26 @@ class BatchRegistry:
         with self._store.read() as txn:
             return [Batch.from_dict(unpack(v)) for _, v in txn.cursor(db=self._db)]
 
-    def set_state(self, batch_id: int, state: str) -> Batch:
-        if state not in BATCH_STATES:
-            raise ValueError(f"state must be one of {', '.join(BATCH_STATES)}")
-        with self._store.write() as txn:
-            raw = txn.get(u32(batch_id), db=self._db)
-            if raw is None:
-                raise NotFound(f"no batch {batch_id}")
-            d = unpack(raw)
-            d["state"] = state
+    # -- written by Aggregation, in the transaction that activates or voids the units -----
+    def count_activated(self, txn, units: dict[int, int]) -> None:
+        """``units[batch id]`` more units of these batches were activated: add them to
+        ``activated``; a ``generated`` batch becomes ``activated``."""
+        for batch_id, n in units.items():
+            d = self._record(txn, batch_id)
+            d["activated"] = d.get("activated", 0) + n
+            if d["state"] == "generated":
+                d["state"] = "activated"
             txn.put(u32(batch_id), pack(d), db=self._db)
-        return Batch.from_dict(d)
+
+    def mark_voided(self, txn, batch_id: int) -> None:
+        """Every unit of the batch is voided: its state becomes ``voided`` (for good)."""
+        d = self._record(txn, batch_id)
+        if d["state"] != "voided":
+            d["state"] = "voided"
+            txn.put(u32(batch_id), pack(d), db=self._db)
+
+    def _record(self, txn, batch_id: int) -> dict:
+        raw = txn.get(u32(batch_id), db=self._db)
+        if raw is None:
+            raise NotFound(f"no batch {batch_id}")
+        return unpack(raw)

@@ -10,7 +10,9 @@ Formats (one record per line; a parent code, then the codes packed into it)::
 
 Every record is checked: each code genuine; the child one packaging level below the
 parent; the child not already packed in another parent (in the store or earlier in the
-file); no more children than the parent's level allows; nothing voided. Cycles cannot
+file); the child with the parent's distributor when the parent was shipped (the rule of
+``Aggregation.move``); no more children than the parent's level allows; nothing voided.
+Cycles cannot
 arise because a link always goes exactly one level down the spec. By default a file
 with any bad record changes nothing; ``skip_bad`` loads the good records and writes the
 bad ones (with their reasons as ``#`` comments) to a reject file. Loading the same file
@@ -29,8 +31,9 @@ How, in bounded memory (``load_links``):
    every link is a run (~2 GB for 100M).
 2. *Cross-record checks*, on the runs sorted by first child: children listed twice in
    the file (only overlapping runs are expanded to single children), then, inside the
-   one write transaction, children already packed in the store and each parent's
-   capacity against the store's counts.
+   one write transaction, children already packed in the store, children going into a
+   parent with another distributor (read only when the store holds a shipment, and per
+   parent) and each parent's capacity against the store's counts.
 3. *Write*, in that same transaction: links in child order, appended after the existing
    keys where they sort after them (full LMDB pages). A bad record (without
    ``skip_bad``) aborts the transaction: nothing changes.
@@ -50,6 +53,7 @@ PERF (measured here, 2 cores, a fresh process, ``benchmarks/bench_aggregation.py
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -58,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.aggregation import (_LOW, _Q, BadRecord, LoadReport, _c2p_decode,
+from engine.aggregation import (_I, _LOW, _Q, BadRecord, LoadReport, _c2p_decode,
                                 _children_count, _decode_children, _encode_children)
 from engine.errors import Conflict
 from engine.files import same_file, temp_beside
@@ -75,6 +79,7 @@ _PART = 1 << 20  # runs per written slice and per stored part of a load's runs
 _SCAN = 1 << 18  # store records read per vectorised block
 _ODD_BUDGET = 100_000  # fields in odd forms verified one by one, per file
 _FEW = 50_000  # up to this many runs / parents: store look-ups one by one, not range reads
+_DENSE = 2  # records a unit beyond which a key range is not read (``_at_or_after``)
 _U64 = np.uint64
 _U32 = np.uint32
 #: The UTF-8 byte-order mark Excel ("CSV UTF-8") and Windows Notepad put at the start.
@@ -607,12 +612,14 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
                 raise Conflict("codes were voided during the load; run it again")
             new, same_line, same_count = _against_store(agg, txn, runs, line_parent, marks)
             del runs
+            told = _other_hands(agg, txn, new, line_parent, marks)
             has_kids = _capacity(agg, txn, new, line_parent, line_depth, chk.cap, marks)
             lines, at, unit = marks.details()
+            told.update(chk.pre_bad)
             for ln, code, w, o in zip(lines.tolist(), reason[lines].tolist(), at.tolist(),
                                       unit.tolist()):
                 report.bad.append(BadRecord(ln + 1, _reason_text(agg, code, w, o,
-                                                                 chk.pre_bad.get(ln))))
+                                                                 told.get(ln))))
             good_line = reason == 0
             report.links_existing = int(same_count[good_line[same_line]].sum())
             if report.bad and not skip_bad:
@@ -717,6 +724,123 @@ def _against_store(agg, txn, runs: _Runs, line_parent, marks: _Marks):
             np.concatenate(same_count).astype(np.int64))
 
 
+def _other_hands(agg, txn, new: _Runs, line_parent, marks: _Marks) -> dict[int, str]:
+    """Mark the good lines that pack a unit into a parent with another distributor, or a
+    unit with none into a shipped parent: the rule of ``Aggregation.move`` and ``link``
+    (``Aggregation._other_hands``, which also words the reason). Returns the reasons by
+    line.
+
+    The new links' children are packed nowhere yet (``_against_store``), so each resolves
+    to its own shipment record alone; a parent resolves through its stored ancestors
+    (links of this file only add ones that agree with it).
+
+    PERF: nothing is read when the store holds no shipment at all; otherwise the store is
+    read per parent (and per ancestor), not per link, and a child's record only under a
+    parent that is with a distributor (loading into shipped goods is rare)."""
+    told: dict[int, str] = {}
+    if not len(new) or not txn.stat(agg._ship_db)["entries"]:
+        return told
+    par = line_parent[new.line]
+    fine = marks.reason[new.line] == 0
+    parents = _unique_inverse(par[fine])[0]
+    sid = _resolved_shipments(agg, txn, parents)
+    if not (sid > 0).any():
+        return told
+    shipped = parents[sid > 0]
+    parent_sid = dict(zip(shipped.tolist(), sid[sid > 0].tolist()))
+    child, line, pos = new.take(np.flatnonzero(fine & np.isin(par, shipped))).expand()
+    dist: dict[int, str | None] = {}
+    bad_line, bad_pos = [], []
+    for c, ln, at in zip(child.tolist(), line.tolist(), pos.tolist()):
+        if ln in told:  # NOTE: a line's first reason stands
+            continue
+        p = int(line_parent[ln])
+        s = parent_sid[p]
+        if s not in dist:
+            dist[s] = agg._distributor_of(txn, s)
+        own = txn.get(_Q.pack(c), db=agg._ship_db)
+        why = agg._other_hands(txn, c, 0 if own is None else _I.unpack(own)[0], p, dist[s])
+        if why is not None:
+            told[ln] = f"field {at}: {why}, then load this record again"
+            bad_line.append(ln)
+            bad_pos.append(at)
+    marks.mark(bad_line, 7, bad_pos)
+    return told
+
+
+def _resolved_shipments(agg, txn, units: np.ndarray) -> np.ndarray:
+    """The shipment id each of these (sorted, unique) units resolves to: its own
+    ``agg_ship`` record or its nearest stored ancestor's; 0 for none or returned (as
+    ``Aggregation._resolved``, for many units at once: one level of ancestors a step)."""
+    out = np.zeros(len(units), np.int64)
+    todo = np.arange(len(units))  # indices into ``units`` still unresolved
+    at = units
+    for _ in range(len(agg.spec.levels)):
+        up, inv = _unique_inverse(at)
+        ks, vs = _at_or_after(txn, agg._ship_db, up)  # own records
+        if ks:
+            kk = np.frombuffer(b"".join(ks), ">u8").astype(_U64)
+            i = np.minimum(np.searchsorted(kk, up), len(kk) - 1)
+            has = kk[i] == up
+            sid = np.frombuffer(b"".join(vs), ">u4").astype(np.int64)[i]
+            hit = has[inv]
+            out[todo[hit]] = sid[inv][hit]
+            todo, at = todo[~hit], at[~hit]
+            up, inv = _unique_inverse(at)
+        ks, vs = _at_or_after(txn, agg._c2p_db, up)  # stored parents
+        if not ks:
+            break
+        sf, sl, sp = _decode_c2p(ks, vs)
+        j = np.minimum(np.searchsorted(sl, up), len(sl) - 1)
+        found = (sl[j] >= up) & (sf[j] <= up)
+        keep = found[inv]
+        todo, at = todo[keep], sp[j][inv][keep]
+        if not len(todo):
+            break
+        o = np.argsort(at, kind="stable")
+        todo, at = todo[o], at[o]
+    return out
+
+
+def _at_or_after(txn, db, units: np.ndarray) -> tuple[list[bytes], list[bytes]]:
+    """For each of these sorted units, the record of ``db`` (keyed by u64 uids) with the
+    smallest key at or after it, if any: (keys, values), in key order, each once. Enough
+    to find a unit's own record (``agg_ship``) or the run that holds it (``agg_c2p``).
+
+    PERF: per batch, the key range from its lowest unit to the first key past its highest
+    is read while it holds at most ``_DENSE`` records a unit (the parents of a load are
+    mostly fresh labels: nothing, or their own records); a denser range (units scattered
+    over a batch packed long ago) is looked up one ``set_range`` a unit instead."""
+    got: dict[bytes, bytes] = {}
+    if not len(units):
+        return [], []
+    cur = txn.cursor(db=db)
+    hb = units >> _U64(32)
+    cuts = [0, *(np.flatnonzero(hb[1:] != hb[:-1]) + 1).tolist(), len(units)]
+    for a, b in itertools.pairwise(cuts):
+        seg = units[a:b]
+        part: list[tuple[bytes, bytes]] = []
+        whole = True
+        if cur.set_range(_Q.pack(int(seg[0]))):
+            hi_key = _Q.pack(int(seg[-1]))
+            budget = _DENSE * len(seg)
+            for k, v in cur.iternext():
+                part.append((k, v))
+                if k >= hi_key:
+                    break
+                if len(part) > budget:
+                    whole = False
+                    break
+        if whole:
+            got.update(part)
+            continue
+        for u in seg.tolist():
+            if cur.set_range(_Q.pack(u)):
+                got[cur.key()] = cur.value()
+    ks = sorted(got)
+    return ks, [got[k] for k in ks]
+
+
 def _capacity(agg, txn, new: _Runs, line_parent, line_depth, cap, marks: _Marks) -> np.ndarray:
     """Mark the lines of parents that would hold more children than their level allows
     (existing + new links of good records). Returns the parents that already hold
@@ -734,7 +858,7 @@ def _capacity(agg, txn, new: _Runs, line_parent, line_depth, cap, marks: _Marks)
     limit = cap[line_depth[gl]]
     over = total[inv] > limit
     if over.any():
-        marks.mark(gl[over], 7, total[inv][over], limit[over])
+        marks.mark(gl[over], 8, total[inv][over], limit[over])
     return up[need][held > 0]
 
 
@@ -1105,13 +1229,14 @@ _REASONS = {
     4: "field {w}: code is voided",
     5: "a child is already listed under another parent on line {w}",
     6: "field {w}: already packed in another parent ({o})",
-    7: "parent would hold {w} children; its level allows {o}",
+    # 7: with another distributor than its parent: worded by ``_other_hands``
+    8: "parent would hold {w} children; its level allows {o}",
 }
 
 
-def _reason_text(agg, code: int, w: int, o: int, pre: str | None) -> str:
-    if code == 9:
-        return pre or "unreadable record"
+def _reason_text(agg, code: int, w: int, o: int, told: str | None) -> str:
+    if code in (7, 9):  # worded where found
+        return told or "unreadable record"
     text = _REASONS[code]
     ostr = f"unit {o >> 32}:{o & _LOW}" if code == 6 else str(o)
     return text.format(w=w, o=ostr, spec=" > ".join(lv.name for lv in agg.spec.levels))

@@ -19,6 +19,7 @@ from engine import Conflict, DataFolder, InvalidCode
 from engine.aggregation import Aggregation, unit_id
 from engine.epcis import check_parent_ids, export_epcis, pallet_sscc, sscc
 from engine.spec import PackagingSpec
+from engine.store import pack, unpack
 
 VECTORS = Path(__file__).parent / "vectors" / "gs1"
 URL = "HTTPS://S.EXAMPLE.CN/Q/"
@@ -246,6 +247,63 @@ def test_activation_leaves_voided_units_out_and_stores_the_date_as_written_by_is
     rec = agg.activate(serial_range=(run.cap_batch, 0, 10), production_date="2026-11-21", **kw)
     assert (rec["units"], rec["voided_skipped"], rec["production_date"]) == (8, 2, "2026-11-21")
     assert agg.activated_counts()["cap"] == 8
+
+
+def _batch_states(data) -> dict[int, tuple[str, int]]:
+    return {b.id: (b.state, b.activated) for b in data.batches.list()}
+
+
+def test_batch_state_and_activated_count_follow_the_units(run, tmp_path):
+    """What `wuma batch list` reads: a batch is activated once any of its units is, with
+    how many; voided once all of them are. Written with the units, never by hand."""
+    agg, data = run.agg, run.data
+    cap, case, pallet = run.cap_batch, run.case_batch, run.pallet_batch
+    assert _batch_states(data) == {cap: ("generated", 0), case: ("generated", 0),
+                                   pallet: ("generated", 0)}
+    agg.load(_file(tmp_path, _production(run, 8)))  # cases 8, 9 are loose labels
+    agg.void([run.caps[2]])
+    kw = {"sku": "S", "name": "N", "lot": "L", "production_date": "2026-11-21"}
+    agg.activate(pallets=[run.pallets[0]], **kw)  # 1 pallet, 5 cases, 120 caps but one voided
+    assert _batch_states(data) == {cap: ("activated", 119), case: ("activated", 5),
+                                   pallet: ("activated", 1)}
+    assert data.batches.get(cap) == data.batches.list()[0]
+    agg.activate(serial_range=(cap, 200, 240), **kw)
+    agg.void(serial_range=(cap, 230, 240))  # a void does not undo an activation
+    agg.replace(run.cases[0], run.cases[9])  # the new label takes the old one's activation
+    assert _batch_states(data) == {cap: ("activated", 159), case: ("activated", 6),
+                                   pallet: ("activated", 1)}
+    assert sum(n for _, n in _batch_states(data).values()) == sum(
+        agg.activated_counts().values())
+    with pytest.raises(Conflict, match="nothing to activate"):  # a refusal changes nothing
+        agg.activate(pallets=[run.pallets[0]], **kw)
+    assert _batch_states(data)[cap] == ("activated", 159)
+    agg.void(batch=pallet)
+    agg.void(serial_range=(case, 1, 10))  # with case 0 (replaced): all of them
+    agg.void(serial_range=(cap, 0, 229))  # cap 229 is not voided
+    assert _batch_states(data) == {cap: ("activated", 159), case: ("voided", 6),
+                                   pallet: ("voided", 1)}
+
+
+def test_batches_written_before_the_count_get_it_once(run, tmp_path):
+    """A data folder from before batches counted their activated units: the count and
+    the state come from the activations on record when it is opened."""
+    agg, data = run.agg, run.data
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21",
+                 serial_range=(run.cap_batch, 0, 30))
+    agg.void(batch=run.pallet_batch)
+    with data.store.write() as txn:  # the records as they were written then
+        db = data.store.db("batches")
+        for k, v in list(txn.cursor(db=db)):
+            d = unpack(v)
+            del d["activated"]
+            d["state"] = "voided" if d["id"] == run.pallet_batch else "generated"
+            txn.put(k, pack(d), db=db)
+    path = data.path
+    data.close()
+    with DataFolder(path) as again:
+        assert _batch_states(again) == {run.cap_batch: ("activated", 30),
+                                        run.case_batch: ("generated", 0),
+                                        run.pallet_batch: ("voided", 0)}
 
 
 def test_ship_trace_distributor_through_ancestors(run, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import Conflict
+from engine import Conflict, ingest
 from engine.aggregation import unit_id
 
 URL = "HTTPS://S.EXAMPLE.CN/Q/"
@@ -96,6 +96,91 @@ def test_move_onto_pallet_of_another_distributor_is_refused(world):
     assert _dist(r, r.cases[1]) == ("B", False) and agg.links()[_case(r, 1)] == unit_id(
         r.pallet_batch, 1)
     agg.check_consistency()
+
+
+# -- 1b. link and the line-collection load follow the rule of move -----------------------------
+def _hands(world):
+    """Pallet 0 (cases 0, 1) shipped to A, loose pallet 2 shipped to B, loose case 4 to A,
+    loose case 5 to B; cap 0 taken out of case 0 (it keeps A); cases 6-9 never shipped."""
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.ship([r.pallets[2]], "B")
+    agg.ship([r.cases[4]], "A")
+    agg.ship([r.cases[5]], "B")
+    agg.unpack(r.cases[0], [r.caps[0]])
+    return r, agg
+
+
+def test_link_onto_a_parent_of_another_distributor_is_refused(world):
+    r, agg = _hands(world)
+    links, events = agg.links(), len(agg.events())
+    with pytest.raises(Conflict, match="2:4 belongs to distributor A but 3:2 was shipped to B: "
+                                       "transfer 2:4 to B first, then pack it"):
+        agg.link(r.pallets[2], [r.cases[4]])
+    with pytest.raises(Conflict, match="2:6 is not with a distributor but 3:2 was shipped to B: "
+                                       "ship 2:6 to B first, then pack it"):
+        agg.link(r.pallets[2], [r.cases[5], r.cases[6]])  # all or nothing: 5 is not packed
+    # the parent's distributor may come through its ancestors (case 0 is on pallet 0, A)
+    with pytest.raises(Conflict, match="1:100 is not with a distributor but 2:0 was shipped to A"):
+        agg.link(r.cases[0], [r.caps[100]])
+    agg.return_goods([r.cases[4]])
+    with pytest.raises(Conflict, match="2:4 is not with a distributor"):  # returned: none
+        agg.link(r.pallets[2], [r.cases[4]])
+    assert agg.links() == links and len(agg.events()) == events + 1  # the return
+    assert _dist(r, r.cases[5]) == ("B", False) and _dist(r, r.cases[6]) == (None, False)
+    # allowed: the same distributor, or a parent with none (the unit keeps its own)
+    assert agg.link(r.pallets[2], [r.cases[5]]) == 1
+    assert agg.link(r.cases[0], [r.caps[0]]) == 1
+    assert agg.link(r.pallets[3], [r.cases[6], r.cases[4]]) == 2
+    assert _dist(r, r.cases[4]) == (None, True) and _dist(r, r.cases[6]) == (None, False)
+    agg.check_consistency()
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["range_reads", "lookups"])
+def test_load_onto_a_parent_of_another_distributor_is_refused(world, tmp_path, monkeypatch,
+                                                               dense):
+    r, agg = _hands(world)
+    if dense:  # the store read unit by unit, as for parents scattered over a packed batch
+        monkeypatch.setattr(ingest, "_DENSE", 0)
+    lines = [",".join([r.pallets[3], r.cases[6]]),  # 1: a parent with no distributor
+             ",".join([r.pallets[2], r.cases[5], r.cases[4]]),  # 2: field 3 is A's
+             ",".join([r.cases[0], r.caps[0], r.caps[100]]),  # 3: A through pallet 0
+             ",".join([r.cases[7], r.caps[101]]),  # 4: fresh goods
+             ",".join([r.pallets[2], r.cases[8]])]  # 5: never shipped, onto B's
+    f = tmp_path / "line.csv"
+    f.write_text("\n".join(lines) + "\n")
+    links = agg.links()
+    rep = agg.load(f)
+    assert not rep.loaded and agg.links() == links  # all or nothing
+    then = ", then load this record again"
+    assert [(b.line, b.reason) for b in rep.bad] == [
+        (2, ("field 3: 2:4 belongs to distributor A but 3:2 was shipped to B: transfer 2:4 to B "
+             f"first{then}")),
+        (3, ("field 3: 1:100 is not with a distributor but 2:0 was shipped to A: ship 1:100 to A "
+             f"first{then}")),
+        (5, f"field 2: 2:8 is not with a distributor but 3:2 was shipped to B: ship 2:8 to B first{then}")]
+    rej = tmp_path / "rejects.csv"
+    rep = agg.load(f, skip_bad=True, reject_file=rej)
+    assert rep.loaded and rep.links_added == 2 and [b.line for b in rep.bad] == [2, 3, 5]
+    assert "# line 2: field 3: 2:4 belongs to distributor A" in rej.read_text()
+    assert _dist(r, r.cases[8]) == (None, False) and _dist(r, r.caps[100]) == (None, False)
+    agg.ship([r.cases[8]], "B")  # what the reason says to do
+    agg.transfer([r.cases[4]], "B")
+    assert agg.load(f.read_bytes().replace(lines[2].encode() + b"\n", b"")).links_added == 3
+    assert _dist(r, r.cases[4]) == ("B", False) and agg.links()[_case(r, 8)] == unit_id(
+        r.pallet_batch, 2)
+    agg.check_consistency()
+
+
+def test_load_reads_no_shipment_when_nothing_was_shipped(world, tmp_path, monkeypatch):
+    r, agg = world, world.agg
+
+    def never(*a):
+        raise AssertionError("shipments read with none in the store")
+
+    monkeypatch.setattr(ingest, "_resolved_shipments", never)
+    rep = agg.load(",".join([r.pallets[2], r.cases[4], r.cases[5]]).encode())
+    assert rep.loaded and rep.links_added == 2
 
 
 # -- 2. return takes everything below ----------------------------------------------------------
