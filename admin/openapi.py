@@ -114,7 +114,8 @@ _AUDIT_ENTRY = _obj(["seq", "at", "who", "action", "target", "details"], {
     "seq": _INT, "at": _NUM, "who": _STR, "action": _STR, "target": _STR, "details": _OBJ})
 _BATCH = _obj(["id", "level", "roles", "count", "state"], {
     "id": _INT, "level": _STR, "roles": _array(_STR), "count": _INT, "formats": _OBJ,
-    "key_version": _INT, "state": _STR, "created_at": _NUM, "note": _STR})
+    "key_version": _INT, "state": {"type": "string", "enum": ["generated", "activated", "voided"]},
+    "activated": _INT, "created_at": _NUM, "note": _STR})
 _BAN = _obj(["subject", "reason", "created_at", "expires_at", "evidence", "lifted_at"], {
     "subject": _STR, "reason": _STR, "created_at": _NUM, "expires_at": _NUM, "evidence": _array({}),
     "lifted_at": _nullable(_NUM)})

@@ -152,8 +152,8 @@ def batch():
 
 
 def _batch_line(b) -> str:
-    return (f"batch {b.id}: {b.level} x {b.count:,} [{', '.join(b.roles)}] "
-            f"key v{b.key_version} {b.state}")
+    state = f"activated ({b.activated:,} of {b.count:,})" if b.state == "activated" else b.state
+    return f"batch {b.id}: {b.level} x {b.count:,} [{', '.join(b.roles)}] key v{b.key_version} {state}"
 
 
 @batch.command("create")

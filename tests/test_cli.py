@@ -348,6 +348,6 @@ def test_batch_list_shows_batches_activated_and_voided(run):
     listed = [json.loads(x) for x in run("batch", "list", "--json").output.splitlines()]
     assert [(b["state"], b["activated"]) for b in listed] == [
         ("activated", 40), ("activated", 100), ("voided", 0)]
-    assert [x.rsplit(" ", 1)[1] for x in run("batch", "list").output.splitlines()] == [
-        "activated", "activated", "voided"]
+    assert [x.split(" v1 ", 1)[1] for x in run("batch", "list").output.splitlines()] == [
+        "activated (40 of 100)", "activated (100 of 100)", "voided"]
     assert json.loads(run("batch", "show", "1", "--json").output)["activated"] == 40
