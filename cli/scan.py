@@ -116,7 +116,7 @@ def region():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
 def region_import(data, csv_file, as_json):
-    """Load code,lat,lng rows (all or none); running servers pick them up on restart.
+    """Load code,lat,lng rows (all or none); running servers use them from their next scan.
 
     Example: wuma region import county-centres.csv
     """

@@ -12,6 +12,13 @@ derived from them.
 
 PERF: centres are bucketed into a 0.5° grid in memory; a lookup measures the distance
 to the centres of the nine cells around the point only (a few dozen at county level).
+
+NOTE: every gunicorn worker holds its own grid. Each change of the centres bumps a counter
+in the store (in the same transaction), and a lookup reads it first: a ``wuma region
+import`` counts in every running worker from its next scan, without a restart. PERF: one
+LMDB read of ~1 µs, against ~14 µs for the lookup itself among 3,000 centres spread over
+20° x 20° (timeit, a scratch script); only a scan with a position and no region code
+looks up.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ __all__ = ["RegionTable", "DEFAULT_MAX_KM"]
 DEFAULT_MAX_KM = 30.0
 _CELL = 0.5  # degrees
 _EARTH_KM = 6371.0
+#: The store counter bumped by every change of the centres (see the module's NOTE).
+_VERSION = "region_centres_version"
 
 
 def _cell(lat: float, lng: float) -> tuple[int, int]:
@@ -73,19 +82,20 @@ class RegionTable:
         self._store = store
         self._db = store.db("region_centres")
         self.max_km = max_km
-        self._grid: dict[tuple[int, int], list[tuple[str, float, float]]] | None = None
+        #: (the version of the centres it was built from, the grid), or None before the first lookup
+        self._grid: tuple[int, dict[tuple[int, int], list[tuple[str, float, float]]]] | None = None
 
     # -- editing ------------------------------------------------------------------------
     def put(self, rows) -> int:
         """Add or replace centres: ``(code, lat, lng)`` rows, all or none. Returns how
-        many. Workers already running see them after a restart (``kill -HUP``)."""
+        many. Every process with the folder open uses them from its next lookup."""
         return self._write([_check(*row) for row in rows])
 
     def _write(self, checked: list[tuple[str, float, float]]) -> int:
         with self._store.write() as txn:
             for code, lat, lng in checked:
                 txn.put(code.encode(), pack((lat, lng)), db=self._db)
-        self._grid = None
+            self._store.next_id(txn, _VERSION)
         return len(checked)
 
     def import_csv(self, path: Path) -> int:
@@ -107,21 +117,34 @@ class RegionTable:
 
     def list(self) -> list[tuple[str, float, float]]:
         with self._store.read() as txn:
-            return [(k.decode(), *unpack(v)) for k, v in txn.cursor(db=self._db)]
+            return self._rows(txn)
+
+    def _rows(self, txn) -> list[tuple[str, float, float]]:
+        return [(k.decode(), *unpack(v)) for k, v in txn.cursor(db=self._db)]
 
     # -- lookup -------------------------------------------------------------------------
-    def _load(self) -> dict:
-        grid: dict[tuple[int, int], list] = {}
-        for code, lat, lng in self.list():
-            grid.setdefault(_cell(lat, lng), []).append((code, lat, lng))
-        self._grid = grid
+    def _current_grid(self) -> dict:
+        """The grid of the centres as stored now: rebuilt when any process changed them
+        since it was built (the version and the rows are read in one transaction)."""
+        txn = self._store.read()
+        try:
+            version = self._store.current_id(txn, _VERSION)
+            built = self._grid
+            if built is not None and built[0] == version:
+                return built[1]
+            grid: dict[tuple[int, int], list] = {}
+            for code, lat, lng in self._rows(txn):
+                grid.setdefault(_cell(lat, lng), []).append((code, lat, lng))
+        finally:
+            txn.abort()
+        self._grid = (version, grid)
         return grid
 
     def locate(self, lat: float, lng: float) -> str | None:
         """The code of the nearest centre within ``max_km``, or None. ValueError for a
         position off the globe (see :func:`_position`)."""
         lat, lng = _position(lat, lng)
-        grid = self._grid if self._grid is not None else self._load()
+        grid = self._current_grid()
         if not grid:
             return None
         ci, cj = _cell(lat, lng)

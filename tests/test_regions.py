@@ -44,6 +44,20 @@ def test_no_table_no_region(table):
     assert table.locate(23.13, 113.35) is None
 
 
+def test_centres_changed_by_another_process_count_at_its_next_lookup(table):
+    """Each gunicorn worker holds its own grid (here: a second table on the store plays the
+    `wuma region import` process): a change counts from the next lookup, no restart."""
+    assert table.locate(23.13, 113.35) is None  # the grid is built, empty
+    importer = RegionTable(table._store)
+    importer.put([("440106", 23.1256, 113.3618)])
+    assert table.locate(23.13, 113.35) == "440106"
+    grid = table._grid
+    assert table.locate(23.13, 113.36) == "440106" and table._grid is grid  # unchanged: not rebuilt
+    importer.put([("440106", 39.9219, 116.4436)])  # a centre moved
+    assert table.locate(23.13, 113.35) is None
+    assert table.locate(39.92, 116.44) == "440106"
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(-60, 60), st.floats(-179, 179)), min_size=1, max_size=40),
        st.floats(-60, 60), st.floats(-179, 179), st.sampled_from([5.0, 30.0, 80.0]))
