@@ -316,6 +316,13 @@ class DataFolder:
         taking a lost one's number. Versions here but not yet recorded (a folder from before
         the record, a rotate interrupted between key file and record) are recorded.
         ``issued``: the record, as read when the store was opened."""
+        self._check_keys(issued)
+        if set(self.keys.versions) - set(issued):
+            self._record_versions(self.keys.versions)
+
+    def _check_keys(self, issued: dict[int, str]) -> None:
+        """DataFolderError unless every version in ``issued`` (the store's record) is in
+        the key ring and is the key recorded."""
         keys = self.path / "keys"
         missing = sorted(set(issued) - set(self.keys.versions))
         if missing:
@@ -327,8 +334,15 @@ class DataFolder:
             raise DataFolderError(
                 f"{keys}/master-v{changed[0]}.key is not the key this data folder issued as version "
                 f"{changed[0]}: restore keys/ from its backup")
-        if set(self.keys.versions) - set(issued):
-            self._record_versions(self.keys.versions)
+
+    def _take_in_keys(self) -> None:
+        """Read the key versions another process issued since this folder was opened (its
+        ``key rotate``), checked against the store's record as on opening."""
+        with self.store.read() as txn:
+            issued = _issued_keys(txn, self.store.db("meta"))
+        for version in sorted(set(issued) - set(self.keys.versions)):
+            self.keys.load(version)
+        self._check_keys(issued)
 
     def _record_versions(self, versions) -> None:
         # NOTE: read and written in one write transaction: a record made meanwhile by
@@ -455,7 +469,10 @@ class DataFolder:
             raise DataFolderError(f'{self.path / _CONFIG}, "regions" section: {e}: fix it there') from None
 
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
-        """Register a batch under the current key version (metadata only)."""
+        """Register a batch under the newest key version (metadata only): the newest the
+        store records, so that a process holding the folder open since before another
+        one's ``key rotate`` makes its new batches with the new key too."""
+        self._take_in_keys()
         return self.batches.create(level, count, self.keys.current, note=note)
 
     def rotate_key(self) -> int:

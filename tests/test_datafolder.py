@@ -236,6 +236,27 @@ def test_a_running_verifier_takes_a_key_rotated_by_another_process(folder, monke
         assert len(looks) <= 2
 
 
+def test_new_batches_take_a_key_rotated_by_another_process(folder):
+    """A process holding the folder open (a long-running integration) makes its next batch
+    under the version another process's `key rotate` issued, not the one it read on
+    opening; a key file that is not the one issued is refused there too."""
+    with DataFolder(folder) as long_lived:
+        subprocess.run([sys.executable, "-m", "cli", "--data", str(folder), "key", "rotate"], cwd=ROOT,
+                       capture_output=True, check=True)
+        batch = long_lived.create_batch("cap", 3)
+        assert batch.key_version == 2 and long_lived.keys.versions == [1, 2]
+        assert long_lived.codes.verify(long_lived.codes.code(batch, 0, "cap_inner")).genuine
+        subprocess.run([sys.executable, "-m", "cli", "--data", str(folder), "key", "rotate"], cwd=ROOT,
+                       capture_output=True, check=True)
+        v3 = folder / "keys" / "master-v3.key"
+        os.unlink(v3)
+        fd = os.open(v3, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, bytes(32))
+        os.close(fd)
+        with pytest.raises(DataFolderError, match="master-v3.key is not the key this data folder issued"):
+            long_lived.create_batch("cap", 3)
+
+
 @pytest.mark.parametrize("serve, msg", [
     ({"trusted_proxy": ["10.0.0.2"]},
      "unknown setting 'trusted_proxy'; known settings: trusted_proxies, proxy_header"),
