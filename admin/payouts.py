@@ -35,7 +35,9 @@ A pass (:meth:`Payouts.deliver_once`):
 2. *Lease*, in one write transaction: up to 10 due entries (pending, ``next_at`` and
    ``leased_until`` passed), oldest seq first, get ``leased_until`` and ``attempts + 1``.
    LMDB admits one writer at a time across processes, so two deliverers never lease the
-   same entry: running several at once does not send anything twice.
+   same entry: running several at once does not send anything twice. The lease is on
+   disk before anything is sent (forced in a ``relaxed`` data folder too), so an entry
+   that may have been sent is never taken for unsent after a crash (nor cancelled).
 3. *Send* each leased entry and record the answer in its own write transaction:
 
    ========================================  ===============================================
@@ -59,7 +61,8 @@ URL): a redirect is a failure like a 5xx.
 
 Guarantees: at least once. An entry is sent again when its answer was lost, timed out,
 or when the deliverer died between the receiver's 2xx and the local "paid" write (its
-lease expires, another pass sends it again). Every copy carries the same idempotency key
+lease expires, another pass sends it again: ``kill -9`` right after the receiver's 2xx
+is tested, tests/test_crash_writes.py). Every copy carries the same idempotency key
 and the same body bytes, so **receivers must deduplicate on the idempotency key** and
 answer a duplicate with 2xx. A receiver should remember a key only once it accepted the
 entry: :meth:`Payouts.retry` re-sends a rejected entry under the same key.
@@ -472,6 +475,11 @@ class Payouts:
             for k in cancelled:
                 txn.delete(k, db=self._pending)
             stats["cancelled"] += len(cancelled)
+        if out:
+            # NOTE: the lease (attempts + 1) is on disk before a request goes out, whatever
+            # the durability: with "relaxed" a power loss could undo it, and an entry the
+            # payment system has would look never sent, so a reversal could cancel it
+            self._store.sync()
         return out
 
     # PERF: passes walk the outbox from its oldest entry, skipping those in backoff or

@@ -76,7 +76,8 @@ class Admin:
 
         An entry never sent, or one the payment system refused (``rejected``: a 4xx
         answer), can be reversed. Anything else sent cannot be reversed here (the payment
-        system may have it; settle it there)."""
+        system may have it; settle it there). On disk when this returns, in a ``relaxed``
+        data folder too."""
         if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
             raise ValueError("say why the entry is reversed (--reason), in at most 500 characters")
         now = self._clock() if now is None else now
@@ -102,6 +103,9 @@ class Admin:
                                             "reason": reason.strip()})
             self.audit.append(txn, who, "ledger.reverse", str(seq), {"reversal": rseq, "reason": reason.strip()},
                               now=now)
+        # NOTE: a cancelled payout must stay cancelled: on disk whatever the durability (with
+        # "relaxed" a power loss could undo the reversal and a deliverer then send the payout)
+        store.sync()
         return self.ledger.get(rseq)
 
     def lift_ban(self, subject: str, *, who: str, now: float | None = None):

@@ -26,9 +26,14 @@ APPSEC:
 * Opening checks the signature over the whole file *before* unwrapping or decrypting
   anything, then decrypts in a second pass (and checks the file did not change between
   the passes). Output goes to a temporary file renamed only on full success.
-* Export is all or nothing: every part is written under a temporary name, then all are
-  registered in one transaction and linked into place (never over an existing file; the
-  name holds the pack id). No pack is registered whose share was not handed back.
+* Export is all or nothing, and a pack that can be opened is a registered pack, even
+  when the exporting process is killed at any moment (``kill -9``): every part is first
+  written *unsigned* (no line opens it) to an unnamed temporary file, which vanishes with
+  the process; all parts are then registered in one durable transaction; only then is
+  each signed and linked into place (never over an existing file; the name holds the
+  pack id). A failure after the registration takes it back. A process killed after it
+  leaves registered packs whose files are missing (revoke them, export again), never a
+  pack file the registry does not know.
 """
 
 from __future__ import annotations
@@ -90,6 +95,10 @@ _SHARE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _SHARE_BYTES = 32
 _SHARE_CHECK = 2
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+#: An export of at most this many parts writes them to unnamed files, each holding a file
+#: descriptor until it is placed; more parts use hidden named ones (left behind, unsigned,
+#: by a killed process).
+_ANONYMOUS_PARTS = 64
 
 
 class PackError(WumaError):
@@ -112,14 +121,36 @@ class IssuedPack:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _WrittenPart:
-    """A pack written under a temporary name, not yet registered nor in place."""
+    """A pack written without its signature to a temporary file, not yet registered nor in
+    place: an unnamed file (``O_TMPFILE``, held open as ``file``: it vanishes with the
+    process) or, where there is none, a hidden ``.part`` file (``tmp``)."""
 
-    tmp: Path
+    file: BinaryIO | None
+    tmp: Path | None
     path: Path
     record: dict
     share: str | None
+    signature: bytes
+
+    def sign_and_place(self) -> None:
+        """Append the signature and give the file its name (never over an existing file)."""
+        if self.file is None:
+            with open(self.tmp, "ab") as fh:
+                fh.write(self.signature)
+            _place_new(self.tmp, self.path)
+            return
+        self.file.write(self.signature)
+        self.file.flush()
+        _place_new(Path(f"/proc/self/fd/{self.file.fileno()}"), self.path, anonymous=True)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (a placed pack keeps its own name)."""
+        if self.file is not None:
+            self.file.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
     def issued(self) -> IssuedPack:
         r = self.record
@@ -142,24 +173,60 @@ def pack_file_name(line: str, batch: int, start: int, stop: int, pack_id: str) -
     return f"{line}-b{batch}-{start}-{stop}-{pack_id}.wpk"
 
 
-def _place_new(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists.
-    ``tmp`` is left as a second link to the file: the caller removes it."""
-    exists = PackError(
+def _exists(path: Path) -> PackError:
+    return PackError(
         f"{path} already exists: not replacing it (it may be an issued pack); "
         "move it away or export to another folder"
     )
+
+
+def _place_new(tmp: Path, path: Path, *, anonymous: bool = False) -> None:
+    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists.
+    ``tmp`` is left as a second link to the file: the caller removes it. ``anonymous``:
+    ``tmp`` is ``/proc/self/fd/<n>`` of an unnamed (``O_TMPFILE``) file."""
+    exists = _exists(path)
     try:
-        os.link(tmp, path)  # NOTE: unlike rename, link never replaces an existing file
+        # NOTE: unlike rename, link never replaces an existing file. An unnamed file is
+        # linked through its /proc entry: linkat with AT_SYMLINK_FOLLOW, which os.link
+        # uses only when given a directory descriptor (plain link() would link the symlink)
+        if anonymous:
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.link(tmp, path.name, dst_dir_fd=folder)
+            finally:
+                os.close(folder)
+        else:
+            os.link(tmp, path)
     except FileExistsError:
         raise exists from None
     except OSError as e:
-        if e.errno not in _NO_HARD_LINKS:
+        if anonymous or e.errno not in _NO_HARD_LINKS:
             raise
         # A file system without hard links: check, then rename (not atomic, still careful).
         if os.path.lexists(path):
             raise exists from None
         os.rename(tmp, path)
+
+
+def _anonymous_files() -> bool:
+    """Can unnamed temporary files be made (``O_TMPFILE``) and named later (/proc)?"""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+def _temporary_file(out_dir: Path, name: str, anonymous: bool) -> tuple[BinaryIO, Path | None]:
+    """A new file in ``out_dir`` for the pack ``name``: unnamed if ``anonymous`` and the file
+    system has them (``(file, None)``), else a fresh hidden one (``(file, its path)``)."""
+    if anonymous:
+        try:
+            fd = os.open(out_dir, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        except OSError as e:  # a file system without unnamed files
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        else:
+            return os.fdopen(fd, "wb"), None
+    # NOTE: "x": a fresh, hidden temporary file; never one that is already there.
+    tmp = out_dir / f".{name}.{os.urandom(4).hex()}.part"
+    return open(tmp, "xb"), tmp  # NOTE: closed by the caller
 
 
 @dataclass(frozen=True)
@@ -316,38 +383,60 @@ class PackRegistry:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         bounds = [start + (stop - start) * i // parts for i in range(parts + 1)]
-        # NOTE: all or nothing. Every part is first written under a temporary name; only
-        # when all are written are they registered (one transaction) and put in place.
-        # A failure or Ctrl-C at any point leaves no pack registered and no pack file, so
-        # no pack is ever issued whose key share was not handed back to the caller.
+        anonymous = parts <= _ANONYMOUS_PARTS and _anonymous_files()
+        # NOTE: all or nothing, and a pack that opens is registered, even under kill -9:
+        # 1. every part is written unsigned (no line opens it) to an unnamed temporary
+        #    file that vanishes with the process (a hidden .part file where there is none);
+        # 2. all are registered in one transaction, on disk before anything is placed;
+        # 3. each is signed and linked into place. A failure or Ctrl-C in 3 takes the
+        #    registration back, so no pack is issued whose key share was not handed back;
+        #    a process killed in 3 leaves registered packs without files (the safe side:
+        #    before, placing came before the commit and left usable unregistered packs).
         written: list[_WrittenPart] = []
         placed: list[Path] = []
+        events: list[int] | None = None
         try:
             for a, b in pairwise(bounds):
                 part = self._write_part(batch, line, out_dir, a, b, split_key, chunk_bytes,
-                                        signer_id, signer, now, progress)
+                                        signer_id, signer, now, progress, anonymous)
                 written.append(part)
+            for part in written:  # fail before registering, where that can be known
+                if os.path.lexists(part.path):
+                    raise _exists(part.path)
             with self._store.write() as txn:
                 # again: a range voided while the parts were being written is refused too
                 self._refuse_voided(txn, batch, start, stop)
+                issued = []
                 for part in written:
                     txn.put(bytes.fromhex(part.record["id"]), pack(part.record), db=self._packs)
-                    self._event(
+                    issued.append(self._event(
                         txn, part.record["id"], "issued", part.record["created"], who=line.name
-                    )
-                # Put the files in place inside the transaction: if one cannot be placed,
-                # the transaction aborts and nothing is registered.
-                for part in written:
-                    _place_new(part.tmp, part.path)
-                    placed.append(part.path)
+                    ))
+            events = issued  # NOTE: only once committed (an aborted one's numbers are reused)
+            # NOTE: on disk before a file is placed, whatever the folder's durability
+            self._store.sync()
+            for part in written:
+                part.sign_and_place()
+                placed.append(part.path)
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)
+            if events is not None:
+                self._unregister(written, events)
             raise
         finally:
             for part in written:
-                part.tmp.unlink(missing_ok=True)
+                part.discard()
         return [part.issued() for part in written]
+
+    def _unregister(self, written: list[_WrittenPart], events: list[int]) -> None:
+        """Take back the registration of an export that failed before all its packs were
+        in place (none of them was handed to anyone)."""
+        with self._store.write() as txn:
+            for part in written:
+                txn.delete(bytes.fromhex(part.record["id"]), db=self._packs)
+            for no in events:
+                txn.delete(u64(no), db=self._events)
 
     def _refuse_voided(self, txn, batch, start: int, stop: int) -> None:
         """Conflict if codes of ``start:stop`` were voided (a range void; a whole-batch void
@@ -358,8 +447,9 @@ class PackRegistry:
                            "is voided: export the ranges around the voided codes")
 
     def _write_part(self, batch, line, out_dir, start, stop, split_key, chunk_bytes, signer_id,
-                    signer, now, progress) -> _WrittenPart:
-        """Write one pack under a temporary name in ``out_dir``; register nothing."""
+                    signer, now, progress, anonymous) -> _WrittenPart:
+        """Write one pack without its signature to a temporary file in ``out_dir`` (an
+        unnamed one if ``anonymous``); register nothing."""
         codes = self._data.codes
         widths = codes.widths(batch)
         row = sum(widths)
@@ -395,13 +485,14 @@ class PackRegistry:
         del header  # NOTE: only the bytes are signed; nothing below may change them
         name = pack_file_name(line.name, batch.id, start, stop, pack_id.hex())
         path = out_dir / name
-        # NOTE: "x": a fresh, hidden temporary file; never one that is already there.
-        tmp = out_dir / f".{name}.{os.urandom(4).hex()}.part"
+        fh, tmp = _temporary_file(out_dir, name, anonymous)
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
         try:
-            with open(tmp, "xb") as fh:
+            with ExitStack() as closing:
+                if tmp is not None:  # NOTE: an unnamed file stays open until it is placed
+                    closing.enter_context(fh)
 
                 def put(b) -> None:
                     digest.update(b)
@@ -427,10 +518,13 @@ class PackRegistry:
                         index += 1
                     if progress:
                         progress(matrix.shape[0])
-                fh.write(signer.sign(_signed_message(digest.digest())))
-                size = fh.tell()
+                # NOTE: the signature is appended once the pack is registered (export)
+                signature = signer.sign(_signed_message(digest.digest()))
+                size = fh.tell() + len(signature)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            fh.close()
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise
         record = {
             "id": pack_id.hex(),
@@ -448,11 +542,13 @@ class PackRegistry:
             "created": created,
             "revoked_at": None,
         }
-        return _WrittenPart(tmp, path, record, share_text(share) if share else None)
+        return _WrittenPart(None if tmp is not None else fh, tmp, path, record,
+                            share_text(share) if share else None, signature)
 
-    def _event(self, txn, pack_id: str, kind: str, at: float, **extra) -> None:
+    def _event(self, txn, pack_id: str, kind: str, at: float, **extra) -> int:
         no = self._store.next_id(txn, "pack_event")
         txn.put(u64(no), pack({"pack": pack_id, "kind": kind, "at": at, **extra}), db=self._events)
+        return no
 
     def _get_raw(self, txn, pack_id: str) -> dict:
         try:

@@ -46,11 +46,11 @@ def test_export_failing_to_place_a_part_registers_nothing(world, monkeypatch):
     real_link = os.link
     linked = []
 
-    def link_fails_second(src, dst):
+    def link_fails_second(src, dst, **kw):
         if linked:
             raise OSError(28, "No space left on device", str(dst))
         linked.append(dst)
-        return real_link(src, dst)
+        return real_link(src, dst, **kw)
 
     monkeypatch.setattr(os, "link", link_fails_second)
     with pytest.raises(OSError, match="No space"):
@@ -68,6 +68,30 @@ def test_export_registers_every_part_with_its_share(world):
     for p in packs:
         open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", share=p.share)
         assert len(_rows(tmp / "codes.csv")) == p.count + 1
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_export_with_named_or_unnamed_temporary_files(world, monkeypatch, unnamed):
+    """Parts go to unnamed files (O_TMPFILE), or to hidden named ones for many parts: either
+    way each is signed only once registered, and nothing else is left in the folder."""
+    reg, keys, brand, _batch, tmp = world
+    if not unnamed:
+        monkeypatch.setattr("engine.packs._ANONYMOUS_PARTS", 2)
+    calls = []
+
+    def interrupt_in_part_three(n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _export(world, parts=3, progress=interrupt_in_part_three)
+    assert reg.list() == [] and _files(tmp / "packs") == []
+    packs = _export(world, start=0, stop=900, parts=3, split_key=True)
+    assert _files(tmp / "packs") == sorted(os.path.basename(p.path) for p in packs)
+    for p in packs:
+        got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", share=p.share)
+        assert got.id == p.id and os.path.getsize(p.path) == reg.get(p.id)["size"]
 
 
 # -- 2. exporting a range again never replaces an issued pack ---------------------------------
