@@ -442,6 +442,7 @@ class CampaignRegistry:
                     txn.delete(_key_bytes(k), u32(cid), db=self._keys)
             self._store.next_id(txn, "campaigns_version")
             self._audit.append(txn, who, f"campaign.{action}", str(cid), {"status": c.status}, now=now)
+        self._store.sync()  # NOTE: a pause or close outlives a power loss ("relaxed" too)
         return c
 
     def pause(self, cid: int, *, who: str, now: float | None = None) -> Campaign:

@@ -108,6 +108,10 @@ class BatchRegistry:
                 created_at=time.time() if now is None else now, note=note,
             )
             txn.put(u32(batch_id), pack(batch.to_dict()), db=self._db)
+        # NOTE: on disk whatever the folder's durability: in a "relaxed" one a power loss
+        # could undo this commit after the batch's codes were exported, and the next batch
+        # would take the same id, so the same codes
+        self._store.sync()
         return batch
 
     def get(self, batch_id: int) -> Batch:

@@ -351,6 +351,7 @@ class DataFolder:
             issued = _issued_keys(txn, self.store.db("meta"))
             issued.update({v: self.keys.fingerprint(v) for v in versions if v not in issued})
             txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=self.store.db("meta"))
+        self.store.sync()  # NOTE: a key version's record outlives a power loss ("relaxed" too)
 
     def _open_store(self) -> tuple[Store, dict[int, str]]:
         """The store, if it is this folder's: never a new empty one in place of a lost one

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import DataFolderError
+from engine.files import write_new_file
 
 __all__ = ["KeyRing", "MASTER_KEY_BYTES", "write_private_file"]
 
@@ -141,25 +142,18 @@ def _read_key(path: Path) -> bytes:
 
 
 def write_private_file(path: Path, data: bytes, exists: Exception) -> None:
-    """Create a secret file, mode 0600, synced; raise ``exists`` if it is already there.
+    """Create a secret file, mode 0600, synced, whole or not at all (a process killed while
+    writing it leaves no file: see engine.files.write_new_file); raise ``exists`` if it is
+    already there.
 
-    APPSEC: O_EXCL, so a key that printed codes or wrapped packs depend on is never
-    overwritten, and the file is never readable by others, not even for an instant.
+    APPSEC: never over an existing file, so a key that printed codes or wrapped packs
+    depend on is never overwritten; and the file is never readable by others, not even for
+    an instant.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_file(path, data, perms=0o600)
     except FileExistsError:
         raise exists from None
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        # NOTE: the file is ours (O_EXCL) and incomplete: leave no half-written secret that
-        # would make the next attempt refuse ("already exists") or read a damaged key.
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
 
 
 def _write_key(path: Path, key: bytes) -> None:

@@ -11,7 +11,8 @@ them: committed pages are in the kernel's cache; these flags are about power los
   commit fsynced, meta page included. ``relaxed``: ``metasync=False``, the last commit
   may be undone by a power loss; the writes that let something leave the store call
   :meth:`Store.sync` before they are acknowledged (pack registration, payout leases,
-  voucher redemptions, reversals), so only scans and their rewards take that risk.
+  voucher redemptions, reversals, new batches, key versions' record, campaign pause and
+  close), so scans, their rewards and the other admin changes take that risk.
 * ``<data>/db-counters`` (engine.abuse): rate and invalid-code counters, ``sync=False``
   with ``writemap``: losable by design (a ban itself is written to ``db``).
 """

@@ -33,3 +33,22 @@ def test_a_folder_that_is_not_there_is_named(tmp_path):
     with pytest.raises(OSError, match="cannot write .*nowhere/x.csv"):
         with private_output(tmp_path / "nowhere" / "x.csv"):
             pass
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_write_new_file_is_whole_private_and_never_replaces(tmp_path, monkeypatch, unnamed):
+    """A secret (a master or line key) appears whole under its name, mode 0600, or not at
+    all; an existing file is never replaced; no temporary file is left either way."""
+    import stat as st
+
+    import engine.files as files
+
+    if not unnamed:  # a file system without O_TMPFILE: a hidden temporary name
+        monkeypatch.setattr(files, "_unnamed", lambda folder, perms: None)
+    path = tmp_path / "master-v2.key"
+    files.write_new_file(path, b"k" * 32)
+    assert path.read_bytes() == b"k" * 32 and st.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        files.write_new_file(path, b"x" * 32)
+    assert path.read_bytes() == b"k" * 32
+    assert [p.name for p in tmp_path.iterdir()] == ["master-v2.key"]
