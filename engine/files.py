@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
-           "temp_beside", "write_new_file"]
+           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
@@ -124,45 +124,57 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
     """Create ``path`` holding ``data``: whole or not at all, even if the process is killed
     at any moment, and never over an existing file (FileExistsError).
 
-    ``data`` is written and fsynced under no name (``O_TMPFILE``; a hidden temporary name
-    where the file system has none), then linked to ``path`` (a link never replaces) and
-    the folder fsynced. Written in place, a kill between creating the file and writing it
-    left an empty file under the real name (a master key then read as damaged)."""
+    ``data`` is written and fsynced under no name (:func:`open_unnamed`; a hidden temporary
+    name where the file system has none), then linked to ``path`` (a link never replaces)
+    and the folder fsynced. Written in place, a kill between creating the file and writing
+    it left an empty file under the real name (a master key then read as damaged)."""
     path = Path(path)
+    fd, tmp = open_unnamed(path.parent, perms), None
+    if fd is None:
+        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perms)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        if tmp is None:
+            link_unnamed(fd, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        os.close(fd)
+        if tmp is not None:
+            tmp.unlink()
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd, tmp = _unnamed(folder, perms), None
-        if fd is None:
-            tmp = f".{path.name}.{os.urandom(4).hex()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perms, dir_fd=folder)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-            if tmp is None:
-                # NOTE: with a dir fd os.link is linkat(AT_SYMLINK_FOLLOW): it links the file
-                # behind /proc/self/fd/N, not that symlink
-                os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder)
-            else:
-                os.link(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
-        finally:
-            os.close(fd)
-            if tmp is not None:
-                os.unlink(tmp, dir_fd=folder)
         os.fsync(folder)
     finally:
         os.close(folder)
 
 
-def _unnamed(folder: int, perms: int) -> int | None:
-    """An unnamed file (``O_TMPFILE``) in the folder open as ``folder``, or None where the
-    system or the file system has none."""
+def open_unnamed(folder, perms: int = 0o600) -> int | None:
+    """A file descriptor, open for writing, of a new file in ``folder`` that has no name
+    yet (``O_TMPFILE``): it vanishes with the process unless :func:`link_unnamed` names
+    it. None where the system or the file system has no such files."""
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
         return None
     try:
-        return os.open(".", os.O_TMPFILE | os.O_WRONLY, perms, dir_fd=folder)
+        return os.open(folder, os.O_TMPFILE | os.O_WRONLY, perms)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None
         raise
+
+
+def link_unnamed(fd: int, path) -> None:
+    """Give the unnamed file open as ``fd`` (:func:`open_unnamed`) the name ``path``;
+    FileExistsError if the name is taken (a link never replaces a file)."""
+    path = Path(path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # NOTE: given a dir fd, os.link is linkat(AT_SYMLINK_FOLLOW): it links the file
+        # behind /proc/self/fd/N, not that symlink (plain link() would)
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder)
+    finally:
+        os.close(folder)

@@ -65,7 +65,7 @@ from engine import _kernels as K
 from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
-from engine.files import private_output, same_file
+from engine.files import link_unnamed, open_unnamed, private_output, same_file
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
@@ -143,7 +143,7 @@ class _WrittenPart:
             return
         self.file.write(self.signature)
         self.file.flush()
-        _place_new(Path(f"/proc/self/fd/{self.file.fileno()}"), self.path, anonymous=True)
+        _place_unnamed(self.file, self.path)
 
     def discard(self) -> None:
         """Close and remove the temporary file (a placed pack keeps its own name)."""
@@ -180,27 +180,16 @@ def _exists(path: Path) -> PackError:
     )
 
 
-def _place_new(tmp: Path, path: Path, *, anonymous: bool = False) -> None:
+def _place_new(tmp: Path, path: Path) -> None:
     """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists.
-    ``tmp`` is left as a second link to the file: the caller removes it. ``anonymous``:
-    ``tmp`` is ``/proc/self/fd/<n>`` of an unnamed (``O_TMPFILE``) file."""
+    ``tmp`` is left as a second link to the file: the caller removes it."""
     exists = _exists(path)
     try:
-        # NOTE: unlike rename, link never replaces an existing file. An unnamed file is
-        # linked through its /proc entry: linkat with AT_SYMLINK_FOLLOW, which os.link
-        # uses only when given a directory descriptor (plain link() would link the symlink)
-        if anonymous:
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.link(tmp, path.name, dst_dir_fd=folder)
-            finally:
-                os.close(folder)
-        else:
-            os.link(tmp, path)
+        os.link(tmp, path)  # NOTE: unlike rename, link never replaces an existing file
     except FileExistsError:
         raise exists from None
     except OSError as e:
-        if anonymous or e.errno not in _NO_HARD_LINKS:
+        if e.errno not in _NO_HARD_LINKS:
             raise
         # A file system without hard links: check, then rename (not atomic, still careful).
         if os.path.lexists(path):
@@ -208,22 +197,20 @@ def _place_new(tmp: Path, path: Path, *, anonymous: bool = False) -> None:
         os.rename(tmp, path)
 
 
-def _anonymous_files() -> bool:
-    """Can unnamed temporary files be made (``O_TMPFILE``) and named later (/proc)?"""
-    return hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+def _place_unnamed(file: BinaryIO, path: Path) -> None:
+    """Give the unnamed file ``file`` the name ``path``, refusing if it already exists."""
+    try:
+        link_unnamed(file.fileno(), path)
+    except FileExistsError:
+        raise _exists(path) from None
 
 
 def _temporary_file(out_dir: Path, name: str, anonymous: bool) -> tuple[BinaryIO, Path | None]:
     """A new file in ``out_dir`` for the pack ``name``: unnamed if ``anonymous`` and the file
     system has them (``(file, None)``), else a fresh hidden one (``(file, its path)``)."""
-    if anonymous:
-        try:
-            fd = os.open(out_dir, os.O_TMPFILE | os.O_WRONLY, 0o666)
-        except OSError as e:  # a file system without unnamed files
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-        else:
-            return os.fdopen(fd, "wb"), None
+    fd = open_unnamed(out_dir, 0o666) if anonymous else None
+    if fd is not None:
+        return os.fdopen(fd, "wb"), None
     # NOTE: "x": a fresh, hidden temporary file; never one that is already there.
     tmp = out_dir / f".{name}.{os.urandom(4).hex()}.part"
     return open(tmp, "xb"), tmp  # NOTE: closed by the caller
@@ -383,7 +370,7 @@ class PackRegistry:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         bounds = [start + (stop - start) * i // parts for i in range(parts + 1)]
-        anonymous = parts <= _ANONYMOUS_PARTS and _anonymous_files()
+        anonymous = parts <= _ANONYMOUS_PARTS
         # NOTE: all or nothing, and a pack that opens is registered, even under kill -9:
         # 1. every part is written unsigned (no line opens it) to an unnamed temporary
         #    file that vanishes with the process (a hidden .part file where there is none);

@@ -44,7 +44,7 @@ def test_write_new_file_is_whole_private_and_never_replaces(tmp_path, monkeypatc
     import engine.files as files
 
     if not unnamed:  # a file system without O_TMPFILE: a hidden temporary name
-        monkeypatch.setattr(files, "_unnamed", lambda folder, perms: None)
+        monkeypatch.setattr(files, "open_unnamed", lambda folder, perms: None)
     path = tmp_path / "master-v2.key"
     files.write_new_file(path, b"k" * 32)
     assert path.read_bytes() == b"k" * 32 and st.S_IMODE(path.stat().st_mode) == 0o600
