@@ -55,6 +55,22 @@ def account_list(data, role, as_json):
         emit(a.to_dict(), as_json, f"{a.id}\t{a.role}\t{a.region or '-'}\t{a.distributor or '-'}\t{state}")
 
 
+@account.command("token")
+@click.argument("account_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def account_token(data, account_id, as_json):
+    """Give an account a new API token, printed once; the old token stops working at once.
+
+    For a token lost or leaked, or never seen (an `account add` whose output was lost).
+
+    Example: wuma account token store-17
+    """
+    acct, token = data.accounts.reissue(account_id)
+    emit({**acct.to_dict(), "token": token}, as_json,
+         f"account {acct.id} ({acct.role}): new token (shown once; the old one no longer works): {token}")
+
+
 @account.command("revoke")
 @click.argument("account_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

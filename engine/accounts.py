@@ -77,6 +77,24 @@ class AccountRegistry:
                 raise Conflict(f"account {account_id} already exists")
         return account, token
 
+    def reissue(self, account_id: str) -> tuple[Account, str]:
+        """A new token for an active account (shown once, stored hashed): the old one stops
+        working at once. For a token lost, leaked, or never seen (an ``add`` whose output
+        was lost: the account exists, so adding it again is refused). A revoked account
+        stays revoked: add a new one."""
+        token, token_hash = new_token(_PREFIX, account_id)
+        with self._store.write() as txn:
+            raw = txn.get(account_id.encode(), db=self._db)
+            if raw is None:
+                raise NotFound(f"no account {account_id}")
+            rec = unpack(raw)
+            account = Account(**rec["account"])
+            if not account.active:
+                raise Conflict(f"account {account_id} is revoked; it gets no new token (add a new account)")
+            rec["token"] = token_hash
+            txn.put(account_id.encode(), pack(rec), db=self._db)
+        return account, token
+
     def get(self, account_id: str) -> Account:
         with self._store.read() as txn:
             raw = txn.get(account_id.encode(), db=self._db)

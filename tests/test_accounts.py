@@ -53,3 +53,23 @@ def test_validation_and_conflicts(accounts):
     assert [a.id for a in reg.list("shop_assistant")] == ["a1"]
     with pytest.raises(NotFound):
         reg.revoke("zz")
+
+
+def test_a_new_token_replaces_the_old_one(accounts):
+    """A token lost, leaked, or never seen (an add whose output was lost: adding the id
+    again is refused) is replaced; the old one stops working at once; a revoked account
+    gets none."""
+    reg, path = accounts
+    _, old = reg.add("store_9", "store", region="440106")
+    with pytest.raises(Conflict):
+        reg.add("store_9", "store")
+    account, new = reg.reissue("store_9")
+    assert account.id == "store_9" and new != old
+    assert reg.authenticate(old) is None and reg.authenticate(new).id == "store_9"
+    assert new.split("_")[-1].encode() not in (path / "db" / "data.mdb").read_bytes()
+    with pytest.raises(NotFound):
+        reg.reissue("nobody")
+    reg.revoke("store_9")
+    with pytest.raises(Conflict, match="revoked"):
+        reg.reissue("store_9")
+    assert reg.authenticate(new) is None

@@ -130,7 +130,10 @@ def test_accounts_and_bans(run):
     listed = run("account", "list", "--json").output
     assert out["token"] not in listed
     assert [json.loads(x)["id"] for x in listed.splitlines()] == ["gz-1", "s-1"]
+    new = run("account", "token", "s-1").output
+    assert "new token" in new and out["token"] not in new and "wm_s-1_" in new
     assert json.loads(run("account", "revoke", "s-1", "--json").output)["revoked_at"]
+    assert "revoked" in run("account", "token", "s-1", ok=False).output
     res = run("account", "add", "s-2", "--role", "store", "--distributor", "nobody", ok=False)
     assert "no distributor account nobody" in res.output
     assert run("bans", "list").output == ""
