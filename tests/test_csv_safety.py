@@ -25,6 +25,7 @@ from admin.http import create_app
 from admin.ledger import Ledger
 from admin.payouts import EXPORT_FIELDS, Payouts
 from engine.files import SpreadsheetWriter, spreadsheet_cell
+from engine.ids import has_control
 from engine.store import Store
 
 #: What OWASP lists as the first characters of a formula (Excel, WPS, LibreOffice, Sheets).
@@ -47,6 +48,9 @@ EVIL = [
     "oUser\n=1+1",
     "王小明",
 ]
+#: What the scan API takes of those (it refuses control characters in ids; the writer
+#: stands without that: the tests of the writer and the export below use them all)
+ACCEPTED = [a for a in EVIL if not has_control(a)]
 T0 = 1_800_000_000.0
 
 
@@ -121,24 +125,27 @@ def test_consumer_ids_from_the_scan_api_reach_the_payout_csv_as_text(tmp_path):
             r = client.simulate_post("/v1/scans", json={
                 "code": data.codes.code(w["caps"], i, "cap_inner"), "actor": {"id": actor},
                 "location": {"region": "440106"}})
+            if has_control(actor):  # the scan API refuses control characters in ids
+                assert (r.status_code, r.json["error"]) == (400, "bad_request"), actor
+                continue
             assert [x["outcome"] for x in r.json["rewards"]] == ["granted"], actor
 
         out, jl = tmp_path / "payouts.csv", tmp_path / "payouts.jsonl"
-        assert admin.payouts.export(out) == len(EVIL)
-        assert admin.payouts.export(jl, "jsonl") == len(EVIL)
+        assert admin.payouts.export(out) == len(ACCEPTED)
+        assert admin.payouts.export(jl, "jsonl") == len(ACCEPTED)
     finally:
         admin.close()
         data.close()
 
     rows = read_rows(out)
-    assert len(rows) == len(EVIL)  # no row forged by a carriage return
+    assert len(rows) == len(ACCEPTED)
     assert_no_formula(rows)
-    assert [unescape(r["beneficiary_id"]) for r in rows] == EVIL
+    assert [unescape(r["beneficiary_id"]) for r in rows] == ACCEPTED
     assert rows[0]["beneficiary_id"] == "'" + EVIL[0]
     assert {r["amount"] for r in rows} == {"100"}
     # JSON lines: the ids verbatim, for a payment system that must match them exactly
     lines = [json.loads(x) for x in jl.read_text("utf-8").split("\n") if x]
-    assert [x["beneficiary"]["id"] for x in lines] == EVIL
+    assert [x["beneficiary"]["id"] for x in lines] == ACCEPTED
     for path in (out, jl):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "payouts.csv", "payouts.jsonl"]

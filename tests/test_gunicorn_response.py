@@ -57,11 +57,17 @@ def test_one_write_for_a_one_chunk_answer():
     assert len(_respond(STOCK, "POST", "200 OK", headers, [body])) == 2  # what it saves
 
 
-def test_gunicorn_uses_it_once_installed():
+def test_gunicorn_uses_it_once_installed(monkeypatch):
     from engine import gunicorn_conf  # noqa: F401  (the config module installs it)
+    from engine.gunicorn_response import install, write_json_error
 
-    assert wsgi.Response is CoalescingResponse
-    assert isinstance(util.http_date, SecondDate)
+    assert wsgi.Response is CoalescingResponse and util.write_error is write_json_error
+    # NOTE: the date, as installed on gunicorn's own (this module's fixture replaces it, and
+    # the config module may have been imported already, by another test's module)
+    stock = util.http_date
+    monkeypatch.setattr(util, "http_date", stock)
+    assert install() and isinstance(util.http_date, SecondDate) and util.http_date(0) == stock(0)
+    assert install() and not isinstance(util.http_date._http_date, SecondDate)  # once only
 
 
 def test_the_date_is_gunicorns_for_every_second():
