@@ -5,16 +5,21 @@ code per role of the level, all regenerated on demand from the key.
 
 Its ``state`` and ``activated`` follow what :class:`engine.aggregation.Aggregation` does
 to its units, written in the same transaction (see :data:`BATCH_STATES`).
+
+NOTE: the batch record keeps the fields it always had (a release before the count reads
+it as ``Batch(**record)`` and would fail on a new field: a worker of the old release still
+serving during an upgrade, a CLI of the old release); the count has a database of its
+own, ``batch_activated``. Records with fields this release does not know are read too.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from engine.errors import Conflict, NotFound
 from engine.spec import PackagingSpec
-from engine.store import Store, pack, u32, unpack
+from engine.store import Store, pack, u32, u64, unpack
 
 __all__ = ["Batch", "BatchRegistry", "BATCH_STATES"]
 
@@ -45,11 +50,25 @@ class Batch:
         d["roles"] = list(self.roles)
         return d
 
+    def record(self) -> dict:
+        """What is stored of it: every field but ``activated`` (see the module's NOTE)."""
+        d = self.to_dict()
+        del d["activated"]
+        return d
+
     @classmethod
-    def from_dict(cls, d: dict) -> "Batch":
-        d = dict(d)
+    def from_dict(cls, d: dict, activated: int = 0) -> "Batch":
+        """A batch from its stored record and its count of units activated."""
+        d = {k: v for k, v in d.items() if k in _FIELDS}  # a later release's fields are skipped
         d["roles"] = tuple(d["roles"])
+        d["activated"] = activated
         return cls(**d)
+
+
+_FIELDS = frozenset(f.name for f in fields(Batch))
+#: In the store's ``meta``: set once the batches' activated counts were taken in from the
+#: activations on record (a folder from before the count).
+_COUNTED = b"batch_activated_counted"
 
 
 class BatchRegistry:
@@ -59,31 +78,26 @@ class BatchRegistry:
         self._store = store
         self._spec = spec
         self._db = store.db("batches")
+        self._activated = store.db("batch_activated")  # u32 batch id -> u64 units activated
+        self._meta = store.db("meta")
         self._count_activations()
 
     def _count_activations(self) -> None:
-        """Batches written before they counted their activated units get the count (and
-        the ``activated`` state) from the activations on record, once.
-
-        NOTE: every batch record written since carries ``activated``, and this writes
-        all of them in one transaction: looking at the first record tells."""
+        """A folder from before the count: its batches get their counts (and the
+        ``activated`` state) from the activations on record, once."""
         with self._store.read() as txn:
-            cur = txn.cursor(db=self._db)
-            if not cur.first() or "activated" in unpack(cur.value()):
+            if txn.get(_COUNTED, db=self._meta) is not None:
                 return
         from engine.aggregation import activated_per_batch  # NOTE: its run layout, once
 
         active = self._store.db("agg_active")
         with self._store.write() as txn:
-            counts = activated_per_batch(txn, active)
-            for k, v in list(txn.cursor(db=self._db)):
-                d = unpack(v)
-                if "activated" in d:  # another process did it first
-                    return
-                d["activated"] = counts.get(int.from_bytes(k, "big"), 0)
-                if d["activated"] and d["state"] == "generated":
-                    d["state"] = "activated"
-                txn.put(k, pack(d), db=self._db)
+            if txn.get(_COUNTED, db=self._meta) is not None:  # another process did it first
+                return
+            for batch_id, n in activated_per_batch(txn, active).items():
+                if txn.get(u32(batch_id), db=self._db) is not None:
+                    self.count_activated(txn, {batch_id: n})
+            txn.put(_COUNTED, b"1", db=self._meta)
 
     def create(self, level: str, count: int, key_version: int, *, note: str = "",
                now: float | None = None) -> Batch:
@@ -107,7 +121,7 @@ class BatchRegistry:
                 key_version=key_version, state="generated",
                 created_at=time.time() if now is None else now, note=note,
             )
-            txn.put(u32(batch_id), pack(batch.to_dict()), db=self._db)
+            txn.put(u32(batch_id), pack(batch.record()), db=self._db)
         # NOTE: on disk whatever the folder's durability: in a "relaxed" one a power loss
         # could undo this commit after the batch's codes were exported, and the next batch
         # would take the same id, so the same codes
@@ -126,13 +140,17 @@ class BatchRegistry:
             return None
         with self._store.read() as txn:
             raw = txn.get(u32(batch_id), db=self._db)
-        if raw is None:
-            return None
-        return Batch.from_dict(unpack(raw))
+            if raw is None:
+                return None
+            return Batch.from_dict(unpack(raw), self._count(txn, u32(batch_id)))
 
     def list(self) -> list[Batch]:
         with self._store.read() as txn:
-            return [Batch.from_dict(unpack(v)) for _, v in txn.cursor(db=self._db)]
+            return [Batch.from_dict(unpack(v), self._count(txn, k)) for k, v in txn.cursor(db=self._db)]
+
+    def _count(self, txn, key: bytes) -> int:
+        raw = txn.get(key, db=self._activated)
+        return 0 if raw is None else int.from_bytes(raw, "big")
 
     # -- written by Aggregation, in the transaction that activates or voids the units -----
     def count_activated(self, txn, units: dict[int, int]) -> None:
@@ -140,10 +158,11 @@ class BatchRegistry:
         ``activated``; a ``generated`` batch becomes ``activated``."""
         for batch_id, n in units.items():
             d = self._record(txn, batch_id)
-            d["activated"] = d.get("activated", 0) + n
+            key = u32(batch_id)
+            txn.put(key, u64(self._count(txn, key) + n), db=self._activated)
             if d["state"] == "generated":
                 d["state"] = "activated"
-            txn.put(u32(batch_id), pack(d), db=self._db)
+                txn.put(key, pack(d), db=self._db)
 
     def mark_voided(self, txn, batch_id: int) -> None:
         """Every unit of the batch is voided: its state becomes ``voided`` (for good)."""
