@@ -85,12 +85,15 @@ class ScanRequest(NamedTuple):
                                       or not lo <= v <= hi):
                     raise ValueError(f"{name} must be a number between {lo} and {hi}")
         for name, v in (("actor_id", self.actor_id), ("device", self.device), ("ip", self.ip)):
-            # PERF: isascii() is a flag check; only other text is encoded to count its bytes
-            if v is not None and (not isinstance(v, str) or len(v) > _MAX_ID
-                                  or not v.isascii() and len(_text(v, name)) > _MAX_ID_BYTES):
+            if v is None:
+                continue
+            # PERF: isascii() is a flag check; ASCII text (the usual id) is checked for
+            # control characters by isprintable(), other text is encoded to count its bytes
+            if not isinstance(v, str) or len(v) > _MAX_ID or (
+                    not v.isascii() and len(_text(v, name)) > _MAX_ID_BYTES):
                 raise ValueError(f"{name} must be a string of at most {_MAX_ID} characters "
                                  f"({_MAX_ID_BYTES} bytes in UTF-8)")
-            if v is not None and has_control(v):
+            if not v.isprintable() and has_control(v):
                 raise ValueError(f"{name} must be printable text: it holds a control character "
                                  "(a line break, tab, escape ...), which would reshape listings "
                                  "and exports of it")
