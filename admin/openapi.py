@@ -17,6 +17,7 @@ from admin.ledger import KINDS
 from admin.pools import UNITS
 from admin.tokens import ROLES
 from engine.accounts import ACTOR_ROLES
+from engine.batches import BATCH_STATES
 from engine.ids import ID_PATTERN, REGION_PATTERN
 from engine.openapi import OPENAPI
 
@@ -112,9 +113,9 @@ _LEDGER_ENTRY = _obj(["seq", "kind", "amount", "at", "payable"], {
     "beneficiary": _nullable(_OBJ), "ref": _nullable(_INT)})
 _AUDIT_ENTRY = _obj(["seq", "at", "who", "action", "target", "details"], {
     "seq": _INT, "at": _NUM, "who": _STR, "action": _STR, "target": _STR, "details": _OBJ})
-_BATCH = _obj(["id", "level", "roles", "count", "state"], {
+_BATCH = _obj(["id", "level", "roles", "count", "state", "activated"], {
     "id": _INT, "level": _STR, "roles": _array(_STR), "count": _INT, "formats": _OBJ,
-    "key_version": _INT, "state": {"type": "string", "enum": ["generated", "activated", "voided"]},
+    "key_version": _INT, "state": {"type": "string", "enum": list(BATCH_STATES)},
     "activated": _INT, "created_at": _NUM, "note": _STR})
 _BAN = _obj(["subject", "reason", "created_at", "expires_at", "evidence", "lifted_at"], {
     "subject": _STR, "reason": _STR, "created_at": _NUM, "expires_at": _NUM, "evidence": _array({}),
@@ -261,8 +262,10 @@ _PATHS: dict[str, dict[str, Any]] = {
                                      _json(_obj(["counts", "alerts"], {"counts": _COUNTS, "alerts": _array(_OBJ)}),
                                            "alerts"), params=[_param("distributor", "query", _STR), _LIMIT])},
     "/admin/api/bans": {"get": _op("Clients banned for enumerating codes", "read", _json(_array(_BAN), "bans"),
-                                   params=[_param("all", "query", _BOOL, "include expired and lifted bans, and the earlier bans of clients banned again")])},
-    "/admin/api/bans/lift": {"post": _op("Lift a ban now (the record is kept)", "ban.lift", _json(_BAN, "lifted"),
+                                   params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "
+                                                  "the earlier bans of clients banned again")])},
+    "/admin/api/bans/lift": {"post": _op("Lift a client's latest ban now (the record is kept); 404 when it has "
+                                         "none, or it was lifted already", "ban.lift", _json(_BAN, "lifted"),
                                          errors=("404",), body=_obj(["subject"], {"subject": {
                                              "type": "string", "minLength": 1, "maxLength": 135,
                                              "description": "kind:id, e.g. ip:203.0.113.9"}}, closed=True))},

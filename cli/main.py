@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+import lmdb
 
 from engine import DataFolder, WumaError, default_data_path
 from engine.files import private_output
@@ -35,6 +36,11 @@ def library_errors(fn):
             raise click.ClickException(
                 "a number given is out of range: ids and sequence numbers are whole numbers "
                 "from 0, and smaller than 2^63") from None
+        except lmdb.BadValsizeError:
+            # NOTE: a backstop too: an empty id, or one longer than any key the store holds
+            # (511 bytes), that no library check caught (`wuma account token ""`)
+            raise click.ClickException(
+                "an id given is empty or too long: nothing is stored under it") from None
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 

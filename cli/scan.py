@@ -97,13 +97,26 @@ def bans():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
 def bans_list(data, include_inactive, as_json):
-    """List bans: subject, reason, expiry, number of codes tried.
+    """List bans: subject, until when (or when it ended or was lifted), number of codes
+    tried, reason.
 
     Example: wuma bans list --json
     """
-    for b in data.abuse.list_bans(include_inactive=include_inactive):
-        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.expires_at))
-        emit(b.to_dict(), as_json, f"{b.subject}\tuntil {until}\t{len(b.evidence)} codes tried\t{b.reason}")
+    now = time.time()
+    for b in data.abuse.list_bans(now, include_inactive=include_inactive):
+        emit(b.to_dict(), as_json,
+             f"{b.subject}\t{_ban_state(b, now)}\t{len(b.evidence)} codes tried\t{b.reason}")
+
+
+def _ban_state(ban, now: float) -> str:
+    """``until``, ``ended`` or ``lifted`` and when (local time): with ``--all`` a subject's
+    earlier bans are listed beside the one in force."""
+    def at(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    if ban.lifted_at is not None:
+        return f"lifted {at(ban.lifted_at)}"
+    return f"until {at(ban.expires_at)}" if ban.active(now) else f"ended {at(ban.expires_at)}"
 
 
 @bans.command("lift")
@@ -181,7 +194,8 @@ def region_locate(data, lat, lng, as_json):
               help="Seconds a worker may go without a heartbeat before gunicorn restarts it.")
 @click.pass_context
 def serve(ctx, bind, workers, worker_class, threads, timeout):
-    """Run the scan API under gunicorn (config: engine/gunicorn_conf.py).
+    """Run the scan API, the admin API and the admin page under gunicorn (config:
+    engine/gunicorn_conf.py); its log on stderr is JSON lines.
 
     Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
     """

@@ -151,7 +151,10 @@ def test_admin_page_in_a_real_browser(live, browser, capsys):
     assert len(charts["scans_by_day"].find_elements(By.CSS_SELECTOR, "rect.bar")) == 5
     assert charts["diversion"].find_elements(By.CSS_SELECTOR, "rect.bar")
     assert "gz-1" in d.find_element(By.ID, "alert-counts").text
-    assert len(d.find_elements(By.CSS_SELECTOR, "#batches tbody tr")) == 4
+    batches = d.find_elements(By.CSS_SELECTOR, "#batches tbody tr")
+    # a batch's state, with how many of its units are activated (as `wuma batch list`)
+    assert [r.find_elements(By.TAG_NAME, "td")[4].text for r in batches] == [
+        "activated (48 of 48)", "activated (2 of 2)", "activated (1 of 1)", "generated"]
 
     # Pause the draw through the page; the API says paused.
     cid = live["draw"].id

@@ -134,11 +134,37 @@ def test_accounts_and_bans(run):
     assert "new token" in new and out["token"] not in new and "wm_s-1_" in new
     assert json.loads(run("account", "revoke", "s-1", "--json").output)["revoked_at"]
     assert "revoked" in run("account", "token", "s-1", ok=False).output
+    for args in (("account", "token", ""), ("account", "revoke", ""), ("bans", "lift", "")):
+        res = run(*args, ok=False)  # an empty id is no store key: a message, not lmdb's traceback
+        assert res.exit_code == 1 and "an id given is empty or too long" in res.output, args
     res = run("account", "add", "s-2", "--role", "store", "--distributor", "nobody", ok=False)
     assert "no distributor account nobody" in res.output
     assert run("bans", "list").output == ""
     res = run("bans", "lift", "ip:1.2.3.4", ok=False)
     assert "no ban for ip:1.2.3.4" in res.output
+
+
+def test_bans_list_all_says_which_ban_is_in_force(run):
+    """With --all a client banned again is listed once per ban: each line says whether
+    that ban is in force, ended or lifted (it used to say "until ..." for all of them)."""
+    import time
+
+    from engine import DataFolder
+
+    run("init")
+    now = time.time()
+    with DataFolder(run.data) as data:
+        threshold = data.abuse.limits.invalid_threshold
+        for start in (now - 2 * 86400, now - 60):  # one ban ended long ago, one in force
+            for i in range(threshold + 1):
+                data.abuse.record_invalid(["ip:203.0.113.9"], f"GUESS{i}", now=start + i * 0.001)
+    states = [line.split("\t")[1].split()[0] for line in run("bans", "list", "--all").output.splitlines()]
+    assert states == ["ended", "until"]
+    assert run("bans", "list").output.count("until ") == 1
+    run("bans", "lift", "ip:203.0.113.9")
+    states = [line.split("\t")[1].split()[0] for line in run("bans", "list", "--all").output.splitlines()]
+    assert states == ["ended", "lifted"]
+    assert run("bans", "list").output == ""
 
 
 def test_region_import_list_locate(run, tmp_path):

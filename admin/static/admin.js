@@ -428,7 +428,13 @@ async function loadBatches() {
   select.replaceChildren(...roles.map(r => el("option", {value: r}, r)));
   rows($("#batches tbody"), batches, b => el("tr", {"data-batch-id": b.id},
     td(b.id, "num"), td(b.level), td(b.roles.join(", ")), td(b.count.toLocaleString("en"), "num"),
-    td(b.state), td(when(b.created_at)), td(b.note)), "no batches yet");
+    td(batchState(b)), td(when(b.created_at)), td(b.note)), "no batches yet");
+}
+
+// As `wuma batch list` says it: a batch is often activated a pallet at a time.
+function batchState(b) {
+  if (b.state !== "activated") return b.state;
+  return `activated (${b.activated.toLocaleString("en")} of ${b.count.toLocaleString("en")})`;
 }
 
 async function loadAlerts() {
