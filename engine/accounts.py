@@ -82,6 +82,8 @@ class AccountRegistry:
         working at once. For a token lost, leaked, or never seen (an ``add`` whose output
         was lost: the account exists, so adding it again is refused). A revoked account
         stays revoked: add a new one."""
+        if not is_id(account_id):
+            raise NotFound(f"no account {account_id!r}")
         token, token_hash = new_token(_PREFIX, account_id)
         with self._store.write() as txn:
             raw = txn.get(account_id.encode(), db=self._db)
@@ -96,6 +98,8 @@ class AccountRegistry:
         return account, token
 
     def get(self, account_id: str) -> Account:
+        if not is_id(account_id):
+            raise NotFound(f"no account {account_id!r}")
         with self._store.read() as txn:
             raw = txn.get(account_id.encode(), db=self._db)
         if raw is None:
@@ -108,6 +112,8 @@ class AccountRegistry:
         return [a for a in accounts if role is None or a.role == role]
 
     def revoke(self, account_id: str, now: float | None = None) -> Account:
+        if not is_id(account_id):
+            raise NotFound(f"no account {account_id!r}")
         with self._store.write() as txn:
             raw = txn.get(account_id.encode(), db=self._db)
             if raw is None:

@@ -18,12 +18,13 @@ ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: An administrative division code (行政区划代码) or a prefix of one: 2-12 ASCII digits.
 REGION_PATTERN = "^[0-9]{2,12}$"
 #: Ids the front end makes up (a consumer's user id, a device id): any text but control
-#: characters (C0, DEL, C1) and the Unicode line and paragraph separators. Those would
-#: reshape an operator's terminal listing (or drive the terminal: escape sequences) and
-#: rows of exports.
-TEXT_ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+#: characters (C0, DEL, C1), the Unicode line and paragraph separators and the
+#: bidirectional controls (U+200E/F, U+202A-E, U+2066-9). Those would reshape an
+#: operator's terminal listing (or drive the terminal: escape sequences), rows of exports,
+#: or the order in which an id reads.
+TEXT_ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069]*$"
 _ID = re.compile(ID_PATTERN[1:-1])
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[" + TEXT_ID_PATTERN[3:-3] + "]")  # the class TEXT_ID_PATTERN negates
 _REGION = re.compile(REGION_PATTERN[1:-1])
 
 

@@ -95,8 +95,8 @@ class ScanRequest(NamedTuple):
                                  f"({_MAX_ID_BYTES} bytes in UTF-8)")
             if not v.isprintable() and has_control(v):
                 raise ValueError(f"{name} must be printable text: it holds a control character "
-                                 "(a line break, tab, escape ...), which would reshape listings "
-                                 "and exports of it")
+                                 "(a line break, tab, escape, bidirectional control ...), which "
+                                 "would reshape listings and exports of it")
 
 
 def _check_code(code) -> None:

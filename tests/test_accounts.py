@@ -67,8 +67,10 @@ def test_a_new_token_replaces_the_old_one(accounts):
     assert account.id == "store_9" and new != old
     assert reg.authenticate(old) is None and reg.authenticate(new).id == "store_9"
     assert new.split("_")[-1].encode() not in (path / "db" / "data.mdb").read_bytes()
-    with pytest.raises(NotFound):
-        reg.reissue("nobody")
+    for nobody in ("nobody", "", "x" * 600):  # "" and 600 bytes: no LMDB key, still NotFound
+        for call in (reg.reissue, reg.revoke, reg.get):
+            with pytest.raises(NotFound):
+                call(nobody)
     reg.revoke("store_9")
     with pytest.raises(Conflict, match="revoked"):
         reg.reissue("store_9")
