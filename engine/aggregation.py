@@ -347,11 +347,14 @@ class Aggregation:
             txn.drop(old, delete=True)
 
     # -- units ----------------------------------------------------------------------------
-    def level_of(self, uid: int) -> str | None:
+    def level_of(self, uid: int, txn=None) -> str | None:
+        """The packaging level of a unit's batch (None: no such batch); in ``txn`` if given
+        (a write transaction reads in itself), cached per batch."""
         b = uid >> 32
         lv = self._levels.get(b)
         if lv is None:
-            batch = self.data.batches.find(b)
+            batches = self.data.batches
+            batch = batches.find(b) if txn is None else batches.find_in(txn, b)
             if batch is None:
                 return None
             lv = self._levels[b] = batch.level
@@ -505,7 +508,7 @@ class Aggregation:
         return unpack(raw)
 
     def _check_place(self, txn, child: int, parent: int, adding: int = 1) -> None:
-        cl, pl = self.level_of(child), self.level_of(parent)
+        cl, pl = self.level_of(child, txn), self.level_of(parent, txn)
         if cl is None or pl is None or self._depth[cl] != self._depth[pl] + 1:
             raise Conflict(f"a {cl} cannot go directly into a {pl} (packaging spec: "
                            + " > ".join(lv.name for lv in self.spec.levels) + ")")
@@ -560,9 +563,11 @@ class Aggregation:
                now: float | None = None) -> list[int]:
         """Take children (all, or the given ones) out of a parent; returns their uids."""
         parent = self.unit(parent_code)
+        # NOTE: verified before the write transaction, not while it holds the writer lock
+        given = list(dict.fromkeys(self.unit(c) for c in child_codes or ()))  # once each
         with self.store.write() as txn:
-            if child_codes:
-                kids = list(dict.fromkeys(self.unit(c) for c in child_codes))  # once each
+            if given:
+                kids = given
                 for k in kids:
                     if self._parent(txn, k) != parent:
                         raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")
@@ -625,7 +630,8 @@ class Aggregation:
 
     def replace(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
         """Replace a damaged label: the new unit takes the old one's parent, children,
-        activation and shipment; the old code is voided. Returns the event id.
+        activation and shipment; the old code is voided (and its batch, when that was the
+        batch's last unit not voided). Returns the event id.
 
         The new label must be fresh: not aggregated, not voided and with no shipment
         record of its own (a label shipped or returned on its own is refused). It then
@@ -670,6 +676,7 @@ class Aggregation:
             eid = self._event(txn, "replace", now, [old, new, parent], old=old, new=new,
                               parent=parent, children=kids)
             self.voids.put(txn, old, old, _I.pack(eid))
+            self._follow_voids(txn, [old >> 32])
         return eid
 
     def _unit_runs(self, batch: int | None, serial_range: tuple[int, int, int] | None
@@ -715,11 +722,17 @@ class Aggregation:
                     for gf, gl in self.voids.gaps(txn, f, l):
                         self.voids.put(txn, gf, gl, _I.pack(eid))
                         n += gl - gf + 1
-            for b in sorted({f >> 32 for f, _ in runs}):
-                size = self.data.batches.get(b).count
-                if self.voids.covers(txn, unit_id(b, 0), unit_id(b, size - 1)):
-                    self.data.batches.mark_voided(txn, b)
+            self._follow_voids(txn, {f >> 32 for f, _ in runs})
         return n
+
+    def _follow_voids(self, txn, batch_ids) -> None:
+        """Mark ``voided`` each of these batches whose units are all voided now (in the
+        transaction that voided them: :meth:`void`, :meth:`replace`)."""
+        for b in sorted(batch_ids):
+            batch = self.data.batches.find_in(txn, b)
+            if batch.state != "voided" and self.voids.covers(txn, unit_id(b, 0),
+                                                             unit_id(b, batch.count - 1)):
+                self.data.batches.mark_voided(txn, b)
 
     # -- activation ----------------------------------------------------------------------------
     def activate(self, *, sku: str, name: str, lot: str, production_date: str, line: str = "",

@@ -66,8 +66,8 @@ class Batch:
 
 
 _FIELDS = frozenset(f.name for f in fields(Batch))
-#: In the store's ``meta``: set once the batches' activated counts were taken in from the
-#: activations on record (a folder from before the count).
+#: In the store's ``meta``: how many activation records and activated runs there were
+#: when the batches' counts were last brought up to date (see _count_activations).
 _COUNTED = b"batch_activated_counted"
 
 
@@ -80,24 +80,38 @@ class BatchRegistry:
         self._db = store.db("batches")
         self._activated = store.db("batch_activated")  # u32 batch id -> u64 units activated
         self._meta = store.db("meta")
+        # NOTE: Aggregation's; opened here too, before any write transaction (LMDB's rule)
+        self._active, self._activations = store.db("agg_active"), store.db("agg_activations")
         self._count_activations()
 
     def _count_activations(self) -> None:
-        """A folder from before the count: its batches get their counts (and the
-        ``activated`` state) from the activations on record, once."""
+        """Bring the batches' counts (and the ``activated`` state) up to date with the
+        activations on record, when something activated without counting: a folder from
+        before the count, or a process of that release (a worker or CLI still running
+        during an upgrade, a rollback). Every count this release makes also notes how many
+        activation records and activated runs there are (:meth:`count_activated`); on
+        opening, a different number means another release wrote: counted again, all."""
         with self._store.read() as txn:
-            if txn.get(_COUNTED, db=self._meta) is not None:
+            if txn.get(_COUNTED, db=self._meta) == self._marker(txn):
                 return
-        from engine.aggregation import activated_per_batch  # NOTE: its run layout, once
+        from engine.aggregation import activated_per_batch  # NOTE: its run layout
 
-        active = self._store.db("agg_active")
         with self._store.write() as txn:
-            if txn.get(_COUNTED, db=self._meta) is not None:  # another process did it first
+            if txn.get(_COUNTED, db=self._meta) == self._marker(txn):  # another process did it
                 return
-            for batch_id, n in activated_per_batch(txn, active).items():
-                if txn.get(u32(batch_id), db=self._db) is not None:
-                    self.count_activated(txn, {batch_id: n})
-            txn.put(_COUNTED, b"1", db=self._meta)
+            counts = activated_per_batch(txn, self._active)
+            for key, raw in list(txn.cursor(db=self._db)):
+                n = counts.get(int.from_bytes(key, "big"), 0)
+                txn.put(key, u64(n), db=self._activated)
+                d = unpack(raw)
+                if n and d["state"] == "generated":
+                    d["state"] = "activated"
+                    txn.put(key, pack(d), db=self._db)
+            txn.put(_COUNTED, self._marker(txn), db=self._meta)
+
+    def _marker(self, txn) -> bytes:
+        """How many activation records and activated runs the store holds."""
+        return u64(txn.stat(self._activations)["entries"]) + u64(txn.stat(self._active)["entries"])
 
     def create(self, level: str, count: int, key_version: int, *, note: str = "",
                now: float | None = None) -> Batch:
@@ -139,10 +153,15 @@ class BatchRegistry:
         if not isinstance(batch_id, int) or not 0 < batch_id < (1 << 32):
             return None
         with self._store.read() as txn:
-            raw = txn.get(u32(batch_id), db=self._db)
-            if raw is None:
-                return None
-            return Batch.from_dict(unpack(raw), self._count(txn, u32(batch_id)))
+            return self.find_in(txn, batch_id)
+
+    def find_in(self, txn, batch_id: int) -> Batch | None:
+        """:meth:`find` in the caller's transaction (a write reads in its own: a read
+        transaction begun inside it would be a second snapshot, the one before it)."""
+        raw = txn.get(u32(batch_id), db=self._db)
+        if raw is None:
+            return None
+        return Batch.from_dict(unpack(raw), self._count(txn, u32(batch_id)))
 
     def list(self) -> list[Batch]:
         with self._store.read() as txn:
@@ -163,6 +182,7 @@ class BatchRegistry:
             if d["state"] == "generated":
                 d["state"] = "activated"
                 txn.put(key, pack(d), db=self._db)
+        txn.put(_COUNTED, self._marker(txn), db=self._meta)  # counted up to here
 
     def mark_voided(self, txn, batch_id: int) -> None:
         """Every unit of the batch is voided: its state becomes ``voided`` (for good)."""

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
-           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed"]
+           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
@@ -125,9 +125,10 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
     at any moment, and never over an existing file (FileExistsError).
 
     ``data`` is written and fsynced under no name (:func:`open_unnamed`; a hidden temporary
-    name where the file system has none), then linked to ``path`` (a link never replaces)
-    and the folder fsynced. Written in place, a kill between creating the file and writing
-    it left an empty file under the real name (a master key then read as damaged)."""
+    name where the file system has none), then linked to ``path`` (:func:`link_new`: never
+    over an existing file) and the folder fsynced. Written in place, a kill between
+    creating the file and writing it left an empty file under the real name (a master key
+    then read as damaged)."""
     path = Path(path)
     fd, tmp = open_unnamed(path.parent, perms), None
     if fd is None:
@@ -141,16 +142,38 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
         if tmp is None:
             link_unnamed(fd, path)
         else:
-            os.link(tmp, path)
+            link_new(tmp, path)
     finally:
         os.close(fd)
         if tmp is not None:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+#: errno of a ``link()`` refused by a file system without hard links (vfat, exFAT, some
+#: network and FUSE mounts: a USB stick taking a line's packs or keys).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK})
+
+
+def link_new(tmp, path) -> None:
+    """Give the file ``tmp`` the name ``path``; FileExistsError if ``path`` exists (unlike
+    rename, a link never replaces a file). ``tmp`` stays a second name of the file: the
+    caller removes it. On a file system without hard links ``tmp`` is renamed instead,
+    after a check that ``path`` is not there (not atomic, still careful)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.rename(tmp, path)
 
 
 def open_unnamed(folder, perms: int = 0o600) -> int | None:

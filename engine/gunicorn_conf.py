@@ -30,6 +30,7 @@ records and also what gunicorn, gevent or Python write there outside logging (se
 """
 
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -70,6 +71,11 @@ class JsonStderr(io.TextIOBase):
     in ``exception``); a line that is a JSON object already goes out as it is. The log
     records themselves go to the stream underneath (``sys.__stderr__``, see
     ``logconfig_dict``), not through here.
+
+    NOTE: a chained traceback is one object per exception, and the line that joins them
+    ("During handling of the above exception ...") one of its own: a traceback goes out
+    as soon as its exception's line is written, not held back until what follows shows
+    whether it goes on.
     """
 
     def __init__(self, stream, formatter: logging.Formatter | None = None) -> None:
@@ -284,7 +290,12 @@ def off_loopback(address: str) -> bool:
         host = address.split(":", 1)[0]
     else:  # a bare host, an IPv6 one included
         host = address
-    return host not in ("127.0.0.1", "localhost", "::1")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1 however written
+    except ValueError:
+        return True  # a name other than localhost: it may be any address
 
 
 def on_starting(server) -> None:

@@ -12,11 +12,10 @@ Every record is checked: each code genuine; the child one packaging level below 
 parent; the child not already packed in another parent (in the store or earlier in the
 file); the child with the parent's distributor when the parent was shipped (the rule of
 ``Aggregation.move``); no more children than the parent's level allows; nothing voided.
-Cycles cannot
-arise because a link always goes exactly one level down the spec. By default a file
-with any bad record changes nothing; ``skip_bad`` loads the good records and writes the
-bad ones (with their reasons as ``#`` comments) to a reject file. Loading the same file
-again adds nothing.
+Cycles cannot arise because a link always goes exactly one level down the spec. By
+default a file with any bad record changes nothing; ``skip_bad`` loads the good records
+and writes the bad ones (with their reasons as ``#`` comments) to a reject file. Loading
+the same file again adds nothing.
 
 How, in bounded memory (``load_links``):
 

@@ -143,8 +143,8 @@ def _read_key(path: Path) -> bytes:
 
 def write_private_file(path: Path, data: bytes, exists: Exception) -> None:
     """Create a secret file, mode 0600, synced, whole or not at all (a process killed while
-    writing it leaves no file: see engine.files.write_new_file); raise ``exists`` if it is
-    already there.
+    writing it leaves nothing under its name: see engine.files.write_new_file); raise
+    ``exists`` if it is already there.
 
     APPSEC: never over an existing file, so a key that printed codes or wrapped packs
     depend on is never overwritten; and the file is never readable by others, not even for

@@ -39,7 +39,6 @@ APPSEC:
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import json
 import os
@@ -65,7 +64,7 @@ from engine import _kernels as K
 from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
-from engine.files import link_unnamed, open_unnamed, private_output, same_file
+from engine.files import link_new, link_unnamed, open_unnamed, private_output, same_file
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
@@ -94,7 +93,6 @@ _READ = 8 << 20
 _SHARE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _SHARE_BYTES = 32
 _SHARE_CHECK = 2
-_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 #: An export of at most this many parts writes them to unnamed files, each holding a file
 #: descriptor until it is placed; more parts use hidden named ones (left behind, unsigned,
 #: by a killed process).
@@ -181,20 +179,13 @@ def _exists(path: Path) -> PackError:
 
 
 def _place_new(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path``, refusing (atomically) if ``path`` already exists.
-    ``tmp`` is left as a second link to the file: the caller removes it."""
-    exists = _exists(path)
+    """Give ``tmp`` the name ``path``, refusing if ``path`` already exists (see
+    :func:`engine.files.link_new`). ``tmp`` may be left as a second link: the caller
+    removes it."""
     try:
-        os.link(tmp, path)  # NOTE: unlike rename, link never replaces an existing file
+        link_new(tmp, path)
     except FileExistsError:
-        raise exists from None
-    except OSError as e:
-        if e.errno not in _NO_HARD_LINKS:
-            raise
-        # A file system without hard links: check, then rename (not atomic, still careful).
-        if os.path.lexists(path):
-            raise exists from None
-        os.rename(tmp, path)
+        raise _exists(path) from None
 
 
 def _place_unnamed(file: BinaryIO, path: Path) -> None:
@@ -472,10 +463,10 @@ class PackRegistry:
         del header  # NOTE: only the bytes are signed; nothing below may change them
         name = pack_file_name(line.name, batch.id, start, stop, pack_id.hex())
         path = out_dir / name
-        fh, tmp = _temporary_file(out_dir, name, anonymous)
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
+        fh, tmp = _temporary_file(out_dir, name, anonymous)  # NOTE: right before the try
         try:
             with ExitStack() as closing:
                 if tmp is not None:  # NOTE: an unnamed file stays open until it is placed

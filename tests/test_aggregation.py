@@ -3,8 +3,10 @@ trace, EPCIS export and SSCC; plus a stateful property test against an in-memory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+import traceback
 from pathlib import Path
 
 import jsonschema
@@ -323,6 +325,64 @@ def test_batch_records_stay_readable_by_the_release_before(run):
     assert later.id == records[0]["id"] and later.activated == 7
 
 
+def test_a_replacement_that_voids_the_last_unit_of_a_batch_voids_the_batch(run):
+    """A batch is voided once all its units are, however the last one went: a damaged
+    label replaced is voided as `wuma void` voids one."""
+    agg, data = run.agg, run.data
+    spare = data.create_batch("pallet", 2)
+    agg.void(serial_range=(run.pallet_batch, 0, 3))
+    assert data.batches.get(run.pallet_batch).state == "generated"
+    agg.replace(run.pallets[3], unit_codes(data, spare)[0])
+    assert data.batches.get(run.pallet_batch).state == "voided"
+    assert data.batches.get(spare.id).state == "generated"
+
+
+def test_warehouse_writes_begin_no_read_transaction_inside_their_write(run, monkeypatch):
+    """A read begun inside a write transaction is a second snapshot (the one before the
+    write) and a second reader slot: what these writes read, they read in their own
+    transaction (the batches' sizes and levels too). And no code is verified (FF1 work)
+    while the store's one writer lock is held: every process's writes, scans included,
+    would wait for it."""
+    store, inside, writing = run.data.store, [], []
+
+    @contextlib.contextmanager
+    def gate(s):
+        with s.env.begin(write=True) as txn:
+            writing.append(txn)
+            try:
+                yield txn
+            finally:
+                writing.pop()
+
+    read = store.read
+
+    def watched_read():
+        if writing:
+            inside.append("".join(traceback.format_stack(limit=4)[:-1]))
+        return read()
+
+    verify = run.data.codes.verify
+
+    def watched_verify(code):
+        if writing:
+            inside.append("".join(traceback.format_stack(limit=4)[:-1]))
+        return verify(code)
+
+    monkeypatch.setattr(store, "write_gate", gate)
+    monkeypatch.setattr(store, "read", watched_read)
+    monkeypatch.setattr(run.data.codes, "verify", watched_verify)
+    agg = Aggregation(run.data)  # NOTE: new, so that nothing is cached yet (batch levels)
+    agg.link(run.cases[0], run.caps[0:24])
+    agg.link(run.pallets[0], run.cases[0:1])
+    agg.move([run.caps[0]], to=run.cases[1])
+    agg.unpack(run.cases[0], [run.caps[1], run.caps[2]])
+    agg.void([run.caps[5]])
+    agg.void(serial_range=(run.cap_batch, 100, 110))
+    agg.void(batch=run.pallet_batch)
+    agg.replace(run.cases[2], run.cases[3])
+    assert inside == []
+
+
 def test_ship_trace_distributor_through_ancestors(run, tmp_path):
     agg = run.agg
     agg.load(_file(tmp_path, _production(run)))
@@ -623,3 +683,25 @@ def test_territory_reads_division_codes_as_prefixes(tmp_path, territory, region,
     assert agg.in_territory(d, region) is inside
     assert agg.in_territory({"territory": territory}, region) is inside  # as stored before
     data.close()
+
+
+def test_activations_by_another_release_are_counted_on_the_next_open(run):
+    """A worker or CLI of the release before (during an upgrade, or after a rollback)
+    activates without counting: the next open of the folder brings the batch's count and
+    state up to date from the activations on record; an open with nothing new counts
+    nothing."""
+    agg, data = run.agg, run.data
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21",
+                 serial_range=(run.cap_batch, 0, 30))
+    counted = data.batches.count_activated
+    data.batches.count_activated = lambda txn, units: None  # the release before: no count
+    agg.activate(sku="S", name="N", lot="L", production_date="2026-11-21",
+                 serial_range=(run.cap_batch, 30, 40))
+    data.batches.count_activated = counted
+    assert data.batches.get(run.cap_batch).activated == 30
+    path = data.path
+    data.close()
+    for _ in range(2):
+        with DataFolder(path) as again:
+            assert (again.batches.get(run.cap_batch).state, again.batches.get(run.cap_batch).activated) == (
+                "activated", 40)

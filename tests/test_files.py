@@ -52,3 +52,24 @@ def test_write_new_file_is_whole_private_and_never_replaces(tmp_path, monkeypatc
         files.write_new_file(path, b"x" * 32)
     assert path.read_bytes() == b"k" * 32
     assert [p.name for p in tmp_path.iterdir()] == ["master-v2.key"]
+
+
+def test_write_new_file_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    """vfat, exFAT and some network or FUSE mounts (a USB stick taking a line's keys) have
+    neither O_TMPFILE nor hard links: the file is still written whole under a hidden name
+    and then named, never over an existing file, and nothing else is left."""
+    import errno
+
+    import engine.files as files
+
+    def no_links(src, dst, **kw):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(files, "open_unnamed", lambda folder, perms: None)
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "line.key"
+    files.write_new_file(path, b"k" * 32)
+    assert path.read_bytes() == b"k" * 32
+    with pytest.raises(FileExistsError):
+        files.write_new_file(path, b"x" * 32)
+    assert path.read_bytes() == b"k" * 32 and os.listdir(tmp_path) == ["line.key"]

@@ -94,6 +94,24 @@ def test_export_with_named_or_unnamed_temporary_files(world, monkeypatch, unname
         assert got.id == p.id and os.path.getsize(p.path) == reg.get(p.id)["size"]
 
 
+def test_export_to_a_file_system_without_hard_links(world, monkeypatch):
+    """A USB stick (vfat, exFAT): no O_TMPFILE and no hard links. The parts are placed by
+    rename after a check, never over an existing pack, and nothing else is left."""
+    import errno
+
+    reg, keys, brand, _batch, tmp = world
+
+    def no_links(src, dst, **kw):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr("engine.packs.open_unnamed", lambda folder, perms: None)
+    monkeypatch.setattr(os, "link", no_links)
+    packs = _export(world, start=0, stop=600, parts=2)
+    assert _files(tmp / "packs") == sorted(os.path.basename(p.path) for p in packs)
+    for p in packs:
+        assert open_pack_to_file(p.path, keys, brand, tmp / "codes.csv").id == p.id
+
+
 # -- 2. exporting a range again never replaces an issued pack ---------------------------------
 def test_reexport_of_same_range_keeps_both_packs(world):
     reg, keys, brand, _batch, tmp = world

@@ -137,17 +137,52 @@ def test_account_scan_without_location_is_at_its_registered_region(world):
         ("330106", "account"), ("440106", None), (None, None)]
 
 
+def test_a_store_position_wins_over_its_registered_region(world):
+    """A store's lat/lng, once located, is where its scan is; only a scan with no place
+    found (no centre within reach) falls back to the account's region."""
+    data = world["data"]
+    data.regions.put([("440106", 23.1256, 113.3618)])  # Tianhe, in gz-1's territory
+    pipe = ScanPipeline(data.codes, world["agg"], world["pipe"].scans, data.abuse, data.accounts,
+                        regions=data.regions, clock=world["clock"])
+    _, hz = data.accounts.add("s-hz", "store", region="330106", distributor="gz-1")
+    case_inner = data.codes.code(world["cases"], 1, "case_inner")
+    here = pipe.scan(ScanRequest(case_inner, actor_role="store", token=hz, lat=23.13, lng=113.35))
+    assert "diverted" not in here.flags and here.scan.last_region == "440106"
+    nowhere = pipe.scan(ScanRequest(case_inner, actor_role="store", token=hz, lat=45.0, lng=90.0))
+    assert "diverted" in nowhere.flags and nowhere.scan.last_region == "330106"
+    assert [(e["region"], e.get("region_from")) for e in pipe.scans.events(limit=10)] == [
+        ("440106", "latlng"), ("330106", "account")]
+
+
 @pytest.mark.parametrize("text", ["a\x1b[2J", "u\r\n=1+1", "tab\there", "nul\x00", "c1\x9b31m",
-                                  "line\u2028sep", "扫\x07"])
+                                  "line\u2028sep", "扫\x07", "invoice\u202egnp.exe", "rtl\u200f",
+                                  "isolate\u2067x\u2069"])
 def test_front_end_ids_with_control_characters_are_refused(world, text):
     """A consumer's or device id lands in ban listings, alerts and payout exports that an
-    operator reads in a terminal or a spreadsheet: control characters are refused, with
-    which field it was; printable text of any script is taken."""
+    operator reads in a terminal or a spreadsheet: control characters (and bidirectional
+    ones, which reorder how an id reads) are refused, with which field it was; printable
+    text of any script is taken."""
     inner = world["data"].codes.code(world["caps"], 32, "cap_inner")
     for field in ("device", "actor_id"):
         with pytest.raises(ValueError, match=f"{field} must be printable text"):
             _scan(world, inner, **{field: text})
     assert _scan(world, inner, device="设备 1号", actor_id="o-Ab_9 ☕").verdict == "genuine"
+    # not printable to str.isprintable() but no control character: an ideographic space
+    # (Chinese input methods), a no-break space, a zero-width joiner (emoji)
+    assert _scan(world, inner, device="设备\u30001号", actor_id="o\xa0👩\u200d💻").verdict == "genuine"
+
+
+def test_the_scan_api_and_its_openapi_document_refuse_the_same_characters():
+    """has_control (what the scan refuses) and TEXT_ID_PATTERN (what the OpenAPI document
+    tells front ends) agree on every character of the Basic Multilingual Plane."""
+    import re
+
+    from engine.ids import TEXT_ID_PATTERN, has_control
+
+    pattern = re.compile(TEXT_ID_PATTERN)
+    differ = [hex(i) for i in range(0x10000) if not 0xD800 <= i < 0xE000
+              and has_control(chr(i)) != (pattern.fullmatch(chr(i)) is None)]
+    assert differ == []
 
 
 def test_enumeration_ban(world):

@@ -61,11 +61,15 @@ def test_what_is_printed_to_stderr_goes_out_as_json_objects():
     assert docs[0]["time"].endswith("Z") and abs(stamp.timestamp() - time.time()) < 60
 
 
-def test_importing_the_config_leaves_this_process_stderr_alone():
-    before = sys.stderr
-    from engine import gunicorn_conf  # noqa: F401
-
-    assert sys.stderr is before and not isinstance(sys.stderr, JsonStderr)
+def test_importing_the_config_leaves_a_process_stderr_alone():
+    """A test or a tool that imports the config module keeps its own stderr and warnings;
+    only gunicorn's processes get JSON. In a new process: this one imported the module
+    when it collected this file (and pytest swaps sys.stderr per test)."""
+    probe = ("import sys, warnings; show = warnings.showwarning; from engine import gunicorn_conf; "
+             "print(type(sys.stderr).__name__, warnings.showwarning is show)")
+    got = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert got.stdout.split() == ["TextIOWrapper", "True"], got.stderr
 
 
 def _gunicorn(app: str, **env: str) -> subprocess.CompletedProcess:
@@ -131,7 +135,8 @@ def test_the_log_from_start_to_shutdown_is_json_lines(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("address, off", [
     ("127.0.0.1:8080", False), ("localhost:80", False), ("[::1]:8081", False), ("::1", False),
-    ("unix:/run/wuma.sock", False), ("0.0.0.0:8081", True), ("[::]:80", True), ("10.0.0.5", True)])
+    ("unix:/run/wuma.sock", False), ("127.0.0.2:8080", False), ("[0:0:0:0:0:0:0:1]:80", False),
+    ("0.0.0.0:8081", True), ("[::]:80", True), ("10.0.0.5", True), ("wuma.example.cn:80", True)])
 def test_a_bind_off_loopback_is_warned_of_in_the_json_log(address, off, caplog):
     """The scan API, the admin API and the page reachable from the network: said once, as
     the server starts, in its log (the server's own on_starting hook, its own logger)."""
