@@ -19,7 +19,7 @@ from admin.tokens import ROLES
 from engine.accounts import ACTOR_ROLES
 from engine.batches import BATCH_STATES
 from engine.ids import ID_PATTERN, REGION_PATTERN
-from engine.openapi import OPENAPI
+from engine.openapi import OPENAPI, add_server_refusals
 
 __all__ = ["ADMIN_OPENAPI"]
 
@@ -300,7 +300,7 @@ _PATHS["/admin/api/trace/{code}"]["get"]["responses"]["404"] = _json(
 def _document() -> dict:
     doc: dict[str, Any] = copy.deepcopy(OPENAPI)
     doc["info"] = {"title": "Wuma API: scans, vouchers, admin", "version": "1"}
-    doc["paths"].update(copy.deepcopy(_PATHS))
+    doc["paths"].update(add_server_refusals(copy.deepcopy({"paths": _PATHS}))["paths"])
     doc.setdefault("components", {})["securitySchemes"] = {
         "adminToken": {"type": "http", "scheme": "bearer",
                        "description": "An admin token (wma_<name>_<secret>) with role viewer, operator or admin"},

@@ -107,3 +107,23 @@ OPENAPI = {
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
     },
 }
+
+#: What the HTTP server answers for any route before the app sees the request (gunicorn's
+#: limits: a request line over 4094 bytes, a header over 8190): documented on every
+#: operation, since any of them can get it. The body is the usual JSON error.
+SERVER_REFUSALS = {
+    "414": _json(_ERROR, "request line too long, e.g. a query string over ~4 KB (error: uri_too_long)"),
+    "431": _json(_ERROR, "a request header too large (error: request_header_fields_too_large)"),
+}
+
+
+def add_server_refusals(doc: dict) -> dict:
+    """``doc`` with :data:`SERVER_REFUSALS` among every operation's responses."""
+    for operations in doc["paths"].values():
+        for op in operations.values():
+            for status, response in SERVER_REFUSALS.items():
+                op["responses"].setdefault(status, response)
+    return doc
+
+
+add_server_refusals(OPENAPI)
