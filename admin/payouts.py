@@ -340,29 +340,31 @@ class Payouts:
         see engine.files.spreadsheet_cell). Numbers (``amount``, ``seq`` ...) are written
         as numbers. To get an id back exactly, drop the first ``'`` of a cell that starts
         with one."""
-        if fmt not in ("csv", "jsonl"):
-            raise ValueError("export format must be csv or jsonl")
-        if state is not None and state not in STATES:
-            raise ValueError(f"payout state must be one of {', '.join(STATES)}")
-        check_after(after)
-        count = 0
+        _check_export(fmt, after, state)
         # NOTE: mode 0600: the file names beneficiaries and amounts.
         with private_output(path, "w", encoding="utf-8", newline="") as f:
-            writer = None
-            if fmt == "csv":
-                # APPSEC: a consumer's id comes from the public scan API as any text
-                # (=HYPERLINK(...), or a bare CR that would start a forged row): the
-                # writer escapes such cells; the JSON Lines export stays verbatim.
-                writer = SpreadsheetWriter(f, EXPORT_FIELDS)
-                writer.writeheader()
-            for row in self._export_rows(after, state):
-                if writer is not None:
-                    b = row.pop("beneficiary") or {}
-                    row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
-                    writer.writerow({k: row[k] for k in EXPORT_FIELDS})
-                else:
-                    f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-                count += 1
+            return self.write_export(f, fmt, after=after, state=state)
+
+    def write_export(self, f, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
+        """:meth:`export` to the open text file ``f`` (opened with ``newline=""``: standard
+        output, a pipe); returns how many."""
+        _check_export(fmt, after, state)
+        count = 0
+        writer = None
+        if fmt == "csv":
+            # APPSEC: a consumer's id comes from the public scan API as any text
+            # (=HYPERLINK(...), or a bare CR that would start a forged row): the
+            # writer escapes such cells; the JSON Lines export stays verbatim.
+            writer = SpreadsheetWriter(f, EXPORT_FIELDS)
+            writer.writeheader()
+        for row in self._export_rows(after, state):
+            if writer is not None:
+                b = row.pop("beneficiary") or {}
+                row.update(beneficiary_role=b.get("role"), beneficiary_id=b.get("id"))
+                writer.writerow({k: row[k] for k in EXPORT_FIELDS})
+            else:
+                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
         return count
 
     def _export_rows(self, after: int, state: str | None):
@@ -586,3 +588,12 @@ class Payouts:
             else:
                 wait = interval
             stop.wait(wait)
+
+
+def _check_export(fmt: str, after: int, state: str | None) -> None:
+    """ValueError for an export's arguments (before any file is made)."""
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError("export format must be csv or jsonl")
+    if state is not None and state not in STATES:
+        raise ValueError(f"payout state must be one of {', '.join(STATES)}")
+    check_after(after)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import getpass
+import io
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -328,7 +330,7 @@ def ledger_reverse(admin, seq, reason, as_json):
 
 @ledger.command("export")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write (written whole or not at all).")
+              help="File to write (written whole or not at all, mode 0600), or - for standard output.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
 @click.option("--after", type=int, default=0, help="Entries after this sequence number.")
 @click.option("--state", type=click.Choice(STATES), default=None, help="Only payouts in this state.")
@@ -341,6 +343,14 @@ def ledger_export(admin, output, fmt, after, state):
 
     Example: wuma ledger export -o payouts.csv --state pending
     """
+    if str(output) == "-":
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=True)
+        try:
+            n = admin.payouts.write_export(out, fmt, after=after, state=state)
+        finally:
+            out.detach()
+        click.echo(f"{n} payable entries written", err=True)
+        return
     n = admin.payouts.export(output, fmt, after=after, state=state)
     click.echo(f"{n} payable entries written to {output}")
 

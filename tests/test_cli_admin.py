@@ -97,3 +97,12 @@ def test_campaign_rule_file_with_utf8_bom(run, tmp_path):
 def test_out_of_range_sequence_numbers_are_messages(run, args):
     res = run(*args, ok=False)
     assert res.exit_code in (1, 2) and "Error:" in res.output
+
+
+def test_ledger_export_to_standard_output(run, tmp_path):
+    """``-o -`` writes the export to standard output (a file named "-" before); the count
+    goes to standard error, so a pipe gets the CSV alone."""
+    res = run("ledger", "export", "-o", "-")
+    assert res.stdout.splitlines()[0].startswith("seq,at,kind,amount")
+    assert "0 payable entries written" in res.stderr
+    assert not (tmp_path / "-").exists() and not __import__("os").path.exists("-")

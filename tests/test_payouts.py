@@ -511,6 +511,18 @@ def test_export_csv_and_jsonl_hold_exactly_the_payable_entries(tmp_path, store, 
     assert (tmp_path / "none.csv").read_text() == ",".join(EXPORT_FIELDS) + "\n"
 
 
+def test_export_to_an_open_file_is_the_file_export(tmp_path, store, ledger, payouts):
+    """``wuma ledger export -o -`` (standard output, a pipe) writes what the file holds."""
+    import io
+
+    mixed_ledger(store, ledger)
+    for fmt in ("csv", "jsonl"):
+        payouts.export(tmp_path / f"p.{fmt}", fmt)
+        buf = io.StringIO(newline="")
+        assert payouts.write_export(buf, fmt) == 4
+        assert buf.getvalue().encode() == (tmp_path / f"p.{fmt}").read_bytes()
+
+
 def test_export_checks_its_arguments(tmp_path, payouts):
     for kwargs, msg in (({"fmt": "xlsx"}, "csv or jsonl"), ({"state": "lost"}, "one of"),
                         ({"after": -1}, "after")):
