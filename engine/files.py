@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
-           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new"]
+           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
@@ -147,11 +147,16 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
         os.close(fd)
         if tmp is not None:
             tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder) -> None:
+    """Put the folder's entries (names made, renamed, removed) on disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
 
 
 #: errno of a ``link()`` refused by a file system without hard links (vfat, exFAT, some

@@ -64,7 +64,7 @@ from engine import _kernels as K
 from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
-from engine.files import link_new, link_unnamed, open_unnamed, private_output, same_file
+from engine.files import link_new, link_unnamed, open_unnamed, private_output, same_file, sync_folder
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
@@ -133,14 +133,19 @@ class _WrittenPart:
     signature: bytes
 
     def sign_and_place(self) -> None:
-        """Append the signature and give the file its name (never over an existing file)."""
+        """Append the signature, put the file on disk, and give it its name (never over an
+        existing file). NOTE: fsynced before it is named: after a power loss a registered
+        pack's file is whole or absent, never short (one fsync a part)."""
         if self.file is None:
             with open(self.tmp, "ab") as fh:
                 fh.write(self.signature)
+                fh.flush()
+                os.fsync(fh.fileno())
             _place_new(self.tmp, self.path)
             return
         self.file.write(self.signature)
         self.file.flush()
+        os.fsync(self.file.fileno())
         _place_unnamed(self.file, self.path)
 
     def discard(self) -> None:
@@ -396,6 +401,7 @@ class PackRegistry:
             for part in written:
                 part.sign_and_place()
                 placed.append(part.path)
+            sync_folder(out_dir)  # NOTE: the names too
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)

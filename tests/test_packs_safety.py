@@ -266,3 +266,31 @@ def test_cli_pull_unregistered_line_hint(world, server):
         ["pack", "pull", "--line", str(tmp / "stranger"), "--server", server, "-o", str(tmp / "p")],
     )
     assert res.exit_code == 1 and "wuma line add" in res.output
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_each_pack_is_on_disk_before_it_gets_its_name(world, monkeypatch, unnamed):
+    """A power loss after an export leaves each registered pack's file whole or absent,
+    never short: each part is fsynced (signature included) before it is named, and the
+    folder after."""
+    import engine.packs as P
+
+    if not unnamed:
+        monkeypatch.setattr(P, "_ANONYMOUS_PARTS", 0)
+    events, fsync = [], os.fsync
+
+    def noting_fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_size))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    for name in ("_place_new", "_place_unnamed"):
+        monkeypatch.setattr(P, name, lambda src, path, _place=getattr(P, name): (
+            events.append(("place", path.name)), _place(src, path))[1])
+    packs = _export(world, start=0, stop=600, parts=2)
+    sizes = {os.path.basename(p.path): os.path.getsize(p.path) for p in packs}
+    placed = [i for i, e in enumerate(events) if e[0] == "place"]
+    assert [events[i][1] for i in placed] == sorted(sizes)
+    for i in placed:  # just before each naming: that file, whole, fsynced
+        assert events[i - 1] == ("fsync", sizes[events[i][1]])
+    assert events[-1][0] == "fsync"  # the folder, once both are named
