@@ -324,6 +324,8 @@ def pack_list(data, batch_id, line_name, as_json):
     for p in PackRegistry(data).list(batch=batch_id, line=line_name):
         kinds = [e["kind"] for e in p["events"]]
         state = "revoked" if p["revoked_at"] else "issued"
+        if not p["file_present"]:
+            state += " (its file is not at the export path: moved, or the export was cut off; revoke it and export again if lost)"
         emit(
             p,
             as_json,

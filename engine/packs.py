@@ -610,7 +610,8 @@ class PackRegistry:
 
     def list(self, *, batch: int | None = None, line: str | None = None) -> list[dict]:
         """Issued packs (oldest first), each with its ``events`` (issued, download, opened,
-        revoked)."""
+        revoked) and ``file_present``: whether its file is where the export put it (an
+        export killed while placing its files leaves packs registered without one)."""
         with self._store.read() as txn:
             packs = {unpack(v)["id"]: unpack(v) for _, v in txn.cursor(db=self._packs)}
             for rec in packs.values():
@@ -624,6 +625,8 @@ class PackRegistry:
             for p in packs.values()
             if (batch is None or p["batch"] == batch) and (line is None or p["line"] == line)
         ]
+        for p in out:
+            p["file_present"] = os.path.isfile(p["path"])
         return sorted(out, key=lambda p: (p["created"], p["id"]))
 
 

@@ -96,7 +96,8 @@ def test_pack_export_killed_at_any_moment_leaves_no_pack_the_registry_does_not_k
     got = _child(_EXPORT, tmp / "wuma-data", out, moment, files)
     assert got.returncode == -signal.SIGKILL, got.stderr.decode()[-2000:]
     with DataFolder(tmp / "wuma-data") as data:
-        registered = {p["id"] for p in PackRegistry(data).list()}
+        listed = PackRegistry(data).list()
+    registered = {p["id"] for p in listed}
     opened = {}
     for f in sorted(out.iterdir()) if out.exists() else []:
         try:
@@ -108,6 +109,9 @@ def test_pack_export_killed_at_any_moment_leaves_no_pack_the_registry_does_not_k
         assert registered == set() and opened == {}
     else:
         assert len(registered) == 3  # on disk before any file was placed
+        # the listing says which packs have no file (the operator revokes and exports again)
+        placed = {p["id"] for p in listed if p["file_present"]}
+        assert placed == set(opened.values()) and len(placed) == (1 if moment == "placed" else 0)
     if files == "unnamed" and moment != "placed":
         assert list(out.iterdir()) == []  # nothing left behind by the killed process
 
