@@ -51,6 +51,11 @@ class Server:
     def scan(self, body, headers=None, conn=None):
         return self.request("POST", "/v1/scans", body, headers, conn)
 
+    def workers(self) -> list[int]:
+        """The pids of the gunicorn master's workers (`wuma serve` execs into the master)."""
+        pid = self.proc.pid
+        return [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
