@@ -545,3 +545,15 @@ def test_a_scan_the_pool_cannot_afford_keeps_its_chance_for_after_a_top_up(world
     assert outcomes(scan(world, cap(world, 2))) == ["limit_reached"]
     assert world["admin"].pools.status("p")["spent"] == 220
     assert [e["amount"] for e in world["admin"].ledger.entries()] == [100, 10, 100, 10]
+
+
+def test_a_scan_outside_its_role_earns_nothing_even_from_a_campaign_for_it(world):
+    """A consumer scanning a case inner code (a store's code) is flagged and earns nothing,
+    even under a campaign written to pay consumers for case inner codes: the role rules
+    come before any campaign."""
+    pool(world)
+    world["admin"].campaigns.create(rule(world, trigger={"code_role": "case_inner", "actor_role": "consumer"},
+                                         target={"batches": [world["cases"].id]}), who="test")
+    r = scan(world, world["data"].codes.code(world["cases"], 1, "case_inner"))
+    assert "role_not_allowed" in r.flags and r.rewards == ()
+    assert not world["pipe"].scans.events()[-1].get("rewards") and world["admin"].ledger.entries() == []
