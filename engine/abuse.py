@@ -113,6 +113,11 @@ class AbuseLimits:
     invalid_window_s: int = 600
     ban_s: int = 3600
     evidence_max: int = 50
+    #: A genuine code seen in this many regions, or on this many devices, within
+    #: ``copy_window_s`` is flagged ``copied`` (one code copied onto many packs).
+    copy_regions: int = 3
+    copy_devices: int = 5
+    copy_window_s: int = 7 * 86400
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

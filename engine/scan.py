@@ -46,9 +46,6 @@ _MAX_ID = 128
 #: subject, a campaign's per-actor count), which LMDB caps at 511 bytes. 128 Chinese
 #: characters (3 bytes each) fit; 128 emoji (4 bytes) do not.
 _MAX_ID_BYTES = SUBJECT_ID_BYTES
-#: A code seen in ``copy_regions`` regions or on ``copy_devices`` devices within this long is
-#: flagged ``copied`` ("many places in a short time"): a week.
-COPY_WINDOW_S = 7 * 86400
 #: Account roles that scan at one place, their account's registered region (门店, 仓库): a
 #: scan of theirs without a location is taken there.
 _FIXED_PLACE_ROLES = frozenset({"store", "shop_assistant", "distributor"})
@@ -307,8 +304,8 @@ class ScanPipeline:
 
     def __init__(self, codes: CodeEngine, aggregation: Aggregation, scans: ScanLog,
                  abuse: AbuseGuard, accounts: AccountRegistry, *,
-                 role_rules: dict[str, frozenset] | None = None, copy_regions: int = 3,
-                 copy_devices: int = 5, copy_window_s: float = COPY_WINDOW_S,
+                 role_rules: dict[str, frozenset] | None = None, copy_regions: int | None = None,
+                 copy_devices: int | None = None, copy_window_s: float | None = None,
                  hooks: list[CampaignHook] | None = None,
                  regions: RegionTable | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -318,9 +315,11 @@ class ScanPipeline:
         self.abuse = abuse
         self.accounts = accounts
         self.role_rules = role_rules or DEFAULT_ROLE_RULES
-        self.copy_regions = copy_regions
-        self.copy_devices = copy_devices
-        self.copy_window_s = copy_window_s
+        # a code copied onto many packs: the "abuse" settings unless given here
+        limits = abuse.limits
+        self.copy_regions = limits.copy_regions if copy_regions is None else copy_regions
+        self.copy_devices = limits.copy_devices if copy_devices is None else copy_devices
+        self.copy_window_s = limits.copy_window_s if copy_window_s is None else copy_window_s
         self.hooks = list(hooks or [])
         self.regions = regions
         self.clock = clock

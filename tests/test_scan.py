@@ -96,6 +96,31 @@ def test_copied_code_flag(world):
     assert ["copied" in e["flags"] for e in events] == [False, False, True]
 
 
+def test_copied_limits_are_settings(tmp_path):
+    """The copied flag's thresholds are the "abuse" settings of wuma.json (defaults: 3
+    regions or 5 devices within 7 days); a bad value is refused with the section named."""
+    from engine import DataFolder
+
+    w = build_world(tmp_path / "d")
+    w["data"].update_config(abuse={"copy_regions": 2, "copy_devices": 9, "copy_window_s": 3600})
+    w["data"].close()
+    with DataFolder(tmp_path / "d") as data:
+        clock = Clock()
+        scans = ScanLog(data.store)
+        from engine.aggregation import Aggregation
+
+        pipe = ScanPipeline(data.codes, Aggregation(data), scans, data.abuse, data.accounts, clock=clock)
+        inner = data.codes.code(w["caps"], 3, "cap_inner")
+        first = pipe.scan(ScanRequest(inner, region="440101", device="d1", ip="198.51.100.7"))
+        second = pipe.scan(ScanRequest(inner, region="440103", device="d1", ip="198.51.100.7"))
+        clock.t += 3601  # the first region is out of the hour's window
+        third = pipe.scan(ScanRequest(inner, region="440106", device="d1", ip="198.51.100.7"))
+        assert ["copied" in r.flags for r in (first, second, third)] == [False, True, False]
+        scans.close()
+        with pytest.raises(ValueError, match='"abuse" section: abuse limit copy_regions must be a positive'):
+            data.update_config(abuse={"copy_regions": 0})
+
+
 def test_position_without_region_is_located(world, tmp_path):
     """A scan with only lat/lng is counted in the nearest division centre within reach:
     diversion is judged on it and the event says where the region came from."""
