@@ -84,8 +84,10 @@ def test_flood_is_banned_and_genuine_clients_keep_latency(benchmark, tmp_path):
         ("flood answers", str(flood["statuses"]), "403 after the ban"),
         ("flood verdicts before the ban", str(flood["verdicts"]), "all invalid"),
         ("genuine clients alone: p50 / p99", f"{quiet['p50_ms']:.1f} / {quiet['p99_ms']:.1f} ms", ""),
-        ("genuine clients during flood: p50 / p99", f"{loud['p50_ms']:.1f} / {loud['p99_ms']:.1f} ms", ""),
-        ("genuine requests/s alone / during flood", f"{quiet['rps']:,.0f} / {loud['rps']:,.0f}", ""),
+        ("genuine clients during flood: p50 / p99", f"{loud['p50_ms']:.1f} / {loud['p99_ms']:.1f} ms",
+         "p99 <= 20 ms (the scan API's)" + (" met" if loud["p99_ms"] <= 20 else " NOT MET")),
+        ("genuine requests/s alone / during flood", f"{quiet['rps']:,.0f} / {loud['rps']:,.0f}",
+         f"{loud['rps'] / quiet['rps']:.0%} kept (the flood shares the 2 cores)"),
     ])
     assert set(flood["verdicts"]) <= {"invalid"}
     assert sum(flood["statuses"].values()) >= n
