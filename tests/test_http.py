@@ -162,6 +162,36 @@ def test_ban_holds_across_workers(live):
     assert [b.subject for b in bans] == ["ip:203.0.113.50"] and len(bans[0].evidence) == 21
 
 
+def test_rate_limits_per_client_and_per_account(live):
+    """Past ``rate_per_minute`` (600 here) in a minute a client gets 429 ``rate_limited``
+    with Retry-After; an account is held to it across all its addresses and devices."""
+    s, codes = live["server"], live["data"].codes
+    if time.time() % 60 > 45:  # all in one minute's window
+        time.sleep(61 - time.time() % 60)
+    genuine = codes.code(live["caps"], 11, "cap_inner")
+    conn = s.conn()
+    one_ip = {"X-Forwarded-For": "203.0.113.90"}
+    got = [s.scan({"code": genuine, "device": f"rate-{i}"}, one_ip, conn=conn) for i in range(640)]
+    assert [st for st, _ in got[:590]] == [200] * 590  # none refused early
+    refused = [body for st, body in got[590:] if st == 429]
+    assert refused and {b["error"] for b in refused} == {"rate_limited"}
+    conn.request("POST", "/v1/scans", body=json.dumps({"code": genuine, "device": "rate-x"}),
+                 headers={"Content-Type": "application/json", **one_ip})
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 429 and 0 < int(r.getheader("Retry-After")) <= 60
+
+    with DataFolder(live["path"]) as data:  # a store scanning from many addresses and devices
+        _, token = data.accounts.add("s-rate", "store", region="440106", distributor="gz-1")
+    auth = {"Authorization": f"Bearer {token}"}
+    case_inner = codes.code(live["cases"], 0, "case_inner")
+    statuses = [s.scan({"code": case_inner, "actor": {"role": "store"}, "device": f"pda-{i}"},
+                       {**auth, "X-Forwarded-For": f"198.51.{100 + i // 250}.{i % 250}"}, conn=conn)[0]
+                for i in range(640)]
+    assert statuses[:590] == [200] * 590 and 429 in statuses[590:]
+    conn.close()
+
+
 def test_metrics_and_openapi(live):
     s = live["server"]
     code = live["data"].codes.code(live["caps"], 7, "cap_inner")
