@@ -231,4 +231,8 @@ def alerts(data, distributor, limit, as_json):
         div = a["diverted"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
         emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
-                         f"\tscanned in {div['region']}\tunit {a['unit']}")
+                         f"\tscanned in {div['region']}\tunit {a['unit'] >> 32}:{a['unit'] & 0xFFFFFFFF}")
+    if not as_json:  # NOTE: the counts per distributor, all time (the list is cut at --limit)
+        for dist, n in sorted(log.alert_counts().items()):
+            if distributor is None or dist == distributor:
+                click.echo(f"{dist}: {n:,} diverted scans in all")

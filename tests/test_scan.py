@@ -234,6 +234,10 @@ def test_alerts_command_lists_diversion(world):
                           "--json"], capture_output=True, text=True, check=True)
     (alert,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert alert["diverted"] == {"distributor": "gz-1", "territory": ["4401"], "region": "330106"}
+    res = subprocess.run([sys.executable, "-m", "cli", "--data", str(world["data"].path), "alerts"],
+                         capture_output=True, text=True, check=True)
+    line, total = res.stdout.splitlines()
+    assert line.endswith(f"scanned in 330106\tunit {world['caps'].id}:9") and total == "gz-1: 1 diverted scans in all"
 
 
 def test_ids_of_many_bytes_are_refused_or_stored_whole(world):
