@@ -355,38 +355,63 @@ def test_a_write_longer_than_the_worker_timeout_restarts_no_worker(tmp_path):
     assert "WORKER TIMEOUT" not in (tmp_path / f"server-{server.port}.log").read_text()
 
 
-def test_kill_9_loses_no_acknowledged_scan(tmp_path):
-    path = tmp_path / "wuma-data"
-    w = build_world(path)
+class _ScanLoad:
+    """Clients scanning their own codes on keep-alive connections, one thread each, until
+    stopped; ``acked[code]`` is the count each was last told. A client whose connection
+    dies mid-answer (that scan not acknowledged) stops, or with ``reconnect`` opens
+    another."""
+
+    def __init__(self, server: Server, codes: list[str], reconnect: bool = False) -> None:
+        self.acked: dict[str, int] = {}
+        self._server, self._reconnect, self._stop = server, reconnect, threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(c,)) for c in codes]
+        for t in self._threads:
+            t.start()
+
+    def _client(self, code: str) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or self._server.conn()
+                status, body = self._server.scan({"code": code, "device": f"dev-{code}"}, conn=conn)
+            except (OSError, http.client.HTTPException):  # died mid-answer: not acknowledged
+                if not self._reconnect:
+                    return
+                conn = None
+                time.sleep(0.01)
+                continue
+            if status == 200:
+                self.acked[code] = body["scan"]["count"]
+
+    def total(self) -> int:
+        return sum(self.acked.values())
+
+    def wait_for(self, n: int, seconds: float = 20) -> None:
+        deadline = time.time() + seconds
+        while self.total() < n and time.time() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def _loaded_server(path, **world) -> tuple[Server, list[str]]:
+    w = build_world(path, **world)
     codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(8)]
     w["data"].close()
-    server = Server(path)
-    acked: dict[str, int] = {}
-    stop = threading.Event()
+    return Server(path), codes
 
-    def client(code):
-        conn = server.conn()
-        while not stop.is_set():
-            try:
-                status, body = server.scan({"code": code, "device": f"dev-{code}"}, conn=conn)
-            except (OSError, http.client.HTTPException):  # the server died mid-answer: not acked
-                return
-            if status == 200:
-                acked[code] = body["scan"]["count"]
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in codes]
-    for t in threads:
-        t.start()
-    import time
-    deadline = time.time() + 20
-    while sum(acked.values()) < 400 and time.time() < deadline:
-        time.sleep(0.05)
+def test_kill_9_loses_no_acknowledged_scan(tmp_path):
+    server, codes = _loaded_server(tmp_path / "wuma-data")
+    load = _ScanLoad(server, codes)
+    load.wait_for(400)
     server.kill9()
-    stop.set()
-    for t in threads:
-        t.join(10)
-    assert sum(acked.values()) >= 400
-    _acknowledged_scans_are_stored(path, acked)
+    load.stop()
+    assert load.total() >= 400
+    _acknowledged_scans_are_stored(tmp_path / "wuma-data", load.acked)
 
 
 def _acknowledged_scans_are_stored(path, acked: dict[str, int]) -> None:
@@ -409,48 +434,18 @@ def _acknowledged_scans_are_stored(path, acked: dict[str, int]) -> None:
 def test_kill_9_of_one_worker_under_load_loses_no_acknowledged_scan(tmp_path):
     """One worker killed mid-load: its clients reconnect (to the other worker or the one
     gunicorn starts in its place), nothing acknowledged is lost, nothing half-written."""
-    import time
-
-    path = tmp_path / "wuma-data"
-    w = build_world(path, rate_per_minute=10**9)
-    codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(8)]
-    w["data"].close()
-    server = Server(path)
-    acked: dict[str, int] = {}
-    stop = threading.Event()
-
-    def client(code):
-        conn = None
-        while not stop.is_set():
-            try:
-                conn = conn or server.conn()
-                status, body = server.scan({"code": code, "device": f"dev-{code}"}, conn=conn)
-            except (OSError, http.client.HTTPException):  # its worker died mid-answer: not acked
-                conn = None
-                time.sleep(0.01)
-                continue
-            if status == 200:
-                acked[code] = body["scan"]["count"]
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in codes]
-    for t in threads:
-        t.start()
+    server, codes = _loaded_server(tmp_path / "wuma-data", rate_per_minute=10**9)
+    load = _ScanLoad(server, codes, reconnect=True)
     try:
-        deadline = time.time() + 20
-        while sum(acked.values()) < 400 and time.time() < deadline:
-            time.sleep(0.05)
-        before = sum(acked.values())
+        load.wait_for(400)
+        before = load.total()
         os.kill(server.workers()[0], signal.SIGKILL)
-        deadline = time.time() + 20
-        while sum(acked.values()) < before + 400 and time.time() < deadline:
-            time.sleep(0.05)
+        load.wait_for(before + 400)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+        load.stop()
         server.stop()
-    assert before >= 400 and sum(acked.values()) >= before + 400  # served on after the kill
-    _acknowledged_scans_are_stored(path, acked)
+    assert before >= 400 and load.total() >= before + 400  # served on after the kill
+    _acknowledged_scans_are_stored(tmp_path / "wuma-data", load.acked)
 
 
 # Business rules the schema cannot state (a pool that must exist, odds that sum to 1, a
