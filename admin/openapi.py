@@ -300,7 +300,8 @@ _PATHS["/admin/api/trace/{code}"]["get"]["responses"]["404"] = _json(
 def _document() -> dict:
     doc: dict[str, Any] = copy.deepcopy(OPENAPI)
     doc["info"] = {"title": "Wuma API: scans, vouchers, admin", "version": "1"}
-    doc["paths"].update(add_server_refusals(copy.deepcopy({"paths": _PATHS}))["paths"])
+    doc["paths"].update(copy.deepcopy(_PATHS))
+    add_server_refusals(doc)  # (OPENAPI's own operations have them already)
     doc.setdefault("components", {})["securitySchemes"] = {
         "adminToken": {"type": "http", "scheme": "bearer",
                        "description": "An admin token (wma_<name>_<secret>) with role viewer, operator or admin"},

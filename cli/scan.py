@@ -224,14 +224,16 @@ def alerts(data, distributor, limit, as_json):
 
     Example: wuma alerts --distributor gz-01
     """
+    from engine.aggregation import split_unit
     from engine.scanlog import ScanLog
 
     log = ScanLog(data.store)
     for a in log.alerts(distributor, limit):
         div = a["diverted"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
+        batch, serial = split_unit(a["unit"])
         emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
-                         f"\tscanned in {div['region']}\tunit {a['unit'] >> 32}:{a['unit'] & 0xFFFFFFFF}")
+                         f"\tscanned in {div['region']}\tunit {batch}:{serial}")
     if not as_json:  # NOTE: the counts per distributor, all time (the list is cut at --limit)
         for dist, n in sorted(log.alert_counts().items()):
             if distributor is None or dist == distributor:

@@ -36,7 +36,8 @@ from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "Every"]
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "Every",
+           "SUBJECT_ID_BYTES"]
 
 _EVIDENCE_CODE_CHARS = 64
 #: How often a process merges its rate counts into the shared store.

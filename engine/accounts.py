@@ -25,6 +25,14 @@ ACCOUNT_ROLES = ("store", "distributor", "sales_rep", "shop_assistant")
 ACTOR_ROLES = ("consumer",) + ACCOUNT_ROLES
 
 
+def _key(account_id) -> bytes:
+    """The store key of an account id that can exist; NotFound naming the id otherwise (an
+    empty id, or one over LMDB's key limit, would be an lmdb error)."""
+    if not is_id(account_id):
+        raise NotFound(f"no account {account_id!r}")
+    return account_id.encode()
+
+
 @dataclass(frozen=True)
 class Account:
     id: str
@@ -82,11 +90,10 @@ class AccountRegistry:
         working at once. For a token lost, leaked, or never seen (an ``add`` whose output
         was lost: the account exists, so adding it again is refused). A revoked account
         stays revoked: add a new one."""
-        if not is_id(account_id):
-            raise NotFound(f"no account {account_id!r}")
+        key = _key(account_id)
         token, token_hash = new_token(_PREFIX, account_id)
         with self._store.write() as txn:
-            raw = txn.get(account_id.encode(), db=self._db)
+            raw = txn.get(key, db=self._db)
             if raw is None:
                 raise NotFound(f"no account {account_id}")
             rec = unpack(raw)
@@ -94,14 +101,13 @@ class AccountRegistry:
             if not account.active:
                 raise Conflict(f"account {account_id} is revoked; it gets no new token (add a new account)")
             rec["token"] = token_hash
-            txn.put(account_id.encode(), pack(rec), db=self._db)
+            txn.put(key, pack(rec), db=self._db)
         return account, token
 
     def get(self, account_id: str) -> Account:
-        if not is_id(account_id):
-            raise NotFound(f"no account {account_id!r}")
+        key = _key(account_id)
         with self._store.read() as txn:
-            raw = txn.get(account_id.encode(), db=self._db)
+            raw = txn.get(key, db=self._db)
         if raw is None:
             raise NotFound(f"no account {account_id}")
         return Account(**unpack(raw)["account"])
@@ -112,16 +118,15 @@ class AccountRegistry:
         return [a for a in accounts if role is None or a.role == role]
 
     def revoke(self, account_id: str, now: float | None = None) -> Account:
-        if not is_id(account_id):
-            raise NotFound(f"no account {account_id!r}")
+        key = _key(account_id)
         with self._store.write() as txn:
-            raw = txn.get(account_id.encode(), db=self._db)
+            raw = txn.get(key, db=self._db)
             if raw is None:
                 raise NotFound(f"no account {account_id}")
             rec = unpack(raw)
             if rec["account"]["revoked_at"] is None:
                 rec["account"]["revoked_at"] = time.time() if now is None else now
-                txn.put(account_id.encode(), pack(rec), db=self._db)
+                txn.put(key, pack(rec), db=self._db)
         return Account(**rec["account"])
 
     def authenticate(self, token: object) -> Account | None:

@@ -132,8 +132,9 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
     path = Path(path)
     fd, tmp = open_unnamed(path.parent, perms), None
     if fd is None:
-        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perms)
+        fd, name = temp_beside(path, lambda e: e)  # NOTE: its OSError as it is
+        tmp = Path(name)
+        os.fchmod(fd, perms)
     try:
         view = memoryview(data)
         while view:

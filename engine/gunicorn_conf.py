@@ -245,6 +245,7 @@ logconfig_dict = {
     },
 }
 
+
 def _check_before_reload() -> None:
     """SIGHUP (graceful reload) only when the data folder and its settings still load.
 
@@ -253,7 +254,6 @@ def _check_before_reload() -> None:
     The check runs in a child process (the master never opens the LMDB environments its
     workers fork from)."""
     import subprocess
-    import sys
 
     from gunicorn.arbiter import Arbiter
 

@@ -28,9 +28,9 @@ import falcon
 import lmdb
 
 from engine import http_errors
+from engine.abuse import Every, client_address
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
-from engine.abuse import Every, client_address
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest

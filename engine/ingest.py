@@ -748,17 +748,24 @@ def _other_hands(agg, txn, new: _Runs, line_parent, marks: _Marks) -> dict[int, 
     shipped = parents[sid > 0]
     parent_sid = dict(zip(shipped.tolist(), sid[sid > 0].tolist()))
     child, line, pos = new.take(np.flatnonzero(fine & np.isin(par, shipped))).expand()
-    dist: dict[int, str | None] = {}
+    dist: dict[int, str | None] = {}  # shipment id -> its distributor, read once each
+
+    def distributor(s: int) -> str | None:
+        if s not in dist:
+            dist[s] = agg._distributor_of(txn, s)
+        return dist[s]
+
     bad_line, bad_pos = [], []
     for c, ln, at in zip(child.tolist(), line.tolist(), pos.tolist()):
         if ln in told:  # NOTE: a line's first reason stands
             continue
         p = int(line_parent[ln])
         s = parent_sid[p]
-        if s not in dist:
-            dist[s] = agg._distributor_of(txn, s)
         own = txn.get(_Q.pack(c), db=agg._ship_db)
-        why = agg._other_hands(txn, c, 0 if own is None else _I.unpack(own)[0], p, dist[s])
+        own_sid = 0 if own is None else _I.unpack(own)[0]
+        if distributor(own_sid) == distributor(s):  # PERF: with the parent's: no record read
+            continue
+        why = agg._other_hands(txn, c, own_sid, p, dist[s])
         if why is not None:
             told[ln] = f"field {at}: {why}, then load this record again"
             bad_line.append(ln)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.ids import REGION_PATTERN, TEXT_ID_PATTERN
 
-__all__ = ["OPENAPI"]
+__all__ = ["OPENAPI", "SERVER_REFUSALS", "add_server_refusals"]
 
 _ERROR = {
     "type": "object",

@@ -78,7 +78,7 @@ class RegionTable:
 
     def __init__(self, store: Store, max_km: float = DEFAULT_MAX_KM) -> None:
         if isinstance(max_km, bool) or not isinstance(max_km, (int, float)) or not 0 < max_km < 20_000:
-            raise ValueError(f"max_km must be a number of kilometres above 0 (such as 30), got {max_km!r}")
+            raise ValueError(f"max_km must be a number of kilometres between 0 and 20,000 (such as 30), got {max_km!r}")
         self._store = store
         self._db = store.db("region_centres")
         self.max_km = max_km

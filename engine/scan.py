@@ -347,11 +347,10 @@ class ScanPipeline:
         ValueError (bad request); every other outcome is a verdict."""
         req.validate()
         now = self.clock()
-        # NOTE: the client (IP, device) is checked before its token is: a banned or
-        # flooding client gets no token checks either
         subjects = self._subjects(req)
         account_id = account_region = None
-        if req.actor_role in ACCOUNT_ROLES:
+        needs_account = req.actor_role in ACCOUNT_ROLES
+        if needs_account:
             account = self.accounts.authenticate(req.token)
             if account is not None and account.role == req.actor_role:
                 account_id, account_region = account.id, account.region
@@ -359,7 +358,7 @@ class ScanPipeline:
         # NOTE: the client is admitted (ban, rate) before a bad token is answered: a banned
         # client learns nothing of tokens. One ban read and one rate count for all subjects.
         self._admit(subjects, now)
-        if req.actor_role in ACCOUNT_ROLES and account_id is None:
+        if needs_account and account_id is None:
             raise Unauthorized("a valid API token for this actor role is required")
 
         v = self.codes.verify(req.code)

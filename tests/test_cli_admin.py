@@ -1,6 +1,7 @@
 """`wuma product/pool/campaign/ledger/voucher` as an operator runs them."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -105,4 +106,4 @@ def test_ledger_export_to_standard_output(run, tmp_path):
     res = run("ledger", "export", "-o", "-")
     assert res.stdout.splitlines()[0].startswith("seq,at,kind,amount")
     assert "0 payable entries written" in res.stderr
-    assert not (tmp_path / "-").exists() and not __import__("os").path.exists("-")
+    assert not (tmp_path / "-").exists() and not os.path.exists("-")  # the CLI runs in the cwd

@@ -717,8 +717,6 @@ def test_metric_samples_are_written_in_full():
 
 def test_a_body_that_cannot_be_read_is_a_400_not_an_error_in_the_log(tmp_path, caplog):
     """A client that resets mid-body, or sends a bad chunk, is the client's doing."""
-    import io
-
     from falcon import testing
 
     from engine.http_scan import create_app
@@ -740,8 +738,6 @@ def test_a_body_that_cannot_be_read_is_a_400_not_an_error_in_the_log(tmp_path, c
 
 def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path):
     """SIGHUP after a bad edit: refused, logged, the workers serve on; fixed, it reloads."""
-    import signal
-
     w = build_world(tmp_path / "wuma-data")
     w["data"].close()
     cfg = tmp_path / "wuma-data" / "wuma.json"
