@@ -35,6 +35,7 @@ Routes added to the scan API of :mod:`engine.http_scan`::
     GET  /admin/api/stats?days=&top=          statistics (admin/stats.py)        [read]
     GET  /admin/api/tokens                                                       [token.manage]
     POST /admin/api/tokens                    {"name", "role"} -> the token, once [token.manage]
+    POST /admin/api/tokens/{name}/reissue     a new secret -> the token, once   [token.manage]
     POST /admin/api/tokens/{name}/revoke                                         [token.manage]
 
 Errors keep the scan API's shape ``{"error": code, "message": ...}``: 400 ``bad_request``
@@ -435,6 +436,17 @@ class TokensResource:
         _created(resp, {**record.to_dict(), "token": token})
 
 
+class TokenReissueResource:
+    permissions = {"POST": "token.manage"}
+
+    def __init__(self, tokens: AdminTokens) -> None:
+        self.tokens = tokens
+
+    def on_post(self, req, resp, name: str) -> None:
+        record, token = self.tokens.reissue(name, who=_who(req))
+        resp.media = {**record.to_dict(), "token": token}
+
+
 class TokenRevokeResource:
     permissions = {"POST": "token.manage"}
 
@@ -492,6 +504,7 @@ def create_app(data: DataFolder, *, admin: Admin | None = None,
     app.add_route(f"{api}/trace/{{code}}", TraceResource(admin))
     app.add_route(f"{api}/stats", StatsResource(Stats(data, admin), clock))
     app.add_route(f"{api}/tokens", TokensResource(tokens))
+    app.add_route(f"{api}/tokens/{{name}}/reissue", TokenReissueResource(tokens))
     app.add_route(f"{api}/tokens/{{name}}/revoke", TokenRevokeResource(tokens))
     return app
 

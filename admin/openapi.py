@@ -66,6 +66,8 @@ def _errors(*codes: str) -> dict:
 _TOKEN = _obj(["name", "role", "created_at", "created_by", "revoked_at"], {
     "name": _STR, "role": {"type": "string", "enum": list(ROLES)}, "created_at": _NUM,
     "created_by": _STR, "revoked_at": _nullable(_NUM)})
+_TOKEN_SHOWN_ONCE = {**_TOKEN, "required": _TOKEN["required"] + ["token"],
+                     "properties": {**_TOKEN["properties"], "token": _STR}}
 _PRODUCT = _obj(["sku", "name", "gtin", "created_at"], {
     "sku": _STR, "name": _STR, "gtin": _nullable(_STR), "created_at": _NUM})
 _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
@@ -283,12 +285,15 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/admin/api/tokens": {
         "get": _op("Admin tokens (never their secrets)", "token.manage", _json(_array(_TOKEN), "tokens"), errors=()),
         "post": _op("Make an admin token; the token is in the answer, once", "token.manage",
-                    _json({**_TOKEN, "required": _TOKEN["required"] + ["token"],
-                           "properties": {**_TOKEN["properties"], "token": _STR}}, "made"),
+                    _json(_TOKEN_SHOWN_ONCE, "made"),
                     errors=("409",), ok_status="201", body=_obj(["name", "role"], {
                         "name": {"type": "string", "pattern": ID_PATTERN},
                         "role": {"type": "string", "enum": list(ROLES)}}, closed=True)),
     },
+    "/admin/api/tokens/{name}/reissue": {"post": _op(
+        "A new secret for an active admin token; the token is in the answer, once (the old one stops"
+        " working at once)", "token.manage", _json(_TOKEN_SHOWN_ONCE, "reissued"),
+        errors=("404", "409"), params=[_param("name", "path", _STR)])},
     "/admin/api/tokens/{name}/revoke": {"post": _op(
         "Revoke an admin token (it stops working at once)", "token.manage", _json(_TOKEN, "revoked"),
         errors=("404", "409"), params=[_param("name", "path", _STR)])},

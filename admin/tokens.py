@@ -2,8 +2,8 @@
 
 A token is shown once when it is made (``wma_<name>_<64 hex>``); only its hash is kept
 and it is compared in constant time (:mod:`engine.tokens`, shared with scanning
-accounts). Making and revoking tokens is audited in the same write transaction. In the
-audit log a change made with a token is by ``token:<name>``.
+accounts). Making, reissuing and revoking tokens is audited in the same write
+transaction. In the audit log a change made with a token is by ``token:<name>``.
 
 Who may do what (roles are cumulative: an operator may do all a viewer may)::
 
@@ -15,7 +15,7 @@ Who may do what (roles are cumulative: an operator may do all a viewer may)::
     voucher.sweep              x        x     expire vouchers and locked rewards now
     payout.retry               x        x     send a failed payout again
     pool.create                         x     create a budget pool
-    token.manage                        x     list, make and revoke admin tokens
+    token.manage                        x     list, make, reissue and revoke admin tokens
     ban.lift                            x     lift an enumeration ban
     ledger.reverse                      x     reverse an unpaid ledger entry
 
@@ -137,7 +137,29 @@ class AdminTokens:
             rec["token"]["revoked_at"] = now
             txn.put(key, pack(rec), db=self._db)
             self._audit.append(txn, who, "token.revoke", name, {}, now=now)
+        self._store.sync()  # NOTE: relaxed: a power loss must not bring a revoked token back
         return AdminToken(**rec["token"])
+
+    def reissue(self, name: str, *, who: str, now: float | None = None) -> tuple[AdminToken, str]:
+        """A new token for an active admin token's name (shown once, stored hashed): the old
+        one stops working at once. For a token lost, leaked, or never seen (an ``add`` whose
+        output was lost: names are never reused, so adding it again is refused). A revoked
+        token stays revoked: add one under a new name."""
+        now = time.time() if now is None else now
+        key = self._key(name)
+        token, token_hash = new_token(_PREFIX, name)
+        with self._store.write() as txn:
+            raw = txn.get(key, db=self._db)
+            if raw is None:
+                raise NotFound(f"no admin token {name}")
+            rec = unpack(raw)
+            if rec["token"]["revoked_at"] is not None:
+                raise Conflict(f"admin token {name} is revoked; it gets no new token (add one under a new name)")
+            rec["hash"] = token_hash
+            txn.put(key, pack(rec), db=self._db)
+            self._audit.append(txn, who, "token.reissue", name, {}, now=now)
+        self._store.sync()  # NOTE: relaxed: a power loss must not bring the old token back
+        return AdminToken(**rec["token"]), token
 
     def authenticate(self, token: object) -> AdminToken | None:
         """The active admin token a bearer token string is, or None (never says why)."""

@@ -465,6 +465,23 @@ def admin_token_list(admin, as_json):
         emit(t.to_dict(), as_json, f"{t.name}\t{t.role}\t{'active' if t.active else 'revoked'}")
 
 
+@admin_token.command("token")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_admin
+def admin_token_token(admin, name, as_json):
+    """Give an admin token a new secret, printed once; the old one stops working at once.
+
+    For a token lost or leaked, or never seen (an `admin-token add` whose output was lost:
+    names are never reused, so adding it again is refused).
+
+    Example: wuma admin-token token marketing
+    """
+    tok, secret = admin.tokens.reissue(name, who=cli_user())
+    emit({**tok.to_dict(), "token": secret}, as_json,
+         f"admin token {tok.name} ({tok.role}): new token (shown once; the old one no longer works): {secret}")
+
+
 @admin_token.command("revoke")
 @click.argument("name")
 @pass_admin

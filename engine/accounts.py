@@ -102,6 +102,7 @@ class AccountRegistry:
                 raise Conflict(f"account {account_id} is revoked; it gets no new token (add a new account)")
             rec["token"] = token_hash
             txn.put(key, pack(rec), db=self._db)
+        self._store.sync()  # NOTE: relaxed: a power loss must not bring the old token back
         return account, token
 
     def get(self, account_id: str) -> Account:
@@ -127,6 +128,7 @@ class AccountRegistry:
             if rec["account"]["revoked_at"] is None:
                 rec["account"]["revoked_at"] = time.time() if now is None else now
                 txn.put(key, pack(rec), db=self._db)
+        self._store.sync()  # NOTE: relaxed: a power loss must not bring a revoked token back
         return Account(**rec["account"])
 
     def authenticate(self, token: object) -> Account | None:

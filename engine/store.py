@@ -176,7 +176,7 @@ class Store:
 
         For a write whose acknowledgement lets something leave the store that its loss
         would make wrong: a pack file put in place, a payout request sent, a voucher's
-        goods handed over, a payout cancelled. In a relaxed store a power loss may undo the
+        goods handed over, a payout cancelled, a token revoked or replaced. In a relaxed store a power loss may undo the
         last commit; after ``sync()`` it no longer can. Call it after the transaction has
         committed, before acknowledging. PERF: one ``fdatasync`` (~0.3 ms on this VM);
         never on the scan path, whose commits ``relaxed`` is for."""

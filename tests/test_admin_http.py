@@ -17,7 +17,8 @@ from server import Server
 from admin.openapi import ADMIN_OPENAPI
 
 WRITE_ACTIONS = {"product.add", "pool.create", "pool.top_up", "campaign.create", "campaign.pause",
-                 "campaign.resume", "campaign.close", "token.add", "token.revoke", "ban.lift", "voucher.sweep"}
+                 "campaign.resume", "campaign.close", "token.add", "token.reissue", "token.revoke", "ban.lift",
+                 "voucher.sweep"}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,7 @@ def test_roles_are_enforced(live):
         ("operator", "POST", "/admin/api/tokens", {"name": "op-made", "role": "admin"}),
         ("operator", "GET", "/admin/api/tokens", None),
         ("operator", "POST", "/admin/api/tokens/viewer-1/revoke", None),
+        ("operator", "POST", "/admin/api/tokens/operator-1/reissue", None),
         ("operator", "POST", "/admin/api/bans/lift", {"subject": "ip:203.0.113.1"}),
         ("operator", "POST", "/admin/api/ledger/1/reverse", {"reason": "test"}),
     ]
@@ -135,8 +137,15 @@ def test_tokens_made_and_revoked_through_the_api(live):
     listed = ok(live, "GET", "/admin/api/tokens")
     assert "ci-viewer" in {t["name"] for t in listed} and all("token" not in t for t in listed)
     assert call(live, "GET", "/admin/api/me", token=made["token"])[1]["name"] == "ci-viewer"
+    again = ok(live, "POST", "/admin/api/tokens/ci-viewer/reissue")
+    assert again == {**made, "token": again["token"]} and again["token"].startswith("wma_ci-viewer_")
+    assert call(live, "GET", "/admin/api/me", token=made["token"])[0] == 401  # the old one, at once
+    assert call(live, "GET", "/admin/api/me", token=again["token"])[1]["name"] == "ci-viewer"
+    assert again["token"] not in json.dumps(ok(live, "GET", "/admin/api/tokens"))
     ok(live, "POST", "/admin/api/tokens/ci-viewer/revoke")
-    assert call(live, "GET", "/admin/api/me", token=made["token"])[0] == 401
+    assert call(live, "GET", "/admin/api/me", token=again["token"])[0] == 401
+    status, doc, _ = call(live, "POST", "/admin/api/tokens/ci-viewer/reissue", role="admin")
+    assert (status, doc["error"]) == (409, "conflict") and "revoked" in doc["message"]
     assert call(live, "POST", "/admin/api/tokens/ci-viewer/revoke", role="admin")[0] == 409
     assert call(live, "POST", "/admin/api/tokens", {"name": "ci-viewer", "role": "viewer"}, role="admin")[0] == 409
     status, doc, _ = call(live, "POST", "/admin/api/tokens", {"name": "x", "role": "root"}, role="admin")
@@ -159,6 +168,7 @@ def test_every_change_lands_in_the_audit_log(live):
         assert ok(live, "POST", f"/admin/api/campaigns/{c['id']}/{action}", role="operator")["status"] == \
             {"pause": "paused", "resume": "active", "close": "closed"}[action]
     ok(live, "POST", "/admin/api/tokens", {"name": "audit-op", "role": "operator"}, status=201)
+    ok(live, "POST", "/admin/api/tokens/audit-op/reissue")
     ok(live, "POST", "/admin/api/tokens/audit-op/revoke")
     ok(live, "POST", "/admin/api/vouchers/sweep", role="operator")
     # A client banned for enumerating codes, then let go.
@@ -182,6 +192,7 @@ def test_every_change_lands_in_the_audit_log(live):
         ("token:operator-1", "campaign.resume", str(c["id"])),
         ("token:operator-1", "campaign.close", str(c["id"])),
         ("token:admin-1", "token.add", "audit-op"),
+        ("token:admin-1", "token.reissue", "audit-op"),
         ("token:admin-1", "token.revoke", "audit-op"),
         ("token:operator-1", "voucher.sweep", "vouchers"),
         ("token:admin-1", "ban.lift", "ip:203.0.113.77"),
@@ -190,7 +201,7 @@ def test_every_change_lands_in_the_audit_log(live):
     for e in entries:
         assert t0 - 1 <= e["at"] <= t1 + 1 and isinstance(e["details"], dict)
     assert entries[2]["details"] == {"amount": 5_000, "total": 55_000}
-    assert entries[7]["details"] == {"role": "operator"}  # never the token itself
+    assert entries[7]["details"] == {"role": "operator"} and entries[8]["details"] == {}  # never the token itself
     # Newest first reads the same entries backwards.
     newest = ok(live, "GET", "/admin/api/audit?newest_first=true&limit=3")
     assert [e["seq"] for e in newest] == [e["seq"] for e in entries[::-1][:3]]
@@ -243,6 +254,7 @@ def test_conflicts_and_missing_things(live):
                                ("GET", "/admin/api/pools/nowhere", None),
                                ("POST", "/admin/api/pools/nowhere/top-up", {"amount": 1}),
                                ("POST", "/admin/api/tokens/nobody/revoke", None),
+                               ("POST", "/admin/api/tokens/nobody/reissue", None),
                                ("POST", "/admin/api/bans/lift", {"subject": "ip:192.0.2.1"}),
                                ("GET", "/admin/api/payouts/99999", None),
                                ("POST", "/admin/api/ledger/99999/reverse", {"reason": "typo"})):

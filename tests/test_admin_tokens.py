@@ -1,10 +1,16 @@
-"""Admin tokens: shown once, stored hashed, roles and their permissions, audited changes."""
+"""Admin tokens: shown once, stored hashed, reissued, roles and their permissions, audited
+changes."""
+
+import hashlib
+import json
 
 import pytest
+from click.testing import CliRunner
 
 from admin.audit import AuditLog
 from admin.tokens import PERMISSIONS, ROLES, AdminToken, AdminTokens
-from engine import Conflict, NotFound
+from cli.main import cli
+from engine import Conflict, DataFolder, NotFound
 from engine.store import Store
 from engine.tokens import new_token, parse_token, secret_matches
 
@@ -47,6 +53,80 @@ def test_wrong_revoked_and_malformed_tokens(tokens):
         with pytest.raises(NotFound):
             reg.revoke(missing, who="token:root")
     assert [(t.name, t.active) for t in reg.list()] == [("viewer-1", False)]
+
+
+def test_a_new_token_replaces_the_old_one(tokens):
+    """A token lost, leaked, or never seen (an add whose output was lost: the name is never
+    reused) is replaced; the old one stops working at once; the audit log says who did it,
+    never the secret; a revoked token gets none."""
+    reg, audit, path = tokens
+    record, old = reg.add("ops", "operator", who="cli:alice", now=1000.0)
+    with pytest.raises(Conflict, match="never reused"):
+        reg.add("ops", "operator", who="cli:alice")
+    again, new = reg.reissue("ops", who="token:root", now=2000.0)
+    assert again == record and new != old and new.startswith("wma_ops_") and len(new.rsplit("_", 1)[1]) == 64
+    assert reg.authenticate(old) is None and reg.authenticate(new) == record
+    secret = new.rsplit("_", 1)[1]
+    assert secret.encode() not in (path / "db" / "data.mdb").read_bytes()
+    entry = audit.entries()[-1]
+    assert entry == {"seq": 2, "at": 2000.0, "who": "token:root", "action": "token.reissue", "target": "ops",
+                     "details": {}}
+    digest = hashlib.sha256(secret.encode()).digest()
+    shown = repr(audit.entries())
+    assert secret not in shown and digest.hex() not in shown and repr(digest) not in shown
+
+    def unchanged(before):
+        assert (reg.list(), audit.entries()) == before
+
+    # Refused: unknown or malformed names, a revoked token, no one to answer for it.
+    before = (reg.list(), audit.entries())
+    for nobody in ("nobody", "", "中" * 300, "x" * 600, None):
+        with pytest.raises(NotFound, match="no admin token"):
+            reg.reissue(nobody, who="token:root")
+    with pytest.raises(ValueError, match="who"):
+        reg.reissue("ops", who="")
+    unchanged(before)
+    assert reg.authenticate(new) == record  # the failed reissue left the token as it was
+    reg.revoke("ops", who="token:root", now=3000.0)
+    before = (reg.list(), audit.entries())
+    with pytest.raises(Conflict, match="admin token ops is revoked; it gets no new token"):
+        reg.reissue("ops", who="token:root")
+    unchanged(before)
+    assert reg.authenticate(new) is None and reg.authenticate(old) is None
+
+
+def test_cli_prints_a_reissued_token_once(tmp_path):
+    runner = CliRunner()
+    data = tmp_path / "wuma-data"
+
+    def run(*args, ok=True):
+        res = runner.invoke(cli, ["--data", str(data), *args], catch_exceptions=False)
+        assert (res.exit_code == 0) == ok and "Traceback" not in res.output, res.output
+        return res.output
+
+    run("init")
+    old = json.loads(run("admin-token", "add", "ops", "--role", "operator", "--json"))["token"]
+    text = run("admin-token", "token", "ops")
+    new = text.rsplit(" ", 1)[1].strip()
+    assert text.startswith("admin token ops (operator): new token") and text.count("wma_ops_") == 1
+    assert new.startswith("wma_ops_") and new != old
+    got = json.loads(run("admin-token", "token", "ops", "--json"))
+    assert set(got) == {"name", "role", "created_at", "created_by", "revoked_at", "token"}
+    assert (got["name"], got["role"], got["revoked_at"]) == ("ops", "operator", None)
+    newest = got["token"]
+    assert newest not in run("admin-token", "list", "--json")
+    folder = DataFolder(data)
+    try:
+        tokens = AdminTokens(folder.store, AuditLog(folder.store))
+        assert tokens.authenticate(newest).name == "ops"
+        assert tokens.authenticate(old) is None and tokens.authenticate(new) is None
+        actions = [(e["action"], e["who"].split(":")[0]) for e in AuditLog(folder.store).entries()]
+        assert actions == [("token.add", "cli"), ("token.reissue", "cli"), ("token.reissue", "cli")]
+    finally:
+        folder.close()
+    assert "no admin token nobody" in run("admin-token", "token", "nobody", ok=False)
+    run("admin-token", "revoke", "ops")
+    assert "admin token ops is revoked" in run("admin-token", "token", "ops", ok=False)
 
 
 def test_validation(tokens):
