@@ -1,14 +1,18 @@
-"""Small helpers shared by the admin modules: days in China time, time parsing, ids."""
+"""Small helpers shared by the admin modules: days in China time, time parsing, ids, region
+prefixes, free text."""
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, timedelta, timezone
 
-from engine.ids import is_id, is_region_code
+from engine.aggregation import region_prefix
+from engine.ids import check_text, is_id, is_region_code
 
-__all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "china_day", "china_day_number", "parse_time", "check_id", "check_amount",
-           "check_regions", "is_seq", "check_after"]
+__all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
+           "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_text",
+           "check_idempotency_key", "is_seq", "check_after"]
 
 #: Days, daily caps and per-day limits follow China Standard Time (UTC+8, no DST).
 CHINA = timezone(timedelta(hours=8), "CST")
@@ -108,4 +112,35 @@ def check_regions(value, what: str) -> list[str]:
     """A list of administrative division code prefixes such as ["44", "4401"]."""
     if not isinstance(value, list) or not all(is_region_code(r) for r in value):
         raise ValueError(f"{what}: a list of administrative division code prefixes such as [\"44\", \"4401\"]")
+    return value
+
+
+def region_prefixes(codes) -> tuple[str, ...]:
+    """Region codes as stored (as the user typed them) read as the prefixes their divisions
+    share, the way distributor territories are read (:func:`engine.aggregation.region_prefix`:
+    440100, Guangzhou, is 4401; 440000 is 44), each once, in the order given. Match with
+    :func:`in_regions`.
+
+    NOTE: campaigns, pool region caps and vouchers keep the codes as typed and read them
+    through this when they match, so a rule written before it counts as its writer meant."""
+    return tuple(dict.fromkeys(region_prefix(c) for c in codes))
+
+
+def in_regions(region: str | None, prefixes: tuple[str, ...]) -> bool:
+    """Is a scan's (or a store's) ``region`` inside one of ``prefixes`` (from
+    :func:`region_prefixes`)? A region coarser than all of them (the province, 44, for a
+    Guangzhou campaign) is not: unlike a territory check, where a match only spares money
+    from being withheld, a match here pays. PERF: one ``str.startswith`` on a tuple."""
+    return region is not None and region.startswith(prefixes)
+
+
+#: An ``Idempotency-Key`` request header: 1-255 visible ASCII characters (a UUID fits; no
+#: spaces, no controls), as an OpenAPI pattern.
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN[1:-1])
+
+
+def check_idempotency_key(value) -> str:
+    if value.__class__ is not str or _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        raise ValueError("Idempotency-Key: 1-255 visible ASCII characters (no spaces), such as a UUID")
     return value

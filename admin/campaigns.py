@@ -10,7 +10,7 @@ scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)
      "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
      "target": {"batches": [3]},                 # or {"serials": [[3, 0, 9999]]} or {"skus": ["BJ-500"]}
      "window": {"start": "2026-12-01", "end": "2027-01-31"},   # China time, both days included
-     "regions": ["44"],                          # optional: scans outside earn nothing
+     "regions": ["44"],                          # optional: scans outside earn nothing (440100 = 4401)
      "reward": {"kind": "draw", "payout": "cash",
                 "tiers": [{"amount": 888, "odds": 0.01}, {"amount": 0, "odds": 0.99}]},
      "limits": {"per_actor_per_day": 3, "per_actor": 20},
@@ -36,7 +36,14 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
-from admin._util import check_amount, check_regions, parse_time
+from admin._util import (
+    check_amount,
+    check_regions,
+    check_text,
+    in_regions,
+    parse_time,
+    region_prefixes,
+)
 from admin.audit import AuditLog
 from admin.pools import PoolRegistry
 from engine.accounts import ACTOR_ROLES
@@ -75,6 +82,12 @@ class Campaign:
     def pool(self) -> str:
         return self.rule["pool"]
 
+    @cached_property
+    def region_prefixes(self) -> tuple[str, ...]:
+        """``regions`` as the prefixes their divisions share (stored as typed: 440100, read
+        as 4401, Guangzhou's districts)."""
+        return region_prefixes(self.rule["regions"])
+
     @property
     def code_role(self) -> str:
         return self.rule["trigger"]["code_role"]
@@ -102,9 +115,8 @@ class Campaign:
         w = r["window"]
         if not w["start"] <= at < w["end"]:
             return False
-        if r["regions"]:
-            if region is None or not any(region.startswith(p) for p in r["regions"]):
-                return False
+        if r["regions"] and not in_regions(region, self.region_prefixes):
+            return False
         serials = r["target"].get("serials")
         if serials is not None:
             return any(b == batch and f <= serial <= last for b, f, last in serials)
@@ -148,6 +160,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     name = rule["name"]
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ValueError("campaign name: 1-200 characters")
+    check_text(name, "campaign name")
     if not is_id(rule["pool"]):
         raise ValueError("pool: the id of a budget pool")
     pool = pools.get(rule["pool"])
@@ -293,7 +306,7 @@ def _overlap(a: dict, b: dict) -> bool:
         return False
     if a["window"]["end"] <= b["window"]["start"] or b["window"]["end"] <= a["window"]["start"]:
         return False
-    ra, rb = a["regions"], b["regions"]
+    ra, rb = region_prefixes(a["regions"]), region_prefixes(b["regions"])
     if ra and rb and not any(x.startswith(y) or y.startswith(x) for x in ra for y in rb):
         return False
     ta, tb = a["target"], b["target"]

@@ -4,7 +4,8 @@ HTTP: every change goes through the admin library, which validates and audits it
 
 Routes added to the scan API of :mod:`engine.http_scan`::
 
-    POST /v1/vouchers/redeem                  a store redeems a voucher (store account token)
+    POST /v1/vouchers/redeem                  a store redeems a voucher (store account token); the
+                                              same store again: its redemption, "repeat": true
     GET  /v1/vouchers/{voucher}               a voucher's state (whoever holds the id)
     GET  /admin                               the admin page (admin/page.py)
 
@@ -15,7 +16,7 @@ Routes added to the scan API of :mod:`engine.http_scan`::
     GET  /admin/api/pools                     every pool with its burn-down      [read]
     POST /admin/api/pools                     {"id", "total", ...}               [pool.create]
     GET  /admin/api/pools/{pool}              spend by day and region            [read]
-    POST /admin/api/pools/{pool}/top-up       {"amount"}                         [pool.top_up]
+    POST /admin/api/pools/{pool}/top-up       {"amount"}, Idempotency-Key?       [pool.top_up]
     GET  /admin/api/campaigns?status=                                            [read]
     POST /admin/api/campaigns                 the campaign rule (admin/campaigns.py) [campaign.write]
     GET  /admin/api/campaigns/{id}                                               [read]
@@ -215,7 +216,8 @@ class RedeemResource(AdminResource):
             raise falcon.HTTPForbidden(title="forbidden", description="only a store redeems vouchers")
         doc = _body(req, {"voucher": (str,)}, required=("voucher",))
         v = self.admin.rewards.redeem(doc["voucher"], account, now=self.clock())
-        resp.media = {**_public_voucher(v), "redeemed_by": v["redeemed_by"], "ledger": v["redeem_ledger"]}
+        resp.media = {**_public_voucher(v), "redeemed_by": v["redeemed_by"], "ledger": v["redeem_ledger"],
+                      "repeat": v["repeat"]}
 
 
 # -- the admin API ------------------------------------------------------------------------------
@@ -265,8 +267,11 @@ class PoolTopUpResource(AdminResource):
 
     def on_post(self, req, resp, pool: str) -> None:
         doc = _body(req, {"amount": (int,)}, required=("amount",))
-        self.admin.pools.top_up(pool, doc["amount"], who=_who(req))
-        resp.media = self.admin.pools.status(pool)
+        status, replayed = self.admin.pools.top_up_status(pool, doc["amount"], who=_who(req),
+                                                          idempotency_key=req.get_header("Idempotency-Key"))
+        if replayed:  # the first top-up's answer again; nothing changed
+            resp.set_header("Idempotent-Replayed", "true")
+        resp.media = status
 
 
 class CampaignsResource(AdminResource):

@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from admin._util import MAX_AMOUNT, MAX_SEQ
+from admin._util import IDEMPOTENCY_KEY_PATTERN, MAX_AMOUNT, MAX_SEQ
 from admin.campaigns import STATUSES
 from admin.ledger import KINDS
 from admin.pools import UNITS
 from admin.tokens import ROLES
 from engine.accounts import ACTOR_ROLES
 from engine.batches import BATCH_STATES
-from engine.ids import ID_PATTERN, REGION_PATTERN
+from engine.ids import ID_PATTERN, REGION_PATTERN, TEXT_ID_PATTERN
 from engine.openapi import OPENAPI, add_server_refusals
 
 __all__ = ["ADMIN_OPENAPI"]
@@ -30,6 +30,12 @@ _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "fen (100 = 1 yuan) or points"}
 _STR = {"type": "string"}
+_NO_CONTROL = TEXT_ID_PATTERN[3:-3]  # the characters TEXT_ID_PATTERN refuses (engine.ids.has_control)
+#: Free text printed in listings (names): no control characters (admin/_util.py check_text) ...
+_TEXT = {"type": "string", "pattern": TEXT_ID_PATTERN}
+#: ... and, for a name that is required, a character that is not white space.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200,
+         "pattern": f"^[^{_NO_CONTROL}]*[^{_NO_CONTROL}\\s][^{_NO_CONTROL}]*$"}
 
 
 def _nullable(schema: dict) -> dict:
@@ -93,7 +99,7 @@ _CAMPAIGN_RULE = {
     "required": ["name", "pool", "trigger", "target", "window", "reward"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "name": _NAME,
         "pool": {"type": "string", "pattern": ID_PATTERN},
         "trigger": _obj(["code_role", "actor_role"], {
             "code_role": _STR, "actor_role": {"type": "string", "enum": list(ACTOR_ROLES)}}, closed=True),
@@ -124,7 +130,11 @@ _BAN = _obj(["subject", "reason", "created_at", "expires_at", "evidence", "lifte
     "lifted_at": _nullable(_NUM)})
 _VOUCHER = _obj(["id", "campaign", "value", "state", "issued_at", "expires_at"], {
     "id": _STR, "campaign": _INT, "value": _INT, "state": {"type": "string", "enum": ["issued", "redeemed", "expired"]},
-    "issued_at": _NUM, "expires_at": _NUM, "redeemed_at": _nullable(_NUM), "redeemed_by": _STR, "ledger": _INT})
+    "issued_at": _NUM, "expires_at": _NUM, "redeemed_at": _nullable(_NUM)})
+_REDEMPTION = _obj(_VOUCHER["required"] + ["redeemed_by", "ledger", "repeat"], {
+    **_VOUCHER["properties"], "redeemed_by": _STR, "ledger": _INT,
+    "repeat": {"type": "boolean", "description": "true: this store had redeemed the voucher already (a retry): "
+                                                 "its redemption as it stands, nothing credited again"}})
 _PAYOUT = _obj(["seq", "state"], {"seq": _INT, "state": _STR})
 
 
@@ -177,15 +187,21 @@ def _campaign_action(action: str) -> dict:
 _PATHS: dict[str, dict[str, Any]] = {
     "/v1/vouchers/redeem": {"post": {
         "summary": "A store redeems (核销) a consumer's voucher: credited to the store, exactly once",
+        "description": "Safe to retry: the same store sending it again once the voucher is redeemed (its "
+                       "answer lost, say) is answered 200 with that redemption, `repeat` true (the same "
+                       "`ledger` entry; nothing credited twice). Another store gets 409. A redemption an "
+                       "admin reversed since is no longer one: the voucher is issued again (redeemed anew, "
+                       "a new entry) or expired (409).",
         "tags": ["vouchers"],
         "security": [{"accountToken": []}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
             ["voucher"], {"voucher": {"type": "string", "minLength": 1, "maxLength": 64}}, closed=True)}}},
-        "responses": {"200": _json(_VOUCHER, "redeemed; `ledger` is the store's payable entry"),
+        "responses": {"200": _json(_REDEMPTION, "redeemed (`repeat` false), or redeemed by this store already "
+                                                "(`repeat` true); `ledger` is the store's payable entry"),
                       **_errors("400", "401", "404", "413"),
                       "403": _json(_ERROR, "the account is not a store (error: forbidden)"),
-                      "409": _json(_ERROR, "already redeemed, expired, or outside the campaign's regions"
-                                           " (error: conflict)")}}},
+                      "409": _json(_ERROR, "redeemed by another store (\"voucher already redeemed\"), expired, "
+                                           "or outside the campaign's regions (error: conflict)")}}},
     "/v1/vouchers/{voucher}": {"get": {
         "summary": "A voucher's state (whoever holds the id may read it)",
         "tags": ["vouchers"],
@@ -200,7 +216,7 @@ _PATHS: dict[str, dict[str, Any]] = {
         "post": _op("Add a product", "product.add", _json(_PRODUCT, "added"), errors=("409",), ok_status="201",
                     body=_obj(["sku", "name"], {
                         "sku": {"type": "string", "pattern": ID_PATTERN},
-                        "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+                        "name": _NAME,
                         "gtin": _nullable({"type": "string", "pattern": "^[0-9]{8,14}$",
                                            "description": "GTIN-8/12/13/14 with its check digit"})},
                         closed=True)),
@@ -211,19 +227,34 @@ _PATHS: dict[str, dict[str, Any]] = {
                     ok_status="201", body=_obj(["id", "total"], {
                         "id": {"type": "string", "pattern": ID_PATTERN},
                         "total": _AMOUNT,
-                        "name": _STR,
+                        "name": {**_TEXT, "maxLength": 200},
                         "unit": {"type": "string", "enum": list(UNITS)},
                         "daily": _nullable(_AMOUNT),
                         "regions": _nullable({"type": "object", "additionalProperties": _AMOUNT,
                                               "description": "region code prefix -> cap; a pool "
                                                              "with region caps pays only scans in "
-                                                             "those regions"})}, closed=True)),
+                                                             "those regions. Codes read as "
+                                                             "territories: 440100 is 4401 (two "
+                                                             "caps on one region are refused); "
+                                                             "a scan counts against the most "
+                                                             "specific cap its region is in"})},
+                        closed=True)),
     },
     "/admin/api/pools/{pool}": {"get": _op("A pool's spend: total, by day (burn-down) and by region", "read",
                                            _json(_POOL, "the pool"), errors=("404",), params=[_POOL_ID])},
     "/admin/api/pools/{pool}/top-up": {"post": _op(
-        "Raise a pool's total", "pool.top_up", _json(_POOL, "the pool after the top-up"), errors=("404",),
-        params=[_POOL_ID], body=_obj(["amount"], {"amount": _AMOUNT}, closed=True))},
+        "Raise a pool's total (send an Idempotency-Key to make it safe to retry)", "pool.top_up",
+        {**_json(_POOL, "the pool after the top-up; with a key sent before with the same amount, the first "
+                        "top-up's answer again, nothing changed"),
+         "headers": {"Idempotent-Replayed": {
+             "description": "`true` when the answer is a replay of an earlier top-up with this Idempotency-Key",
+             "schema": {"type": "string", "enum": ["true"]}}}},
+        errors=("404", "409"),
+        params=[_POOL_ID, _param("Idempotency-Key", "header", {
+            "type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
+            "any unique value (a UUID): a top-up sent again with the same key and amount is done once and "
+            "answered as the first time; the same key with another amount is 409. Kept per pool.")],
+        body=_obj(["amount"], {"amount": _AMOUNT}, closed=True))},
     "/admin/api/campaigns": {
         "get": _op("List campaigns", "read", _json(_array(_CAMPAIGN), "campaigns"),
                    params=[_param("status", "query", {"type": "string", "enum": list(STATUSES)})]),

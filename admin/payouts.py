@@ -114,6 +114,7 @@ from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
 from engine.files import SpreadsheetWriter, private_output
+from engine.ids import is_digits
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Payouts", "STATES", "EXPORT_FIELDS"]
@@ -247,7 +248,7 @@ def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout:
     finally:
         conn.close()
     retry_after = None
-    if r.status in (429, 503) and (r.getheader("Retry-After") or "").strip().isdigit():
+    if r.status in (429, 503) and is_digits((r.getheader("Retry-After") or "").strip()):
         retry_after = float(r.getheader("Retry-After").strip())
     if 200 <= r.status < 300:
         return _Answer(r.status, None)

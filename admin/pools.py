@@ -14,20 +14,34 @@ Spend counters (``adm_pool_spend``) are keyed ``<pool>\\0<slot>``:
     the spend of any other day: written when the running state moves on to a new day,
     or by a scan dated to an earlier day (a late commit around midnight);
 ``r:<region prefix>``
-    the spend in a capped region;
+    the spend in a capped region (the cap's code as typed: ``r:440100``);
 ``total``
     the total spent in the first layout (before ``spend``); read only when a pool has
     no ``spend`` state yet.
+
+Top-ups sent with an idempotency key are kept in ``adm_pool_top_ups``, keyed
+``<pool>\0<key>``: the amount and the answer, written in the top-up's own transaction.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 
-from admin._util import MAX_AMOUNT, check_amount, check_id, check_regions, china_day, china_day_number
+from admin._util import (
+    MAX_AMOUNT,
+    check_amount,
+    check_id,
+    check_idempotency_key,
+    check_regions,
+    check_text,
+    china_day,
+    china_day_number,
+)
 from admin.audit import AuditLog
+from engine.aggregation import region_prefix
 from engine.errors import Conflict, NotFound
 from engine.ids import is_id
 from engine.store import Store, pack, unpack
@@ -45,11 +59,23 @@ class Pool:
     unit: str
     total: int
     daily: int | None = None
-    regions: dict = field(default_factory=dict)  # region prefix -> cap
+    regions: dict = field(default_factory=dict)  # region code prefix (as typed) -> cap
     created_at: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @cached_property
+    def region_caps(self) -> tuple[tuple[str, str], ...]:
+        """The region caps as (the prefix their divisions share, the cap's code as typed),
+        the most specific first: caps do not nest, a scan counts against the most specific
+        cap its region is in. Codes are read as territories are (440100 is 4401,
+        :func:`engine.aggregation.region_prefix`). Two caps of one prefix are refused on
+        entry; in a pool stored before that, the first of them counts (a stable sort)."""
+        return tuple(sorted(((region_prefix(r), r) for r in self.regions), key=lambda c: -len(c[0])))
+
+
+_POOL_FIELDS = tuple(f.name for f in fields(Pool))
 
 
 #: the ``spend`` state: total spent, current China day number, spent that day
@@ -71,6 +97,7 @@ class PoolRegistry:
         self._db = store.db("adm_pools")
         self._decoded: dict[str, tuple[bytes, Pool]] = {}
         self._spend = store.db("adm_pool_spend")
+        self._top_ups = store.db("adm_pool_top_ups")  # pool NUL idempotency key -> the top-up
 
     # -- admin -----------------------------------------------------------------------
     def create(self, pool_id: str, *, total: int, name: str = "", unit: str = "cash",
@@ -80,6 +107,7 @@ class PoolRegistry:
         check_amount(total, "pool total", positive=True)
         if not isinstance(name, str) or len(name) > 200:
             raise ValueError("pool name: at most 200 characters")
+        check_text(name, "pool name")
         if unit not in UNITS:
             raise ValueError(f"pool unit must be one of {', '.join(UNITS)}")
         if daily is not None:
@@ -88,8 +116,13 @@ class PoolRegistry:
                 raise ValueError("the daily cap cannot exceed the pool total")
         regions = dict(regions or {})
         check_regions(list(regions), "region caps")
+        same: dict[str, str] = {}
         for r, cap in regions.items():
             check_amount(cap, f"cap of region {r}", positive=True)
+            other = same.setdefault(region_prefix(r), r)
+            if other != r:  # NOTE: one region, two running spends: neither cap would hold
+                raise ValueError(f"region caps {other} and {r} are the same region ({region_prefix(r)}: trailing "
+                                 "00 pairs name the whole division); give it one cap")
         pool = Pool(pool_id, name or pool_id, unit, total, daily, regions,
                     time.time() if now is None else now)
         with self._store.write() as txn:
@@ -98,19 +131,50 @@ class PoolRegistry:
             self._audit.append(txn, who, "pool.create", pool_id, pool.to_dict(), now=now)
         return pool
 
-    def top_up(self, pool_id: str, amount: int, *, who: str, now: float | None = None) -> Pool:
-        """Raise a pool's total (budgets grow; they never shrink below what is spent)."""
+    def top_up(self, pool_id: str, amount: int, *, who: str, now: float | None = None,
+               idempotency_key: str | None = None) -> Pool:
+        """Raise a pool's total (budgets grow; they never shrink below what is spent).
+        Returns the pool as the top-up left it; ``idempotency_key``: see :meth:`top_up_status`."""
+        status, _ = self.top_up_status(pool_id, amount, who=who, now=now, idempotency_key=idempotency_key)
+        return Pool(**{f: status[f] for f in _POOL_FIELDS})
+
+    def top_up_status(self, pool_id: str, amount: int, *, who: str, now: float | None = None,
+                      idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """:meth:`top_up`, answered as (the pool's :meth:`status` right after the top-up,
+        read in its transaction; whether this was a replay).
+
+        With ``idempotency_key`` (the admin API's ``Idempotency-Key`` header), a top-up is
+        done once per key and pool: a replay with the same amount changes nothing and
+        answers the first top-up's status again (True); the same key with another amount
+        is a Conflict. The key is kept with the top-up, in its transaction, for good (a
+        key per top-up is a few hundred bytes)."""
         check_amount(amount, "top-up", positive=True)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        now = time.time() if now is None else now
         with self._store.write() as txn:
             pool = self.get_in(txn, self._checked(pool_id))
+            if key is not None:
+                raw = txn.get(_slot(pool_id, key), db=self._top_ups)
+                if raw is not None:
+                    first = unpack(raw)
+                    if first["amount"] != amount:
+                        raise Conflict(f"Idempotency-Key {key} was sent with a top-up of pool {pool_id} by "
+                                       f"{first['amount']}, not {amount}; a new top-up needs a new key")
+                    return first["status"], True
             if pool.total + amount > MAX_AMOUNT:
                 raise ValueError(f"top-up: pool {pool_id} would hold {pool.total + amount}, over the most a "
                                  f"pool holds ({MAX_AMOUNT}); top up at most {MAX_AMOUNT - pool.total}")
             pool = Pool(**{**pool.to_dict(), "total": pool.total + amount})
             txn.put(pool_id.encode(), pack(pool.to_dict()), db=self._db)
-            self._audit.append(txn, who, "pool.top_up", pool_id, {"amount": amount, "total": pool.total},
-                               now=now)
-        return pool
+            details = {"amount": amount, "total": pool.total}
+            if key is not None:
+                details["idempotency_key"] = key
+            self._audit.append(txn, who, "pool.top_up", pool_id, details, now=now)
+            status = self._status_in(txn, pool, now)
+            if key is not None:
+                txn.put(_slot(pool_id, key), pack({"amount": amount, "at": now, "who": who, "status": status}),
+                        db=self._top_ups)
+        return status, False
 
     # -- reading ---------------------------------------------------------------------
     def get_in(self, txn, pool_id: str) -> Pool:
@@ -151,22 +215,25 @@ class PoolRegistry:
         """Total, spent, left, today's spend and the spend by day and region (burn-down)."""
         now = time.time() if now is None else now
         with self._store.read() as txn:
-            pool = self.get_in(txn, self._checked(pool_id))
-            spent, day, spent_that_day = self._state(txn, pool_id)
-            by_day, by_region = {}, {}
-            prefix = _slot(pool_id, "")
-            cur = txn.cursor(db=self._spend)
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    slot = k[len(prefix):].decode()
-                    if slot.startswith("d:"):
-                        by_day[slot[2:]] = int.from_bytes(v, "big")
-                    elif slot.startswith("r:"):
-                        by_region[slot[2:]] = int.from_bytes(v, "big")
-            if day:
-                by_day[_day_slot(day)[2:]] = spent_that_day
+            return self._status_in(txn, self.get_in(txn, self._checked(pool_id)), now)
+
+    def _status_in(self, txn, pool: Pool, now: float) -> dict:
+        pool_id = pool.id
+        spent, day, spent_that_day = self._state(txn, pool_id)
+        by_day, by_region = {}, {}
+        prefix = _slot(pool_id, "")
+        cur = txn.cursor(db=self._spend)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                slot = k[len(prefix):].decode()
+                if slot.startswith("d:"):
+                    by_day[slot[2:]] = int.from_bytes(v, "big")
+                elif slot.startswith("r:"):
+                    by_region[slot[2:]] = int.from_bytes(v, "big")
+        if day:
+            by_day[_day_slot(day)[2:]] = spent_that_day
         return {**pool.to_dict(), "spent": spent, "left": pool.total - spent,
                 "spent_today": by_day.get(china_day(now), 0), "by_day": dict(sorted(by_day.items())),
                 "by_region": by_region,
@@ -181,13 +248,13 @@ class PoolRegistry:
 
     # -- inside a scan's write transaction -------------------------------------------
     def _region_slot(self, pool: Pool, region: str | None) -> str | None:
+        """The cap (its code as typed) a scan in ``region`` counts against, or None."""
         if not pool.regions or region is None:
             return None
-        best = None
-        for prefix in pool.regions:
-            if region.startswith(prefix) and (best is None or len(prefix) > len(best)):
-                best = prefix
-        return best
+        for prefix, cap in pool.region_caps:  # the most specific first
+            if region.startswith(prefix):
+                return cap
+        return None
 
     def charge(self, txn, pool_id: str, amount: int, region: str | None, at: float) -> bool:
         """Take ``amount`` from the pool if every cap allows it; False (nothing changed)

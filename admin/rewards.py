@@ -28,7 +28,7 @@ import struct
 import time
 from typing import Callable
 
-from admin._util import china_day_number
+from admin._util import china_day_number, in_regions
 from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
 from admin.ledger import Ledger
 from admin.pools import PoolRegistry
@@ -344,7 +344,16 @@ class RewardEngine:
     def redeem(self, voucher_id: str, store_account, *, now: float | None = None) -> dict:
         """A store redeems (核销) a consumer's voucher: the store is credited the face value
         (payable, settled with the store's distributor). Exactly once: when this returns the
-        redemption is on disk, in a ``relaxed`` data folder too."""
+        redemption is on disk, in a ``relaxed`` data folder too. Returns the voucher's
+        record, with ``repeat``.
+
+        The same store (account) again, once it is redeemed — a till retrying after a lost
+        answer — is answered with its redemption as it stands (``repeat`` True: the same
+        ``redeem_ledger`` entry; nothing is written, so nothing is credited or charged
+        twice); any other store gets Conflict ``voucher already redeemed``. A redemption
+        reversed since (:meth:`unredeem_in`) is no longer one: the voucher is ``issued``
+        again, so the store's request redeems it anew (a new entry, ``repeat`` False), or
+        ``expired`` (Conflict)."""
         if store_account.role != "store":
             raise Conflict("only a store redeems vouchers")
         now = time.time() if now is None else now
@@ -354,26 +363,33 @@ class RewardEngine:
             if raw is None:
                 raise NotFound("no such voucher")
             v = unpack(raw)
-            if v["state"] != "issued":
-                raise Conflict(f"voucher already {v['state']}")
-            if now >= v["expires_at"]:
-                raise Conflict("voucher expired")
-            c = self.campaigns.get_in(txn, v["campaign"])
-            regions = c.rule["regions"] if c else []
-            if regions and not any((store_account.region or "").startswith(p) for p in regions):
-                raise Conflict("this voucher is redeemable only in the campaign's regions")
-            unit = self.pools.get_in(txn, v["pool"]).unit
-            lseq = self.ledger.append(txn, {
-                "kind": "redeem", "at": now, "campaign": v["campaign"], "pool": v["pool"], "scan": None,
-                "unit": unit, "amount": v["value"], "beneficiary": {"role": "store", "id": store_account.id},
-                "settle_with": store_account.distributor, "ref": v["ledger"], "voucher": vid})
-            v.update(state="redeemed", redeemed_by=store_account.id, redeemed_at=now, redeem_ledger=lseq)
-            txn.put(vid.encode(), pack(v), db=self._vouchers)
+            # NOTE: checked before the voucher's time and regions: those held when it was
+            # redeemed, and a repeat answers that redemption
+            repeat = v["state"] == "redeemed" and v.get("redeemed_by") == store_account.id
+            if not repeat:
+                self._redeem_in(txn, vid, v, store_account, now)
         # NOTE: the store hands the goods over on this answer: on disk whatever the folder's
         # durability (with "relaxed" a power loss could undo it, and the voucher be redeemed
-        # again), at one fsync a redemption
+        # again), at one fsync a redemption. A repeat too: the first answer may have been
+        # lost to a crash between its commit and its sync.
         self._store.sync()
-        return v
+        return {**v, "repeat": repeat}
+
+    def _redeem_in(self, txn, vid: str, v: dict, store_account, now: float) -> None:
+        if v["state"] != "issued":
+            raise Conflict(f"voucher already {v['state']}")
+        if now >= v["expires_at"]:
+            raise Conflict("voucher expired")
+        c = self.campaigns.get_in(txn, v["campaign"])
+        if c is not None and c.rule["regions"] and not in_regions(store_account.region, c.region_prefixes):
+            raise Conflict("this voucher is redeemable only in the campaign's regions")
+        unit = self.pools.get_in(txn, v["pool"]).unit
+        lseq = self.ledger.append(txn, {
+            "kind": "redeem", "at": now, "campaign": v["campaign"], "pool": v["pool"], "scan": None,
+            "unit": unit, "amount": v["value"], "beneficiary": {"role": "store", "id": store_account.id},
+            "settle_with": store_account.distributor, "ref": v["ledger"], "voucher": vid})
+        v.update(state="redeemed", redeemed_by=store_account.id, redeemed_at=now, redeem_ledger=lseq)
+        txn.put(vid.encode(), pack(v), db=self._vouchers)
 
     def unredeem_in(self, txn, voucher_id: str, redeem_seq: int, now: float) -> dict:
         """Undo a redemption (its ledger entry ``redeem_seq`` is being reversed) inside the

@@ -25,6 +25,7 @@ from admin.products import ProductCatalog
 from admin.rewards import RewardEngine
 from admin.tokens import AdminTokens
 from engine.aggregation import Aggregation
+from engine.ids import check_text
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound
 from engine.scan import ScanPipeline
@@ -80,6 +81,7 @@ class Admin:
         data folder too."""
         if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
             raise ValueError("say why the entry is reversed (--reason), in at most 500 characters")
+        check_text(reason, "reason")
         now = self._clock() if now is None else now
         store = self.data.store
         payouts = self.payouts

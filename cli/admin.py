@@ -22,6 +22,7 @@ from admin.pools import UNITS
 from admin.service import Admin
 from admin.tokens import ROLES as ADMIN_ROLES
 from cli.main import emit, pass_data
+from engine.ids import is_digits
 
 
 def cli_user() -> str:
@@ -114,9 +115,11 @@ def pool_create(admin, pool_id, total, daily, region_caps, unit, name, as_json):
     regions = {}
     for item in region_caps:
         prefix, sep, amount = item.partition("=")
-        if not sep or not amount.isdigit():
+        if not sep or not is_digits(amount):
             raise click.BadParameter(f"{item!r}: expected PREFIX=AMOUNT, e.g. 4401=50000",
                                      param_hint="--region-cap")
+        if prefix in regions:
+            raise click.BadParameter(f"{prefix} is capped twice", param_hint="--region-cap")
         regions[prefix] = int(amount)
     p = admin.pools.create(pool_id, total=total, daily=daily, regions=regions, unit=unit, name=name,
                            who=cli_user())
@@ -126,14 +129,17 @@ def pool_create(admin, pool_id, total, daily, region_caps, unit, name, as_json):
 @pool.command("top-up")
 @click.argument("pool_id")
 @click.argument("amount", type=int)
+@click.option("--idempotency-key", default=None,
+              help="A key of your own for this top-up: sent again with the same key (a script's retry), "
+                   "it is done once.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_admin
-def pool_top_up(admin, pool_id, amount, as_json):
+def pool_top_up(admin, pool_id, amount, idempotency_key, as_json):
     """Add budget to a pool.
 
-    Example: wuma pool top-up summer 100000
+    Example: wuma pool top-up summer 100000 --idempotency-key finance-2026-11-30-1
     """
-    p = admin.pools.top_up(pool_id, amount, who=cli_user())
+    p = admin.pools.top_up(pool_id, amount, who=cli_user(), idempotency_key=idempotency_key)
     emit(p.to_dict(), as_json, f"pool {p.id}: total {_yuan(p.total, p.unit)}")
 
 
@@ -190,6 +196,8 @@ def campaign_create(admin, rule_file, as_json):
         rule = json.loads(rule_file.read().removeprefix("\ufeff"))
     except ValueError as e:
         raise click.ClickException(f"{rule_file.name}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise click.ClickException(f"{rule_file.name}: not a campaign rule (its JSON is nested too deeply)") from None
     c = admin.campaigns.create(rule, who=cli_user())
     emit(c.to_dict(), as_json, f"campaign {c.id} ({c.name}) created, active")
 
@@ -299,7 +307,8 @@ def voucher_redeem(admin, voucher_id, store_id, as_json):
     Example: wuma voucher redeem V7K2M9QX4T1B8N3R5W6Y0 --store s-1
     """
     v = admin.rewards.redeem(voucher_id, admin.data.accounts.get(store_id))
-    emit(v, as_json, f"voucher {v['id']} redeemed by {v['redeemed_by']}: {v['value'] / 100:.2f} yuan credited")
+    emit(v, as_json, f"voucher {v['id']} was already redeemed by {v['redeemed_by']}: nothing credited again"
+         if v.get("repeat") else f"voucher {v['id']} redeemed by {v['redeemed_by']}: {v['value'] / 100:.2f} yuan credited")
 
 
 @voucher.command("sweep")

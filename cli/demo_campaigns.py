@@ -63,6 +63,8 @@ def campaigns(d) -> None:
     d.wuma("account", "add", "gz-01", "--role", "distributor", "--region", "4401")
     store = json.loads(d.wuma("account", "add", "store-gz-7", "--role", "store", "--region", "440106",
                               "--distributor", "gz-01", "--json"))
+    other_store = json.loads(d.wuma("account", "add", "store-gz-9", "--role", "store", "--region", "440106",
+                                    "--distributor", "gz-01", "--json"))
     admin = json.loads(d.wuma("admin-token", "add", "demo-admin", "--role", "admin", "--json"))["token"]
 
     with d.serve() as url:
@@ -91,8 +93,11 @@ def campaigns(d) -> None:
             for r in answer.get("rewards") or []:
                 voucher = r.get("voucher") or voucher
         if voucher:
-            for attempt in ("the store redeems the voucher (核销)", "the same voucher again"):
-                status, answer = http_json(url, "/v1/vouchers/redeem", {"voucher": voucher}, st)
+            for attempt, token in (("the store redeems the voucher (核销)", st),
+                                   ("another store tries the same voucher", other_store["token"]),
+                                   ("the first store sends it again (its answer was lost): the same answer, "
+                                    "nothing credited twice", st)):
+                status, answer = http_json(url, "/v1/vouchers/redeem", {"voucher": voucher}, token)
                 print(f"\n  {attempt}: POST /v1/vouchers/redeem -> {status} "
                       f"{json.dumps(answer, ensure_ascii=False)[:160]}")
         status, page = http_json(url, "/admin")

@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.errors import Conflict, InvalidCode, NotFound
 from engine.formats import check_gtin
-from engine.ids import is_region_code
+from engine.ids import check_text, is_region_code
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix",
@@ -749,6 +749,9 @@ class Aggregation:
         for label, value in (("sku", sku), ("name", name), ("lot", lot)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{label} is required")
+            check_text(value, label)  # NOTE: shown in scan answers, trace and listings
+        if line:
+            check_text(line, "line")
         try:
             if not (isinstance(production_date, str) and len(production_date) == 10
                     and production_date[4] == production_date[7] == "-"):
@@ -837,6 +840,7 @@ class Aggregation:
         """A distributor with a territory: region code prefixes such as ``4401``."""
         if not isinstance(ident, str) or not ident or not ident.replace("-", "_").isidentifier():
             raise ValueError("distributor id must be letters, digits, '-' or '_'")
+        check_text(name or "", "distributor name")
         terr = [str(t).strip() for t in territory]
         if not terr or not all(is_region_code(t) for t in terr):
             raise ValueError("territory must be one or more region codes (digits), e.g. 4401")

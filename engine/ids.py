@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "has_control", "is_id", "is_region_code"]
+__all__ = ["ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_text", "has_control", "is_digits",
+           "is_id", "is_region_code"]
 
 #: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
 #: digits, '_', '.', '-', starting with a letter or digit (as an OpenAPI pattern).
@@ -32,6 +33,14 @@ def is_id(value: object) -> bool:
     return value.__class__ is str and _ID.fullmatch(value) is not None
 
 
+def is_digits(text: object) -> bool:
+    """Whether ``text`` is a non-empty string of ASCII digits 0-9 (a GS1 key, a prefix).
+
+    NOTE: ``str.isdigit()`` alone also takes other scripts' digits (``"٠٦٩"``) and
+    superscripts (``"²"``, which ``int()`` then refuses): the ``[0-9]`` of the patterns here."""
+    return text.__class__ is str and text.isascii() and text.isdigit()
+
+
 def is_region_code(value: object) -> bool:
     return value.__class__ is str and _REGION.fullmatch(value) is not None
 
@@ -42,3 +51,18 @@ def has_control(text: str) -> bool:
     if text.isascii():
         return not text.isprintable()
     return _CONTROL.search(text) is not None
+
+
+def check_text(value: str, what: str) -> str:
+    """``value``, or ValueError naming ``what`` when it holds a character the scan API
+    refuses in ids (:func:`has_control`: C0/C1 controls such as NUL, DEL, line and
+    paragraph separators, bidirectional controls such as U+202E).
+
+    APPSEC: names and other free text an operator types are printed in listings
+    (``wuma product list``, the admin page, exports): a control character would reshape an
+    operator's terminal (or drive it: escape sequences), split rows, or reverse how a
+    name reads."""
+    if has_control(value):
+        raise ValueError(f"{what}: no control characters (such as NUL, a line break, an escape or U+202E, "
+                         "a bidirectional override)")
+    return value

@@ -50,6 +50,10 @@ def test_validation_and_conflicts(accounts):
     for account_id in ("bad id", "s-1\n"):
         with pytest.raises(ValueError, match="account id"):
             reg.add(account_id, "store")
+    for name in ("Shop\x1b[2J", "Shop\nline", "\u202eShop"):  # printed in `account list`
+        with pytest.raises(ValueError, match="account name: no control characters"):
+            reg.add("s3", "store", name=name)
+    reg.add("s3", "store", name="天河便利店 No.7")
     assert [a.id for a in reg.list("shop_assistant")] == ["a1"]
     with pytest.raises(NotFound):
         reg.revoke("zz")

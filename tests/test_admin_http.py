@@ -28,6 +28,10 @@ def live(tmp_path_factory):
     w = build_admin_world(path, invalid_threshold=5,
                           serve={"trusted_proxies": ["127.0.0.1"], "proxy_header": "X-Forwarded-For"})
     _, w["rep_token"] = w["data"].accounts.add("rep-1", "sales_rep", region="4401")
+    # Eight stores in Guangzhou (s-1 is build_world's) for redemptions raced between stores.
+    w["stores"] = {"s-1": w["store_token"]}
+    for i in range(2, 9):
+        _, w["stores"][f"s-{i}"] = w["data"].accounts.add(f"s-{i}", "store", region="440106", distributor="gz-1")
     w["admin"].close()
     w["data"].close()
     w["server"] = Server(path)
@@ -303,31 +307,111 @@ def test_voucher_redeemed_exactly_once_over_http(live):
     assert call(live, "POST", "/v1/vouchers/redeem", {"voucher": vid, "extra": 1},
                 token=live["store_token"])[0] == 400
 
-    # Sixteen stores' tills press "redeem" at the same moment: exactly one wins.
-    results: list[tuple[int, dict]] = []
-    barrier = threading.Barrier(16)
+    # Sixteen tills press "redeem" at the same moment, two at each of eight stores: one store
+    # wins. Its other till is answered with that same redemption, as a repeat (a till
+    # retrying after a lost answer is told it was credited); every other store is refused.
+    tills = [store for store in sorted(live["stores"]) for _ in range(2)]
+    results: list[tuple[str, int, dict]] = []
+    barrier = threading.Barrier(len(tills))
 
-    def redeem():
+    def redeem(store):
         barrier.wait()
-        status, doc, _ = call(live, "POST", "/v1/vouchers/redeem", body, token=live["store_token"])
-        results.append((status, doc))
+        status, doc, _ = call(live, "POST", "/v1/vouchers/redeem", body, token=live["stores"][store])
+        results.append((store, status, doc))
 
-    threads = [threading.Thread(target=redeem) for _ in range(16)]
+    threads = [threading.Thread(target=redeem, args=(store,)) for store in tills]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    statuses = sorted(s for s, _ in results)
-    assert statuses == [200] + [409] * 15, statuses
-    won = next(d for s, d in results if s == 200)
-    assert won["state"] == "redeemed" and won["redeemed_by"] == "s-1"
-    assert all(d["message"] == "voucher already redeemed" for s, d in results if s == 409)
+    assert sorted(status for _, status, _ in results) == [200] * 2 + [409] * 14, results
+    (winner, won), (_, repeat) = sorted(((s, d) for s, status, d in results if status == 200),
+                                        key=lambda x: x[1]["repeat"])
+    assert [s for s, status, _ in results if status == 200] == [winner, winner]
+    assert won["state"] == "redeemed" and won["redeemed_by"] == winner and won["repeat"] is False
+    assert repeat == {**won, "repeat": True}  # the same redemption: same ledger entry, same time
+    assert all(d["message"] == "voucher already redeemed" for s, status, d in results if status == 409)
+    schema = ADMIN_OPENAPI["paths"]["/v1/vouchers/redeem"]["post"]["responses"]["200"]
+    assert set(schema["content"]["application/json"]["schema"]["required"]) <= set(won)
+    # Later, the winner's till sends it once more: the same answer; another store: 409.
+    assert call(live, "POST", "/v1/vouchers/redeem", body, token=live["stores"][winner])[:2] == (200, repeat)
+    other = next(s for s in live["stores"] if s != winner)
+    status, doc, _ = call(live, "POST", "/v1/vouchers/redeem", body, token=live["stores"][other])
+    assert (status, doc["message"]) == (409, "voucher already redeemed")
     assert ok(live, "GET", f"/v1/vouchers/{vid}", role=None)["state"] == "redeemed"
     redeems = [e for e in ok(live, "GET", "/admin/api/ledger?kind=redeem&limit=1000", role="viewer")
                if e.get("voucher") == vid]
-    assert len(redeems) == 1 and redeems[0]["beneficiary"] == {"role": "store", "id": "s-1"}
+    assert len(redeems) == 1 and redeems[0]["beneficiary"] == {"role": "store", "id": winner}
     assert redeems[0]["seq"] == won["ledger"] and redeems[0]["amount"] == 500
     assert call(live, "GET", "/v1/vouchers/VNOSUCHVOUCHER0000000")[0] == 404
+
+
+def test_a_top_up_sent_again_with_its_idempotency_key_is_done_once(live):
+    ok(live, "POST", "/admin/api/pools", {"id": "idem-pool", "total": 10_000}, status=201)
+    path = "/admin/api/pools/idem-pool/top-up"
+    key = {"Idempotency-Key": "0b7c9e0a-5a8e-4a39-9f3e-2d1c7a6b5e4f"}
+    status, first, r = call(live, "POST", path, {"amount": 500}, role="operator", headers=key)
+    assert (status, first["total"], r.getheader("Idempotent-Replayed")) == (200, 10_500, None)
+    status, again, r = call(live, "POST", path, {"amount": 500}, role="operator", headers=key)
+    assert (status, again, r.getheader("Idempotent-Replayed")) == (200, first, "true")
+    status, doc, _ = call(live, "POST", path, {"amount": 600}, role="operator", headers=key)
+    assert (status, doc["error"]) == (409, "conflict") and "a new top-up needs a new key" in doc["message"]
+    for bad in ("", "two words", "k" * 256):
+        status, doc, _ = call(live, "POST", path, {"amount": 1}, role="operator", headers={"Idempotency-Key": bad})
+        assert status == 400 and "Idempotency-Key" in doc["message"], (bad, doc)
+
+    # Eight retries of one top-up at once, across the workers: done once.
+    key = {"Idempotency-Key": "retry-storm-1"}
+    results: list[tuple[int, dict, str | None]] = []
+    barrier = threading.Barrier(8)
+
+    def top_up():
+        barrier.wait()
+        status, doc, r = call(live, "POST", path, {"amount": 1_000}, role="operator", headers=key)
+        results.append((status, doc, r.getheader("Idempotent-Replayed")))
+
+    threads = [threading.Thread(target=top_up) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [s for s, _, _ in results] == [200] * 8
+    assert sorted(str(h) for _, _, h in results) == ["None"] + ["true"] * 7
+    assert all(doc == results[0][1] for _, doc, _ in results) and results[0][1]["total"] == 11_500
+    # Without a key, each top-up is a top-up (as before).
+    ok(live, "POST", path, {"amount": 100}, role="operator")
+    assert ok(live, "POST", path, {"amount": 100}, role="operator")["total"] == 11_700
+    audited = [e["details"] for e in ok(live, "GET", "/admin/api/audit?limit=1000", role="viewer")
+               if e["action"] == "pool.top_up" and e["target"] == "idem-pool"]
+    assert audited == [{"amount": 500, "total": 10_500, "idempotency_key": "0b7c9e0a-5a8e-4a39-9f3e-2d1c7a6b5e4f"},
+                       {"amount": 1_000, "total": 11_500, "idempotency_key": "retry-storm-1"},
+                       {"amount": 100, "total": 11_600}, {"amount": 100, "total": 11_700}]
+    params = ADMIN_OPENAPI["paths"]["/admin/api/pools/{pool}/top-up"]["post"]["parameters"]
+    assert "Idempotency-Key" in {p["name"] for p in params if p["in"] == "header"}
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/admin/api/products", {"sku": "NUL-1", "name": "Green tea\u0000"}, "product name"),
+    ("/admin/api/products", {"sku": "BIDI-1", "name": "Green tea \u202egpj.exe"}, "product name"),
+    ("/admin/api/pools", {"id": "bidi-pool", "total": 100, "name": "\u202eSummer"}, "pool name"),
+    ("/admin/api/pools", {"id": "esc-pool", "total": 100, "name": "Summer\u001b[2J"}, "pool name"),
+    ("/admin/api/campaigns", "Cap draw\u0000", "campaign name"),
+    ("/admin/api/campaigns", "\u202eCap draw", "campaign name"),
+])
+def test_names_with_control_characters_are_refused(live, path, body, field):
+    if isinstance(body, str):
+        body = {**consumer_rule(live["caps"].id, name=body), "target": {"serials": [[live["caps"].id, 44, 45]]}}
+    status, doc, _ = call(live, "POST", path, body, role="admin")
+    assert (status, doc["error"]) == (400, "bad_request") and doc["message"].startswith(f"{field}: no control"), doc
+
+
+def test_region_caps_written_two_ways_for_one_region_are_refused(live):
+    status, doc, _ = call(live, "POST", "/admin/api/pools",
+                          {"id": "gz-pool", "total": 1_000, "regions": {"4401": 500, "440100": 500}}, role="admin")
+    assert status == 400 and "region caps 4401 and 440100 are the same region" in doc["message"], doc
+    pool = ok(live, "POST", "/admin/api/pools", {"id": "gz-pool", "total": 1_000, "regions": {"440100": 500}},
+              status=201)
+    assert pool["regions"] == {"440100": 500}  # kept as typed
 
 
 # -- reads -----------------------------------------------------------------------------------------------

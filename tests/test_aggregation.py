@@ -391,6 +391,13 @@ def test_ship_trace_distributor_through_ancestors(run, tmp_path):
     agg.add_distributor("fs-02", "Foshan", ["4406"])
     with pytest.raises(ValueError, match="region codes"):
         agg.add_distributor("bad", "x", ["GZ"])
+    # names and lots are printed in listings, trace and scan answers: no control characters
+    with pytest.raises(ValueError, match="distributor name: no control characters"):
+        agg.add_distributor("bad", "Guangzhou\x1b]0;x\x07", ["4401"])
+    for field in ("name", "lot"):
+        with pytest.raises(ValueError, match=f"{field}: no control characters"):
+            agg.activate(**{"sku": "S", "name": "N", "lot": "L", field: "L\u202e1"}, production_date="2026-11-21",
+                         pallets=[run.pallets[1]])
     agg.ship([run.pallets[0]], "gz-01", now=1000.0)
     t = agg.trace(run.caps[3], render=True)
     assert t["active"] and t["product"]["sku"] == "S"

@@ -202,6 +202,93 @@ def test_daily_and_region_caps(world):
     assert st_["by_region"] == {"4401": 400}
 
 
+# -- regions written as division codes (440100 is Guangzhou: 4401) ------------------------------
+@pytest.mark.parametrize("regions", [["440100"], ["4401"], ["440100000000"], ["310000", "440100"]])
+def test_campaign_regions_written_as_division_codes_match_their_districts(world, regions):
+    """Campaign regions are read as distributor territories are: trailing 00 pairs name the
+    whole division (440100 is Guangzhou, 4401). Stored as typed. A scan in a coarser region
+    (the province, for a Guangzhou campaign) is not known to be inside: it earns nothing."""
+    pool(world)
+    c = world["admin"].campaigns.create(rule(world, regions=regions), who="test")
+    assert world["admin"].campaigns.get(c.id).rule["regions"] == regions  # kept as typed
+    assert outcomes(scan(world, cap(world, 0), region="440106")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 1), region="440106001000")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 2), region="440100")) == ["granted"]
+    for serial, elsewhere in enumerate(("440200", "330106", "44", "440000"), 10):
+        assert scan(world, cap(world, serial), region=elsewhere).rewards == (), elsewhere
+
+
+def test_a_province_written_as_a_division_code_matches_its_cities(world):
+    pool(world)
+    world["admin"].campaigns.create(rule(world, regions=["440000"]), who="test")
+    assert outcomes(scan(world, cap(world, 0), region="440106")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 1), region="440200")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 2), region="44")) == ["granted"]
+    assert scan(world, cap(world, 3), region="450100").rewards == ()
+
+
+def test_a_region_code_narrower_than_a_campaign_still_matches_only_inside(world):
+    pool(world)
+    world["admin"].campaigns.create(rule(world, regions=["440106"]), who="test")
+    assert scan(world, cap(world, 0), region="4401").rewards == ()  # the city: maybe elsewhere
+    assert scan(world, cap(world, 1), region="440100").rewards == ()
+    assert scan(world, cap(world, 2), region="440103").rewards == ()
+    assert outcomes(scan(world, cap(world, 3), region="440106")) == ["granted"]
+
+
+def test_campaigns_in_the_same_region_written_two_ways_overlap(world):
+    pool(world)
+    c = world["admin"].campaigns.create(rule(world, regions=["440100"]), who="test")
+    with pytest.raises(Conflict, match=f"campaign {c.id}"):  # Tianhe is in Guangzhou
+        world["admin"].campaigns.create(rule(world, name="Tianhe", regions=["440106"]), who="test")
+    world["admin"].campaigns.create(rule(world, name="Shaoguan", regions=["440200"]), who="test")
+
+
+def test_pool_region_caps_written_as_division_codes_pay_their_districts(world):
+    pool(world, regions={"440100": 50_000})
+    world["admin"].campaigns.create(rule(world, name="Open case", target={"batches": [world["cases"].id]},
+                                         trigger={"code_role": "case_inner", "actor_role": "store"}), who="test")
+    world["admin"].campaigns.create(rule(world), who="test")
+    r = store_scan(world, world["data"].codes.code(world["cases"], 0, "case_inner"))  # a store in 440106
+    assert outcomes(r) == ["granted"]
+    assert outcomes(scan(world, cap(world, 0), region="440106")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 1), region="310106")) == ["outside_pool_regions"]
+    st_ = world["admin"].pools.status("p")
+    assert st_["regions"] == {"440100": 50_000} and st_["by_region"] == {"440100": 200}  # as typed
+
+
+@pytest.mark.parametrize("caps", [{"4401": 100, "440100": 200}, {"440000": 100, "44": 200},
+                                  {"4401": 100, "440100000000": 200}])
+def test_two_caps_on_one_region_are_refused(world, caps):
+    with pytest.raises(ValueError, match="region caps .* are the same region .*give it one cap"):
+        pool(world, regions=caps)
+    assert world["admin"].pools.list() == []
+
+
+def test_the_most_specific_region_cap_wins_however_it_is_written(world):
+    """Caps do not nest: Tianhe (440106) counts against its own cap only, the rest of
+    Guangzhou (440100, written with its zeros) against the city's."""
+    pool(world, regions={"440000": 10_000, "440100": 10_000, "440106": 150})
+    world["admin"].campaigns.create(rule(world), who="test")
+    assert outcomes(scan(world, cap(world, 0), actor_id="a", region="440106")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 1), actor_id="b", region="440106")) == ["budget_exhausted"]
+    assert outcomes(scan(world, cap(world, 2), actor_id="c", region="440103")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 3), actor_id="d", region="440200")) == ["granted"]
+    assert world["admin"].pools.status("p")["by_region"] == {"440000": 100, "440100": 100, "440106": 100}
+
+
+def test_a_voucher_of_a_campaign_in_a_division_code_is_redeemed_in_its_districts(world):
+    pool(world)
+    world["admin"].campaigns.create(rule(world, regions=["440100"], reward={
+        "kind": "fixed", "amount": 500, "payout": "voucher", "valid_days": 7}), who="test")
+    v = scan(world, cap(world, 0)).rewards[0]["voucher"]
+    world["data"].accounts.add("s-hz", "store", region="330106", distributor="gz-1")
+    with pytest.raises(Conflict, match="only in the campaign's regions"):
+        world["admin"].rewards.redeem(v, world["data"].accounts.get("s-hz"), now=T0 + 100)
+    got = world["admin"].rewards.redeem(v, world["data"].accounts.get("s-1"), now=T0 + 100)  # 440106
+    assert got["state"] == "redeemed" and got["redeemed_by"] == "s-1"
+
+
 def test_linked_rebates_bc_and_bbc_withheld_when_diverted(world):
     pool(world)
     world["admin"].campaigns.create(rule(world, rebates=[{"to": "store", "amount": 30},
@@ -274,9 +361,10 @@ def test_voucher_issue_and_redeem_exactly_once(world):
     assert world["admin"].pools.status("p")["spent"] == 500  # reserved at issue
     store = world["data"].accounts.get("s-1")
     got = world["admin"].rewards.redeem(v["voucher"].lower(), store, now=T0 + 86400)
-    assert got["state"] == "redeemed" and got["redeemed_by"] == "s-1"
-    with pytest.raises(Conflict, match="already redeemed"):
-        world["admin"].rewards.redeem(v["voucher"], store, now=T0 + 86400)
+    assert got["state"] == "redeemed" and got["redeemed_by"] == "s-1" and got["repeat"] is False
+    world["data"].accounts.add("s-2", "store", region="440106", distributor="gz-1")
+    with pytest.raises(Conflict, match="already redeemed"):  # another store
+        world["admin"].rewards.redeem(v["voucher"], world["data"].accounts.get("s-2"), now=T0 + 86400)
     with pytest.raises(NotFound):
         world["admin"].rewards.redeem("V" + "0" * 20, store)
     issue, redeem = world["admin"].ledger.entries()
@@ -285,6 +373,31 @@ def test_voucher_issue_and_redeem_exactly_once(world):
         "redeem", True, "s-1", "gz-1")
     assert redeem["ref"] == issue["seq"] and redeem["campaign"] == c.id
     assert world["admin"].pools.status("p")["spent"] == 500  # no second charge
+
+
+def test_a_store_retrying_its_redemption_gets_it_again_and_nothing_more(world):
+    """A till whose answer was lost sends the redemption again: the same store gets its own
+    redemption back (the same ledger entry, marked a repeat), even once the voucher's time
+    is past; nothing is written, credited or charged again. Another store is refused."""
+    admin = world["admin"]
+    pool(world)
+    admin.campaigns.create(rule(world, reward={"kind": "fixed", "amount": 500, "payout": "voucher",
+                                               "valid_days": 7}), who="test")
+    v = scan(world, cap(world, 0)).rewards[0]["voucher"]
+    store = world["data"].accounts.get("s-1")
+    first = admin.rewards.redeem(v, store, now=T0 + 100)
+    entries, spent = admin.ledger.entries(), admin.pools.status("p")["spent"]
+    pending = admin.payouts.summary()
+    for at in (T0 + 200, T0 + 30 * 86400):  # at once, and past the voucher's validity
+        again = admin.rewards.redeem(v.lower(), store, now=at)
+        assert again == {**first, "repeat": True}
+    assert admin.ledger.entries() == entries and [e["kind"] for e in entries] == ["voucher", "redeem"]
+    assert admin.pools.status("p")["spent"] == spent == 500
+    assert admin.payouts.summary() == pending
+    world["data"].accounts.add("s-2", "store", region="440106", distributor="gz-1")
+    with pytest.raises(Conflict, match="^voucher already redeemed$"):
+        admin.rewards.redeem(v, world["data"].accounts.get("s-2"), now=T0 + 300)
+    assert admin.rewards.voucher(v)["redeem_ledger"] == first["redeem_ledger"]
 
 
 def test_unredeemed_vouchers_expire_and_return_their_budget(world):
@@ -410,6 +523,8 @@ def test_reversal_returns_the_budget_and_cancels_the_unsent_payout(world):
     second = scan(world, cap(world, 1)).rewards[0]["ledger"]
     with pytest.raises(ValueError, match="say why"):
         world["admin"].reverse(first, reason=" ", who="test")
+    with pytest.raises(ValueError, match="reason: no control characters"):  # shown in the ledger, audit
+        world["admin"].reverse(first, reason="typo\x1b[8m", who="test")
     r = world["admin"].reverse(first, reason="warehouse test scan", who="test")
     assert (r["kind"], r["ref"], r["amount"], r["payable"]) == ("reversal", first, 100, False)
     assert world["admin"].pools.status("p")["spent"] == 100
@@ -459,7 +574,8 @@ def test_reversing_a_redemption_gives_the_voucher_back(world):
     back = admin.rewards.voucher(v)
     assert back["state"] == "issued" and "redeemed_by" not in back
     assert admin.pools.status("p")["spent"] == 500  # still owed to the consumer's voucher
-    again = admin.rewards.redeem(v, store, now=T0 + 300)  # redeemable again ...
+    again = admin.rewards.redeem(v, store, now=T0 + 300)  # redeemable again, by the same store too: ...
+    assert again["repeat"] is False and again["redeem_ledger"] > redeemed["redeem_ledger"]  # a new redemption
     admin.reverse(again["redeem_ledger"], reason="wrong store again", who="test", now=T0 + 8 * 86400)
     # ... and reversed past its validity, it expires at once with its budget returned
     assert admin.rewards.voucher(v)["state"] == "expired"
@@ -518,6 +634,71 @@ def test_a_top_up_cannot_raise_a_pool_past_the_most_it_holds(world):
     with pytest.raises(ValueError, match="top up at most 10"):
         world["admin"].pools.top_up("p", 11, who="test")
     assert world["admin"].pools.top_up("p", 10, who="test").total == MAX_AMOUNT
+
+
+def test_a_top_up_with_an_idempotency_key_is_done_once(world):
+    """A top-up sent again with its key (an answer lost) is answered as the first time and
+    changes nothing; the same key with another amount is refused; keys are per pool."""
+    pools = world["admin"].pools
+    pool(world, total=10_000)
+    pool(world, total=10_000, id="q")
+    first, replayed = pools.top_up_status("p", 500, who="test", idempotency_key="7f3e-top-up-1")
+    assert (first["total"], first["left"], replayed) == (10_500, 10_500, False)
+    pools.top_up("p", 1_000, who="test")  # another top-up meanwhile
+    again, replayed = pools.top_up_status("p", 500, who="test", idempotency_key="7f3e-top-up-1")
+    assert (again, replayed) == (first, True)  # the first answer, not the pool now
+    assert pools.top_up("p", 500, who="test", idempotency_key="7f3e-top-up-1").total == 10_500
+    assert pools.get("p").total == 11_500
+    with pytest.raises(Conflict, match="7f3e-top-up-1 was sent with a top-up of pool p by 500, not 600"):
+        pools.top_up("p", 600, who="test", idempotency_key="7f3e-top-up-1")
+    assert pools.top_up("q", 600, who="test", idempotency_key="7f3e-top-up-1").total == 10_600  # per pool
+    assert pools.get("p").total == 11_500
+    top_ups = [e for e in world["admin"].audit.entries() if e["action"] == "pool.top_up"]
+    assert [(e["target"], e["details"]) for e in top_ups] == [
+        ("p", {"amount": 500, "total": 10_500, "idempotency_key": "7f3e-top-up-1"}),
+        ("p", {"amount": 1_000, "total": 11_500}),
+        ("q", {"amount": 600, "total": 10_600, "idempotency_key": "7f3e-top-up-1"})]
+
+
+@pytest.mark.parametrize("key", ["", "two words", "k" * 256, "k\n", "ключ", 7])
+def test_an_idempotency_key_is_visible_ascii(world, key):
+    pool(world)
+    with pytest.raises(ValueError, match="Idempotency-Key: 1-255 visible ASCII"):
+        world["admin"].pools.top_up("p", 100, who="test", idempotency_key=key)
+    assert world["admin"].pools.get("p").total == 10_000
+
+
+def test_a_failed_top_up_keeps_no_key(world):
+    from admin._util import MAX_AMOUNT
+    pool(world, total=MAX_AMOUNT - 10)
+    with pytest.raises(ValueError, match="top up at most 10"):
+        world["admin"].pools.top_up("p", 11, who="test", idempotency_key="k-1")
+    assert world["admin"].pools.top_up("p", 10, who="test", idempotency_key="k-1").total == MAX_AMOUNT
+
+
+# -- free text printed in listings -------------------------------------------------------------
+_CONTROLS = ["\x00", "\u202e", "\x1b[2J", "\r", "\u2028", "\x85", "\u2066"]
+
+
+@pytest.mark.parametrize("bad", _CONTROLS)
+def test_names_with_control_characters_are_refused(world, bad):
+    admin = world["admin"]
+    with pytest.raises(ValueError, match="^product name: no control characters"):
+        admin.products.add("P-1", f"Green tea{bad}gpj.exe", who="test")
+    with pytest.raises(ValueError, match="^pool name: no control characters"):
+        admin.pools.create("p", total=10_000, name=f"Summer{bad}", who="test")
+    pool(world)
+    with pytest.raises(ValueError, match="^campaign name: no control characters"):
+        admin.campaigns.create(rule(world, name=f"{bad}Cap draw"), who="test")
+    assert admin.products.list() == [] and [p.id for p in admin.pools.list()] == ["p"]
+    assert admin.campaigns.list() == []
+
+
+def test_names_in_any_script_are_taken(world):
+    admin = world["admin"]
+    assert admin.products.add("P-1", "绿茶 500ml", who="test").name == "绿茶 500ml"
+    assert admin.pools.create("p", total=10_000, name="夏季 活动", who="test").name == "夏季 活动"
+    assert admin.campaigns.create(rule(world, name="  扫码 抽奖 "), who="test").name == "扫码 抽奖"
 
 
 def test_a_reversal_reason_is_at_most_500_characters(world):

@@ -37,6 +37,9 @@ def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
                          "--region-cap", "44=50000", "--json").output)
     assert out["regions"] == {"44": 50000}
     assert "PREFIX=AMOUNT" in run("pool", "create", "x", "--total", "5", "--region-cap", "44", ok=False).output
+    assert "PREFIX=AMOUNT" in run("pool", "create", "x", "--total", "5", "--region-cap", "44=\u00b2", ok=False).output
+    assert "4401 is capped twice" in run("pool", "create", "x", "--total", "5", "--region-cap", "4401=5",
+                                         "--region-cap", "4401=7", ok=False).output
     rule = {"name": "Cap draw", "pool": "gd", "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
             "target": {"skus": ["SKU-1"]}, "window": {"start": "2026-01-01T00:00", "end": "2030-01-01T00:00"},
             "reward": {"kind": "draw", "tiers": [{"amount": 100, "odds": 0.5}, {"amount": 0, "odds": 0.5}]}}
@@ -63,8 +66,11 @@ def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
     assert json.loads(run("campaign", "show", str(c["id"]), "--json").output)["status"] == "closed"
     assert "no campaign 99" in run("campaign", "pause", "99", ok=False).output
     run("pool", "top-up", "gd", "1000")
+    for _ in range(2):  # a script's retry with its key: done once
+        run("pool", "top-up", "gd", "500", "--idempotency-key", "fin-2026-11-30-1")
+    assert "not 700" in run("pool", "top-up", "gd", "700", "--idempotency-key", "fin-2026-11-30-1", ok=False).output
     shown = json.loads(run("pool", "show", "gd", "--json").output)
-    assert shown["total"] == 51000 and shown["spent"] == 0
+    assert shown["total"] == 51500 and shown["spent"] == 0
     assert run("ledger", "list").output == ""
     assert "no such voucher" in run("voucher", "show", "VNOPE", ok=False).output
     assert "no such voucher" in run("voucher", "show", "VNOPE", "--json", ok=False).output
@@ -76,7 +82,7 @@ def test_pool_campaign_lifecycle_and_audit(run, tmp_path):
         actions = [(e["action"], e["who"].startswith("cli:")) for e in AuditLog(data.store).entries()]
     assert actions == [("product.add", True), ("pool.create", True), ("campaign.create", True),
                        ("campaign.pause", True), ("campaign.resume", True), ("campaign.close", True),
-                       ("pool.top_up", True)]
+                       ("pool.top_up", True), ("pool.top_up", True)]
 
 
 def test_campaign_rule_file_with_utf8_bom(run, tmp_path):
@@ -107,3 +113,7 @@ def test_ledger_export_to_standard_output(run, tmp_path):
     assert res.stdout.splitlines()[0].startswith("seq,at,kind,amount")
     assert "0 payable entries written" in res.stderr
     assert not (tmp_path / "-").exists() and not os.path.exists("-")  # the CLI runs in the cwd
+
+
+def test_a_campaign_rule_nested_too_deeply_is_a_message(run):
+    assert "nested too deeply" in run("campaign", "create", "-", input="[" * 100_000, ok=False).output

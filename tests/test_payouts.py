@@ -94,6 +94,8 @@ class Receiver:
             return self._answer(h, 422, b"unknown beneficiary " + self.secret + b" " + b"x" * 5000)
         if action == "429":
             return self._answer(h, 429, b"slow down", {"Retry-After": "600"})
+        if action == "429 odd":  # byte 0xB2: "²" to http.client, a digit to str.isdigit()
+            return self._answer(h, 429, b"slow down", {"Retry-After": "\u00b2"})
         with self.lock:  # the entry is processed (recorded) before anything else goes wrong
             dup = rec["key"] in self.accepted
             self.accepted.setdefault(rec["key"], data)
@@ -278,6 +280,14 @@ def test_429_honours_retry_after(store, ledger, payouts, receiver):
     payouts.deliver_once(receiver.url, SECRET, now=T0)
     st = payouts.state(seq)
     assert (st["state"], st["last_status"], st["next_at"]) == ("pending", 429, T0 + 600)
+
+
+def test_a_retry_after_that_is_not_a_number_is_ignored(store, ledger, payouts, receiver):
+    seq = add(store, ledger)
+    receiver.plan = ["429 odd"]
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0)["sent"] == 1  # no ValueError mid-batch
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"]) == ("pending", 429) and T0 < st["next_at"] < T0 + 600
 
 
 def test_rejected_waits_for_an_operator_then_retry_is_audited(store, ledger, payouts, receiver):
