@@ -32,6 +32,7 @@ from pathlib import Path
 import msgpack
 
 from engine.errors import NotFound
+from engine.scanlog import DISTINCT_MAX
 from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
@@ -105,9 +106,31 @@ def subject(kind: str, ident: str) -> str:
     return f"{kind}:{ident}"
 
 
+_DAY = 86400
+#: Each limit's range, inclusive, and how the message reads its maximum. NOTE: a value
+#: past these was accepted and then broke the guard: a ban's end is stored as an unsigned
+#: 64-bit number (a huge ``ban_s`` made every ban a 500 and reset the count instead of
+#: banning), the invalid count as 32 bits, a window is subtracted from a float time
+#: (OverflowError past ~1.8e308), and the copied flag counts at most DISTINCT_MAX places
+#: and devices per code (a threshold above it never flags). The thresholds go up to a
+#: billion: "no limit in practice" (the benchmarks set 10**9).
+_RANGES = {
+    "rate_per_minute": (1, 10**9, "a billion"),
+    "invalid_threshold": (1, 10**9, "a billion"),
+    "invalid_window_s": (1, 30 * _DAY, "30 days"),
+    "ban_s": (1, 3650 * _DAY, "10 years"),
+    "evidence_max": (1, 1000, None),
+    "copy_regions": (1, DISTINCT_MAX, None),
+    "copy_devices": (1, DISTINCT_MAX, None),
+    "copy_window_s": (1, 365 * _DAY, "365 days"),
+}
+
+
 @dataclass(frozen=True)
 class AbuseLimits:
-    """Configuration with sensible defaults (see the scan service docs)."""
+    """Configuration with sensible defaults (see the scan service docs). Each limit is an
+    integer in its range (:data:`_RANGES`): ValueError naming the limit and its range
+    otherwise (a bool is no number here, though Python counts it as an int)."""
 
     rate_per_minute: int = 600
     invalid_threshold: int = 20
@@ -122,8 +145,13 @@ class AbuseLimits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"abuse limit {name} must be a positive integer")
+            lo, hi, spelled = _RANGES[name]
+            if value.__class__ is not int or not lo <= value <= hi:
+                shown = repr(value)
+                if len(shown) > 40:
+                    shown = shown[:37] + "..."
+                raise ValueError(f"abuse limit {name} must be a positive integer of at most "
+                                 f"{hi}{f' ({spelled})' if spelled else ''}; got {shown}")
 
 
 @dataclass(frozen=True)

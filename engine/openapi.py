@@ -96,8 +96,10 @@ OPENAPI = {
                            "one counts towards the client's enumeration ban, as for scans)",
                 "parameters": [{"name": "code", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
-                "responses": {"200": _json(_VERDICT, "the verdict, with the scan history"), **_REFUSED,
-                              **_ERRORS},
+                "responses": {"200": _json(_VERDICT, "the verdict, with the scan history; flags: "
+                                                     "copied when a scan of the (genuine) code was "
+                                                     "flagged copied, however long ago"),
+                              **_REFUSED, **_ERRORS},
             }
         },
         "/healthz": {"get": {"summary": "Liveness, and whether the store can take scans", "responses": {

@@ -259,6 +259,8 @@ class ScanResult(NamedTuple):
 #: fresh dict).
 _INVALID_RESULT = ScanResult("invalid")
 _INVALID_JSON = JSON_ENCODER.encode(_INVALID_RESULT.to_dict()).encode()
+#: The flags of a check of a code flagged copied.
+_COPIED = ("copied",)
 
 #: A campaign hook looks at a genuine scan (outside any transaction) and returns None, or a
 #: ``settle(txn, seq, memo) -> list[dict]`` function that the scan log runs inside the scan's
@@ -419,10 +421,11 @@ class ScanPipeline:
 
     def check(self, code: str, ip: str | None = None) -> ScanResult:
         """Read-only anti-counterfeit check (the landing page): nothing is recorded of the
-        code. The client at ``ip`` is held to the same bans and rate as its scans, and an
-        invalid code counts towards its enumeration ban (else the check would answer
-        forged guesses without limit, banned clients included). Raises Banned,
-        RateLimited, ValueError (not text)."""
+        code. A genuine code flagged ``copied`` by any scan of it is answered with that
+        flag (the scan record keeps it), however long ago. The client at ``ip`` is held
+        to the same bans and rate as its scans, and an invalid code counts towards its
+        enumeration ban (else the check would answer forged guesses without limit, banned
+        clients included). Raises Banned, RateLimited, ValueError (not text)."""
         _check_code(code)
         subjects = self._subjects(ScanRequest(code, ip=ip))
         now = self.clock()
@@ -435,5 +438,11 @@ class ScanPipeline:
             return _INVALID_RESULT
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.scan_trace(uid)
-        return _result(_unit_verdict(trace), v, trace,
-                       self.scans.get(uid, self.codes.spec.role(v.role).index))
+        verdict = _unit_verdict(trace)
+        record = self.scans.get(uid, self.codes.spec.role(v.role).index,
+                                (self.copy_regions, self.copy_devices, self.copy_window_s))
+        # NOTE: copied once, the code stays so for the landing page (a scan's own flag
+        # looks at its window only): a label seen in three cities is a copied label. Set
+        # on genuine codes only, as for scans.
+        flags = _COPIED if verdict == "genuine" and record is not None and record.ever_copied else ()
+        return _result(verdict, v, trace, record, flags)

@@ -109,6 +109,68 @@ def test_limits_are_validated():
         AbuseLimits(ban_s=0)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    # a ban's end is stored as an unsigned 64-bit number: this one made every ban a 500
+    ("ban_s", 10**20, r"ban_s must be a positive integer of at most 315360000 \(10 years\); got 1000"),
+    ("ban_s", True, r"ban_s must be a positive integer .*; got True"),  # not 1
+    ("ban_s", 3600.0, "ban_s must be a positive integer"),
+    ("invalid_threshold", 2**32, r"invalid_threshold .* at most 1000000000 \(a billion\)"),
+    ("invalid_threshold", False, "invalid_threshold must be"),
+    ("rate_per_minute", 10**9 + 1, "rate_per_minute .* at most 1000000000"),
+    ("invalid_window_s", 31 * 86400, r"invalid_window_s .* at most 2592000 \(30 days\)"),
+    # subtracted from a float time: OverflowError on every scan of a code seen widely
+    pytest.param("copy_window_s", 10**400, r"copy_window_s .* at most 31536000 \(365 days\); got 1000.*\.\.\.$",
+                 id="copy_window_s-10**400"),
+    ("copy_regions", 17, "copy_regions .* at most 16;"),  # a code keeps 16 places: it never flags
+    ("copy_devices", 17, "copy_devices .* at most 16;"),
+    ("evidence_max", 1001, "evidence_max .* at most 1000;"),
+])
+def test_limits_are_range_checked(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        AbuseLimits(**{name: value})
+
+
+def test_limits_at_their_maximum_are_taken_and_work(tmp_path):
+    """A ban of 10 years is made and holds; a billion invalid codes is a count that fits."""
+    limits = AbuseLimits(rate_per_minute=10**9, invalid_threshold=2, invalid_window_s=30 * 86400,
+                         ban_s=3650 * 86400, evidence_max=1000, copy_regions=16, copy_devices=16,
+                         copy_window_s=365 * 86400)
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", limits)
+    assert [g.record_invalid(["ip:10.7.7.7"], f"X{i}", now=1000.0 + i) for i in range(2)] == [None, None]
+    ban = g.record_invalid(["ip:10.7.7.7"], "X2", now=1002.0)
+    assert ban is not None and ban.expires_at == 1002.0 + 3650 * 86400
+    assert g.banned(["ip:10.7.7.7"], now=1002.0 + 3649 * 86400) is not None
+    assert g.count_active(now=2000.0) == 1
+    g.close()
+    store.close()
+    AbuseLimits(invalid_threshold=10**9)
+
+
+@pytest.mark.parametrize("abuse, message", [
+    ({"invalid_threshold": 2, "ban_s": 10**20}, "ban_s must be a positive integer of at most 315360000"),
+    ({"ban_s": True}, "ban_s must be a positive integer"),
+])
+def test_a_limit_out_of_range_is_refused_by_the_data_folder(tmp_path, abuse, message):
+    """Refused as a config update, and in wuma.json before the scan app starts
+    (check_serving: wuma serve, and the master before a reload)."""
+    import json
+
+    from engine import DataFolder
+    from engine.data import check_serving
+    from engine.errors import DataFolderError
+
+    with DataFolder.init(tmp_path / "d") as data, \
+            pytest.raises(ValueError, match=f'"abuse" section: abuse limit {message}'):
+        data.update_config(abuse=abuse)
+    doc = json.loads((tmp_path / "d" / "wuma.json").read_text())
+    assert "abuse" not in doc  # the update was not written
+    doc["abuse"] = abuse
+    (tmp_path / "d" / "wuma.json").write_text(json.dumps(doc))
+    with pytest.raises(DataFolderError, match=f'wuma.json, "abuse" section: abuse limit {message}'):
+        check_serving(tmp_path / "d")
+
+
 def _two_invalid_codes(path):
     store = Store(path / "db")
     g = AbuseGuard(store, path / "db-counters", AbuseLimits(invalid_threshold=3))

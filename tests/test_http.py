@@ -60,6 +60,22 @@ def test_verdicts_over_http(live):
     jsonschema.validate(body, _schema("/v1/codes/{code}", "get", 200))
 
 
+def test_the_check_shows_a_code_flagged_copied(live):
+    """A code flagged copied by POST /v1/scans is answered copied by GET /v1/codes/{code}
+    (the landing page can warn); one place at three precisions is no copy."""
+    s, code = live["server"], live["data"].codes.code
+    inner, other = code(live["caps"], 42, "cap_inner"), code(live["caps"], 43, "cap_inner")
+    for r in ["440106", "440106001", "440100"]:
+        assert s.scan({"code": other, "location": {"region": r}, "device": "phone"})[1]["flags"] == []
+    assert s.get(f"/v1/codes/{other}")[1]["flags"] == []
+    flags = [s.scan({"code": inner, "location": {"region": r}, "device": f"d-{i}"})[1]["flags"]
+             for i, r in enumerate(["440100", "440300", "110101"])]
+    assert ["copied" in f for f in flags] == [False, False, True]  # (and diverted: gz-1 is 4401)
+    status, body = s.get(f"/v1/codes/{inner}")
+    assert status == 200 and body["flags"] == ["copied"] and body["scan"]["count"] == 3
+    jsonschema.validate(body, _schema("/v1/codes/{code}", "get", 200))
+
+
 def test_accounts_over_http(live):
     s, codes = live["server"], live["data"].codes
     case_inner = codes.code(live["cases"], 1, "case_inner")

@@ -96,6 +96,27 @@ def test_copied_code_flag(world):
     assert ["copied" in e["flags"] for e in events] == [False, False, True]
 
 
+def test_the_landing_page_check_shows_a_code_flagged_copied(world):
+    """GET /v1/codes/{code} answers the copied flag once a scan of the code was flagged,
+    and keeps it after the scans' window has passed (a copied label stays copied)."""
+    pipe, code = world["pipe"], world["data"].codes.code
+    inner, other = code(world["caps"], 4, "cap_inner"), code(world["caps"], 5, "cap_inner")
+    # one place at three precisions: no copy
+    for r in ["440106", "440106001", "440100"]:
+        _scan(world, other, region=r, device="phone")
+    assert pipe.check(other).flags == () and pipe.check(other).scan.count == 3
+    _scan(world, inner, region="440100", device="d0")
+    _scan(world, inner, region="440300", device="d1")
+    assert pipe.check(inner).flags == ()
+    assert "copied" in _scan(world, inner, region="110101", device="d2").flags
+    checked = pipe.check(inner, "203.0.113.80")
+    assert checked.flags == ("copied",) and checked.scan.count == 3
+    assert json.loads(checked.to_json())["flags"] == ["copied"]
+    world["clock"].t += 8 * 86400  # past the 7 days' window: a new scan is not flagged
+    assert _scan(world, inner, region="440100", device="d0").flags == ()
+    assert pipe.check(inner).flags == ("copied",)
+
+
 def test_copied_limits_are_settings(tmp_path):
     """The copied flag's thresholds are the "abuse" settings of wuma.json (defaults: 3
     regions or 5 devices within 7 days); a bad value is refused with the section named."""

@@ -16,7 +16,7 @@ import pytest
 
 from engine import DataFolder
 from engine.scanlog import TURN_FILE, ScanLog
-from engine.store import Store
+from engine.store import Store, pack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +70,91 @@ def test_copied_counts_places_and_devices_within_the_window_only(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("regions", [
+    ["440106", "440106001", "440106", "440100"],  # one district, one of its towns, its city
+    ["44", "4401", "440106"],  # province, city, district
+    ["440000", "440100", "440106", "440106001", "440106001001"],  # down to a village
+])
+def test_one_place_at_different_precision_is_not_copied(tmp_path, regions):
+    """Nested division codes are one place: one phone scanning one bottle in Tianhe, its
+    region sent at whatever precision the front end had, is no copied label."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    at = (3, 5, 86400.0)
+    flags = [log.record(7, 4, {"at": 100.0 + i, "region": r, "device": "phone"}, copy_at=at).copied
+             for i, r in enumerate(regions)]
+    assert flags == [False] * len(regions)
+    log.close()
+    store.close()
+
+
+def test_distinct_places_are_counted_whatever_their_precision(tmp_path):
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+
+    def scan(unit, t, region):
+        event = {"at": t, "region": region, "device": "phone"}
+        return log.record(unit, 4, event, copy_at=(3, 5, 86400.0)).copied
+
+    # Guangzhou, Shenzhen, Beijing
+    assert [scan(7, 100.0 + i, r) for i, r in enumerate(["440100", "440300", "110101"])] == [False, False, True]
+    # Tianhe and Liwan are two places; Guangdong and Guangzhou, holding both, add none; a
+    # third district is the third place
+    assert [scan(8, 100.0 + i, r) for i, r in enumerate(["440106", "440103", "44", "440100", "440104"])] == [
+        False, False, False, False, True]
+    # a coarse region seen first is no place once a finer one inside it is seen, and the
+    # finer one outside it still counts
+    assert [scan(9, 100.0 + i, r) for i, r in enumerate(["4401", "440106", "330106", "3301"])] == [
+        False, False, False, False]
+    assert scan(9, 200.0, "110101")
+    log.close()
+    store.close()
+
+
+def test_a_code_flagged_copied_stays_so_in_its_record(tmp_path):
+    """The record keeps that a scan of the code was flagged copied (ever_copied), for the
+    read-only check, though a scan's own flag looks at its window only."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    at = (3, 5, 3600.0)
+    assert log.get(7, 4, at) is None
+    log.record(7, 4, {"at": 100.0, "region": "4401"}, copy_at=at)
+    assert log.get(7, 4, at).ever_copied is False
+    log.record(7, 4, {"at": 101.0, "region": "4403"}, copy_at=at)
+    third = log.record(7, 4, {"at": 102.0, "region": "1101"}, copy_at=at)
+    assert third.copied and third.ever_copied
+    later = log.record(7, 4, {"at": 10_000.0, "region": "4401"}, copy_at=at)  # out of the window
+    assert not later.copied and later.ever_copied
+    assert log.get(7, 4).ever_copied and not log.get(7, 4).copied
+    assert not log.record(8, 4, {"at": 1.0}, copy_at=at).ever_copied
+    log.close()
+    store.close()
+
+
+def test_a_record_from_before_the_copied_bit_is_read(tmp_path):
+    """A record of the layout before (10 fields) says copied if its latest scan was, by
+    the thresholds given; written again, it keeps that."""
+    from engine.scanlog import _record_key
+
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    at = (3, 5, 3600.0)
+    with store.write() as txn:
+        records = store.db("scan_records")
+        txn.put(_record_key(7, 4), pack([3, 100.0, "4401", "d1", 102.0, "1101", ["4401", "4403", "1101"],
+                                         ["d1"], [100.0, 101.0, 102.0], [102.0]]), db=records)
+        txn.put(_record_key(8, 4), pack([2, 100.0, "4401", "d1", 101.0, "4403", ["4401", "4403"],
+                                         ["d1"], [100.0, 101.0], [101.0]]), db=records)
+    assert log.get(7, 4, at).ever_copied and log.get(7, 4, at).count == 3
+    assert not log.get(8, 4, at).ever_copied
+    assert not log.get(7, 4).ever_copied  # no thresholds: not judged
+    later = log.record(7, 4, {"at": 10_000.0, "region": "4401"}, copy_at=at)
+    assert (later.count, later.copied, later.ever_copied) == (4, False, True)
+    assert log.get(7, 4).ever_copied
+    log.close()
+    store.close()
+
+
 def test_a_record_from_before_last_seen_times_is_read_and_kept(tmp_path):
     from engine.scanlog import _record_key
     from engine.store import pack
@@ -101,10 +186,16 @@ def test_an_event_is_never_dropped_when_the_counter_is_behind(tmp_path):
     store.close()
 
 
-def _hold_turn(store: Store) -> int:
-    """Take the scan commit turn as another process would (its own open file)."""
+def _hold_turn(store: Store, wait: bool = True) -> int:
+    """Take the scan commit turn as another process would (its own open file).
+
+    NOTE: ``wait``: a committer answers its scans just before it gives the turn back."""
     fd = os.open(store.path / TURN_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -157,7 +248,7 @@ def test_a_failed_commit_gives_the_turn_back(tmp_path, monkeypatch):
     deadline = time.monotonic() + 5
     while True:  # NOTE: the caller is answered just before the committer gives the turn back
         try:
-            fd = _hold_turn(store)
+            fd = _hold_turn(store, wait=False)
             break
         except BlockingIOError:
             assert time.monotonic() < deadline, "the commit turn was never given back"
