@@ -227,11 +227,16 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
     if share_file is None:
         return share
     if str(share_file) != "-":
-        text = share_file.read_text("utf-8", errors="replace")
+        raw = share_file.read_bytes()
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Notepad's "Unicode"
+            raise click.ClickException(f"{share_file} is UTF-16: save it as UTF-8")
+        text = raw.decode("utf-8", errors="replace")
     elif sys.stdin.isatty():
         text = click.prompt("key share", hide_input=True, err=True)
     else:
         text = sys.stdin.read()
+    # NOTE: a UTF-8 BOM (Notepad, Excel) is not part of the share; CRLF is blank space
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         where = "stdin" if str(share_file) == "-" else str(share_file)
         raise click.ClickException(f"no key share in {where}: it holds nothing but blanks")

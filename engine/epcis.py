@@ -35,19 +35,26 @@ import time
 
 import numpy as np
 
-from engine.formats import gs1_check_digit
+from engine.formats import gs1_check_digit, is_digits
 from engine.store import unpack
 
-__all__ = ["sscc", "pallet_sscc", "export_epcis", "check_parent_ids", "EPCIS_CONTEXT"]
+__all__ = ["sscc", "pallet_sscc", "check_company_prefix", "export_epcis", "check_parent_ids",
+           "EPCIS_CONTEXT"]
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 
 
+def check_company_prefix(company_prefix: str) -> str:
+    """A GS1 company prefix (6 to 12 ASCII digits), returned as given; else ValueError."""
+    if not (is_digits(company_prefix) and 6 <= len(company_prefix) <= 12):
+        raise ValueError("GS1 company prefix must be 6 to 12 ASCII digits (0-9), "
+                         "such as 0614141")
+    return company_prefix
+
+
 def sscc(company_prefix: str, serial_reference: int, extension: int = 0) -> str:
     """The 18-digit SSCC: extension digit + company prefix + serial reference + check."""
-    if not (isinstance(company_prefix, str) and company_prefix.isdigit()
-            and 6 <= len(company_prefix) <= 12):
-        raise ValueError("GS1 company prefix must be 6 to 12 digits")
+    check_company_prefix(company_prefix)
     if not 0 <= extension <= 9:
         raise ValueError("extension digit must be 0-9")
     width = 16 - len(company_prefix)
@@ -130,6 +137,8 @@ def _once(uids) -> list[int]:
 def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = None,
                  brand_uri: str = "https://brand.example/party/") -> dict:
     """An EPCISDocument with one or more events per recorded aggregation event."""
+    if company_prefix is not None:
+        check_company_prefix(company_prefix)  # NOTE: up front, pallets or not
     name = _Namer(agg, company_prefix)
     out: list[dict] = []
     source = [0, 0]  # the stored event being exported, events exported for it so far

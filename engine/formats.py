@@ -28,6 +28,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 
+from engine.ids import is_digits
+
 __all__ = [
     "check_gtin",
     "CROCKFORD_ALPHABET",
@@ -35,9 +37,11 @@ __all__ = [
     "FORMATS",
     "QR_V3M_ALPHANUMERIC_CAPACITY",
     "extract_code",
+    "fold_full_width",
     "short_url",
     "digital_link",
     "gs1_check_digit",
+    "is_digits",
     "validate_url_base",
 ]
 
@@ -148,6 +152,12 @@ FORMATS: dict[str, CodeFormat] = {
 }
 
 
+def fold_full_width(text: str) -> str:
+    """``text`` with the full-width forms and ideographic spaces of a Chinese input method
+    (``１ＤＧＣ－…``) read as their ASCII forms (Unicode NFKC); ASCII text as it is."""
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+
+
 def extract_code(text: str) -> str | None:
     """The code part of a scanned string: a bare code, a short URL or a Digital Link.
 
@@ -156,9 +166,7 @@ def extract_code(text: str) -> str | None:
     """
     if not isinstance(text, str) or len(text) > MAX_INPUT:
         return None
-    if not text.isascii():  # NOTE: full-width forms from a Chinese input method: １ＤＧＣ－…
-        text = unicodedata.normalize("NFKC", text)
-    s = text.strip()
+    s = fold_full_width(text).strip()
     if "/" not in s:
         return s
     s = s.split("#", 1)[0].split("?", 1)[0]
@@ -197,8 +205,8 @@ def short_url(code: str, url_base: str) -> str:
 
 def gs1_check_digit(digits: str) -> int:
     """GS1 mod-10 check digit for the digits that precede it (GTIN, SSCC, ...)."""
-    if not digits.isdigit():
-        raise ValueError("GS1 keys are digits only")
+    if not is_digits(digits):
+        raise ValueError("GS1 keys are ASCII digits 0-9 only")
     total = 0
     for i, ch in enumerate(reversed(digits)):
         total += int(ch) * (3 if i % 2 == 0 else 1)
@@ -207,8 +215,8 @@ def gs1_check_digit(digits: str) -> int:
 
 def check_gtin(gtin) -> str:
     """A GTIN-8/12/13/14 with a correct GS1 check digit (returned as given), else ValueError."""
-    if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
-        raise ValueError("GTIN must be 8, 12, 13 or 14 digits")
+    if not is_digits(gtin) or len(gtin) not in (8, 12, 13, 14):
+        raise ValueError("GTIN must be 8, 12, 13 or 14 ASCII digits (0-9)")
     if gs1_check_digit(gtin[:-1]) != int(gtin[-1]):
         raise ValueError(f"GTIN {gtin} has a wrong check digit "
                          f"(expected {gs1_check_digit(gtin[:-1])})")

@@ -27,7 +27,9 @@ from engine.files import write_new_file
 __all__ = ["KeyRing", "MASTER_KEY_BYTES", "write_private_file"]
 
 MASTER_KEY_BYTES = 32
-_NAME = re.compile(r"^master-v(\d+)\.key$")
+#: NOTE: matched whole; ``\d`` would read "master-v١.key" (another script's digit) as version
+#: 1, and a leading zero "master-v01.key" too: either could stand in for the real key file
+_NAME = re.compile(r"master-v([1-9][0-9]*)\.key")
 
 
 class KeyRing:
@@ -40,7 +42,7 @@ class KeyRing:
         if not self._folder.is_dir():
             raise DataFolderError(f"no key folder at {self._folder}; run `wuma init` first")
         for p in self._folder.iterdir():
-            m = _NAME.match(p.name)
+            m = _NAME.fullmatch(p.name)
             if m:
                 self._keys[int(m.group(1))] = _read_key(p)
         if not self._keys:
@@ -63,7 +65,7 @@ class KeyRing:
     def holds_key(folder: Path) -> bool:
         """Whether ``folder`` holds any master key file (readable or not)."""
         folder = Path(folder)
-        return folder.is_dir() and any(_NAME.match(p.name) for p in folder.iterdir())
+        return folder.is_dir() and any(_NAME.fullmatch(p.name) for p in folder.iterdir())
 
     @property
     def versions(self) -> list[int]:

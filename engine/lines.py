@@ -177,7 +177,7 @@ def read_line_public(data: bytes) -> tuple[bytes, bytes]:
         d = json.loads(data)
         if not isinstance(d, dict) or d.get("wuma_line_key") != 1:
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):  # NOTE: RecursionError: JSON nested too deeply
         raise LineKeyError(
             "not a Wuma line public key file (line.pub from `wuma line keygen`)"
         ) from None
@@ -213,7 +213,7 @@ def _parse_brand_keys(data: bytes, what: str) -> dict[str, BrandKey]:
             out[k["id"]] = BrandKey(
                 k["id"], version, Ed25519PublicKey.from_public_bytes(raw), bool(k.get("revoked"))
             )
-    except (ValueError, KeyError, TypeError, LineKeyError):
+    except (ValueError, KeyError, TypeError, LineKeyError, RecursionError):
         raise LineKeyError(
             f"{what} is not a Wuma brand key file (from `wuma line brand-keys`)"
         ) from None

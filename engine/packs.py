@@ -65,6 +65,7 @@ from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
 from engine.files import link_new, link_unnamed, open_unnamed, private_output, same_file, sync_folder
+from engine.formats import fold_full_width
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
@@ -241,10 +242,15 @@ def share_text(share: bytes) -> str:
 
 def parse_share(text: str) -> bytes:
     """The 32 share bytes of :func:`share_text` output; tolerant of case, dashes, spaces,
-    I/L for 1 and O for 0. Raises :class:`PackError` if mistyped."""
+    I/L for 1 and O for 0, and full-width forms (as codes are read). Raises
+    :class:`PackError` if mistyped.
+
+    NOTE: NFKC maps only look-alikes onto the alphabet, and the 16-bit checksum (then the
+    pack's share check) still has to match: a share read wrongly opens nothing."""
     if not isinstance(text, str):
         raise TypeError("share must be text")
-    s = "".join(text.split()).replace("-", "").upper().translate(str.maketrans("ILO", "110"))
+    s = "".join(fold_full_width(text).split()).replace("-", "").upper()
+    s = s.translate(str.maketrans("ILO", "110"))
     if len(s) != 55 or any(c not in _SHARE_ALPHABET for c in s):
         raise PackError("the key share is mistyped: expected 55 letters/digits (11 groups of 5)")
     n = 0

@@ -73,6 +73,19 @@ def _check(code: str, lat: float, lng: float) -> tuple[str, float, float]:
     return code, lat, lng
 
 
+def _once(rows) -> list[tuple[str, float, float]]:
+    """Checked ``(place, code, lat, lng)`` rows as ``(code, lat, lng)``, each code once.
+    NOTE: a code at two positions is refused, naming both places: the later one would
+    silently win, and which is right is the operator's to say."""
+    seen: dict[str, tuple[str, float, float]] = {}
+    for place, code, lat, lng in rows:
+        first = seen.setdefault(code, (place, lat, lng))
+        if first[1:] != (lat, lng):
+            raise ValueError(f"region {code} is given twice at different positions: {first[0]} "
+                             f"({first[1]}, {first[2]}) and {place} ({lat}, {lng}); keep one")
+    return [(code, lat, lng) for code, (_, lat, lng) in seen.items()]
+
+
 class RegionTable:
     """Division centres in the data folder's store, and the nearest-centre lookup."""
 
@@ -87,9 +100,10 @@ class RegionTable:
 
     # -- editing ------------------------------------------------------------------------
     def put(self, rows) -> int:
-        """Add or replace centres: ``(code, lat, lng)`` rows, all or none. Returns how
-        many. Every process with the folder open uses them from its next lookup."""
-        return self._write([_check(*row) for row in rows])
+        """Add or replace centres: ``(code, lat, lng)`` rows, all or none (a code twice
+        counts once at one position, and is refused at two). Returns how many. Every
+        process with the folder open uses them from its next lookup."""
+        return self._write(_once((f"row {i}", *_check(*row)) for i, row in enumerate(rows, 1)))
 
     def _write(self, checked: list[tuple[str, float, float]]) -> int:
         with self._store.write() as txn:
@@ -100,7 +114,8 @@ class RegionTable:
 
     def import_csv(self, path: Path) -> int:
         """Load ``code,lat,lng`` rows (a header line is allowed); a bad row rejects the
-        whole file with its line number."""
+        whole file with its line number. A code given twice at one position counts once;
+        at two positions it rejects the file, naming both lines."""
         rows = []
         # NOTE: utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with a BOM.
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -110,10 +125,14 @@ class RegionTable:
                 if len(row) != 3:
                     raise ValueError(f"{path}:{n}: expected code,lat,lng")
                 try:
-                    rows.append(_check(row[0].strip(), row[1], row[2]))
+                    rows.append((f"line {n}", *_check(row[0].strip(), row[1], row[2])))
                 except ValueError as e:
                     raise ValueError(f"{path}:{n}: {e}") from None
-        return self._write(rows)
+        try:
+            once = _once(rows)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return self._write(once)
 
     def list(self) -> list[tuple[str, float, float]]:
         with self._store.read() as txn:

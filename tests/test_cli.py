@@ -168,6 +168,61 @@ def test_bans_list_all_says_which_ban_is_in_force(run):
     assert run("bans", "list").output == ""
 
 
+def test_gs1_keys_of_other_digits_are_refused_with_a_message(run, tmp_path):
+    """`activate --gtin` took Arabic-Indic digits and showed them; `epcis export
+    --company-prefix` wrote them into SSCCs, or failed on '²' with int()'s message."""
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "10")
+    act = ("activate", "--sku", "S", "--name", "N", "--lot", "L", "--date", "2026-11-21",
+           "--batch", "1", "--gtin")
+    res = run(*act, "٠٦٩٠١٢٣٤٥٦٧٨٩٢", ok=False)
+    assert res.exit_code == 1 and "GTIN must be 8, 12, 13 or 14 ASCII digits (0-9)" in res.output
+    for prefix in ("٦٩٠١٢٣٤", "6901²34"):
+        res = run("epcis", "export", "-o", str(tmp_path / "e.jsonld"), "--company-prefix", prefix,
+                  ok=False)
+        assert res.exit_code == 1 and "company prefix must be 6 to 12 ASCII digits" in res.output
+        assert "invalid literal" not in res.output and not (tmp_path / "e.jsonld").exists()
+    run(*act, "06901234567892")
+
+
+@pytest.fixture
+def utc_machine(monkeypatch):
+    """The machine's zone is UTC, as on most servers."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_bans_and_alerts_print_china_time_whatever_the_machine_zone(run, utc_machine):
+    """They printed the machine's local time with no zone (UTC on a server) while pools'
+    and campaigns' days and the admin page are China time."""
+    from conftest_world import Clock, build_world
+
+    from engine.scan import ScanPipeline, ScanRequest
+    from engine.scanlog import ScanLog
+
+    w = build_world(run.data)  # bans after 5 invalid codes
+    data = w["data"]
+    pipe = ScanPipeline(data.codes, w["agg"], ScanLog(data.store), data.abuse, data.accounts,
+                        clock=Clock())  # 2027-01-15 16:00 China time (08:00 UTC)
+    try:
+        inner = data.codes.code(w["caps"], 9, "cap_inner")
+        pipe.scan(ScanRequest(inner, ip="198.51.100.7", device="d-1", region="330106"))
+        for i in range(6):
+            data.abuse.record_invalid(["ip:203.0.113.9"], f"GUESS{i}", now=1_800_000_000.0 + i)
+    finally:
+        pipe.scans.close()
+        data.close()
+    (line, _) = run("alerts").output.splitlines()
+    assert re.match(r"2027-01-15 16:00:\d\d\+08:00\tgz-1\t", line), line
+    (line,) = run("bans", "list").output.splitlines()  # banned an hour from the sixth
+    assert re.search(r"\t(until|ended) 2027-01-15 17:00:05\+08:00\t", line), line
+
+
 def test_region_import_list_locate(run, tmp_path):
     run("init")
     centres = tmp_path / "centres.csv"
@@ -182,6 +237,13 @@ def test_region_import_list_locate(run, tmp_path):
     res = run("region", "import", str(bad), ok=False)
     assert res.exit_code == 1 and "bad.csv:1: expected code,lat,lng" in res.output
     assert "Traceback" not in res.output
+    twice = tmp_path / "twice.csv"  # one code at two positions: it said "2 ... loaded"
+    twice.write_text("110105,39.9219,116.4436\n110105,23.1256,113.3618\n")
+    res = run("region", "import", str(twice), ok=False)
+    assert res.exit_code == 1 and "110105 is given twice" in res.output
+    assert "line 1 (39.9219, 116.4436) and line 2 (23.1256, 113.3618)" in res.output
+    twice.write_text("110105,39.9219,116.4436\n110105,39.9219,116.4436\n")
+    assert "1 division centres loaded" in run("region", "import", str(twice)).output
 
 
 def test_library_errors_turns_a_number_out_of_range_into_a_message():

@@ -101,3 +101,14 @@ def test_identical_operations_get_distinct_event_ids(world, schema):
     ids = collections.Counter(e["eventID"] for e in doc["epcisBody"]["eventList"])
     assert max(ids.values()) == 1
     assert export_epcis(agg, now=T) == doc  # still deterministic
+
+
+@pytest.mark.parametrize("prefix", ["٦٩٠١٢٣٤", "6901²34", "06141４1"])
+def test_a_company_prefix_of_other_digits_is_refused(world, prefix):
+    """Arabic-Indic digits were written into the SSCC URNs; '²' failed with int()'s
+    "invalid literal"."""
+    with pytest.raises(ValueError, match=r"company prefix must be 6 to 12 ASCII digits \(0-9\)"):
+        export_epcis(world.agg, company_prefix=prefix, now=T)
+    pallets = [e["parentID"] for e in export_epcis(world.agg, company_prefix="0614141", now=T)
+               ["epcisBody"]["eventList"] if e.get("parentID", "").startswith("urn:epc:id:sscc:")]
+    assert pallets and all(p.isascii() for p in pallets)

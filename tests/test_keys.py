@@ -52,6 +52,18 @@ def test_damaged_key_file(data):
         KeyRing(data.path / "keys")
 
 
+@pytest.mark.parametrize("name", ["master-v\u0661.key", "master-v01.key", "master-v1.key~"])
+def test_only_a_key_files_own_name_is_read_as_its_version(data, name):
+    """A stray file whose name another script's digit or a leading zero makes look like
+    version 1 (an editor's copy, a restore gone wrong) never stands in for the real key."""
+    before = KeyRing(data.path / "keys").fingerprint(1)
+    stray = data.path / "keys" / name
+    stray.write_bytes(os.urandom(32))
+    stray.chmod(0o600)
+    ring = KeyRing(data.path / "keys")
+    assert ring.versions == [1] and ring.fingerprint(1) == before
+
+
 def test_dangling_key_symlink_is_a_clear_error(data):
     (data.path / "keys" / "master-v2.key").symlink_to(data.path / "nowhere")
     with pytest.raises(DataFolderError, match="master-v2.key cannot be read .*restore it from the backup"):

@@ -20,6 +20,8 @@ from pathlib import Path
 import msgpack
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cli.main import cli
 from engine import Conflict, DataFolder
@@ -145,6 +147,18 @@ def test_split_key(world):
         for db in ("packs", "pack_events"):
             for _, v in txn.cursor(db=reg._store.db(db)):
                 assert parse_share(p.share) not in v
+
+
+@given(st.binary(min_size=32, max_size=32), st.booleans(), st.booleans())
+def test_a_share_reads_back_in_any_case_spacing_or_full_width(share, lower, wide):
+    """As codes are read: any case, dashes or spaces (ideographic ones too), and the
+    full-width forms of a Chinese input method."""
+    text = share_text(share)
+    text = text.lower() if lower else text
+    text = text.replace("-", "\u3000" if wide else " ")
+    if wide:
+        text = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+    assert parse_share(text) == share
 
 
 # -- tampering -------------------------------------------------------------------------------

@@ -223,6 +223,37 @@ def test_cli_share_from_file_or_stdin(world):
     assert "--share-file" in help_text and "prefer --share-file" in help_text
 
 
+def _full_width(text: str) -> str:
+    """What a Chinese input method types: U+FF01-FF5E for ASCII, U+3000 for a space."""
+    return "".join("\u3000" if c == " " else chr(ord(c) + 0xFEE0) for c in text)
+
+
+def test_cli_share_saved_by_notepad_or_typed_full_width(world):
+    """A share file saved by Windows Notepad (UTF-8 BOM, CRLF) was refused as "mistyped:
+    expected 55 letters/digits", and so was a share typed in full-width forms."""
+    _reg, _keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=100, split_key=True)
+    base = ["pack", "open", p.path, "--key", str(tmp / "line1")]
+    notepad = tmp / "share-notepad.txt"
+    notepad.write_bytes(b"\xef\xbb\xbf" + p.share.encode() + b"\r\n")
+    wide = tmp / "share-wide.txt"
+    wide.write_text(_full_width(p.share.lower()) + "\u3000\n", encoding="utf-8")
+    r = CliRunner()
+    for i, share_file in enumerate((notepad, wide)):
+        out = tmp / f"n{i}.csv"
+        res = r.invoke(cli, [*base, "--share-file", str(share_file), "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert len(_rows(out)) == 101
+    res = r.invoke(cli, [*base, "--share-file", "-", "-o", "-"],
+                   input="\ufeff" + _full_width(p.share) + "\r\n")
+    assert res.exit_code == 0, res.output
+    unicode = tmp / "share-utf16.txt"  # Notepad's "Unicode": said "mistyped" too
+    unicode.write_text(p.share + "\r\n", encoding="utf-16")
+    res = r.invoke(cli, [*base, "--share-file", str(unicode), "-o", str(tmp / "u.csv")])
+    assert res.exit_code == 1 and "is UTF-16: save it as UTF-8" in res.output
+    assert not (tmp / "u.csv").exists()
+
+
 def test_cli_share_file_errors(world):
     _reg, _keys, _brand, _batch, tmp = world
     (p,) = _export(world, stop=100, split_key=True)

@@ -40,6 +40,30 @@ def test_import_is_all_or_nothing_with_line_numbers(table, tmp_path):
     assert RegionTable(table._store).locate(30.27, 120.15) == "330106"  # read back from the store
 
 
+def test_a_code_at_two_positions_is_refused_with_both_lines(table, tmp_path):
+    """One code twice at different coordinates used to keep the last silently (and count
+    it twice); now the file is refused naming both lines, and nothing is loaded."""
+    twice = tmp_path / "twice.csv"
+    twice.write_text("code,lat,lng\n440106,23.1256,113.3618\n330106,30.2741,120.1551\n"
+                     "440106,39.9219,116.4436\n")
+    with pytest.raises(ValueError, match=r"twice.csv: region 440106 is given twice at different "
+                                         r"positions: line 2 \(23.1256, 113.3618\) and line 4 "
+                                         r"\(39.9219, 116.4436\)"):
+        table.import_csv(twice)
+    assert table.list() == []
+    with pytest.raises(ValueError, match="row 1 .* and row 2"):
+        table.put([("440106", 23.1256, 113.3618), ("440106", 23.1, 113.3)])
+    assert table.list() == []
+
+
+def test_a_code_repeated_at_one_position_counts_once(table, tmp_path):
+    same = tmp_path / "same.csv"  # the same numbers, written two ways
+    same.write_text("440106,23.1256,113.3618\n440106, 23.12560 ,113.3618\n")
+    assert table.import_csv(same) == 1
+    assert table.list() == [("440106", 23.1256, 113.3618)]
+    assert table.put([("330106", 30.2741, 120.1551)] * 2) == 1
+
+
 def test_no_table_no_region(table):
     assert table.locate(23.13, 113.35) is None
 
