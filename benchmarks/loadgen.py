@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing as mp
+import statistics
 import threading
 import time
 
@@ -63,7 +64,7 @@ _WRK_SCRIPT = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[(counter %% #bodies) + 1])
+  return wrk.format("POST", "%s", headers, bodies[(counter %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
   io.write(string.format("WUMA %%d %%d %%d %%f %%f\\n", summary.requests, summary.duration,
@@ -77,14 +78,18 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(port: int, path: str, bodies: list[dict], *, seconds: float, connections: int) -> dict:
-    """The same figures as :func:`run_load`, measured by wrk (statuses: 200 or ``errors``)."""
+def run_wrk(port: int, path: str, bodies: list[dict], *, seconds: float, connections: int,
+            close: bool = False) -> dict:
+    """The same figures as :func:`run_load`, measured by wrk (statuses: 200 or ``errors``);
+    ``close``: each request on a new connection (``Connection: close``), as clients without
+    keep-alive come."""
     import os
     import subprocess
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write("bodies = {" + ",".join(_lua_string(json.dumps(b)) for b in bodies) + "}\n")
+        fh.write('headers = {["Content-Type"] = "application/json"%s}\n' % (', ["Connection"] = "close"' * close))
         fh.write(_WRK_SCRIPT % path)
     try:
         out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "-s", fh.name,
@@ -231,6 +236,18 @@ def process_cpu_seconds(pgid: int) -> dict[int, float]:
     return {pid: (int(fields[11]) + int(fields[12])) / tick for pid, fields in _group_stats(pgid)}
 
 
+def rss_mib(pgid: int) -> float:
+    """Resident memory of a process group (the gunicorn master and its workers), MiB."""
+    total = 0
+    for pid, _ in _group_stats(pgid):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next(int(x.split()[1]) for x in fh if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
 def serving_pid(conn: http.client.HTTPConnection, pgid: int) -> int | None:
     """The pid of the server process (of process group ``pgid``) that holds the other end
     of ``conn``, a loopback connection that has had an answer (so a worker accepted it);
@@ -297,3 +314,103 @@ def spread_connections(port: int, pgid: int, n: int, tries: int = 100) -> list[t
             held[pid] += 1
         out.append((conn, pid))
     return out
+
+
+def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, seconds: float,
+                 linger: float = 10.0) -> dict:
+    """Open-loop arrivals of one-shot clients, the way phones reach a server with no proxy
+    in front: ``rate`` new connections a second for ``seconds``, each sends one request,
+    reads the answer and then stays open and idle, as a browser leaves a connection, until
+    the server closes it (its keep-alive timeout) or ``linger`` s after the last arrival.
+
+    Returns the arrivals' time from connect to the whole answer (p50/p99/max; a client
+    not answered ``linger`` s after the last arrival counts as unanswered), how many
+    connections the server held open at once at most, and how long the server kept an idle
+    connection before closing it (median). One process, non-blocking sockets."""
+    import selectors
+    import socket
+
+    raw = [json.dumps(b).encode() for b in bodies]
+    requests = [f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in raw]
+    sel = selectors.DefaultSelector()
+    start = time.perf_counter()
+    end_arrivals = start + seconds
+    deadline = end_arrivals + linger
+    state: dict[socket.socket, list] = {}  # sock -> [t_connect, buffer, t_answered or None, request]
+    latencies: list[float] = []
+    idle_kept: list[float] = []
+    statuses: dict = {}
+    open_max = refused = unanswered = 0
+    sent = 0
+
+    def finish(sock):
+        sel.unregister(sock)
+        sock.close()
+        del state[sock]
+
+    while True:
+        now = time.perf_counter()
+        due = start + sent / rate
+        while now < end_arrivals and due <= now:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            if s.connect_ex(("127.0.0.1", port)) not in (0, 115):  # 115: EINPROGRESS
+                refused += 1
+                s.close()
+            else:
+                state[s] = [due, b"", None, requests[sent % len(requests)]]
+                sel.register(s, selectors.EVENT_WRITE)
+            sent += 1
+            due = start + sent / rate
+        open_max = max(open_max, len(state))
+        if now >= deadline or (now >= end_arrivals and not state):
+            break
+        for key, events in sel.select(timeout=max(0.0, min(due, deadline) - now) if now < end_arrivals else 0.05):
+            s, st = key.fileobj, state[key.fileobj]
+            if events & selectors.EVENT_WRITE and st[3]:
+                try:
+                    n = s.send(st[3])
+                except OSError:
+                    statuses["reset"] = statuses.get("reset", 0) + 1
+                    finish(s)
+                    continue
+                st[3] = st[3][n:]
+                if not st[3]:
+                    sel.modify(s, selectors.EVENT_READ)
+                continue
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                chunk = b""
+            if st[2] is not None:  # the answer came: this is the server closing the idle connection
+                if not chunk:
+                    idle_kept.append(time.perf_counter() - st[2])
+                    finish(s)
+                continue
+            if not chunk:
+                statuses["closed unanswered"] = statuses.get("closed unanswered", 0) + 1
+                finish(s)
+                continue
+            st[1] += chunk
+            head, sep, body = st[1].partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            length = next((int(x.split(b":", 1)[1]) for x in head.split(b"\r\n")
+                           if x.lower().startswith(b"content-length:")), 0)
+            if len(body) < length:
+                continue
+            t = time.perf_counter()
+            latencies.append(t - st[0])
+            status = int(head.split(b" ", 2)[1])
+            statuses[status] = statuses.get(status, 0) + 1
+            st[1], st[2] = b"", t
+    for s, st in list(state.items()):
+        if st[2] is None:
+            unanswered += 1
+        finish(s)
+    latencies.sort()
+    pct = (lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1e3 if latencies else float("nan"))
+    return {"arrivals": sent, "answered": len(latencies), "unanswered": unanswered, "refused": refused,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "open_max": open_max,
+            "idle_kept_s": statistics.median(idle_kept) if idle_kept else float("nan"), "statuses": statuses}

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
 
+from admin._util import CHINA
 from cli.admin import cli_user, pass_admin
 from cli.main import emit, library_errors, pass_data
 from engine.accounts import ACCOUNT_ROLES
@@ -108,15 +110,20 @@ def bans_list(data, include_inactive, as_json):
              f"{b.subject}\t{_ban_state(b, now)}\t{len(b.evidence)} codes tried\t{b.reason}")
 
 
-def _ban_state(ban, now: float) -> str:
-    """``until``, ``ended`` or ``lifted`` and when (local time): with ``--all`` a subject's
-    earlier bans are listed beside the one in force."""
-    def at(t: float) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+def _china_time(t: float) -> str:
+    """A unix time in China time with its offset, ``2027-01-15 16:00:00+08:00``: the days
+    of pools and campaigns and the admin page's times are China time, whatever the
+    machine's zone (UTC on most servers)."""
+    return datetime.fromtimestamp(t, CHINA).isoformat(" ", "seconds")
 
+
+def _ban_state(ban, now: float) -> str:
+    """``until``, ``ended`` or ``lifted`` and when (China time): with ``--all`` a subject's
+    earlier bans are listed beside the one in force."""
     if ban.lifted_at is not None:
-        return f"lifted {at(ban.lifted_at)}"
-    return f"until {at(ban.expires_at)}" if ban.active(now) else f"ended {at(ban.expires_at)}"
+        return f"lifted {_china_time(ban.lifted_at)}"
+    state = "until" if ban.active(now) else "ended"
+    return f"{state} {_china_time(ban.expires_at)}"
 
 
 @bans.command("lift")
@@ -192,8 +199,17 @@ def region_locate(data, lat, lng, as_json):
               help="Threads per worker (gthread only).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds a worker may go without a heartbeat before gunicorn restarts it.")
+@click.option("--keep-alive", "keep_alive", type=click.IntRange(min=0, max=3600), default=5, show_default=True,
+              help="Seconds an idle connection is kept open (0: one request a connection). Behind a "
+                   "proxy that keeps connections to this server, set it above the proxy's idle timeout.")
+@click.option("--worker-connections", type=click.IntRange(min=1, max=1_000_000), default=10_000,
+              show_default=True, help="Connections a gevent worker holds at once, idle ones included.")
+@click.option("--accept-batch", type=click.IntRange(min=1, max=100), default=8, show_default=True,
+              help="Connections a gevent worker accepts at once when several wait: scans that come "
+                   "on new connections then share group commits (1: gunicorn's own, spreading a burst "
+                   "of long-lived connections more evenly over the workers).")
 @click.pass_context
-def serve(ctx, bind, workers, worker_class, threads, timeout):
+def serve(ctx, bind, workers, worker_class, threads, timeout, keep_alive, worker_connections, accept_batch):
     """Run the scan API, the admin API and the admin page under gunicorn (config:
     engine/gunicorn_conf.py); its log on stderr is JSON lines.
 
@@ -206,7 +222,8 @@ def serve(ctx, bind, workers, worker_class, threads, timeout):
     library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
     # NOTE: a bind off loopback is warned of in the server's JSON log (gunicorn_conf.on_starting)
     env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),
-               WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout))
+               WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout), WUMA_KEEPALIVE=str(keep_alive),
+               WUMA_WORKER_CONNECTIONS=str(worker_connections), WUMA_ACCEPT_BATCH=str(accept_batch))
     if workers:
         env["WUMA_WORKERS"] = str(workers)
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
@@ -230,7 +247,7 @@ def alerts(data, distributor, limit, as_json):
     log = ScanLog(data.store)
     for a in log.alerts(distributor, limit):
         div = a["diverted"]
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
+        when = _china_time(a["at"])
         batch, serial = split_unit(a["unit"])
         emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
                          f"\tscanned in {div['region']}\tunit {batch}:{serial}")

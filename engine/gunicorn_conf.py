@@ -5,7 +5,8 @@ Settings come from the environment that `wuma serve` sets: WUMA_BIND (default
 gevent; gthread is the alternative), WUMA_THREADS (gthread only), WUMA_TIMEOUT (default 30:
 seconds a worker may go without a heartbeat before the arbiter restarts it; a gevent
 worker's heartbeat is sent from its hub, which a long write such as an ingest never
-blocks, see engine/scanlog.py).
+blocks, see engine/scanlog.py), WUMA_KEEPALIVE (default 5 s) and WUMA_WORKER_CONNECTIONS
+(default 10,000; both below).
 
 PERF: the worker class was chosen by measurement (benchmarks/bench_http.py, wrk, 16
 keep-alive connections, 2 workers on the 2-core machine, 20 s): strict-durable scans
@@ -183,8 +184,14 @@ bind = os.environ.get("WUMA_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("WUMA_WORKERS") or len(os.sched_getaffinity(0)))
 worker_class = os.environ.get("WUMA_WORKER_CLASS") or "gevent"
 threads = int(os.environ.get("WUMA_THREADS") or 16)  # gthread only
-worker_connections = 1000  # gevent: open connections per worker
-keepalive = 5
+# PERF: connections (gevent: open connections per worker) and keep-alive chosen by
+# measurement (benchmarks/bench_connections.py, README "Connections and keep-alive"):
+# phones come on new connections and leave them open and idle, each holding one of a
+# worker's connections until the keep-alive timeout closes it; with gunicorn's 1,000 a
+# worker, 1,000 phones a second for 15 s at keep-alive 5 s got a median answer of 5.1 s
+# and a third got none. An idle connection costs ~15-20 KB of a worker's memory.
+worker_connections = int(os.environ.get("WUMA_WORKER_CONNECTIONS") or 10_000)
+keepalive = int(os.environ.get("WUMA_KEEPALIVE") or 5)
 timeout = int(os.environ.get("WUMA_TIMEOUT") or 30)
 graceful_timeout = 10
 preload_app = False  # NOTE: every worker opens its own LMDB environment after fork
@@ -194,6 +201,26 @@ proc_name = "wuma"
 
 if worker_class == "gevent":
     from gevent import sleep as _gevent_sleep
+
+    #: PERF: connections a gevent worker accepts at once when several wait (gunicorn takes
+    #: 1 with more than one worker, to spread connections). Measured
+    #: (benchmarks/bench_connections.py, README "Connections and keep-alive"): with a new
+    #: connection per scan (phones, a proxy without upstream keep-alive) 1 made every group
+    #: commit hold one scan: 1,651 scans/s against 3,570 with 8 (7.4 a commit), and 1,500
+    #: phones a second got answers in p50/p99 1.2/6.8 s against 3/88 ms. The cost: a burst of
+    #: long-lived connections (wrk's 16) may split unevenly over the workers (60/40 in 2
+    #: of 5 runs): kept-alive scans/s 0.92x of accepting 1 (3 alternated rounds).
+    accept_batch = int(os.environ.get("WUMA_ACCEPT_BATCH") or 8)
+    if accept_batch > 1 and _read_by_gunicorn():  # NOTE: a process importing this keeps gevent's own
+        from gevent.baseserver import BaseServer as _BaseServer
+
+        _start = _BaseServer.start
+
+        def _start_accepting_batches(self) -> None:
+            self.max_accept = accept_batch  # NOTE: after gunicorn has set it to 1
+            _start(self)
+
+        _BaseServer.start = _start_accepting_batches
 
     def post_request(worker, req, environ, resp) -> None:
         """Let the worker's other connections run between two requests.
@@ -298,8 +325,41 @@ def off_loopback(address: str) -> bool:
         return True  # a name other than localhost: it may be any address
 
 
+_OWN_FILES = 256  # NOTE: a worker's files besides its connections: LMDB, logs, pipes, headroom
+
+
+def open_files_for(connections: int) -> int:
+    """Raise this process's open-files limit (the soft one, up to the hard one) so that a
+    worker, which inherits it, can hold ``connections`` sockets and its own files; returns
+    how many connections it can hold.
+
+    NOTE: a worker out of file descriptors stops accepting and retries after up to 1 s
+    (gevent's accept back-off): at the common soft limit of 1,024 the connections above
+    would never be reached."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + _OWN_FILES
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY:
+        return connections
+    return max(1, min(connections, soft - _OWN_FILES))
+
+
+_asked_connections = worker_connections
+if _read_by_gunicorn():
+    worker_connections = open_files_for(worker_connections)
+
+
 def on_starting(server) -> None:
-    """Warn, in the JSON log, of a listener reachable from the network."""
+    """Warn, in the JSON log, of a listener reachable from the network, and of fewer
+    connections per worker than asked for (the open-files limit)."""
+    if worker_connections < _asked_connections:
+        server.log.warning("each worker can hold %d connections, not %d: the open-files limit (ulimit -n, "
+                           "hard) is too low; raise it to at least %d", worker_connections,
+                           _asked_connections, _asked_connections + _OWN_FILES)
     for address in server.cfg.bind:
         if off_loopback(address):
             server.log.warning("listening on %s, not loopback: the scan API, the admin API and the "

@@ -17,15 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Server:
     def __init__(self, data: Path, workers: int = 2, threads: int = 16, worker_class: str = "gevent",
-                 timeout: int = 30) -> None:
+                 timeout: int = 30, env: dict | None = None, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.log = open(data.parent / f"server-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "--data", str(data), "serve", "--bind",
              f"127.0.0.1:{self.port}", "--workers", str(workers), "--threads", str(threads),
-             "--worker-class", worker_class, "--timeout", str(timeout)],
+             "--worker-class", worker_class, "--timeout", str(timeout), *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
         if wait_until_up(f"http://127.0.0.1:{self.port}/healthz"):
             return
         self.stop()

@@ -154,3 +154,48 @@ def test_a_bind_off_loopback_is_warned_of_in_the_json_log(address, off, caplog):
     assert warned == ([f"listening on {address}, not loopback: the scan API, the admin API and the admin page "
                        "are reachable from the network; put a TLS proxy in front (and set "
                        "serve.trusted_proxies and serve.proxy_header)"] if off else [])
+
+
+def _serve_with_open_files_limit(path: Path, log: Path, soft: int, hard: int) -> tuple[int, str]:
+    """`wuma serve` (one worker) started with this open-files limit: the worker's limit
+    then, and the server's log."""
+    import resource
+
+    from cli.localserver import stop, wait_until_up
+
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "--data", str(path), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    try:
+        assert wait_until_up(f"http://127.0.0.1:{port}/healthz"), log.read_text()
+        (worker,) = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        limits = Path(f"/proc/{worker}/limits").read_text()
+    finally:
+        stop(proc)
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    return int(line.split()[3]), log.read_text()
+
+
+def test_workers_may_open_as_many_files_as_their_connections_need(tmp_path):
+    """At the common soft limit of 1,024 open files a worker could not hold its 10,000
+    connections (it would stop accepting, and retry up to a second later): `wuma serve`
+    raises the soft limit up to the hard one, and says so in its log when the hard limit
+    is too low."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 10_256:
+        pytest.skip(f"this machine's hard open-files limit is {hard}")
+    path = tmp_path / "wuma-data"
+    build_world(path)["data"].close()
+    got, log = _serve_with_open_files_limit(path, tmp_path / "a.log", 1024, hard)
+    assert got == 10_256 and "open-files limit" not in log
+    got, log = _serve_with_open_files_limit(path, tmp_path / "b.log", 1024, 2048)
+    assert got == 2048
+    (warning,) = [d for d in _objects(log) if "open-files limit" in d["message"]]
+    assert warning["level"] == "WARNING" and warning["message"] == (
+        "each worker can hold 1792 connections, not 10000: the open-files limit (ulimit -n, hard) is too low; "
+        "raise it to at least 10256")

@@ -1,0 +1,106 @@
+"""`wuma serve`'s connection settings, on a real server: keep-alive, and connections
+accepted in batches so that scans on new connections share group commits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+from conftest_world import build_world
+from server import Server
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("conn") / "wuma-data"
+    w = build_world(path, invalid_threshold=10**9, rate_per_minute=10**9)
+    codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(w["caps"].count)]
+    w["data"].close()
+    return path, codes
+
+
+def _scan_request(code: str, i: int) -> bytes:
+    body = json.dumps({"code": code, "device": f"d-{i}", "actor": {"role": "consumer", "id": f"u-{i}"},
+                       "location": {"region": "440106"}}).encode()
+    return (b"POST /v1/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer from ``sock``."""
+    got = b""
+    while True:
+        head, sep, body = got.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(x.split(b":", 1)[1]) for x in head.split(b"\r\n")
+                           if x.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return got
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the answer: {got!r}"
+        got += chunk
+
+
+def _commits(path: Path) -> int:
+    env = lmdb.open(str(path / "db"), readonly=True, max_dbs=64)
+    try:
+        return env.info()["last_txnid"]
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_scans_on_new_connections_share_group_commits(world, batch):
+    """Eight clients, each scan on a new connection, for a second and a half: accepting
+    connections in batches (`--accept-batch 8`, the default), their scans share group
+    commits; accepting one at a time (gunicorn's own), each scan waits for a commit of
+    its own (measured: 1.0 scans a commit, benchmarks/bench_connections.py)."""
+    path, codes = world
+    server = Server(path, workers=2, args=("--accept-batch", str(batch)))
+    done: list[bytes] = []
+    try:
+        before = _commits(path)
+        end = time.monotonic() + 1.5
+
+        def client(k: int) -> None:
+            i = k
+            while time.monotonic() < end:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+                    s.sendall(_scan_request(codes[i % len(codes)], i))
+                    done.append(_answer(s))
+                i += 8
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        per_commit = len(done) / (_commits(path) - before)
+    finally:
+        server.stop()
+    assert done and all(a.startswith(b"HTTP/1.1 200") and b'"genuine"' in a for a in done)
+    if batch == 8:
+        assert per_commit >= 2.5, per_commit
+    else:
+        assert per_commit < 1.5, per_commit
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive(world):
+    path, codes = world
+    server = Server(path, workers=1, args=("--keep-alive", "1"))
+    try:
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        for i in range(2):  # kept for a second request
+            s.sendall(_scan_request(codes[i], 100 + i))
+            assert _answer(s).startswith(b"HTTP/1.1 200")
+        t = time.monotonic()
+        assert s.recv(1) == b""  # closed by the server, idle
+        assert 0.5 < time.monotonic() - t < 5
+        s.close()
+    finally:
+        server.stop()
