@@ -586,7 +586,9 @@ class PackRegistry:
             body = d["receipt"]
             sig = base64.b64decode(d["signature"], validate=True)
             report = json.loads(body)
-        except (ValueError, KeyError, TypeError):
+            if not (isinstance(body, str) and isinstance(report, dict)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: RecursionError: nested too deeply
             raise PackError("not a Wuma open receipt") from None
         line = self.lines.by_fingerprint(str(report.get("line_fp")))
         if line is None:

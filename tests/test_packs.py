@@ -302,9 +302,14 @@ def test_line_registry(data, tmp_path):
         reg.lines.add("L9", pub)
     with pytest.raises(ValueError):
         reg.lines.add("bad name!", pub)
-    with pytest.raises(LineKeyError):
-        reg.lines.add("L2", b"{}")
+    for junk in (b"{}", b"[" * 100_000):  # NOTE: nested too deeply: the same message, no RecursionError
+        with pytest.raises(LineKeyError, match="not a Wuma line public key file"):
+            reg.lines.add("L2", junk)
     assert [ln.name for ln in reg.lines.list()] == ["L1"]
+    brand = tmp_path / "brand-keys.json"
+    brand.write_bytes(b"[" * 100_000)
+    with pytest.raises(LineKeyError, match="not a Wuma brand key file"):
+        load_brand_keys(brand)
 
 
 # -- audit -----------------------------------------------------------------------------------
@@ -320,6 +325,11 @@ def test_audit_issue_download_open_revoke(world, data):
     forged["receipt"] = forged["receipt"].replace('"count": 500', '"count": 1')
     with pytest.raises(PackError, match="signature"):
         reg.record_open(json.dumps(forged).encode())
+    sig = forged["signature"]
+    for junk in (b"[" * 100_000, b"[]", json.dumps({"receipt": 5, "signature": sig}).encode(),
+                 json.dumps({"receipt": "[1]", "signature": sig}).encode()):
+        with pytest.raises(PackError, match="not a Wuma open receipt"):
+            reg.record_open(junk)
     reg.revoke(p.id)
     (rec,) = reg.list(batch=batch.id)
     assert [e["kind"] for e in rec["events"]] == ["issued", "download", "opened", "revoked"]
