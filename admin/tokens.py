@@ -125,19 +125,8 @@ class AdminTokens:
 
     def revoke(self, name: str, *, who: str, now: float | None = None) -> AdminToken:
         """Revoke a token: it stops working at once (the record is kept)."""
-        now = time.time() if now is None else now
-        key = self._key(name)
-        with self._store.write() as txn:
-            raw = txn.get(key, db=self._db)
-            if raw is None:
-                raise NotFound(f"no admin token {name}")
-            rec = unpack(raw)
-            if rec["token"]["revoked_at"] is not None:
-                raise Conflict(f"admin token {name} is already revoked")
-            rec["token"]["revoked_at"] = now
-            txn.put(key, pack(rec), db=self._db)
-            self._audit.append(txn, who, "token.revoke", name, {}, now=now)
-        self._store.sync()  # NOTE: relaxed: a power loss must not bring a revoked token back
+        rec = self._change_active(name, who, now, "token.revoke", f"admin token {name} is already revoked",
+                                  lambda rec, now: rec["token"].update(revoked_at=now))
         return AdminToken(**rec["token"])
 
     def reissue(self, name: str, *, who: str, now: float | None = None) -> tuple[AdminToken, str]:
@@ -145,21 +134,32 @@ class AdminTokens:
         one stops working at once. For a token lost, leaked, or never seen (an ``add`` whose
         output was lost: names are never reused, so adding it again is refused). A revoked
         token stays revoked: add one under a new name."""
+        token, token_hash = new_token(_PREFIX, name)
+        rec = self._change_active(
+            name, who, now, "token.reissue",
+            f"admin token {name} is revoked; it gets no new token (add one under a new name)",
+            lambda rec, now: rec.update(hash=token_hash))
+        return AdminToken(**rec["token"]), token
+
+    def _change_active(self, name: str, who: str, now: float | None, action: str, if_revoked: str,
+                       change) -> dict:
+        """Change an active token's record with ``change(record, now)`` and audit it as
+        ``action``, in one transaction; on disk when this returns (a relaxed store too: a
+        power loss must not bring back a token taken away). Conflict ``if_revoked``."""
         now = time.time() if now is None else now
         key = self._key(name)
-        token, token_hash = new_token(_PREFIX, name)
         with self._store.write() as txn:
             raw = txn.get(key, db=self._db)
             if raw is None:
                 raise NotFound(f"no admin token {name}")
             rec = unpack(raw)
             if rec["token"]["revoked_at"] is not None:
-                raise Conflict(f"admin token {name} is revoked; it gets no new token (add one under a new name)")
-            rec["hash"] = token_hash
+                raise Conflict(if_revoked)
+            change(rec, now)
             txn.put(key, pack(rec), db=self._db)
-            self._audit.append(txn, who, "token.reissue", name, {}, now=now)
-        self._store.sync()  # NOTE: relaxed: a power loss must not bring the old token back
-        return AdminToken(**rec["token"]), token
+            self._audit.append(txn, who, action, name, {}, now=now)
+        self._store.sync()
+        return rec
 
     def authenticate(self, token: object) -> AdminToken | None:
         """The active admin token a bearer token string is, or None (never says why)."""
