@@ -7,8 +7,7 @@ import math
 import re
 from datetime import date, datetime, timedelta, timezone
 
-from engine.aggregation import region_prefix
-from engine.ids import check_text, is_id, is_region_code
+from engine.ids import check_text, is_id, is_region_code, region_prefix
 
 __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
            "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_text",
@@ -117,7 +116,7 @@ def check_regions(value, what: str) -> list[str]:
 
 def region_prefixes(codes) -> tuple[str, ...]:
     """Region codes as stored (as the user typed them) read as the prefixes their divisions
-    share, the way distributor territories are read (:func:`engine.aggregation.region_prefix`:
+    share, the way distributor territories are read (:func:`engine.ids.region_prefix`:
     440100, Guangzhou, is 4401; 440000 is 44), each once, in the order given. Match with
     :func:`in_regions`.
 

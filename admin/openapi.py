@@ -18,7 +18,7 @@ from admin.pools import UNITS
 from admin.tokens import ROLES
 from engine.accounts import ACTOR_ROLES
 from engine.batches import BATCH_STATES
-from engine.ids import ID_PATTERN, REGION_PATTERN, TEXT_ID_PATTERN
+from engine.ids import CONTROL_CHARACTERS, ID_PATTERN, REGION_PATTERN, TEXT_ID_PATTERN
 from engine.openapi import OPENAPI, add_server_refusals
 
 __all__ = ["ADMIN_OPENAPI"]
@@ -30,7 +30,7 @@ _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "fen (100 = 1 yuan) or points"}
 _STR = {"type": "string"}
-_NO_CONTROL = TEXT_ID_PATTERN[3:-3]  # the characters TEXT_ID_PATTERN refuses (engine.ids.has_control)
+_NO_CONTROL = CONTROL_CHARACTERS  # the characters TEXT_ID_PATTERN refuses (engine.ids.has_control)
 #: Free text printed in listings (names): no control characters (admin/_util.py check_text) ...
 _TEXT = {"type": "string", "pattern": TEXT_ID_PATTERN}
 #: ... and, for a name that is required, a character that is not white space.

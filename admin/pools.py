@@ -41,9 +41,8 @@ from admin._util import (
     china_day_number,
 )
 from admin.audit import AuditLog
-from engine.aggregation import region_prefix
 from engine.errors import Conflict, NotFound
-from engine.ids import is_id
+from engine.ids import is_id, region_prefix
 from engine.store import Store, pack, unpack
 
 __all__ = ["Pool", "PoolRegistry", "PoolCharges", "UNITS"]
@@ -70,7 +69,7 @@ class Pool:
         """The region caps as (the prefix their divisions share, the cap's code as typed),
         the most specific first: caps do not nest, a scan counts against the most specific
         cap its region is in. Codes are read as territories are (440100 is 4401,
-        :func:`engine.aggregation.region_prefix`). Two caps of one prefix are refused on
+        :func:`engine.ids.region_prefix`). Two caps of one prefix are refused on
         entry; in a pool stored before that, the first of them counts (a stable sort)."""
         return tuple(sorted(((region_prefix(r), r) for r in self.regions), key=lambda c: -len(c[0])))
 
@@ -121,8 +120,8 @@ class PoolRegistry:
             check_amount(cap, f"cap of region {r}", positive=True)
             other = same.setdefault(region_prefix(r), r)
             if other != r:  # NOTE: one region, two running spends: neither cap would hold
-                raise ValueError(f"region caps {other} and {r} are the same region ({region_prefix(r)}: trailing "
-                                 "00 pairs name the whole division); give it one cap")
+                raise ValueError(f"region caps {other} and {r} are the same region ({region_prefix(r)}: a level of "
+                                 "zeros names the whole division); give it one cap")
         pool = Pool(pool_id, name or pool_id, unit, total, daily, regions,
                     time.time() if now is None else now)
         with self._store.write() as txn:

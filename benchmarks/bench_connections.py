@@ -1,8 +1,9 @@
 """How clients' connections cost the scan API: keep-alive against a new connection per
 request, and phones arriving on new connections that they leave open and idle.
 
-The settings these measure are ``wuma serve --keep-alive`` and ``--worker-connections``
-(engine/gunicorn_conf.py); README "Connections and keep-alive" has the figures.
+The settings these measure are ``wuma serve --keep-alive``, ``--worker-connections`` and
+``--accept-batch`` (engine/gunicorn_conf.py); README "Connections and keep-alive" has the
+figures.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def _wrk_run(server: Server, data: Path, bodies: list[dict], seconds: float, clo
 def test_new_connection_per_request_vs_keep_alive(benchmark, tmp_path):
     """16 clients scanning as fast as answered, on kept connections or on a new connection
     per request (``Connection: close``, as a client without keep-alive, or a proxy without
-    upstream keep-alive), with workers accepting 1 connection at a time (the default) or
-    8 (``--accept-batch 8``); alternated rounds, one server per setting and round."""
+    upstream keep-alive), with workers accepting 1 connection at a time (gunicorn's own) or
+    up to 8 (``--accept-batch 8``, Wuma's default); alternated rounds, one server per setting
+    and round."""
     seconds, rounds = (8.0, 3) if FULL else (2.0, 1)
     data, bodies = _world(tmp_path)
     runs: dict[str, list[dict]] = {}
@@ -120,10 +122,10 @@ def test_phones_arriving_on_new_connections(benchmark, tmp_path):
     data, bodies = _world(tmp_path)
     # NOTE: small runs scale the connections down with the rate, so they still show the effect
     few = 1000 if FULL else 25
-    settings = {f"{few:,} connections a worker (gunicorn's default is 1,000), keep-alive 5 s": (few, 5, 1),
-                "Wuma's default: 10,000 a worker, keep-alive 5 s": (10_000, 5, 1),
-                "10,000 a worker, keep-alive 2 s": (10_000, 2, 1),
-                "10,000 a worker, keep-alive 5 s, --accept-batch 8": (10_000, 5, 8)}
+    settings = {f"{few:,} connections a worker (gunicorn's default is 1,000), keep-alive 5 s, accept 1": (few, 5, 1),
+                "10,000 a worker, keep-alive 5 s, accept 1": (10_000, 5, 1),
+                "10,000 a worker, keep-alive 2 s, accept 1": (10_000, 2, 1),
+                "10,000 a worker, keep-alive 5 s, accept 8: Wuma's defaults": (10_000, 5, 8)}
     results: dict[str, dict] = {}
 
     def each():
@@ -136,11 +138,12 @@ def test_phones_arriving_on_new_connections(benchmark, tmp_path):
         per_conn = r["rss_added_mib"] * 1024 / max(1, r["open_max"])
         rows += [(label, "", ""),
                  ("  answered / arrived", f"{r['answered']:,} / {r['arrivals']:,}",
-                  f"unanswered {r['unanswered']}, refused {r['refused']}"),
+                  f"unanswered {r['unanswered']}, refused {r['refused']}; {r['statuses']}"),
                  ("  answer p50 / p99 / max", f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} / {r['max_ms']:.0f} ms",
-                  "from the phone's connect"),
-                 ("  connections open at once, at most", f"{r['open_max']:,}", f"idle kept {r['idle_kept_s']:.1f} s"),
-                 ("  server memory added", f"{r['rss_added_mib']:.0f} MiB", f"~{per_conn:.0f} KiB a connection")]
+                  "the answered, from their arrival"),
+                 ("  connections open or queued at once, at most", f"{r['open_max']:,}",
+                  f"idle kept {r['idle_kept_s']:.1f} s"),
+                 ("  server memory added", f"{r['rss_added_mib']:.0f} MiB", f"~{per_conn:.0f} KiB a connection open or queued")]
     report(f"phones arriving at {rate:,.0f}/s for {seconds:.0f} s, each leaving its connection open", rows)
-    default_run = results["Wuma's default: 10,000 a worker, keep-alive 5 s"]
+    default_run = results["10,000 a worker, keep-alive 5 s, accept 8: Wuma's defaults"]
     assert default_run["answered"] == default_run["arrivals"], default_run

@@ -323,10 +323,15 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
     reads the answer and then stays open and idle, as a browser leaves a connection, until
     the server closes it (its keep-alive timeout) or ``linger`` s after the last arrival.
 
-    Returns the arrivals' time from connect to the whole answer (p50/p99/max; a client
-    not answered ``linger`` s after the last arrival counts as unanswered), how many
-    connections the server held open at once at most, and how long the server kept an idle
-    connection before closing it (median). One process, non-blocking sockets."""
+    Returns each answered client's time from its scheduled arrival (when it should have
+    connected, so that a late client counts its wait) to the whole answer: p50/p99/max over
+    the answered ones; ``unanswered``: the clients with no answer, whether still waiting
+    ``linger`` s after the last arrival or closed or reset by the server first (``statuses``
+    says which); ``open_max``: this client's connections open or connecting at once at most
+    (the server's, plus those waiting in its listen queue); and how long the server kept an
+    idle connection before closing it (median). Every arrival due is made, late if this
+    process falls behind. One process, non-blocking sockets."""
+    import errno
     import selectors
     import socket
 
@@ -342,7 +347,7 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
     idle_kept: list[float] = []
     statuses: dict = {}
     open_max = refused = unanswered = 0
-    sent = 0
+    sent, total = 0, int(rate * seconds)
 
     def finish(sock):
         sel.unregister(sock)
@@ -352,10 +357,10 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
     while True:
         now = time.perf_counter()
         due = start + sent / rate
-        while now < end_arrivals and due <= now:
+        while sent < total and due <= now:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
-            if s.connect_ex(("127.0.0.1", port)) not in (0, 115):  # 115: EINPROGRESS
+            if s.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
                 refused += 1
                 s.close()
             else:
@@ -364,15 +369,16 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
             sent += 1
             due = start + sent / rate
         open_max = max(open_max, len(state))
-        if now >= deadline or (now >= end_arrivals and not state):
+        if now >= deadline or (sent >= total and not state):
             break
-        for key, events in sel.select(timeout=max(0.0, min(due, deadline) - now) if now < end_arrivals else 0.05):
+        for key, events in sel.select(timeout=max(0.0, min(due, deadline) - now) if sent < total else 0.05):
             s, st = key.fileobj, state[key.fileobj]
             if events & selectors.EVENT_WRITE and st[3]:
                 try:
                     n = s.send(st[3])
                 except OSError:
                     statuses["reset"] = statuses.get("reset", 0) + 1
+                    unanswered += 1
                     finish(s)
                     continue
                 st[3] = st[3][n:]
@@ -390,6 +396,7 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
                 continue
             if not chunk:
                 statuses["closed unanswered"] = statuses.get("closed unanswered", 0) + 1
+                unanswered += 1
                 finish(s)
                 continue
             st[1] += chunk
@@ -407,6 +414,7 @@ def run_arrivals(port: int, path: str, bodies: list[dict], *, rate: float, secon
             st[1], st[2] = b"", t
     for s, st in list(state.items()):
         if st[2] is None:
+            statuses["no answer"] = statuses.get("no answer", 0) + 1
             unanswered += 1
         finish(s)
     latencies.sort()

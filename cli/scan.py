@@ -203,9 +203,9 @@ def region_locate(data, lat, lng, as_json):
               help="Seconds an idle connection is kept open (0: one request a connection). Behind a "
                    "proxy that keeps connections to this server, set it above the proxy's idle timeout.")
 @click.option("--worker-connections", type=click.IntRange(min=1, max=1_000_000), default=10_000,
-              show_default=True, help="Connections a gevent worker holds at once, idle ones included.")
+              show_default=True, help="Connections a worker holds at once, idle ones included.")
 @click.option("--accept-batch", type=click.IntRange(min=1, max=100), default=8, show_default=True,
-              help="Connections a gevent worker accepts at once when several wait: scans that come "
+              help="Connections a gevent worker accepts at once when several wait (gthread: not used): scans that come "
                    "on new connections then share group commits (1: gunicorn's own, spreading a burst "
                    "of long-lived connections more evenly over the workers).")
 @click.pass_context

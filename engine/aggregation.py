@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.errors import Conflict, InvalidCode, NotFound
 from engine.formats import check_gtin
-from engine.ids import check_text, is_region_code
+from engine.ids import check_text, is_region_code, region_prefix
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix",
@@ -50,14 +50,6 @@ _II = struct.Struct(">II")
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
 _ZERO = _I.pack(0)  # agg_ship value of a unit returned to the brand
-
-
-def region_prefix(code: str) -> str:
-    """A division code as the prefix its divisions share: trailing ``00`` pairs dropped
-    (440100, Guangzhou -> 4401; 440000, Guangdong -> 44; 440106 stays)."""
-    while len(code) > 2 and code.endswith("00"):
-        code = code[:-2]
-    return code
 
 
 def _c2p_value(first: int, last: int, parent: int) -> bytes:

@@ -35,7 +35,8 @@ import time
 
 import numpy as np
 
-from engine.formats import gs1_check_digit, is_digits
+from engine.formats import gs1_check_digit
+from engine.ids import is_digits
 from engine.store import unpack
 
 __all__ = ["sscc", "pallet_sscc", "check_company_prefix", "export_epcis", "check_parent_ids",

@@ -41,7 +41,6 @@ __all__ = [
     "short_url",
     "digital_link",
     "gs1_check_digit",
-    "is_digits",
     "validate_url_base",
 ]
 

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from engine import http_errors
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
+from engine.ids import is_digits
 from engine.lines import LineKeys
 from engine.packs import PackRegistry
 
@@ -90,7 +91,7 @@ class _LineAuth:
         ts = req.get_header("X-Wuma-Timestamp") or ""
         nonce = req.get_header("X-Wuma-Nonce") or ""
         sig_text = req.get_header("X-Wuma-Signature") or ""
-        if not (ts.isascii() and ts.isdigit()) or not _NONCE.match(nonce) or len(ts) > 12:
+        if not is_digits(ts) or not _NONCE.match(nonce) or len(ts) > 12:
             raise denied
         now = self._clock()
         if abs(now - int(ts)) > REPLAY_WINDOW:

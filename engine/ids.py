@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_text", "has_control", "is_digits",
-           "is_id", "is_region_code"]
+__all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_text", "has_control", "is_digits",
+           "is_id", "is_region_code", "region_prefix"]
 
 #: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
 #: digits, '_', '.', '-', starting with a letter or digit (as an OpenAPI pattern).
@@ -23,9 +23,11 @@ REGION_PATTERN = "^[0-9]{2,12}$"
 #: bidirectional controls (U+200E/F, U+202A-E, U+2066-9). Those would reshape an
 #: operator's terminal listing (or drive the terminal: escape sequences), rows of exports,
 #: or the order in which an id reads.
-TEXT_ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069]*$"
+#: The characters refused, as the inside of a regular expression's class.
+CONTROL_CHARACTERS = "\\u0000-\\u001f\\u007f-\\u009f\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
+TEXT_ID_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
 _ID = re.compile(ID_PATTERN[1:-1])
-_CONTROL = re.compile("[" + TEXT_ID_PATTERN[3:-3] + "]")  # the class TEXT_ID_PATTERN negates
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 _REGION = re.compile(REGION_PATTERN[1:-1])
 
 
@@ -53,6 +55,24 @@ def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+def region_prefix(code: str) -> str:
+    """A division code (行政区划代码: 2 digits province, 2 city, 2 county, 3 township, 3
+    village) as the prefix its divisions share: a level of zeros names the division above
+    (440100, Guangzhou -> 4401; 440000, Guangdong -> 44; 440183100000, a town -> 440183100;
+    440106 stays). Only whole levels: "440183100" is a town of 440183, not a prefix of
+    the towns 1001..1009; a code of another length is taken as the prefix it is."""
+    n = len(code)
+    if n == 12 and code.endswith("000"):
+        code, n = code[:9], 9
+    if n == 9 and code.endswith("000"):
+        code, n = code[:6], 6
+    if n == 6 and code.endswith("00"):
+        code, n = code[:4], 4
+    if n == 4 and code.endswith("00"):
+        code = code[:2]
+    return code
+
+
 def check_text(value: str, what: str) -> str:
     """``value``, or ValueError naming ``what`` when it holds a character the scan API
     refuses in ids (:func:`has_control`: C0/C1 controls such as NUL, DEL, line and
@@ -62,6 +82,8 @@ def check_text(value: str, what: str) -> str:
     (``wuma product list``, the admin page, exports): a control character would reshape an
     operator's terminal (or drive it: escape sequences), split rows, or reverse how a
     name reads."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be text, not {type(value).__name__}")
     if has_control(value):
         raise ValueError(f"{what}: no control characters (such as NUL, a line break, an escape or U+202E, "
                          "a bidirectional override)")

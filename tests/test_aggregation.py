@@ -680,6 +680,11 @@ TestAggregationModel.settings = settings(max_examples=100, stateful_step_count=3
     (["440100", "3101"], "310104", True),
     (["440106"], "4401", True),  # the city, coarser than a district territory
     (["440106"], "440103", False),
+    (["440183100"], "440183100", True),  # a town, a 3-digit level: not a prefix of other towns
+    (["440183100"], "440183101", False),
+    (["440183100"], "440183100203", True),  # one of its villages
+    (["440183000"], "440183101", True),  # the county, written as a town code of zeros
+    (["440183100000"], "440183100203", True),
 ])
 def test_territory_reads_division_codes_as_prefixes(tmp_path, territory, region, inside):
     from engine.aggregation import Aggregation
@@ -690,6 +695,20 @@ def test_territory_reads_division_codes_as_prefixes(tmp_path, territory, region,
     assert agg.in_territory(d, region) is inside
     assert agg.in_territory({"territory": territory}, region) is inside  # as stored before
     data.close()
+
+
+@pytest.mark.parametrize("code, prefix", [
+    ("44", "44"), ("4400", "44"), ("440000", "44"), ("440100", "4401"), ("440106", "440106"),
+    ("440106000", "440106"), ("440106001", "440106001"), ("440183100", "440183100"),
+    ("440183100000", "440183100"), ("440183100200", "440183100200"), ("440100000000", "4401"),
+    ("4401061", "4401061"),  # no whole level: taken as the prefix it is
+])
+def test_a_division_code_is_read_by_whole_levels(code, prefix):
+    """2 digits province, 2 city, 2 county, 3 township, 3 village: zeros name the level
+    above only as a whole level (a town 440183100 is not the prefix 4401831)."""
+    from engine.ids import region_prefix
+
+    assert region_prefix(code) == prefix
 
 
 def test_activations_by_another_release_are_counted_on_the_next_open(run):

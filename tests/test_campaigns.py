@@ -205,7 +205,7 @@ def test_daily_and_region_caps(world):
 # -- regions written as division codes (440100 is Guangzhou: 4401) ------------------------------
 @pytest.mark.parametrize("regions", [["440100"], ["4401"], ["440100000000"], ["310000", "440100"]])
 def test_campaign_regions_written_as_division_codes_match_their_districts(world, regions):
-    """Campaign regions are read as distributor territories are: trailing 00 pairs name the
+    """Campaign regions are read as distributor territories are: a level of zeros names the
     whole division (440100 is Guangzhou, 4401). Stored as typed. A scan in a coarser region
     (the province, for a Guangzhou campaign) is not known to be inside: it earns nothing."""
     pool(world)

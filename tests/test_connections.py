@@ -100,7 +100,42 @@ def test_an_idle_connection_is_closed_after_the_keep_alive(world):
             assert _answer(s).startswith(b"HTTP/1.1 200")
         t = time.monotonic()
         assert s.recv(1) == b""  # closed by the server, idle
-        assert 0.5 < time.monotonic() - t < 5
+        assert 0.5 < time.monotonic() - t < 3  # NOTE: 1 s asked, 5 s the default
         s.close()
     finally:
         server.stop()
+
+
+def test_keep_alive_0_closes_each_connection_after_its_answer(world):
+    path, codes = world
+    server = Server(path, workers=1, args=("--keep-alive", "0"))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(_scan_request(codes[0], 200))
+            answer = _answer(s)
+            assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer.lower()
+            assert s.recv(1) == b""
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("soft, hard, connections, raised_to, holds", [
+    (1024, 20_000, 10_000, 10_256, 10_000),  # the common soft limit: raised
+    (65_536, 65_536, 10_000, None, 10_000),  # high enough already: left alone
+    (1024, -1, 10_000, 10_256, 10_000),  # no hard limit (RLIM_INFINITY)
+    (1024, 2048, 10_000, 2048, 1792),  # the hard limit is too low: as many as it allows
+    (100, 200, 10_000, 200, 1),  # below the worker's own files: one connection, not none
+    (-1, -1, 10_000, None, 10_000),
+])
+def test_the_open_files_limit_is_raised_for_the_connections(monkeypatch, soft, hard, connections, raised_to, holds):
+    import resource
+
+    from engine.gunicorn_conf import open_files_for
+
+    inf = resource.RLIM_INFINITY
+    soft, hard = (inf if soft == -1 else soft), (inf if hard == -1 else hard)
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda what, limits: calls.append(limits))
+    assert open_files_for(connections) == holds
+    assert calls == ([] if raised_to is None else [(raised_to, hard)])

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.epcis import check_company_prefix, sscc
-from engine.formats import check_gtin, fold_full_width, gs1_check_digit, is_digits
+from engine.formats import check_gtin, fold_full_width, gs1_check_digit
+from engine.ids import is_digits
 
 ASCII = "0123456789"
 #: What ``str.isdigit()`` takes besides 0-9: other scripts' digits (٤, ४, full-width ４: Nd)
