@@ -22,6 +22,7 @@ from admin.pools import UNITS
 from admin.service import Admin
 from admin.tokens import ROLES as ADMIN_ROLES
 from cli.main import emit, pass_data
+from engine.files import decode_text
 from engine.ids import is_digits
 
 
@@ -183,7 +184,7 @@ def campaign():
 
 
 @campaign.command("create")
-@click.argument("rule_file", type=click.File("r", encoding="utf-8"))
+@click.argument("rule_file", type=click.File("rb"))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_admin
 def campaign_create(admin, rule_file, as_json):
@@ -191,13 +192,16 @@ def campaign_create(admin, rule_file, as_json):
 
     Example: wuma campaign create open-case.json
     """
+    name = getattr(rule_file, "name", "<stdin>")  # NOTE: a pipe's buffer may have no name
+    # NOTE: read as every text file given is: a UTF-8 BOM (Notepad, Excel) dropped, UTF-16
+    # and other encodings refused by name, whatever the locale
+    text = decode_text(rule_file.read(), name)
     try:
-        # NOTE: Notepad and Excel start a UTF-8 file with a BOM: not part of the JSON
-        rule = json.loads(rule_file.read().removeprefix("\ufeff"))
+        rule = json.loads(text)
     except ValueError as e:
-        raise click.ClickException(f"{rule_file.name}: not valid JSON ({e})") from None
+        raise click.ClickException(f"{name}: not valid JSON ({e})") from None
     except RecursionError:
-        raise click.ClickException(f"{rule_file.name}: not a campaign rule (its JSON is nested too deeply)") from None
+        raise click.ClickException(f"{name}: not a campaign rule (its JSON is nested too deeply)") from None
     c = admin.campaigns.create(rule, who=cli_user())
     emit(c.to_dict(), as_json, f"campaign {c.id} ({c.name}) created, active")
 

@@ -15,7 +15,7 @@ import click
 import lmdb
 
 from engine import DataFolder, WumaError, default_data_path
-from engine.files import private_output
+from engine.files import decode_text, private_output
 from engine.spec import PRESETS
 
 __all__ = ["cli", "pass_data", "emit", "library_errors"]
@@ -283,9 +283,13 @@ def code_verify(data, codes, as_json):
     def inputs():
         for c in codes:
             if c == "-":
-                for n, line in enumerate(sys.stdin):
-                    # NOTE: a UTF-8 BOM (Excel, Notepad) is not part of the first code
-                    yield (line.removeprefix("\ufeff") if n == 0 else line).rstrip("\r\n")
+                # NOTE: bytes, line by line as they arrive (a scanner at a terminal), read as
+                # every text file given is: a UTF-8 BOM (Excel, Notepad) is not part of the
+                # first code; UTF-16 and other encodings are refused by name, whatever the locale
+                at = 0
+                for line in sys.stdin.buffer:
+                    yield decode_text(line, "stdin", offset=at).rstrip("\r\n")
+                    at += len(line)
             else:
                 yield c
 

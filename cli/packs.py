@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from cli.main import _parse_range, _progress_enabled, emit, library_errors, pass_data
+from engine.files import decode_text
 from engine.lines import (
     BRAND_KEYS_FILE,
     LINE_PUBLIC_FILE,
@@ -226,17 +227,15 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
         raise click.UsageError("give the key share once: --share-file or --share, not both")
     if share_file is None:
         return share
+    # NOTE: a file or a pipe is read as bytes, the way every text file given is (a UTF-8 BOM
+    # from Notepad or Excel dropped; UTF-16, Notepad's "Unicode", refused as such, not as
+    # "mistyped"), whatever the locale; CRLF is blank space
     if str(share_file) != "-":
-        raw = share_file.read_bytes()
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Notepad's "Unicode"
-            raise click.ClickException(f"{share_file} is UTF-16: save it as UTF-8")
-        text = raw.decode("utf-8", errors="replace")
+        text = decode_text(share_file.read_bytes(), str(share_file))
     elif sys.stdin.isatty():
         text = click.prompt("key share", hide_input=True, err=True)
     else:
-        text = sys.stdin.read()
-    # NOTE: a UTF-8 BOM (Notepad, Excel) is not part of the share; CRLF is blank space
-    text = text.removeprefix("\ufeff")
+        text = decode_text(sys.stdin.buffer.read(), "stdin")
     if not text.strip():
         where = "stdin" if str(share_file) == "-" else str(share_file)
         raise click.ClickException(f"no key share in {where}: it holds nothing but blanks")

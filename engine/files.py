@@ -1,5 +1,6 @@
-"""Output files that appear whole or not at all, readable by their owner only; and CSV
-files that people open in a spreadsheet, whose cells never run as formulas."""
+"""Output files that appear whole or not at all, readable by their owner only; CSV files
+that people open in a spreadsheet, whose cells never run as formulas; and text files that
+people give Wuma (a key share, a campaign rule, division centres), read as UTF-8."""
 
 from __future__ import annotations
 
@@ -13,10 +14,55 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
-           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder"]
+           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder",
+           "UTF8_BOM", "decode_text", "refuse_utf16"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
+
+#: The UTF-8 byte-order mark Excel ("CSV UTF-8") and Windows Notepad put at the start.
+UTF8_BOM = b"\xef\xbb\xbf"
+#: The UTF-16 byte-order marks (Notepad's "Unicode", Excel's "Unicode Text"), LE and BE.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def refuse_utf16(head: bytes, name: str, save_as: str = "UTF-8") -> None:
+    """ValueError naming ``name`` if ``head``, the start of a file, shows that the file is
+    not UTF-8 text: it starts with a UTF-16 byte-order mark, or holds a NUL byte (UTF-16
+    without one, or a spreadsheet's own format). The message asks to save it as ``save_as``.
+
+    NOTE: read as UTF-8, such a file said something misleading: a share "mistyped", a CSV
+    line "not a genuine code", a region file "'utf-8' codec can't decode byte 0xff"."""
+    if head.startswith(_UTF16_BOMS):
+        raise ValueError(f"{name}: the file is UTF-16; save it as {save_as}")
+    if b"\0" in head:
+        raise ValueError(f"{name}: the file holds NUL bytes, so it is not UTF-8 text "
+                         f"(UTF-16 without a byte-order mark? a spreadsheet?); save it as {save_as}")
+
+
+def decode_text(raw: bytes, name: str, *, offset: int = 0) -> str:
+    """The text of a file a person gave (``raw``, its bytes; ``name``, how to name it in a
+    message), read the one way every command reads one: UTF-8, a UTF-8 byte-order mark at
+    the start dropped (Excel's "CSV UTF-8" and Notepad write one).
+
+    ValueError naming ``name`` for a UTF-16 file (:func:`refuse_utf16`), and for bytes
+    that are not UTF-8, with the offset of the first one in the file (a CSV saved by Excel
+    in the system's "ANSI" code page, GBK on a Chinese Windows, is the usual one).
+
+    ``offset``: where ``raw`` starts in the file, for a file read in pieces (the lines of
+    standard input as they arrive): only the piece at 0 may start with a byte-order mark,
+    and the offset in a message counts from the start of the file."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise TypeError("raw must be bytes")
+    if offset == 0 or b"\0" in raw:
+        refuse_utf16(raw, name)
+    if offset == 0 and raw.startswith(UTF8_BOM):
+        raw, offset = raw[len(UTF8_BOM):], len(UTF8_BOM)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text (byte 0x{raw[e.start]:02X} at offset {offset + e.start}: "
+                         "saved as GBK or another legacy encoding?); save it as UTF-8") from None
 
 
 def same_file(a, b) -> bool:

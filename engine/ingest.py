@@ -65,7 +65,7 @@ import numpy as np
 from engine.aggregation import (_I, _LOW, _Q, BadRecord, LoadReport, _c2p_decode,
                                 _children_count, _decode_children, _encode_children)
 from engine.errors import Conflict
-from engine.files import same_file, temp_beside
+from engine.files import UTF8_BOM, refuse_utf16, same_file, temp_beside
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
@@ -82,10 +82,7 @@ _FEW = 50_000  # up to this many runs / parents: store look-ups one by one, not 
 _DENSE = 2  # records a unit beyond which a key range is not read (``_at_or_after``)
 _U64 = np.uint64
 _U32 = np.uint32
-#: The UTF-8 byte-order mark Excel ("CSV UTF-8") and Windows Notepad put at the start.
-_BOM = b"\xef\xbb\xbf"
-#: The UTF-16 byte-order marks (Notepad's "Unicode", Excel's "Unicode Text"), LE and BE.
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_BOM = UTF8_BOM
 
 
 class _Source:
@@ -141,13 +138,7 @@ class _Source:
         """ValueError for a file that cannot be UTF-8 text: it starts with a UTF-16
         byte-order mark, or holds a NUL byte in its first 64 KiB. NOTE: read as UTF-8,
         every line of such a file was refused as "field 1 is not a genuine code"."""
-        head = next(self.blocks(1 << 16), b"")
-        if head.startswith(_UTF16_BOMS):
-            raise ValueError(f"{self.name}: the file is UTF-16; save it as UTF-8 (CSV UTF-8)")
-        if b"\0" in head:
-            raise ValueError(f"{self.name}: the file holds NUL bytes, so it is not UTF-8 text "
-                             "(UTF-16 without a byte-order mark? a spreadsheet?); save it as "
-                             "UTF-8 (CSV UTF-8)")
+        refuse_utf16(next(self.blocks(1 << 16), b""), self.name, "UTF-8 (CSV UTF-8)")
 
     def first_byte(self) -> bytes:
         """The first byte that is not white space (b"" for none)."""

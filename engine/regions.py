@@ -24,9 +24,11 @@ looks up.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
+from engine.files import decode_text
 from engine.ids import is_region_code
 from engine.store import Store, pack, unpack
 
@@ -117,17 +119,18 @@ class RegionTable:
         whole file with its line number. A code given twice at one position counts once;
         at two positions it rejects the file, naming both lines."""
         rows = []
-        # NOTE: utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with a BOM.
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            for n, row in enumerate(csv.reader(fh), 1):
-                if not row or (n == 1 and row[0].strip().lower() == "code"):
-                    continue
-                if len(row) != 3:
-                    raise ValueError(f"{path}:{n}: expected code,lat,lng")
-                try:
-                    rows.append((f"line {n}", *_check(row[0].strip(), row[1], row[2])))
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: {e}") from None
+        # NOTE: a UTF-8 BOM (Excel's "CSV UTF-8", Notepad) is dropped; a UTF-16 file, or one
+        # in GBK, is refused as such rather than as "'utf-8' codec can't decode byte 0xff"
+        text = decode_text(Path(path).read_bytes(), str(path))
+        for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if not row or (n == 1 and row[0].strip().lower() == "code"):
+                continue
+            if len(row) != 3:
+                raise ValueError(f"{path}:{n}: expected code,lat,lng")
+            try:
+                rows.append((f"line {n}", *_check(row[0].strip(), row[1], row[2])))
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
         try:
             once = _once(rows)
         except ValueError as e:

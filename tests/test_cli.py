@@ -282,6 +282,28 @@ def test_utf8_bom_in_verify_stdin_and_region_import(run, tmp_path):
     assert "1 division centres loaded" in run("region", "import", str(centres)).output
 
 
+def test_utf16_or_gbk_in_verify_stdin_and_region_import_is_named(run, tmp_path):
+    """A UTF-16 region file printed "Error: 'utf-8' codec can't decode byte 0xff"; text that
+    is not UTF-8 is now refused naming the file (and the byte offset), never a traceback."""
+    run("init")
+    run("batch", "create", "--level", "cap", "--count", "3")
+    code = run("batch", "export", "1", "--plaintext", "-o", "-").output.splitlines()[1].split(",")[2]
+    centres = tmp_path / "centres.csv"
+    centres.write_text("code,lat,lng\r\n440106,23.1,113.3\r\n", encoding="utf-16")  # Excel's "Unicode Text"
+    res = run("region", "import", str(centres), ok=False)
+    assert res.exit_code == 1 and f"Error: {centres}: the file is UTF-16; save it as UTF-8" in res.output
+    assert "codec" not in res.output and "Traceback" not in res.output
+    centres.write_bytes("code,name,lat\n440106,广州,23.1\n".encode("gbk"))  # Excel's "CSV" on a Chinese Windows
+    res = run("region", "import", str(centres), ok=False)
+    assert res.exit_code == 1 and f"{centres}: not UTF-8 text (byte 0xB9 at offset 21" in res.output
+    assert run("region", "list").output == ""
+    res = run("code", "verify", "-", input=f"{code}\n".encode("utf-16"), ok=False)
+    assert res.exit_code == 1 and "Error: stdin: the file is UTF-16; save it as UTF-8" in res.output
+    res = run("code", "verify", "-", input=f"{code}\n".encode() + b"\xff\n", ok=False)
+    assert res.output.splitlines()[0] == f"{code}\tinactive\tbatch 1 serial 0 cap_inner (cap)"
+    assert res.exit_code == 1 and f"stdin: not UTF-8 text (byte 0xFF at offset {len(code) + 1}" in res.output
+
+
 def test_plaintext_export_is_created_private(run, tmp_path):
     run("init")
     run("batch", "create", "--level", "cap", "--count", "3")

@@ -98,6 +98,57 @@ def test_campaign_rule_file_with_utf8_bom(run, tmp_path):
     assert "created, active" in res.output
 
 
+def test_campaign_rule_in_utf16_or_not_utf8_is_named(run, tmp_path):
+    """Read with the locale's or a strict UTF-8 codec, a UTF-16 rule said "not valid JSON
+    ('utf-8' codec can't decode byte 0xff ...)"; it is now refused as what it is."""
+    run("product", "add", "SKU-1", "--name", "Green tea 500ml")
+    run("pool", "create", "gd", "--total", "50000")
+    rule = json.dumps({"name": "Cap draw", "pool": "gd",
+                       "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
+                       "target": {"skus": ["SKU-1"]}, "reward": {"kind": "fixed", "amount": 100},
+                       "window": {"start": "2026-01-01T00:00", "end": "2030-01-01T00:00"}})
+    f = tmp_path / "rule.json"
+    f.write_text(rule, encoding="utf-16")  # Notepad's "Unicode"
+    res = run("campaign", "create", str(f), ok=False)
+    assert res.exit_code == 1 and f"Error: {f}: the file is UTF-16; save it as UTF-8" in res.output
+    res = run("campaign", "create", "-", input=rule.encode("utf-16"), ok=False)
+    assert res.exit_code == 1 and "Error: <stdin>: the file is UTF-16; save it as UTF-8" in res.output
+    res = run("campaign", "create", "-", input=rule.replace("Cap draw", "Café").encode("latin-1"), ok=False)
+    assert res.exit_code == 1 and "<stdin>: not UTF-8 text (byte 0xE9 at offset 13" in res.output
+    assert "not valid JSON" not in res.output
+    assert run("campaign", "list").output == ""
+
+
+def test_a_voucher_redeemed_twice_by_its_store_credits_once(run, tmp_path):
+    """The store's retry (its network dropped the first answer) is told so, not credited again."""
+    import time
+
+    from admin.service import Admin
+    from engine import DataFolder
+    from engine.scan import ScanRequest
+
+    w, now = run.world, time.time()
+    run("pool", "create", "p", "--total", "10000")
+    rule = {"name": "Swap", "pool": "p", "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
+            "target": {"batches": [w["caps"].id]}, "window": {"start": now - 3600, "end": now + 86400},
+            "reward": {"kind": "fixed", "amount": 500, "payout": "voucher", "valid_days": 7}}
+    run("campaign", "create", "-", input=json.dumps(rule))
+    with DataFolder(tmp_path / "wuma-data") as data:
+        admin = Admin(data)
+        try:
+            code = data.codes.code(w["caps"], 0, "cap_inner")
+            got = admin.scan_pipeline().scan(ScanRequest(code, actor_id="u1", region="440106"))
+            voucher = got.rewards[0]["voucher"]
+        finally:
+            admin.close()
+    first = run("voucher", "redeem", voucher, "--store", "s-1").output
+    assert first.strip() == f"voucher {voucher} redeemed by s-1: 5.00 yuan credited"
+    again = run("voucher", "redeem", voucher, "--store", "s-1").output
+    assert again.strip() == f"voucher {voucher} was already redeemed by s-1: nothing credited again"
+    payable = [json.loads(x) for x in run("ledger", "list", "--json").output.splitlines()]
+    assert [e["kind"] for e in payable].count("redeem") == 1
+
+
 @pytest.mark.parametrize("args", [("ledger", "list", "--after=-5"), ("ledger", "list", f"--after={2**64}"),
                                   ("payout", "status", "--seq=-1"), ("payout", "retry", "--", "-1"),
                                   ("ledger", "reverse", "--reason", "x", "--", str(2**64))])

@@ -4,8 +4,10 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.files import private_output
+from engine.files import UTF8_BOM, decode_text, private_output
 
 
 def test_an_export_appears_whole_and_private(tmp_path):
@@ -73,3 +75,40 @@ def test_write_new_file_on_a_file_system_without_hard_links(tmp_path, monkeypatc
     with pytest.raises(FileExistsError):
         files.write_new_file(path, b"x" * 32)
     assert path.read_bytes() == b"k" * 32 and os.listdir(tmp_path) == ["line.key"]
+
+
+# -- text files people give: one way to read them -------------------------------------------
+#: Text without NUL (refused: a sign of UTF-16 without a byte-order mark).
+_TEXT = st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXT, st.booleans())
+def test_utf8_text_reads_back_with_or_without_a_bom(text, bom):
+    raw = (UTF8_BOM if bom else b"") + text.encode("utf-8")
+    # NOTE: one BOM is dropped: text that starts with U+FEFF, written without one, loses it
+    assert decode_text(raw, "f.txt") == (text if bom else text.removeprefix("\ufeff"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_TEXT, st.sampled_from(["utf-16", "utf-16-le", "utf-16-be"]))
+def test_utf16_with_a_bom_is_refused_by_name(text, encoding):
+    bom = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff"}.get(encoding, b"")
+    raw = bom + text.encode(encoding)
+    with pytest.raises(ValueError, match=r"^rule\.json: the file is UTF-16; save it as UTF-8$"):
+        decode_text(raw, "rule.json")
+
+
+def test_utf16_without_a_bom_and_invalid_utf8_are_refused_by_name_and_offset():
+    with pytest.raises(ValueError, match=r"^c\.csv: the file holds NUL bytes, so it is not UTF-8 text "):
+        decode_text("440106,23.1".encode("utf-16-le"), "c.csv")
+    gbk = b"code,lat,lng\n" + "广州,23.1,113.3".encode("gbk")
+    with pytest.raises(ValueError, match=r"^c\.csv: not UTF-8 text \(byte 0xB9 at offset 13: saved as GBK"):
+        decode_text(gbk, "c.csv")
+    with pytest.raises(ValueError, match=r"byte 0xFF at offset 4:"):  # the BOM counts
+        decode_text(UTF8_BOM + b"a\xff", "c.csv")
+    with pytest.raises(ValueError, match=r"^stdin: not UTF-8 text \(byte 0xE9 at offset 12:"):
+        decode_text(b"caf\xe9\n", "stdin", offset=9)  # the second line of a pipe
+    assert decode_text(UTF8_BOM + b"x", "stdin", offset=9) == "\ufeffx"  # a BOM only at the start
+    with pytest.raises(TypeError, match="raw must be bytes"):
+        decode_text("text", "f.txt")

@@ -250,7 +250,29 @@ def test_cli_share_saved_by_notepad_or_typed_full_width(world):
     unicode = tmp / "share-utf16.txt"  # Notepad's "Unicode": said "mistyped" too
     unicode.write_text(p.share + "\r\n", encoding="utf-16")
     res = r.invoke(cli, [*base, "--share-file", str(unicode), "-o", str(tmp / "u.csv")])
-    assert res.exit_code == 1 and "is UTF-16: save it as UTF-8" in res.output
+    assert res.exit_code == 1 and f"{unicode}: the file is UTF-16; save it as UTF-8" in res.output
+    assert not (tmp / "u.csv").exists()
+
+
+def test_cli_share_through_stdin_is_read_as_utf8_whatever_the_locale(world):
+    """Through stdin the share was decoded by the locale: UTF-16 said "mistyped", and
+    under a strict UTF-8 locale bytes that are not UTF-8 raised UnicodeDecodeError."""
+    _reg, _keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=100, split_key=True)
+    base = ["pack", "open", p.path, "--key", str(tmp / "line1"), "--share-file", "-", "-o", str(tmp / "u.csv")]
+    r = CliRunner()
+    for encoding in ("utf-16", "utf-16-be"):  # Notepad's "Unicode" (LE) and "Unicode big endian"
+        raw = (b"\xfe\xff" if encoding == "utf-16-be" else b"") + (p.share + "\r\n").encode(encoding)
+        res = r.invoke(cli, base, input=raw)
+        assert res.exit_code == 1 and "stdin: the file is UTF-16; save it as UTF-8" in res.output, res.output
+        assert "mistyped" not in res.output and "Traceback" not in res.output
+    res = r.invoke(cli, base, input=p.share.encode()[:10] + b"\xe9" + p.share.encode()[10:])
+    assert res.exit_code == 1 and "stdin: not UTF-8 text (byte 0xE9 at offset 10" in res.output, res.output
+    assert not (tmp / "u.csv").exists()
+    latin = tmp / "share-latin1.txt"
+    latin.write_bytes(b"\xe9" + p.share.encode())
+    res = r.invoke(cli, [*base[:-4], "--share-file", str(latin), "-o", str(tmp / "u.csv")])
+    assert res.exit_code == 1 and f"{latin}: not UTF-8 text (byte 0xE9 at offset 0" in res.output
     assert not (tmp / "u.csv").exists()
 
 

@@ -128,6 +128,25 @@ def test_import_reads_a_utf8_bom(table, tmp_path):
     assert table.list() == [("440106", 23.1, 113.3)]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_import_refuses_utf16_by_name(table, tmp_path, encoding):
+    """It raised UnicodeDecodeError: "'utf-8' codec can't decode byte 0xff in position 0"."""
+    f = tmp_path / "centres.csv"
+    f.write_bytes((b"\xfe\xff" if encoding == "utf-16-be" else b"")
+                  + "code,lat,lng\r\n440106,23.1,113.3\r\n".encode(encoding))
+    with pytest.raises(ValueError, match=r"centres\.csv: the file is UTF-16; save it as UTF-8$") as e:
+        table.import_csv(f)
+    assert not isinstance(e.value, UnicodeDecodeError)
+    assert table.list() == []
+
+
+def test_import_reads_csv_as_a_file_opened_with_newline_empty(table, tmp_path):
+    f = tmp_path / "centres.csv"  # CRLF, and a newline inside a quoted cell (one row, not two)
+    f.write_bytes(b'code,lat,lng\r\n"440106",23.1,113.3\r\n"330106\n",30.2,120.1\r\n')
+    assert table.import_csv(f) == 2
+    assert [c for c, *_ in table.list()] == ["330106", "440106"]
+
+
 @pytest.mark.parametrize("max_km", ["30", 0, -5, float("nan"), True, 1e9])
 def test_max_km_must_be_a_distance(tmp_path, max_km):
     from engine.store import Store
