@@ -40,7 +40,7 @@ from engine.formats import check_gtin
 from engine.ids import check_text, is_region_code, region_prefix
 from engine.store import pack, u32, u64, unpack
 
-__all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord", "region_prefix",
+__all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord",
            "VoidRuns", "activated_per_batch"]
 
 _LOW = 0xFFFFFFFF

@@ -98,7 +98,10 @@ OPENAPI = {
                                 "schema": {"type": "string"}}],
                 "responses": {"200": _json(_VERDICT, "the verdict, with the scan history; flags: "
                                                      "copied when a scan of the (genuine) code was "
-                                                     "flagged copied, however long ago"),
+                                                     "flagged copied, however long ago; of the scans "
+                                                     "recorded before the scan record kept that (an "
+                                                     "older release), only the window ending at the "
+                                                     "latest one is judged, by the thresholds now"),
                               **_REFUSED, **_ERRORS},
             }
         },

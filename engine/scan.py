@@ -317,16 +317,43 @@ class ScanPipeline:
         self.abuse = abuse
         self.accounts = accounts
         self.role_rules = role_rules or DEFAULT_ROLE_RULES
-        # a code copied onto many packs: the "abuse" settings unless given here
+        # a code copied onto many packs: the "abuse" settings unless given here. NOTE: read
+        # once, as the rest of the settings (a running server keeps what it read)
         limits = abuse.limits
-        self.copy_regions = limits.copy_regions if copy_regions is None else copy_regions
-        self.copy_devices = limits.copy_devices if copy_devices is None else copy_devices
-        self.copy_window_s = limits.copy_window_s if copy_window_s is None else copy_window_s
+        self._copy_at = (limits.copy_regions if copy_regions is None else copy_regions,
+                         limits.copy_devices if copy_devices is None else copy_devices,
+                         limits.copy_window_s if copy_window_s is None else copy_window_s)
         self.hooks = list(hooks or [])
         self.regions = regions
         self.clock = clock
         # PERF: every scan verifies one code; compiled FF1 rounds (~5.6 -> ~1.6 µs).
         codes.use_native_ff1()
+
+    # PERF: the scan log takes the thresholds as one tuple, built once here (and again when
+    # one is set), not on every scan and check
+    @property
+    def copy_regions(self) -> int:
+        return self._copy_at[0]
+
+    @copy_regions.setter
+    def copy_regions(self, value: int) -> None:
+        self._copy_at = (value, *self._copy_at[1:])
+
+    @property
+    def copy_devices(self) -> int:
+        return self._copy_at[1]
+
+    @copy_devices.setter
+    def copy_devices(self, value: int) -> None:
+        self._copy_at = (self._copy_at[0], value, self._copy_at[2])
+
+    @property
+    def copy_window_s(self) -> float:
+        return self._copy_at[2]
+
+    @copy_window_s.setter
+    def copy_window_s(self, value: float) -> None:
+        self._copy_at = (*self._copy_at[:2], value)
 
     def _subjects(self, req: ScanRequest) -> list[str]:
         out = []
@@ -410,8 +437,7 @@ class ScanPipeline:
             event["diverted"] = diversion
         role_index = self.codes.spec.role(v.role).index
         record = self.scans.record(uid, role_index, event, _chain(settles),
-                                   (self.copy_regions, self.copy_devices, self.copy_window_s)
-                                   if verdict == "genuine" else None)
+                                   self._copy_at if verdict == "genuine" else None)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
         rewards = [r for r in record.rewards if "rebate" not in r]
         if record.copied:
@@ -422,10 +448,12 @@ class ScanPipeline:
     def check(self, code: str, ip: str | None = None) -> ScanResult:
         """Read-only anti-counterfeit check (the landing page): nothing is recorded of the
         code. A genuine code flagged ``copied`` by any scan of it is answered with that
-        flag (the scan record keeps it), however long ago. The client at ``ip`` is held
-        to the same bans and rate as its scans, and an invalid code counts towards its
-        enumeration ban (else the check would answer forged guesses without limit, banned
-        clients included). Raises Banned, RateLimited, ValueError (not text)."""
+        flag (the scan record keeps it), however long ago; of the scans recorded before the
+        record kept it (an older release), only the window ending at the latest is judged,
+        by the thresholds now (see :meth:`engine.scanlog.ScanLog.get`). The client at
+        ``ip`` is held to the same bans and rate as its scans, and an invalid code counts
+        towards its enumeration ban (else the check would answer forged guesses without
+        limit, banned clients included). Raises Banned, RateLimited, ValueError (not text)."""
         _check_code(code)
         subjects = self._subjects(ScanRequest(code, ip=ip))
         now = self.clock()
@@ -439,8 +467,7 @@ class ScanPipeline:
         uid = unit_id(v.batch, v.serial)
         trace = self.aggregation.scan_trace(uid)
         verdict = _unit_verdict(trace)
-        record = self.scans.get(uid, self.codes.spec.role(v.role).index,
-                                (self.copy_regions, self.copy_devices, self.copy_window_s))
+        record = self.scans.get(uid, self.codes.spec.role(v.role).index, self._copy_at)
         # NOTE: copied once, the code stays so for the landing page (a scan's own flag
         # looks at its window only): a label seen in three cities is a copied label. Set
         # on genuine codes only, as for scans.

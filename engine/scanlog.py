@@ -38,7 +38,7 @@ import time
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from engine.aggregation import region_prefix
+from engine.ids import region_prefix
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes"]
@@ -113,13 +113,6 @@ def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     return len(places) - sum(map(str.startswith, places[1:], places)) >= regions
 
 
-def _check_copied(rec: list, at: float, copy_at: tuple[int, int, float] | None) -> bool:
-    """:func:`_copied` at ``at``, if ``copy_at`` is given; the window is looked at only
-    once a list is long enough (most codes are scanned once or twice)."""
-    return (copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
-            and _copied(rec, at, copy_at))
-
-
 #: The fields of a scan record (a msgpack'd list): count, first at, first region, first
 #: device, last at, last region, regions seen, devices seen, when each region and device
 #: was last seen, and whether a scan of the code has been flagged copied.
@@ -127,13 +120,30 @@ _RECORD_LEN = 11
 
 
 def _upgraded(rec: list, copy_at: tuple[int, int, float] | None) -> list:
-    """A record of an earlier layout in this one. NOTE: one from before the copied bit
-    says copied if its latest scan was (recomputed with ``copy_at``, the thresholds now):
-    whether an earlier scan was is not in the record (its event says so)."""
-    if len(rec) == 8:  # NOTE: a record from before the last-seen times: seen at first
+    """A record of an earlier layout in this one (``rec``, changed in place).
+
+    NOTE: a record from before the copied bit says copied if the latest scan in it was, by
+    ``copy_at`` (the thresholds now): whether an earlier scan was is not in the record (its
+    event says so). Without ``copy_at`` (a scan that is not genuine, a read without
+    thresholds) nothing is judged, and nothing judged is written: the record says not
+    copied, and a scan writes it pending (12 fields: the 11, then the record as it was
+    before the bit), for the first read or scan with thresholds to judge as it would have
+    been judged before that scan (scans that are not genuine are never flagged). Pending,
+    its length is not 11, so the common path's one length check finds it (PERF: nothing
+    more on that path)."""
+    n = len(rec)
+    if n == 8:  # NOTE: a record from before the last-seen times: seen at first
         rec += [[rec[1]] * len(rec[6]), [rec[1]] * len(rec[7])]
-    if len(rec) == 10:
-        rec.append(_check_copied(rec, rec[4], copy_at))
+        n = 10
+    if n == 10:
+        if copy_at is None:
+            rec += [False, [*rec[:6], *map(list, rec[6:])]]
+        else:
+            rec.append(_copied(rec, rec[4], copy_at))
+    elif n == 12 and copy_at is not None:
+        before = rec.pop()
+        # NOTE: or: a worker of the release before pending records sets the bit in place
+        rec[10] = rec[10] or _copied(before, before[4], copy_at)
     return rec
 
 
@@ -154,7 +164,9 @@ class ScanRecord(NamedTuple):
     devices: int = 0  # distinct devices seen (capped at DISTINCT_MAX)
     rewards: tuple = ()  # what the settle function granted (campaign outcomes), stored in the event
     copied: bool = False  # this scan reached the copy thresholds (flag stored in the event too)
-    ever_copied: bool = False  # a scan of the code (this one or an earlier one) was flagged copied
+    # a scan of the code (this one or an earlier one) was flagged copied; for a record from
+    # before this bit, see _upgraded
+    ever_copied: bool = False
 
     def to_dict(self) -> dict:
         return self._asdict()
@@ -491,9 +503,10 @@ class ScanLog:
         many distinct places or on that many devices within the last ``window_s`` seconds
         (``math.inf``: ever), the event gets the flag ``copied`` and the record says
         ``copied``; the code's record keeps that it was (``ever_copied``, which :meth:`get`
-        reads too). Nested division codes (440100, 440106, 440106001) are one place (see
-        :func:`_copied`). The first and last scan are the earliest and latest by ``at``,
-        whatever order their groups commit in.
+        reads too). Without ``copy_at`` nothing is judged, not even for a record written
+        before that bit was kept (see :func:`_upgraded`). Nested division codes (440100,
+        440106, 440106001) are one place (see :func:`_copied`). The first and last scan are
+        the earliest and latest by ``at``, whatever order their groups commit in.
         """
         if self._thread is None:
             self._start()
@@ -607,7 +620,9 @@ class ScanLog:
                 else:
                     if at > times[i]:
                         times[i] = at
-        # PERF: inline, not _check_copied(): the window is looked at only once a list is long enough
+        # PERF: the rule is _copied()'s alone; this repeats its first test (fewer places and
+        # devices than the thresholds: not copied) only to skip the call for most codes,
+        # scanned once or twice (73 vs 117 ns, timeit)
         copied = (copy_at is not None and (len(rec[6]) >= copy_at[0] or len(rec[7]) >= copy_at[1])
                   and _copied(rec, at, copy_at))
         if copied:
@@ -659,7 +674,8 @@ class ScanLog:
             copy_at: tuple[int, int, float] | None = None) -> ScanRecord | None:
         """The code's scan record without scanning it (read-only check). ``ever_copied``
         says whether a scan of the code was flagged copied; ``copy_at`` (as for
-        :meth:`record`) is only for a record written before that was kept (see
+        :meth:`record`) is only for a record written before that was kept, judged with it
+        (nothing is written); without it such a record says not copied (see
         :func:`_upgraded`)."""
         with self._store.read() as txn:
             raw = txn.get(_record_key(unit_id, role_index), None, self._records)

@@ -117,6 +117,44 @@ def test_the_landing_page_check_shows_a_code_flagged_copied(world):
     assert pipe.check(inner).flags == ("copied",)
 
 
+def test_a_record_from_before_the_copied_bit_scanned_inactive_is_judged_when_checked(world):
+    """A record written before the scan record kept the copied bit, of a code seen in
+    three cities within a week up to its latest scan: a scan while the code is inactive
+    (no thresholds) writes no judgment, and the landing page check judges it once the code
+    is genuine, as the next genuine scan does and keeps."""
+    from engine.aggregation import unit_id
+    from engine.scanlog import _record_key
+    from engine.store import pack
+
+    pipe, data, clock = world["pipe"], world["data"], world["clock"]
+    inner = data.codes.code(world["inactive"], 2, "cap_inner")
+    t0 = clock.t - 30 * 86400
+    unit, role = unit_id(world["inactive"].id, 2), data.codes.spec.role("cap_inner").index
+    old = [3, t0, "440106", "d0", t0 + 2, "110101", ["440106", "310101", "110101"], ["d0", "d1", "d2"],
+           [t0, t0 + 1, t0 + 2], [t0, t0 + 1, t0 + 2]]  # the layout before the bit (10 fields)
+    with data.store.write() as txn:
+        txn.put(_record_key(unit, role), pack(old), db=data.store.db("scan_records"))
+    assert _scan(world, inner, region="440106").verdict == "inactive"
+    world["agg"].activate(sku="SKU-1", name="Green tea 500ml", lot="L2", production_date="2026-11-02",
+                          batch=world["inactive"].id)
+    checked = pipe.check(inner)
+    assert (checked.verdict, checked.flags, checked.scan.count) == ("genuine", ("copied",), 4)
+    assert _scan(world, inner, region="440106").flags == ()  # its own window: one place
+    assert pipe.check(inner).flags == ("copied",)
+    assert pipe.scans.get(unit, role).ever_copied  # kept in the record: no thresholds needed now
+
+
+def test_copied_thresholds_set_on_the_pipeline_are_used(world):
+    pipe = world["pipe"]
+    assert (pipe.copy_regions, pipe.copy_devices, pipe.copy_window_s) == (3, 5, 7 * 86400)
+    pipe.copy_regions = 2
+    assert (pipe.copy_regions, pipe.copy_devices, pipe.copy_window_s) == (2, 5, 7 * 86400)
+    inner = world["data"].codes.code(world["caps"], 6, "cap_inner")
+    assert _scan(world, inner, region="440101").flags == ()
+    assert _scan(world, inner, region="440103").flags == ("copied",)
+    assert pipe.check(inner).flags == ("copied",)
+
+
 def test_copied_limits_are_settings(tmp_path):
     """The copied flag's thresholds are the "abuse" settings of wuma.json (defaults: 3
     regions or 5 devices within 7 days); a bad value is refused with the section named."""

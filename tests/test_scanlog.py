@@ -125,8 +125,12 @@ def test_a_code_flagged_copied_stays_so_in_its_record(tmp_path):
     assert third.copied and third.ever_copied
     later = log.record(7, 4, {"at": 10_000.0, "region": "4401"}, copy_at=at)  # out of the window
     assert not later.copied and later.ever_copied
-    assert log.get(7, 4).ever_copied and not log.get(7, 4).copied
+    # read from the record, not judged again: the window ending at the latest scan holds one
+    # place, and a read without thresholds judges nothing
+    assert log.get(7, 4, at).ever_copied and log.get(7, 4).ever_copied
+    assert ["copied" in e.get("flags", ()) for e in log.events()] == [False, False, True, False]
     assert not log.record(8, 4, {"at": 1.0}, copy_at=at).ever_copied
+    assert not log.get(8, 4, at).ever_copied
     log.close()
     store.close()
 
@@ -134,23 +138,74 @@ def test_a_code_flagged_copied_stays_so_in_its_record(tmp_path):
 def test_a_record_from_before_the_copied_bit_is_read(tmp_path):
     """A record of the layout before (10 fields) says copied if its latest scan was, by
     the thresholds given; written again, it keeps that."""
-    from engine.scanlog import _record_key
-
     store = Store(tmp_path / "db")
     log = ScanLog(store)
     at = (3, 5, 3600.0)
-    with store.write() as txn:
-        records = store.db("scan_records")
-        txn.put(_record_key(7, 4), pack([3, 100.0, "4401", "d1", 102.0, "1101", ["4401", "4403", "1101"],
-                                         ["d1"], [100.0, 101.0, 102.0], [102.0]]), db=records)
-        txn.put(_record_key(8, 4), pack([2, 100.0, "4401", "d1", 101.0, "4403", ["4401", "4403"],
-                                         ["d1"], [100.0, 101.0], [101.0]]), db=records)
+    _old_records(store)
     assert log.get(7, 4, at).ever_copied and log.get(7, 4, at).count == 3
     assert not log.get(8, 4, at).ever_copied
     assert not log.get(7, 4).ever_copied  # no thresholds: not judged
     later = log.record(7, 4, {"at": 10_000.0, "region": "4401"}, copy_at=at)
     assert (later.count, later.copied, later.ever_copied) == (4, False, True)
     assert log.get(7, 4).ever_copied
+    log.close()
+    store.close()
+
+
+def _old_records(store):
+    """Two records of the layout before the copied bit: unit 7 seen in three places within
+    the hour up to its latest scan (copied, by 3 places in an hour), unit 8 in two."""
+    from engine.scanlog import _record_key
+
+    with store.write() as txn:
+        records = store.db("scan_records")
+        txn.put(_record_key(7, 4), pack([3, 100.0, "4401", "d1", 102.0, "1101", ["4401", "4403", "1101"],
+                                         ["d1"], [100.0, 101.0, 102.0], [102.0]]), db=records)
+        txn.put(_record_key(8, 4), pack([2, 100.0, "4401", "d1", 101.0, "4403", ["4401", "4403"],
+                                         ["d1"], [100.0, 101.0], [101.0]]), db=records)
+
+
+def test_a_record_from_before_the_copied_bit_is_not_judged_without_thresholds(tmp_path):
+    """A scan without thresholds (not genuine) of a record from before the copied bit
+    writes no judgment: a later read or scan with thresholds judges it as before, in the
+    window ending at its latest scan before the bit; scans since then (not genuine) are
+    never flagged, so they make no copy either."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    at = (3, 5, 3600.0)
+    _old_records(store)
+    assert log.get(7, 4, at).ever_copied
+    scanned = log.record(7, 4, {"at": 10_000.0, "region": "4401", "device": "d9"})
+    assert (scanned.count, scanned.copied) == (4, False)
+    assert log.get(7, 4, at).ever_copied and log.get(7, 4, at).count == 4
+    assert not log.get(7, 4).ever_copied  # no thresholds: still not judged
+    log.record(7, 4, {"at": 20_000.0, "region": "3301"})
+    assert log.get(7, 4, at).ever_copied and log.get(7, 4, at).last_region == "3301"
+    # its first genuine scan (out of the window: not copied itself) keeps the judgment
+    later = log.record(7, 4, {"at": 30_000.0, "region": "4401"}, copy_at=at)
+    assert (later.count, later.copied, later.ever_copied) == (6, False, True)
+    assert log.get(7, 4).ever_copied
+    # two places before the bit and a third since, not genuine: not copied, now kept so
+    log.record(8, 4, {"at": 102.0, "region": "1101"})
+    assert not log.get(8, 4, at).ever_copied
+    assert not log.record(8, 4, {"at": 10_000.0, "region": "4401"}, copy_at=at).ever_copied
+    assert not log.get(8, 4, (2, 5, 3600.0)).ever_copied  # judged once, not with new thresholds
+    log.close()
+    store.close()
+
+
+def test_a_record_from_before_last_seen_times_and_the_bit_waits_for_thresholds(tmp_path):
+    from engine.scanlog import _record_key
+
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    with store.write() as txn:  # no last-seen times: seen at the first scan
+        txn.put(_record_key(7, 4), pack([3, 100.0, "4401", "d1", 150.0, "4403", ["4401", "4402", "4403"],
+                                         ["d1"]]), db=store.db("scan_records"))
+    log.record(7, 4, {"at": 9_000.0, "device": "d2"})
+    assert not log.get(7, 4).ever_copied
+    assert log.get(7, 4, (3, 5, 3600.0)).ever_copied
+    assert not log.get(7, 4, (3, 5, 10.0)).ever_copied  # first seen 100 s, last 150 s
     log.close()
     store.close()
 
