@@ -145,8 +145,10 @@ class PoolRegistry:
         With ``idempotency_key`` (the admin API's ``Idempotency-Key`` header), a top-up is
         done once per key and pool: a replay with the same amount changes nothing and
         answers the first top-up's status again (True); the same key with another amount
-        is a Conflict. The key is kept with the top-up, in its transaction, for good (a
-        key per top-up is a few hundred bytes)."""
+        is a Conflict. The key is kept with the top-up, in its transaction, for good, with
+        the answer it gave: the pool's status then, whose spend by day and by region grows
+        with the pool's age (a few hundred bytes for a new pool, some KB after a year; top-ups
+        are rare)."""
         check_amount(amount, "top-up", positive=True)
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         now = time.time() if now is None else now
