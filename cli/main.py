@@ -41,6 +41,11 @@ def library_errors(fn):
             # (511 bytes), that no library check caught (`wuma account token ""`)
             raise click.ClickException(
                 "an id given is empty or too long: nothing is stored under it") from None
+        except lmdb.MapFullError:
+            raise click.ClickException(
+                "the data store is full (its map size; raise WUMA_MAP_SIZE): nothing was changed") from None
+        except lmdb.Error as e:  # NOTE: a failed commit changes nothing (a disk full, a file-size limit)
+            raise click.ClickException(f"the data store could not write ({e}): nothing was changed") from None
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 

@@ -465,3 +465,25 @@ def test_batch_list_shows_batches_activated_and_voided(run):
     assert [x.split(" v1 ", 1)[1] for x in run("batch", "list").output.splitlines()] == [
         "activated (40 of 100)", "activated (100 of 100)", "voided"]
     assert json.loads(run("batch", "show", "1", "--json").output)["activated"] == 40
+
+
+def test_a_store_that_cannot_write_is_a_message_and_changes_nothing(tmp_path):
+    """A disk full or a file-size limit under a write: the command says so, no traceback,
+    and the store is as it was (LMDB's commit is all or nothing)."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "wuma-data"
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    wuma = [sys.executable, "-m", "cli", "--data", str(path)]
+    subprocess.run([*wuma, "init"], env=env, cwd=root, check=True, capture_output=True)
+    size = (path / "db" / "data.mdb").stat().st_size
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))  # noqa: E731
+    got = subprocess.run([*wuma, "batch", "create", "--level", "cap", "--count", "10"], env=env, cwd=root,
+                         capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
+    assert "the data store could not write" in got.stderr and "nothing was changed" in got.stderr
+    listed = subprocess.run([*wuma, "batch", "list"], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert listed.stdout.strip() == ""
