@@ -8,7 +8,9 @@ Event mapping (CBV 2.0 vocabulary):
 * replace -> AggregationEvent DELETE ``unpacking`` (the old label from its parent, its
   children from it) + ObjectEvent DELETE ``decommissioning`` (old) + AggregationEvent ADD
   ``replacing`` (the new label into the parent, the children into it): replaying the
-  AggregationEvents in order gives the stored hierarchy
+  AggregationEvents in order gives the stored hierarchy; then, when the old label was
+  activated, ObjectEvent ADD ``commissioning`` ``active`` of the new one with the old
+  one's lot, SKU and production date (Wuma treats it as active with that product)
 * void -> ObjectEvent DELETE, bizStep ``decommissioning``, disposition ``inactive``
 * ship / transfer -> ObjectEvent OBSERVE ``shipping`` ``in_transit`` with the
   distributor as owning-party destination; receive -> ``receiving``; return ->
@@ -22,14 +24,26 @@ exported event together with the stored event's id and its place among the event
 exported for it, so two identical operations in one millisecond still get distinct
 eventIDs.
 
+A replacement label's commissioning comes after the ``replacing`` AggregationEvents (same
+eventTime) so that the events exported for a replace before it was added keep their
+eventIDs.
+
 Units are identified by their printed short URL (``url_base + code``); pallets by SSCC
-(``urn:epc:id:sscc:...``) when a GS1 company prefix is given.
+(``urn:epc:id:sscc:...``) when a GS1 company prefix is given. SSCC = extension digit +
+company prefix + serial reference + check digit (18 digits), so the serial reference has
+``16 - len(prefix)`` digits (7 with a 9-digit prefix: 10,000,000 SSCCs in all). See
+:class:`PalletNumbers` for how pallet labels get theirs.
+
+Codes are rendered only for the serials an event names, in windows of nearby serials
+(bounded memory: two units 20M serials apart are two small renders, not one of 20M).
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import time
 
@@ -39,8 +53,8 @@ from engine.formats import gs1_check_digit
 from engine.ids import is_digits
 from engine.store import unpack
 
-__all__ = ["sscc", "pallet_sscc", "check_company_prefix", "export_epcis", "check_parent_ids",
-           "EPCIS_CONTEXT"]
+__all__ = ["sscc", "pallet_sscc", "PalletNumbers", "check_company_prefix", "export_epcis",
+           "check_parent_ids", "EPCIS_CONTEXT"]
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 
@@ -66,14 +80,98 @@ def sscc(company_prefix: str, serial_reference: int, extension: int = 0) -> str:
 
 
 def pallet_sscc(batch: int, serial: int, company_prefix: str, extension: int = 0) -> str:
-    """SSCC of a pallet unit: serial reference = batch * 10^6 + serial.
-
-    NOTE: needs serial < 10^6 and enough digits for the batch id (a 7-digit company
-    prefix leaves 9 digits: batch ids up to 999); a ValueError says when it does not fit.
-    """
-    if not 0 <= serial < 10**6:
+    """The SSCC a pallet unit has always had where it fits: serial reference =
+    batch * 10^6 + serial (ValueError where it does not). :class:`PalletNumbers` gives
+    every pallet its SSCC: this one where it fits, another one otherwise."""
+    if not 0 <= serial < _BLOCK:
         raise ValueError("pallet serial must be below 1,000,000 for an SSCC")
-    return sscc(company_prefix, batch * 10**6 + serial, extension)
+    return sscc(company_prefix, batch * _BLOCK + serial, extension)
+
+
+_BLOCK = 10**6  # serial references batch * 10^6 + serial: the numbering of earlier releases
+
+
+class PalletNumbers:
+    """The SSCC serial references of a store's pallet units, for one company prefix.
+
+    Every pallet label generated (used or not) gets one number, computed from the batch
+    list alone, so each export numbers a pallet the same way and no two pallets share one:
+
+    * where the numbering of earlier releases fits (serial < 10^6 and
+      ``batch * 10^6 + serial`` has at most ``16 - len(prefix)`` digits) it is kept, so
+      an SSCC already exported never changes;
+    * the other pallet labels ("overflow": batches with a high id, serials from 10^6 on),
+      in batch id order then serial order, take the numbers that numbering leaves free,
+      in order: the block of batch id 0 (there is none), then, per batch in id order, the
+      block of a batch that is not a pallet batch and the part of a pallet batch's block
+      beyond its count.
+
+    Batch ids only grow and a batch's level and count never change, so a new batch only
+    appends overflow labels and free numbers: the numbers already given stay.
+    When the numbers run out, :meth:`reference` refuses (ValueError) for the pallets that
+    do not fit, naming the prefix length and how many pallet labels fit.
+    """
+
+    def __init__(self, batches, pallet_level: str, company_prefix: str) -> None:
+        check_company_prefix(company_prefix)
+        self.prefix = company_prefix
+        self.width = 16 - len(company_prefix)
+        space = 10**self.width
+        blocks = -(-space // _BLOCK)  # block b: numbers b*10^6 .. min((b+1)*10^6, space)-1
+        free: list[tuple[int, int]] = [(0, min(_BLOCK, space))]  # (first number, how many)
+        self._legacy: dict[int, int] = {}  # pallet batch -> serials below it keep b*10^6+s
+        self._overflow: dict[int, int] = {}  # pallet batch -> overflow index of that serial
+        self._count: dict[int, int] = {}
+        overflow = legacy_total = labels = 0
+        for b in sorted(batches, key=lambda x: x.id):
+            pallet = b.level == pallet_level
+            keep = 0
+            if b.id < blocks:
+                size = min(_BLOCK, space - b.id * _BLOCK)
+                keep = min(b.count, size) if pallet else 0
+                if size > keep:
+                    free.append((b.id * _BLOCK + keep, size - keep))
+            if pallet:
+                labels += b.count
+                legacy_total += keep
+                self._legacy[b.id] = keep
+                self._count[b.id] = b.count
+                self._overflow[b.id] = overflow
+                overflow += b.count - keep
+        self._free_first = [f for f, _ in free]
+        self._free_at: list[int] = []  # overflow index of each free run's first number
+        n = 0
+        for _, k in free:
+            self._free_at.append(n)
+            n += k
+        self._free = n
+        #: pallet labels that fit with this prefix, of ``labels`` generated
+        self.fit = legacy_total + min(n, overflow)
+        self.labels = labels
+
+    def reference(self, batch: int, serial: int) -> int:
+        """The serial reference of pallet unit ``(batch, serial)``; ValueError when the
+        numbers ran out before it."""
+        keep = self._legacy.get(batch)
+        if keep is None:
+            raise ValueError(f"batch {batch} is not a pallet batch")
+        if not 0 <= serial < self._count[batch]:
+            raise ValueError(f"serial {serial} is outside batch {batch} (0:{self._count[batch]})")
+        if serial < keep:
+            return batch * _BLOCK + serial
+        k = self._overflow[batch] + serial - keep
+        if k >= self._free:
+            raise ValueError(
+                f"no SSCC left for pallet {serial} of batch {batch}: a {len(self.prefix)}-digit "
+                f"company prefix leaves {self.width}-digit serial references, room for "
+                f"{self.fit:,} of the {self.labels:,} pallet labels generated (every pallet "
+                "label takes one, in batch order, used or not); export with a shorter company "
+                "prefix, or without one (pallets by their printed URL)")
+        i = bisect.bisect_right(self._free_at, k) - 1
+        return self._free_first[i] + k - self._free_at[i]
+
+    def sscc(self, batch: int, serial: int, extension: int = 0) -> str:
+        return sscc(self.prefix, self.reference(batch, serial), extension)
 
 
 def _sscc_urn(code18: str, company_prefix: str) -> str:
@@ -86,6 +184,30 @@ def _time(t: float) -> str:
         .replace("+00:00", "Z")
 
 
+#: Codes are rendered in windows: serials more than _GAP apart are rendered apart, and a
+#: window spans at most _WINDOW serials (bounded memory whatever the serials' spread).
+#: PERF: a render call costs ~65 µs and ~0.13 µs a code (a cap's two roles; scratch
+#: measurement on this VM): a gap of 512 codes costs about one call, so serials closer
+#: than that share a window and a spread of isolated serials costs no more than rendering
+#: min..max did. A window of 16,384 cap codes is ~0.5 MB.
+_GAP = 512
+_WINDOW = 1 << 14
+
+
+def _windows(serials: np.ndarray):
+    """``(lo, hi, a, z)`` over sorted ``serials``: ``serials[a:z]`` lie in ``lo..hi-1``,
+    ``hi - lo <= _WINDOW``, and no two serials more than ``_GAP`` apart share a window
+    unless the serials between them do."""
+    cuts = [0, *(np.flatnonzero(np.diff(serials) > _GAP) + 1).tolist(), len(serials)]
+    for a0, z0 in itertools.pairwise(cuts):
+        a = a0
+        while a < z0:
+            lo = int(serials[a])
+            z = a + int(np.searchsorted(serials[a:z0], lo + _WINDOW, "left"))
+            yield lo, int(serials[z - 1]) + 1, a, z
+            a = z
+
+
 class _Namer:
     """uid -> EPC URI, rendering codes of a batch in bulk."""
 
@@ -94,6 +216,13 @@ class _Namer:
         self.data = agg.data
         self.prefix = company_prefix
         self.pallet_level = agg.spec.levels[0].name
+        self._numbers: PalletNumbers | None = None
+
+    def _pallet(self, batch: int, serial: int) -> str:
+        if self._numbers is None:
+            # NOTE: the batch list read after the events: every batch they name is in it
+            self._numbers = PalletNumbers(self.data.batches.list(), self.pallet_level, self.prefix)
+        return _sscc_urn(self._numbers.sscc(batch, serial), self.prefix)
 
     def many(self, uids) -> list[str]:
         uids = np.asarray(list(uids), np.uint64)
@@ -107,13 +236,17 @@ class _Namer:
             batch = self.data.batches.get(b)
             if batch.level == self.pallet_level and self.prefix:
                 for i, s in zip(idx.tolist(), serials.tolist()):
-                    out[i] = _sscc_urn(pallet_sscc(b, s, self.prefix), self.prefix)
+                    out[i] = self._pallet(b, s)
                 continue
-            lo, hi = int(serials.min()), int(serials.max()) + 1
             width = self.data.spec.role(batch.roles[0]).format.length
-            mat = self.data.codes.render(batch, lo, hi)[:, :width]
-            for i, s in zip(idx.tolist(), serials.tolist()):
-                out[i] = base + mat[s - lo].tobytes().decode("ascii")
+            order = np.argsort(serials, kind="stable")
+            idx, serials = idx[order].tolist(), serials[order]
+            # PERF: only the serials named, in windows of nearby ones: rendering min..max
+            # took 950 MB for two units 20M serials apart
+            for lo, hi, a, z in _windows(serials):
+                mat = self.data.codes.render(batch, lo, hi)[:, :width]
+                for i, s in zip(idx[a:z], serials[a:z].tolist()):
+                    out[i] = base + mat[s - lo].tobytes().decode("ascii")
         return out  # type: ignore[return-value]
 
     def one(self, uid: int) -> str:
@@ -161,7 +294,17 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                  "childEPCs": name.many(ev["children"]), "bizStep": step}, ev["time"])
 
     with agg.store.read() as txn:
-        activations = {}
+        activations: dict[int, dict] = {}
+
+        def commissioning(uids, aid: int) -> dict:
+            if aid not in activations:
+                activations[aid] = unpack(txn.get(aid.to_bytes(4, "big"), db=agg._activations_db))
+            a = activations[aid]
+            return {"type": "ObjectEvent", "action": "ADD", "epcList": name.many(uids),
+                    "bizStep": "commissioning", "disposition": "active",
+                    "ilmd": {"example:lot": a["lot"], "example:sku": a["sku"],
+                             "example:productionDate": a["production_date"]}}
+
         for ev in agg.events():
             t, kind = ev["time"], ev["type"]
             source[:] = [ev["id"], 0]
@@ -200,22 +343,17 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": [name.one(ev["old"])],
                      "bizStep": "decommissioning", "disposition": "damaged"}, t)
                 relink(ev, "ADD", ev["new"], "replacing")
+                # the new label took over the old one's activation (a voided label is never
+                # activated later, so the old one's activation now is the one it took over)
+                took = agg.activation_of(txn, ev["old"])
+                if took is not None:
+                    add(commissioning([ev["new"]], took["id"]), t)
             elif kind == "void":
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": name.many(
                     _expand(ev["runs"])), "bizStep": "decommissioning",
                      "disposition": "inactive"}, t)
             elif kind == "activate":
-                aid = ev["activation"]
-                if aid not in activations:
-                    raw = txn.get(aid.to_bytes(4, "big"), db=agg._activations_db)
-                    activations[aid] = unpack(raw)
-                a = activations[aid]
-                obj = {"type": "ObjectEvent", "action": "ADD",
-                       "epcList": name.many(_expand(ev["runs"])), "bizStep": "commissioning",
-                       "disposition": "active",
-                       "ilmd": {"example:lot": a["lot"], "example:sku": a["sku"],
-                                "example:productionDate": a["production_date"]}}
-                add(obj, t)
+                add(commissioning(_expand(ev["runs"]), ev["activation"]), t)
             elif kind in ("ship", "transfer", "receive", "return"):
                 units = _once(ev["units"]) if kind in ("receive", "return") else ev["units"]
                 ob = {"type": "ObjectEvent", "action": "OBSERVE", "epcList": name.many(units)}

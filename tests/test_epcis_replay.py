@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from engine.epcis import _Namer, export_epcis
+from engine.epcis import _Namer, _time, export_epcis
 
 SCHEMA = Path(__file__).parent / "vectors" / "gs1" / "EPCIS-JSON-Schema.json"
 URL = "HTTPS://S.EXAMPLE.CN/Q/"
@@ -112,3 +112,30 @@ def test_a_company_prefix_of_other_digits_is_refused(world, prefix):
     pallets = [e["parentID"] for e in export_epcis(world.agg, company_prefix="0614141", now=T)
                ["epcisBody"]["eventList"] if e.get("parentID", "").startswith("urn:epc:id:sscc:")]
     assert pallets and all(p.isascii() for p in pallets)
+
+
+@pytest.mark.parametrize("prefix", [None, "0614141"])
+def test_a_replacement_label_is_commissioned_with_the_product_it_took_over(world, schema, prefix):
+    """Wuma treats a replacement label as active with the old one's product; the export
+    only put it into its parent (AggregationEvent ADD) and never commissioned it."""
+    r, agg = world, world.agg
+    agg.replace(r.caps[30], r.caps[200], now=T + 1)  # activated (under pallet 0)
+    agg.replace(r.caps[200], r.caps[201], now=T + 2)  # the replacement replaced in turn
+    agg.replace(r.pallets[1], r.pallets[3], now=T + 3)  # an activated pallet: SSCC or URL
+    agg.replace(r.caps[100], r.caps[202], now=T + 4)  # never activated: nothing to take over
+    assert agg.is_active(agg.unit(r.caps[201])) and not agg.is_active(agg.unit(r.caps[202]))
+    doc = export_epcis(agg, company_prefix=prefix, now=T)
+    jsonschema.validate(doc, schema)
+    name = _Namer(agg, prefix)
+    events = doc["epcisBody"]["eventList"]
+    commissioned = {}
+    for e in events:
+        if (e["type"], e["action"], e.get("bizStep")) == ("ObjectEvent", "ADD", "commissioning"):
+            for epc in e["epcList"]:
+                commissioned[epc] = (e["disposition"], e["ilmd"]["example:lot"],
+                                     e["ilmd"]["example:sku"], e["eventTime"])
+    for code, t in ((r.caps[200], T + 1), (r.caps[201], T + 2), (r.pallets[3], T + 3)):
+        assert commissioned[name.one(agg.unit(code))] == ("active", "L", "S", _time(t))
+    assert name.one(agg.unit(r.caps[202])) not in commissioned
+    ids = collections.Counter(e["eventID"] for e in events)
+    assert max(ids.values()) == 1
