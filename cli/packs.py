@@ -328,6 +328,11 @@ def pack_list(data, batch_id, line_name, as_json):
     for p in PackRegistry(data).list(batch=batch_id, line=line_name):
         kinds = [e["kind"] for e in p["events"]]
         state = "revoked" if p["revoked_at"] else "issued"
+        if p["voided_serial"] is not None:
+            state += (
+                f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
+                "after the export: not served; do not print it)"
+            )
         if not p["file_present"]:
             state += " (its file is not at the export path: moved, or the export was cut off; revoke it and export again if lost)"
         emit(
@@ -361,8 +366,19 @@ def pack_report(data, receipt, as_json):
 
     Example: wuma pack report codes.receipt.json
     """
+    from cli.scan import _china_time  # NOTE: times are China time, as the admin page's
+
     p = PackRegistry(data).record_open(receipt.read_bytes())
-    emit(p, as_json, f"recorded open of pack {p['id']} by line {p['line']}")
+    if p["already_recorded"]:
+        text = f"already recorded: this open of pack {p['id']} by line {p['line']}"
+    else:
+        text = f"recorded open of pack {p['id']} by line {p['line']}"
+    if p["revoked_at"] is not None:
+        text += (
+            f"\n  pack {p['id']} was revoked at {_china_time(p['revoked_at'])}: "
+            "its codes should not have been printed"
+        )
+    emit(p, as_json, text)
 
 
 @pack.command("pull")
@@ -389,13 +405,23 @@ def pack_report(data, receipt, as_json):
 def pack_pull(key_dir, server, out_dir):
     """Download the packs issued to this line (requests signed with the line's key).
 
-    Packs already in the folder are skipped. Open them with `wuma pack open`.
+    Each pack is checked against the server's listing (size and SHA-256) before it gets
+    its name; one that arrives cut off or damaged is not kept, the others are still
+    pulled, and the command then fails naming it (pull again). A pack already in the folder
+    is skipped if it is whole, else downloaded again. Packs revoked or with codes voided
+    since the export are not served. Open them with `wuma pack open`.
 
     Example: wuma pack pull --line /etc/wuma-line --server https://packs.example.cn -o packs/
     """
-    from engine.http_packs import pull_packs
+    from engine.http_packs import PullIncomplete, pull_packs
 
-    got = pull_packs(LineKeys.load(key_dir), server, out_dir)
+    try:
+        got = pull_packs(LineKeys.load(key_dir), server, out_dir)
+    except PullIncomplete as e:
+        for p in e.pulled:
+            click.echo(str(p))
+        click.echo(f"downloaded {len(e.pulled)} pack(s) to {out_dir}", err=True)
+        raise
     for p in got:
         click.echo(str(p))
     click.echo(f"downloaded {len(got)} pack(s) to {out_dir}", err=True)

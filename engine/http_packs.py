@@ -2,8 +2,10 @@
 
 Routes (every request signed by a registered, unrevoked line)::
 
-    GET /packs            the packs issued to the calling line (JSON), revoked ones left out
-    GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where)
+    GET /packs            the packs issued to the calling line (JSON), revoked ones and ones
+                          with codes voided since the export left out
+    GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where);
+                          410 for a revoked pack or one with voided codes
 
 Signed request headers::
 
@@ -23,6 +25,8 @@ Run it: ``WUMA_DATA=./wuma-data gunicorn -b 127.0.0.1:8080 'engine.http_packs:ap
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.client
 import json
 import os
 import re
@@ -42,11 +46,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from engine import http_errors
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
+from engine.files import link_new, sync_folder, temp_beside
 from engine.ids import is_digits
 from engine.lines import LineKeys
 from engine.packs import PackRegistry
 
-__all__ = ["REPLAY_WINDOW", "app_from_env", "create_app", "pull_packs", "sign_request"]
+__all__ = [
+    "REPLAY_WINDOW",
+    "PullError",
+    "PullIncomplete",
+    "app_from_env",
+    "create_app",
+    "pull_packs",
+    "sign_request",
+]
 
 REPLAY_WINDOW = 300
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
@@ -143,7 +156,18 @@ def _public(rec: dict) -> dict:
             "split",
             "created",
         )
-    }
+    } | ({"file_sha256": rec["file_sha256"]} if "file_sha256" in rec else {})
+
+
+def _voided(rec: dict) -> falcon.HTTPGone:
+    return falcon.HTTPGone(
+        title="codes_voided",
+        description=(
+            f"the codes of pack {rec['id']} were voided after it was exported (serial "
+            f"{rec['voided_serial']} of batch {rec['batch']}, maybe more in "
+            f"{rec['start']}:{rec['stop']}): voided labels must not be printed"
+        ),
+    )
 
 
 class _PackList:
@@ -155,7 +179,9 @@ class _PackList:
         resp.media = {
             "line": line.name,
             "packs": [
-                _public(p) for p in self._registry.list(line=line.name) if p["revoked_at"] is None
+                _public(p)
+                for p in self._registry.list(line=line.name)
+                if p["revoked_at"] is None and p["voided_serial"] is None
             ],
         }
 
@@ -175,7 +201,9 @@ class _PackFile:
         if rec["line"] != line.name:  # NOTE: same answer as a missing pack
             raise falcon.HTTPNotFound()
         if rec["revoked_at"] is not None:
-            raise falcon.HTTPGone(title="pack revoked")
+            raise falcon.HTTPGone(title="pack revoked", description=f"pack {pack_id} is revoked")
+        if rec["voided_serial"] is not None:
+            raise _voided(rec)
         path = Path(rec["path"])
         try:
             fh = open(path, "rb")  # noqa: SIM115 - falcon closes the stream
@@ -247,8 +275,9 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         try:
-            detail = json.loads(e.read()).get("title") or e.reason
-        except ValueError:
+            body = json.loads(e.read())
+            detail = body.get("message") or body.get("title") or e.reason
+        except (ValueError, AttributeError):
             detail = e.reason
         message = f"{server}{path}: {e.code} {detail}"
         if e.code == 401:
@@ -256,6 +285,120 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
         raise PullError(message) from None
     except urllib.error.URLError as e:
         raise PullError(f"cannot reach {server}: {e.reason}") from None
+
+
+class PullIncomplete(PullError):
+    """Some packs could not be pulled; the others were. ``pulled``: the paths saved;
+    ``failed``: ``(pack id, why)`` for each pack not saved (nothing of it is kept)."""
+
+    def __init__(self, pulled: list[Path], failed: list[tuple[str, str]]) -> None:
+        self.pulled = pulled
+        self.failed = failed
+        why = "; ".join(f"pack {pid}: {reason}" for pid, reason in failed)
+        super().__init__(f"{len(failed)} pack(s) not pulled, nothing of them kept: {why}")
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_PACK_FILE = re.compile(r"^[A-Za-z0-9._-]+\.wpk$")
+_READ = 1 << 20
+_SIG = 64  # NOTE: the Ed25519 signature that ends a pack (engine.packs)
+
+
+class _Expect:
+    """What the listing says a pack's file is: its size, the SHA-256 of every byte before
+    its 64-byte signature, and (packs exported since it is listed) of the whole file."""
+
+    def __init__(self, p: dict) -> None:
+        size, signed, whole = p.get("size"), p.get("signed_sha256"), p.get("file_sha256")
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or size <= _SIG
+            or not isinstance(signed, str)
+            or not _SHA256_HEX.match(signed)
+            or (whole is not None and not (isinstance(whole, str) and _SHA256_HEX.match(whole)))
+        ):
+            raise PullError(f"server listed pack {p.get('id')!r} without a valid size and digest")
+        self.size, self.signed, self.whole = size, signed, whole
+
+    def hashers(self):
+        return hashlib.sha256(), hashlib.sha256()
+
+    def feed(self, hashers, at: int, chunk: bytes) -> None:
+        """Hash ``chunk``, found at offset ``at`` of the file."""
+        signed, whole = hashers
+        whole.update(chunk)
+        cut = self.size - _SIG - at
+        if cut > 0:
+            signed.update(chunk[:cut])
+
+    def mismatch(self, hashers, got: int) -> str | None:
+        """Why ``got`` bytes with these digests are not the listed file (None: they are)."""
+        if got != self.size:
+            return (
+                f"received {got:,} bytes, not its {self.size:,} (cut off or damaged on the "
+                "way): pull again"
+            )
+        signed, whole = hashers
+        if signed.hexdigest() != self.signed or (
+            self.whole is not None and whole.hexdigest() != self.whole
+        ):
+            return (
+                "its bytes do not match the SHA-256 listed for it (damaged on the way): pull again"
+            )
+        return None
+
+    def matches_file(self, path: Path) -> bool:
+        """Is the file at ``path`` the listed one? PERF: the size first; the hash (at disk
+        speed) only for a file of the right size."""
+        try:
+            if path.stat().st_size != self.size:
+                return False
+            hashers, at = self.hashers(), 0
+            with open(path, "rb") as fh:
+                while chunk := fh.read(_READ):
+                    self.feed(hashers, at, chunk)
+                    at += len(chunk)
+        except OSError:
+            return False
+        return self.mismatch(hashers, at) is None
+
+
+def _download(keys, server, p, expect: _Expect, target: Path, timeout, clock) -> str | None:
+    """Download pack ``p`` to a fresh temporary file beside ``target``, check it against the
+    listing, fsync it, and name it ``target``. Returns None, or why nothing was kept."""
+    fd, tmp = temp_beside(target)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # NOTE: a pack is encrypted and signed
+            hashers, got = expect.hashers(), 0
+            with _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r:
+                # NOTE: CPython's HTTP client returns a short body without an error when
+                # the connection closes early: the size and digests decide, not the read
+                try:
+                    while chunk := r.read(_READ):
+                        expect.feed(hashers, got, chunk)
+                        got += len(chunk)
+                        if got > expect.size:
+                            break
+                        fh.write(chunk)
+                except (http.client.HTTPException, OSError) as e:
+                    return f"the download was cut off ({e.__class__.__name__}): pull again"
+            why = expect.mismatch(hashers, got)
+            if why is not None:
+                return why
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            link_new(tmp, target)
+        except FileExistsError:
+            # Another pull into this folder named it first, or a damaged copy is there.
+            if not expect.matches_file(target):
+                os.replace(tmp, target)  # NOTE: a checked copy over a damaged one
+        sync_folder(target.parent)
+        return None
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
 
 
 def pull_packs(
@@ -266,29 +409,37 @@ def pull_packs(
     timeout: float = 60.0,
     clock: Callable[[], float] = time.time,
 ) -> list[Path]:
-    """Download the packs issued to this line that are not yet in ``out_dir``."""
+    """Download the packs issued to this line that are not yet in ``out_dir``.
+
+    Each is checked against the listing (size, SHA-256) before it gets its name, in a
+    temporary file of its own (two pulls into one folder do not meet). A pack file already
+    there is skipped only if it is the listed one; else it is downloaded again and the
+    checked copy replaces it. A pack that fails (cut off, damaged, voided or revoked
+    meanwhile) leaves nothing; the others are still pulled, then :class:`PullIncomplete`
+    is raised with both. An error of the listing (auth, the server) raises
+    :class:`PullError` at once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _get(keys, server, "/packs", timeout, clock) as r:
         listing = json.loads(r.read())
-    got = []
+    got: list[Path] = []
+    failed: list[tuple[str, str]] = []
     for p in listing["packs"]:
         name = Path(p["file"]).name
-        if not re.match(r"^[A-Za-z0-9._-]+\.wpk$", name):
+        if not _PACK_FILE.match(name) or not _PACK_ID.match(str(p.get("id"))):
             raise PullError(f"server sent a bad pack file name {name!r}")
+        expect = _Expect(p)
         target = out_dir / name
-        if target.exists():
+        if os.path.lexists(target) and expect.matches_file(target):
             continue
-        tmp = out_dir / (name + ".part")
         try:
-            with (
-                _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r,
-                open(tmp, "wb") as fh,
-            ):
-                while chunk := r.read(1 << 20):
-                    fh.write(chunk)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        got.append(target)
+            why = _download(keys, server, p, expect, target, timeout, clock)
+        except PullError as e:  # NOTE: this pack's request: 410 voided or revoked since, ...
+            why = str(e)
+        if why is None:
+            got.append(target)
+        else:
+            failed.append((p["id"], why))
+    if failed:
+        raise PullIncomplete(got, failed)
     return got

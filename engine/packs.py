@@ -323,7 +323,8 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 # -- brand side ---------------------------------------------------------------------------
 class PackRegistry:
-    """Export packs and keep their audit trail (``packs``, ``pack_events`` databases)."""
+    """Export packs and keep their audit trail (``packs``, ``pack_events`` and
+    ``pack_receipts`` databases)."""
 
     def __init__(self, data: DataFolder) -> None:
         self._data = data
@@ -331,6 +332,8 @@ class PackRegistry:
         self.lines = LineRegistry(data.store, data.keys)
         self._packs = data.store.db("packs")
         self._events = data.store.db("pack_events")
+        #: SHA-256 of an open receipt's signed body -> its ``opened`` event: each once
+        self._receipts = data.store.db("pack_receipts")
         self._voids = VoidRuns(data.store)
 
     def export(
@@ -511,6 +514,8 @@ class PackRegistry:
                 # NOTE: the signature is appended once the pack is registered (export)
                 signature = signer.sign(_signed_message(digest.digest()))
                 size = fh.tell() + len(signature)
+                whole = digest.copy()
+                whole.update(signature)
         except BaseException:
             fh.close()
             if tmp is not None:
@@ -527,6 +532,7 @@ class PackRegistry:
             "count": stop - start,
             "size": size,
             "signed_sha256": digest.hexdigest(),
+            "file_sha256": whole.hexdigest(),  # NOTE: the signature too: a pull checks it all
             "issuer": signer_id,
             "split": bool(split_key),
             "created": created,
@@ -551,8 +557,18 @@ class PackRegistry:
         return unpack(raw)
 
     def get(self, pack_id: str) -> dict:
+        """The pack's record, with ``voided_serial`` (see :meth:`list`)."""
         with self._store.read() as txn:
-            return self._get_raw(txn, pack_id)
+            rec = self._get_raw(txn, pack_id)
+            rec["voided_serial"] = self._first_voided(txn, rec)
+            return rec
+
+    def _first_voided(self, txn, rec: dict) -> int | None:
+        """The first serial of the pack's range voided since its export, or None.
+
+        PERF: one range lookup in the voided runs (``agg_void``), which hold every void:
+        codes, ranges and whole batches (a batch's ``voided`` state follows from them)."""
+        return self._voids.first(txn, rec["batch"], rec["start"], rec["stop"])
 
     def revoke(self, pack_id: str, *, now: float | None = None) -> dict:
         """Mark a pack revoked (it is no longer served; the audit keeps it)."""
@@ -580,7 +596,11 @@ class PackRegistry:
             )
 
     def record_open(self, receipt: bytes, *, now: float | None = None) -> dict:
-        """Record an open report (a receipt signed by the line's Ed25519 key)."""
+        """Record an open report (a receipt signed by the line's Ed25519 key), once.
+
+        Returns the pack's record with ``already_recorded``: true if this receipt was
+        recorded before (nothing is added). A pack revoked before it was opened is recorded
+        all the same (the line did open it); its ``revoked_at`` says so."""
         try:
             d = json.loads(receipt)
             body = d["receipt"]
@@ -601,29 +621,38 @@ class PackRegistry:
             )
         except InvalidSignature:
             raise PackError("the receipt's signature does not verify") from None
+        # NOTE: one open is one signed body (pack, line, count, opened_at): a receipt
+        # handed in again, or re-encoded around the same body, is that open again
+        key = hashlib.sha256(body.encode()).digest()
         with self._store.write() as txn:
             rec = self._get_raw(txn, str(report.get("pack")))
             if rec["line"] != line.name:
                 raise PackError(f"pack {rec['id']} was issued to {rec['line']}, not {line.name}")
-            self._event(
-                txn,
-                rec["id"],
-                "opened",
-                time.time() if now is None else now,
-                who=line.name,
-                reported_at=report.get("opened_at"),
-                count=report.get("count"),
-            )
-        return rec
+            already = txn.get(key, db=self._receipts) is not None
+            if not already:
+                no = self._event(
+                    txn,
+                    rec["id"],
+                    "opened",
+                    time.time() if now is None else now,
+                    who=line.name,
+                    reported_at=report.get("opened_at"),
+                    count=report.get("count"),
+                )
+                txn.put(key, u64(no), db=self._receipts)
+        return {**rec, "already_recorded": already}
 
     def list(self, *, batch: int | None = None, line: str | None = None) -> list[dict]:
         """Issued packs (oldest first), each with its ``events`` (issued, download, opened,
-        revoked) and ``file_present``: whether its file is where the export put it (an
-        export killed while placing its files leaves packs registered without one)."""
+        revoked), ``file_present``: whether its file is where the export put it (an
+        export killed while placing its files leaves packs registered without one), and
+        ``voided_serial``: the first serial of its range voided after the export (None if
+        none is): voided labels must not be printed."""
         with self._store.read() as txn:
             packs = {unpack(v)["id"]: unpack(v) for _, v in txn.cursor(db=self._packs)}
             for rec in packs.values():
                 rec["events"] = []
+                rec["voided_serial"] = self._first_voided(txn, rec)
             for _, v in txn.cursor(db=self._events):
                 ev = unpack(v)
                 if ev["pack"] in packs:

@@ -1,0 +1,259 @@
+"""`wuma pack pull` keeps only whole packs, and the server never serves voided codes; an open
+report is recorded once."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import test_packs
+from click.testing import CliRunner
+from test_packs import _call, _export
+
+from cli.main import cli
+from engine.aggregation import Aggregation
+from engine.http_packs import PullIncomplete, pull_packs, sign_request
+from engine.packs import open_pack_to_file
+
+# The fixtures of test_packs (a registered line L1 with a batch; a real pull server).
+world = test_packs.world
+server = test_packs.server
+
+
+def _files(folder: Path) -> list[str]:
+    """Every name in the folder, hidden temporary files included."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+class _CuttingProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the pull server; for the packs in ``cut`` it sends the whole
+    Content-Length but half the body, then closes (a connection lost mid-download); with
+    ``slow`` set it sends every pack in 8 pieces, 30 ms apart."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, cut: set[str]) -> None:
+        self.upstream, self.cut, self.slow = upstream, cut, False
+        super().__init__(("127.0.0.1", 0), _CuttingHandler)
+
+
+class _CuttingHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-wuma")}
+        req = urllib.request.Request(self.server.upstream + self.path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                body, code = r.read(), r.status
+        except urllib.error.HTTPError as e:
+            body, code = e.read(), e.code
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if code == 200 and self.path.rsplit("/", 1)[-1] in self.server.cut:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif code == 200 and self.server.slow and self.path.startswith("/packs/"):
+            step = len(body) // 8 + 1
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i : i + step])
+                self.wfile.flush()
+                time.sleep(0.03)
+        else:
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def cutting_proxy(server):
+    cut: set[str] = set()
+    proxy = _CuttingProxy(server, cut)
+    t = threading.Thread(target=proxy.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", cut, proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+# -- 1. a pull keeps only whole packs -------------------------------------------------------
+def test_pull_cut_off_keeps_nothing_of_that_pack_and_pulls_the_others(world, cutting_proxy):
+    _reg, keys, brand, _batch, tmp = world
+    url, cut, _proxy = cutting_proxy
+    first, second = _export(world, start=0, stop=1000, parts=2)
+    cut.add(first.id)
+    out = tmp / "pulled"
+    with pytest.raises(PullIncomplete, match=f"pack {first.id}: received .* not its") as e:
+        pull_packs(keys, url, out)
+    assert e.value.failed[0][0] == first.id and len(e.value.failed) == 1
+    assert [p.name for p in e.value.pulled] == [os.path.basename(second.path)]
+    assert _files(out) == [os.path.basename(second.path)]  # no .part, no short .wpk
+    # the next pull gets it whole, and leaves the one already there alone
+    cut.clear()
+    got = pull_packs(keys, url, out)
+    assert [p.name for p in got] == [os.path.basename(first.path)]
+    for p in (first, second):
+        pulled = out / os.path.basename(p.path)
+        assert pulled.read_bytes() == Path(p.path).read_bytes()
+        open_pack_to_file(pulled, keys, brand, tmp / "codes.csv")
+
+
+def test_cli_pull_cut_off_fails_naming_the_pack(world, cutting_proxy):
+    _reg, _keys, _brand, _batch, tmp = world
+    url, cut, _proxy = cutting_proxy
+    first, second = _export(world, start=0, stop=1000, parts=2)
+    cut.add(second.id)
+    res = CliRunner().invoke(
+        cli, ["pack", "pull", "--line", str(tmp / "line1"), "--server", url, "-o", str(tmp / "p")]
+    )
+    assert res.exit_code == 1
+    assert f"pack {second.id}: received" in res.output and "pull again" in res.output
+    assert str(tmp / "p" / os.path.basename(first.path)) in res.output
+    assert _files(tmp / "p") == [os.path.basename(first.path)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "signature"])
+def test_pull_of_a_pack_damaged_on_the_server_keeps_nothing(world, server, damage):
+    _reg, keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=500)
+    path = Path(p.path)
+    if damage == "truncate":  # the reviewer's `truncate -s 1000`
+        os.truncate(path, 1000)
+    else:  # the last bytes: outside the signed digest, in the whole-file one
+        blob = bytearray(path.read_bytes())
+        blob[-1] ^= 1
+        path.write_bytes(bytes(blob))
+    with pytest.raises(PullIncomplete, match=p.id):
+        pull_packs(keys, server, tmp / "pulled")
+    assert _files(tmp / "pulled") == []
+
+
+def test_pull_replaces_a_damaged_copy_in_the_folder(world, server):
+    _reg, keys, _brand, _batch, tmp = world
+    (p,) = _export(world, stop=500)
+    out = tmp / "pulled"
+    out.mkdir()
+    target = out / os.path.basename(p.path)
+    target.write_bytes(Path(p.path).read_bytes()[:1000])  # what an earlier pull left
+    assert pull_packs(keys, server, out) == [target]
+    assert target.read_bytes() == Path(p.path).read_bytes()
+    assert pull_packs(keys, server, out) == []  # whole now: skipped
+    assert _files(out) == [target.name]
+
+
+def test_two_pulls_into_one_folder_do_not_meet(world, cutting_proxy):
+    _reg, keys, _brand, _batch, tmp = world
+    server, _cut, proxy = cutting_proxy
+    proxy.slow = True  # NOTE: both pulls are then in the middle of the same pack
+    packs = _export(world, start=0, stop=3000, parts=3)
+    out = tmp / "pulled"
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            pull_packs(keys, server, out)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=pull) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _files(out) == sorted(os.path.basename(p.path) for p in packs)
+    for p in packs:
+        assert (out / os.path.basename(p.path)).read_bytes() == Path(p.path).read_bytes()
+
+
+# -- 2. packs with codes voided since the export are not served ------------------------------
+def test_packs_with_voided_codes_are_not_listed_nor_served(world, server, data):
+    reg, keys, _brand, batch, tmp = world
+    kept, hit = _export(world, start=0, stop=200, parts=2)
+    Aggregation(data).void(serial_range=(batch.id, 150, 160), reason="labels destroyed")
+    status, body = _call(server, "/packs", sign_request(keys, "GET", "/packs"))
+    assert status == 200 and [p["id"] for p in json.loads(body)["packs"]] == [kept.id]
+    path = f"/packs/{hit.id}"
+    status, body = _call(server, path, sign_request(keys, "GET", path))
+    answer = json.loads(body)
+    assert status == 410 and answer["error"] == "codes_voided"
+    assert hit.id in answer["message"] and "serial 150" in answer["message"]
+    assert "voided" in answer["message"]
+    assert [p.name for p in pull_packs(keys, server, tmp / "pulled")] == [
+        os.path.basename(kept.path)
+    ]
+    (listed,) = [p for p in reg.list() if p["id"] == hit.id]
+    assert listed["voided_serial"] == 150
+    assert not any(e["kind"] == "download" for e in listed["events"])
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+    cli_data = ["--data", str(data.path)]
+    res = CliRunner().invoke(cli, [*cli_data, "pack", "list"])
+    assert res.exit_code == 0, res.output
+    by_id = {line.split(":")[0]: line for line in res.output.splitlines()}
+    assert "voided (serial 150" in by_id[f"pack {hit.id}"]
+    assert "voided" not in by_id[f"pack {kept.id}"]
+    # `wuma void --batch` takes the other one off too
+    res = CliRunner().invoke(
+        cli, [*cli_data, "void", "--batch", str(batch.id), "--reason", "recall"]
+    )
+    assert res.exit_code == 0, res.output
+    status, body = _call(server, "/packs", sign_request(keys, "GET", "/packs"))
+    assert json.loads(body)["packs"] == []
+    path = f"/packs/{kept.id}"
+    assert _call(server, path, sign_request(keys, "GET", path))[0] == 410
+
+
+# -- 3. an open report is recorded once; a revoked pack's open is flagged ---------------------
+def test_report_replayed_is_recorded_once(world, data):
+    reg, keys, brand, _batch, tmp = world
+    (p,) = _export(world, stop=300)
+    got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv")
+    assert reg.record_open(got.receipt)["already_recorded"] is False
+    assert reg.record_open(got.receipt)["already_recorded"] is True
+    # the same body, re-encoded (other JSON spacing): the same open
+    d = json.loads(got.receipt)
+    assert reg.record_open(json.dumps(d, indent=2).encode())["already_recorded"] is True
+    opens = [e for e in reg.list()[0]["events"] if e["kind"] == "opened"]
+    assert len(opens) == 1
+    # another open of the same pack is another report
+    again = open_pack_to_file(p.path, keys, brand, tmp / "codes2.csv", now=12345.0)
+    assert reg.record_open(again.receipt)["already_recorded"] is False
+    assert len([e for e in reg.list()[0]["events"] if e["kind"] == "opened"]) == 2
+    receipt = tmp / "r.json"
+    receipt.write_bytes(again.receipt)
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+    res = CliRunner().invoke(cli, ["--data", str(data.path), "pack", "report", str(receipt)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"already recorded: this open of pack {p.id}")
+
+
+def test_report_of_a_revoked_pack_says_so(world, data):
+    reg, keys, brand, _batch, tmp = world
+    (p,) = _export(world, stop=300)
+    got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv")
+    reg.revoke(p.id, now=1_800_000_000.0)
+    receipt = tmp / "r.json"
+    receipt.write_bytes(got.receipt)
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+    res = CliRunner().invoke(cli, ["--data", str(data.path), "pack", "report", str(receipt)])
+    assert res.exit_code == 0, res.output
+    assert f"recorded open of pack {p.id}" in res.output
+    assert f"pack {p.id} was revoked at 2027-01-15 16:00:00+08:00" in res.output
+    assert "its codes should not have been printed" in res.output
+    res = CliRunner().invoke(cli, ["--data", str(data.path), "pack", "list", "--json"])
+    events = json.loads(res.output.splitlines()[0])["events"]
+    assert [e["kind"] for e in events] == ["issued", "revoked", "opened"]
