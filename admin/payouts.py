@@ -21,6 +21,10 @@ Delivery state
     attempts      sends started (counted when an entry is leased, *before* it goes out)
     last_status   HTTP status of the last answer (None: no answer)
     last_error    "HTTP 500 Internal Server Error: <first 200 chars>" or "TimeoutError: ..."
+    maybe_delivered  True once any attempt may have reached the payment system without a
+                  definite refusal (see "Reversal" below); a record written before this
+                  field existed reads as unknown and is decided conservatively (shown
+                  True while a request is in flight)
     next_at       unix time before which it is not sent again (backoff)
     leased_until  a deliverer is sending it until then (see below)
     paid_at, cancelled_at, amount, unit
@@ -35,20 +39,29 @@ A pass (:meth:`Payouts.deliver_once`):
 2. *Lease*, in one write transaction: up to 10 due entries (pending, ``next_at`` and
    ``leased_until`` passed), oldest seq first, get ``leased_until`` and ``attempts + 1``.
    LMDB admits one writer at a time across processes, so two deliverers never lease the
-   same entry: running several at once does not send anything twice. The lease is on
-   disk before anything is sent (forced in a ``relaxed`` data folder too), so an entry
-   that may have been sent is never taken for unsent after a crash (nor cancelled).
+   same entry. The lease lasts ``30 + n * (timeout + 5)`` seconds for ``n`` entries; every
+   request ends within ``timeout`` seconds *in all* (connect to the last byte of the
+   answer: a receiver trickling its answer is cut off, see :func:`_post`), and a request
+   is only started while its lease has ``timeout + 5`` seconds left (else the rest of the
+   chunk is released and leased afresh). So a lease never runs out under a request in
+   flight, and running several deliverers at once does not send an entry while another
+   copy of it is in flight. The exceptions are a deliverer frozen mid-request for longer
+   than its lease (``SIGSTOP``, a suspended VM) and a wall clock stepped forward past
+   the lease: then a second copy can go out, which receivers deduplicate anyway (below).
+   The lease is on disk before anything is sent (forced in a ``relaxed`` data folder
+   too), so an entry that may have been sent is never taken for unsent after a crash
+   (nor cancelled).
 3. *Send* each leased entry and record the answer in its own write transaction:
 
    ========================================  ===============================================
    answer                                    outcome
    ========================================  ===============================================
-   2xx                                       ``paid`` (``paid_at``)
+   2xx, not cut short, within ``timeout``    ``paid`` (``paid_at``)
    400, 409, 410, 422 ... (any other 4xx)    ``rejected``: left for an operator, who looks at
                                              ``last_error`` and runs :meth:`Payouts.retry`
    401, 403, 404, 408, 429, 3xx, 5xx,        failed: stays ``pending``, retried after a
-   timeout, refused or dropped connection    backoff of 30 s, 1 min, 2 min ... capped at 1 h
-                                             (or a longer ``Retry-After``, up to 1 h)
+   timeout, refused or dropped connection,   backoff of 30 s, 1 min, 2 min ... capped at 1 h
+   an answer cut short (a 2xx too)           (or a longer ``Retry-After``, up to 1 h)
    ========================================  ===============================================
 
    A failure ends the pass (the receiver is probably down or misconfigured: the rest of
@@ -58,6 +71,20 @@ A pass (:meth:`Payouts.deliver_once`):
 NOTE: 401/403/404 are *not* rejections: they mean a wrong secret or URL, which would
 otherwise reject every entry of a pass. Redirects are not followed (configure the final
 URL): a redirect is a failure like a 5xx.
+
+Reversal (:meth:`Payouts.cancel_in`, ``wuma ledger reverse``) cancels a payout only if
+the payment system cannot have it: an entry never sent, or a ``rejected`` one none of
+whose attempts *may have been delivered*. An attempt may have been delivered unless it
+was definitely refused: a 4xx answer (the receiver says it did not take that request),
+or a failure before the request went out (connection refused, DNS, TLS handshake).
+Anything else counts: no answer, a timeout, a connection dropped after sending, a
+3xx or 5xx, a 2xx whose "paid" was never written (the deliverer died, or ran past its
+lease: its lease is still on the record when the next one is taken). Such an entry is
+``maybe_delivered``; a later ``409 idempotency key already used`` (the receiver had
+paid the first copy and refuses the key) leaves it ``rejected`` but not reversible here:
+settle it in the payment system, as for sent entries. A record from before
+``maybe_delivered`` existed counts as maybe delivered when rejected after more than one
+attempt (one attempt, rejected, was answered with a 4xx: definitely refused).
 
 Guarantees: at least once. An entry is sent again when its answer was lost, timed out,
 or when the deliverer died between the receiver's 2xx and the local "paid" write (its
@@ -104,6 +131,7 @@ import http.client
 import json
 import logging
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -135,6 +163,10 @@ _CHUNK = 10
 #: Ledger entries taken in per pass (bounds the intake transaction).
 _INTAKE_PAGE = 5000
 _SNIPPET = 200
+#: A lease covers the chunk's requests (``timeout`` each) plus this much per entry to
+#: record its answer, plus ``_LEASE_SLACK`` for the lease and the pass around them.
+_RECORD_TIME = 5.0
+_LEASE_SLACK = 30.0
 _MIN_SECRET = 16
 #: 4xx answers that are retried: a wrong secret/URL (every entry would fail) or "later".
 _RETRIED_4XX = frozenset({401, 403, 404, 408, 429})
@@ -192,11 +224,26 @@ def _body(entry: dict) -> bytes:
 def _new_record(entry: dict) -> dict:
     return {"state": "pending", "attempts": 0, "last_status": None, "last_error": None,
             "next_at": 0.0, "leased_until": 0.0, "lease": None, "paid_at": None,
-            "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"]}
+            "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"],
+            "maybe_delivered": False}
+
+
+def _maybe_delivered(rec: dict) -> bool:
+    """Whether an attempt of ``rec`` may have reached the payment system without a
+    definite refusal (see "Reversal" in the module docstring)."""
+    if rec.get("lease") is not None:
+        return True  # an attempt in flight, or one whose answer was never recorded
+    known = rec.get("maybe_delivered")
+    if known is not None:
+        return known
+    # NOTE: a record from before the field: unknown. Conservative: any attempt may have
+    # been delivered, except the single attempt of a rejected entry (answered with a 4xx).
+    return rec["attempts"] > (1 if rec["state"] == "rejected" else 0)
 
 
 def _public(seq: int, rec: dict) -> dict:
-    return {"seq": seq, **{k: v for k, v in rec.items() if k != "lease"}}
+    return {"seq": seq, **{k: v for k, v in rec.items() if k != "lease"},
+            "maybe_delivered": _maybe_delivered(rec)}
 
 
 def _clean(text: str, key: bytes) -> str:
@@ -209,10 +256,18 @@ def _clean(text: str, key: bytes) -> str:
 
 
 class _Answer:
-    __slots__ = ("status", "error", "retry_after")
+    __slots__ = ("status", "error", "retry_after", "sent")
 
-    def __init__(self, status: int | None, error: str | None, retry_after: float | None = None):
+    def __init__(self, status: int | None, error: str | None, retry_after: float | None = None,
+                 *, sent: bool = True):
         self.status, self.error, self.retry_after = status, error, retry_after
+        self.sent = sent  # False: failed before any byte of the request went out
+
+    @property
+    def maybe_delivered(self) -> bool:
+        """The request may have reached the payment system: not a definite refusal (a 4xx,
+        or a failure before sending)."""
+        return self.sent and not (self.status is not None and 400 <= self.status < 500)
 
     @property
     def outcome(self) -> str:
@@ -224,7 +279,12 @@ class _Answer:
 
 
 def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout: float) -> _Answer:
-    """One signed POST (standard library only). Never raises for network trouble."""
+    """One signed POST (standard library only), over within ``timeout`` seconds in all:
+    connect, send and the whole answer. Never raises for network trouble.
+
+    NOTE: a socket timeout alone bounds each read, not the request: an answer trickling
+    a byte every few seconds would keep it alive past its lease, and another deliverer
+    would send the entry again meanwhile. A timer shuts the socket down at the deadline."""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # PERF: one connection per request keeps failure handling simple (a dropped
@@ -238,14 +298,52 @@ def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout:
     headers = {"Content-Type": "application/json", "Idempotency-Key": idem,
                "X-Wuma-Timestamp": timestamp, "X-Wuma-Signature": _signature(key, timestamp, body),
                "User-Agent": "wuma-payouts/1"}
+    guard = threading.Lock()
+    expired, done = threading.Event(), threading.Event()
+    sock: list = []  # the connected socket (conn.sock is None once a closing answer began)
+
+    def abort() -> None:
+        with guard:  # NOTE: never after close: the descriptor may belong to another socket
+            if done.is_set():
+                return
+            expired.set()
+            s = sock[0] if sock else conn.sock  # while connecting: the plain TCP socket
+            if s is not None:
+                try:  # the plain socket's shutdown (an SSLSocket's would drop its SSL object)
+                    socket.socket.shutdown(s, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    timer = threading.Timer(timeout, abort)
+    timer.daemon = True
+    timer.start()
+    sent = False
     try:
+        conn.connect()  # nothing of the request has gone out before this returns
+        with guard:
+            sock.append(conn.sock)
+        if expired.is_set():
+            raise TimeoutError("the deadline passed while connecting")
+        sent = True  # NOTE: from here on, the receiver may have it (however this ends)
         conn.request("POST", path, body=body, headers=headers)
         r = conn.getresponse()
-        snippet = r.read(4096)[:_SNIPPET].decode("utf-8", errors="replace")
+        raw = r.read(4096)
+        if len(raw) < 4096 and r.length:
+            # NOTE: read(n) returns what came before the connection ended, without an
+            # error: an answer cut short (a 2xx too) is no answer, the entry is sent again.
+            raise http.client.IncompleteRead(raw, r.length)
+        snippet = raw[:_SNIPPET].decode("utf-8", errors="replace")
     except (OSError, http.client.HTTPException) as e:
         # TimeoutError, ConnectionRefusedError, RemoteDisconnected, ssl.SSLError ...
-        return _Answer(None, _clean(f"{type(e).__name__}: {e}", key))
+        if expired.is_set():
+            error = f"TimeoutError: no complete answer within {timeout:g} s"
+        else:
+            error = f"{type(e).__name__}: {e}"
+        return _Answer(None, _clean(error, key), sent=sent)
     finally:
+        timer.cancel()
+        with guard:
+            done.set()
         conn.close()
     retry_after = None
     if r.status in (429, 503) and is_digits((r.getheader("Retry-After") or "").strip()):
@@ -385,9 +483,10 @@ class Payouts:
     # -- changes -------------------------------------------------------------------------
     def cancel_in(self, txn, seq: int, *, now: float | None = None) -> dict:
         """Cancel the payout of ``seq`` inside the caller's write transaction (a ledger
-        reversal). Only an entry never sent, or one the payment system refused (``rejected``,
-        a 4xx answer to its last send), can be cancelled: once a copy may have reached the
-        payment system otherwise, only the payment system can stop it."""
+        reversal). Only an entry never sent, or one the payment system refused (``rejected``)
+        with no attempt that may have been delivered (see "Reversal" in the module
+        docstring), can be cancelled: once a copy may have reached the payment system
+        otherwise, only the payment system can stop it."""
         rec = self._record_in(txn, seq)
         if rec is None:
             raise ValueError(f"ledger entry {seq} is not payable; there is no payout to cancel")
@@ -397,6 +496,11 @@ class Payouts:
             raise Conflict(f"the payout of ledger entry {seq} was already sent to the payment"
                            f" system ({rec['state']}, {rec['attempts']} attempt(s)); only the"
                            " payment system can stop it now")
+        if rec["state"] == "rejected" and _maybe_delivered(rec):
+            raise Conflict(f"the payout of ledger entry {seq} was rejected by the payment system"
+                           f" (last answer: {rec['last_status']}), but an earlier attempt may have"
+                           f" reached it ({rec['attempts']} attempt(s), not all refused) and may"
+                           " have been paid: settle it in the payment system")
         rec.update(state="cancelled", cancelled_at=time.time() if now is None else now)
         txn.put(u64(seq), pack(rec), db=self._db)
         txn.delete(u64(seq), db=self._pending)
@@ -415,7 +519,9 @@ class Payouts:
             self._audit.append(txn, who, "payout.retry", str(seq),
                                {"attempts": rec["attempts"], "last_status": rec["last_status"],
                                 "last_error": rec["last_error"]}, now=now)
-            rec.update(state="pending", next_at=now, leased_until=0.0, lease=None)
+            # NOTE: decided (a record from before the field) while its state still says how
+            rec.update(state="pending", next_at=now, leased_until=0.0, lease=None,
+                       maybe_delivered=_maybe_delivered(rec))
             txn.put(u64(seq), pack(rec), db=self._db)
             txn.put(u64(seq), b"", db=self._pending)
         return _public(seq, rec)
@@ -472,7 +578,10 @@ class Payouts:
                     txn.put(k, pack(rec), db=self._db)
                     cancelled.append(k)
                     continue
-                rec.update(attempts=rec["attempts"] + 1, leased_until=now + lease_for, lease=token)
+                # A lease still on the record: that attempt's answer was never recorded
+                # (the deliverer died, or ran past its lease). It may have been delivered.
+                rec.update(maybe_delivered=_maybe_delivered(rec), attempts=rec["attempts"] + 1,
+                           leased_until=now + lease_for, lease=token)
                 txn.put(k, pack(rec), db=self._db)
                 out.append((seq, _body(self._ledger.get_in(txn, seq))))
             for k in cancelled:
@@ -510,6 +619,14 @@ class Payouts:
                     txn.put(u64(seq), pack(rec), db=self._db)
                     txn.delete(u64(seq), db=self._pending)
                 return
+            if answer.maybe_delivered and not rec.get("maybe_delivered"):
+                # Whoever owns the entry now: a copy may be with the payment system.
+                rec["maybe_delivered"] = True
+                if rec["state"] == "cancelled":
+                    log.error("payout %d may have been delivered after it was cancelled (its "
+                              "ledger entry is reversed and its budget returned): check it with "
+                              "the payment system", seq)
+                txn.put(u64(seq), pack(rec), db=self._db)
             if rec["lease"] != token or rec["state"] != "pending":
                 return  # our lease ran out and another deliverer owns the entry now
             rec.update(last_status=answer.status, last_error=answer.error, leased_until=0.0,
@@ -536,7 +653,8 @@ class Payouts:
     def deliver_once(self, url: str, secret: str | bytes, *, limit: int = 100,
                      now: float | None = None, timeout: float = 5) -> dict:
         """One delivery pass: take in new payable entries, then send up to ``limit`` due
-        entries, oldest first, one signed POST each. Stops at the first failure.
+        entries, oldest first, one signed POST each, each over within ``timeout`` seconds
+        in all (no complete answer by then is a failure). Stops at the first failure.
 
         Returns counts: ``taken_in``, ``sent`` (requests made), ``paid``, ``failed``,
         ``rejected``, ``cancelled`` (reversed entries found unsent)."""
@@ -552,10 +670,23 @@ class Payouts:
         while stats["sent"] < limit:
             n = min(_CHUNK, limit - stats["sent"])
             # The lease covers sending the whole chunk, with room to spare.
-            batch = self._lease(n, clock(), 30 + n * (timeout + 5), token, stats)
+            lease_for = _LEASE_SLACK + n * (timeout + _RECORD_TIME)
+            # NOTE: the lease's end in real time (monotonic), also when ``now`` is injected.
+            lease_end = time.monotonic() + lease_for
+            batch = self._lease(n, clock(), lease_for, token, stats)
             if not batch:
                 break
+            short = False
             for i, (seq, body) in enumerate(batch):
+                if lease_end - time.monotonic() < timeout + _RECORD_TIME:
+                    # Slow writes ate the lease: a request now could outlive it, and
+                    # another deliverer send the entry meanwhile. Lease the rest afresh
+                    # (or, if even the lease itself was that slow, end the pass).
+                    self._release([s for s, _ in batch[i:]], token)
+                    if i == 0:
+                        return stats
+                    short = True
+                    break
                 answer = _post(url, key, str(int(clock())), body, f"wuma-{seq}", timeout)
                 stats["sent"] += 1
                 self._finish(seq, token, answer, clock())
@@ -566,7 +697,7 @@ class Payouts:
                     return stats
                 if answer.outcome == "rejected":
                     log.warning("payout %d rejected by the payment system: %s", seq, answer.error)
-            if len(batch) < n:
+            if len(batch) < n and not short:
                 break
         return stats
 

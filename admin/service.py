@@ -76,8 +76,11 @@ class Admin:
         returns), or expires it at once, budget returned, if its time is past.
 
         An entry never sent, or one the payment system refused (``rejected``: a 4xx
-        answer), can be reversed. Anything else sent cannot be reversed here (the payment
-        system may have it; settle it there). On disk when this returns, in a ``relaxed``
+        answer) with no attempt that may have been delivered, can be reversed. Anything
+        else sent cannot be reversed here (the payment system may have it; settle it there):
+        also a rejected entry one of whose earlier attempts got no answer, a 3xx or 5xx
+        (e.g. a copy paid whose answer was lost, then ``409 idempotency key already used``;
+        see "Reversal" in admin/payouts.py). On disk when this returns, in a ``relaxed``
         data folder too."""
         if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
             raise ValueError("say why the entry is reversed (--reason), in at most 500 characters")

@@ -38,7 +38,8 @@ T0 = 1_800_000_000.0
 
 class Receiver:
     """A payment system's webhook endpoint. ``plan`` holds what to do with the next
-    correctly signed requests: "500", "timeout", "drop", "422", "429", "hang"; then 200."""
+    correctly signed requests: "500", "timeout", "drop", "422", "409", "429", "hang",
+    "trickle"; then 200."""
 
     def __init__(self, secret: str = SECRET) -> None:
         self.secret = secret.encode()
@@ -48,6 +49,8 @@ class Receiver:
         self.delay = 0.0
         self.release = threading.Event()  # ends "timeout"/"hang" waits
         self.hanging = threading.Event()  # set when a "hang" request arrived
+        self.trickle_every = 0.2  # "trickle": a 200 whose 20-byte body comes a byte at a time
+        self.cut_off = threading.Event()  # set when the client hung up on a "trickle"
         self.lock = threading.Lock()
         receiver = self
 
@@ -92,6 +95,8 @@ class Receiver:
         if action == "422":
             # A chatty error page that even echoes the secret: must not land in last_error whole.
             return self._answer(h, 422, b"unknown beneficiary " + self.secret + b" " + b"x" * 5000)
+        if action == "409":  # a payment system that refuses a key it has already seen
+            return self._answer(h, 409, b'{"error": "idempotency key already used"}')
         if action == "429":
             return self._answer(h, 429, b"slow down", {"Retry-After": "600"})
         if action == "429 odd":  # byte 0xB2: "²" to http.client, a digit to str.isdigit()
@@ -104,6 +109,18 @@ class Receiver:
                 self.hanging.set()
             self.release.wait(10)
             return self._answer(h, 200, b"{}")
+        if action == "trickle":  # processed; each byte of the answer well within a timeout
+            try:
+                h.send_response(200)
+                h.send_header("Content-Length", "20")
+                h.end_headers()
+                for _ in range(20):
+                    h.wfile.write(b"x")
+                    h.wfile.flush()
+                    time.sleep(self.trickle_every)
+            except OSError:
+                self.cut_off.set()
+            return
         if action == "drop":  # read the body, processed it, then lose the answer
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
@@ -246,7 +263,7 @@ def test_lost_answer_resends_same_key_and_receiver_dedupes(store, ledger, payout
     st = payouts.state(seq)
     # The receiver has it, but without an answer Wuma does not call it paid.
     assert list(receiver.accepted) == [f"wuma-{seq}"]
-    assert (st["state"], st["last_status"]) == ("pending", None)
+    assert (st["state"], st["last_status"], st["maybe_delivered"]) == ("pending", None, True)
     error = "TimeoutError" if failure == "timeout" else "RemoteDisconnected"
     assert st["last_error"].startswith(error)
 
@@ -297,7 +314,7 @@ def test_rejected_waits_for_an_operator_then_retry_is_audited(store, ledger, pay
     r = payouts.deliver_once(receiver.url, SECRET, now=T0)
     assert (r["sent"], r["rejected"]) == (1, 1)
     st = payouts.state(seq)
-    assert (st["state"], st["last_status"]) == ("rejected", 422)
+    assert (st["state"], st["last_status"], st["maybe_delivered"]) == ("rejected", 422, False)
     assert st["last_error"].startswith("HTTP 422 Unprocessable Entity: unknown beneficiary ")
     assert SECRET not in st["last_error"] and "[redacted]" in st["last_error"]
     assert len(st["last_error"]) <= 400
@@ -326,6 +343,7 @@ def test_wrong_secret_on_the_receiver_fails_and_rejects_nothing(store, ledger, p
         assert [q["signature_ok"] for q in other.requests] == [False]
         st = payouts.state(seqs[0])
         assert (st["state"], st["last_status"]) == ("pending", 401)  # retried, not rejected
+        assert not st["maybe_delivered"]  # a 4xx: the receiver did not take it
         assert payouts.state(seqs[1])["attempts"] == 0
         assert other.accepted == {}
     finally:
@@ -340,6 +358,7 @@ def test_unreachable_receiver_is_a_failure(store, ledger, payouts):
     r = payouts.deliver_once(f"http://127.0.0.1:{port}/", SECRET, now=T0, timeout=1)
     assert (r["sent"], r["failed"]) == (1, 1)
     assert payouts.state(seq)["last_error"].startswith("ConnectionRefusedError")
+    assert not payouts.state(seq)["maybe_delivered"]  # nothing went out
 
 
 def test_two_deliverers_at_once_do_not_duplicate(store, ledger, receiver):
@@ -399,6 +418,28 @@ def test_crash_after_send_resends_after_the_lease_with_the_same_key(tmp_path, st
     assert (r["sent"], r["paid"]) == (1, 1)
     assert receiver.keys() == [f"wuma-{seq}"] * 2 and len(receiver.accepted) == 1
     assert payouts.state(seq)["attempts"] == 2
+
+
+def test_a_trickling_answer_is_cut_off_at_the_deadline(store, ledger, payouts, receiver):
+    """``timeout`` bounds the whole request, not each read: an answer trickling in a byte
+    at a time would otherwise keep the request alive past its lease, and a second
+    deliverer would send the entry while this copy is still in flight."""
+    seq = add(store, ledger)
+    receiver.plan = ["trickle"]
+    receiver.trickle_every = 0.2  # 20 bytes: 4 s in all, every read well within 0.6 s
+    start = time.monotonic()
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=0.6)
+    took = time.monotonic() - start
+    assert (r["sent"], r["failed"], r["paid"]) == (1, 1, 0)
+    assert took < 2.0, f"the request ran {took:.1f} s with a 0.6 s timeout"
+    assert receiver.cut_off.wait(2)  # Wuma hung up; the receiver did not finish its answer
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["attempts"]) == ("pending", None, 1)
+    assert st["last_error"] == "TimeoutError: no complete answer within 0.6 s"
+    assert st["maybe_delivered"]  # the receiver took it (a 200 was on its way)
+    with pytest.raises(Conflict, match="already sent"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, seq)
 
 
 def test_run_delivers_until_stopped(store, ledger, payouts, receiver):
@@ -474,6 +515,105 @@ def test_a_payout_the_payment_system_refused_can_be_cancelled(store, ledger, pay
         payouts.retry(seq, who="cli:ops")
     assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 86400)["sent"] == 0
     assert payouts.summary()["cancelled"] == {"count": 1, "amount": {"cash": 300}}
+
+
+@pytest.mark.parametrize("first", ["drop", "timeout", "500"])
+def test_a_rejected_payout_an_earlier_attempt_may_have_delivered_cannot_be_cancelled(
+        store, ledger, payouts, receiver, first):
+    """The receiver took the first copy (paid), its answer was lost or a 5xx; the next
+    copy is refused with 409 "idempotency key already used": rejected, but possibly paid.
+    A reversal must not return its budget."""
+    seq = add(store, ledger, amount=300)
+    receiver.plan = [first, "409"]
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=0.3)["failed"] == 1
+    receiver.release.set()
+    st = payouts.state(seq)
+    assert st["maybe_delivered"]  # (this receiver's 500 kept nothing; another's may have)
+    assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"])["rejected"] == 1
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["attempts"]) == ("rejected", 409, 2)
+    assert st["maybe_delivered"]
+    before = ledger.last_seq()
+    with pytest.raises(Conflict, match="may have been paid: settle it in the payment system"):
+        with store.write() as txn:
+            ledger.append(txn, {"kind": "reversal", "at": T0, "amount": 300, "unit": "cash",
+                                "campaign": 3, "pool": "summer", "scan": None, "ref": seq})
+            payouts.cancel_in(txn, seq)
+    assert ledger.last_seq() == before and payouts.state(seq)["state"] == "rejected"
+    assert payouts.summary()["cancelled"]["count"] == 0
+
+
+def test_a_2xx_never_recorded_counts_as_maybe_delivered(store, ledger, payouts, receiver,
+                                                        monkeypatch):
+    """The receiver paid and answered 200, but the deliverer could not write "paid" (it
+    died, the disk was full): its lease stays on the record, so the next lease knows
+    that attempt may have been delivered; a 409 after that is not cancellable."""
+    seq = add(store, ledger)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(payouts, "_finish", full_disk)
+        with pytest.raises(OSError):
+            payouts.deliver_once(receiver.url, SECRET, now=T0)
+    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    leased_until = payouts.state(seq)["leased_until"]
+    receiver.plan = ["409"]
+    assert payouts.deliver_once(receiver.url, SECRET, now=leased_until + 1)["rejected"] == 1
+    st = payouts.state(seq)
+    assert (st["state"], st["attempts"], st["maybe_delivered"]) == ("rejected", 2, True)
+    with pytest.raises(Conflict, match="settle it in the payment system"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, seq)
+
+
+@pytest.mark.parametrize("first", ["429", "401", "refused"])
+def test_a_rejected_payout_whose_attempts_were_all_refused_can_be_cancelled(
+        store, ledger, payouts, receiver, first):
+    """A 4xx, or a connection that never opened, is a definite refusal of that attempt."""
+    seq = add(store, ledger, amount=300)
+    if first == "refused":
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    else:
+        url = receiver.url if first == "429" else \
+            Receiver(secret="another-secret-entirely-0123456789").url
+        receiver.plan = ["429"] if first == "429" else []
+    assert payouts.deliver_once(url, SECRET, now=T0, timeout=1)["failed"] == 1
+    receiver.plan = ["409"]
+    assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 3600)["rejected"] == 1
+    st = payouts.state(seq)
+    assert (st["state"], st["attempts"], st["maybe_delivered"]) == ("rejected", 2, False)
+    with store.write() as txn:
+        assert payouts.cancel_in(txn, seq, now=T0 + 3601)["state"] == "cancelled"
+
+
+@pytest.mark.parametrize(("attempts", "cancellable"), [(1, True), (2, False)])
+def test_a_rejected_record_from_before_maybe_delivered_is_decided_conservatively(
+        store, ledger, payouts, receiver, attempts, cancellable):
+    """Records written before the field existed: one attempt, rejected, was answered with
+    a 4xx (definitely refused); with more, an earlier one may have been delivered."""
+    from engine.store import pack, u64, unpack
+
+    seq = add(store, ledger)
+    receiver.plan = ["422"]
+    payouts.deliver_once(receiver.url, SECRET, now=T0)
+    db = store.db("adm_payouts")
+    with store.write() as txn:
+        rec = unpack(txn.get(u64(seq), db=db))
+        del rec["maybe_delivered"]
+        rec["attempts"] = attempts
+        txn.put(u64(seq), pack(rec), db=db)
+    assert payouts.state(seq)["maybe_delivered"] is not cancellable
+    if cancellable:
+        with store.write() as txn:
+            assert payouts.cancel_in(txn, seq)["state"] == "cancelled"
+    else:
+        with pytest.raises(Conflict, match="settle it in the payment system"):
+            with store.write() as txn:
+                payouts.cancel_in(txn, seq)
 
 
 def test_reversed_without_cancel_in_is_never_sent(store, ledger, payouts, receiver):
@@ -585,7 +725,7 @@ def test_state_of_unknown_or_unpayable_entries(store, ledger, payouts):
     assert payouts.state(g) == {"seq": g, "state": "pending", "attempts": 0, "last_status": None,
                                 "last_error": None, "next_at": 0.0, "leased_until": 0.0,
                                 "paid_at": None, "cancelled_at": None, "amount": 188,
-                                "unit": "cash"}
+                                "unit": "cash", "maybe_delivered": False}
 
 
 @pytest.mark.parametrize("seq", [0, -1, 2**63, 2**64])
