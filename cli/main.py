@@ -153,6 +153,22 @@ def key_rotate(data, as_json):
     emit({"current": v}, as_json, f"new batches now use key version {v}")
 
 
+@cli.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def backup(data, dest, as_json):
+    """Copy the data folder (store, keys, wuma.json) to a new folder, consistent while
+    servers run; restore by using the copy as the data folder.
+
+    Example: wuma backup /backups/wuma-2026-11-30
+    """
+    got = data.backup(dest)
+    emit(got, as_json, f"backed up to {got['path']}: store {got['store_bytes']:,} bytes (transaction "
+                       f"{got['last_txnid']}), keys {', '.join(got['keys'])}; it holds the master keys: keep it "
+                       "as safe as the folder")
+
+
 # -- batches -----------------------------------------------------------------------------
 @cli.group()
 def batch():

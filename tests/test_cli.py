@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import click
@@ -487,3 +488,62 @@ def test_a_store_that_cannot_write_is_a_message_and_changes_nothing(tmp_path):
     assert "the data store could not write" in got.stderr and "nothing was changed" in got.stderr
     listed = subprocess.run([*wuma, "batch", "list"], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert listed.stdout.strip() == ""
+
+
+def test_backup_while_scans_are_written_is_a_data_folder_of_its_own(tmp_path):
+    """`wuma backup` while another process writes scans: the copy opens as a data folder
+    (restore = use it with --data), verifies codes, and holds whole scan records (every
+    record's count equals its events: one snapshot, not a torn file); the keys stay 0600;
+    an existing folder is refused; nothing half-made is left under the name."""
+    import subprocess
+    import sys
+    import threading
+
+    from conftest_world import build_world
+
+    from engine import DataFolder
+    from engine.scan import ScanPipeline, ScanRequest
+    from engine.scanlog import ScanLog
+
+    w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
+    codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(w["caps"].count)]
+    stop = threading.Event()
+
+    def scanning():
+        data = w["data"]
+        log = ScanLog(data.store)
+        pipe = ScanPipeline(data.codes, w["agg"], log, data.abuse, data.accounts)
+        i = 0
+        while not stop.is_set():
+            pipe.scan(ScanRequest(codes[i % len(codes)], actor_id=f"u{i}", region="440106"))
+            i += 1
+        log.close()
+
+    t = threading.Thread(target=scanning)
+    t.start()
+    try:
+        time.sleep(0.3)
+        root = Path(__file__).resolve().parent.parent
+        got = subprocess.run([sys.executable, "-m", "cli", "--data", str(tmp_path / "wuma-data"), "backup",
+                              str(tmp_path / "bk"), "--json"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        stop.set()
+        t.join(30)
+    w["data"].close()
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["keys"] == ["master-v1.key"]
+    assert stat.S_IMODE((tmp_path / "bk" / "keys" / "master-v1.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "bk").stat().st_mode) == 0o700
+    with DataFolder(tmp_path / "bk") as copy:
+        assert copy.codes.verify(codes[0]).genuine
+        log = ScanLog(copy.store)
+        idx = copy.spec.role("cap_inner").index
+        counts: dict = {}
+        for e in log.events(limit=10**6):
+            counts[e["unit"]] = counts.get(e["unit"], 0) + 1
+        assert counts and all(log.get(u, idx).count == n for u, n in counts.items())
+        log.close()
+    again = CliRunner().invoke(cli, ["--data", str(tmp_path / "wuma-data"), "backup", str(tmp_path / "bk")])
+    assert again.exit_code == 1 and "exists already" in again.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
