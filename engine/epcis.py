@@ -293,6 +293,8 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
             add({"type": "AggregationEvent", "action": action, "parentID": name.one(label),
                  "childEPCs": name.many(ev["children"]), "bizStep": step}, ev["time"])
 
+    history = agg.events()
+    # NOTE: read after the events' own snapshot: every activation they name is in this one
     with agg.store.read() as txn:
         activations: dict[int, dict] = {}
 
@@ -305,7 +307,7 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                     "ilmd": {"example:lot": a["lot"], "example:sku": a["sku"],
                              "example:productionDate": a["production_date"]}}
 
-        for ev in agg.events():
+        for ev in history:
             t, kind = ev["time"], ev["type"]
             source[:] = [ev["id"], 0]
             if kind == "load":
