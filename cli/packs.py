@@ -407,8 +407,10 @@ def pack_pull(key_dir, server, out_dir):
 
     Each pack is checked against the server's listing (size and SHA-256) before it gets
     its name; one that arrives cut off or damaged is not kept, the others are still
-    pulled, and the command then fails naming it (pull again). A pack already in the folder
-    is skipped if it is whole, else downloaded again. Packs revoked or with codes voided
+    pulled, and the command then fails naming it (pull again). A local write error (disk
+    full, a file-size limit) stops the pull at once, naming the file; the packs saved
+    before are listed. A pack already in the folder is skipped if it is whole, else
+    downloaded again. Packs revoked or with codes voided
     since the export are not served. Open them with `wuma pack open`.
 
     Example: wuma pack pull --line /etc/wuma-line --server https://packs.example.cn -o packs/

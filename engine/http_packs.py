@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from engine import http_errors
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
-from engine.files import link_new, sync_folder, temp_beside
+from engine.files import link_new, link_unnamed, open_unnamed, sync_folder, temp_beside
 from engine.ids import is_digits
 from engine.lines import LineKeys
 from engine.packs import PackRegistry
@@ -285,17 +285,38 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
         raise PullError(message) from None
     except urllib.error.URLError as e:
         raise PullError(f"cannot reach {server}: {e.reason}") from None
+    except (http.client.HTTPException, OSError) as e:
+        # NOTE: the connection dropped or timed out before the status line
+        # (RemoteDisconnected, TimeoutError, ConnectionResetError)
+        raise PullError(
+            f"{server}{path}: no answer ({e.__class__.__name__}: {e}): pull again"
+        ) from None
 
 
 class PullIncomplete(PullError):
     """Some packs could not be pulled; the others were. ``pulled``: the paths saved;
-    ``failed``: ``(pack id, why)`` for each pack not saved (nothing of it is kept)."""
+    ``failed``: ``(pack id, why)`` for each pack not saved (nothing of it is kept);
+    ``stopped``: None, or why the pull stopped before the end (a local write error: it
+    would fail for every pack), the packs after it not tried."""
 
-    def __init__(self, pulled: list[Path], failed: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, pulled: list[Path], failed: list[tuple[str, str]], stopped: str | None = None
+    ) -> None:
         self.pulled = pulled
         self.failed = failed
-        why = "; ".join(f"pack {pid}: {reason}" for pid, reason in failed)
-        super().__init__(f"{len(failed)} pack(s) not pulled, nothing of them kept: {why}")
+        self.stopped = stopped
+        parts = []
+        if stopped is not None:
+            parts.append(f"{stopped}; the pull stopped there ({len(pulled)} pack(s) saved)")
+        if failed:
+            why = "; ".join(f"pack {pid}: {reason}" for pid, reason in failed)
+            parts.append(f"{len(failed)} pack(s) not pulled, nothing of them kept: {why}")
+        super().__init__("; ".join(parts))
+
+
+class _WriteFailed(Exception):
+    """A local write error while saving a pack (disk full, file-size limit, no permission):
+    it would fail for every pack, so the pull stops."""
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -322,15 +343,20 @@ class _Expect:
         self.size, self.signed, self.whole = size, signed, whole
 
     def hashers(self):
-        return hashlib.sha256(), hashlib.sha256()
+        """PERF: one SHA-256 pass: the signed digest; the whole-file one is a copy of it
+        updated with the last 64 bytes (kept aside), as the export makes it."""
+        return hashlib.sha256(), bytearray()
 
     def feed(self, hashers, at: int, chunk: bytes) -> None:
         """Hash ``chunk``, found at offset ``at`` of the file."""
-        signed, whole = hashers
-        whole.update(chunk)
+        signed, tail = hashers
         cut = self.size - _SIG - at
-        if cut > 0:
-            signed.update(chunk[:cut])
+        if cut >= len(chunk):
+            signed.update(chunk)
+        else:
+            if cut > 0:
+                signed.update(memoryview(chunk)[:cut])
+            tail += memoryview(chunk)[max(cut, 0) :]
 
     def mismatch(self, hashers, got: int) -> str | None:
         """Why ``got`` bytes with these digests are not the listed file (None: they are)."""
@@ -339,10 +365,13 @@ class _Expect:
                 f"received {got:,} bytes, not its {self.size:,} (cut off or damaged on the "
                 "way): pull again"
             )
-        signed, whole = hashers
-        if signed.hexdigest() != self.signed or (
-            self.whole is not None and whole.hexdigest() != self.whole
-        ):
+        signed, tail = hashers
+        ok = signed.hexdigest() == self.signed
+        if ok and self.whole is not None:
+            whole = signed.copy()
+            whole.update(tail)
+            ok = whole.hexdigest() == self.whole
+        if not ok:
             return (
                 "its bytes do not match the SHA-256 listed for it (damaged on the way): pull again"
             )
@@ -364,41 +393,90 @@ class _Expect:
         return self.mismatch(hashers, at) is None
 
 
+def _write_failed(target: Path, e: OSError) -> _WriteFailed:
+    return _WriteFailed(f"cannot write {target}: {e.strerror or e}")
+
+
 def _download(keys, server, p, expect: _Expect, target: Path, timeout, clock) -> str | None:
-    """Download pack ``p`` to a fresh temporary file beside ``target``, check it against the
-    listing, fsync it, and name it ``target``. Returns None, or why nothing was kept."""
-    fd, tmp = temp_beside(target)
+    """Download pack ``p`` to a new file beside ``target`` that has no name yet (O_TMPFILE:
+    a killed pull leaves nothing; a hidden temporary name where the file system has no
+    such files), check it against the listing, fsync it, and name it ``target``. Returns
+    None, or why nothing was kept; :class:`_WriteFailed` for a local write error."""
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # NOTE: a pack is encrypted and signed
-            hashers, got = expect.hashers(), 0
-            with _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r:
+        fd = open_unnamed(target.parent, 0o644)
+        if fd is None:
+            fd, name = temp_beside(target, lambda e: e)  # NOTE: its OSError as it is
+            tmp = Path(name)
+    except OSError as e:
+        raise _write_failed(target, e) from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # NOTE: a pack is encrypted and signed
+        except OSError as e:
+            raise _write_failed(target, e) from None
+        hashers, got = expect.hashers(), 0
+        with _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r:
+            while True:
                 # NOTE: CPython's HTTP client returns a short body without an error when
                 # the connection closes early: the size and digests decide, not the read
                 try:
-                    while chunk := r.read(_READ):
-                        expect.feed(hashers, got, chunk)
-                        got += len(chunk)
-                        if got > expect.size:
-                            break
-                        fh.write(chunk)
+                    chunk = r.read(_READ)
                 except (http.client.HTTPException, OSError) as e:
                     return f"the download was cut off ({e.__class__.__name__}): pull again"
-            why = expect.mismatch(hashers, got)
-            if why is not None:
-                return why
-            fh.flush()
-            os.fsync(fh.fileno())
+                if not chunk:
+                    break
+                expect.feed(hashers, got, chunk)
+                got += len(chunk)
+                if got > expect.size:
+                    break
+                try:  # NOTE: a local error, not the network's: kept apart
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError as e:
+                    raise _write_failed(target, e) from None
+        why = expect.mismatch(hashers, got)
+        if why is not None:
+            return why
         try:
-            link_new(tmp, target)
-        except FileExistsError:
-            # Another pull into this folder named it first, or a damaged copy is there.
-            if not expect.matches_file(target):
-                os.replace(tmp, target)  # NOTE: a checked copy over a damaged one
-        sync_folder(target.parent)
+            os.fsync(fd)
+            _place(fd, tmp, target, expect)
+            sync_folder(target.parent)
+        except OSError as e:
+            raise _write_failed(target, e) from None
         return None
     finally:
-        Path(tmp).unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
+        os.close(fd)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
+
+
+def _place(fd: int, tmp: Path | None, target: Path, expect: _Expect) -> None:
+    """Name the checked file ``target`` (open as ``fd``; ``tmp``: its temporary name, or
+    None for an unnamed one). A file already there is kept if it is the listed one
+    (another pull into this folder named it first), else the checked copy replaces it in
+    one rename: ``target`` is never missing."""
+    try:
+        if tmp is None:
+            link_unnamed(fd, target)
+        else:
+            link_new(tmp, target)
+        return
+    except FileExistsError:
+        if expect.matches_file(target):
+            return
+    if tmp is not None:
+        os.replace(tmp, target)  # NOTE: a checked copy over a damaged one
+        return
+    # NOTE: an unnamed file cannot be renamed: give it a hidden name for the moment of
+    # the rename (a kill just then leaves it; nothing else does)
+    side = target.parent / f".{target.name}.{os.urandom(6).hex()}.part"
+    link_unnamed(fd, side)
+    try:
+        os.replace(side, target)
+    finally:
+        side.unlink(missing_ok=True)
 
 
 def pull_packs(
@@ -415,9 +493,11 @@ def pull_packs(
     temporary file of its own (two pulls into one folder do not meet). A pack file already
     there is skipped only if it is the listed one; else it is downloaded again and the
     checked copy replaces it. A pack that fails (cut off, damaged, voided or revoked
-    meanwhile) leaves nothing; the others are still pulled, then :class:`PullIncomplete`
-    is raised with both. An error of the listing (auth, the server) raises
-    :class:`PullError` at once."""
+    meanwhile, no answer) leaves nothing; the others are still pulled, then
+    :class:`PullIncomplete` is raised with both. A local write error (disk full, a file-size
+    limit) stops the pull at once: :class:`PullIncomplete` with ``stopped`` and what was
+    saved. A killed pull leaves no temporary file (where the file system has unnamed
+    ones). An error of the listing (auth, the server) raises :class:`PullError` at once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _get(keys, server, "/packs", timeout, clock) as r:
@@ -436,6 +516,8 @@ def pull_packs(
             why = _download(keys, server, p, expect, target, timeout, clock)
         except PullError as e:  # NOTE: this pack's request: 410 voided or revoked since, ...
             why = str(e)
+        except _WriteFailed as e:  # NOTE: it would fail for every pack: stop here
+            raise PullIncomplete(got, failed, stopped=f"{e} (pack {p['id']})") from None
         if why is None:
             got.append(target)
         else:

@@ -36,12 +36,14 @@ def _files(folder: Path) -> list[str]:
 class _CuttingProxy(http.server.ThreadingHTTPServer):
     """Forwards to the pull server; for the packs in ``cut`` it sends the whole
     Content-Length but half the body, then closes (a connection lost mid-download); with
-    ``slow`` set it sends every pack in 8 pieces, 30 ms apart."""
+    ``slow`` set it sends every pack in 8 pieces, 30 ms apart; for the packs in ``drop`` it
+    closes the connection without answering (no status line)."""
 
     daemon_threads = True
 
     def __init__(self, upstream: str, cut: set[str]) -> None:
         self.upstream, self.cut, self.slow = upstream, cut, False
+        self.drop: set[str] = set()
         super().__init__(("127.0.0.1", 0), _CuttingHandler)
 
 
@@ -52,6 +54,9 @@ class _CuttingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path.rsplit("/", 1)[-1] in self.server.drop:
+            self.close_connection = True  # the server went away before answering
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-wuma")}
         req = urllib.request.Request(self.server.upstream + self.path, headers=headers)
         try:
@@ -178,6 +183,96 @@ def test_two_pulls_into_one_folder_do_not_meet(world, cutting_proxy):
     assert _files(out) == sorted(os.path.basename(p.path) for p in packs)
     for p in packs:
         assert (out / os.path.basename(p.path)).read_bytes() == Path(p.path).read_bytes()
+
+
+def test_pull_of_a_pack_without_answer_pulls_the_others(world, cutting_proxy):
+    _reg, _keys, _brand, _batch, tmp = world
+    url, _cut, proxy = cutting_proxy
+    first, second, third = _export(world, start=0, stop=3000, parts=3)
+    proxy.drop.add(second.id)
+    out = tmp / "p"
+    res = CliRunner().invoke(
+        cli, ["pack", "pull", "--line", str(tmp / "line1"), "--server", url, "-o", str(out)]
+    )
+    assert res.exit_code == 1
+    assert f"pack {second.id}: {url}/packs/{second.id}: no answer (RemoteDisconnected" in res.output
+    kept = sorted(os.path.basename(p.path) for p in (first, third))
+    for name in kept:
+        assert str(out / name) in res.output
+    assert _files(out) == kept
+
+
+class _FailingWrites:
+    """``os`` for engine.http_packs, with ``write`` failing like a full disk, and a record
+    of the names in ``folder`` at each write."""
+
+    def __init__(self, folder: Path, fail: bool) -> None:
+        self.folder, self.fail, self.seen = folder, fail, []
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        self.seen.append(_files(self.folder))
+        if self.fail:
+            raise OSError(28, os.strerror(28))
+        return os.write(fd, data)
+
+
+def test_pull_stops_at_a_local_write_error(world, server, monkeypatch):
+    from engine import http_packs
+
+    _reg, keys, _brand, _batch, tmp = world
+    first, second = _export(world, start=0, stop=1000, parts=2)
+    out = tmp / "pulled"
+    out.mkdir()
+    (out / os.path.basename(first.path)).write_bytes(Path(first.path).read_bytes())
+    fake = _FailingWrites(out, fail=True)
+    monkeypatch.setattr(http_packs, "os", fake)
+    target = out / os.path.basename(second.path)
+    with pytest.raises(PullIncomplete, match=f"cannot write {target}: No space left") as e:
+        pull_packs(keys, server, out)
+    assert "cut off" not in str(e.value) and e.value.failed == [] and e.value.pulled == []
+    assert len(fake.seen) == 1  # NOTE: stopped at once, not tried again
+    assert _files(out) == [os.path.basename(first.path)]
+
+
+def test_a_pack_has_no_name_until_it_is_whole(world, server, monkeypatch):
+    """So a killed pull leaves nothing behind (O_TMPFILE)."""
+    from engine import http_packs
+    from engine.files import open_unnamed
+
+    _reg, keys, _brand, _batch, tmp = world
+    out = tmp / "pulled"
+    out.mkdir()
+    fd = open_unnamed(out)
+    if fd is None:
+        pytest.skip("no O_TMPFILE here")
+    os.close(fd)
+    packs = _export(world, start=0, stop=2000, parts=2)
+    fake = _FailingWrites(out, fail=False)
+    monkeypatch.setattr(http_packs, "os", fake)
+    got = pull_packs(keys, server, out)
+    assert sorted(p.name for p in got) == sorted(os.path.basename(p.path) for p in packs)
+    first = os.path.basename(packs[0].path)
+    assert fake.seen and all(names in ([], [first]) for names in fake.seen), fake.seen
+
+
+def test_listing_digests_checked_whatever_the_read_sizes(world):
+    from engine.http_packs import _Expect
+
+    reg, *_rest = world
+    (p,) = _export(world, stop=500)
+    (rec,) = [r for r in reg.list() if r["id"] == p.id]
+    blob = Path(p.path).read_bytes()
+    expect = _Expect(rec)
+    for step in (1, 7, 64, 65, len(blob) - 64, len(blob) - 63, len(blob)):
+        for data, ok in ((blob, True), (blob[:-1] + bytes([blob[-1] ^ 1]), False)):
+            hashers, at = expect.hashers(), 0
+            for i in range(0, len(data), step):
+                expect.feed(hashers, at, data[i : i + step])
+                at += len(data[i : i + step])
+            assert (expect.mismatch(hashers, at) is None) is ok, step
 
 
 # -- 2. packs with codes voided since the export are not served ------------------------------
