@@ -39,15 +39,18 @@ A pass (:meth:`Payouts.deliver_once`):
 2. *Lease*, in one write transaction: up to 10 due entries (pending, ``next_at`` and
    ``leased_until`` passed), oldest seq first, get ``leased_until`` and ``attempts + 1``.
    LMDB admits one writer at a time across processes, so two deliverers never lease the
-   same entry. The lease lasts ``30 + n * (timeout + 5)`` seconds for ``n`` entries; every
-   request ends within ``timeout`` seconds *in all* (connect to the last byte of the
-   answer: a receiver trickling its answer is cut off, see :func:`_post`), and a request
-   is only started while its lease has ``timeout + 5`` seconds left (else the rest of the
-   chunk is released and leased afresh). So a lease never runs out under a request in
-   flight, and running several deliverers at once does not send an entry while another
-   copy of it is in flight. The exceptions are a deliverer frozen mid-request for longer
-   than its lease (``SIGSTOP``, a suspended VM) and a wall clock stepped forward past
-   the lease: then a second copy can go out, which receivers deduplicate anyway (below).
+   same entry. The lease lasts ``30 + n * (timeout + 5)`` seconds for ``n`` entries;
+   ``timeout`` is a deadline per request: nothing of a request is sent after it and no
+   answer is read past it (a receiver trickling its answer is cut off, see :func:`_post`).
+   The DNS lookup and the TCP connect cannot be interrupted and may run past the deadline,
+   but a connection made after it is closed unused. A request is only started while its
+   lease has ``timeout + 5`` seconds left (else the rest of the chunk is released and
+   leased afresh; if that is so for the first entry of a fresh lease, the pass ends). So
+   a lease never runs out under a request that may still send or be answered, and
+   running several deliverers at once does not send an entry while another copy of it
+   is in flight. The exceptions are a deliverer frozen mid-request for longer than its
+   lease (``SIGSTOP``, a suspended VM) and a wall clock stepped forward past the lease:
+   then a second copy can go out, which receivers deduplicate anyway (below).
    The lease is on disk before anything is sent (forced in a ``relaxed`` data folder
    too), so an entry that may have been sent is never taken for unsent after a crash
    (nor cancelled).
@@ -56,13 +59,22 @@ A pass (:meth:`Payouts.deliver_once`):
    ========================================  ===============================================
    answer                                    outcome
    ========================================  ===============================================
-   2xx, not cut short, within ``timeout``    ``paid`` (``paid_at``)
+   2xx with its whole body (as framed:       ``paid`` (``paid_at``)
+   ``Content-Length``, chunks, or the
+   receiver closing) within ``timeout``
    400, 409, 410, 422 ... (any other 4xx)    ``rejected``: left for an operator, who looks at
                                              ``last_error`` and runs :meth:`Payouts.retry`
    401, 403, 404, 408, 429, 3xx, 5xx,        failed: stays ``pending``, retried after a
    timeout, refused or dropped connection,   backoff of 30 s, 1 min, 2 min ... capped at 1 h
-   an answer cut short (a 2xx too)           (or a longer ``Retry-After``, up to 1 h)
+   no complete status line and headers,      (or a longer ``Retry-After``, up to 1 h)
+   a 2xx whose body is cut short
    ========================================  ===============================================
+
+   The status line decides: a 4xx (or 3xx, 5xx) is taken as answered whatever happens to
+   its body afterwards (only its first 4096 bytes are read, for ``last_error``); a 2xx
+   counts only once its body has arrived in full, read and discarded within the deadline
+   (cut short, the receiver may have paid: failed, ``maybe_delivered``, sent again under
+   the same key).
 
    A failure ends the pass (the receiver is probably down or misconfigured: the rest of
    the outbox waits instead of hammering it); leased entries not yet sent are released.
@@ -278,13 +290,54 @@ class _Answer:
         return "failed"
 
 
-def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout: float) -> _Answer:
-    """One signed POST (standard library only), over within ``timeout`` seconds in all:
-    connect, send and the whole answer. Never raises for network trouble.
+def _body_head(r: http.client.HTTPResponse) -> bytes:
+    """Up to the first 4096 bytes of a non-2xx answer's body, whatever arrived of them
+    (for ``last_error`` only: the status line alone decides such an answer)."""
+    try:
+        return r.read(4096)
+    except http.client.IncompleteRead as e:
+        return e.partial[:4096]
+    except (OSError, http.client.HTTPException, ValueError):
+        return b""
 
-    NOTE: a socket timeout alone bounds each read, not the request: an answer trickling
-    a byte every few seconds would keep it alive past its lease, and another deliverer
-    would send the entry again meanwhile. A timer shuts the socket down at the deadline."""
+
+def _drain(r: http.client.HTTPResponse, expired: threading.Event) -> None:
+    """Read and discard a 2xx answer's body to its end as framed; raise if it was cut
+    short. Time is bounded by the deadline (the timer shuts the socket down), memory by
+    the chunk size."""
+    close_delimited = r.length is None and not r.chunked
+    while r.read(65536):  # a chunked body cut short raises IncompleteRead here
+        pass
+    if r.length:  # Content-Length: read() returns b"" early, without an error
+        raise http.client.IncompleteRead(b"", r.length)
+    if close_delimited and expired.is_set():
+        # NOTE: the end of a body delimited by the connection closing looks the same as
+        # the timer shutting the socket down: past the deadline, it counts as cut short.
+        raise TimeoutError("the deadline passed while reading the answer")
+
+
+def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout: float) -> _Answer:
+    """One signed POST (standard library only). Never raises for network trouble.
+
+    ``timeout`` is a deadline for the request: nothing of it is sent after the deadline,
+    and no answer is read past it. A timer shuts the socket down at the deadline (a socket
+    timeout alone bounds each read, not the request: an answer trickling a byte every few
+    seconds would keep it alive past its lease, and another deliverer would send the entry
+    again meanwhile). The timer cannot interrupt the DNS lookup or a TCP connect in
+    progress (the socket does not exist yet): those may run longer (the resolver's own
+    limits, ``timeout`` per address tried), but a connection made after the deadline is
+    closed unused, so no copy of the entry goes out late.
+
+    How an answer is decided, by its status line (status and headers read in full):
+
+    * a 2xx counts only if its body arrived in full, as framed (all ``Content-Length``
+      bytes, the last chunk, or the receiver closing the connection before the deadline);
+      the body is read and discarded to its end within the deadline. Cut short, it is a
+      failure that may have been delivered: sent again under the same key.
+    * any other status is decided by the status line alone, whatever happens to its body:
+      a 4xx is a definite refusal (never ``maybe_delivered``), a 3xx or 5xx a failure.
+      Only the first 4096 bytes of the body are read, for ``last_error``.
+    * no complete status line and headers by the deadline: a failure, maybe delivered."""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # PERF: one connection per request keeps failure handling simple (a dropped
@@ -307,7 +360,9 @@ def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout:
             if done.is_set():
                 return
             expired.set()
-            s = sock[0] if sock else conn.sock  # while connecting: the plain TCP socket
+            # While connecting: the plain TCP socket once it is connected (TLS handshake);
+            # none yet during DNS or the TCP connect, which the timer cannot interrupt.
+            s = sock[0] if sock else conn.sock
             if s is not None:
                 try:  # the plain socket's shutdown (an SSLSocket's would drop its SSL object)
                     socket.socket.shutdown(s, socket.SHUT_RDWR)
@@ -322,19 +377,19 @@ def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout:
         conn.connect()  # nothing of the request has gone out before this returns
         with guard:
             sock.append(conn.sock)
-        if expired.is_set():
+        if expired.is_set():  # DNS or the connect ran past the deadline: send nothing
             raise TimeoutError("the deadline passed while connecting")
         sent = True  # NOTE: from here on, the receiver may have it (however this ends)
         conn.request("POST", path, body=body, headers=headers)
-        r = conn.getresponse()
-        raw = r.read(4096)
-        if len(raw) < 4096 and r.length:
-            # NOTE: read(n) returns what came before the connection ended, without an
-            # error: an answer cut short (a 2xx too) is no answer, the entry is sent again.
-            raise http.client.IncompleteRead(raw, r.length)
-        snippet = raw[:_SNIPPET].decode("utf-8", errors="replace")
+        r = conn.getresponse()  # the status line and headers: the receiver's verdict
+        if 200 <= r.status < 300:
+            _drain(r, expired)
+            snippet = ""
+        else:
+            snippet = _body_head(r)[:_SNIPPET].decode("utf-8", errors="replace")
     except (OSError, http.client.HTTPException) as e:
-        # TimeoutError, ConnectionRefusedError, RemoteDisconnected, ssl.SSLError ...
+        # TimeoutError, ConnectionRefusedError, RemoteDisconnected, IncompleteRead (a 2xx
+        # cut short), ssl.SSLError ...
         if expired.is_set():
             error = f"TimeoutError: no complete answer within {timeout:g} s"
         else:
@@ -653,8 +708,10 @@ class Payouts:
     def deliver_once(self, url: str, secret: str | bytes, *, limit: int = 100,
                      now: float | None = None, timeout: float = 5) -> dict:
         """One delivery pass: take in new payable entries, then send up to ``limit`` due
-        entries, oldest first, one signed POST each, each over within ``timeout`` seconds
-        in all (no complete answer by then is a failure). Stops at the first failure.
+        entries, oldest first, one signed POST each, ``timeout`` seconds its deadline
+        (see :func:`_post`: no complete answer by then is a failure; DNS and the TCP
+        connect cannot be cut short, but nothing is sent after it). Stops at the first
+        failure.
 
         Returns counts: ``taken_in``, ``sent`` (requests made), ``paid``, ``failed``,
         ``rejected``, ``cancelled`` (reversed entries found unsent)."""

@@ -39,7 +39,9 @@ T0 = 1_800_000_000.0
 class Receiver:
     """A payment system's webhook endpoint. ``plan`` holds what to do with the next
     correctly signed requests: "500", "timeout", "drop", "422", "409", "429", "hang",
-    "trickle"; then 200."""
+    "trickle"; answers whose body is cut short or slow (see ``_partial``): "422 cut",
+    "422 trickle", "500 cut", "200 cut", "200 chunked cut", "200 close trickle"; whole
+    answers framed otherwise: "200 close", "200 big"; then 200."""
 
     def __init__(self, secret: str = SECRET) -> None:
         self.secret = secret.encode()
@@ -101,6 +103,8 @@ class Receiver:
             return self._answer(h, 429, b"slow down", {"Retry-After": "600"})
         if action == "429 odd":  # byte 0xB2: "²" to http.client, a digit to str.isdigit()
             return self._answer(h, 429, b"slow down", {"Retry-After": "\u00b2"})
+        if action in PARTIAL and PARTIAL[action][0] >= 300:  # refused: nothing recorded
+            return self._partial(h, action)
         with self.lock:  # the entry is processed (recorded) before anything else goes wrong
             dup = rec["key"] in self.accepted
             self.accepted.setdefault(rec["key"], data)
@@ -121,12 +125,35 @@ class Receiver:
             except OSError:
                 self.cut_off.set()
             return
+        if action in PARTIAL:  # processed; the answer's body is cut short, slow or unusual
+            return self._partial(h, action)
         if action == "drop":  # read the body, processed it, then lose the answer
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
         return self._answer(h, 200, json.dumps({"ok": True, "duplicate": dup}).encode(),
                             {"Content-Type": "application/json"})
+
+    def _partial(self, h, action: str) -> None:
+        """A status line and headers, then a body that ends early (the connection is shut
+        down), trickles past any small deadline, or is framed unusually."""
+        status, headers, head, rest, end = PARTIAL[action]
+        try:
+            h.send_response(status)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(head)
+            h.wfile.flush()
+            for _ in range(rest):  # a byte at a time
+                time.sleep(self.trickle_every)
+                h.wfile.write(b"x")
+                h.wfile.flush()
+            if end == "cut":
+                h.close_connection = True
+                h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            self.cut_off.set()
 
     @staticmethod
     def _answer(h, status: int, body: bytes, headers: dict | None = None) -> None:
@@ -147,6 +174,22 @@ class Receiver:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+#: Receiver actions with a partial or unusual body: status, headers, the body's first bytes,
+#: how many more come a byte at a time (``trickle_every`` apart), and "cut" (the receiver
+#: shuts the connection down after them) or "end" (the answer is whole; the handler's
+#: HTTP/1.0 connection closes after it).
+PARTIAL = {
+    "422 cut": (422, {"Content-Length": "5000"}, b"unknown beneficiary " + b"x" * 80, 0, "cut"),
+    "422 trickle": (422, {"Content-Length": "120"}, b"unknown beneficiary ", 100, "end"),
+    "500 cut": (500, {"Content-Length": "5000"}, b"database on fire " + b"x" * 80, 0, "cut"),
+    "200 cut": (200, {"Content-Length": "100"}, b'{"ok": tr', 0, "cut"),
+    "200 chunked cut": (200, {"Transfer-Encoding": "chunked"}, b"a\r\n{\"ok\": tru", 0, "cut"),
+    "200 close trickle": (200, {}, b'{"ok": ', 20, "end"),  # no length: ends when it closes
+    "200 close": (200, {}, b'{"ok": true}', 0, "end"),
+    "200 big": (200, {"Content-Length": "100000"}, b" " * 100_000, 0, "end"),
+}
 
 
 @pytest.fixture
@@ -440,6 +483,161 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(store, ledger, payouts, r
     with pytest.raises(Conflict, match="already sent"):
         with store.write() as txn:
             payouts.cancel_in(txn, seq)
+
+
+@pytest.mark.parametrize(("action", "state", "status", "maybe"), [
+    ("422 cut", "rejected", 422, False),      # Content-Length 5000, ~100 bytes, then closed
+    ("422 trickle", "rejected", 422, False),  # its body still coming at the deadline
+    ("500 cut", "pending", 500, True),
+])
+def test_the_status_line_decides_a_non_2xx_whatever_happens_to_its_body(
+        store, ledger, payouts, receiver, action, state, status, maybe):
+    """A 4xx status line is a definite refusal even if its body never arrives in full: the
+    entry is rejected, not maybe delivered, so it can be reversed."""
+    seq = add(store, ledger, amount=300)
+    receiver.plan = [action]
+    start = time.monotonic()
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=0.6)
+    assert time.monotonic() - start < 2.0
+    assert r["sent"] == 1 and r["rejected" if state == "rejected" else "failed"] == 1
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["maybe_delivered"]) == (state, status, maybe)
+    reason = "Unprocessable Entity: unknown beneficiary" if status == 422 else \
+        "Internal Server Error: database on fire"
+    assert st["last_error"].startswith(f"HTTP {status} {reason}")
+    assert not receiver.accepted
+    if state == "rejected":
+        with store.write() as txn:
+            assert payouts.cancel_in(txn, seq, now=T0 + 1)["state"] == "cancelled"
+    else:
+        with pytest.raises(Conflict, match="already sent"):
+            with store.write() as txn:
+                payouts.cancel_in(txn, seq)
+
+
+@pytest.mark.parametrize(("action", "error"), [
+    ("200 cut", "IncompleteRead"),            # Content-Length 100, 9 bytes, then closed
+    ("200 chunked cut", "IncompleteRead"),    # no last chunk
+    ("200 close trickle", "TimeoutError: no complete answer within 0.6 s"),  # no length
+])
+def test_a_2xx_whose_body_is_cut_short_is_not_paid(store, ledger, payouts, receiver, action,
+                                                   error):
+    """However the body is framed, a 2xx cut short is no answer: the receiver may have
+    paid, so the entry is sent again under the same key (and cannot be reversed)."""
+    seq = add(store, ledger)
+    receiver.plan = [action]
+    receiver.trickle_every = 0.2  # "200 close trickle": 4 s in all, past the 0.6 s deadline
+    start = time.monotonic()
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=0.6)
+    assert time.monotonic() - start < 2.0
+    assert (r["sent"], r["failed"], r["paid"]) == (1, 1, 0)
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["maybe_delivered"]) == ("pending", None, True)
+    assert st["last_error"].startswith(error)
+    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    with pytest.raises(Conflict, match="already sent"):
+        with store.write() as txn:
+            payouts.cancel_in(txn, seq)
+    assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"])["paid"] == 1
+    assert receiver.keys() == [f"wuma-{seq}"] * 2 and len(receiver.accepted) == 1
+
+
+@pytest.mark.parametrize("action", ["200 close", "200 big"])
+def test_a_2xx_answered_in_full_is_paid_however_it_is_framed(store, ledger, payouts, receiver,
+                                                             action):
+    """Closed by the receiver before the deadline (no Content-Length), or longer than the
+    4096 bytes read for error messages: read to its end, it is paid."""
+    seq = add(store, ledger)
+    receiver.plan = [action]
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=2)
+    assert (r["sent"], r["paid"]) == (1, 1)
+    st = payouts.state(seq)
+    assert (st["state"], st["last_status"], st["last_error"]) == ("paid", 200, None)
+
+
+class _SkewedTime:
+    """The ``time`` module as admin.payouts sees it, its monotonic clock moved on by
+    ``skew`` seconds (slow writes, a paused process) without waiting."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skew
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_a_lease_eaten_by_slow_writes_is_released_and_the_rest_leased_afresh(
+        store, ledger, payouts, receiver, monkeypatch):
+    """Before each request the lease must have ``timeout + 5`` seconds left; if not, the
+    rest of the chunk is released (never sent: attempts back) and leased afresh."""
+    import admin.payouts as payouts_module
+
+    seqs = [add(store, ledger) for _ in range(3)]
+    clock = _SkewedTime()
+    monkeypatch.setattr(payouts_module, "time", clock)
+    real_post, real_lease = payouts_module._post, payouts._lease
+    leases = []
+
+    def lease(*args, **kwargs):
+        batch = real_lease(*args, **kwargs)
+        leases.append([s for s, _ in batch])
+        return batch
+
+    def post(*args, **kwargs):
+        answer = real_post(*args, **kwargs)
+        clock.skew += 1000.0  # this request (or its write) "ate" the whole lease
+        return answer
+
+    monkeypatch.setattr(payouts_module, "_post", post)
+    monkeypatch.setattr(payouts, "_lease", lease)
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=1)
+    assert (r["sent"], r["paid"], r["failed"]) == (3, 3, 0)
+    # Each chunk sent one entry, then gave the rest back and leased them again.
+    assert leases == [seqs, seqs[1:], seqs[2:]]
+    assert receiver.keys() == [f"wuma-{s}" for s in seqs]
+    st = [payouts.state(s) for s in seqs]
+    assert [x["attempts"] for x in st] == [1, 1, 1]  # the releases gave their attempts back
+    assert [x["state"] for x in st] == ["paid"] * 3
+
+
+def test_a_lease_that_itself_took_too_long_ends_the_pass_unsent(store, ledger, payouts, receiver,
+                                                                monkeypatch):
+    """If the lease is already too short for the first request (``i == 0``), the whole
+    chunk is released and the pass ends: nothing sent, nothing counted as an attempt."""
+    import admin.payouts as payouts_module
+
+    seqs = [add(store, ledger) for _ in range(3)]
+    clock = _SkewedTime()
+    monkeypatch.setattr(payouts_module, "time", clock)
+    real_lease = payouts._lease
+    calls = []
+
+    def slow_lease(*args, **kwargs):
+        batch = real_lease(*args, **kwargs)
+        calls.append([s for s, _ in batch])
+        if len(calls) == 1:
+            clock.skew += 1000.0  # the first lease's own write took longer than the lease
+        return batch
+
+    monkeypatch.setattr(payouts, "_lease", slow_lease)
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=1)
+    assert (r["sent"], r["paid"], r["failed"]) == (0, 0, 0)
+    assert calls == [seqs]  # one lease, then the pass ended (no loop of re-leasing)
+    assert receiver.keys() == []
+    for s in seqs:
+        st = payouts.state(s)
+        assert (st["state"], st["attempts"], st["leased_until"]) == ("pending", 0, 0.0)
+        assert st["maybe_delivered"] is False
+    with store.write() as txn:  # never sent: still reversible
+        assert payouts.cancel_in(txn, seqs[0], now=T0)["state"] == "cancelled"
+
+    r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=1)  # a prompt lease sends
+    assert calls[1:] == [seqs[1:]]
+    assert (r["sent"], r["paid"], r["cancelled"]) == (2, 2, 0)
+    assert receiver.keys() == [f"wuma-{s}" for s in seqs[1:]]
 
 
 def test_run_delivers_until_stopped(store, ledger, payouts, receiver):
