@@ -411,11 +411,21 @@ def pack_pull(key_dir, server, out_dir):
     full, a file-size limit) stops the pull at once, naming the file; the packs saved
     before are listed. A pack already in the folder is skipped if it is whole, else
     downloaded again. Packs revoked or with codes voided
-    since the export are not served. Open them with `wuma pack open`.
+    since the export are not served; a copy of one already in the folder (pulled before)
+    is renamed FILE.withheld (never deleted), named with why, and the command fails: do
+    not print it. Open the packs with `wuma pack open`.
 
     Example: wuma pack pull --line /etc/wuma-line --server https://packs.example.cn -o packs/
     """
     from engine.http_packs import PullIncomplete, pull_packs
+
+    def withheld(found) -> None:
+        for w in found:
+            click.echo(
+                f"pack {w.id} withheld: {w.reason}; its local copy renamed to {w.renamed}: "
+                "do not print it",
+                err=True,
+            )
 
     try:
         got = pull_packs(LineKeys.load(key_dir), server, out_dir)
@@ -423,7 +433,15 @@ def pack_pull(key_dir, server, out_dir):
         for p in e.pulled:
             click.echo(str(p))
         click.echo(f"downloaded {len(e.pulled)} pack(s) to {out_dir}", err=True)
+        withheld(e.withheld)
         raise
     for p in got:
         click.echo(str(p))
     click.echo(f"downloaded {len(got)} pack(s) to {out_dir}", err=True)
+    if got.withheld:
+        withheld(got.withheld)
+        # NOTE: a line must not silently keep printable voided codes
+        raise click.ClickException(
+            f"{len(got.withheld)} local pack copy(ies) withheld by the server, renamed: "
+            "do not print them"
+        )

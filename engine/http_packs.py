@@ -3,7 +3,9 @@
 Routes (every request signed by a registered, unrevoked line)::
 
     GET /packs            the packs issued to the calling line (JSON), revoked ones and ones
-                          with codes voided since the export left out
+                          with codes voided since the export left out of ``packs``; those
+                          are in ``withheld`` ({"id", "file", "reason"}) so that a line
+                          that pulled one before sets its local copy aside
     GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where);
                           410 for a revoked pack or one with voided codes
 
@@ -35,7 +37,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -55,6 +58,8 @@ __all__ = [
     "REPLAY_WINDOW",
     "PullError",
     "PullIncomplete",
+    "Pulled",
+    "Withheld",
     "app_from_env",
     "create_app",
     "pull_packs",
@@ -170,20 +175,37 @@ def _voided(rec: dict) -> falcon.HTTPGone:
     )
 
 
+_CHINA = timezone(timedelta(hours=8))  # NOTE: the admin's times are China time
+
+
+def _withheld_reason(rec: dict) -> str | None:
+    """Why pack ``rec`` is no longer served (None: it is)."""
+    why = []
+    if rec["revoked_at"] is not None:
+        at = datetime.fromtimestamp(rec["revoked_at"], _CHINA).isoformat(" ", "seconds")
+        why.append(f"revoked at {at}")
+    if rec["voided_serial"] is not None:
+        why.append(
+            f"codes voided: serial {rec['voided_serial']} of batch {rec['batch']} (maybe "
+            f"more in {rec['start']}:{rec['stop']})"
+        )
+    return "; ".join(why) or None
+
+
 class _PackList:
     def __init__(self, registry: PackRegistry) -> None:
         self._registry = registry
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         line = req.context.line
-        resp.media = {
-            "line": line.name,
-            "packs": [
-                _public(p)
-                for p in self._registry.list(line=line.name)
-                if p["revoked_at"] is None and p["voided_serial"] is None
-            ],
-        }
+        packs, withheld = [], []
+        for p in self._registry.list(line=line.name):
+            why = _withheld_reason(p)
+            if why is None:
+                packs.append(_public(p))
+            else:  # NOTE: an extra key: an older client reads ``packs`` only
+                withheld.append({"id": p["id"], "file": p["file"], "reason": why})
+        resp.media = {"line": line.name, "packs": packs, "withheld": withheld}
 
 
 class _PackFile:
@@ -293,18 +315,44 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
         ) from None
 
 
+@dataclass(frozen=True)
+class Withheld:
+    """A local copy of a pack the server withholds (revoked, or codes voided since its
+    export), set aside: ``path`` was renamed ``renamed``. Its labels must not be printed."""
+
+    id: str
+    path: Path
+    renamed: Path
+    reason: str
+
+
+class Pulled(list):
+    """The paths of the packs saved (a list), and ``withheld``: the local copies of
+    withheld packs set aside by this pull (:class:`Withheld`)."""
+
+    def __init__(self, paths=(), withheld: list[Withheld] | None = None) -> None:
+        super().__init__(paths)
+        self.withheld = list(withheld or [])
+
+
 class PullIncomplete(PullError):
     """Some packs could not be pulled; the others were. ``pulled``: the paths saved;
     ``failed``: ``(pack id, why)`` for each pack not saved (nothing of it is kept);
     ``stopped``: None, or why the pull stopped before the end (a local write error: it
-    would fail for every pack), the packs after it not tried."""
+    would fail for every pack), the packs after it not tried; ``withheld``: the local
+    copies of withheld packs set aside (:class:`Withheld`)."""
 
     def __init__(
-        self, pulled: list[Path], failed: list[tuple[str, str]], stopped: str | None = None
+        self,
+        pulled: list[Path],
+        failed: list[tuple[str, str]],
+        stopped: str | None = None,
+        withheld: list[Withheld] | None = None,
     ) -> None:
         self.pulled = pulled
         self.failed = failed
         self.stopped = stopped
+        self.withheld = list(withheld or [])
         parts = []
         if stopped is not None:
             parts.append(f"{stopped}; the pull stopped there ({len(pulled)} pack(s) saved)")
@@ -479,6 +527,54 @@ def _place(fd: int, tmp: Path | None, target: Path, expect: _Expect) -> None:
         side.unlink(missing_ok=True)
 
 
+def _printable(text: object, limit: int = 500) -> str:
+    """The server's text, safe for a terminal (no control characters)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
+
+
+def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None]:
+    """Rename the local copies in ``out_dir`` of the packs the listing withholds to
+    ``<file>.withheld`` (``.withheld.2``, ... if taken: never over another file), in one
+    rename each; nothing is deleted. Returns what was set aside, and None or why a copy
+    could not be (a local error: the pull stops)."""
+    entries = listing.get("withheld") or []  # NOTE: an older server sends none
+    if not isinstance(entries, list):
+        raise PullError("server sent a bad list of withheld packs")
+    done: list[Withheld] = []
+    for w in entries:
+        if not isinstance(w, dict):
+            raise PullError("server sent a bad list of withheld packs")
+        name = Path(str(w.get("file"))).name
+        if not _PACK_FILE.match(name) or not _PACK_ID.match(str(w.get("id"))):
+            raise PullError(f"server sent a bad withheld pack file name {name!r}")
+        target = out_dir / name
+        if not os.path.lexists(target):
+            continue
+        reason = _printable(w.get("reason") or "withheld by the server")
+        n = 1
+        while True:
+            aside = out_dir / (f"{name}.withheld" if n == 1 else f"{name}.withheld.{n}")
+            if not os.path.lexists(aside):
+                break
+            n += 1
+        try:
+            os.replace(target, aside)
+        except FileNotFoundError:
+            continue  # NOTE: another pull into this folder set it aside first
+        except OSError as e:
+            return done, (
+                f"pack {w['id']} withheld: {reason}; its local copy {target} could not be "
+                f"renamed ({e.strerror or e}): do not print it"
+            )
+        done.append(Withheld(w["id"], target, aside, reason))
+    if done:
+        try:
+            sync_folder(out_dir)
+        except OSError:
+            pass  # NOTE: the renames are done; only their durability is in doubt
+    return done, None
+
+
 def pull_packs(
     keys: LineKeys,
     server: str,
@@ -486,7 +582,7 @@ def pull_packs(
     *,
     timeout: float = 60.0,
     clock: Callable[[], float] = time.time,
-) -> list[Path]:
+) -> Pulled:
     """Download the packs issued to this line that are not yet in ``out_dir``.
 
     Each is checked against the listing (size, SHA-256) before it gets its name, in a
@@ -497,11 +593,18 @@ def pull_packs(
     :class:`PullIncomplete` is raised with both. A local write error (disk full, a file-size
     limit) stops the pull at once: :class:`PullIncomplete` with ``stopped`` and what was
     saved. A killed pull leaves no temporary file (where the file system has unnamed
-    ones). An error of the listing (auth, the server) raises :class:`PullError` at once."""
+    ones). An error of the listing (auth, the server) raises :class:`PullError` at once.
+
+    First, local copies of the packs the server withholds (revoked, or codes voided since
+    the export; pulled before that) are renamed ``<file>.withheld``, never deleted: the
+    result's ``withheld`` (:class:`Pulled`, or :class:`PullIncomplete`) lists them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _get(keys, server, "/packs", timeout, clock) as r:
         listing = json.loads(r.read())
+    withheld, stopped = _set_aside(listing, out_dir)
+    if stopped is not None:
+        raise PullIncomplete([], [], stopped=stopped, withheld=withheld)
     got: list[Path] = []
     failed: list[tuple[str, str]] = []
     for p in listing["packs"]:
@@ -517,11 +620,13 @@ def pull_packs(
         except PullError as e:  # NOTE: this pack's request: 410 voided or revoked since, ...
             why = str(e)
         except _WriteFailed as e:  # NOTE: it would fail for every pack: stop here
-            raise PullIncomplete(got, failed, stopped=f"{e} (pack {p['id']})") from None
+            raise PullIncomplete(
+                got, failed, stopped=f"{e} (pack {p['id']})", withheld=withheld
+            ) from None
         if why is None:
             got.append(target)
         else:
             failed.append((p["id"], why))
     if failed:
-        raise PullIncomplete(got, failed)
-    return got
+        raise PullIncomplete(got, failed, withheld=withheld)
+    return Pulled(got, withheld)

@@ -312,6 +312,61 @@ def test_packs_with_voided_codes_are_not_listed_nor_served(world, server, data):
     assert _call(server, path, sign_request(keys, "GET", path))[0] == 410
 
 
+def test_local_copy_of_a_pack_voided_since_is_set_aside(world, server, data):
+    _reg, _keys, _brand, batch, tmp = world
+    kept, hit = _export(world, start=0, stop=200, parts=2)
+    out = tmp / "p"
+    pull = ["pack", "pull", "--line", str(tmp / "line1"), "--server", server, "-o", str(out)]
+    res = CliRunner().invoke(cli, pull)
+    assert res.exit_code == 0, res.output
+    names = {p.id: os.path.basename(p.path) for p in (kept, hit)}
+    assert _files(out) == sorted(names.values())
+    kept_bytes = (out / names[kept.id]).read_bytes()
+    Aggregation(data).void(serial_range=(batch.id, 150, 160), reason="labels destroyed")
+    res = CliRunner().invoke(cli, pull)
+    assert res.exit_code == 1, res.output
+    aside = out / f"{names[hit.id]}.withheld"
+    assert f"pack {hit.id} withheld: codes voided: serial 150 of batch {batch.id}" in res.output
+    assert f"its local copy renamed to {aside}: do not print it" in res.output
+    assert _files(out) == sorted([names[kept.id], aside.name])  # renamed, not deleted
+    assert aside.read_bytes() == Path(hit.path).read_bytes()
+    assert (out / names[kept.id]).read_bytes() == kept_bytes  # the other one untouched
+    # nothing new to set aside: the next pull succeeds
+    res = CliRunner().invoke(cli, pull)
+    assert res.exit_code == 0, res.output
+    assert "withheld" not in res.output
+    assert _files(out) == sorted([names[kept.id], aside.name])
+
+
+def test_local_copy_of_a_revoked_pack_is_set_aside_never_over_another(world, server):
+    reg, keys, _brand, _batch, tmp = world
+    kept, hit = _export(world, start=0, stop=200, parts=2)
+    out = tmp / "pulled"
+    assert len(pull_packs(keys, server, out)) == 2
+    name = os.path.basename(hit.path)
+    (out / f"{name}.withheld").write_bytes(b"an earlier copy set aside")
+    reg.revoke(hit.id, now=1_800_000_000.0)
+    # the listing keeps its old fields for an older client, with the withheld ones beside
+    status, body = _call(server, "/packs", sign_request(keys, "GET", "/packs"))
+    listing = json.loads(body)
+    assert status == 200 and [p["id"] for p in listing["packs"]] == [kept.id]
+    assert listing["withheld"] == [
+        {"id": hit.id, "file": name, "reason": "revoked at 2027-01-15 16:00:00+08:00"}
+    ]
+    got = pull_packs(keys, server, out)
+    assert got == []
+    (w,) = got.withheld
+    assert (w.id, w.path, w.renamed) == (hit.id, out / name, out / f"{name}.withheld.2")
+    assert w.reason == "revoked at 2027-01-15 16:00:00+08:00"
+    assert (out / f"{name}.withheld").read_bytes() == b"an earlier copy set aside"
+    assert (out / f"{name}.withheld.2").read_bytes() == Path(hit.path).read_bytes()
+    assert _files(out) == sorted(
+        [os.path.basename(kept.path), f"{name}.withheld", f"{name}.withheld.2"]
+    )
+    again = pull_packs(keys, server, out)
+    assert again == [] and again.withheld == []
+
+
 # -- 3. an open report is recorded once; a revoked pack's open is flagged ---------------------
 def test_report_replayed_is_recorded_once(world, data):
     reg, keys, brand, _batch, tmp = world
