@@ -378,6 +378,11 @@ def pack_report(data, receipt, as_json):
             f"\n  pack {p['id']} was revoked at {_china_time(p['revoked_at'])}: "
             "its codes should not have been printed"
         )
+    if p["voided_serial"] is not None:
+        text += (
+            f"\n  codes of pack {p['id']} were voided since its export (serial {p['voided_serial']} of batch "
+            f"{p['batch']}): voided labels should not have been printed"
+        )
     emit(p, as_json, text)
 
 

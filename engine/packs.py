@@ -600,7 +600,8 @@ class PackRegistry:
 
         Returns the pack's record with ``already_recorded``: true if this receipt was
         recorded before (nothing is added). A pack revoked before it was opened is recorded
-        all the same (the line did open it); its ``revoked_at`` says so."""
+        all the same (the line did open it); its ``revoked_at`` says so, as
+        ``voided_serial`` says that codes of its range were voided since the export."""
         try:
             d = json.loads(receipt)
             body = d["receipt"]
@@ -640,7 +641,8 @@ class PackRegistry:
                     count=report.get("count"),
                 )
                 txn.put(key, u64(no), db=self._receipts)
-        return {**rec, "already_recorded": already}
+            voided = self._first_voided(txn, rec)
+        return {**rec, "already_recorded": already, "voided_serial": voided}
 
     def list(self, *, batch: int | None = None, line: str | None = None) -> list[dict]:
         """Issued packs (oldest first), each with its ``events`` (issued, download, opened,

@@ -407,3 +407,19 @@ def test_report_of_a_revoked_pack_says_so(world, data):
     res = CliRunner().invoke(cli, ["--data", str(data.path), "pack", "list", "--json"])
     events = json.loads(res.output.splitlines()[0])["events"]
     assert [e["kind"] for e in events] == ["issued", "revoked", "opened"]
+
+
+def test_report_of_a_pack_with_codes_voided_since_says_so(world, data):
+    from engine.aggregation import Aggregation
+
+    reg, keys, brand, batch, tmp = world
+    (p,) = _export(world, stop=300)
+    got = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv")
+    Aggregation(data).void(serial_range=(batch.id, 150, 160), reason="labels destroyed")
+    assert reg.record_open(got.receipt)["voided_serial"] == 150
+    receipt = tmp / "r.json"
+    receipt.write_bytes(got.receipt)
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+    res = CliRunner().invoke(cli, ["--data", str(data.path), "pack", "report", str(receipt)])
+    assert res.exit_code == 0, res.output
+    assert f"codes of pack {p.id} were voided since its export (serial 150 of batch {batch.id})" in res.output
