@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
+from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits are China days
 from engine.ids import check_text, is_id, is_region_code, region_prefix
 
 __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
            "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_text",
            "check_idempotency_key", "is_seq", "check_after"]
 
-#: Days, daily caps and per-day limits follow China Standard Time (UTC+8, no DST).
-CHINA = timezone(timedelta(hours=8), "CST")
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
 

@@ -30,12 +30,11 @@ _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "fen (100 = 1 yuan) or points"}
 _STR = {"type": "string"}
-_NO_CONTROL = CONTROL_CHARACTERS  # the characters TEXT_ID_PATTERN refuses (engine.ids.has_control)
 #: Free text printed in listings (names): no control characters (admin/_util.py check_text) ...
 _TEXT = {"type": "string", "pattern": TEXT_ID_PATTERN}
 #: ... and, for a name that is required, a character that is not white space.
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200,
-         "pattern": f"^[^{_NO_CONTROL}]*[^{_NO_CONTROL}\\s][^{_NO_CONTROL}]*$"}
+         "pattern": f"^[^{CONTROL_CHARACTERS}]*[^{CONTROL_CHARACTERS}\\s][^{CONTROL_CHARACTERS}]*$"}
 
 
 def _nullable(schema: dict) -> dict:

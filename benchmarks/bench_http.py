@@ -14,22 +14,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest_world import build_world  # noqa: E402
 from loadgen import process_cpu_seconds, run_load, scan_bodies  # noqa: E402
-from server import Server  # noqa: E402
+from server import Server, commits  # noqa: E402
 
 from cli.localserver import start_gunicorn, stop  # noqa: E402
 
 
 def _commits(data: Path | None) -> int:
-    """Write transactions committed so far in the data folder's store (LMDB's last txnid)."""
-    if data is None:
-        return 0
-    import lmdb
-
-    env = lmdb.open(str(data / "db"), readonly=True, max_dbs=64)
-    try:
-        return env.info()["last_txnid"]
-    finally:
-        env.close()
+    return 0 if data is None else commits(data)
 
 
 def _measure(port: int, pid: int, bodies: list[dict], seconds: float, connections: int = 16,

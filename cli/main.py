@@ -38,7 +38,7 @@ def library_errors(fn):
                 "from 0, and smaller than 2^63") from None
         except lmdb.BadValsizeError:
             # NOTE: a backstop too: an empty id, or one longer than any key the store holds
-            # (511 bytes), that no library check caught (`wuma account token ""`)
+            # (511 bytes), that no library check caught (`wuma bans lift ""`)
             raise click.ClickException(
                 "an id given is empty or too long: nothing is stored under it") from None
         except lmdb.MapFullError:

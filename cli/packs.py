@@ -366,7 +366,7 @@ def pack_report(data, receipt, as_json):
 
     Example: wuma pack report codes.receipt.json
     """
-    from cli.scan import _china_time  # NOTE: times are China time, as the admin page's
+    from engine.chinatime import china_time
 
     p = PackRegistry(data).record_open(receipt.read_bytes())
     if p["already_recorded"]:
@@ -375,7 +375,7 @@ def pack_report(data, receipt, as_json):
         text = f"recorded open of pack {p['id']} by line {p['line']}"
     if p["revoked_at"] is not None:
         text += (
-            f"\n  pack {p['id']} was revoked at {_china_time(p['revoked_at'])}: "
+            f"\n  pack {p['id']} was revoked at {china_time(p['revoked_at'])}: "
             "its codes should not have been printed"
         )
     if p["voided_serial"] is not None:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import click
 
-from admin._util import CHINA
 from cli.admin import cli_user, pass_admin
 from cli.main import emit, library_errors, pass_data
 from engine.accounts import ACCOUNT_ROLES
+from engine.chinatime import china_time
 
 
 @click.group()
@@ -110,20 +109,13 @@ def bans_list(data, include_inactive, as_json):
              f"{b.subject}\t{_ban_state(b, now)}\t{len(b.evidence)} codes tried\t{b.reason}")
 
 
-def _china_time(t: float) -> str:
-    """A unix time in China time with its offset, ``2027-01-15 16:00:00+08:00``: the days
-    of pools and campaigns and the admin page's times are China time, whatever the
-    machine's zone (UTC on most servers)."""
-    return datetime.fromtimestamp(t, CHINA).isoformat(" ", "seconds")
-
-
 def _ban_state(ban, now: float) -> str:
     """``until``, ``ended`` or ``lifted`` and when (China time): with ``--all`` a subject's
     earlier bans are listed beside the one in force."""
     if ban.lifted_at is not None:
-        return f"lifted {_china_time(ban.lifted_at)}"
+        return f"lifted {china_time(ban.lifted_at)}"
     state = "until" if ban.active(now) else "ended"
-    return f"{state} {_china_time(ban.expires_at)}"
+    return f"{state} {china_time(ban.expires_at)}"
 
 
 @bans.command("lift")
@@ -247,7 +239,7 @@ def alerts(data, distributor, limit, as_json):
     log = ScanLog(data.store)
     for a in log.alerts(distributor, limit):
         div = a["diverted"]
-        when = _china_time(a["at"])
+        when = china_time(a["at"])
         batch, serial = split_unit(a["unit"])
         emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
                          f"\tscanned in {div['region']}\tunit {batch}:{serial}")

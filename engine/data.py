@@ -38,7 +38,7 @@ from engine.accounts import AccountRegistry
 from engine.batches import Batch, BatchRegistry
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
-from engine.files import sync_folder, write_new_file
+from engine.files import fsync_path, sync_folder, write_new_file
 from engine.formats import FORMATS, validate_url_base
 from engine.keys import KeyRing
 from engine.regions import RegionTable
@@ -266,14 +266,6 @@ def check_serving(path) -> None:
         # NOTE: abuse_limits, not abuse: the limits without opening the counters' store
         for section in ("serve_settings", "abuse_limits", "regions"):  # each checks its section
             getattr(data, section)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def default_data_path() -> Path:
@@ -526,14 +518,13 @@ class DataFolder:
             with self.store.read() as txn:  # NOTE: the snapshot copied, and its txn id
                 last_txnid = txn.id()
                 self.store.env.copy(str(tmp / "db"), compact=True, txn=txn)
-            _fsync_file(tmp / "db" / "data.mdb")
+            fsync_path(tmp / "db" / "data.mdb")
             os.mkdir(tmp / "keys", 0o700)
             versions = sorted(p.name for p in (self.path / "keys").iterdir() if p.is_file())
             for name in versions:
                 write_new_file(tmp / "keys" / name, (self.path / "keys" / name).read_bytes(), perms=0o600)
             write_new_file(tmp / _CONFIG, (self.path / _CONFIG).read_bytes(), perms=0o600)
-            for folder in (tmp / "db", tmp / "keys", tmp):
-                sync_folder(folder)
+            sync_folder(tmp / "db")  # NOTE: write_new_file synced keys/ and the folder itself
             os.rename(tmp, dest)
             sync_folder(dest.parent)
         except BaseException:

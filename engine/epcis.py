@@ -349,6 +349,7 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                 # activated later, so the old one's activation now is the one it took over)
                 took = agg.activation_of(txn, ev["old"])
                 if took is not None:
+                    activations.setdefault(took["id"], took)  # NOTE: read once
                     add(commissioning([ev["new"]], took["id"]), t)
             elif kind == "void":
                 add({"type": "ObjectEvent", "action": "DELETE", "epcList": name.many(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["SpreadsheetWriter", "private_output", "same_file", "spreadsheet_cell",
+__all__ = ["SpreadsheetWriter", "fsync_path", "private_output", "same_file", "spreadsheet_cell",
            "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder",
            "UTF8_BOM", "decode_text", "refuse_utf16"]
 
@@ -197,13 +197,18 @@ def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
     sync_folder(path.parent)
 
 
-def sync_folder(folder) -> None:
-    """Put the folder's entries (names made, renamed, removed) on disk."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path, flags: int = 0) -> None:
+    """Put a file (or, with ``os.O_DIRECTORY``, a folder's entries) on disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_folder(folder) -> None:
+    """Put the folder's entries (names made, renamed, removed) on disk."""
+    fsync_path(folder, os.O_DIRECTORY)
 
 
 #: errno of a ``link()`` refused by a file system without hard links (vfat, exFAT, some

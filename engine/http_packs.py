@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from engine import http_errors
+from engine.chinatime import china_time
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
 from engine.files import link_new, link_unnamed, open_unnamed, sync_folder, temp_beside
@@ -175,15 +176,11 @@ def _voided(rec: dict) -> falcon.HTTPGone:
     )
 
 
-_CHINA = timezone(timedelta(hours=8))  # NOTE: the admin's times are China time
-
-
 def _withheld_reason(rec: dict) -> str | None:
     """Why pack ``rec`` is no longer served (None: it is)."""
     why = []
     if rec["revoked_at"] is not None:
-        at = datetime.fromtimestamp(rec["revoked_at"], _CHINA).isoformat(" ", "seconds")
-        why.append(f"revoked at {at}")
+        why.append(f"revoked at {china_time(rec['revoked_at'])}")
     if rec["voided_serial"] is not None:
         why.append(
             f"codes voided: serial {rec['voided_serial']} of batch {rec['batch']} (maybe "
@@ -199,7 +196,7 @@ class _PackList:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         line = req.context.line
         packs, withheld = [], []
-        for p in self._registry.list(line=line.name):
+        for p in self._registry.list(line=line.name, events=False):  # NOTE: no history needed
             why = _withheld_reason(p)
             if why is None:
                 packs.append(_public(p))

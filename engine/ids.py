@@ -8,6 +8,7 @@ the OpenAPI patterns (``[0-9]``) and every later comparison of region codes do n
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_text", "has_control", "is_digits",
@@ -49,12 +50,14 @@ def is_region_code(value: object) -> bool:
 
 def has_control(text: str) -> bool:
     """Whether ``text`` holds a character :data:`TEXT_ID_PATTERN` refuses. PERF: ASCII
-    text (the usual id) by ``isprintable()``, which for ASCII refuses exactly those."""
-    if text.isascii():
-        return not text.isprintable()
-    return _CONTROL.search(text) is not None
+    text (the usual id) by ``isprintable()``: every refused character is one it refuses,
+    and for ASCII it refuses exactly those."""
+    if text.isprintable():
+        return False
+    return text.isascii() or _CONTROL.search(text) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # NOTE: the region codes seen lately: some thousands of districts
 def region_prefix(code: str) -> str:
     """A division code (行政区划代码: 2 digits province, 2 city, 2 county, 3 township, 3
     village) as the prefix its divisions share: a level of zeros names the division above

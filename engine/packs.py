@@ -644,29 +644,31 @@ class PackRegistry:
             voided = self._first_voided(txn, rec)
         return {**rec, "already_recorded": already, "voided_serial": voided}
 
-    def list(self, *, batch: int | None = None, line: str | None = None) -> list[dict]:
-        """Issued packs (oldest first), each with its ``events`` (issued, download, opened,
-        revoked), ``file_present``: whether its file is where the export put it (an
-        export killed while placing its files leaves packs registered without one), and
-        ``voided_serial``: the first serial of its range voided after the export (None if
-        none is): voided labels must not be printed."""
+    def list(self, *, batch: int | None = None, line: str | None = None, events: bool = True) -> list[dict]:
+        """Issued packs (oldest first), each with ``voided_serial``: the first serial of its
+        range voided after the export (None if none is): voided labels must not be
+        printed; and, with ``events`` (what ``pack list`` shows; the pull server's listing
+        needs neither), its ``events`` (issued, download, opened, revoked) and
+        ``file_present``: whether its file is where the export put it (an export killed
+        while placing its files leaves packs registered without one)."""
         with self._store.read() as txn:
-            packs = {unpack(v)["id"]: unpack(v) for _, v in txn.cursor(db=self._packs)}
-            for rec in packs.values():
-                rec["events"] = []
-                rec["voided_serial"] = self._first_voided(txn, rec)
-            for _, v in txn.cursor(db=self._events):
-                ev = unpack(v)
-                if ev["pack"] in packs:
-                    packs[ev["pack"]]["events"].append(ev)
-        out = [
-            p
-            for p in packs.values()
-            if (batch is None or p["batch"] == batch) and (line is None or p["line"] == line)
-        ]
-        for p in out:
-            p["file_present"] = os.path.isfile(p["path"])
-        return sorted(out, key=lambda p: (p["created"], p["id"]))
+            packs = {}
+            for _, v in txn.cursor(db=self._packs):
+                rec = unpack(v)
+                if (batch is None or rec["batch"] == batch) and (line is None or rec["line"] == line):
+                    rec["voided_serial"] = self._first_voided(txn, rec)
+                    packs[rec["id"]] = rec
+            if events:
+                for rec in packs.values():
+                    rec["events"] = []
+                for _, v in txn.cursor(db=self._events):
+                    ev = unpack(v)
+                    if ev["pack"] in packs:
+                        packs[ev["pack"]]["events"].append(ev)
+        if events:
+            for p in packs.values():
+                p["file_present"] = os.path.isfile(p["path"])
+        return sorted(packs.values(), key=lambda p: (p["created"], p["id"]))
 
 
 def _prefetch(it):

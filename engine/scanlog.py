@@ -28,7 +28,6 @@ group fixed before it waited.
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import os
 import queue
@@ -81,11 +80,6 @@ class _SettlementFailed(Exception):
         self.index = index
 
 
-#: A region code as its division prefix (440100 -> 4401), kept for the region codes seen
-#: lately (some thousands of districts in practice).
-_place = functools.lru_cache(maxsize=4096)(region_prefix)
-
-
 def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     """Has the code been seen in ``copy_at[0]`` distinct places or on ``copy_at[1]``
     devices within the last ``copy_at[2]`` seconds (``math.inf``: ever)?
@@ -105,7 +99,7 @@ def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     seen = [r for r, t in zip(rec[6], rec[8]) if t >= since]
     if len(seen) < regions:
         return False
-    places = sorted(map(_place, seen))
+    places = sorted(map(region_prefix, seen))
     # NOTE: sorted, the regions inside a place (and its repeats) come right after it: a
     # place is held by the next one iff that one starts with it, and only those that hold
     # none count. PERF: ~1.5 µs for 3 places, ~4 for 16, in C calls (a code seen in fewer

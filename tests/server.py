@@ -64,3 +64,14 @@ class Server:
     def stop(self) -> None:
         stop(self.proc)
         self.log.close()
+
+
+def commits(data: Path) -> int:
+    """Write transactions committed so far in a data folder's store (LMDB's last txnid)."""
+    import lmdb
+
+    env = lmdb.open(str(data / "db"), readonly=True, max_dbs=64)
+    try:
+        return env.info()["last_txnid"]
+    finally:
+        env.close()

@@ -7,12 +7,10 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
-import lmdb
 import pytest
 from conftest_world import build_world
-from server import Server
+from server import Server, commits
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +44,6 @@ def _answer(sock: socket.socket) -> bytes:
         got += chunk
 
 
-def _commits(path: Path) -> int:
-    env = lmdb.open(str(path / "db"), readonly=True, max_dbs=64)
-    try:
-        return env.info()["last_txnid"]
-    finally:
-        env.close()
-
-
 @pytest.mark.parametrize("batch", [1, 8])
 def test_scans_on_new_connections_share_group_commits(world, batch):
     """Eight clients, each scan on a new connection, for a second and a half: accepting
@@ -64,7 +54,7 @@ def test_scans_on_new_connections_share_group_commits(world, batch):
     server = Server(path, workers=2, args=("--accept-batch", str(batch)))
     done: list[bytes] = []
     try:
-        before = _commits(path)
+        before = commits(path)
         end = time.monotonic() + 1.5
 
         def client(k: int) -> None:
@@ -80,7 +70,7 @@ def test_scans_on_new_connections_share_group_commits(world, batch):
             t.start()
         for t in threads:
             t.join(60)
-        per_commit = len(done) / (_commits(path) - before)
+        per_commit = len(done) / (commits(path) - before)
     finally:
         server.stop()
     assert done and all(a.startswith(b"HTTP/1.1 200") and b'"genuine"' in a for a in done)
