@@ -494,15 +494,18 @@ class Payouts:
         see engine.files.spreadsheet_cell). Numbers (``amount``, ``seq`` ...) are written
         as numbers. To get an id back exactly, drop the first ``'`` of a cell that starts
         with one."""
-        _check_export(fmt, after, state)
+        _check_export(fmt, after, state)  # NOTE: before the file is made
         # NOTE: mode 0600: the file names beneficiaries and amounts.
         with private_output(path, "w", encoding="utf-8", newline="") as f:
-            return self.write_export(f, fmt, after=after, state=state)
+            return self._write_export(f, fmt, after, state)
 
     def write_export(self, f, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
         """:meth:`export` to the open text file ``f`` (opened with ``newline=""``: standard
         output, a pipe); returns how many."""
         _check_export(fmt, after, state)
+        return self._write_export(f, fmt, after, state)
+
+    def _write_export(self, f, fmt: str, after: int, state: str | None) -> int:
         count = 0
         writer = None
         if fmt == "csv":

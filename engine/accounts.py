@@ -94,10 +94,7 @@ class AccountRegistry:
         key = _key(account_id)
         token, token_hash = new_token(_PREFIX, account_id)
         with self._store.write() as txn:
-            raw = txn.get(key, db=self._db)
-            if raw is None:
-                raise NotFound(f"no account {account_id}")
-            rec = unpack(raw)
+            rec = self._record(txn, key, account_id)
             account = Account(**rec["account"])
             if not account.active:
                 raise Conflict(f"account {account_id} is revoked; it gets no new token (add a new account)")
@@ -109,10 +106,7 @@ class AccountRegistry:
     def get(self, account_id: str) -> Account:
         key = _key(account_id)
         with self._store.read() as txn:
-            raw = txn.get(key, db=self._db)
-        if raw is None:
-            raise NotFound(f"no account {account_id}")
-        return Account(**unpack(raw)["account"])
+            return Account(**self._record(txn, key, account_id)["account"])
 
     def list(self, role: str | None = None) -> list[Account]:
         with self._store.read() as txn:
@@ -122,15 +116,18 @@ class AccountRegistry:
     def revoke(self, account_id: str, now: float | None = None) -> Account:
         key = _key(account_id)
         with self._store.write() as txn:
-            raw = txn.get(key, db=self._db)
-            if raw is None:
-                raise NotFound(f"no account {account_id}")
-            rec = unpack(raw)
+            rec = self._record(txn, key, account_id)
             if rec["account"]["revoked_at"] is None:
                 rec["account"]["revoked_at"] = time.time() if now is None else now
                 txn.put(key, pack(rec), db=self._db)
         self._store.sync()  # NOTE: relaxed: a power loss must not bring a revoked token back
         return Account(**rec["account"])
+
+    def _record(self, txn, key: bytes, account_id: str) -> dict:
+        raw = txn.get(key, db=self._db)
+        if raw is None:
+            raise NotFound(f"no account {account_id}")
+        return unpack(raw)
 
     def authenticate(self, token: object) -> Account | None:
         """The active account a bearer token belongs to, or None (never says why)."""

@@ -301,13 +301,23 @@ def _result(verdict: str, v, trace: dict, record: ScanRecord | None, flags: tupl
                       rewards)
 
 
+def _copy_threshold(i: int) -> property:
+    """One of a pipeline's copied-flag thresholds, kept in its ``_copy_at`` tuple."""
+    def get(self):
+        return self._copy_at[i]
+
+    def set_(self, value) -> None:
+        self._copy_at = (*self._copy_at[:i], value, *self._copy_at[i + 1:])
+
+    return property(get, set_)
+
+
 class ScanPipeline:
     """Wires the stores together; one per process (each gunicorn worker has its own)."""
 
     def __init__(self, codes: CodeEngine, aggregation: Aggregation, scans: ScanLog,
                  abuse: AbuseGuard, accounts: AccountRegistry, *,
-                 role_rules: dict[str, frozenset] | None = None, copy_regions: int | None = None,
-                 copy_devices: int | None = None, copy_window_s: float | None = None,
+                 role_rules: dict[str, frozenset] | None = None,
                  hooks: list[CampaignHook] | None = None,
                  regions: RegionTable | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -317,12 +327,10 @@ class ScanPipeline:
         self.abuse = abuse
         self.accounts = accounts
         self.role_rules = role_rules or DEFAULT_ROLE_RULES
-        # a code copied onto many packs: the "abuse" settings unless given here. NOTE: read
-        # once, as the rest of the settings (a running server keeps what it read)
+        # a code copied onto many packs: the "abuse" settings. NOTE: read once, as the rest
+        # of the settings (a running server keeps what it read)
         limits = abuse.limits
-        self._copy_at = (limits.copy_regions if copy_regions is None else copy_regions,
-                         limits.copy_devices if copy_devices is None else copy_devices,
-                         limits.copy_window_s if copy_window_s is None else copy_window_s)
+        self._copy_at = (limits.copy_regions, limits.copy_devices, limits.copy_window_s)
         self.hooks = list(hooks or [])
         self.regions = regions
         self.clock = clock
@@ -331,29 +339,9 @@ class ScanPipeline:
 
     # PERF: the scan log takes the thresholds as one tuple, built once here (and again when
     # one is set), not on every scan and check
-    @property
-    def copy_regions(self) -> int:
-        return self._copy_at[0]
-
-    @copy_regions.setter
-    def copy_regions(self, value: int) -> None:
-        self._copy_at = (value, *self._copy_at[1:])
-
-    @property
-    def copy_devices(self) -> int:
-        return self._copy_at[1]
-
-    @copy_devices.setter
-    def copy_devices(self, value: int) -> None:
-        self._copy_at = (self._copy_at[0], value, self._copy_at[2])
-
-    @property
-    def copy_window_s(self) -> float:
-        return self._copy_at[2]
-
-    @copy_window_s.setter
-    def copy_window_s(self, value: float) -> None:
-        self._copy_at = (*self._copy_at[:2], value)
+    copy_regions = _copy_threshold(0)
+    copy_devices = _copy_threshold(1)
+    copy_window_s = _copy_threshold(2)
 
     def _subjects(self, req: ScanRequest) -> list[str]:
         out = []
