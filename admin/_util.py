@@ -8,10 +8,10 @@ import re
 from datetime import date, datetime, timedelta
 
 from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits are China days
-from engine.ids import check_text, is_id, is_region_code, region_prefix
+from engine.ids import check_name, check_text, is_id, is_region_code, region_prefix
 
 __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
-           "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_text",
+           "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_name", "check_text",
            "check_idempotency_key", "is_seq", "check_after"]
 
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.

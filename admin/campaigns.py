@@ -38,8 +38,8 @@ from functools import cached_property
 
 from admin._util import (
     check_amount,
+    check_name,
     check_regions,
-    check_text,
     in_regions,
     parse_time,
     region_prefixes,
@@ -158,9 +158,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
         if f not in rule:
             raise ValueError(f"a campaign needs \"{f}\"")
     name = rule["name"]
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ValueError("campaign name: 1-200 characters")
-    check_text(name, "campaign name")
+    check_name(name, "campaign name")
     if not is_id(rule["pool"]):
         raise ValueError("pool: the id of a budget pool")
     pool = pools.get(rule["pool"])

@@ -35,8 +35,8 @@ from admin._util import (
     check_amount,
     check_id,
     check_idempotency_key,
+    check_name,
     check_regions,
-    check_text,
     china_day,
     china_day_number,
 )
@@ -104,9 +104,7 @@ class PoolRegistry:
                now: float | None = None) -> Pool:
         check_id(pool_id, "pool id")
         check_amount(total, "pool total", positive=True)
-        if not isinstance(name, str) or len(name) > 200:
-            raise ValueError("pool name: at most 200 characters")
-        check_text(name, "pool name")
+        check_name(name, "pool name", required=False)
         if unit not in UNITS:
             raise ValueError(f"pool unit must be one of {', '.join(UNITS)}")
         if daily is not None:

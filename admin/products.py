@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from admin._util import check_id, check_text
+from admin._util import check_id, check_name
 from admin.audit import AuditLog
 from engine.errors import Conflict, NotFound
 from engine.formats import check_gtin
@@ -34,9 +34,7 @@ class ProductCatalog:
     def add(self, sku: str, name: str, *, gtin: str | None = None, who: str,
             now: float | None = None) -> Product:
         check_id(sku, "SKU")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValueError("product name: 1-200 characters")
-        check_text(name, "product name")
+        check_name(name, "product name")
         product = Product(sku, name.strip(), None if gtin is None else check_gtin(gtin).zfill(14),
                           time.time() if now is None else now)
         with self._store.write() as txn:

@@ -25,7 +25,7 @@ from admin.products import ProductCatalog
 from admin.rewards import RewardEngine
 from admin.tokens import AdminTokens
 from engine.aggregation import Aggregation
-from engine.ids import check_text
+from engine.ids import check_name
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound
 from engine.scan import ScanPipeline
@@ -82,9 +82,7 @@ class Admin:
         (e.g. a copy paid whose answer was lost, then ``409 idempotency key already used``;
         see "Reversal" in admin/payouts.py). On disk when this returns, in a ``relaxed``
         data folder too."""
-        if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
-            raise ValueError("say why the entry is reversed (--reason), in at most 500 characters")
-        check_text(reason, "reason")
+        check_name(reason, "reason", limit=500, hint=": say why the entry is reversed (--reason)")
         now = self._clock() if now is None else now
         store = self.data.store
         payouts = self.payouts

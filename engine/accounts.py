@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from engine.errors import Conflict, NotFound
-from engine.ids import check_text, is_id, is_region_code
+from engine.ids import check_name, is_id, is_region_code
 from engine.store import Store, pack, unpack
 from engine.tokens import new_token, parse_token, secret_matches
 
@@ -72,7 +72,7 @@ class AccountRegistry:
             raise ValueError("region must be an administrative division code such as 4401 or 440106")
         if distributor is not None and role != "store":
             raise ValueError("only a store has a distributor it buys from")
-        check_text(name, "account name")
+        check_name(name, "account name", required=False)
         token, token_hash = new_token(_PREFIX, account_id)
         account = Account(account_id, role, name, region, distributor,
                           time.time() if now is None else now)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_text", "has_control", "is_digits",
+__all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_name", "check_text",
+           "has_control", "is_digits",
            "is_id", "is_region_code", "region_prefix"]
 
 #: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
@@ -91,3 +92,15 @@ def check_text(value: str, what: str) -> str:
         raise ValueError(f"{what}: no control characters (such as NUL, a line break, an escape or U+202E, "
                          "a bidirectional override)")
     return value
+
+
+def check_name(value: object, what: str, *, limit: int = 200, required: bool = True,
+               hint: str = "") -> str:
+    """``value``, free text a person types and listings print (a product's, a pool's or an
+    account's name; a reversal's reason), or ValueError naming ``what``: text of at most
+    ``limit`` characters, not blank when ``required``, and without the characters
+    :func:`check_text` refuses. ``hint`` ends the message (where to give the text)."""
+    if not isinstance(value, str) or len(value) > limit or (required and not value.strip()):
+        size = f"1-{limit} characters, not only spaces" if required else f"at most {limit} characters"
+        raise ValueError(f"{what}: {size}{hint}")
+    return check_text(value, what)

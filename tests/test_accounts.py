@@ -53,6 +53,8 @@ def test_validation_and_conflicts(accounts):
     for name in ("Shop\x1b[2J", "Shop\nline", "\u202eShop"):  # printed in `account list`
         with pytest.raises(ValueError, match="account name: no control characters"):
             reg.add("s3", "store", name=name)
+    with pytest.raises(ValueError, match="account name: at most 200 characters"):
+        reg.add("s3", "store", name="便" * 201)  # a pasted document is no name
     reg.add("s3", "store", name="天河便利店 No.7")
     assert [a.id for a in reg.list("shop_assistant")] == ["a1"]
     with pytest.raises(NotFound):

@@ -694,6 +694,23 @@ def test_names_with_control_characters_are_refused(world, bad):
     assert admin.campaigns.list() == []
 
 
+def test_names_are_held_to_one_size_rule(world):
+    """A required name is 1-200 characters, not only spaces; an optional one (a pool's) may
+    be empty; a reversal's reason is up to 500 and says where to give it."""
+    admin = world["admin"]
+    for blank in ("", "   "):
+        with pytest.raises(ValueError, match="^product name: 1-200 characters, not only spaces$"):
+            admin.products.add("P-1", blank, who="test")
+        with pytest.raises(ValueError, match="^campaign name: 1-200 characters"):
+            admin.campaigns.create(rule(world, name=blank), who="test")
+    with pytest.raises(ValueError, match="^pool name: at most 200 characters$"):
+        admin.pools.create("p", total=10_000, name="夏" * 201, who="test")
+    with pytest.raises(ValueError, match=r"^reason: 1-500 characters, not only spaces: say why .*--reason"):
+        admin.reverse(1, reason=" ", who="test")
+    assert admin.products.add("P-1", "绿茶" * 100, who="test").name == "绿茶" * 100
+    assert admin.pools.create("p", total=10_000, who="test").name == "p"  # named by its id
+
+
 def test_names_in_any_script_are_taken(world):
     admin = world["admin"]
     assert admin.products.add("P-1", "绿茶 500ml", who="test").name == "绿茶 500ml"
