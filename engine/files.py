@@ -12,8 +12,9 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
-__all__ = ["SpreadsheetWriter", "fsync_path", "private_output", "same_file", "spreadsheet_cell",
+__all__ = ["NewFile", "SpreadsheetWriter", "fsync_path", "private_output", "same_file", "spreadsheet_cell",
            "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder",
            "UTF8_BOM", "decode_text", "refuse_utf16"]
 
@@ -166,35 +167,115 @@ class SpreadsheetWriter(csv.DictWriter):
             self.writerow(row)
 
 
-def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
-    """Create ``path`` holding ``data``: whole or not at all, even if the process is killed
-    at any moment, and never over an existing file (FileExistsError).
+class NewFile:
+    """A new file for ``path`` that has no name yet, until it is whole: an unnamed file in
+    the folder of ``path`` (:func:`open_unnamed`: it vanishes with the process) where the
+    file system has such files and ``unnamed`` is true, else a hidden temporary file beside
+    ``path`` (:func:`temp_beside`, which :meth:`close` removes unless it became ``path``).
+    Its mode is ``perms`` exactly (the umask does not apply). An OSError making it is
+    raised as ``error(e)``, by default as it is.
 
-    ``data`` is written and fsynced under no name (:func:`open_unnamed`; a hidden temporary
-    name where the file system has none), then linked to ``path`` (:func:`link_new`: never
-    over an existing file) and the folder fsynced. Written in place, a kill between
-    creating the file and writing it left an empty file under the real name (a master key
-    then read as damaged)."""
-    path = Path(path)
-    fd, tmp = open_unnamed(path.parent, perms), None
-    if fd is None:
-        fd, name = temp_beside(path, lambda e: e)  # NOTE: its OSError as it is
-        tmp = Path(name)
-        os.fchmod(fd, perms)
-    try:
+    ``with NewFile(path) as f: f.write(data); f.sync(); f.link()``: a file that appears
+    whole under its name or not at all, whenever the process is killed. (Written in
+    place, a kill between creating a file and writing it left an empty file under the
+    real name: a master key then read as damaged.)"""
+
+    def __init__(self, path, perms: int = 0o600, *, unnamed: bool = True,
+                 error: ErrorHook | None = None) -> None:
+        self.path = Path(path)
+        self.tmp: Path | None = None
+        fail = error or (lambda e: e)
+        try:
+            fd = open_unnamed(self.path.parent, perms) if unnamed else None
+        except OSError as e:
+            raise fail(e) from None
+        if fd is None:
+            fd, name = temp_beside(self.path, fail)
+            self.tmp = Path(name)
+        self.fd: int | None = fd
+        try:
+            os.fchmod(fd, perms)
+        except OSError as e:
+            self.close()
+            raise fail(e) from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, data) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        if tmp is None:
-            link_unnamed(fd, path)
+            view = view[os.write(self.fd, view):]
+
+    def sync(self) -> None:
+        """Put the contents on disk (before the file is named: after a power loss a named
+        file is whole)."""
+        os.fsync(self.fd)
+
+    def park(self) -> None:
+        """Close the descriptor of a file with a temporary name (many files at once: fewer
+        open files); :meth:`append` reopens it. An unnamed file stays open: closing it
+        would lose it."""
+        if self.tmp is not None and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def append(self, data) -> None:
+        """Write ``data`` at the end and put the file on disk (:meth:`sync`)."""
+        if self.fd is None:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_APPEND)
         else:
-            link_new(tmp, path)
-    finally:
-        os.close(fd)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
-    sync_folder(path.parent)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        self.write(data)
+        self.sync()
+
+    def link(self, path=None) -> None:
+        """Name the file ``path`` (by default the one it was made for); FileExistsError if
+        that name is taken: a link never replaces a file (:func:`link_new`)."""
+        path = self.path if path is None else Path(path)
+        if self.tmp is None:
+            link_unnamed(self.fd, path)
+        else:
+            link_new(self.tmp, path)
+
+    def replace(self, path=None) -> None:
+        """Name the file ``path``, over a file of that name in one rename: ``path`` is
+        never missing."""
+        path = self.path if path is None else Path(path)
+        if self.tmp is not None:
+            os.replace(self.tmp, path)
+            return
+        # NOTE: an unnamed file cannot be renamed: it gets a hidden name for the moment of
+        # the rename (a kill just then leaves it; nothing else does)
+        side = path.parent / f".{path.name}.{os.urandom(6).hex()}.part"
+        link_unnamed(self.fd, side)
+        try:
+            os.replace(side, path)
+        finally:
+            side.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close it; a temporary name it still has is removed (a file named by
+        :meth:`link` keeps that name)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
+
+
+def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:
+    """Create ``path`` holding ``data``: whole or not at all, even if the process is killed
+    at any moment, and never over an existing file (FileExistsError). Written and fsynced
+    as a :class:`NewFile`, linked to ``path``, then the folder fsynced."""
+    with NewFile(path, perms) as f:
+        f.write(data)
+        f.sync()
+        f.link()
+    sync_folder(Path(path).parent)
 
 
 def fsync_path(path, flags: int = 0) -> None:

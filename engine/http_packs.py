@@ -50,7 +50,7 @@ from engine import http_errors
 from engine.chinatime import china_time
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
-from engine.files import link_new, link_unnamed, open_unnamed, sync_folder, temp_beside
+from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
 from engine.packs import PackRegistry
@@ -447,19 +447,8 @@ def _download(keys, server, p, expect: _Expect, target: Path, timeout, clock) ->
     a killed pull leaves nothing; a hidden temporary name where the file system has no
     such files), check it against the listing, fsync it, and name it ``target``. Returns
     None, or why nothing was kept; :class:`_WriteFailed` for a local write error."""
-    tmp = None
-    try:
-        fd = open_unnamed(target.parent, 0o644)
-        if fd is None:
-            fd, name = temp_beside(target, lambda e: e)  # NOTE: its OSError as it is
-            tmp = Path(name)
-    except OSError as e:
-        raise _write_failed(target, e) from None
-    try:
-        try:
-            os.fchmod(fd, 0o644)  # NOTE: a pack is encrypted and signed
-        except OSError as e:
-            raise _write_failed(target, e) from None
+    # NOTE: mode 0644: a pack is encrypted and signed
+    with NewFile(target, 0o644, error=lambda e: _write_failed(target, e)) as f:
         hashers, got = expect.hashers(), 0
         with _get(keys, server, f"/packs/{p['id']}", timeout, clock) as r:
             while True:
@@ -476,52 +465,32 @@ def _download(keys, server, p, expect: _Expect, target: Path, timeout, clock) ->
                 if got > expect.size:
                     break
                 try:  # NOTE: a local error, not the network's: kept apart
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    f.write(chunk)
                 except OSError as e:
                     raise _write_failed(target, e) from None
         why = expect.mismatch(hashers, got)
         if why is not None:
             return why
         try:
-            os.fsync(fd)
-            _place(fd, tmp, target, expect)
+            f.sync()
+            _place(f, expect)
             sync_folder(target.parent)
         except OSError as e:
             raise _write_failed(target, e) from None
         return None
-    finally:
-        os.close(fd)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
 
 
-def _place(fd: int, tmp: Path | None, target: Path, expect: _Expect) -> None:
-    """Name the checked file ``target`` (open as ``fd``; ``tmp``: its temporary name, or
-    None for an unnamed one). A file already there is kept if it is the listed one
-    (another pull into this folder named it first), else the checked copy replaces it in
-    one rename: ``target`` is never missing."""
+def _place(f: NewFile, expect: _Expect) -> None:
+    """Name the checked file ``f`` the pack's file. A file already there is kept if it is
+    the listed one (another pull into this folder named it first), else the checked copy
+    replaces it in one rename: the pack's file is never missing."""
     try:
-        if tmp is None:
-            link_unnamed(fd, target)
-        else:
-            link_new(tmp, target)
+        f.link()
         return
     except FileExistsError:
-        if expect.matches_file(target):
+        if expect.matches_file(f.path):
             return
-    if tmp is not None:
-        os.replace(tmp, target)  # NOTE: a checked copy over a damaged one
-        return
-    # NOTE: an unnamed file cannot be renamed: give it a hidden name for the moment of
-    # the rename (a kill just then leaves it; nothing else does)
-    side = target.parent / f".{target.name}.{os.urandom(6).hex()}.part"
-    link_unnamed(fd, side)
-    try:
-        os.replace(side, target)
-    finally:
-        side.unlink(missing_ok=True)
+    f.replace()  # NOTE: a checked copy over a damaged one
 
 
 def _printable(text: object, limit: int = 500) -> str:

@@ -64,7 +64,7 @@ from engine import _kernels as K
 from engine.aggregation import VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
-from engine.files import link_new, link_unnamed, open_unnamed, private_output, same_file, sync_folder
+from engine.files import NewFile, private_output, same_file, sync_folder
 from engine.formats import fold_full_width
 from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
@@ -122,39 +122,29 @@ class IssuedPack:
 
 @dataclass
 class _WrittenPart:
-    """A pack written without its signature to a temporary file, not yet registered nor in
-    place: an unnamed file (``O_TMPFILE``, held open as ``file``: it vanishes with the
-    process) or, where there is none, a hidden ``.part`` file (``tmp``)."""
+    """A pack written without its signature to a :class:`~engine.files.NewFile` (unnamed:
+    it vanishes with the process; a hidden ``.part`` file where there is none), not yet
+    registered nor in place."""
 
-    file: BinaryIO | None
-    tmp: Path | None
-    path: Path
+    file: NewFile
     record: dict
     share: str | None
     signature: bytes
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
     def sign_and_place(self) -> None:
         """Append the signature, put the file on disk, and give it its name (never over an
         existing file). NOTE: fsynced before it is named: after a power loss a registered
         pack's file is whole or absent, never short (one fsync a part)."""
-        if self.file is None:
-            with open(self.tmp, "ab") as fh:
-                fh.write(self.signature)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _place_new(self.tmp, self.path)
-            return
-        self.file.write(self.signature)
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        _place_unnamed(self.file, self.path)
+        self.file.append(self.signature)
+        _place(self.file)
 
     def discard(self) -> None:
         """Close and remove the temporary file (a placed pack keeps its own name)."""
-        if self.file is not None:
-            self.file.close()
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+        self.file.close()
 
     def issued(self) -> IssuedPack:
         r = self.record
@@ -184,33 +174,13 @@ def _exists(path: Path) -> PackError:
     )
 
 
-def _place_new(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path``, refusing if ``path`` already exists (see
-    :func:`engine.files.link_new`). ``tmp`` may be left as a second link: the caller
-    removes it."""
+def _place(file: NewFile) -> None:
+    """Give the pack's file its name, refusing if that name is taken (see
+    :meth:`engine.files.NewFile.link`)."""
     try:
-        link_new(tmp, path)
+        file.link()
     except FileExistsError:
-        raise _exists(path) from None
-
-
-def _place_unnamed(file: BinaryIO, path: Path) -> None:
-    """Give the unnamed file ``file`` the name ``path``, refusing if it already exists."""
-    try:
-        link_unnamed(file.fileno(), path)
-    except FileExistsError:
-        raise _exists(path) from None
-
-
-def _temporary_file(out_dir: Path, name: str, anonymous: bool) -> tuple[BinaryIO, Path | None]:
-    """A new file in ``out_dir`` for the pack ``name``: unnamed if ``anonymous`` and the file
-    system has them (``(file, None)``), else a fresh hidden one (``(file, its path)``)."""
-    fd = open_unnamed(out_dir, 0o666) if anonymous else None
-    if fd is not None:
-        return os.fdopen(fd, "wb"), None
-    # NOTE: "x": a fresh, hidden temporary file; never one that is already there.
-    tmp = out_dir / f".{name}.{os.urandom(4).hex()}.part"
-    return open(tmp, "xb"), tmp  # NOTE: closed by the caller
+        raise _exists(file.path) from None
 
 
 @dataclass(frozen=True)
@@ -481,11 +451,10 @@ class PackRegistry:
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
-        fh, tmp = _temporary_file(out_dir, name, anonymous)  # NOTE: right before the try
+        # NOTE: mode 0644: a pack is encrypted and signed. Made right before the try.
+        file = NewFile(path, 0o644, unnamed=anonymous)
         try:
-            with ExitStack() as closing:
-                if tmp is not None:  # NOTE: an unnamed file stays open until it is placed
-                    closing.enter_context(fh)
+            with open(file.fd, "wb", closefd=False) as fh:
 
                 def put(b) -> None:
                     digest.update(b)
@@ -516,10 +485,9 @@ class PackRegistry:
                 size = fh.tell() + len(signature)
                 whole = digest.copy()
                 whole.update(signature)
+            file.park()  # NOTE: a named one is closed until it is signed (many parts)
         except BaseException:
-            fh.close()
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            file.close()
             raise
         record = {
             "id": pack_id.hex(),
@@ -538,8 +506,7 @@ class PackRegistry:
             "created": created,
             "revoked_at": None,
         }
-        return _WrittenPart(None if tmp is not None else fh, tmp, path, record,
-                            share_text(share) if share else None, signature)
+        return _WrittenPart(file, record, share_text(share) if share else None, signature)
 
     def _event(self, txn, pack_id: str, kind: str, at: float, **extra) -> int:
         no = self._store.next_id(txn, "pack_event")

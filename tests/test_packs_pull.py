@@ -203,7 +203,7 @@ def test_pull_of_a_pack_without_answer_pulls_the_others(world, cutting_proxy):
 
 
 class _FailingWrites:
-    """``os`` for engine.http_packs, with ``write`` failing like a full disk, and a record
+    """``os`` for engine.files (where a pull writes), with ``write`` failing like a full disk, and a record
     of the names in ``folder`` at each write."""
 
     def __init__(self, folder: Path, fail: bool) -> None:
@@ -220,7 +220,7 @@ class _FailingWrites:
 
 
 def test_pull_stops_at_a_local_write_error(world, server, monkeypatch):
-    from engine import http_packs
+    from engine import files
 
     _reg, keys, _brand, _batch, tmp = world
     first, second = _export(world, start=0, stop=1000, parts=2)
@@ -228,7 +228,7 @@ def test_pull_stops_at_a_local_write_error(world, server, monkeypatch):
     out.mkdir()
     (out / os.path.basename(first.path)).write_bytes(Path(first.path).read_bytes())
     fake = _FailingWrites(out, fail=True)
-    monkeypatch.setattr(http_packs, "os", fake)
+    monkeypatch.setattr(files, "os", fake)
     target = out / os.path.basename(second.path)
     with pytest.raises(PullIncomplete, match=f"cannot write {target}: No space left") as e:
         pull_packs(keys, server, out)
@@ -239,7 +239,7 @@ def test_pull_stops_at_a_local_write_error(world, server, monkeypatch):
 
 def test_a_pack_has_no_name_until_it_is_whole(world, server, monkeypatch):
     """So a killed pull leaves nothing behind (O_TMPFILE)."""
-    from engine import http_packs
+    from engine import files
     from engine.files import open_unnamed
 
     _reg, keys, _brand, _batch, tmp = world
@@ -251,7 +251,7 @@ def test_a_pack_has_no_name_until_it_is_whole(world, server, monkeypatch):
     os.close(fd)
     packs = _export(world, start=0, stop=2000, parts=2)
     fake = _FailingWrites(out, fail=False)
-    monkeypatch.setattr(http_packs, "os", fake)
+    monkeypatch.setattr(files, "os", fake)
     got = pull_packs(keys, server, out)
     assert sorted(p.name for p in got) == sorted(os.path.basename(p.path) for p in packs)
     first = os.path.basename(packs[0].path)

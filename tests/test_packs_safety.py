@@ -104,7 +104,7 @@ def test_export_to_a_file_system_without_hard_links(world, monkeypatch):
     def no_links(src, dst, **kw):
         raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
 
-    monkeypatch.setattr("engine.packs.open_unnamed", lambda folder, perms: None)
+    monkeypatch.setattr("engine.files.open_unnamed", lambda folder, perms: None)
     monkeypatch.setattr(os, "link", no_links)
     packs = _export(world, start=0, stop=600, parts=2)
     assert _files(tmp / "packs") == sorted(os.path.basename(p.path) for p in packs)
@@ -337,9 +337,8 @@ def test_each_pack_is_on_disk_before_it_gets_its_name(world, monkeypatch, unname
         return fsync(fd)
 
     monkeypatch.setattr(os, "fsync", noting_fsync)
-    for name in ("_place_new", "_place_unnamed"):
-        monkeypatch.setattr(P, name, lambda src, path, _place=getattr(P, name): (
-            events.append(("place", path.name)), _place(src, path))[1])
+    monkeypatch.setattr(P, "_place", lambda file, _place=P._place: (
+        events.append(("place", file.path.name)), _place(file))[1])
     packs = _export(world, start=0, stop=600, parts=2)
     sizes = {os.path.basename(p.path): os.path.getsize(p.path) for p in packs}
     placed = [i for i, e in enumerate(events) if e[0] == "place"]
