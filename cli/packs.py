@@ -287,6 +287,14 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
 )
 @click.option("--url", is_flag=True, help="CSV: write the URL form of each code.")
 @click.option(
+    "--server",
+    envvar="WUMA_PACK_SERVER",
+    default=None,
+    help="The brand's pack server: ask it first whether this pack may be printed "
+    "(refused if revoked, its codes voided since, or not issued to this line). "
+    "Default: $WUMA_PACK_SERVER.",
+)
+@click.option(
     "--receipt",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -294,17 +302,25 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
 )
 @library_errors
 def pack_open(
-    pack_file, key_dir, share_file, share, brand_key, output, output_format, url, receipt
+    pack_file, key_dir, share_file, share, brand_key, output, output_format, url, server, receipt
 ):
     """Check a pack's signature and line, then decrypt its codes for the printer.
 
     Nothing is written unless the whole pack checks (to stdout: the signature is checked
     over the whole file before the first byte is written).
 
+    With --server (or $WUMA_PACK_SERVER) the brand's pack server is asked first, so a copy
+    kept anywhere of a pack revoked or voided since it was pulled is refused; without it
+    only `wuma pack pull` sets such copies aside, in its own folder.
+
     Example: wuma pack open L1-b1-0-1000-<pack id>.wpk --key /etc/wuma-line --share-file share.txt -o codes.csv
     """
     keys = LineKeys.load(key_dir)
     brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
+    if server:
+        from engine.http_packs import check_pack
+
+        check_pack(keys, server, pack_file)
     kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
     target = sys.stdout.buffer if output == "-" else Path(output)
     got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt, **kw)
@@ -395,7 +411,10 @@ def pack_report(data, receipt, as_json):
     help="The line's key folder (signs the requests).",
 )
 @click.option(
-    "--server", required=True, help="The brand's pack server, e.g. https://packs.example.cn"
+    "--server",
+    envvar="WUMA_PACK_SERVER",
+    required=True,
+    help="The brand's pack server, e.g. https://packs.example.cn (default: $WUMA_PACK_SERVER)",
 )
 @click.option(
     "-o",

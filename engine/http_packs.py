@@ -53,15 +53,17 @@ from engine.errors import NotFound, WumaError
 from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
-from engine.packs import PackRegistry
+from engine.packs import PackRegistry, read_header
 
 __all__ = [
     "REPLAY_WINDOW",
+    "PackWithheld",
     "PullError",
     "PullIncomplete",
     "Pulled",
     "Withheld",
     "app_from_env",
+    "check_pack",
     "create_app",
     "pull_packs",
     "sign_request",
@@ -541,6 +543,53 @@ def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None
     return done, None
 
 
+def _listing(keys: LineKeys, server: str, timeout: float, clock: Callable[[], float]) -> dict:
+    """``GET /packs``: the packs issued to this line (``packs``) and those withheld."""
+    try:
+        with _get(keys, server, "/packs", timeout, clock) as r:
+            listing = json.loads(r.read())
+    except (http.client.HTTPException, OSError) as e:
+        raise PullError(f"{server}/packs: the answer was cut off ({e.__class__.__name__}): try again") from None
+    except ValueError:  # NOTE: UnicodeDecodeError is one
+        raise PullError(f"{server}/packs: the answer is not JSON: is this the brand's pack server?") from None
+    if not isinstance(listing, dict) or not isinstance(listing.get("packs"), list):
+        raise PullError(f"{server}/packs: the answer is not a list of packs: is this the brand's pack server?")
+    return listing
+
+
+class PackWithheld(PullError):
+    """The pack server does not serve this pack to this line: its labels must not be printed."""
+
+
+def check_pack(
+    keys: LineKeys,
+    server: str,
+    pack_path: Path,
+    *,
+    timeout: float = 60.0,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Ask the brand's pack server whether the pack file at ``pack_path`` may be printed on
+    this line, wherever the file came from (a copy kept outside the pull folder, a USB
+    stick); returns the pack's id. :class:`PackWithheld` if the server withholds it
+    (revoked, or codes voided since its export) or does not list it for this line;
+    :class:`PullError` if it cannot say.
+
+    NOTE: the id is read from the header before the signature is checked; opening the
+    pack then checks the signature over that header, so a pack that passes here and opens
+    is the pack the server vouched for."""
+    pack_id = read_header(Path(pack_path))[0]["pack"]
+    listing = _listing(keys, server, timeout, clock)
+    for w in listing.get("withheld") or ():  # NOTE: an older server sends none
+        if isinstance(w, dict) and w.get("id") == pack_id:
+            reason = _printable(w.get("reason") or "withheld by the server")
+            raise PackWithheld(f"pack {pack_id} is withheld by {server}: {reason}; do not print it")
+    if any(isinstance(p, dict) and p.get("id") == pack_id for p in listing["packs"]):
+        return pack_id
+    raise PackWithheld(f"pack {pack_id} is not issued to this line ({server} does not list it): "
+                       "do not print it")
+
+
 def pull_packs(
     keys: LineKeys,
     server: str,
@@ -566,8 +615,7 @@ def pull_packs(
     result's ``withheld`` (:class:`Pulled`, or :class:`PullIncomplete`) lists them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _get(keys, server, "/packs", timeout, clock) as r:
-        listing = json.loads(r.read())
+    listing = _listing(keys, server, timeout, clock)
     withheld, stopped = _set_aside(listing, out_dir)
     if stopped is not None:
         raise PullIncomplete([], [], stopped=stopped, withheld=withheld)

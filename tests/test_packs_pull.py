@@ -20,8 +20,10 @@ from test_packs import _call, _export
 
 from cli.main import cli
 from engine.aggregation import Aggregation
-from engine.http_packs import PullIncomplete, pull_packs, sign_request
-from engine.packs import open_pack_to_file
+from engine.data import DataFolder
+from engine.http_packs import PackWithheld, PullIncomplete, check_pack, pull_packs, sign_request
+from engine.lines import generate_line_keys
+from engine.packs import PackRegistry, open_pack_to_file
 
 # The fixtures of test_packs (a registered line L1 with a batch; a real pull server).
 world = test_packs.world
@@ -365,6 +367,51 @@ def test_local_copy_of_a_revoked_pack_is_set_aside_never_over_another(world, ser
     )
     again = pull_packs(keys, server, out)
     assert again == [] and again.withheld == []
+
+
+def test_open_asks_the_server_about_a_copy_kept_anywhere(world, server, data, monkeypatch):
+    """A copy of a pack kept outside the pull folder (a USB stick) is out of reach of the
+    pull's set-aside: `pack open --server` asks first, and refuses a pack revoked, voided
+    since, or not issued to this line, writing nothing. A pack the server serves opens."""
+    reg, keys, _brand, batch, tmp = world
+    kept, voided, revoked = _export(world, start=0, stop=300, parts=3)
+    stick = tmp / "usb"
+    stick.mkdir()
+    for p in (kept, voided, revoked):
+        (stick / os.path.basename(p.path)).write_bytes(Path(p.path).read_bytes())
+    Aggregation(data).void(serial_range=(batch.id, 150, 160), reason="labels destroyed")
+    reg.revoke(revoked.id, now=1_800_000_000.0)
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+
+    def open_(p, *extra, env=None):
+        out = tmp / f"codes-{p.id}.csv"
+        args = ["pack", "open", str(stick / os.path.basename(p.path)), "--key", str(tmp / "line1"),
+                "-o", str(out), *extra]
+        return CliRunner().invoke(cli, args, env=env), out
+
+    res, out = open_(voided, "--server", server)
+    assert res.exit_code == 1 and not out.exists(), res.output
+    assert f"pack {voided.id} is withheld by {server}: codes voided: serial 150" in res.output
+    assert "do not print it" in res.output and "Traceback" not in res.output
+    res, out = open_(revoked, env={"WUMA_PACK_SERVER": server})  # the line's setting
+    assert res.exit_code == 1 and not out.exists(), res.output
+    assert "revoked at 2027-01-15 16:00:00+08:00" in res.output
+    res, out = open_(kept, "--server", server)
+    assert res.exit_code == 0, res.output
+    assert len(out.read_text().splitlines()) == 1 + kept.count  # a header row, then the codes
+    # not issued to this line: another line's key folder asks about it
+    other = generate_line_keys(tmp / "line2", brand_keys=(tmp / "brand-keys.json").read_bytes())
+    with DataFolder(reg._data.path) as again:
+        PackRegistry(again).lines.add("L2", (tmp / "line2" / "line.pub").read_bytes())
+    with pytest.raises(PackWithheld, match=f"pack {kept.id} is not issued to this line"):
+        check_pack(other, server, Path(kept.path))
+    # a server that cannot answer: a message, nothing opened
+    out.unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    res, out = open_(kept, "--server", dead)
+    assert res.exit_code == 1 and f"cannot reach {dead}" in res.output and not out.exists()
 
 
 # -- 3. an open report is recorded once; a revoked pack's open is flagged ---------------------
