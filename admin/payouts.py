@@ -486,8 +486,10 @@ class Payouts:
         ``jsonl``: one JSON object a line, the webhook body plus ``state``, ``attempts``
         and ``paid_at``, every value verbatim: what a payment system should import.
 
-        ``csv``: the columns :data:`EXPORT_FIELDS`, a header line, CRLF line ends, UTF-8,
-        for people opening it in Excel, WPS or LibreOffice. A consumer's id is whatever
+        ``csv``: the columns :data:`EXPORT_FIELDS`, a header line, CRLF line ends, UTF-8
+        with a byte-order mark, for people opening it in Excel, WPS or LibreOffice (Excel
+        reads a UTF-8 file without the mark in the system's code page: on a Chinese
+        Windows, GBK, and ``张三`` comes out as ``寮犱笁``). A consumer's id is whatever
         the brand's front end sent with the scan, so a text cell that starts with ``=``,
         ``+``, ``-``, ``@``, a tab or a carriage return (or with ``'``) is written with a
         ``'`` in front, and shown as text instead of run as a formula (CSV injection,
@@ -496,12 +498,13 @@ class Payouts:
         with one."""
         _check_export(fmt, after, state)  # NOTE: before the file is made
         # NOTE: mode 0600: the file names beneficiaries and amounts.
-        with private_output(path, "w", encoding="utf-8", newline="") as f:
+        with private_output(path, "w", encoding="utf-8-sig" if fmt == "csv" else "utf-8",
+                            newline="") as f:
             return self._write_export(f, fmt, after, state)
 
     def write_export(self, f, fmt: str = "csv", *, after: int = 0, state: str | None = None) -> int:
         """:meth:`export` to the open text file ``f`` (opened with ``newline=""``: standard
-        output, a pipe); returns how many."""
+        output, a pipe); returns how many. No byte-order mark: a pipe goes to a program."""
         _check_export(fmt, after, state)
         return self._write_export(f, fmt, after, state)
 

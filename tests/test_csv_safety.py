@@ -60,7 +60,8 @@ def unescape(cell: str) -> str:
 
 
 def read_rows(path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # Excel reads it as UTF-8
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == EXPORT_FIELDS
         return list(reader)

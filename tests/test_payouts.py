@@ -834,10 +834,11 @@ def test_export_csv_and_jsonl_hold_exactly_the_payable_entries(tmp_path, store, 
     assert payouts.export(out) == 4
     assert not (tmp_path / "payouts.csv.part").exists()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    with out.open(newline="", encoding="utf-8") as f:
+    with out.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
     assert tuple(reader.fieldnames) == EXPORT_FIELDS
+    assert out.read_bytes().startswith(b"\xef\xbb\xbf" + b"seq,")  # Excel: UTF-8, not GBK
     assert [int(r["seq"]) for r in rows] == payable
     assert [r["state"] for r in rows] == ["paid", "pending", "pending", "pending"]
     assert rows[2] == {"seq": str(payable[2]), "at": str(T0), "kind": "redeem", "amount": "500",
@@ -856,19 +857,20 @@ def test_export_csv_and_jsonl_hold_exactly_the_payable_entries(tmp_path, store, 
         == receiver.requests[1]["body"]
     assert payouts.export(tmp_path / "paid.jsonl", "jsonl", state="paid") == 1
     assert payouts.export(tmp_path / "none.csv", state="cancelled") == 0
-    assert (tmp_path / "none.csv").read_text() == ",".join(EXPORT_FIELDS) + "\n"
+    assert (tmp_path / "none.csv").read_text("utf-8-sig") == ",".join(EXPORT_FIELDS) + "\n"
 
 
 def test_export_to_an_open_file_is_the_file_export(tmp_path, store, ledger, payouts):
-    """``wuma ledger export -o -`` (standard output, a pipe) writes what the file holds."""
+    """``wuma ledger export -o -`` (standard output, a pipe) writes what the file holds, but
+    for the CSV file's byte-order mark (for Excel; a pipe goes to a program)."""
     import io
 
     mixed_ledger(store, ledger)
-    for fmt in ("csv", "jsonl"):
+    for fmt, mark in (("csv", b"\xef\xbb\xbf"), ("jsonl", b"")):
         payouts.export(tmp_path / f"p.{fmt}", fmt)
         buf = io.StringIO(newline="")
         assert payouts.write_export(buf, fmt) == 4
-        assert buf.getvalue().encode() == (tmp_path / f"p.{fmt}").read_bytes()
+        assert mark + buf.getvalue().encode() == (tmp_path / f"p.{fmt}").read_bytes()
 
 
 def test_export_checks_its_arguments(tmp_path, payouts):
