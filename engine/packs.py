@@ -657,13 +657,19 @@ def _prefetch(it):
 def read_header(path: Path) -> tuple[dict, bytes, int]:
     """``(header, header bytes, offset after the header)``; unauthenticated until verified."""
     with open(path, "rb") as fh:
-        head = fh.read(len(MAGIC) + 4)
-        if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
-            raise PackError(f"{path} is not a Wuma pack")
-        (n,) = struct.unpack(">I", head[len(MAGIC) :])
-        if n > _MAX_HEADER:
-            raise PackError(f"{path} is damaged (header)")
-        hb = fh.read(n)
+        return _read_header(fh, path)
+
+
+def _read_header(fh, path: Path) -> tuple[dict, bytes, int]:
+    """:func:`read_header` of the pack open as ``fh`` (read from its start)."""
+    fh.seek(0)
+    head = fh.read(len(MAGIC) + 4)
+    if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
+        raise PackError(f"{path} is not a Wuma pack")
+    (n,) = struct.unpack(">I", head[len(MAGIC) :])
+    if n > _MAX_HEADER:
+        raise PackError(f"{path} is damaged (header)")
+    hb = fh.read(n)
     try:
         header = msgpack.unpackb(
             hb,
@@ -693,21 +699,15 @@ def read_header(path: Path) -> tuple[dict, bytes, int]:
     return header, hb, len(MAGIC) + 4 + n
 
 
-def _file_digest(path: Path, end: int) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        left = end
-        while left:
-            b = fh.read(min(_READ, left))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-    return h.digest()
+def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, bytes, int, bytes, bytes]:
+    """Check the signature of the pack open as ``fh``: ``(header, header bytes, offset
+    after the header, SHA-256 of what the signature covers, wrapped data key)``.
 
-
-def _verify(path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, bytes, int, bytes]:
-    header, hb, off = read_header(path)
+    APPSEC: the header and the wrapped key returned are the bytes that were hashed, kept
+    from that one pass, never read again: a file rewritten after the check (by anyone who
+    may write where the pack lies) cannot bring its own data key, wrapped to the line's
+    public key, so its chunks fail to decrypt before any of them is written out."""
+    header, hb, off = _read_header(fh, path)
     signer = brand_keys.get(header["issuer"])
     if signer is None:
         raise PackError(
@@ -715,18 +715,27 @@ def _verify(path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, bytes, i
         )
     if signer.revoked:
         raise PackError(f"pack signed by revoked brand key {signer.id}")
-    size = os.path.getsize(path)
+    size = os.fstat(fh.fileno()).st_size
     if size < off + _WRAPPED + _SIG:
         raise PackError(f"{path} is truncated")
-    digest = _file_digest(path, size - _SIG)
-    with open(path, "rb") as fh:
-        fh.seek(size - _SIG)
-        sig = fh.read(_SIG)
+    fh.seek(0)
+    first = fh.read(off + _WRAPPED)
+    h = hashlib.sha256(first)
+    left = size - _SIG - len(first)
+    while left > 0:
+        b = fh.read(min(_READ, left))
+        if not b:
+            break
+        h.update(b)
+        left -= len(b)
+    sig = fh.read(_SIG)
     try:
-        signer.public.verify(sig, _signed_message(digest))
+        signer.public.verify(sig, _signed_message(h.digest()))
     except InvalidSignature:
         raise PackError(f"{path} fails its signature check: altered or truncated") from None
-    return header, hb, off, digest
+    if first[:off] != MAGIC + struct.pack(">I", len(hb)) + hb:
+        raise PackError(f"{path} changed while it was being opened")
+    return header, hb, off, h.digest(), first[off:]
 
 
 def open_pack(
@@ -747,33 +756,31 @@ def open_pack(
     if output_format not in ("csv", "jsonl"):
         raise ValueError("output format must be csv or jsonl")
     path = Path(path)
-    header, hb, off, digest = _verify(path, brand_keys)
-    # The header is authentic from here on.
-    if header["line_fp"] != keys.fingerprint:
-        raise PackError(
-            f"this pack was issued to line {header['line']} (key {header['line_fp']}), "
-            f"not to the line whose keys are in {keys.folder}"
-        )
-    pack_id = bytes.fromhex(header["pack"])
-    s_bytes = None
-    if header.get("split"):
-        if share is None:
+    with open(path, "rb") as fh:  # NOTE: one open file from the signature to the last chunk
+        header, hb, off, digest, wrapped = _verify(fh, path, brand_keys)
+        # The header is authentic from here on.
+        if header["line_fp"] != keys.fingerprint:
             raise PackError(
-                "this pack's key is split: give the key share that was sent separately "
-                "(wuma pack open --share-file FILE, or --share-file - to type or pipe it)"
+                f"this pack was issued to line {header['line']} (key {header['line_fp']}), "
+                f"not to the line whose keys are in {keys.folder}"
             )
-        s_bytes = parse_share(share)
-        if _share_check(pack_id, s_bytes) != header.get("share_check"):
-            raise PackError("wrong key share for this pack")
-    elif share is not None:
-        raise PackError("this pack has no split key; drop the share")
-    hd = hashlib.sha256(hb).digest()
-    with open(path, "rb") as fh:
-        fh.seek(off)
-        wrapped = fh.read(_WRAPPED)
-        key = _unwrap(wrapped, keys, pack_id, hd)
+        pack_id = bytes.fromhex(header["pack"])
+        s_bytes = None
+        if header.get("split"):
+            if share is None:
+                raise PackError(
+                    "this pack's key is split: give the key share that was sent separately "
+                    "(wuma pack open --share-file FILE, or --share-file - to type or pipe it)"
+                )
+            s_bytes = parse_share(share)
+            if _share_check(pack_id, s_bytes) != header.get("share_check"):
+                raise PackError("wrong key share for this pack")
+        elif share is not None:
+            raise PackError("this pack has no split key; drop the share")
+        key = _unwrap(wrapped, keys, pack_id, hashlib.sha256(hb).digest())
         if s_bytes is not None:
             key = _xor(key, s_bytes)
+        fh.seek(off + _WRAPPED)
         _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_format, url)
     opened_at = time.time() if now is None else now
     body = json.dumps(
@@ -830,7 +837,7 @@ def _plain_chunks(fh, path, header, hb, wrapped, digest, key, row):
     damaged = PackError(f"{path} is damaged: a chunk does not decrypt")
     hd = hashlib.sha256(hb).digest()
     aes = AESGCM(key)
-    end = os.path.getsize(path) - _SIG
+    end = os.fstat(fh.fileno()).st_size - _SIG
     # APPSEC: hash again while decrypting, so a file swapped after the signature check
     # (a pack re-encrypted to the line's public key) is caught.
     again = hashlib.sha256(MAGIC + struct.pack(">I", len(hb)) + hb + wrapped)

@@ -346,3 +346,62 @@ def test_each_pack_is_on_disk_before_it_gets_its_name(world, monkeypatch, unname
     for i in placed:  # just before each naming: that file, whole, fsynced
         assert events[i - 1] == ("fsync", sizes[events[i][1]])
     assert events[-1][0] == "fsync"  # the folder, once both are named
+
+
+# -- 5. a pack rewritten while it is opened -----------------------------------------------------
+def _forged_over(path: Path, keys) -> bytes:
+    """The pack at ``path`` as someone who may write where it lies would rewrite it: its
+    signed header kept, with a data key of their own wrapped to the line's public key (no
+    secret) and codes of their own encrypted under it."""
+    import hashlib
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    import engine.packs as P
+
+    header, hb, _ = P.read_header(path)
+    hd = hashlib.sha256(hb).digest()
+    key = os.urandom(32)
+    wrapped = P._wrap(key, keys.x25519_public, bytes.fromhex(header["pack"]), hd)
+    row, (a, b) = sum(header["widths"]), header["range"]
+    plain = b"F" * (row * (b - a))
+    ct = AESGCM(key).encrypt(P._chunk_nonce(0, True), plain, P._chunk_aad(hd, 0, True, a, b - a))
+    return MAGIC + struct.pack(">I", len(hb)) + hb + wrapped + P._FRAME.pack(len(ct), a, b - a) + ct + b"\0" * 64
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed over"])
+def test_a_pack_rewritten_after_its_signature_check_writes_no_code_of_the_rewrite(world, monkeypatch, how):
+    """``wuma pack open -o -`` streams codes as they decrypt. A file rewritten between the
+    signature check and the decryption (a shared folder) must not get its own codes out:
+    the data key is the one the signature covered, read once. Rewritten in place, the
+    open fails before any code is written; renamed over, the open reads on in the file it
+    checked."""
+    import io
+
+    import engine.packs as P
+
+    _reg, keys, brand, _batch, tmp = world
+    (p,) = _export(world, start=0, stop=400)
+    forged = _forged_over(Path(p.path), keys)
+    checked = P._verify
+
+    def rewrite_after_check(*args):  # (the open pack,) its path, the brand's keys
+        got, path = checked(*args), args[-2]
+        if how == "in place":
+            Path(path).write_bytes(forged)
+        else:
+            Path(f"{path}.new").write_bytes(forged)
+            os.replace(f"{path}.new", path)
+        return got
+
+    monkeypatch.setattr(P, "_verify", rewrite_after_check)
+    out = io.BytesIO()
+    if how == "in place":
+        with pytest.raises(PackError, match="damaged: a chunk does not decrypt"):
+            P.open_pack(p.path, keys, brand, out)
+        assert out.getvalue() in (b"", b"serial,cap_outer,cap_inner\n")  # no code at all
+    else:
+        assert P.open_pack(p.path, keys, brand, out).id == p.id
+        rows = out.getvalue().decode().splitlines()
+        assert len(rows) == 401 and b"FFFF" not in out.getvalue()
