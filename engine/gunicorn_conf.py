@@ -42,7 +42,7 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from engine.http_errors import masked_path
+from engine.http_errors import masked_path, masked_referer
 
 
 class JsonFormatter(logging.Formatter):
@@ -246,11 +246,14 @@ class Logger(glogging.Logger):
 
     def access(self, resp, req, environ, request_time):
         if accesslog:
-            # APPSEC: no code in the access log (GET /v1/codes/{code}, the admin trace)
+            # APPSEC: no code in the access log (GET /v1/codes/{code}, the admin trace; the
+            # landing page's URL as the Referer)
             path = environ.get("PATH_INFO") or ""
             masked = masked_path(path)
             if masked != path:
                 environ = {**environ, "PATH_INFO": masked, "RAW_URI": masked}
+            if environ.get("HTTP_REFERER"):
+                environ = {**environ, "HTTP_REFERER": masked_referer(environ["HTTP_REFERER"])}
             super().access(resp, req, environ, request_time)
 
 

@@ -9,8 +9,9 @@ module imports nothing heavy: the gunicorn master reads it for its access log.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
-__all__ = ["error_code", "masked_path", "http_error", "unexpected_error", "install"]
+__all__ = ["error_code", "masked_path", "masked_referer", "http_error", "unexpected_error", "install"]
 
 log = logging.getLogger("wuma.http")
 
@@ -30,6 +31,21 @@ def masked_path(path: str) -> str:
         if path.startswith(prefix) and len(path) > len(prefix) + 4:
             return path[:len(prefix) + 4] + "..."
     return path
+
+
+def masked_referer(referer: str) -> str:
+    """A ``Referer`` for a log line: its origin only (``https://s.example.cn/...``), or
+    ``-``. APPSEC: the landing page a consumer scanned is the printed URL, code and all
+    (``https://s.example.cn/q/{code}``); a browser sends it with every request the page
+    makes to the API."""
+    try:
+        parts = urlsplit(referer)
+    except ValueError:  # NOTE: "http://[" and the like
+        return "-"
+    host = parts.netloc.rpartition("@")[2]  # NOTE: never a user name or password in it
+    if not parts.scheme or not host:
+        return "-"
+    return f"{parts.scheme}://{host}/..."
 
 
 def http_error(req, resp, ex, params) -> None:

@@ -667,13 +667,16 @@ def test_no_code_reaches_the_access_log(tmp_path):
             "WUMA_DATA": str(tmp_path / "wuma-data"), "WUMA_ACCESS_LOG": "-"})
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", f"/v1/codes/{code}?from=qr")
+            # the landing page's own URL (the printed one) comes along as the Referer
+            conn.request("GET", f"/v1/codes/{code}?from=qr",
+                         headers={"Referer": f"https://ops:pw@s.example.cn/q/{code}"})
             assert json.loads(conn.getresponse().read())["verdict"] == "genuine"
             conn.close()
         finally:
             stop(proc)
     text = log.read_text()
     assert f"/v1/codes/{code[:4]}..." in text and code not in text
+    assert 'https://s.example.cn/...' in text and "ops:pw" not in text
 
 
 def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch):
