@@ -161,6 +161,12 @@ def _no_constant(name: str):
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
+def _is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is ``application/json`` (any case, parameters allowed)."""
+    return content_type is not None and (
+        content_type.partition(";")[0].strip().lower() == "application/json")
+
+
 def _error(resp: falcon.Response, status: str, code: str, message: str, **extra) -> None:
     resp.status = status
     resp.media = {"error": code, "message": message, **extra}
@@ -201,6 +207,14 @@ class ScanResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         start = time.perf_counter()
+        # APPSEC: a web page may make its visitors' browsers POST a text/plain (or
+        # typeless) body to any site without asking it first (a "simple" request, no CORS
+        # preflight): scans from thousands of addresses, past every per-address rate and
+        # ban. A JSON content type needs the preflight, which this API never grants.
+        if not _is_json(req.content_type):
+            raise falcon.HTTPUnsupportedMediaType(
+                title="unsupported_media_type",
+                description="send the scan as JSON, with the header Content-Type: application/json")
         doc = json_body(req)
         actor = {} if doc.get("actor") is None else doc["actor"]
         location = {} if doc.get("location") is None else doc["location"]

@@ -85,6 +85,8 @@ OPENAPI = {
                 "responses": {
                     "200": _json(_VERDICT, "the verdict"),
                     "401": _json(_ERROR, "account role without a valid bearer token"),
+                    "415": _json(_ERROR, "the body is not sent as application/json (error: "
+                                         "unsupported_media_type)"),
                     **_REFUSED,
                     **_ERRORS,
                 },

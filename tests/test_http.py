@@ -743,8 +743,8 @@ def test_a_body_that_cannot_be_read_is_a_400_not_an_error_in_the_log(tmp_path, c
     w = build_world(tmp_path / "wuma-data")
     try:
         client = testing.TestClient(create_app(w["data"]))
-        got = client.simulate_post("/v1/scans", body=b"", extras={"wsgi.input": Broken(),
-                                                                  "wsgi.input_terminated": True})
+        got = client.simulate_post("/v1/scans", body=b"", content_type="application/json",
+                                   extras={"wsgi.input": Broken(), "wsgi.input_terminated": True})
         assert got.status_code == 400 and "could not be read" in got.json["message"]
         assert "unhandled error" not in caplog.text
     finally:
@@ -776,3 +776,32 @@ def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path)
         assert log.read_text().count("reload refused") == 1  # this time it reloaded
     finally:
         s.stop()
+
+
+def test_a_scan_must_come_as_json_so_no_web_page_can_post_one_through_its_visitors(tmp_path):
+    """A page on any site may make its visitors' browsers POST a text/plain, form or typeless
+    body without asking the API first (a "simple" request): 415, nothing recorded. A JSON
+    content type (any case, with a charset) is taken."""
+    from falcon import testing
+
+    from engine.http_scan import create_app
+
+    w = build_world(tmp_path / "wuma-data")
+    data = w["data"]
+    try:
+        client = testing.TestClient(create_app(data))
+        body = json.dumps({"code": data.codes.code(w["caps"], 5, "cap_inner"), "device": "page"})
+        for ctype in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                      "multipart/form-data; boundary=x", None, "application/jsonp"):
+            got = client.simulate_post("/v1/scans", body=body, content_type=ctype,
+                                       headers={"Origin": "https://evil.example"})
+            assert got.status_code == 415, ctype
+            assert got.json["error"] == "unsupported_media_type"
+            assert "Content-Type: application/json" in got.json["message"]
+        assert ScanLog(data.store).count_events() == 0
+        for ctype in ("application/json", "Application/JSON; charset=utf-8"):
+            got = client.simulate_post("/v1/scans", body=body, content_type=ctype)
+            assert got.status_code == 200 and got.json["verdict"] == "genuine", ctype
+        assert "Access-Control-Allow-Origin" not in got.headers  # no preflight is granted
+    finally:
+        data.close()
