@@ -86,10 +86,13 @@ def temp_beside(path, error: ErrorHook | None = None) -> tuple[int, str]:
     try:
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as e:
-        if error is not None:
-            raise error(e) from None
-        raise OSError(e.errno, f"cannot write {path} ({e.strerror}); choose a folder that "
-                      "exists and that you may write to", str(path)) from None
+        raise (error or _cannot_write(path))(e) from None
+
+
+def _cannot_write(path: Path) -> ErrorHook:
+    """The default :data:`ErrorHook`: an OSError naming ``path`` that says what to do."""
+    return lambda e: OSError(e.errno, f"cannot write {path} ({e.strerror}); choose a folder "
+                             "that exists and that you may write to", str(path))
 
 
 @contextmanager
@@ -98,24 +101,20 @@ def private_output(path, mode: str = "wb", *, perms: int = 0o600,
     """``with private_output(path) as fh:`` a file object whose contents appear at
     ``path`` only once the block ends without an error.
 
-    It is written to a temporary file beside ``path`` (:func:`temp_beside`; mode
-    ``perms``, 0600 by default: exports of codes, rewards and events are for their owner
-    only), fsynced (unless ``fsync`` is false), then renamed over ``path``; on any error,
-    Ctrl-C included, the temporary file is removed and ``path`` is left as it was. An
-    OSError creating it names ``path`` (or is ``error(e)``, see :func:`temp_beside`)."""
+    It is written to a :class:`NewFile` for ``path`` (mode ``perms``, 0600 by default:
+    exports of codes, rewards and events are for their owner only), fsynced (unless
+    ``fsync`` is false), then renamed over ``path``; on any error, Ctrl-C included,
+    nothing is left and ``path`` is as it was. APPSEC: the file has no name until then
+    (where the file system has unnamed files): a process killed while writing plaintext
+    codes leaves no copy of them behind. An OSError creating it names ``path`` (or is
+    ``error(e)``)."""
     path = Path(path)
-    fd, tmp = temp_beside(path, error)
-    try:
-        with os.fdopen(fd, mode, **open_args) as fh:
-            os.fchmod(fh.fileno(), perms)
+    with NewFile(path, perms, error=error or _cannot_write(path)) as new:
+        with open(new.fd, mode, closefd=False, **open_args) as fh:
             yield fh
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if fsync:
+            new.sync()
+        new.replace()
 
 
 #: First characters that make Excel, WPS, LibreOffice or Google Sheets read a cell as a

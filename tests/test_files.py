@@ -31,6 +31,32 @@ def test_a_failed_export_leaves_the_old_file_and_no_part(tmp_path):
     assert target.read_text() == "the old export\n" and os.listdir(tmp_path) == ["codes.csv"]
 
 
+def test_an_export_killed_while_written_leaves_no_plaintext_behind(tmp_path):
+    """kill -9 runs no cleanup: a plaintext export (codes from `pack open`, `batch export
+    --plaintext`) killed half written must leave nothing, where the file system has
+    unnamed files (no hidden .part copy of the codes at rest)."""
+    import subprocess
+    import sys
+
+    from engine.files import open_unnamed
+
+    fd = open_unnamed(tmp_path)
+    if fd is None:
+        pytest.skip("no unnamed files (O_TMPFILE) on this file system")
+    os.close(fd)
+    script = (
+        "import os, signal, sys\n"
+        "from engine.files import private_output\n"
+        "with private_output(sys.argv[1], 'w') as fh:\n"
+        "    fh.write('serial,cap_outer,cap_inner\\n0,1K0V9YYWQT5WXJE5J90C,1YM7TEA36WQZGB2XXKN7\\n' * 1000)\n"
+        "    fh.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "codes.csv")],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == -9
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_folder_that_is_not_there_is_named(tmp_path):
     with pytest.raises(OSError, match="cannot write .*nowhere/x.csv"):
         with private_output(tmp_path / "nowhere" / "x.csv"):
