@@ -64,6 +64,8 @@ def _errors(*codes: str) -> dict:
         "404": "no such thing (error: not_found)",
         "409": "clashes with the current state (error: conflict)",
         "413": "body too large (error: request_too_large)",
+        "503": "the data store cannot take it now: disk or map full, an I/O error (error: "
+               "storage_unavailable; Retry-After)",
     }
     return {c: _json(_ERROR, what[c]) for c in codes}
 
@@ -158,7 +160,7 @@ def _op(summary: str, permission: str, ok: dict, *, errors=("400",), body: dict 
         "description": f"Needs an admin token whose role holds `{permission}` (see admin/tokens.py).",
         "tags": ["admin"],
         "security": [{"adminToken": []}],
-        "responses": {ok_status: ok, **_errors("401", "403", *errors)},
+        "responses": {ok_status: ok, **_errors("401", "403", *errors, "503")},
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
@@ -197,7 +199,7 @@ _PATHS: dict[str, dict[str, Any]] = {
             ["voucher"], {"voucher": {"type": "string", "minLength": 1, "maxLength": 64}}, closed=True)}}},
         "responses": {"200": _json(_REDEMPTION, "redeemed (`repeat` false), or redeemed by this store already "
                                                 "(`repeat` true); `ledger` is the store's payable entry"),
-                      **_errors("400", "401", "404", "413"),
+                      **_errors("400", "401", "404", "413", "503"),
                       "403": _json(_ERROR, "the account is not a store (error: forbidden)"),
                       "409": _json(_ERROR, "redeemed by another store (\"voucher already redeemed\"), expired, "
                                            "or outside the campaign's regions (error: conflict)")}}},
@@ -205,7 +207,7 @@ _PATHS: dict[str, dict[str, Any]] = {
         "summary": "A voucher's state (whoever holds the id may read it)",
         "tags": ["vouchers"],
         "parameters": [_param("voucher", "path", _STR)],
-        "responses": {"200": _json(_VOUCHER, "the voucher"), **_errors("404")}}},
+        "responses": {"200": _json(_VOUCHER, "the voucher"), **_errors("404", "503")}}},
     "/admin": _static("The admin page (HTML; logs in with an admin token)", "text/html"),
     "/admin/static/admin.js": _static("The admin page's script", "text/javascript"),
     "/admin/static/admin.css": _static("The admin page's stylesheet", "text/css"),

@@ -9,9 +9,11 @@ module imports nothing heavy: the gunicorn master reads it for its access log.
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
-__all__ = ["error_code", "masked_path", "masked_referer", "http_error", "unexpected_error", "install"]
+__all__ = ["error_code", "masked_path", "masked_referer", "http_error", "storage_error", "unexpected_error",
+           "install"]
 
 log = logging.getLogger("wuma.http")
 
@@ -67,10 +69,31 @@ def unexpected_error(req, resp, ex: Exception, params) -> None:
     resp.media = {"error": "internal", "message": message}
 
 
+def storage_error(req, resp, ex: Exception, params) -> None:
+    """An LMDB error (the map or the disk full, an I/O error): 503 with ``Retry-After``, the
+    error logged once a minute (not a trace a request). The scan routes answer it
+    themselves, with their metrics (engine/http_scan.py)."""
+    global _storage_logged_at
+    now = time.monotonic()
+    if now - _storage_logged_at >= 60:
+        _storage_logged_at = now
+        log.error("the data store cannot take %s %s: %s", req.method, masked_path(req.path), ex)
+    resp.status = "503 Service Unavailable"
+    resp.media = {"error": "storage_unavailable",
+                  "message": "the data store cannot take this request now (its disk or map is "
+                             "full, or an I/O error); try again later"}
+    resp.set_header("Retry-After", "60")
+
+
+_storage_logged_at = -60.0
+
+
 def install(app) -> None:
-    """Both handlers on a Falcon app (the HTTPError one takes precedence: Falcon picks the
-    most specific)."""
+    """The handlers on a Falcon app (Falcon picks the most specific: HTTPError's and
+    LMDB's before the last resort)."""
     import falcon
+    import lmdb
 
     app.add_error_handler(Exception, unexpected_error)
+    app.add_error_handler(lmdb.Error, storage_error)
     app.add_error_handler(falcon.HTTPError, http_error)

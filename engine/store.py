@@ -131,8 +131,8 @@ class Store:
         info, stat = self.env.info(), self.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
         if used > 0.95 * info["map_size"]:
-            return (f"the store at {self.path} has used {used >> 20} of its {info['map_size'] >> 20} "
-                    "MiB map (raise WUMA_MAP_SIZE)")
+            return (f"the store at {self.path} has used {used / 2**20:,.1f} of its "
+                    f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE)")
         return self._low_space()
 
     def _low_space(self) -> str | None:

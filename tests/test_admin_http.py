@@ -503,3 +503,40 @@ def test_no_server_errors(live):
     """Runs last in this module: nothing above made the server answer 500."""
     log = (live["path"].parent / f"server-{live['server'].port}.log").read_text()
     assert "unhandled error" not in log and "Traceback" not in log
+
+
+def test_a_full_store_is_a_503_on_every_write_not_a_500(tmp_path, monkeypatch, caplog):
+    """The map or the disk full (or an I/O error) in the admin API or a voucher redemption:
+    503 storage_unavailable with Retry-After, logged once a minute, no trace; as scans."""
+    import lmdb
+    from falcon import testing
+
+    from admin.http import create_app
+    from admin.pools import PoolRegistry
+    from engine import http_errors
+    from admin.rewards import RewardEngine
+
+    w = build_admin_world(tmp_path / "wuma-data")
+    try:
+        client = testing.TestClient(create_app(w["data"], admin=w["admin"]))
+
+        def full(*args, **kwargs):
+            raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL: Environment mapsize limit reached")
+
+        monkeypatch.setattr(PoolRegistry, "create", full)
+        monkeypatch.setattr(RewardEngine, "redeem", full)
+        monkeypatch.setattr(http_errors, "_storage_logged_at", -60.0)  # nothing logged yet
+        admin = {"Authorization": f"Bearer {w['tokens']['admin']}"}
+        for _ in range(2):
+            got = client.simulate_post("/admin/api/pools", json={"id": "p2", "total": 100}, headers=admin)
+            assert got.status_code == 503 and got.json["error"] == "storage_unavailable"
+            assert got.headers["Retry-After"] == "60" and "try again later" in got.json["message"]
+        got = client.simulate_post("/v1/vouchers/redeem", json={"voucher": "V-1"},
+                                   headers={"Authorization": f"Bearer {w['store_token']}"})
+        assert got.status_code == 503 and got.json["error"] == "storage_unavailable"
+        assert "unhandled" not in caplog.text and "Traceback" not in caplog.text
+        assert caplog.text.count("cannot take") == 1  # once a minute, not once a request
+        assert "503" in ADMIN_OPENAPI["paths"]["/admin/api/pools"]["post"]["responses"]
+    finally:
+        w["admin"].close()
+        w["data"].close()
