@@ -122,11 +122,24 @@ class RegionTable:
         # NOTE: a UTF-8 BOM (Excel's "CSV UTF-8", Notepad) is dropped; a UTF-16 file, or one
         # in GBK, is refused as such rather than as "'utf-8' codec can't decode byte 0xff"
         text = decode_text(Path(path).read_bytes(), str(path))
-        for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
-            if not row or (n == 1 and row[0].strip().lower() == "code"):
+        reader = csv.reader(io.StringIO(text, newline=""))
+        first = True
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader, None)
+            except csv.Error as e:  # NOTE: a quote left open runs on to the end of the file
+                raise ValueError(f"{path}:{start}: {e}: a quote (\") opened on this line and never "
+                                 "closed takes the lines after it into one field") from None
+            if row is None:
+                break
+            n = reader.line_num  # NOTE: the line a row ends on (a quoted field may span lines)
+            header, first = first and bool(row) and row[0].strip().lower() == "code", False
+            if not row or header:
                 continue
             if len(row) != 3:
-                raise ValueError(f"{path}:{n}: expected code,lat,lng")
+                spans = f" (a row from line {start}: a quote opened there is not closed)" if n > start else ""
+                raise ValueError(f"{path}:{n}: expected code,lat,lng{spans}")
             try:
                 rows.append((f"line {n}", *_check(row[0].strip(), row[1], row[2])))
             except ValueError as e:

@@ -121,6 +121,20 @@ def test_locate_takes_the_edges_of_the_globe(table):
         assert table.locate(lat, lng) is None
 
 
+@pytest.mark.parametrize("towns", [50, 10_000])
+def test_a_quote_left_open_is_named_by_its_line_not_a_traceback(table, tmp_path, towns):
+    """One stray ``"`` takes the rest of the file into one field: past 128 KiB the csv
+    module raises its own error (it was a traceback). Either way the message names the
+    line the quote opened on, and nothing is stored."""
+    rows = ["code,lat,lng"] + [f"44{i:010d},23.1,113.2" for i in range(towns)]
+    rows[40] = '"' + rows[40]
+    f = tmp_path / "towns.csv"
+    f.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=f"{f}:(41: .*a quote|{towns + 1}: .*a row from line 41: a quote)"):
+        table.import_csv(f)
+    assert table.list() == []
+
+
 def test_import_reads_a_utf8_bom(table, tmp_path):
     f = tmp_path / "centres.csv"
     f.write_bytes(b"\xef\xbb\xbfcode,lat,lng\r\n440106,23.1,113.3\r\n")
