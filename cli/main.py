@@ -45,7 +45,11 @@ def library_errors(fn):
             raise click.ClickException(
                 "the data store is full (its map size; raise WUMA_MAP_SIZE): nothing was changed") from None
         except lmdb.Error as e:  # NOTE: a failed commit changes nothing (a disk full, a file-size limit)
-            raise click.ClickException(f"the data store could not write ({e}): nothing was changed") from None
+            hint = ""
+            if "Input/output error" in str(e) or "No space" in str(e):
+                # NOTE: LMDB reports a short write on a full file system as EIO
+                hint = "; check that its disk has free space (df), then try again"
+            raise click.ClickException(f"the data store could not write ({e}): nothing was changed{hint}") from None
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 

@@ -20,6 +20,7 @@ missing, empty, re-created or another folder's is refused, never silently given 
 from __future__ import annotations
 
 import errno
+import glob
 import ipaddress
 import json
 import os
@@ -273,6 +274,25 @@ def default_data_path() -> Path:
     return Path(os.environ.get("WUMA_DATA") or "wuma-data")
 
 
+def _remove_killed_backups(dest: Path) -> None:
+    """Remove the hidden folders ``.DEST.partial-PID`` beside ``dest`` that backups killed
+    before left (their process gone; a live one's, or one whose PID is now another
+    process's, is kept)."""
+    import shutil
+
+    prefix = f".{dest.name}.partial-"
+    for left in dest.parent.glob(glob.escape(prefix) + "*"):
+        pid = left.name[len(prefix):]
+        if not pid.isdigit() or not left.is_dir() or left.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(left, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # NOTE: alive (another user's), or no PID at all
+
+
 class DataFolder:
     """Everything one brand's Wuma installation keeps on disk."""
 
@@ -499,7 +519,9 @@ class DataFolder:
         by design) are not copied.
 
         The copy is made in a hidden folder beside ``dest``, fsynced, and renamed to
-        ``dest`` once whole: a backup killed half way leaves no folder under its name.
+        ``dest`` once whole: a backup killed half way leaves no folder under its name. Such
+        a hidden folder left by a backup killed before (``.DEST.partial-PID``, its process
+        gone) is removed by the next backup to ``dest``: it holds a copy of the store.
         APPSEC: the keys stay 0600 in a 0700 folder. The store is copied before the keys, so
         a ``key rotate`` meanwhile cannot leave the copy recording a key it lacks.
 
@@ -511,13 +533,17 @@ class DataFolder:
             raise FileExistsError(errno.EEXIST, "the backup folder exists already; name a new one", str(dest))
         if not dest.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "no such folder", str(dest.parent))
+        _remove_killed_backups(dest)
         tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
         os.mkdir(tmp, 0o700)
         try:
             os.mkdir(tmp / "db", 0o700)
             with self.store.read() as txn:  # NOTE: the snapshot copied, and its txn id
                 last_txnid = txn.id()
-                self.store.env.copy(str(tmp / "db"), compact=True, txn=txn)
+                try:
+                    self.store.env.copy(str(tmp / "db"), compact=True, txn=txn)
+                except lmdb.Error as e:  # NOTE: the copy's disk, not the store, said no
+                    raise OSError(errno.EIO, f"the backup could not be written ({e})", str(dest)) from None
             fsync_path(tmp / "db" / "data.mdb")
             os.mkdir(tmp / "keys", 0o700)
             versions = sorted(p.name for p in (self.path / "keys").iterdir() if p.is_file())

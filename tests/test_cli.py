@@ -547,3 +547,67 @@ def test_backup_while_scans_are_written_is_a_data_folder_of_its_own(tmp_path):
     again = CliRunner().invoke(cli, ["--data", str(tmp_path / "wuma-data"), "backup", str(tmp_path / "bk")])
     assert again.exit_code == 1 and "exists already" in again.output
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_backup_removes_what_a_killed_backup_left_and_names_a_full_destination(tmp_path, monkeypatch):
+    """kill -9 runs no cleanup: a backup killed half way leaves `.DEST.partial-PID`, a
+    copy of the store (token hashes, the ledger, maybe the keys). The next backup to DEST
+    removes those whose process is gone; a live process's is left alone. A destination
+    that cannot take the copy is named as such (the CLI said "the data store could not
+    write"), and nothing of it is left."""
+    import subprocess
+    import sys
+
+    import lmdb
+
+    from engine import DataFolder
+
+    DataFolder.init(tmp_path / "wuma-data").close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    left = tmp_path / f".bk.partial-{dead}"
+    (left / "db").mkdir(parents=True)
+    (left / "db" / "data.mdb").write_bytes(b"a half copy")
+    alive = tmp_path / f".bk.partial-{os.getppid()}"
+    alive.mkdir()
+    with DataFolder(tmp_path / "wuma-data") as data:
+        data.backup(tmp_path / "bk")
+        assert not left.exists() and alive.is_dir()
+
+        class FullDisk:  # the destination's disk fills while LMDB copies the store
+            def __init__(self, real):
+                self._real = real
+
+            def __getattr__(self, name):
+                return getattr(self._real, name)
+
+            def copy(self, *args, **kwargs):
+                raise lmdb.Error("mdb_env_copy3: No space left on device")
+
+        store = data.store
+        monkeypatch.setattr(data, "store", FullDisk(store))
+        data.store.env = FullDisk(store.env)
+        with pytest.raises(OSError) as e:
+            data.backup(tmp_path / "bk2")
+        monkeypatch.undo()
+    assert "the backup could not be written (mdb_env_copy3: No space left on device)" in str(e.value)
+    assert e.value.filename == str(tmp_path / "bk2") and not (tmp_path / "bk2").exists()
+    assert not list(tmp_path.glob(".bk2.partial-*"))
+
+
+def test_a_store_write_failing_on_a_full_disk_says_to_look_at_the_disk():
+    """LMDB reports a short write on a full file system as an I/O error: the message says
+    nothing was changed and what to check."""
+    import click
+    import lmdb
+
+    from cli.main import library_errors
+
+    @library_errors
+    def commit():
+        raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    with pytest.raises(click.ClickException) as e:
+        commit()
+    assert e.value.message == ("the data store could not write (mdb_txn_commit: Input/output error): "
+                               "nothing was changed; check that its disk has free space (df), then try again")
