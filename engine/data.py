@@ -39,7 +39,7 @@ from engine.accounts import AccountRegistry
 from engine.batches import Batch, BatchRegistry
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
-from engine.files import fsync_path, sync_folder, write_new_file
+from engine.files import decode_text, fsync_path, sync_folder, write_new_file
 from engine.formats import FORMATS, validate_url_base
 from engine.keys import KeyRing
 from engine.regions import RegionTable
@@ -306,20 +306,30 @@ class DataFolder:
                     "taken with them, or, if `wuma init` failed here, run it again")
             raise DataFolderError(f"{self.path} is not a Wuma data folder (no {_CONFIG}); run `wuma init`")
         try:
-            self.config = json.loads(cfg.read_text("utf-8"))
+            # NOTE: read as every text file a person may have edited: a UTF-8 byte-order
+            # mark (Notepad's) dropped, UTF-16 and GBK named as such (saved wrong, not damaged)
+            text = decode_text(cfg.read_bytes(), str(cfg))
+        except ValueError as e:
+            raise DataFolderError(str(e)) from None
+        except OSError as e:
+            raise DataFolderError(f"{cfg} cannot be read ({e.strerror or e})") from None
+        try:
+            self.config = json.loads(text)
             if not isinstance(self.config, dict):
                 raise TypeError("it must hold a JSON object")
             if "spec" not in self.config:
                 raise ValueError('it has no "spec" section')
             self.spec = PackagingSpec.from_dict(self.config["spec"])
-            self.url_base: str = self.config.get("url_base", DEFAULT_URL_BASE)
-            if not isinstance(self.url_base, str):
-                raise TypeError("url_base must be text")
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
+            if isinstance(e, RecursionError):
+                e = ValueError("JSON nested too deeply")
             raise DataFolderError(f"{cfg} is damaged ({e}): restore it from the backup taken "
                                   "with keys/ and db/") from None
-        except OSError as e:
-            raise DataFolderError(f"{cfg} cannot be read ({e.strerror or e})") from None
+        try:  # NOTE: as `wuma init` checks it: a URL that still fits the QR code
+            longest = max(f.length for f in FORMATS.values() if f.name in self.spec.formats)
+            self.url_base: str = validate_url_base(self.config.get("url_base", DEFAULT_URL_BASE), longest)
+        except ValueError as e:
+            raise DataFolderError(f'{cfg}, "url_base": {e}: fix it there') from None
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
         self.store, issued = self._open_store()

@@ -18,6 +18,8 @@ __all__ = ["Role", "Level", "PackagingSpec", "PRESETS", "load_preset"]
 
 PRESETS = ("beverage", "baijiu")
 _MAX_ROLES = 8  # 3 role bits in every format
+#: The most children a unit may hold: no batch has more units (32 serial bits).
+MAX_CAPACITY = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class PackagingSpec:
                 raise TypeError(f"level {lname}: capacity must be a whole number")
             if capacity < 0 or (depth < len(levels) - 1 and capacity == 0):
                 raise ValueError(f"level {lname}: capacity must be > 0 (it holds children)")
+            if capacity > MAX_CAPACITY:
+                raise ValueError(f"level {lname}: capacity must be at most {MAX_CAPACITY:,} "
+                                 "(the serials a batch may hold)")
             names = []
             for r in roles:
                 if not isinstance(r, dict):

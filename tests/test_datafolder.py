@@ -85,12 +85,35 @@ def test_folder_made_before_store_ids_still_refuses_a_missing_store(folder):
      "capacity must be a whole number"),
     ({"spec": {"name": "x", "levels": [{"name": "cap", "roles": [{"name": "c", "format": []}]}]}},
      "unknown format"),
+    ({"spec": {"name": "x", "levels": [{"name": "cap", "capacity": 10**30, "roles": [{"name": "c"}]}]}},
+     "capacity must be at most 4,294,967,296"),
+    ("[" * 100_000, "JSON nested too deeply"),  # a traceback (RecursionError) before
 ])
 def test_damaged_config_is_refused_with_a_message(folder, config, match):
-    (folder / "wuma.json").write_text(json.dumps(config))
+    (folder / "wuma.json").write_text(config if isinstance(config, str) else json.dumps(config))
     with pytest.raises(DataFolderError, match=match) as e:
         DataFolder(folder)
     assert "wuma.json is damaged" in str(e.value) and "restore it from the backup" in str(e.value)
+
+
+def test_a_config_edited_by_hand_is_read_as_any_text_file_and_checked_as_init_checks_it(folder):
+    """Saved by Notepad (a UTF-8 byte-order mark): read, as every text file Wuma is given
+    (it was "damaged ... restore it from the backup"). Saved as UTF-16: named as such. A
+    url_base that no longer fits the QR code is refused at load too, not only at init."""
+    cfg = folder / "wuma.json"
+    good = cfg.read_bytes()
+    cfg.write_bytes(b"\xef\xbb\xbf" + good)
+    with DataFolder(folder) as data:
+        assert data.url_base == "HTTPS://S.EXAMPLE.CN/Q/"
+    cfg.write_bytes(good.decode().encode("utf-16"))
+    with pytest.raises(DataFolderError, match="wuma.json: the file is UTF-16; save it as UTF-8$"):
+        DataFolder(folder)
+    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/" + "q" * 60 + "/"}).encode())
+    with pytest.raises(DataFolderError, match='wuma.json, "url_base": url base is .* QR version 3-M: fix it there'):
+        DataFolder(folder)
+    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/q/"}).encode())
+    with DataFolder(folder) as data:  # lower case, as init takes it
+        assert data.url_base == "HTTPS://S.EXAMPLE.CN/Q/"
 
 
 def test_db_that_is_a_file_or_not_lmdb_is_refused(folder):
