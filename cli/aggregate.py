@@ -132,6 +132,22 @@ def aggregate_replace(data, old, new, as_json):
     emit({"event_id": eid}, as_json, f"replaced (event {eid})")
 
 
+@aggregate.command("relabel")
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_data
+def aggregate_relabel(data, old, new, as_json):
+    """Replace one damaged label of a unit (标签替换): NEW, a fresh code of the same role,
+    stands for the unit; OLD answers voided. The unit keeps its other code (a case's or
+    cap's inner one), links, activation and shipment.
+
+    Example: wuma aggregate relabel 1E2188DJ7RRRRHRQE9TH 1QK3W9E0V5B8D2FJ4M6N
+    """
+    eid = _agg(data).relabel(old, new)
+    emit({"event_id": eid}, as_json, f"relabelled (event {eid})")
+
+
 # -- void / activate ---------------------------------------------------------------------------
 @click.command("void")
 @click.argument("codes", nargs=-1)

@@ -1,4 +1,5 @@
-"""Demo step: line collection (caps -> cases -> pallets), activation, shipping, trace, EPCIS.
+"""Demo step: line collection (caps -> cases -> pallets), activation, shipping, trace, a
+relabel, EPCIS.
 
 Registered with ``cli.demo.step`` on import (the lead imports this module from the demo).
 """
@@ -18,10 +19,18 @@ def _batch(d, level: str, count: int, name: str) -> list[str]:
     """Create a batch and return the first code of every unit (plaintext export)."""
     info = json.loads(d.wuma("batch", "create", "--level", level, "--count", str(count),
                              "--note", f"aggregation demo {name}", "--json"))
-    path = d.work / f"agg-{name}.csv"
-    d.wuma("batch", "export", str(info["id"]), "--plaintext", "-o", str(path))
-    with open(path, newline="") as fh:
-        return [row[1] for row in list(csv.reader(fh))[1:]]
+    d.wuma("batch", "export", str(info["id"]), "--plaintext", "-o", str(_csv(d, name)))
+    return _column(d, name, 1)
+
+
+def _csv(d, name: str):
+    return d.work / f"agg-{name}.csv"
+
+
+def _column(d, name: str, column: int) -> list[str]:
+    """A column of a batch's plaintext export: 1 = the first code, 2 = the inner one."""
+    with open(_csv(d, name), newline="") as fh:
+        return [row[column] for row in list(csv.reader(fh))[1:]]
 
 
 @step
@@ -50,4 +59,10 @@ def aggregation(d) -> None:
     d.wuma("distributor", "add", "gz-01", "--name", "Guangzhou Trading", "--region", "4401")
     d.wuma("ship", pallets[0], "--to", "gz-01")
     d.wuma("trace", caps[0])
+    print("\n  a torn carton label (标签替换): a spare case label goes over it. The inner code"
+          "\n  in the flap still scans genuine (the store's open-case reward); the torn label"
+          "\n  is voided:")
+    spare = _batch(d, "case", 1, "spare-labels")[0]
+    d.wuma("aggregate", "relabel", cases[0], spare)
+    d.wuma("code", "verify", _column(d, "cases", 2)[0], spare, cases[0])
     d.wuma("epcis", "export", "-o", str(d.work / "epcis.jsonld"), "--company-prefix", "0614141")

@@ -23,6 +23,13 @@ uid, value starts with the first serial) holds activations, voids, and nothing e
 shipments bind the shipped unit only and resolve through ancestors (``agg_ship``,
 value 0 = returned to the brand); a unit leaving its parent (unpack, move) first gets
 the shipment it resolved to recorded on itself, so no distributor changes silently.
+
+Relabels (标签替换, :meth:`Aggregation.relabel`: one label of a pair replaced, the unit
+kept) live in ``agg_relabel``: key = uid + role index (the scan records' layout), value
+= a kind byte, then for ``_ALIAS`` the uid of the unit the label stands for, for
+``_DEAD`` the label (uid + role) that took its place. A code with no record there
+stands for its own unit, so one ``get`` resolves any scanned code (:meth:`_resolve`,
+:meth:`scan_label`).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ _II = struct.Struct(">II")
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
 _ZERO = _I.pack(0)  # agg_ship value of a unit returned to the brand
+_LABEL = struct.Struct(">QB")  # agg_relabel key (and dead value's target): uid, role index
+_ALIAS, _DEAD = 1, 2  # agg_relabel value kinds: stands for a unit / replaced
 
 
 def _c2p_value(first: int, last: int, parent: int) -> bytes:
@@ -315,6 +324,7 @@ class Aggregation:
         self._activations_db = store.db("agg_activations")
         self._shipments_db = store.db("agg_shipments")
         self._distributors_db = store.db("agg_distributors")
+        self._relabel_db = store.db("agg_relabel")
         self._levels: dict[int, str] = {}
         #: immutable records by id (activations, shipments, distributors): never stale
         self._cache: dict = {}
@@ -353,11 +363,66 @@ class Aggregation:
         return lv
 
     def unit(self, code: str) -> int:
-        """The uid of a genuine code; :class:`InvalidCode` otherwise (opaque)."""
+        """The uid of the unit a genuine code stands for (its own, or the one a relabel put
+        it on); :class:`InvalidCode` otherwise (opaque), :class:`Conflict` for a label a
+        relabel made dead (see :meth:`_resolve`)."""
+        return self._stands_for(self._label(code))
+
+    # -- labels (标签替换) ----------------------------------------------------------------
+    def _label(self, code: str) -> tuple[int, int]:
+        """``(uid, role index)`` of a genuine code as printed, before any relabel is looked
+        at; :class:`InvalidCode` otherwise (opaque). NOTE: verified outside any write
+        transaction; :meth:`_resolve` it inside the one that acts on it."""
         v = self.data.codes.verify(code)
         if not v.genuine:
             raise InvalidCode()
-        return unit_id(v.batch, v.serial)
+        return unit_id(v.batch, v.serial), self.spec.role(v.role).index
+
+    def _stands_for(self, label: tuple[int, int]) -> int:
+        with self.store.read() as txn:
+            return self._resolve(txn, label)
+
+    def _resolve(self, txn, label: tuple[int, int]) -> int:
+        """The unit a label stands for: its own, or the unit a relabel put it on.
+        :class:`Conflict` for a dead label (replaced, or a spare code of a unit that gave
+        its label away), naming the label in its place, and for a replacement label voided
+        since (a void of its batch or range)."""
+        raw = txn.get(_LABEL.pack(*label), None, self._relabel_db)
+        if raw is None:
+            return label[0]
+        if raw[0] == _ALIAS:
+            unit = _Q.unpack_from(raw, 1)[0]
+            if self._voided(txn, label[0]):
+                raise Conflict(f"label {self._label_text(txn, label)} on {self._ref(unit)} is "
+                               f"voided: relabel {self._ref(unit)} again, this label as OLD")
+            return unit
+        raise Conflict(self._dead_text(txn, label, raw))
+
+    def _label_text(self, txn, label: tuple[int, int]) -> str:
+        """``3:17 case_outer 1ABC...``: a label for a person (unit, role, printed code)."""
+        uid, r = label
+        role = self.spec.role_by_index(r).name
+        batch = self.data.batches.find_in(txn, uid >> 32)
+        return f"{self._ref(uid)} {role} {self.data.codes.code(batch, uid & _LOW, role)}"
+
+    def _dead_text(self, txn, label: tuple[int, int], raw: bytes) -> str:
+        """Why a dead label is refused, naming the label that stands in its place now."""
+        by = _LABEL.unpack_from(raw, 1)
+        if by[0] == label[0]:
+            return (f"label {self._label_text(txn, label)} is void: the "
+                    f"{self.spec.role_by_index(by[1]).name} label of its unit replaced "
+                    "another unit's label (relabel), and its other codes were voided with it")
+        live = by  # NOTE: a replacement label replaced in turn: follow to the one in use
+        while (nxt := txn.get(_LABEL.pack(*live), None, self._relabel_db)) is not None \
+                and nxt[0] == _DEAD:
+            live = _LABEL.unpack_from(nxt, 1)
+        return (f"label {self._label_text(txn, label)} was replaced by label "
+                f"{self._label_text(txn, live)} (relabel): use the new label")
+
+    def _in_relabel(self, txn, uid: int) -> bool:
+        """Has a code of this unit been either side of a relabel?"""
+        cur = txn.cursor(db=self._relabel_db)
+        return cur.set_range(_Q.pack(uid)) and cur.key()[:8] == _Q.pack(uid)
 
     def code_of(self, uid: int, role: str | None = None) -> str:
         """The printed code of a unit (its first role unless ``role``)."""
@@ -528,9 +593,11 @@ class Aggregation:
 
         A child with another distributor than the parent's, or with none when the parent
         was shipped, is refused (:class:`Conflict`), as in :meth:`move`."""
-        parent = self.unit(parent_code)
-        kids = [self.unit(c) for c in child_codes]
+        parent_label = self._label(parent_code)
+        labels = [self._label(c) for c in child_codes]
         with self.store.write() as txn:
+            parent = self._resolve(txn, parent_label)
+            kids = [self._resolve(txn, k) for k in labels]
             added = []
             parent_dist = self._distributor_at(txn, parent)
             for k in kids:
@@ -554,10 +621,12 @@ class Aggregation:
     def unpack(self, parent_code: str, child_codes: list[str] | None = None, *,
                now: float | None = None) -> list[int]:
         """Take children (all, or the given ones) out of a parent; returns their uids."""
-        parent = self.unit(parent_code)
+        parent_label = self._label(parent_code)
         # NOTE: verified before the write transaction, not while it holds the writer lock
-        given = list(dict.fromkeys(self.unit(c) for c in child_codes or ()))  # once each
+        labels = [self._label(c) for c in child_codes or ()]
         with self.store.write() as txn:
+            parent = self._resolve(txn, parent_label)
+            given = list(dict.fromkeys(self._resolve(txn, k) for k in labels))  # once each
             if given:
                 kids = given
                 for k in kids:
@@ -593,9 +662,11 @@ class Aggregation:
         apply the same rule). Changing hands is recorded by ``transfer`` (or ``ship``)
         first, then the move.
         """
-        target = self.unit(to)
-        units = [self.unit(c) for c in codes]
+        target_label = self._label(to)
+        labels = [self._label(c) for c in codes]
         with self.store.write() as txn:
+            target = self._resolve(txn, target_label)
+            units = [self._resolve(txn, u) for u in labels]
             moved, old, kept = [], [], []
             target_dist = self._distributor_at(txn, target)
             for u in dict.fromkeys(units):
@@ -631,12 +702,16 @@ class Aggregation:
         record, or through the same parent), so the children moved under it keep their
         distributor without a record of their own.
         """
-        old, new = self.unit(old_code), self.unit(new_code)
-        if old == new:
-            raise ValueError("old and new code are the same unit")
-        if self.level_of(old) != self.level_of(new):
-            raise Conflict(f"a {self.level_of(new)} label cannot replace a {self.level_of(old)}")
+        old_label, new_label = self._label(old_code), self._label(new_code)
         with self.store.write() as txn:
+            old, new = self._resolve(txn, old_label), new_label[0]
+            if old == new:
+                raise ValueError("old and new code are the same unit")
+            if self.level_of(old, txn) != self.level_of(new, txn):
+                raise Conflict(f"a {self.level_of(new, txn)} label cannot replace a "
+                               f"{self.level_of(old, txn)}")
+            if self._in_relabel(txn, new):
+                raise Conflict(f"{self._ref(new)} was part of a relabel; use a fresh label")
             if self._voided(txn, old):
                 raise Conflict(f"{self._ref(old)} is already voided")
             if self._voided(txn, new):
@@ -671,6 +746,61 @@ class Aggregation:
             self._follow_voids(txn, [old >> 32])
         return eid
 
+    def relabel(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
+        """Replace one damaged label of a unit (标签替换), keeping the unit: ``new_code`` stands
+        for it from now on, ``old_code`` is dead (scans answer ``voided``; commands given it
+        refuse, naming the new label). The unit keeps its other codes (the inner code under
+        a cap or inside a case still scans as before), its parent, children, activation,
+        shipment and scan records. Returns the event id (a ``relabel`` in the unit's history).
+
+        ``old_code`` is any code of the unit, or a label an earlier relabel put on it (the
+        replacement damaged in turn). ``new_code`` is a code of the same role, fresh: of a
+        unit never aggregated, voided, shipped or activated, none of whose codes was either
+        side of a relabel. Its unit's other codes (never applied to anything) die with it.
+        To swap the whole item, use :meth:`replace`.
+        """
+        old, new = self._label(old_code), self._label(new_code)
+        role = self.spec.role_by_index(old[1]).name
+        if old[1] != new[1]:
+            raise ValueError(f"a {self.spec.role_by_index(new[1]).name} code cannot replace a "
+                             f"{role} label: give a fresh {role} code as NEW (to swap the "
+                             "whole unit, use replace)")
+        if old[0] == new[0]:
+            raise ValueError("old and new code are the same label")
+        db = self._relabel_db
+        with self.store.write() as txn:
+            raw = txn.get(_LABEL.pack(*old), db=db)
+            if raw is not None and raw[0] == _DEAD:
+                raise Conflict(self._dead_text(txn, old, raw))
+            unit = old[0] if raw is None else _Q.unpack_from(raw, 1)[0]
+            n = new[0]
+            if self._voided(txn, unit):
+                raise Conflict(f"{self._ref(unit)} is voided: a voided unit is not relabelled")
+            if self._in_relabel(txn, n):
+                raise Conflict(f"{self._ref(n)} was part of a relabel already; use a fresh "
+                               "label")
+            if self._voided(txn, n):
+                raise Conflict(f"{self._ref(n)} is voided; use a fresh label")
+            if self._parent(txn, n) is not None or self._children_runs(txn, n):
+                raise Conflict(f"{self._ref(n)} is already aggregated; use a fresh label")
+            own = txn.get(_Q.pack(n), db=self._ship_db)
+            if own is not None:
+                raise Conflict(f"{self._ref(n)} has a shipment record of its own "
+                               f"({self._shipment_text(txn, _I.unpack(own)[0])}); use a fresh "
+                               "label, one that was never shipped")
+            if self.active.find(txn, n) is not None:
+                raise Conflict(f"{self._ref(n)} is activated (it carries a product of its "
+                               "own); use a fresh label, one never activated")
+            eid = self._event(txn, "relabel", now, [unit], unit=unit, role=role, old=old[0],
+                              new=n)
+            txn.put(_LABEL.pack(*new), bytes((_ALIAS,)) + _Q.pack(unit), db=db)
+            dead = bytes((_DEAD,)) + _LABEL.pack(*new)
+            txn.put(_LABEL.pack(*old), dead, db=db)
+            for r in self.spec.level(self.level_of(n, txn)).roles:
+                if r != role:  # NOTE: the spare codes of the new label's unit
+                    txn.put(_LABEL.pack(n, self.spec.role(r).index), dead, db=db)
+        return eid
+
     def _unit_runs(self, batch: int | None, serial_range: tuple[int, int, int] | None
                    ) -> list[tuple[int, int]]:
         """Unit-id runs (first, last) for a whole batch and/or a serial range (stop exclusive)."""
@@ -692,11 +822,14 @@ class Aggregation:
         """Void codes, a serial range ``(batch, start, stop)`` (stop exclusive) or a batch.
         Returns the number of units newly voided. A batch all of whose units are then
         voided is marked ``voided`` (its packs are refused)."""
-        units = [self.unit(c) for c in codes]
-        runs = [(u, u) for u in units] + self._unit_runs(batch, serial_range)
-        if not runs:
+        labels = [self._label(c) for c in codes]
+        ranges = self._unit_runs(batch, serial_range)
+        if not labels and not ranges:
             raise ValueError("nothing to void: give codes, a batch or a serial range")
         with self.store.write() as txn:
+            # NOTE: a replacement label voids the unit it stands for, with all its codes
+            units = [self._resolve(txn, u) for u in labels]
+            runs = [(u, u) for u in units] + ranges
             todo = []
             for f, l in runs:
                 todo += self.voids.gaps(txn, f, l)
@@ -947,12 +1080,16 @@ class Aggregation:
         txn.put(_Q.pack(uid), _I.pack(sid), db=self._ship_db)
         return sid
 
-    def _units_once(self, codes, what: str) -> list[int]:
-        """The units of ``codes``, each once, in order; ValueError for none."""
-        units = list(dict.fromkeys(self.unit(c) for c in codes))
-        if not units:
+    def _labels(self, codes, what: str) -> list[tuple[int, int]]:
+        """The labels of ``codes`` (:meth:`_label`); ValueError for none."""
+        labels = [self._label(c) for c in codes]
+        if not labels:
             raise ValueError(f"no units to {what}")
-        return units
+        return labels
+
+    def _units_once(self, txn, labels) -> list[int]:
+        """The units ``labels`` stand for, each once, in order."""
+        return list(dict.fromkeys(self._resolve(txn, x) for x in labels))
 
     def _refuse_unshipped(self, uid: int, sid: int, then: str) -> None:
         """Conflict unless ``sid`` (what ``uid`` resolves to) is a shipment to a distributor;
@@ -984,8 +1121,9 @@ class Aggregation:
 
     def _shipment(self, kind: str, codes, to, now) -> dict:
         self.distributor(to)
-        units = self._units_once(codes, "ship")
+        labels = self._labels(codes, "ship")
         with self.store.write() as txn:
+            units = self._units_once(txn, labels)
             below = {}
             for u in units:
                 self._refuse_voided(txn, u, "shipped" if kind == "ship" else "transferred")
@@ -1022,8 +1160,9 @@ class Aggregation:
 
     def receive(self, codes: list[str], *, now: float | None = None) -> int:
         """The distributor confirms receipt (an event; the binding was made by ``ship``)."""
-        units = self._units_once(codes, "receive")
+        labels = self._labels(codes, "receive")
         with self.store.write() as txn:
+            units = self._units_once(txn, labels)
             for u in units:
                 self._refuse_voided(txn, u, "received")
                 self._refuse_unshipped(u, self._resolved(txn, u)[1],
@@ -1033,8 +1172,9 @@ class Aggregation:
     def return_goods(self, codes: list[str], *, now: float | None = None) -> int:
         """Units come back to the brand: they, and every unit below them, no longer
         belong to a distributor."""
-        units = self._units_once(codes, "return")
+        labels = self._labels(codes, "return")
         with self.store.write() as txn:
+            units = self._units_once(txn, labels)
             for u in units:
                 self._refuse_voided(txn, u, "returned")
                 self._refuse_unshipped(u, self._resolved(txn, u)[1],
@@ -1050,13 +1190,17 @@ class Aggregation:
     def trace(self, code: str, *, history: bool = True, render: bool = False) -> dict:
         """Everything known about a code. Raises :class:`InvalidCode` for a non-genuine code.
 
+        A replacement label (:meth:`relabel`) traces the unit it stands for; a dead label
+        raises :class:`Conflict` naming the label in its place.
+
         PERF: on the scan path call with ``render=False`` (codes of ancestors are not
         re-generated); the ancestor walk is one LMDB ``set_range`` per level.
         """
         v = self.data.codes.verify(code)
         if not v.genuine:
             raise InvalidCode()
-        out = self.trace_unit(unit_id(v.batch, v.serial), history=history, render=render)
+        uid = self._stands_for((unit_id(v.batch, v.serial), self.spec.role(v.role).index))
+        out = self.trace_unit(uid, history=history, render=render)
         out["unit"]["code"] = v.code
         out["unit"]["role"] = v.role
         return out
@@ -1113,13 +1257,30 @@ class Aggregation:
         """What a scan needs of :meth:`trace_unit`, and only that: ``active``, ``voided``,
         ``product``, ``ancestors`` (each ``{"level", "batch", "serial"}``, nearest first)
         and ``distributor`` (the record of the distributor the unit was shipped to).
+        :meth:`scan_label` is the same for a scanned code (relabels looked at)."""
+        return self.scan_label(uid, None)[1]
 
-        PERF: every genuine scan calls this. No unit description, children, shipment or
-        history; the ancestors are built in the shape the scan answer carries (~8.9 ->
-        ~6.6 µs against ``trace_unit(uid, history=False)``).
+    def scan_label(self, uid: int, role_index: int | None) -> tuple[int, dict]:
+        """``(unit, scan trace)`` of a scanned code of unit ``uid`` and role ``role_index``
+        (see :meth:`scan_trace`): the unit is the one the code stands for, ``uid`` itself
+        unless a relabel put the code on another (标签替换); a dead label, or a replacement
+        label voided since, gets a voided trace of nothing (and its own ``uid``).
+
+        PERF: every genuine scan calls this. One read transaction; relabels cost one more
+        ``get`` (~0.3 µs). No unit description, children, shipment or history; the
+        ancestors are built in the shape the scan answer carries (~8.9 -> ~6.6 µs against
+        ``trace_unit(uid, history=False)``).
         """
         txn = self.store.env.begin(buffers=False)
         try:
+            if role_index is not None:
+                # PERF: positional LMDB arguments, as on the rest of the scan path
+                raw = txn.get(_LABEL.pack(uid, role_index), None, self._relabel_db)
+                if raw is not None:
+                    if raw[0] != _ALIAS or self.voids.find(txn, uid) is not None:
+                        return uid, {"active": False, "voided": True, "product": None,
+                                     "ancestors": [], "distributor": None}
+                    uid = _Q.unpack_from(raw, 1)[0]
             chain, act, void, _, sid = self._unit_facts(txn, uid)
             dist = None
             if sid:
@@ -1127,7 +1288,7 @@ class Aggregation:
         finally:
             txn.abort()
         levels = self._levels
-        return {
+        return uid, {
             "active": act is not None and void is None,
             "voided": void is not None,
             "product": None if act is None else dict(act["product"]),

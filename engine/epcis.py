@@ -11,6 +11,11 @@ Event mapping (CBV 2.0 vocabulary):
   AggregationEvents in order gives the stored hierarchy; then, when the old label was
   activated, ObjectEvent ADD ``commissioning`` ``active`` of the new one with the old
   one's lot, SKU and production date (Wuma treats it as active with that product)
+* relabel (标签替换) -> nothing. The unit is the same object with the same EPC (its first
+  code's URL as generated, even when that label was relabelled): CBV 2.0 has no business
+  step for a new label on the same object, and any event naming the new label would tell
+  partners of a second object (a ``commissioning`` of it) or of one object leaving
+  (``decommissioning`` the old EPC). Partners resolve a scanned label through Wuma.
 * void -> ObjectEvent DELETE, bizStep ``decommissioning``, disposition ``inactive``
 * ship / transfer -> ObjectEvent OBSERVE ``shipping`` ``in_transit`` with the
   distributor as owning-party destination; receive -> ``receiving``; return ->

@@ -13,6 +13,8 @@ Every record is checked: each code genuine; the child one packaging level below 
 parent; the child not already packed in another parent (in the store or earlier in the
 file); the child with the parent's distributor when the parent was shipped (the rule of
 ``Aggregation.move``); no more children than the parent's level allows; nothing voided.
+A label a relabel (标签替换) put on a unit links that unit; a label a relabel made dead is
+refused, naming the one in its place.
 Cycles cannot arise because a link always goes exactly one level down the spec. By
 default a file with any bad record changes nothing; ``skip_bad`` loads the good records
 and writes the bad ones (with their reasons as ``#`` comments) to a reject file. Loading
@@ -62,8 +64,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.aggregation import (_I, _LOW, _Q, BadRecord, LoadReport, _c2p_decode,
-                                _children_count, _decode_children, _encode_children)
+from engine.aggregation import (_ALIAS, _I, _LOW, _Q, BadRecord, LoadReport,
+                                _c2p_decode, _children_count, _decode_children,
+                                _encode_children)
 from engine.errors import Conflict
 from engine.files import UTF8_BOM, refuse_utf16, same_file, temp_beside
 from engine.scanlog import bulk_write
@@ -223,6 +226,7 @@ class _Parsed:
         n = len(sep)
         self.ok = np.zeros(n, np.bool_)
         self.uid = np.zeros(n, _U64)
+        self.role = np.zeros(n, np.uint8)  # NOTE: for relabels (a label is a unit and a role)
         self.depth = np.full(n, -1, np.int8)
         role_depth = np.full(256, -1, np.int8)
         for r in agg.spec.roles.values():
@@ -246,6 +250,7 @@ class _Parsed:
                 good = part[got.ok]
                 self.ok[good] = True
                 self.uid[good] = (got.batch[got.ok].astype(_U64) << _U64(32)) | got.serial[got.ok]
+                self.role[good] = got.role_index[got.ok]
                 self.depth[good] = role_depth[got.role_index[got.ok]]
         # Odd but possibly valid forms (a URL with a query, separators...): scalar verify.
         # NOTE: capped at 100k fields per file (~1 s); beyond that they are reported as
@@ -260,6 +265,7 @@ class _Parsed:
             if v.genuine:
                 self.ok[i] = True
                 self.uid[i] = (v.batch << 32) | v.serial
+                self.role[i] = agg.spec.role(v.role).index
                 self.depth[i] = agg.spec.level(v.level).depth
         self.length = length
         self.start = start
@@ -456,6 +462,46 @@ def _group_order(keys: np.ndarray) -> np.ndarray:
     return packed.view(np.int64)
 
 
+class _Relabels:
+    """The store's relabels (``agg_relabel``, see :mod:`engine.aggregation`) as arrays,
+    read once per load: labels sorted by (uid, role), each standing for a unit (alias)
+    or dead (its record kept, for the refusal's words).
+
+    PERF: relabels are rare (well under 1% of units); a chunk's fields are matched by one
+    ``searchsorted`` on the uids, and only the few fields that hit are looked at one by
+    one. A store without relabels skips all of it."""
+
+    def __init__(self, agg, txn) -> None:
+        keys, values = [], []
+        for k, v in txn.cursor(db=agg._relabel_db):
+            keys.append(k)
+            values.append(v)
+        self.uid = np.frombuffer(b"".join(k[:8] for k in keys), ">u8").astype(_U64)
+        self.role = [k[8] for k in keys]
+        self.values = values
+
+    def match(self, p: _Parsed) -> tuple[list[int], list[int], list[tuple[int, bytes]]]:
+        """Fields of ``p`` that are relabelled labels: (alias fields, the units they stand
+        for, dead fields with their ``agg_relabel`` record), fields in order."""
+        i = np.searchsorted(self.uid, p.uid)
+        i[i == len(self.uid)] = 0
+        hit = np.flatnonzero(p.ok & (self.uid[i] == p.uid))
+        alias, units, dead = [], [], []
+        for f, j in zip(hit.tolist(), i[hit].tolist()):
+            uid, role = int(p.uid[f]), int(p.role[f])
+            while j < len(self.role) and int(self.uid[j]) == uid:
+                if self.role[j] == role:
+                    v = self.values[j]
+                    if v[0] == _ALIAS:
+                        alias.append(f)
+                        units.append(_Q.unpack_from(v, 1)[0])
+                    else:
+                        dead.append((f, v))
+                    break
+                j += 1
+        return alias, units, dead
+
+
 class _Check:
     """The per-file state of the check pass."""
 
@@ -467,6 +513,9 @@ class _Check:
         self.cap = np.array([lv.capacity for lv in spec.levels], np.int64)
         with agg.store.read() as txn:
             vf, vl = agg.voids.all_runs(txn)
+            #: relabels seen (a relabel only adds records: a count tells if one came since)
+            self.relabelled = txn.stat(agg._relabel_db)["entries"]
+            self.relabels = _Relabels(agg, txn) if self.relabelled else None
         o = np.argsort(vl)
         self.void_first, self.void_last = vf[o], vl[o]
         self.nlines = 0
@@ -474,6 +523,7 @@ class _Check:
         self.reasons: list[np.ndarray] = []
         self.marks = _Marks(np.zeros(0, np.int8))
         self.pre_bad: dict[int, str] = {}
+        self.dead: dict[int, str] = {}  # line -> why its dead label is refused (reason 10)
         self.runs: list[_Runs] = []
         self.good_lines: list[np.ndarray] = []
         self.good_parent: list[np.ndarray] = []
@@ -495,6 +545,11 @@ class _Check:
         if self.fmt == "jsonl":
             data, pre_bad = _jsonl_to_csv(data)
         p = _Parsed(agg, data, self.budget)
+        alias, dead = [], []
+        if self.relabels is not None:  # replacement labels stand for their units from here on
+            alias, units, dead = self.relabels.match(p)
+            donors = p.uid[alias]
+            p.uid[alias] = units
         nlines = p.nlines
         m = _Marks(np.zeros(nlines, np.int8))
         nonempty_per_line = np.bincount(p.line, weights=(p.length > 0), minlength=nlines)
@@ -527,7 +582,19 @@ class _Check:
             used = (p.length > 0) & p.ok & record[p.line]
             voided = np.zeros(len(p.line), np.bool_)
             voided[used] = self.voided(p.uid[used])
+            if alias:  # NOTE: a replacement label whose own batch or range was voided since
+                voided[alias] |= self.voided(donors) & used[alias]
             m.mark(p.line[voided], 4, pos[voided])
+        if dead:
+            fields = [f for f, _ in dead if record[p.line[f]]]
+            m.mark(p.line[fields], 10, pos[fields])
+            with agg.store.read() as txn:
+                for f, raw in dead:
+                    ln = int(p.line[f])
+                    if record[ln] and line0 + ln not in self.dead:
+                        label = (int(p.uid[f]), int(p.role[f]))
+                        self.dead[line0 + ln] = (f"field {pos[f]}: "
+                                                 + agg._dead_text(txn, label, raw))
         # what is kept: the links of the good records, as runs, and their parents
         good = record & (m.reason == 0)
         sel = np.flatnonzero(child & good[p.line])
@@ -620,12 +687,15 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
             if not (np.array_equal(vl[o], chk.void_last)
                     and np.array_equal(vf[o], chk.void_first)):
                 raise Conflict("codes were voided during the load; run it again")
+            if txn.stat(agg._relabel_db)["entries"] != chk.relabelled:
+                raise Conflict("labels were replaced (relabel) during the load; run it again")
             new, same_line, same_count = _against_store(agg, txn, runs, line_parent, marks)
             del runs
             told = _other_hands(agg, txn, new, line_parent, marks)
             has_kids = _capacity(agg, txn, new, line_parent, line_depth, chk.cap, marks)
             lines, at, unit = marks.details()
             told.update(chk.pre_bad)
+            told.update(chk.dead)
             for ln, code, w, o in zip(lines.tolist(), reason[lines].tolist(), at.tolist(),
                                       unit.tolist()):
                 report.bad.append(BadRecord(ln + 1, _reason_text(agg, code, w, o,
@@ -1248,11 +1318,13 @@ _REASONS = {
     6: "field {w}: already packed in another parent ({o})",
     # 7: with another distributor than its parent: worded by ``_other_hands``
     8: "parent would hold {w} children; its level allows {o}",
+    # 9: not a record (JSON lines): worded where found
+    # 10: a label a relabel made dead: worded where found (checked with 4)
 }
 
 
 def _reason_text(agg, code: int, w: int, o: int, told: str | None) -> str:
-    if code in (7, 9):  # worded where found
+    if code in (7, 9, 10):  # worded where found
         return told or "unreadable record"
     text = _REASONS[code]
     ostr = f"unit {o >> 32}:{o & _LOW}" if code == 6 else str(o)

@@ -288,7 +288,15 @@ def code_verdict(codes: CodeEngine, aggregation: Aggregation, text: str) -> tupl
     v = codes.verify(text)
     if not v.genuine:
         return "invalid", v
-    return _unit_verdict(aggregation.scan_trace(unit_id(v.batch, v.serial))), v
+    scanned = unit_id(v.batch, v.serial)
+    uid, trace = aggregation.scan_label(scanned, codes.spec.role(v.role).index)
+    return _unit_verdict(trace), (v if uid == scanned else _as_unit(v, uid))
+
+
+def _as_unit(v, uid: int):
+    """The verification ``v`` of a replacement label (标签替换) answered as the unit's it
+    stands for: its batch and serial (the code and role stay the label's)."""
+    return v._replace(batch=uid >> 32, serial=uid & 0xFFFFFFFF)
 
 
 def _result(verdict: str, v, trace: dict, record: ScanRecord | None, flags: tuple = (),
@@ -382,8 +390,11 @@ class ScanPipeline:
         if not v.genuine:
             self.abuse.record_invalid(subjects, req.code, now)
             return _INVALID_RESULT
-        uid = unit_id(v.batch, v.serial)
-        trace = self.aggregation.scan_trace(uid)
+        role_index = self.codes.spec.role(v.role).index
+        scanned = unit_id(v.batch, v.serial)
+        uid, trace = self.aggregation.scan_label(scanned, role_index)
+        if uid != scanned:
+            v = _as_unit(v, uid)
         region_from = None
         if req.region is None:
             if req.lat is not None and req.lng is not None and self.regions is not None:
@@ -423,7 +434,6 @@ class ScanPipeline:
             event["region_from"] = region_from
         if diversion:
             event["diverted"] = diversion
-        role_index = self.codes.spec.role(v.role).index
         record = self.scans.record(uid, role_index, event, _chain(settles),
                                    self._copy_at if verdict == "genuine" else None)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
@@ -452,10 +462,13 @@ class ScanPipeline:
             if subjects:
                 self.abuse.record_invalid(subjects, code, now)
             return _INVALID_RESULT
-        uid = unit_id(v.batch, v.serial)
-        trace = self.aggregation.scan_trace(uid)
+        role_index = self.codes.spec.role(v.role).index
+        scanned = unit_id(v.batch, v.serial)
+        uid, trace = self.aggregation.scan_label(scanned, role_index)
+        if uid != scanned:
+            v = _as_unit(v, uid)
         verdict = _unit_verdict(trace)
-        record = self.scans.get(uid, self.codes.spec.role(v.role).index, self._copy_at)
+        record = self.scans.get(uid, role_index, self._copy_at)
         # NOTE: copied once, the code stays so for the landing page (a scan's own flag
         # looks at its window only): a label seen in three cities is a copied label. Set
         # on genuine codes only, as for scans.

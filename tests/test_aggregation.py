@@ -527,8 +527,8 @@ def test_cli_load_trace_and_help(run, tmp_path):
 # -- stateful property test: store vs an in-memory model ------------------------------------------
 _SMALL = PackagingSpec("small", [
     {"name": "pallet", "capacity": 3, "roles": [{"name": "pallet"}]},
-    {"name": "case", "capacity": 4, "roles": [{"name": "case"}]},
-    {"name": "cap", "capacity": 0, "roles": [{"name": "cap"}]},
+    {"name": "case", "capacity": 4, "roles": [{"name": "case"}, {"name": "case_inner"}]},
+    {"name": "cap", "capacity": 0, "roles": [{"name": "cap"}, {"name": "cap_inner"}]},
 ])
 _COUNTS = {"pallet": 3, "case": 6, "cap": 14}
 _DEPTH = {"pallet": 0, "case": 1, "cap": 2}
@@ -542,11 +542,18 @@ class AggregationModel(RuleBasedStateMachine):
         self.data = DataFolder.init(Path(self.tmp.name) / "w", spec=_SMALL)
         self.agg = Aggregation(self.data)
         self.units = []  # (uid, code, level)
+        self.labels = []  # per unit: its codes by role index ((uid, role index) -> code)
         for level, n in _COUNTS.items():
             b = self.data.create_batch(level, n)
             self.units += [(unit_id(b.id, s), c, level) for s, c in enumerate(unit_codes(self.data, b))]
+            self.labels += [{(unit_id(b.id, s), self.data.spec.role(r).index):
+                             self.data.codes.code(b, s, r) for r in b.roles} for s in range(n)]
         self.parent: dict[int, int] = {}
         self.voided: set[int] = set()
+        # relabels (标签替换): label -> the unit it stands for; dead labels; units either side
+        self.alias: dict[tuple[int, int], int] = {}
+        self.dead: set[tuple[int, int]] = set()
+        self.relabelled: set[int] = set()
 
     def teardown(self) -> None:
         self.data.close()
@@ -554,6 +561,19 @@ class AggregationModel(RuleBasedStateMachine):
 
     def _kids(self, p):
         return [c for c, q in self.parent.items() if q == p]
+
+    def _stands_for(self, label):
+        """The unit a label stands for, or None when commands refuse it (dead, or a
+        replacement label voided since)."""
+        if label in self.dead:
+            return None
+        if label in self.alias:
+            return None if label[0] in self.voided else self.alias[label]
+        return label[0]
+
+    def _unit(self, i):
+        """The unit unit ``i``'s first code stands for (None: refused)."""
+        return self._stands_for(next(iter(self.labels[i])))
 
     def _fits(self, child, parent):
         lv = {u: lvl for u, _, lvl in self.units}
@@ -586,7 +606,13 @@ class AggregationModel(RuleBasedStateMachine):
         P, kids = self.units[p], [self.units[i] for i in cs]
         line = ",".join([P[1]] + [k[1] for k in kids])
         rep = self.agg.load(line.encode())
-        new = {k[0] for k in kids}
+        units = [self._unit(i) for i in (p, *cs)]
+        if None in units:
+            assert not rep.loaded
+            event("load of a dead label refused")
+            return
+        P = (units[0], P[1], P[2])
+        new = set(units[1:])
         ok = (all(self._fits(k, P[0]) for k in new)
               and not ({P[0]} | new) & self.voided
               and all(self.parent.get(k, P[0]) == P[0] for k in new)
@@ -599,9 +625,9 @@ class AggregationModel(RuleBasedStateMachine):
 
     @rule(p=st.integers(0, 22), cs=st.lists(st.integers(0, 22), max_size=3))
     def unpack(self, p, cs):
-        P = self.units[p]
-        kids = list(dict.fromkeys(self.units[i][0] for i in cs))
-        ok = all(self.parent.get(k) == P[0] for k in kids)
+        P = (self._unit(p), *self.units[p][1:])
+        kids = list(dict.fromkeys(self._unit(i) for i in cs))
+        ok = P[0] is not None and all(k is not None and self.parent.get(k) == P[0] for k in kids)
         try:
             self.agg.unpack(P[1], [self.units[i][1] for i in cs] or None)
         except Conflict:
@@ -613,10 +639,10 @@ class AggregationModel(RuleBasedStateMachine):
 
     @rule(cs=st.lists(st.integers(0, 22), min_size=1, max_size=3), to=st.integers(0, 22))
     def move(self, cs, to):
-        T = self.units[to][0]
+        T = self._unit(to)
         model = dict(self.parent)
-        ok = True
-        for k in dict.fromkeys(self.units[i][0] for i in cs):
+        ok = T is not None and None not in [self._unit(i) for i in cs]
+        for k in dict.fromkeys(self._unit(i) for i in cs) if ok else ():
             if model.get(k) == T:
                 continue
             if (k in self.voided or not self._fits(k, T) or T in self.voided
@@ -636,9 +662,11 @@ class AggregationModel(RuleBasedStateMachine):
 
     @rule(a=st.integers(0, 22), b=st.integers(0, 22))
     def replace(self, a, b):
-        (old, oc, ol), (new, nc, nl) = self.units[a], self.units[b]
-        ok = (old != new and ol == nl and old not in self.voided and new not in self.voided
-              and new not in self.parent and not self._kids(new))
+        (_, oc, ol), (new, nc, nl) = self.units[a], self.units[b]
+        old = self._unit(a)
+        ok = (old is not None and old != new and ol == nl and old not in self.voided
+              and new not in self.voided and new not in self.parent and not self._kids(new)
+              and new not in self.relabelled)
         try:
             self.agg.replace(oc, nc)
         except (Conflict, ValueError):
@@ -655,14 +683,67 @@ class AggregationModel(RuleBasedStateMachine):
 
     @rule(cs=st.lists(st.integers(0, 22), min_size=1, max_size=2))
     def void(self, cs):
-        self.agg.void([self.units[i][1] for i in cs])
-        self.voided |= {self.units[i][0] for i in cs}
+        units = {self._unit(i) for i in cs}
+        try:
+            self.agg.void([self.units[i][1] for i in cs])
+        except Conflict:
+            assert None in units
+            return
+        assert None not in units
+        self.voided |= units
+
+    @rule(d=st.integers(1, 2), a=st.integers(0, 13), b=st.integers(0, 13), r=st.integers(0, 1),
+          via=st.booleans())
+    def relabel(self, d, a, b, r, via):
+        """One label of a case or cap replaced: the old label given as the unit's own code
+        or (``via``) as a replacement label already on it."""
+        lo, n = (0, 3, 9)[d], (3, 6, 14)[d]
+        a, b = lo + a % n, lo + b % n
+        old = list(self.labels[a])[r]
+        if via:  # a label a relabel put on unit a, if any
+            old = next((x for x, u in self.alias.items() if u == old[0] and x[1] == old[1]), old)
+            event(f"relabel of a replacement label: {old in self.alias}")
+        new = list(self.labels[b])[r]
+        code = {k: c for lb in self.labels for k, c in lb.items()}
+        unit = None if old in self.dead else self.alias.get(old, old[0])
+        ok = (unit is not None and old[0] != new[0] and unit not in self.voided
+              and new[0] not in self.relabelled and new[0] not in self.voided
+              and new[0] not in self.parent and not self._kids(new[0]))
+        try:
+            self.agg.relabel(code[old], code[new])
+        except (Conflict, ValueError):
+            assert not ok
+            event("relabel refused")
+            return
+        assert ok
+        event("relabel ok")
+        self.alias.pop(old, None)
+        self.dead.add(old)
+        self.alias[new] = unit
+        self.dead |= set(self.labels[b]) - {new}
+        self.relabelled |= {old[0], new[0]}
 
     @invariant()
     def store_agrees(self):
         assert self.agg.links() == self.parent
         assert self.agg.voided_units() == self.voided
         self.agg.check_consistency()
+
+    @invariant()
+    def labels_agree(self):
+        """Every code stands for the unit the model says (or is refused), and scans say
+        voided exactly for dead labels and voided units."""
+        for labels in self.labels:
+            for label, code in labels.items():
+                want = self._stands_for(label)
+                try:
+                    got = self.agg.unit(code)
+                except Conflict:
+                    got = None
+                assert got == want, (label, got, want)
+                unit, trace = self.agg.scan_label(*label)
+                assert trace["voided"] == (want is None or want in self.voided), label
+                assert unit == (label[0] if want is None else want)
 
 
 TestAggregationModel = AggregationModel.TestCase
