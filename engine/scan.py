@@ -195,6 +195,10 @@ def _ancestors(items) -> str:
 _ANCESTOR_KEYS = ("level", "batch", "serial")
 
 
+#: Verdicts answered with the verdict alone (see :meth:`ScanResult.to_dict`).
+_VERDICT_ONLY = frozenset({"invalid", "inactive"})
+
+
 class ScanResult(NamedTuple):
     """The answer to a scan. PERF: a NamedTuple (immutable, ~0.7 µs to build; a frozen
     dataclass took ~2.8 µs for these 13 fields, on every scan)."""
@@ -214,8 +218,13 @@ class ScanResult(NamedTuple):
     rewards: tuple = ()
 
     def to_dict(self) -> dict:
-        if self.verdict == "invalid":
-            return {"verdict": "invalid"}
+        """The answer a caller gets. APPSEC: an invalid or an inactive code gets its verdict
+        alone. A code not yet activated is answered as not valid (its scan is recorded, as
+        evidence if a pack leaked): whoever holds leaked or overrun labels learns nothing
+        of them before they carry a product (which is an outer or an inner code, whether
+        another scanned it)."""
+        if self.verdict in _VERDICT_ONLY:
+            return {"verdict": self.verdict}
         d = {"verdict": self.verdict, "code": self.code, "role": self.role, "level": self.level,
              "flags": list(self.flags)}
         if self.verdict == "genuine":
@@ -235,8 +244,8 @@ class ScanResult(NamedTuple):
         (most of what is left is the two times' float repr, which the encoder pays too).
         Values of a shape this does not know (campaign rewards, a diversion) go through
         the encoder."""
-        if self.verdict == "invalid":
-            return _INVALID_JSON
+        if self.verdict in _VERDICT_ONLY:
+            return _INVALID_JSON if self.verdict == "invalid" else _INACTIVE_JSON
         head = (f'{{"verdict": {_string(self.verdict)}, "code": {_string(self.code)}, '
                 f'"role": {_string(self.role)}, "level": {_string(self.level)}, '
                 f'"flags": {_strings(self.flags)}')
@@ -259,6 +268,7 @@ class ScanResult(NamedTuple):
 #: fresh dict).
 _INVALID_RESULT = ScanResult("invalid")
 _INVALID_JSON = JSON_ENCODER.encode(_INVALID_RESULT.to_dict()).encode()
+_INACTIVE_JSON = JSON_ENCODER.encode(ScanResult("inactive").to_dict()).encode()
 #: The flags of a check of a code flagged copied.
 _COPIED = ("copied",)
 

@@ -49,7 +49,10 @@ def test_inactive_voided_and_invalid(world):
     inactive = data.codes.code(world["inactive"], 3, "cap_inner")
     r = _scan(world, inactive)
     assert r.verdict == "inactive" and r.scan.count == 1  # recorded as evidence
-    assert r.to_dict()["verdict"] == "inactive" and "product" not in r.to_dict()
+    # the caller learns it is not valid, nothing of the label (role, level, earlier scans)
+    assert r.to_dict() == {"verdict": "inactive"} and r.to_json() == b'{"verdict": "inactive"}'
+    again = world["pipe"].check(inactive)
+    assert again.scan.count == 1 and again.to_dict() == {"verdict": "inactive"}
     voided = data.codes.code(world["caps"], 5, "cap_inner")
     agg.void([voided])
     assert _scan(world, voided).verdict == "voided"
