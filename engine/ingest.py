@@ -60,6 +60,7 @@ import json
 import os
 import time
 import zlib
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -141,12 +142,20 @@ class _Source:
         """ValueError for a file that cannot be UTF-8 text: it starts with a UTF-16
         byte-order mark, or holds a NUL byte in its first 64 KiB. NOTE: read as UTF-8,
         every line of such a file was refused as "field 1 is not a genuine code"."""
-        refuse_utf16(next(self.blocks(1 << 16), b""), self.name, "UTF-8 (CSV UTF-8)")
+        refuse_utf16(self._head, self.name, "UTF-8 (CSV UTF-8)")
+
+    @cached_property
+    def _head(self) -> bytes:
+        """The first 64 KiB, read once for both checks above and below."""
+        return next(self.blocks(1 << 16), b"")
 
     def first_byte(self) -> bytes:
         """The first byte that is not white space (b"" for none)."""
-        for i, block in enumerate(self.blocks(1 << 16)):
-            s = (block.removeprefix(_BOM) if i == 0 else block).lstrip()
+        s = self._head.removeprefix(_BOM).lstrip()
+        if s or len(self._head) < 1 << 16:
+            return s[:1]
+        for block in itertools.islice(self.blocks(1 << 16), 1, None):  # NOTE: 64 KiB of spaces
+            s = block.lstrip()
             if s:
                 return s[:1]
         return b""

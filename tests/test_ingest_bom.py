@@ -45,6 +45,17 @@ def test_a_bom_before_a_header_and_in_json_lines(run, tmp_path):
     assert not bad and parsed.ok.all()
 
 
+@pytest.mark.parametrize("blank", [10, 70_000])
+def test_json_lines_after_many_blank_lines_are_read_as_json_lines(run, tmp_path, blank):
+    """The format is told by the first character that is not white space, however far
+    into the file (past the first 64 KiB read for the encoding check too)."""
+    rec = json.dumps({"parent": run.cases[4], "children": run.caps[96:98]})
+    f = tmp_path / "late.jsonl"
+    f.write_bytes(BOM + b"\n" * blank + rec.encode() + b"\n")
+    rep = run.agg.load(f)
+    assert rep.loaded and not rep.bad and rep.links_added == 2
+
+
 def test_a_bom_line_rejected_is_written_without_the_bom(run, tmp_path):
     bad = _lines(run)[2]
     f = tmp_path / "bom.csv"
