@@ -69,7 +69,7 @@ from engine.aggregation import (_ALIAS, _I, _LOW, _Q, BadRecord, LoadReport,
                                 _c2p_decode, _children_count, _decode_children,
                                 _encode_children)
 from engine.errors import Conflict
-from engine.files import UTF8_BOM, refuse_utf16, same_file, temp_beside
+from engine.files import UTF8_BOM, NewFile, refuse_utf16, same_file
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
@@ -1249,8 +1249,10 @@ def _merge_children(agg, txn, parents, firsts, counts) -> None:
 
 
 class _RejectFile:
-    """Where ``skip_bad`` writes the bad records: checked and opened as a temporary file in
-    the target's folder before the load; renamed onto the target only when complete."""
+    """Where ``skip_bad`` writes the bad records: checked and opened as a new file with no
+    name yet in the target's folder (:class:`engine.files.NewFile`: a load killed half way
+    leaves no copy of the lines behind) before the load; renamed onto the target only when
+    complete."""
 
     def __init__(self, path, src: _Source) -> None:
         self.shown = str(path)
@@ -1261,10 +1263,10 @@ class _RejectFile:
         if src.path is not None and same_file(src.path, self.target):
             raise ValueError(f"the reject file {self.shown} is the input file; nothing loaded "
                              f"(choose another reject file, such as {src.path}.rejects)")
-        fd, self.tmp = temp_beside(self.target, lambda e: ValueError(
+        self.file = NewFile(self.target, 0o600, error=lambda e: ValueError(
             f"cannot write the reject file {self.shown} ({e.strerror or e}); nothing loaded "
             "(choose a reject file in an existing folder you can write to)"))
-        self.fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.fh = open(self.file.fd, "wb", buffering=1 << 20, closefd=False)
         self.written = False
 
     def write(self, src: _Source, chunk_bytes: int, bad: list[BadRecord]) -> None:
@@ -1283,18 +1285,20 @@ class _RejectFile:
             self.discard()
             return None
         try:
-            os.replace(self.tmp, self.target)
+            self.file.replace()
         except OSError as e:
             what = (f"loaded {report.links_added:,} links (event {report.event_id})"
                     if report.event_id is not None else "nothing loaded")
             raise OSError(e.errno, f"{what}, but the {len(report.bad)} rejected records could "
-                          f"not be moved to {self.shown} ({e.strerror}); they are in",
-                          self.tmp) from None
+                          f"not be written to {self.shown} ({e.strerror}); the report lists "
+                          "their lines and reasons", self.shown) from None
+        finally:
+            self.file.close()
         return self.shown
 
     def discard(self) -> None:
         self.fh.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        self.file.close()
 
 
 def _write_rejects(src: _Source, chunk_bytes: int, bad: list[BadRecord], fh) -> None:
