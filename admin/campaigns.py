@@ -2,8 +2,8 @@
 
 A campaign says *which scans* qualify (trigger: the code role scanned and the actor role
 scanning it; target: batches, serial ranges or product SKUs; a time window; optionally
-regions) and *what they earn* (a reward rule drawn from a budget pool, limits per actor,
-linked rebates, a lock). Rules are validated on entry; an invalid rule never reaches a
+regions) and *what they earn* (a reward rule drawn from a budget pool, limits per actor
+and per device, linked rebates, a lock). Rules are validated on entry; an invalid rule never reaches a
 scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)::
 
     {"name": "Summer draw", "pool": "summer",
@@ -13,7 +13,7 @@ scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)
      "regions": ["44"],                          # optional: scans outside earn nothing (440100 = 4401)
      "reward": {"kind": "draw", "payout": "cash",
                 "tiers": [{"amount": 888, "odds": 0.01}, {"amount": 0, "odds": 0.99}]},
-     "limits": {"per_actor_per_day": 3, "per_actor": 20},
+     "limits": {"per_actor_per_day": 3, "per_actor": 20},   # also per_device_per_day, per_device
      "rebates": [{"to": "store", "amount": 50}, {"to": "distributor", "amount": 20}],
      "lock": {"kind": "repurchase", "days": 30}}  # or {"kind": "collect", "products": 3, "days": 60}
 
@@ -53,13 +53,17 @@ from engine.ids import is_id
 from engine.spec import PackagingSpec
 from engine.store import Store, pack, u32, unpack
 
-__all__ = ["Campaign", "CampaignRegistry", "CampaignIndex", "STATUSES", "REWARD_KINDS", "PAYOUTS"]
+__all__ = ["Campaign", "CampaignRegistry", "CampaignIndex", "STATUSES", "REWARD_KINDS", "PAYOUTS", "LIMITS"]
 
 STATUSES = ("active", "paused", "closed")
 REWARD_KINDS = ("fixed", "draw", "all_win")
 PAYOUTS = ("cash", "points", "voucher")
 REBATE_TO = ("store", "distributor")
 LOCK_KINDS = ("repurchase", "collect")
+#: Participation limits: per actor (the scanner's user or account id) and per device (the
+#: scan's ``device`` id: one phone claiming under many user ids, 羊毛党), a day (China
+#: time) and in all. A scan without a device is not counted against the device limits.
+LIMITS = ("per_actor_per_day", "per_actor", "per_device_per_day", "per_device")
 _FIELDS = {"name", "pool", "trigger", "target", "window", "regions", "reward", "limits", "rebates", "lock"}
 
 
@@ -255,8 +259,9 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
         raise ValueError(f"pool {pool.id} ({pool.total}) is smaller than the smallest prize ({min(prizes)})")
 
     limits = rule.get("limits") or {}
-    if not isinstance(limits, dict) or set(limits) - {"per_actor_per_day", "per_actor"}:
-        raise ValueError("limits: {\"per_actor_per_day\": n, \"per_actor\": n}")
+    if not isinstance(limits, dict) or set(limits) - set(LIMITS):
+        raise ValueError("limits: {\"per_actor_per_day\": n, \"per_actor\": n, "
+                         "\"per_device_per_day\": n, \"per_device\": n}")
     for k, v in limits.items():
         check_amount(v, f"limit {k}", positive=True)
 

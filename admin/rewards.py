@@ -8,17 +8,20 @@ Two steps, split so that the slow part never holds the write lock:
    injectable for tests). Returns a *settle* function, or None when nothing applies.
 2. The settle function runs **inside the scan's durable write transaction** (the scan
    log's group commit; a failure undoes only this scan's rewards): it re-reads the
-   campaign's status, enforces one reward per code per campaign ever, the per-actor
-   limits, the pool's total/daily/region caps, writes the ledger entries, issues
+   campaign's status, enforces one reward per code per campaign ever, the per-actor and
+   per-device limits, the pool's total/daily/region caps, writes the ledger entries, issues
    vouchers, applies locks, and pays linked rebates — or
    withholds them when the scan is diverted (窜货不返利). LMDB admits one writer at a
    time across all gunicorn workers, so none of this can race: a pool is never
    overspent and a code never pays twice.
 
 Store registration (bC): a store's genuine scan of a cap outer code, a case inner code or
-a case code records that store as the unit's store (first store wins). A consumer's later
-scan pays a ``store`` rebate to the store registered on the cap or any unit above it, and
-a ``distributor`` rebate to the distributor the unit was shipped to (BbC).
+a case code records that store as the unit's store (first store wins), and whether that
+scan was diverted. A consumer's later scan that counts in a campaign (win or lose: it
+proves the sale) pays a ``store`` rebate to the store registered on the cap or any unit
+above it, and a ``distributor`` rebate to the distributor the unit was shipped to (BbC).
+Both are withheld when the consumer's scan or the registering store's scan was diverted
+(窜货不返利), and the store's when its account has been revoked since.
 """
 
 from __future__ import annotations
@@ -44,15 +47,57 @@ REGISTRATION_ROLES = frozenset({"cap_outer", "case_inner", "case"})
 #: What a campaign did for a scan (``rewards[].outcome`` of the scan answer and event).
 OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewarded",
             "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee",
-            "no_beneficiary", "withheld_diverted", "campaign_inactive", "expired")
+            "no_beneficiary", "withheld_diverted", "beneficiary_revoked", "campaign_inactive", "expired")
 _DAY = 86400.0
-_COUNTS = struct.Struct(">III")  # China day number, draws that day, draws in all
+#: A count of draws (per actor, per device): China day number, draws that day, draws in
+#: all, draws the day before it (for a scan committed after midnight but stamped before).
+_COUNTS = struct.Struct(">IIII")
+_COUNTS_V1 = struct.Struct(">III")  # the layout before: no day before (read as 0)
+#: Ends a store registration (``adm_store_units``: the store's account id) made by a
+#: diverted scan. Account ids never hold a NUL, so a value from before reads as not diverted.
+_DIVERTED = b"\0"
+#: Starts a device's count key in ``adm_actor_counts`` (after the campaign): actor ids are
+#: printable text, so a device's key never meets an actor's.
+_DEVICE = b"\0"
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def _new_voucher_id() -> str:
     # APPSEC: 100 random bits: vouchers are bearer instruments, not guessable.
     return "V" + "".join(secrets.choice(_VOUCHER_ALPHABET) for _ in range(20))
+
+
+def _count(raw: bytes | None, day: int, per_day: int | None, per_all: int | None):
+    """Check and count one draw against a count (``_COUNTS``) read from the store: returns
+    ``(0, new value)`` when it counts, ``(1, None)`` when the daily cap refuses it and
+    ``(2, None)`` when the total does.
+
+    NOTE: a scan stamped before the stored day can commit after it (a group taken across
+    midnight): it must not move the day back and reset the new day's count. A scan of the
+    day before is checked against that day's count, kept for this; an older one (a commit
+    more than a day late: not expected) counts in the total only, its day's count being no
+    longer kept, so its daily cap is not checked."""
+    if raw is None:
+        last, today, total, before = 0, 0, 0, 0
+    elif len(raw) == 16:
+        last, today, total, before = _COUNTS.unpack(raw)
+    else:  # a value from before the day before was kept
+        last, today, total = _COUNTS_V1.unpack(raw)
+        before = 0
+    if day >= last:
+        if day > last:
+            before = today if day == last + 1 else 0
+            last, today = day, 0
+        if per_day is not None and today >= per_day:
+            return 1, None
+        today += 1
+    elif day == last - 1:
+        if per_day is not None and before >= per_day:
+            return 1, None
+        before += 1
+    if per_all is not None and total >= per_all:
+        return 2, None
+    return 0, _COUNTS.pack(last, today, total + 1, before)
 
 
 def _unpaid(charges, pool: str, region: str | None) -> str:
@@ -74,9 +119,10 @@ class RewardEngine:
         self._rng = rng or secrets.SystemRandom()
         self._new_voucher_id = new_voucher_id
         self._refresh_interval = refresh_interval
-        self._store_units = store.db("adm_store_units")  # u64 unit -> store account id
+        self._store_units = store.db("adm_store_units")  # u64 unit -> store account id [+ _DIVERTED]
         self._code_rewards = store.db("adm_code_rewards")  # u32 campaign u64 unit u8 role -> u64 scan
-        self._actor_counts = store.db("adm_actor_counts")  # u32 campaign actor -> _COUNTS
+        self._actor_counts = store.db("adm_actor_counts")  # u32 campaign (actor | _DEVICE device) -> _COUNTS
+        self._accounts = store.db("accounts")  # engine.accounts: a store's revocation
         self._progress = store.db("adm_lock_progress")  # u32 campaign actor -> [[at, sku, seq]...]
         self._vouchers = store.db("adm_vouchers")  # voucher id -> record
         self._version = -1
@@ -140,7 +186,10 @@ class RewardEngine:
     def _settle(self, txn, seq: int, ctx: ScanContext, actor: str | None, sku: str | None, draws: list,
                 register: bool, memo: WriteMemo) -> list[dict]:
         if register and actor:
-            txn.put(u64(ctx.unit), actor.encode(), db=self._store_units, overwrite=False)
+            # the registration keeps whether its scan was diverted: the goods went to a store
+            # outside the distributor's territory, so no rebate is paid for them later
+            txn.put(u64(ctx.unit), actor.encode() + _DIVERTED if "diverted" in ctx.flags else actor.encode(),
+                    db=self._store_units, overwrite=False)
         out: list[dict] = []
         charges = self.pools.charges(txn, memo)
         for c, amount, voucher_id in draws:
@@ -174,34 +223,35 @@ class RewardEngine:
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
         counted = None  # (key, value): the actor's count, written once the scan is not refused
+        device_counted = None  # the same for the scan's device
         if limits:
-            # Per-actor participation: one key per (campaign, actor) holding (day number,
-            # draws that day, draws in all) — one read and one write.
+            # Per-actor participation: one key per (campaign, actor) holding _COUNTS (day
+            # number, draws that day, in all, the day before) — one read and one write;
+            # per-device (羊毛党: one phone claiming under many user ids) the same, keyed by
+            # the scan's device id. A scan without a device is not counted against those.
             day = china_day_number(ctx.at)
-            count_key = campaign_key + actor.encode()
-            raw = txn.get(count_key, None, self._actor_counts)
-            last_day, today, total = (0, 0, 0) if raw is None else _COUNTS.unpack(raw)
-            # NOTE: a scan stamped before the stored day can commit after it (a group taken
-            # across midnight): it counts in the total, but must not move the day back and
-            # reset the new day's count. Its own day's count is no longer kept, so its daily
-            # cap is not checked (a scan within a group commit of midnight).
-            late = day < last_day
-            if day > last_day:
-                today = 0
-            limit = None
-            cap = limits.get("per_actor_per_day")
-            if cap is not None and not late and today >= cap:
-                limit = "per_actor_per_day"
-            else:
-                cap = limits.get("per_actor")
-                if cap is not None and total >= cap:
-                    limit = "per_actor"
-            if limit is not None:
-                txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
-                return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
-                         "limit": limit, "max": cap}]
-            counted = (count_key, _COUNTS.pack(last_day, today, total + 1) if late
-                       else _COUNTS.pack(day, today + 1, total + 1))
+            per_day, per_all = limits.get("per_actor_per_day"), limits.get("per_actor")
+            if per_day is not None or per_all is not None:
+                count_key = campaign_key + actor.encode()
+                refused, value = _count(txn.get(count_key, None, self._actor_counts), day, per_day, per_all)
+                if refused:
+                    txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
+                    return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
+                             "limit": "per_actor_per_day" if refused == 1 else "per_actor",
+                             "max": per_day if refused == 1 else per_all}]
+                counted = (count_key, value)
+            device = ctx.request.device
+            if device:
+                per_day, per_all = limits.get("per_device_per_day"), limits.get("per_device")
+                if per_day is not None or per_all is not None:
+                    count_key = campaign_key + _DEVICE + device.encode()
+                    refused, value = _count(txn.get(count_key, None, self._actor_counts), day, per_day, per_all)
+                    if refused:
+                        txn.delete(code_key, db=self._code_rewards)
+                        return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
+                                 "limit": "per_device_per_day" if refused == 1 else "per_device",
+                                 "max": per_day if refused == 1 else per_all}]
+                    device_counted = (count_key, value)
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
@@ -247,8 +297,22 @@ class RewardEngine:
                                     "unit": unit, "ledger": lseq})
         if counted is not None:
             txn.put(counted[0], counted[1], True, True, False, self._actor_counts)
-        for rebate in rule["rebates"]:
-            results.append(self._rebate(txn, seq, ctx, c, rebate, unit, charges, memo))
+        if device_counted is not None:
+            txn.put(device_counted[0], device_counted[1], True, True, False, self._actor_counts)
+        # NOTE: rebates follow every scan that counts in the campaign, a losing draw too: in
+        # the bC / BbC schemes the consumer's scan is the proof of sale that pays the store
+        # and the distributor (not the consumer's luck). A scan refused above (limit,
+        # already rewarded, budget) pays none.
+        rebates = rule["rebates"]
+        if rebates:
+            if "diverted" in ctx.flags:
+                for rebate in rebates:
+                    results.append({"campaign": cid, "name": c.name, "rebate": rebate["to"],
+                                    "outcome": "withheld_diverted"})
+            else:
+                reg = self._registration(txn, ctx)
+                for rebate in rebates:
+                    results.append(self._rebate(txn, seq, ctx, c, rebate, unit, reg, charges, memo))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -257,22 +321,44 @@ class RewardEngine:
             unit = self._units[pool_id] = self.pools.get_in(txn, pool_id).unit
         return unit
 
-    def _rebate(self, txn, seq: int, ctx: ScanContext, c: Campaign, rebate: dict, unit: str, charges,
-                memo: dict) -> dict:
+    def _registration(self, txn, ctx: ScanContext) -> bytes | None:
+        """The store registration (``adm_store_units`` value) on the unit or the nearest
+        unit above it (bC), or None."""
+        raw = txn.get(u64(ctx.unit), None, self._store_units)  # (positional: see above)
+        if raw is None:
+            for a in ctx.trace["ancestors"]:
+                raw = txn.get(u64((a["batch"] << 32) | a["serial"]), None, self._store_units)
+                if raw is not None:
+                    break
+        return raw
+
+    def _store_active(self, txn, store_id: bytes, memo: dict) -> bool:
+        """Whether a store's account is active (not revoked; on record), read in the
+        transaction: a revocation stops its rebates at once. Read once per write
+        transaction (see ScanLog.record's memo: accounts are not written in it)."""
+        key = ("store_active", store_id)
+        active = memo.get(key)
+        if active is None:
+            raw = txn.get(store_id, None, self._accounts)
+            active = memo[key] = raw is not None and unpack(raw)["account"]["revoked_at"] is None
+        return active
+
+    def _rebate(self, txn, seq: int, ctx: ScanContext, c: Campaign, rebate: dict, unit: str,
+                reg: bytes | None, charges, memo: dict) -> dict:
+        """One linked rebate of a scan that is not diverted; ``reg`` is the unit's store
+        registration (:meth:`_registration`). Nothing is charged for one withheld."""
         to = rebate["to"]
-        if "diverted" in ctx.flags:
+        if reg is not None and reg[-1:] == _DIVERTED:
+            # 窜货不返利: the goods were registered by a store outside the territory
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "withheld_diverted"}
         if to == "distributor":
             who = (ctx.trace.get("distributor") or {}).get("id")
+        elif reg is None:
+            who = None
         else:
-            # the store registered on the unit or the nearest unit above it (bC)
-            raw = txn.get(u64(ctx.unit), None, self._store_units)  # (positional: see above)
-            if raw is None:
-                for a in ctx.trace["ancestors"]:
-                    raw = txn.get(u64((a["batch"] << 32) | a["serial"]), db=self._store_units)
-                    if raw is not None:
-                        break
-            who = None if raw is None else raw.decode()
+            if not self._store_active(txn, reg, memo):
+                return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "beneficiary_revoked"}
+            who = reg.decode()
         if who is None:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
         amount = rebate["amount"]
@@ -353,12 +439,19 @@ class RewardEngine:
         twice); any other store gets Conflict ``voucher already redeemed``. A redemption
         reversed since (:meth:`unredeem_in`) is no longer one: the voucher is ``issued``
         again, so the store's request redeems it anew (a new entry, ``repeat`` False), or
-        ``expired`` (Conflict)."""
+        ``expired`` (Conflict). A store account that is not active (revoked) is refused
+        (Conflict), read again inside the write: the HTTP route only takes an active
+        account's token, but ``wuma voucher redeem --store`` names the account."""
         if store_account.role != "store":
             raise Conflict("only a store redeems vouchers")
+        if not store_account.active:
+            raise Conflict(f"store account {store_account.id} is revoked: it redeems no vouchers")
         now = time.time() if now is None else now
         vid = voucher_id.strip().upper() if isinstance(voucher_id, str) else ""
         with self._store.write() as txn:
+            # NOTE: read again in the write: a revocation since the account was read counts
+            if not self._store_active(txn, store_account.id.encode(), {}):
+                raise Conflict(f"store account {store_account.id} is revoked: it redeems no vouchers")
             raw = txn.get(vid.encode(), db=self._vouchers) if 0 < len(vid) <= 64 else None
             if raw is None:
                 raise NotFound("no such voucher")

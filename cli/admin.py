@@ -307,6 +307,7 @@ def voucher_show(admin, voucher_id, as_json):
 @pass_admin
 def voucher_redeem(admin, voucher_id, store_id, as_json):
     """Redeem (核销) a voucher for a store (the store's own path is POST /v1/vouchers/redeem).
+    A revoked store account is refused, as its token is on that path.
 
     Example: wuma voucher redeem V7K2M9QX4T1B8N3R5W6Y0 --store s-1
     """

@@ -80,6 +80,8 @@ def outcomes(result):
     ({"target": {"serials": [[1, 40, 99]]}}, "serials of batch"),
     ({"pool": "nope"}, "no pool nope"),
     ({"colour": "red"}, "unknown campaign fields: colour"),
+    ({"limits": {"per_ip": 3}}, "per_device_per_day"),
+    ({"limits": {"per_device": 0}}, "limit per_device"),
 ])
 def test_rules_are_validated_with_clear_errors(world, change, message):
     pool(world)
@@ -594,6 +596,68 @@ def test_a_scan_from_before_midnight_committed_after_one_from_after_keeps_the_da
     world["pipe"].clock = lambda: next(times)
     got = [outcomes(scan(world, cap(world, i), actor_id="same-user"))[0] for i in range(3)]
     assert got == ["granted", "granted", "limit_reached"]
+
+
+def test_a_scan_from_before_midnight_committed_late_keeps_its_own_days_limit(world):
+    """A scan of the old day committed after one of the new day is checked against its own
+    day's count (kept as the day before's), not waved through: limit 1 a day pays one a day."""
+    midnight = T0 + 8 * 3600  # 2027-01-16 00:00 China time
+    pool(world)
+    world["admin"].campaigns.create(rule(world, limits={"per_actor_per_day": 1}), who="test")
+    times = iter([midnight - 5.0, midnight + 0.5] + [midnight - 0.5] * 4 + [midnight + 10.0])
+    world["pipe"].clock = lambda: next(times)
+    got = [outcomes(scan(world, cap(world, i), actor_id="same-user"))[0] for i in range(7)]
+    assert got == ["granted", "granted"] + ["limit_reached"] * 5
+    # another actor: the old day's first scan, committed late, is still paid
+    world["pipe"].clock = iter([midnight + 1.0, midnight - 1.0, midnight - 1.0]).__next__
+    got = [outcomes(scan(world, cap(world, i), actor_id="other"))[0] for i in range(7, 10)]
+    assert got == ["granted", "granted", "limit_reached"]
+
+
+def test_counts_kept_before_the_day_before_was_kept_still_read(world):
+    """A count written by the old layout (day, that day's, in all: 12 bytes) reads with
+    no draws the day before, and is rewritten in the new one."""
+    import struct
+
+    from admin._util import china_day_number
+    from engine.store import u32
+
+    pool(world)
+    c = world["admin"].campaigns.create(rule(world, limits={"per_actor_per_day": 1, "per_actor": 5}),
+                                        who="test")
+    engine, key = world["admin"].rewards, u32(c.id) + b"old-user"
+    day = china_day_number(T0) + 1  # the stored day is the day after T0's
+    with world["data"].store.write() as txn:
+        txn.put(key, struct.pack(">III", day, 1, 3), db=engine._actor_counts)
+    world["clock"].t = T0 + 86400
+    assert outcomes(scan(world, cap(world, 0), actor_id="old-user")) == ["limit_reached"]  # that day's 1
+    world["clock"].t = T0  # the day before, committed late: its count reads as 0
+    assert outcomes(scan(world, cap(world, 1), actor_id="old-user")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 2), actor_id="old-user")) == ["limit_reached"]
+    with world["data"].store.read() as txn:
+        assert struct.unpack(">IIII", txn.get(key, db=engine._actor_counts)) == (day, 1, 4, 1)
+
+
+def test_per_device_limits_stop_one_phone_claiming_under_many_ids(world):
+    """羊毛党: one device, a new user id for every scan. The device's limits count like the
+    actor's; a scan without a device is not counted against them."""
+    pool(world)
+    world["admin"].campaigns.create(rule(world, limits={"per_actor_per_day": 1, "per_actor": 1,
+                                                        "per_device_per_day": 2, "per_device": 3}),
+                                    who="test")
+    got = [scan(world, cap(world, i), actor_id=f"u{i}", device="phone-1", ip="203.0.113.7").rewards[0]
+           for i in range(4)]
+    assert [r["outcome"] for r in got] == ["granted", "granted", "limit_reached", "limit_reached"]
+    assert (got[2]["limit"], got[2]["max"]) == ("per_device_per_day", 2)
+    world["clock"].t += 86400  # next day: one more for the device, then its total
+    got = [scan(world, cap(world, i), actor_id=f"v{i}", device="phone-1").rewards[0] for i in range(4, 6)]
+    assert [r["outcome"] for r in got] == ["granted", "limit_reached"]
+    assert (got[1]["limit"], got[1]["max"]) == ("per_device", 3)
+    # the refused codes kept their chance; other devices and scans without one are not held
+    assert outcomes(scan(world, cap(world, 2), actor_id="w1", device="phone-2")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 3), actor_id="w2")) == ["granted"]
+    assert outcomes(scan(world, cap(world, 5), actor_id="w3", device="")) == ["granted"]
+    assert sum(e["amount"] for e in world["admin"].ledger.entries()) == 600  # 6 granted
 
 
 def test_a_window_ending_on_a_date_includes_that_day(world):
