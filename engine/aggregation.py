@@ -48,7 +48,7 @@ from engine.ids import check_text, is_region_code, region_prefix
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord",
-           "VoidRuns", "activated_per_batch"]
+           "VoidRuns", "RelabelledLabels", "activated_per_batch"]
 
 _LOW = 0xFFFFFFFF
 _RUN = struct.Struct(">QI")  # old agg_p2c value: first child uid, count (migrated on open)
@@ -302,6 +302,38 @@ class VoidRuns:
         return max(split_unit(hit[0][0])[1], start) if hit else None
 
 
+class RelabelledLabels:
+    """The labels a relabel touched (标签替换), read without an :class:`Aggregation`: those
+    it made dead and those that now stand for another unit (``agg_relabel``).
+
+    NOTE: make it outside any transaction, as :class:`VoidRuns`."""
+
+    def __init__(self, store) -> None:
+        self._db = store.db("agg_relabel")
+
+    def first(self, txn, batch_id: int, start: int, stop: int) -> tuple[int, int | None] | None:
+        """``(serial, unit)`` of the first serial of ``start:stop`` (stop exclusive) of a
+        batch with a code a relabel touched, or None: ``unit`` is the uid of the unit the
+        label stands for now (a replacement label in use), None when the serial's codes are
+        dead (replaced, or the spare codes of a replacement label's unit).
+
+        PERF: one ``set_range`` (keys sort by uid, then role), and a step per other code
+        of that serial."""
+        cur = txn.cursor(self._db)
+        if not cur.set_range(_Q.pack(unit_id(batch_id, start))):
+            return None
+        uid = _LABEL.unpack(cur.key())[0]
+        if uid > unit_id(batch_id, stop - 1):
+            return None
+        unit = None
+        for key, raw in cur:
+            if _LABEL.unpack(key)[0] != uid:
+                break
+            if raw[0] == _ALIAS:
+                unit = _Q.unpack_from(raw, 1)[0]
+        return uid & _LOW, unit
+
+
 class Aggregation:
     """Links, activation, voids, distributors, shipments and history of a data folder."""
 
@@ -412,30 +444,62 @@ class Aggregation:
             return (f"label {self._label_text(txn, label)} is void: the "
                     f"{self.spec.role_by_index(by[1]).name} label of its unit replaced "
                     "another unit's label (relabel), and its other codes were voided with it")
-        live = by  # NOTE: a replacement label replaced in turn: follow to the one in use
-        while (nxt := txn.get(_LABEL.pack(*live), None, self._relabel_db)) is not None \
-                and nxt[0] == _DEAD:
-            live = _LABEL.unpack_from(nxt, 1)
+        live = self._live(txn, by)  # NOTE: a replacement label replaced in turn
         return (f"label {self._label_text(txn, label)} was replaced by label "
                 f"{self._label_text(txn, live)} (relabel): use the new label")
+
+    def _live(self, txn, label: tuple[int, int]) -> tuple[int, int]:
+        """The label in use in place of ``label``: itself, unless a relabel made it dead,
+        then the one that replaced it (followed while that was replaced in turn). A spare
+        code of a replacement label's unit (dead, never applied to anything) is its own."""
+        while (raw := txn.get(_LABEL.pack(*label), None, self._relabel_db)) is not None \
+                and raw[0] == _DEAD:
+            by = _LABEL.unpack_from(raw, 1)
+            if by[0] == label[0]:
+                break
+            label = by
+        return label
+
+    def _history_types(self, txn, uid: int) -> list[str]:
+        """The kinds of the events in a unit's own history (``agg_unit_events``), oldest
+        first, each once."""
+        cur = txn.cursor(db=self._unit_events_db)
+        if not cur.set_key(_Q.pack(uid)):
+            return []
+        kinds = (self._event_summary(txn, _Q.unpack(e)[0]) for e in cur.iternext_dup())
+        return list(dict.fromkeys(k["type"] for k in kinds if k is not None))
 
     def _in_relabel(self, txn, uid: int) -> bool:
         """Has a code of this unit been either side of a relabel?"""
         cur = txn.cursor(db=self._relabel_db)
         return cur.set_range(_Q.pack(uid)) and cur.key()[:8] == _Q.pack(uid)
 
-    def code_of(self, uid: int, role: str | None = None) -> str:
-        """The printed code of a unit (its first role unless ``role``)."""
-        b, s = split_unit(uid)
-        batch = self.data.batches.get(b)
-        return self.data.codes.code(batch, s, role or batch.roles[0])
+    def code_of(self, uid: int, role: str | None = None, txn=None) -> str:
+        """The code of a unit's label in use (its first role unless ``role``): the code as
+        generated, or the replacement label a relabel put on it (标签替换), so that the
+        code an operator copies from a trace is one that commands take. Read in ``txn`` if
+        given (a trace's own read transaction)."""
+        if txn is None:
+            with self.store.read() as read:
+                return self.code_of(uid, role, read)
+        batches = self.data.batches
+        batch = batches.find_in(txn, uid >> 32)
+        if batch is None:
+            raise NotFound(f"no batch {uid >> 32}")
+        role = role or batch.roles[0]
+        live, r = self._live(txn, (uid, self.spec.role(role).index))
+        if live != uid:
+            batch = batches.find_in(txn, live >> 32)
+            role = self.spec.role_by_index(r).name
+        return self.data.codes.code(batch, live & _LOW, role)
 
-    def describe(self, uid: int, render: bool = True) -> dict:
+    def describe(self, uid: int, render: bool = True, txn=None) -> dict:
+        """A unit for a trace; with ``render`` its code (:meth:`code_of`, in ``txn``)."""
         b = uid >> 32
         lv = self._levels.get(b) or self.level_of(uid)
         d = {"uid": uid, "batch": b, "serial": uid & _LOW, "level": lv}
         if render:
-            d["code"] = self.code_of(uid)
+            d["code"] = self.code_of(uid, None, txn)
         return d
 
     # -- low-level link helpers (inside a write txn) -----------------------------------------
@@ -751,12 +815,15 @@ class Aggregation:
         for it from now on, ``old_code`` is dead (scans answer ``voided``; commands given it
         refuse, naming the new label). The unit keeps its other codes (the inner code under
         a cap or inside a case still scans as before), its parent, children, activation,
-        shipment and scan records. Returns the event id (a ``relabel`` in the unit's history).
+        shipment and its other codes' scan records; ``new_code`` gets a scan record of its
+        own, ``old_code`` keeps its own (see :meth:`engine.scanlog.ScanLog.record`).
+        Returns the event id (a ``relabel`` in the unit's history).
 
         ``old_code`` is any code of the unit, or a label an earlier relabel put on it (the
         replacement damaged in turn). ``new_code`` is a code of the same role, fresh: of a
         unit never aggregated, voided, shipped or activated, none of whose codes was either
-        side of a relabel. Its unit's other codes (never applied to anything) die with it.
+        side of a relabel, and with no history at all (a carton packed and emptied again,
+        拆补包装, is refused). Its unit's other codes (never applied to anything) die with it.
         To swap the whole item, use :meth:`replace`.
         """
         old, new = self._label(old_code), self._label(new_code)
@@ -791,6 +858,14 @@ class Aggregation:
             if self.active.find(txn, n) is not None:
                 raise Conflict(f"{self._ref(n)} is activated (it carries a product of its "
                                "own); use a fresh label, one never activated")
+            # NOTE: unpacked or moved out, a unit is no longer linked, but every pack,
+            # unpack and move indexes it (a line-collection load indexes parents, and its
+            # children stay linked until one of those): any history is refused
+            past = self._history_types(txn, n)
+            if past:
+                raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label "
+                               "once aggregated is not fresh; use a fresh label, one never "
+                               "aggregated")
             eid = self._event(txn, "relabel", now, [unit], unit=unit, role=role, old=old[0],
                               new=n)
             txn.put(_LABEL.pack(*new), bytes((_ALIAS,)) + _Q.pack(unit), db=db)
@@ -1193,6 +1268,9 @@ class Aggregation:
         A replacement label (:meth:`relabel`) traces the unit it stands for; a dead label
         raises :class:`Conflict` naming the label in its place.
 
+        With ``render`` ancestors and children carry the code of their label in use
+        (:meth:`code_of`: a relabelled unit's replacement label, not its dead first code).
+
         PERF: on the scan path call with ``render=False`` (codes of ancestors are not
         re-generated); the ancestor walk is one LMDB ``set_range`` per level.
         """
@@ -1226,8 +1304,8 @@ class Aggregation:
                 "voided": void is not None,
                 "product": None if act is None else dict(act["product"]),
                 "activation": None if act is None else act["id"],
-                "ancestors": [describe(a, render) for a in chain],
-                "children": [describe(f + i, render) for f, n in kids for i in range(n)],
+                "ancestors": [describe(a, render, txn) for a in chain],
+                "children": [describe(f + i, render, txn) for f, n in kids for i in range(n)],
                 "shipment": shipment,
                 "distributor": distributor,
                 "returned": via is not None and not sid,

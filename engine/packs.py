@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine import _kernels as K
-from engine.aggregation import VoidRuns
+from engine.aggregation import RelabelledLabels, VoidRuns
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
 from engine.files import NewFile, private_output, same_file, sync_folder
@@ -305,6 +305,7 @@ class PackRegistry:
         #: SHA-256 of an open receipt's signed body -> its ``opened`` event: each once
         self._receipts = data.store.db("pack_receipts")
         self._voids = VoidRuns(data.store)
+        self._relabels = RelabelledLabels(data.store)
 
     def export(
         self,
@@ -403,11 +404,24 @@ class PackRegistry:
 
     def _refuse_voided(self, txn, batch, start: int, stop: int) -> None:
         """Conflict if codes of ``start:stop`` were voided (a range void; a whole-batch void
-        is the batch's state): voided labels must not be printed."""
+        is the batch's state): voided labels must not be printed; nor labels a relabel
+        touched (标签替换): a dead one answers voided, and a replacement label in use is on
+        an item already, so printing it again makes a second copy of a live label."""
         first = self._voids.first(txn, batch.id, start, stop)
         if first is not None:
             raise Conflict(f"serial {first} of batch {batch.id} (and maybe more in {start}:{stop}) "
                            "is voided: export the ranges around the voided codes")
+        hit = self._relabels.first(txn, batch.id, start, stop)
+        if hit is not None:
+            serial, unit = hit
+            if unit is None:
+                why = "was made dead by a relabel (replaced, it answers voided)"
+            else:
+                why = (f"is a replacement label in use (a relabel put it on {unit >> 32}:"
+                       f"{unit & 0xFFFFFFFF}): printed again it would be a second copy of a "
+                       "live label")
+            raise Conflict(f"serial {serial} of batch {batch.id} (and maybe more in "
+                           f"{start}:{stop}) {why}: export the ranges around the relabelled codes")
 
     def _write_part(self, batch, line, out_dir, start, stop, split_key, chunk_bytes, signer_id,
                     signer, now, progress, anonymous) -> _WrittenPart:
@@ -531,11 +545,17 @@ class PackRegistry:
             return rec
 
     def _first_voided(self, txn, rec: dict) -> int | None:
-        """The first serial of the pack's range voided since its export, or None.
+        """The first serial of the pack's range voided since its export, or None. A serial a
+        relabel touched since (标签替换: a dead label, or a replacement label in use, see
+        :meth:`_refuse_voided`) counts as voided: it must not be printed (again) either.
 
         PERF: one range lookup in the voided runs (``agg_void``), which hold every void:
-        codes, ranges and whole batches (a batch's ``voided`` state follows from them)."""
-        return self._voids.first(txn, rec["batch"], rec["start"], rec["stop"])
+        codes, ranges and whole batches (a batch's ``voided`` state follows from them), and
+        one in ``agg_relabel``."""
+        b, start, stop = rec["batch"], rec["start"], rec["stop"]
+        first = self._voids.first(txn, b, start, stop)
+        hit = self._relabels.first(txn, b, start, stop if first is None else first)
+        return first if hit is None else hit[0]
 
     def revoke(self, pack_id: str, *, now: float | None = None) -> dict:
         """Mark a pack revoked (it is no longer served; the audit keeps it)."""
@@ -613,11 +633,12 @@ class PackRegistry:
 
     def list(self, *, batch: int | None = None, line: str | None = None, events: bool = True) -> list[dict]:
         """Issued packs (oldest first), each with ``voided_serial``: the first serial of its
-        range voided after the export (None if none is): voided labels must not be
-        printed; and, with ``events`` (what ``pack list`` shows; the pull server's listing
-        needs neither), its ``events`` (issued, download, opened, revoked) and
-        ``file_present``: whether its file is where the export put it (an export killed
-        while placing its files leaves packs registered without one)."""
+        range voided after the export, or touched by a relabel (None if none is; see
+        :meth:`_first_voided`): voided labels must not be printed; and, with ``events``
+        (what ``pack list`` shows; the pull server's listing needs neither), its
+        ``events`` (issued, download, opened, revoked) and ``file_present``: whether its
+        file is where the export put it (an export killed while placing its files leaves
+        packs registered without one)."""
         with self._store.read() as txn:
             packs = {}
             for _, v in txn.cursor(db=self._packs):

@@ -444,8 +444,11 @@ class ScanPipeline:
             event["region_from"] = region_from
         if diversion:
             event["diverted"] = diversion
+        # NOTE: the record is the label's as printed (``scanned``), the event the unit's: a
+        # replacement label (标签替换) has a scan history of its own, and scans of the torn
+        # label it replaced (answered voided) never make it copied
         record = self.scans.record(uid, role_index, event, _chain(settles),
-                                   self._copy_at if verdict == "genuine" else None)
+                                   self._copy_at if verdict == "genuine" else None, scanned)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
         rewards = [r for r in record.rewards if "rebate" not in r]
         if record.copied:
@@ -478,7 +481,7 @@ class ScanPipeline:
         if uid != scanned:
             v = _as_unit(v, uid)
         verdict = _unit_verdict(trace)
-        record = self.scans.get(uid, role_index, self._copy_at)
+        record = self.scans.get(scanned, role_index, self._copy_at)  # the label's own (see scan)
         # NOTE: copied once, the code stays so for the landing page (a scan's own flag
         # looks at its window only): a label seen in three cities is a copied label. Set
         # on genuine codes only, as for scans.

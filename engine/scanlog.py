@@ -1,9 +1,9 @@
 """Durable scan records with group commit.
 
-Every scan updates its unit's scan record (count, first scan time and place, last scan;
-per role) and appends a scan event. :meth:`ScanLog.record` returns only after the write
-is committed and fsync'ed (the store is opened with sync=True) — so an acknowledged scan
-survives ``kill -9`` of the process.
+Every scan updates its code's scan record (count, first scan time and place, last scan;
+per code as printed: uid and role) and appends a scan event. :meth:`ScanLog.record`
+returns only after the write is committed and fsync'ed (the store is opened with
+sync=True) — so an acknowledged scan survives ``kill -9`` of the process.
 
 PERF: one fsync per scan caps a disk at ~1.5k scans/s. Callers on many threads hand
 their writes to one committer thread, which commits everything waiting in one
@@ -142,7 +142,7 @@ def _upgraded(rec: list, copy_at: tuple[int, int, float] | None) -> list:
 
 
 class ScanRecord(NamedTuple):
-    """Scan history of one code (unit + role) after the scan that returned it.
+    """Scan history of one code (its uid as printed + role) after the scan that returned it.
 
     PERF: a NamedTuple (immutable, ~0.6 µs to build): a frozen dataclass's __init__ sets
     each field through object.__setattr__ (~2.3 µs for these 11, on every scan)."""
@@ -476,8 +476,15 @@ class ScanLog:
 
     # -- writing ----------------------------------------------------------------------
     def record(self, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int, float] | None = None) -> ScanRecord:
+               copy_at: tuple[int, int, float] | None = None,
+               label: int | None = None) -> ScanRecord:
         """Apply one scan durably; returns the code's updated scan record.
+
+        The record is the code's as printed, ``(label, role_index)``; ``label`` is the
+        uid the code itself carries, ``unit_id`` unless a relabel put the code on another
+        unit (标签替换): a replacement label has a scan history of its own, and the label it
+        replaced keeps its own (a torn label scanned elsewhere never counts for the new
+        one). The event names the unit (``unit_id``), as everything else does.
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
         it is stored as the scan event with its sequence number. ``settle(txn, seq, memo)``,
@@ -505,7 +512,9 @@ class ScanLog:
         if self._thread is None:
             self._start()
         waiter = self._new_waiter()
-        self._queue.put((unit_id, role_index, event, settle, copy_at, waiter))
+        # PERF: the label goes in the same tuple (no allocation of its own)
+        self._queue.put((unit_id, role_index, event, settle, copy_at,
+                         unit_id if label is None else label, waiter))
         return waiter.get()
 
     def _start(self) -> None:
@@ -570,8 +579,9 @@ class ScanLog:
                     first = self._store.current_id(txn, "scan_event") + 1
                     memo = WriteMemo()
                     out = [self._apply(txn, first + i, unit_id, role_index, event,
-                                       _FAILED if i in failed else settle, copy_at, memo, i)
-                           for i, (unit_id, role_index, event, settle, copy_at, _) in enumerate(group)]
+                                       _FAILED if i in failed else settle, copy_at, memo, i, label)
+                           for i, (unit_id, role_index, event, settle, copy_at, label, _)
+                           in enumerate(group)]
                     memo.finish(txn)
                     self._store.set_id(txn, "scan_event", first + len(group) - 1)
                     return out
@@ -580,9 +590,9 @@ class ScanLog:
 
     def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
                copy_at: tuple[int, int, float] | None = None, memo: WriteMemo | None = None,
-               index: int = 0) -> ScanRecord:
+               index: int = 0, label: int | None = None) -> ScanRecord:
         # PERF: LMDB arguments by position (py-lmdb parses keywords slowly, ~0.1 µs a call)
-        key = _record_key(unit_id, role_index)
+        key = _record_key(unit_id if label is None else label, role_index)
         raw = txn.get(key, None, self._records)
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")
@@ -666,11 +676,12 @@ class ScanLog:
     # -- reading ----------------------------------------------------------------------
     def get(self, unit_id: int, role_index: int,
             copy_at: tuple[int, int, float] | None = None) -> ScanRecord | None:
-        """The code's scan record without scanning it (read-only check). ``ever_copied``
-        says whether a scan of the code was flagged copied; ``copy_at`` (as for
-        :meth:`record`) is only for a record written before that was kept, judged with it
-        (nothing is written); without it such a record says not copied (see
-        :func:`_upgraded`)."""
+        """The code's scan record without scanning it (read-only check): ``unit_id`` is the
+        uid the code carries as printed (a replacement label's own, see :meth:`record`,
+        not the unit it stands for). ``ever_copied`` says whether a scan of the code was
+        flagged copied; ``copy_at`` (as for :meth:`record`) is only for a record written
+        before that was kept, judged with it (nothing is written); without it such a record
+        says not copied (see :func:`_upgraded`)."""
         with self._store.read() as txn:
             raw = txn.get(_record_key(unit_id, role_index), None, self._records)
         if raw is None:

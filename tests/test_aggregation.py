@@ -554,6 +554,8 @@ class AggregationModel(RuleBasedStateMachine):
         self.alias: dict[tuple[int, int], int] = {}
         self.dead: set[tuple[int, int]] = set()
         self.relabelled: set[int] = set()
+        # units with a history of their own (agg_unit_events): never a relabel's new label
+        self.history: set[int] = set()
 
     def teardown(self) -> None:
         self.data.close()
@@ -620,6 +622,8 @@ class AggregationModel(RuleBasedStateMachine):
         assert rep.loaded == ok, (rep.bad, ok)
         event(f"load ok={ok}")
         if ok:
+            if any(self.parent.get(k) != P[0] for k in new):  # a load indexes its parents
+                self.history.add(P[0])
             for k in new:
                 self.parent[k] = P[0]
 
@@ -634,7 +638,10 @@ class AggregationModel(RuleBasedStateMachine):
             assert not ok
             return
         assert ok
-        for k in (kids or self._kids(P[0])):
+        kids = kids or self._kids(P[0])
+        if kids:
+            self.history |= {P[0], *kids}
+        for k in kids:
             del self.parent[k]
 
     @rule(cs=st.lists(st.integers(0, 22), min_size=1, max_size=3), to=st.integers(0, 22))
@@ -658,6 +665,9 @@ class AggregationModel(RuleBasedStateMachine):
             return
         assert ok
         event("move ok")
+        moved = [k for k in model if model[k] != self.parent.get(k)]
+        if moved:
+            self.history |= {T, *moved, *(self.parent[k] for k in moved if k in self.parent)}
         self.parent = model
 
     @rule(a=st.integers(0, 22), b=st.integers(0, 22))
@@ -675,6 +685,7 @@ class AggregationModel(RuleBasedStateMachine):
             return
         assert ok
         event("replace ok")
+        self.history |= {old, new} | ({self.parent[old]} if old in self.parent else set())
         if old in self.parent:
             self.parent[new] = self.parent.pop(old)
         for k in self._kids(old):
@@ -708,7 +719,8 @@ class AggregationModel(RuleBasedStateMachine):
         unit = None if old in self.dead else self.alias.get(old, old[0])
         ok = (unit is not None and old[0] != new[0] and unit not in self.voided
               and new[0] not in self.relabelled and new[0] not in self.voided
-              and new[0] not in self.parent and not self._kids(new[0]))
+              and new[0] not in self.parent and not self._kids(new[0])
+              and new[0] not in self.history)
         try:
             self.agg.relabel(code[old], code[new])
         except (Conflict, ValueError):

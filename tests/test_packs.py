@@ -594,3 +594,40 @@ def test_voided_codes_are_not_packed_for_printing(world, data):
     assert [p.count for p in _export(world, start=0, stop=100)] == [100]
     assert [p.count for p in _export(world, start=110, stop=200)] == [90]
     assert len(reg.list()) == 2
+
+
+def test_relabelled_labels_are_not_packed_for_printing_nor_served(world, data, server):
+    """A label a relabel touched (标签替换) is refused as a voided one is: a replacement label
+    in use (printed again: a second copy of a live label) and a dead one; a pack whose
+    range holds one is withheld, its ``voided_serial`` naming the first."""
+    from engine.aggregation import Aggregation
+
+    reg, keys, _brand, batch, _tmp = world
+    early, late = _export(world, start=0, stop=400, parts=2)
+    agg = Aggregation(data)
+    other = data.create_batch("cap", 2)
+    codes = data.codes
+    agg.relabel(codes.code(other, 0, "cap_outer"), codes.code(batch, 150, "cap_outer"))
+    agg.relabel(codes.code(batch, 300, "cap_outer"), codes.code(other, 1, "cap_outer"))
+    with pytest.raises(Conflict, match=f"serial 150 of batch {batch.id} .*in 0:200.* is a "
+                                       f"replacement label in use .*{other.id}:0.* second copy"):
+        _export(world, start=0, stop=200)
+    with pytest.raises(Conflict, match=f"serial 300 of batch {batch.id} .* made dead by a relabel"):
+        _export(world, start=250, stop=400)
+    for start, stop in ((150, 151), (299, 301)):
+        with pytest.raises(Conflict, match="relabel"):
+            _export(world, start=start, stop=stop)
+    fine = [_export(world, start=a, stop=b)[0] for a, b in ((0, 150), (151, 300), (301, 400))]
+    # packs exported before: withheld, the first such serial named (a void after it too)
+    agg.void(serial_range=(batch.id, 180, 190), reason="labels destroyed")
+    listed = {p["id"]: p["voided_serial"] for p in reg.list()}
+    assert (listed[early.id], listed[late.id]) == (150, 300)
+    assert reg.get(late.id)["voided_serial"] == 300
+    assert [listed[p.id] for p in fine] == [None, 180, None]
+    status, body = _call(server, "/packs", sign_request(keys, "GET", "/packs"))
+    answer = json.loads(body)
+    assert status == 200 and {p["id"] for p in answer["packs"]} == {fine[0].id, fine[2].id}
+    assert {w["id"] for w in answer["withheld"]} == {early.id, late.id, fine[1].id}
+    path = f"/packs/{late.id}"
+    status, _ = _call(server, path, sign_request(keys, "GET", path))
+    assert status == 410

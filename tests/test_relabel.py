@@ -86,20 +86,46 @@ def test_relabel_a_case_outer_label_keeps_the_case(world):
         agg.trace(old)
 
 
-def test_a_replacement_label_scans_into_the_units_scan_record(world):
-    """Scans of the new label are the unit's (the record the old label had goes on);
-    campaigns see the unit."""
+def test_a_replacement_label_has_a_scan_record_of_its_own(world):
+    """Scans are recorded by the label as printed: the new label starts its own record,
+    the old (dead) one keeps its own; the event and campaigns still see the unit."""
     w = world
     old, new = _code(w, "cases", 1, "case_outer"), _code(w, "spares", 1, "case_outer")
     assert _scan(w, old, "store").scan.count == 1
     w["agg"].relabel(old, new)
-    assert _scan(w, new, "store").scan.count == 2
+    assert _scan(w, new, "store").scan.count == 1
     role = w["data"].spec.role("case_outer").index
-    assert w["pipe"].scans.get(unit_id(w["cases"].id, 1), role).count == 2
-    assert w["pipe"].scans.get(unit_id(w["spares"].id, 1), role) is None
-    # the old label's scan after the relabel: voided, recorded under the old label's own
-    # identity (the unit's, as before the relabel)
+    assert w["pipe"].scans.get(unit_id(w["cases"].id, 1), role).count == 1
+    assert w["pipe"].scans.get(unit_id(w["spares"].id, 1), role).count == 1
+    event = w["pipe"].scans.events()[-1]
+    assert (event["unit"], event["role"]) == (unit_id(w["cases"].id, 1), role)
+    # the old label's scan after the relabel: voided, recorded under its own identity
     assert _scan(w, old, "store").verdict == "voided"
+    assert w["pipe"].scans.get(unit_id(w["cases"].id, 1), role).count == 2
+    assert w["pipe"].check(new).scan.count == 1
+
+
+def test_a_torn_label_scanned_elsewhere_never_makes_its_replacement_copied(world):
+    """The hunt's t1: the old cap label (or copies of it) scanned in other cities after the
+    relabel; the new label's scan is not copied, and each label's check shows its own."""
+    w, agg = world, world["agg"]
+    spare_caps = w["data"].create_batch("cap", 2)
+    old, new = _code(w, "caps", 5, "cap_outer"), w["data"].codes.code(spare_caps, 0, "cap_outer")
+    assert _scan(w, old, "store").flags == ()
+    agg.relabel(old, new)
+    for region, device in (("110105", "d1"), ("310101", "d2"), ("500103", "d3")):
+        got = w["pipe"].scan(ScanRequest(old, actor_role="consumer", actor_id="u-2",
+                                         region=region, device=device))
+        assert got.verdict == "voided"
+    scanned = _scan(w, new, "store")
+    assert scanned.verdict == "genuine" and "copied" not in scanned.flags
+    assert scanned.scan.count == 1 and not scanned.scan.ever_copied
+    assert (scanned.batch, scanned.serial) == (w["caps"].id, 5)  # the unit it stands for
+    check = w["pipe"].check(new)
+    assert check.verdict == "genuine" and check.flags == () and check.scan.count == 1
+    dead = w["pipe"].check(old)
+    assert dead.verdict == "voided" and dead.scan.count == 4  # its own scans only
+    assert dead.scan.first_region == "440106"
 
 
 def test_relabel_again_kills_the_first_replacement(world):
@@ -338,3 +364,54 @@ def test_a_one_code_level_is_relabelled_too(world):
     assert (got.batch, got.serial) == (w["cases"].id + 1, 0)
     assert _scan(w, _code(w, "caps", 0, "cap_inner")).ancestors[1]["batch"] == w["cases"].id + 1
     assert len(agg.trace(new)["children"]) == 2
+
+
+def test_a_trace_renders_a_relabelled_unit_by_its_label_in_use(world):
+    """The hunt's t4: a trace's ancestors and children carry the replacement label's code
+    (the dead first code would be refused by the command the operator copies it into)."""
+    w, agg = world, world["agg"]
+    old, first = _code(w, "cases", 0, "case_outer"), _code(w, "spares", 0, "case_outer")
+    agg.relabel(old, first)
+    kids = [c["code"] for c in agg.trace(_pallet(w), render=True)["children"]]
+    assert kids == [first, _code(w, "cases", 1, "case_outer")]
+    (parent, pallet) = agg.trace(_code(w, "caps", 0, "cap_inner"), render=True)["ancestors"]
+    assert parent["code"] == first and pallet["code"] == _pallet(w)
+    assert (parent["batch"], parent["serial"]) == (w["cases"].id, 0)  # still the unit
+    assert agg.move([_code(w, "caps", 0, "cap_outer")], to=parent["code"]) == []
+    # replaced in turn: the label in use now
+    second = _code(w, "spares", 1, "case_outer")
+    agg.relabel(first, second)
+    assert agg.trace(_pallet(w), render=True)["children"][0]["code"] == second
+    assert agg.code_of(unit_id(w["cases"].id, 0)) == second
+    assert agg.code_of(unit_id(w["cases"].id, 0), "case_inner") == _code(w, "cases", 0,
+                                                                          "case_inner")
+    # without render nothing is rendered (the scan path)
+    assert "code" not in agg.trace(_pallet(w))["children"][0]
+
+
+def test_relabel_refuses_a_new_label_packed_and_emptied_again(world, tmp_path):
+    """The hunt's t9: a carton packed on the line and unpacked (拆补包装) is no longer
+    linked, but it is not fresh: refused, nothing written."""
+    w, agg, data = world, world["agg"], world["data"]
+    loose = data.create_batch("cap", 24)
+    spare = _code(w, "spares", 0, "case_outer")
+    agg.link(spare, [data.codes.code(loose, i, "cap_outer") for i in range(24)])
+    assert len(agg.unpack(spare)) == 24
+    old = _code(w, "cases", 0, "case_outer")
+    with pytest.raises(Conflict, match=r"has a history \(pack, unpack\).* use a fresh label"):
+        agg.relabel(old, spare)
+    assert _verdict(w, old) == "genuine"
+    # a cap loaded in a case by a line file (which indexes the case only), then moved out
+    # and taken out again: the same
+    more = data.create_batch("cap", 2)
+    cap = data.codes.code(more, 0, "cap_outer")
+    f = tmp_path / "line.csv"
+    f.write_text(f"{_code(w, 'spares', 1, 'case_outer')},{cap}\n")
+    assert agg.load(f).links_added == 1
+    agg.move([cap], to=_code(w, "spares", 2, "case_outer"))
+    agg.unpack(_code(w, "spares", 2, "case_outer"))
+    with pytest.raises(Conflict, match=r"has a history \(move, unpack\)"):
+        agg.relabel(_code(w, "caps", 0, "cap_outer"), cap)
+    # a fresh one is taken
+    agg.relabel(old, _code(w, "spares", 3, "case_outer"))
+    assert _verdict(w, old) == "voided"
