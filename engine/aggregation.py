@@ -760,8 +760,9 @@ class Aggregation:
         activation and shipment; the old code is voided (and its batch, when that was the
         batch's last unit not voided). Returns the event id.
 
-        The new label must be fresh: not aggregated, not voided and with no shipment
-        record of its own (a label shipped or returned on its own is refused). It then
+        The new label must be fresh (:meth:`_refuse_unfresh`): not aggregated (one packed
+        and emptied again may be), never relabelled, not voided nor activated, and with no
+        shipment record of its own (a label shipped or returned on its own is refused). It then
         resolves to exactly the shipment the old label resolved to (the old one's own
         record, or through the same parent), so the children moved under it keep their
         distributor without a record of their own.
@@ -774,19 +775,9 @@ class Aggregation:
             if self.level_of(old, txn) != self.level_of(new, txn):
                 raise Conflict(f"a {self.level_of(new, txn)} label cannot replace a "
                                f"{self.level_of(old, txn)}")
-            if self._in_relabel(txn, new):
-                raise Conflict(f"{self._ref(new)} was part of a relabel; use a fresh label")
             if self._voided(txn, old):
                 raise Conflict(f"{self._ref(old)} is already voided")
-            if self._voided(txn, new):
-                raise Conflict(f"{self._ref(new)} is voided")
-            if self._parent(txn, new) is not None or self._children_runs(txn, new):
-                raise Conflict(f"{self._ref(new)} is already aggregated; use a fresh label")
-            own = txn.get(_Q.pack(new), db=self._ship_db)
-            if own is not None:
-                raise Conflict(f"{self._ref(new)} has a shipment record of its own "
-                               f"({self._shipment_text(txn, _I.unpack(own)[0])}); a "
-                               "replacement label must be fresh: use one that was never shipped")
+            self._refuse_unfresh(txn, new, emptied=True)
             parent = self._unlink(txn, old)
             if parent is not None:
                 self._add_run(txn, parent, new, new)
@@ -796,8 +787,6 @@ class Aggregation:
                 self._add_run(txn, new, k, k)
             act = self.active.find(txn, old)
             if act is not None:
-                if self.active.find(txn, new) is not None:
-                    raise Conflict(f"{self._ref(new)} is already activated")
                 self.active.put(txn, new, new, act[2])
                 self.data.batches.count_activated(txn, {new >> 32: 1})
             ship = txn.get(_Q.pack(old), db=self._ship_db)
@@ -809,6 +798,35 @@ class Aggregation:
             self.voids.put(txn, old, old, _I.pack(eid))
             self._follow_voids(txn, [old >> 32])
         return eid
+
+    def _refuse_unfresh(self, txn, n: int, *, emptied: bool = False) -> None:
+        """Conflict unless unit ``n`` is fresh, as :meth:`replace` and :meth:`relabel` take
+        one: never either side of a relabel, not voided, not aggregated, no shipment record
+        of its own, not activated; and, unless ``emptied`` (a whole spare carton for
+        :meth:`replace` may be one packed and emptied again, 拆补包装), never aggregated
+        before either (a relabel puts only its outer label on another item, and the inner
+        code would stay in a carton of its own history)."""
+        if self._in_relabel(txn, n):
+            raise Conflict(f"{self._ref(n)} was part of a relabel already; use a fresh label")
+        if self._voided(txn, n):
+            raise Conflict(f"{self._ref(n)} is voided; use a fresh label")
+        if self._parent(txn, n) is not None or self._children_runs(txn, n):
+            raise Conflict(f"{self._ref(n)} is already aggregated; use a fresh label")
+        own = txn.get(_Q.pack(n), db=self._ship_db)
+        if own is not None:
+            raise Conflict(f"{self._ref(n)} has a shipment record of its own "
+                           f"({self._shipment_text(txn, _I.unpack(own)[0])}); use a fresh "
+                           "label, one that was never shipped")
+        if self.active.find(txn, n) is not None:
+            raise Conflict(f"{self._ref(n)} is activated (it carries a product of its own); "
+                           "use a fresh label, one never activated")
+        # NOTE: unpacked or moved out, a unit is no longer linked, but every pack, unpack
+        # and move indexes it (a line-collection load indexes parents, and its children
+        # stay linked until one of those): any history is refused
+        past = () if emptied else self._history_types(txn, n)
+        if past:
+            raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label once "
+                           "aggregated is not fresh; use a fresh label, one never aggregated")
 
     def relabel(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
         """Replace one damaged label of a unit (标签替换), keeping the unit: ``new_code`` stands
@@ -843,29 +861,7 @@ class Aggregation:
             n = new[0]
             if self._voided(txn, unit):
                 raise Conflict(f"{self._ref(unit)} is voided: a voided unit is not relabelled")
-            if self._in_relabel(txn, n):
-                raise Conflict(f"{self._ref(n)} was part of a relabel already; use a fresh "
-                               "label")
-            if self._voided(txn, n):
-                raise Conflict(f"{self._ref(n)} is voided; use a fresh label")
-            if self._parent(txn, n) is not None or self._children_runs(txn, n):
-                raise Conflict(f"{self._ref(n)} is already aggregated; use a fresh label")
-            own = txn.get(_Q.pack(n), db=self._ship_db)
-            if own is not None:
-                raise Conflict(f"{self._ref(n)} has a shipment record of its own "
-                               f"({self._shipment_text(txn, _I.unpack(own)[0])}); use a fresh "
-                               "label, one that was never shipped")
-            if self.active.find(txn, n) is not None:
-                raise Conflict(f"{self._ref(n)} is activated (it carries a product of its "
-                               "own); use a fresh label, one never activated")
-            # NOTE: unpacked or moved out, a unit is no longer linked, but every pack,
-            # unpack and move indexes it (a line-collection load indexes parents, and its
-            # children stay linked until one of those): any history is refused
-            past = self._history_types(txn, n)
-            if past:
-                raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label "
-                               "once aggregated is not fresh; use a fresh label, one never "
-                               "aggregated")
+            self._refuse_unfresh(txn, n)
             eid = self._event(txn, "relabel", now, [unit], unit=unit, role=role, old=old[0],
                               new=n)
             txn.put(_LABEL.pack(*new), bytes((_ALIAS,)) + _Q.pack(unit), db=db)
