@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
+import test_campaigns
 from click.testing import CliRunner
+from conftest_world import Clock, build_world
 
 from admin.rewards import OUTCOMES
 from admin.service import Admin
 from cli.main import cli
-from conftest_world import Clock, build_world
 from engine.errors import Conflict
 from engine.scan import ScanRequest
 
@@ -23,25 +24,12 @@ T0 = 1_800_000_000.0  # 2027-01-15 16:00 China time (08:00 UTC)
 REBATES = [{"to": "store", "amount": 50}, {"to": "distributor", "amount": 20}]
 
 
-@pytest.fixture
-def world(tmp_path):
-    w = build_world(tmp_path / "wuma-data", rate_per_minute=100_000)
-    clock = Clock()
-    admin = Admin(w["data"], rng=random.Random(7), clock=clock)
-    w.update(clock=clock, admin=admin, pipe=admin.scan_pipeline())
-    yield w
-    admin.close()
-    w["data"].close()
+# The world of test_campaigns (build_world with an Admin on a clock), and its rules with rebates.
+world = test_campaigns.world
 
 
 def rule(w, **over):
-    r = {"name": "Cap draw", "pool": "p",
-         "trigger": {"code_role": "cap_inner", "actor_role": "consumer"},
-         "target": {"batches": [w["caps"].id]},
-         "window": {"start": T0 - 3600, "end": T0 + 90 * 86400},
-         "reward": {"kind": "fixed", "amount": 100}, "rebates": REBATES}
-    r.update(over)
-    return r
+    return test_campaigns.rule(w, **{"rebates": REBATES, **over})
 
 
 def cap(w, serial, role="cap_inner"):

@@ -7,9 +7,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest_world import Clock, build_world
 
 from cli.main import cli
-from conftest_world import Clock, build_world
 from engine import Conflict
 from engine.aggregation import unit_id
 from engine.epcis import export_epcis
@@ -251,11 +251,17 @@ def test_warehouse_commands_follow_a_replacement_label(world):
     agg.check_consistency()
 
 
+def _case_relabelled(run) -> tuple[str, object]:
+    """Case 0's outer label replaced by a spare's: (the new label, the spares' batch)."""
+    spares = run.data.create_batch("case", 3)
+    new = run.data.codes.code(spares, 0, "case_outer")
+    run.agg.relabel(run.cases[0], new)
+    return new, spares
+
+
 def test_a_line_file_with_a_replacement_label_links_the_unit(run, tmp_path):
-    agg, data = run.agg, run.data
-    spares = data.create_batch("case", 3)
-    new = data.codes.code(spares, 0, "case_outer")
-    agg.relabel(run.cases[0], new)
+    agg = run.agg
+    new, spares = _case_relabelled(run)
     f = tmp_path / "line.csv"
     f.write_text(",".join([new] + run.caps[:24]) + "\n")
     rep = agg.load(f)
@@ -272,9 +278,7 @@ def test_a_line_file_with_a_replacement_label_links_the_unit(run, tmp_path):
 
 def test_a_line_file_with_a_dead_label_is_refused_with_its_line(run, tmp_path):
     agg, data = run.agg, run.data
-    spares = data.create_batch("case", 3)
-    new = data.codes.code(spares, 0, "case_outer")
-    agg.relabel(run.cases[0], new)
+    new, spares = _case_relabelled(run)
     lines = [",".join([run.cases[1]] + run.caps[24:48]),
              "# the torn label",
              ",".join([run.cases[0]] + run.caps[:24]),
