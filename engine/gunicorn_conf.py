@@ -209,20 +209,74 @@ if worker_class == "gevent":
     #: connection per scan (phones, a proxy without upstream keep-alive) 1 made every group
     #: commit hold one scan: 1,651 scans/s against 3,570 with 8 (7.4 a commit), and 1,500
     #: phones a second got answers in p50/p99 1.2/6.8 s against 3/88 ms. The cost: a burst of
-    #: long-lived connections (wrk's 16) may split unevenly over the workers (60/40 in 2
-    #: of 5 runs): kept-alive scans/s 0.92x of accepting 1 (3 alternated rounds).
+    #: long-lived connections (wrk's 16) could land unevenly on the workers (60/40 in 2
+    #: of 5 runs, and once all 16 on one worker): so a worker ahead of the others takes
+    #: fewer at once (engine/accept_shares.py: the workers' counts of connections held,
+    #: in memory the master shares with them).
     accept_batch = int(os.environ.get("WUMA_ACCEPT_BATCH") or 8)
     if accept_batch > 1 and _read_by_gunicorn():  # NOTE: a process importing this keeps gevent's own
         from gevent.baseserver import BaseServer as _BaseServer
 
-        _start = _BaseServer.start
+        from engine.accept_shares import PAUSE, AcceptShares
+
+        _shares = AcceptShares()  # NOTE: made in the master, before any fork
+        _start, _do_read, _do_handle = _BaseServer.start, _BaseServer._do_read, _BaseServer.do_handle
 
         def _start_accepting_batches(self) -> None:
             if self.max_accept == 1:  # NOTE: set so by gunicorn with more than one worker
-                self.max_accept = accept_batch
+                self._wuma_balanced = True
             _start(self)
 
+        def _read_balanced(self) -> None:
+            if not getattr(self, "_wuma_balanced", False):
+                return _do_read(self)
+            n = _shares.allowance(accept_batch)
+            self.max_accept = n or 1
+            _do_read(self)
+            if n == 0 and self._watcher is not None and self._watcher.active:
+                # NOTE: a batch ahead: one taken, then a pause for the others to take theirs
+                self.stop_accepting()
+                pause = getattr(self, "_wuma_pause", None)
+                if pause is not None:
+                    pause.close()
+                self._wuma_pause = self.loop.timer(PAUSE)
+                self._wuma_pause.start(self._start_accepting_if_started)
+
+        def _handle_counted(self, *args) -> None:
+            if not getattr(self, "_wuma_balanced", False):
+                return _do_handle(self, *args)
+            _shares.opened()  # NOTE: at accept, before the handler runs: counted at once
+            try:
+                return _do_handle(self, *args)
+            except BaseException:  # NOTE: no handler will run to count it closed
+                _shares.closed()
+                raise
+
         _BaseServer.start = _start_accepting_batches
+        _BaseServer._do_read = _read_balanced
+        _BaseServer.do_handle = _handle_counted
+
+        def pre_fork(server, worker) -> None:
+            """In the master: the new worker's slot among the workers' connection counts."""
+            worker.wuma_slot = _shares.assign({getattr(w, "wuma_slot", -1) for w in server.WORKERS.values()})
+
+        def post_fork(server, worker) -> None:
+            """In the worker: count its connections from accept to close."""
+            _shares.attach(worker.wuma_slot)
+            handle = worker.handle
+
+            def counted(listener, client, addr) -> None:
+                try:
+                    handle(listener, client, addr)
+                finally:
+                    _shares.closed()
+
+            worker.handle = counted
+
+        def child_exit(server, worker) -> None:
+            """In the master: an exited worker's connections count no more."""
+            if hasattr(worker, "wuma_slot"):
+                _shares.free(worker.wuma_slot)
 
     def post_request(worker, req, environ, resp) -> None:
         """Let the worker's other connections run between two requests.

@@ -4,6 +4,8 @@ accepted in batches so that scans on new connections share group commits."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -129,3 +131,51 @@ def test_the_open_files_limit_is_raised_for_the_connections(monkeypatch, soft, h
     monkeypatch.setattr(resource, "setrlimit", lambda what, limits: calls.append(limits))
     assert open_files_for(connections) == holds
     assert calls == ([] if raised_to is None else [(raised_to, hard)])
+
+
+def _sockets(pid: int) -> int:
+    """Sockets a process holds open."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # NOTE: closed meanwhile
+    return n
+
+
+def test_a_burst_of_kept_alive_connections_spreads_over_the_workers(world):
+    """A worker that holds a batch more connections than the other takes the next ones
+    one at a time, with a pause, so the other takes its share. The scene that put all of
+    wrk's 16 connections on one worker: one worker cannot accept for a moment (here
+    stopped) while 8 arrive; then 8 more come. Before, the worker that had the first 8
+    took 7 of the next 8 in 7 of 8 tries (15/1); now it is 9/7 (12/4 once in 30)."""
+    path, _ = world
+    server = Server(path, workers=2)
+    conns: list[socket.socket] = []
+    try:
+        time.sleep(0.3)  # NOTE: both workers up and accepting
+        first, other = server.workers()
+        base = {pid: _sockets(pid) for pid in (first, other)}
+
+        def wave() -> None:
+            new = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(8)]
+            for c in new:
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            for c in new:
+                assert _answer(c).startswith(b"HTTP/1.1 200")
+            conns.extend(new)
+
+        os.kill(other, signal.SIGSTOP)
+        try:
+            wave()  # all 8 on the first worker
+        finally:
+            os.kill(other, signal.SIGCONT)
+        time.sleep(0.1)
+        wave()
+        held = {pid: _sockets(pid) - base[pid] for pid in (first, other)}
+    finally:
+        for c in conns:
+            c.close()
+        server.stop()
+    assert sum(held.values()) == 16 and held[other] >= 3, held
