@@ -179,3 +179,36 @@ def test_a_burst_of_kept_alive_connections_spreads_over_the_workers(world):
             c.close()
         server.stop()
     assert sum(held.values()) == 16 and held[other] >= 3, held
+
+
+@pytest.mark.parametrize("mine, others, expect", [
+    (0, [], 8),        # the only worker: whole batches
+    (3, [3], 8),       # level: whole batches
+    (0, [5, 9], 8),    # behind: whole batches
+    (5, [2, 9], 5),    # 3 ahead of the least loaded: 8 - 3
+    (9, [2], 1),       # 7 ahead: one
+    (10, [2], 0),      # a whole batch ahead: one, then a pause
+])
+def test_a_worker_ahead_of_the_others_accepts_fewer_at_once(mine, others, expect):
+    from engine.accept_shares import allowance
+
+    assert allowance(8, mine, others) == expect
+
+
+def test_the_shared_counts_are_the_workers_own():
+    """Slots given by the master, counts written by each worker, read by the others."""
+    from engine.accept_shares import AcceptShares
+
+    shares = AcceptShares()
+    a, b = shares.assign(set()), shares.assign({0})
+    assert (a, b) == (0, 1) and shares.assign({0, 1}) == 2
+    shares.free(2)
+    shares.attach(a)
+    for _ in range(9):
+        shares.opened()
+    assert shares.allowance(8) == 0  # 9 ahead of worker b's 0: a batch ahead, pause
+    shares.closed()
+    shares.closed()
+    assert shares.allowance(8) == 1 and shares.allowance(16) == 9  # 7 ahead
+    shares.free(b)  # b exited: a is alone
+    assert shares.allowance(8) == 8
