@@ -317,11 +317,12 @@ def pack_open(
     """
     keys = LineKeys.load(key_dir)
     brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
+    kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
     if server:
         from engine.http_packs import check_pack
 
-        check_pack(keys, server, pack_file)
-    kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
+        # NOTE: the pack opened must be the one the server vouched for (a shared folder)
+        kw["expect_id"] = check_pack(keys, server, pack_file)
     target = sys.stdout.buffer if output == "-" else Path(output)
     got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt, **kw)
     click.echo(

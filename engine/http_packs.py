@@ -287,7 +287,10 @@ def _not_authenticated_hint(keys: LineKeys, server_date: str | None, now: float)
     )
 
 
-def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable[[], float]):
+def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable[[], float],
+         again: str = "pull again"):
+    """A signed GET; :class:`PullError` for a refusal or no answer (``again``: what to do
+    then)."""
     now = clock()
     req = urllib.request.Request(
         server.rstrip("/") + path, headers=sign_request(keys, "GET", path, now=now)
@@ -310,7 +313,7 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
         # NOTE: the connection dropped or timed out before the status line
         # (RemoteDisconnected, TimeoutError, ConnectionResetError)
         raise PullError(
-            f"{server}{path}: no answer ({e.__class__.__name__}: {e}): pull again"
+            f"{server}{path}: no answer ({e.__class__.__name__}: {e}): {again}"
         ) from None
 
 
@@ -543,10 +546,11 @@ def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None
     return done, None
 
 
-def _listing(keys: LineKeys, server: str, timeout: float, clock: Callable[[], float]) -> dict:
+def _listing(keys: LineKeys, server: str, timeout: float, clock: Callable[[], float],
+             again: str = "pull again") -> dict:
     """``GET /packs``: the packs issued to this line (``packs``) and those withheld."""
     try:
-        with _get(keys, server, "/packs", timeout, clock) as r:
+        with _get(keys, server, "/packs", timeout, clock, again) as r:
             listing = json.loads(r.read())
     except (http.client.HTTPException, OSError) as e:
         raise PullError(f"{server}/packs: the answer was cut off ({e.__class__.__name__}): try again") from None
@@ -575,11 +579,12 @@ def check_pack(
     (revoked, or codes voided since its export) or does not list it for this line;
     :class:`PullError` if it cannot say.
 
-    NOTE: the id is read from the header before the signature is checked; opening the
-    pack then checks the signature over that header, so a pack that passes here and opens
-    is the pack the server vouched for."""
+    NOTE: the id is read from the header before the signature is checked, and the file may
+    change after this: open it with ``expect_id`` set to the id returned
+    (:func:`engine.packs.open_pack`), which refuses any other pack once its signature is
+    checked."""
     pack_id = read_header(Path(pack_path))[0]["pack"]
-    listing = _listing(keys, server, timeout, clock)
+    listing = _listing(keys, server, timeout, clock, "try again")
     for w in listing.get("withheld") or ():  # NOTE: an older server sends none
         if isinstance(w, dict) and w.get("id") == pack_id:
             reason = _printable(w.get("reason") or "withheld by the server")

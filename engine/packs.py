@@ -769,10 +769,13 @@ def open_pack(
     output_format: str = "csv",
     url: bool = False,
     now: float | None = None,
+    expect_id: str | None = None,
 ) -> OpenedPack:
     """Verify a pack, then stream its codes to ``out``; raises :class:`PackError`.
 
     Nothing is written to ``out`` before the signature, the line and the key all check.
+    ``expect_id``: the pack must be this one (the id the pack server was asked about,
+    :func:`engine.http_packs.check_pack`), whatever file is at ``path`` by now.
     """
     if output_format not in ("csv", "jsonl"):
         raise ValueError("output format must be csv or jsonl")
@@ -780,6 +783,9 @@ def open_pack(
     with open(path, "rb") as fh:  # NOTE: one open file from the signature to the last chunk
         header, hb, off, digest, wrapped = _verify(fh, path, brand_keys)
         # The header is authentic from here on.
+        if expect_id is not None and header["pack"] != expect_id:
+            raise PackError(f"{path} is no longer pack {expect_id} (the one the server was "
+                            f"asked about) but pack {header['pack']}: it was replaced meanwhile")
         if header["line_fp"] != keys.fingerprint:
             raise PackError(
                 f"this pack was issued to line {header['line']} (key {header['line_fp']}), "

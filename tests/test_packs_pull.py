@@ -405,8 +405,22 @@ def test_open_asks_the_server_about_a_copy_kept_anywhere(world, server, data, mo
         PackRegistry(again).lines.add("L2", (tmp / "line2" / "line.pub").read_bytes())
     with pytest.raises(PackWithheld, match=f"pack {kept.id} is not issued to this line"):
         check_pack(other, server, Path(kept.path))
-    # a server that cannot answer: a message, nothing opened
+    # the file swapped for a revoked pack after the server vouched for it (a shared folder)
     out.unlink()
+    checked = check_pack
+
+    def swapped_after_the_check(keys, server, path, **kw):
+        got = checked(keys, server, path, **kw)
+        Path(path).write_bytes(Path(revoked.path).read_bytes())
+        return got
+
+    monkeypatch.setattr("engine.http_packs.check_pack", swapped_after_the_check)
+    res, out = open_(kept, "--server", server)
+    monkeypatch.undo()
+    assert res.exit_code == 1 and not out.exists(), res.output
+    assert f"is no longer pack {kept.id}" in res.output and f"but pack {revoked.id}" in res.output
+    (stick / os.path.basename(kept.path)).write_bytes(Path(kept.path).read_bytes())
+    # a server that cannot answer: a message, nothing opened
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
