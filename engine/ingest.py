@@ -639,7 +639,7 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
     if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ValueError("chunk_bytes must be a positive integer")
     src = _Source(source)
-    # NOTE: the reject file is checked and created (as a temporary file beside it) before
+    # NOTE: the reject file is checked and created (a NewFile in its folder) before
     # anything is read or written: a target that is the input or cannot be written refuses
     # the load up front, and the rejects are renamed into place only once complete.
     rej = _RejectFile(reject_file, src) if skip_bad and reject_file is not None else None
@@ -1289,9 +1289,15 @@ class _RejectFile:
         except OSError as e:
             what = (f"loaded {report.links_added:,} links (event {report.event_id})"
                     if report.event_id is not None else "nothing loaded")
+            kept = Path(f"{self.target}.{os.getpid()}.rejects")
+            try:  # NOTE: the written rejects under another name, rather than lost
+                self.file.link(kept)
+                where = f"they are in {kept}"
+            except OSError:
+                lines = ", ".join(f"line {b.line} ({b.reason})" for b in report.bad[:10])
+                where = f"they are {lines}{' ...' if len(report.bad) > 10 else ''}"
             raise OSError(e.errno, f"{what}, but the {len(report.bad)} rejected records could "
-                          f"not be written to {self.shown} ({e.strerror}); the report lists "
-                          "their lines and reasons", self.shown) from None
+                          f"not be written to {self.shown} ({e.strerror}); {where}", self.shown) from None
         finally:
             self.file.close()
         return self.shown

@@ -141,3 +141,22 @@ def test_reject_file_through_a_symlink_writes_the_target(run, tmp_path):
     link.symlink_to(real)
     assert run.agg.load(f, skip_bad=True, reject_file=link).loaded
     assert link.is_symlink() and real.read_text().startswith("# line 3:")
+
+
+def test_rejects_that_cannot_be_put_in_place_are_kept_under_another_name(run, tmp_path, monkeypatch):
+    """The good records are loaded; the rejects, written, cannot take their name (a full
+    folder, say): they are kept beside it under another name, which the error gives, not
+    lost with the unnamed file they were written to."""
+    from engine.files import NewFile
+
+    def no_room(self, path=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(NewFile, "replace", no_room)
+    rej = tmp_path / "rej.csv"
+    with pytest.raises(OSError, match=r"loaded 18 links .* 1 rejected records could not be written "
+                                      r"to .*rej.csv \(No space left on device\); they are in (.*)") as e:
+        run.agg.load(_file(tmp_path, _lines(run)), skip_bad=True, reject_file=rej)
+    kept = tmp_path / f"rej.csv.{os.getpid()}.rejects"
+    assert str(kept) in str(e.value) and not rej.exists()
+    assert "NOTACODE" in kept.read_text() and len(run.agg.links()) == 18
