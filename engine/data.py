@@ -41,6 +41,7 @@ from engine.codes import CodeEngine
 from engine.errors import DataFolderError
 from engine.files import decode_text, fsync_path, sync_folder, write_new_file
 from engine.formats import FORMATS, validate_url_base
+from engine.ids import is_digits
 from engine.keys import KeyRing
 from engine.regions import RegionTable
 from engine.spec import PackagingSpec, load_preset
@@ -274,23 +275,33 @@ def default_data_path() -> Path:
     return Path(os.environ.get("WUMA_DATA") or "wuma-data")
 
 
+def _url_base(spec: PackagingSpec, url_base: str) -> str:
+    """``url_base`` checked (and upper-cased) so that it and the spec's longest code fit a
+    QR code (:func:`engine.formats.validate_url_base`); ValueError otherwise."""
+    return validate_url_base(url_base, max(f.length for f in FORMATS.values() if f.name in spec.formats))
+
+
 def _remove_killed_backups(dest: Path) -> None:
     """Remove the hidden folders ``.DEST.partial-PID`` beside ``dest`` that backups killed
-    before left (their process gone; a live one's, or one whose PID is now another
-    process's, is kept)."""
+    before left: their process gone, or this process's own PID (a container gives each
+    run the same small one; this process has made none yet). A live process's, or one
+    whose PID is now another process's, is kept."""
     import shutil
 
     prefix = f".{dest.name}.partial-"
     for left in dest.parent.glob(glob.escape(prefix) + "*"):
         pid = left.name[len(prefix):]
-        if not pid.isdigit() or not left.is_dir() or left.is_symlink():
+        if not is_digits(pid) or not left.is_dir() or left.is_symlink():
             continue
         try:
-            os.kill(int(pid), 0)
+            if int(pid) != os.getpid():
+                os.kill(int(pid), 0)
+                continue
         except ProcessLookupError:
-            shutil.rmtree(left, ignore_errors=True)
+            pass
         except (PermissionError, OverflowError):
-            pass  # NOTE: alive (another user's), or no PID at all
+            continue  # NOTE: alive (another user's), or no PID at all
+        shutil.rmtree(left, ignore_errors=True)
 
 
 class DataFolder:
@@ -326,8 +337,7 @@ class DataFolder:
             raise DataFolderError(f"{cfg} is damaged ({e}): restore it from the backup taken "
                                   "with keys/ and db/") from None
         try:  # NOTE: as `wuma init` checks it: a URL that still fits the QR code
-            longest = max(f.length for f in FORMATS.values() if f.name in self.spec.formats)
-            self.url_base: str = validate_url_base(self.config.get("url_base", DEFAULT_URL_BASE), longest)
+            self.url_base: str = _url_base(self.spec, self.config.get("url_base", DEFAULT_URL_BASE))
         except ValueError as e:
             raise DataFolderError(f'{cfg}, "url_base": {e}: fix it there') from None
         self.keys = KeyRing(self.path / "keys")
@@ -425,8 +435,7 @@ class DataFolder:
         if (path / _CONFIG).exists():
             raise DataFolderError(f"{path} already holds a Wuma data folder")
         spec = spec or load_preset(preset)
-        longest = max(f.length for f in FORMATS.values() if f.name in spec.formats)
-        url_base = validate_url_base(url_base, longest)
+        url_base = _url_base(spec, url_base)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = path / "keys"
         has_key = KeyRing.holds_key(keys)
@@ -552,8 +561,9 @@ class DataFolder:
                 last_txnid = txn.id()
                 try:
                     self.store.env.copy(str(tmp / "db"), compact=True, txn=txn)
-                except lmdb.Error as e:  # NOTE: the copy's disk, not the store, said no
-                    raise OSError(errno.EIO, f"the backup could not be written ({e})", str(dest)) from None
+                except lmdb.Error as e:  # NOTE: the copy's disk (or reading the store) said no
+                    raise OSError(errno.EIO, f"the backup copy of the store failed ({e}): is there "
+                                  f"room for it beside {dest.name}?", str(dest)) from None
             fsync_path(tmp / "db" / "data.mdb")
             os.mkdir(tmp / "keys", 0o700)
             versions = sorted(p.name for p in (self.path / "keys").iterdir() if p.is_file())

@@ -570,9 +570,13 @@ def test_a_backup_removes_what_a_killed_backup_left_and_names_a_full_destination
     (left / "db" / "data.mdb").write_bytes(b"a half copy")
     alive = tmp_path / f".bk.partial-{os.getppid()}"
     alive.mkdir()
+    mine = tmp_path / f".bk.partial-{os.getpid()}"  # a container's backups share one PID
+    mine.mkdir()
+    (tmp_path / ".bk.partial-\u00b2").mkdir()  # no PID at all: left alone, no error
     with DataFolder(tmp_path / "wuma-data") as data:
         data.backup(tmp_path / "bk")
-        assert not left.exists() and alive.is_dir()
+        assert not left.exists() and alive.is_dir() and (tmp_path / ".bk.partial-\u00b2").is_dir()
+        assert not any(p.name == mine.name for p in tmp_path.iterdir())
 
         class FullDisk:  # the destination's disk fills while LMDB copies the store
             def __init__(self, real):
@@ -590,7 +594,7 @@ def test_a_backup_removes_what_a_killed_backup_left_and_names_a_full_destination
         with pytest.raises(OSError) as e:
             data.backup(tmp_path / "bk2")
         monkeypatch.undo()
-    assert "the backup could not be written (mdb_env_copy3: No space left on device)" in str(e.value)
+    assert "the backup copy of the store failed (mdb_env_copy3: No space left on device)" in str(e.value)
     assert e.value.filename == str(tmp_path / "bk2") and not (tmp_path / "bk2").exists()
     assert not list(tmp_path.glob(".bk2.partial-*"))
 
