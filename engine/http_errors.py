@@ -12,8 +12,8 @@ import logging
 import time
 from urllib.parse import urlsplit
 
-__all__ = ["error_code", "masked_path", "masked_referer", "http_error", "storage_error", "unexpected_error",
-           "install"]
+__all__ = ["error_code", "masked_path", "masked_referer", "http_error", "storage_error", "storage_unavailable",
+           "unexpected_error", "install"]
 
 log = logging.getLogger("wuma.http")
 
@@ -69,20 +69,25 @@ def unexpected_error(req, resp, ex: Exception, params) -> None:
     resp.media = {"error": "internal", "message": message}
 
 
-def storage_error(req, resp, ex: Exception, params) -> None:
-    """An LMDB error (the map or the disk full, an I/O error): 503 with ``Retry-After``, the
-    error logged once a minute (not a trace a request). The scan routes answer it
-    themselves, with their metrics (engine/http_scan.py)."""
+def storage_unavailable(req, resp, ex: Exception,
+                        message: str = "the data store cannot take this request now (its disk or "
+                                       "map is full, or an I/O error); try again later") -> None:
+    """The answer to an LMDB error (the map or the disk full, an I/O error): 503
+    ``storage_unavailable`` with ``Retry-After``, the error logged once a minute (not a
+    trace a request: an outage would bury the log)."""
     global _storage_logged_at
     now = time.monotonic()
     if now - _storage_logged_at >= 60:
         _storage_logged_at = now
         log.error("the data store cannot take %s %s: %s", req.method, masked_path(req.path), ex)
     resp.status = "503 Service Unavailable"
-    resp.media = {"error": "storage_unavailable",
-                  "message": "the data store cannot take this request now (its disk or map is "
-                             "full, or an I/O error); try again later"}
+    resp.media = {"error": "storage_unavailable", "message": message}
     resp.set_header("Retry-After", "60")
+
+
+def storage_error(req, resp, ex: Exception, params) -> None:
+    """Falcon's handler of LMDB errors, on every app: :func:`storage_unavailable`."""
+    storage_unavailable(req, resp, ex)
 
 
 _storage_logged_at = -60.0

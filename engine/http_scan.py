@@ -233,24 +233,18 @@ class ScanResource:
         try:
             result = self.pipeline.scan(sreq)
         except (ValueError, Unauthorized, Banned, RateLimited, lmdb.Error) as e:
-            _refused(resp, self.metrics, e)
+            _refused(req, resp, self.metrics, e)
             return
         self.metrics.observe_scan(result.verdict, time.perf_counter() - start)
         resp.data = result.to_json()
 
 
-_storage_logged = Every(60)
-
-
-def _refused(resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
+def _refused(req: falcon.Request, resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
     """The answer to a scan or check the pipeline refused."""
     if isinstance(e, lmdb.Error):  # NOTE: map or disk full, an I/O error: nothing stored
         metrics.inc(_REFUSED_KEYS["storage_unavailable"])
-        if _storage_logged.due():  # once a minute, not per request
-            log.error("scans cannot be stored: %s", e)
-        _error(resp, falcon.HTTP_503, "storage_unavailable",
-               "the scan could not be stored and was not counted; try again later")
-        resp.set_header("Retry-After", "60")
+        http_errors.storage_unavailable(req, resp, e, "the scan could not be stored and was not "
+                                                      "counted; try again later")
         return
     if isinstance(e, ValueError):
         raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
@@ -280,7 +274,7 @@ class CodeResource:
         try:
             resp.data = self.pipeline.check(code, self.client_ip(req)).to_json()
         except (ValueError, Banned, RateLimited, lmdb.Error) as e:
-            _refused(resp, self.metrics, e)
+            _refused(req, resp, self.metrics, e)
 
 
 class HealthResource:
