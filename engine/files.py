@@ -223,13 +223,12 @@ class NewFile:
             self.fd = None
 
     def append(self, data) -> None:
-        """Write ``data`` at the end and put the file on disk (:meth:`sync`)."""
+        """Write ``data`` at the end (a parked file is opened again)."""
         if self.fd is None:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_APPEND)
         else:
             os.lseek(self.fd, 0, os.SEEK_END)
         self.write(data)
-        self.sync()
 
     def link(self, path=None) -> None:
         """Name the file ``path`` (by default the one it was made for); FileExistsError if

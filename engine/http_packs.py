@@ -478,14 +478,14 @@ def _download(keys, server, p, expect: _Expect, target: Path, timeout, clock) ->
             return why
         try:
             f.sync()
-            _place(f, expect)
+            _place_checked(f, expect)
             sync_folder(target.parent)
         except OSError as e:
             raise _write_failed(target, e) from None
         return None
 
 
-def _place(f: NewFile, expect: _Expect) -> None:
+def _place_checked(f: NewFile, expect: _Expect) -> None:
     """Name the checked file ``f`` the pack's file. A file already there is kept if it is
     the listed one (another pull into this folder named it first), else the checked copy
     replaces it in one rename: the pack's file is never missing."""

@@ -140,7 +140,8 @@ class _WrittenPart:
         existing file). NOTE: fsynced before it is named: after a power loss a registered
         pack's file is whole or absent, never short (one fsync a part)."""
         self.file.append(self.signature)
-        _place(self.file)
+        self.file.sync()
+        _place_new(self.file)
 
     def discard(self) -> None:
         """Close and remove the temporary file (a placed pack keeps its own name)."""
@@ -174,7 +175,7 @@ def _exists(path: Path) -> PackError:
     )
 
 
-def _place(file: NewFile) -> None:
+def _place_new(file: NewFile) -> None:
     """Give the pack's file its name, refusing if that name is taken (see
     :meth:`engine.files.NewFile.link`)."""
     try:
@@ -951,10 +952,10 @@ def open_pack_to_file(
         rfh, out = None, output
         if receipt is not None:
             rfh = stack.enter_context(private_output(
-                receipt, perms=0o644, error=_cannot_write("receipt", receipt), fsync=False))
+                receipt, perms=0o644, error=_output_error("receipt", receipt), fsync=False))
         if to_file:
             out = stack.enter_context(private_output(
-                output, buffering=1 << 20, error=_cannot_write("codes output", output),
+                output, buffering=1 << 20, error=_output_error("codes output", output),
                 fsync=False))
         got = open_pack(path, keys, brand_keys, out, **kw)
         if rfh is not None:
@@ -962,7 +963,7 @@ def open_pack_to_file(
     return got
 
 
-def _cannot_write(what: str, target: Path):
+def _output_error(what: str, target: Path):
     """The :func:`engine.files.temp_beside` error hook for an output of pack open."""
     return lambda e: PackError(
         f"cannot write the {what} {target}: {e.strerror or e}; "

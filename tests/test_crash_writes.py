@@ -57,7 +57,7 @@ die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if files == "named":
     P._ANONYMOUS_PARTS = 0
 if moment == "placed":  # right after the first part got its name
-    P._place = lambda file, _place=P._place: (_place(file), die())
+    P._place_new = lambda file, _place=P._place_new: (_place(file), die())
 if moment == "registered":  # right after the registration is on disk
     sync = Store.sync
     Store.sync = lambda self: (sync(self), die())

@@ -337,7 +337,7 @@ def test_each_pack_is_on_disk_before_it_gets_its_name(world, monkeypatch, unname
         return fsync(fd)
 
     monkeypatch.setattr(os, "fsync", noting_fsync)
-    monkeypatch.setattr(P, "_place", lambda file, _place=P._place: (
+    monkeypatch.setattr(P, "_place_new", lambda file, _place=P._place_new: (
         events.append(("place", file.path.name)), _place(file))[1])
     packs = _export(world, start=0, stop=600, parts=2)
     sizes = {os.path.basename(p.path): os.path.getsize(p.path) for p in packs}
