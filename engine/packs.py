@@ -725,11 +725,11 @@ def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, byte
     """Check the signature of the pack open as ``fh``: ``(header, header bytes, offset
     after the header, SHA-256 of what the signature covers, wrapped data key)``.
 
-    APPSEC: the header and the wrapped key returned are the bytes that were hashed, kept
-    from that one pass, never read again: a file rewritten after the check (by anyone who
-    may write where the pack lies) cannot bring its own data key, wrapped to the line's
-    public key, so its chunks fail to decrypt before any of them is written out."""
-    header, hb, off = _read_header(fh, path)
+    APPSEC: the header and the wrapped key returned are the bytes that were hashed, read
+    once in one pass from the start: a file rewritten after the check (by anyone who may
+    write where the pack lies) cannot bring its own data key, wrapped to the line's public
+    key, so its chunks fail to decrypt before any of them is written out."""
+    header, hb, off = _read_header(fh, path)  # NOTE: leaves fh at the wrapped key
     signer = brand_keys.get(header["issuer"])
     if signer is None:
         raise PackError(
@@ -740,10 +740,9 @@ def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, byte
     size = os.fstat(fh.fileno()).st_size
     if size < off + _WRAPPED + _SIG:
         raise PackError(f"{path} is truncated")
-    fh.seek(0)
-    first = fh.read(off + _WRAPPED)
-    h = hashlib.sha256(first)
-    left = size - _SIG - len(first)
+    wrapped = fh.read(_WRAPPED)
+    h = hashlib.sha256(MAGIC + struct.pack(">I", len(hb)) + hb + wrapped)
+    left = size - _SIG - off - _WRAPPED
     while left > 0:
         b = fh.read(min(_READ, left))
         if not b:
@@ -755,9 +754,7 @@ def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, byte
         signer.public.verify(sig, _signed_message(h.digest()))
     except InvalidSignature:
         raise PackError(f"{path} fails its signature check: altered or truncated") from None
-    if first[:off] != MAGIC + struct.pack(">I", len(hb)) + hb:
-        raise PackError(f"{path} changed while it was being opened")
-    return header, hb, off, h.digest(), first[off:]
+    return header, hb, off, h.digest(), wrapped
 
 
 def open_pack(
