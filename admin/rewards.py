@@ -35,6 +35,7 @@ from admin._util import china_day_number, in_regions
 from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
 from admin.ledger import Ledger
 from admin.pools import PoolRegistry
+from engine.accounts import AccountRegistry
 from engine.errors import Conflict, NotFound
 from engine.scan import ScanContext
 from engine.scanlog import WriteMemo
@@ -53,11 +54,16 @@ _DAY = 86400.0
 #: all, draws the day before it (for a scan committed after midnight but stamped before).
 _COUNTS = struct.Struct(">IIII")
 _COUNTS_V1 = struct.Struct(">III")  # the layout before: no day before (read as 0)
+# NOTE: _DIVERTED and _DEVICE are both a NUL byte, with unrelated meanings in different
+# databases (one ends a value, the other starts part of a key): neither is read for the
+# other. A NUL is safe as a marker in both because no id around it can hold one: account
+# ids are engine.ids.is_id (letters, digits, "_", ".", "-"), and the scan API's actor and
+# device ids are printable text (no control characters).
 #: Ends a store registration (``adm_store_units``: the store's account id) made by a
 #: diverted scan. Account ids never hold a NUL, so a value from before reads as not diverted.
 _DIVERTED = b"\0"
-#: Starts a device's count key in ``adm_actor_counts`` (after the campaign): actor ids are
-#: printable text, so a device's key never meets an actor's.
+#: Starts a device's count key in ``adm_actor_counts`` (after the campaign): actor ids
+#: never start with a NUL, so a device's key never meets an actor's.
 _DEVICE = b"\0"
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -67,10 +73,12 @@ def _new_voucher_id() -> str:
     return "V" + "".join(secrets.choice(_VOUCHER_ALPHABET) for _ in range(20))
 
 
-def _count(raw: bytes | None, day: int, per_day: int | None, per_all: int | None):
-    """Check and count one draw against a count (``_COUNTS``) read from the store: returns
-    ``(0, new value)`` when it counts, ``(1, None)`` when the daily cap refuses it and
-    ``(2, None)`` when the total does.
+def _count(raw: bytes | None, day: int, per_day: int | None, per_all: int | None, day_name: str,
+           all_name: str):
+    """Check and count one draw against a count (``_COUNTS``) read from the store, under
+    the limits ``per_day`` (named ``day_name``) and ``per_all`` (``all_name``): returns
+    ``(None, new value)`` when it counts, else ``(the name of the limit that refuses it,
+    None)``.
 
     NOTE: a scan stamped before the stored day can commit after it (a group taken across
     midnight): it must not move the day back and reset the new day's count. A scan of the
@@ -89,15 +97,15 @@ def _count(raw: bytes | None, day: int, per_day: int | None, per_all: int | None
             before = today if day == last + 1 else 0
             last, today = day, 0
         if per_day is not None and today >= per_day:
-            return 1, None
+            return day_name, None
         today += 1
     elif day == last - 1:
         if per_day is not None and before >= per_day:
-            return 1, None
+            return day_name, None
         before += 1
     if per_all is not None and total >= per_all:
-        return 2, None
-    return 0, _COUNTS.pack(last, today, total + 1, before)
+        return all_name, None
+    return None, _COUNTS.pack(last, today, total + 1, before)
 
 
 def _unpaid(charges, pool: str, region: str | None) -> str:
@@ -111,7 +119,7 @@ class RewardEngine:
 
     def __init__(self, store: Store, campaigns: CampaignRegistry, pools: PoolRegistry, ledger: Ledger,
                  *, rng=None, new_voucher_id: Callable[[], str] = _new_voucher_id,
-                 refresh_interval: float = 0.5) -> None:
+                 refresh_interval: float = 0.5, accounts: AccountRegistry | None = None) -> None:
         self._store = store
         self.campaigns = campaigns
         self.pools = pools
@@ -122,7 +130,7 @@ class RewardEngine:
         self._store_units = store.db("adm_store_units")  # u64 unit -> store account id [+ _DIVERTED]
         self._code_rewards = store.db("adm_code_rewards")  # u32 campaign u64 unit u8 role -> u64 scan
         self._actor_counts = store.db("adm_actor_counts")  # u32 campaign (actor | _DEVICE device) -> _COUNTS
-        self._accounts = store.db("accounts")  # engine.accounts: a store's revocation
+        self._accounts = accounts or AccountRegistry(store)  # a store's revocation
         self._progress = store.db("adm_lock_progress")  # u32 campaign actor -> [[at, sku, seq]...]
         self._vouchers = store.db("adm_vouchers")  # voucher id -> record
         self._version = -1
@@ -192,13 +200,19 @@ class RewardEngine:
                     db=self._store_units, overwrite=False)
         out: list[dict] = []
         charges = self.pools.charges(txn, memo)
+        # the unit's store registration (_registration), read by the first campaign of the
+        # scan that pays rebates and kept for the others: the scan writes none after the one
+        # above, so it is the same for all of them
+        reg: list = []
         for c, amount, voucher_id in draws:
-            out.extend(self._settle_campaign(txn, seq, ctx, actor, sku, c, amount, voucher_id, charges, memo))
+            out.extend(self._settle_campaign(txn, seq, ctx, actor, sku, c, amount, voucher_id, charges, memo,
+                                             reg))
         charges.flush()
         return out
 
     def _settle_campaign(self, txn, seq: int, ctx: ScanContext, actor: str | None, sku: str | None,
-                         c: Campaign, amount: int, voucher_id: str | None, charges, memo: dict) -> list[dict]:
+                         c: Campaign, amount: int, voucher_id: str | None, charges, memo: dict,
+                         reg: list) -> list[dict]:
         # PERF: results and ledger entries are built as whole dicts, never merged from
         # partial ones (~0.3 µs a merge; a rewarded scan used to make eight).
         cid = c.id
@@ -222,36 +236,34 @@ class RewardEngine:
         if not txn.put(code_key, u64(seq), True, False, False, self._code_rewards):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
-        counted = None  # (key, value): the actor's count, written once the scan is not refused
-        device_counted = None  # the same for the scan's device
+        counted = None  # [(key, value)]: the counts to write once the scan is not refused
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding _COUNTS (day
             # number, draws that day, in all, the day before) — one read and one write;
             # per-device (羊毛党: one phone claiming under many user ids) the same, keyed by
             # the scan's device id. A scan without a device is not counted against those.
+            # (PERF: the pairs are written out here: a module-level table zipped with the
+            # ids cost ~0.3 µs more a scan.)
             day = china_day_number(ctx.at)
-            per_day, per_all = limits.get("per_actor_per_day"), limits.get("per_actor")
-            if per_day is not None or per_all is not None:
-                count_key = campaign_key + actor.encode()
-                refused, value = _count(txn.get(count_key, None, self._actor_counts), day, per_day, per_all)
-                if refused:
+            for who, prefix, day_name, all_name in ((actor, b"", "per_actor_per_day", "per_actor"),
+                                                    (ctx.request.device, _DEVICE, "per_device_per_day",
+                                                     "per_device")):
+                if not who:
+                    continue
+                per_day, per_all = limits.get(day_name), limits.get(all_name)
+                if per_day is None and per_all is None:
+                    continue
+                count_key = campaign_key + prefix + who.encode()
+                refused, value = _count(txn.get(count_key, None, self._actor_counts), day, per_day, per_all,
+                                        day_name, all_name)
+                if refused is not None:
                     txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
-                    return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
-                             "limit": "per_actor_per_day" if refused == 1 else "per_actor",
-                             "max": per_day if refused == 1 else per_all}]
-                counted = (count_key, value)
-            device = ctx.request.device
-            if device:
-                per_day, per_all = limits.get("per_device_per_day"), limits.get("per_device")
-                if per_day is not None or per_all is not None:
-                    count_key = campaign_key + _DEVICE + device.encode()
-                    refused, value = _count(txn.get(count_key, None, self._actor_counts), day, per_day, per_all)
-                    if refused:
-                        txn.delete(code_key, db=self._code_rewards)
-                        return [{"campaign": cid, "name": c.name, "outcome": "limit_reached",
-                                 "limit": "per_device_per_day" if refused == 1 else "per_device",
-                                 "max": per_day if refused == 1 else per_all}]
-                    device_counted = (count_key, value)
+                    return [{"campaign": cid, "name": c.name, "outcome": "limit_reached", "limit": refused,
+                             "max": per_day if refused is day_name else per_all}]
+                if counted is None:
+                    counted = [(count_key, value)]
+                else:
+                    counted.append((count_key, value))
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
@@ -296,9 +308,8 @@ class RewardEngine:
                     results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
                                     "unit": unit, "ledger": lseq})
         if counted is not None:
-            txn.put(counted[0], counted[1], True, True, False, self._actor_counts)
-        if device_counted is not None:
-            txn.put(device_counted[0], device_counted[1], True, True, False, self._actor_counts)
+            for count_key, value in counted:
+                txn.put(count_key, value, True, True, False, self._actor_counts)
         # NOTE: rebates follow every scan that counts in the campaign, a losing draw too: in
         # the bC / BbC schemes the consumer's scan is the proof of sale that pays the store
         # and the distributor (not the consumer's luck). A scan refused above (limit,
@@ -310,9 +321,10 @@ class RewardEngine:
                     results.append({"campaign": cid, "name": c.name, "rebate": rebate["to"],
                                     "outcome": "withheld_diverted"})
             else:
-                reg = self._registration(txn, ctx)
+                if not reg:  # the scan's first campaign with rebates
+                    reg.append(self._registration(txn, ctx))
                 for rebate in rebates:
-                    results.append(self._rebate(txn, seq, ctx, c, rebate, unit, reg, charges, memo))
+                    results.append(self._rebate(txn, seq, ctx, c, rebate, unit, reg[0], charges, memo))
         return results
 
     def _pool_unit(self, txn, pool_id: str) -> str:
@@ -332,15 +344,14 @@ class RewardEngine:
                     break
         return raw
 
-    def _store_active(self, txn, store_id: bytes, memo: dict) -> bool:
+    def _store_active(self, txn, store_id: str, memo: dict) -> bool:
         """Whether a store's account is active (not revoked; on record), read in the
         transaction: a revocation stops its rebates at once. Read once per write
         transaction (see ScanLog.record's memo: accounts are not written in it)."""
         key = ("store_active", store_id)
         active = memo.get(key)
         if active is None:
-            raw = txn.get(store_id, None, self._accounts)
-            active = memo[key] = raw is not None and unpack(raw)["account"]["revoked_at"] is None
+            active = memo[key] = self._accounts.active_in(txn, store_id)
         return active
 
     def _rebate(self, txn, seq: int, ctx: ScanContext, c: Campaign, rebate: dict, unit: str,
@@ -356,9 +367,9 @@ class RewardEngine:
         elif reg is None:
             who = None
         else:
-            if not self._store_active(txn, reg, memo):
-                return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "beneficiary_revoked"}
             who = reg.decode()
+            if not self._store_active(txn, who, memo):
+                return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "beneficiary_revoked"}
         if who is None:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
         amount = rebate["amount"]
@@ -440,17 +451,16 @@ class RewardEngine:
         reversed since (:meth:`unredeem_in`) is no longer one: the voucher is ``issued``
         again, so the store's request redeems it anew (a new entry, ``repeat`` False), or
         ``expired`` (Conflict). A store account that is not active (revoked) is refused
-        (Conflict), read again inside the write: the HTTP route only takes an active
+        (Conflict), read inside the write: the HTTP route only takes an active
         account's token, but ``wuma voucher redeem --store`` names the account."""
         if store_account.role != "store":
             raise Conflict("only a store redeems vouchers")
-        if not store_account.active:
-            raise Conflict(f"store account {store_account.id} is revoked: it redeems no vouchers")
         now = time.time() if now is None else now
         vid = voucher_id.strip().upper() if isinstance(voucher_id, str) else ""
         with self._store.write() as txn:
-            # NOTE: read again in the write: a revocation since the account was read counts
-            if not self._store_active(txn, store_account.id.encode(), {}):
+            # NOTE: read in the write, not from store_account: a revocation since the
+            # account was read counts
+            if not self._accounts.active_in(txn, store_account.id):
                 raise Conflict(f"store account {store_account.id} is revoked: it redeems no vouchers")
             raw = txn.get(vid.encode(), db=self._vouchers) if 0 < len(vid) <= 64 else None
             if raw is None:

@@ -113,6 +113,15 @@ class AccountRegistry:
             accounts = [Account(**unpack(v)["account"]) for _, v in txn.cursor(db=self._db)]
         return [a for a in accounts if role is None or a.role == role]
 
+    def active_in(self, txn, account_id: str) -> bool:
+        """Whether ``account_id`` is an account on record and not revoked, read in the
+        caller's transaction (so a revocation committed before it counts). An id that cannot
+        be an account (:func:`engine.ids.is_id`) is not one: False, never an error."""
+        if not is_id(account_id):
+            return False
+        raw = txn.get(account_id.encode(), None, self._db)
+        return raw is not None and unpack(raw)["account"]["revoked_at"] is None
+
     def revoke(self, account_id: str, now: float | None = None) -> Account:
         key = _key(account_id)
         with self._store.write() as txn:

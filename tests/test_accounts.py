@@ -81,3 +81,18 @@ def test_a_new_token_replaces_the_old_one(accounts):
     with pytest.raises(Conflict, match="revoked"):
         reg.reissue("store_9")
     assert reg.authenticate(new) is None
+
+
+def test_active_in_reads_the_callers_transaction(accounts):
+    """A revocation counts at once in a transaction begun after it; an id not on record, or
+    one that cannot be an account id (no LMDB key), is not active: False, never an error."""
+    reg, _ = accounts
+    reg.add("store_5", "store")
+    store = reg._store
+    with store.read() as txn:
+        assert reg.active_in(txn, "store_5")
+        for nobody in ("nobody", "", "x" * 600, "s\0x", None):
+            assert not reg.active_in(txn, nobody)
+    reg.revoke("store_5")
+    with store.read() as txn:
+        assert not reg.active_in(txn, "store_5")
