@@ -27,9 +27,12 @@ the shipment it resolved to recorded on itself, so no distributor changes silent
 Relabels (标签替换, :meth:`Aggregation.relabel`: one label of a pair replaced, the unit
 kept) live in ``agg_relabel``: key = uid + role index (the scan records' layout), value
 = a kind byte, then for ``_ALIAS`` the uid of the unit the label stands for, for
-``_DEAD`` the label (uid + role) that took its place. A code with no record there
-stands for its own unit, so one ``get`` resolves any scanned code (:meth:`_resolve`,
-:meth:`scan_label`).
+``_DEAD`` a label (uid + role): for a replaced label the one that took its place, for a
+spare code of a replacement label's unit (never applied to anything) that replacement
+label, its sibling. A code with no record there stands for its own unit, so one ``get``
+resolves any scanned code (:meth:`_resolve`, :meth:`scan_label`). Only this module reads
+the layout (:func:`_relabel_target`, :func:`_relabel_unit`); others go through
+:class:`RelabelledLabels`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,29 @@ _I = struct.Struct(">I")
 _ZERO = _I.pack(0)  # agg_ship value of a unit returned to the brand
 _LABEL = struct.Struct(">QB")  # agg_relabel key (and dead value's target): uid, role index
 _ALIAS, _DEAD = 1, 2  # agg_relabel value kinds: stands for a unit / replaced
+
+
+def _relabel_target(raw: bytes) -> int | None:
+    """The unit an ``agg_relabel`` value puts its label on (``_ALIAS``: a replacement
+    label), or None for a dead label (``_DEAD``: replaced, or a spare code of a
+    replacement label's unit)."""
+    return _Q.unpack_from(raw, 1)[0] if raw[0] == _ALIAS else None
+
+
+def _replaced_by(raw: bytes) -> tuple[int, int]:
+    """The label (uid, role index) a ``_DEAD`` value names: the one that took its place,
+    or for a spare code the replacement label of its own unit."""
+    return _LABEL.unpack_from(raw, 1)
+
+
+def _relabel_unit(voids: _RangeMap, txn, uid: int, raw: bytes) -> int | None:
+    """The unit a label of unit ``uid`` with ``agg_relabel`` value ``raw`` stands for now,
+    or None when it answers voided: a dead label, or a replacement label whose own batch
+    or range was voided since (the unit it stood for is relabelled again, this label as
+    OLD). The rule of :meth:`Aggregation._resolve`, :meth:`Aggregation.scan_label` and
+    :meth:`RelabelledLabels.all` (line-collection files)."""
+    unit = _relabel_target(raw)
+    return None if unit is None or voids.find(txn, uid) is not None else unit
 
 
 def _c2p_value(first: int, last: int, parent: int) -> bytes:
@@ -308,14 +334,25 @@ class RelabelledLabels:
 
     NOTE: make it outside any transaction, as :class:`VoidRuns`."""
 
+    #: :meth:`all`'s unit of a label that answers voided
+    VOIDED = 2**64 - 1
+
     def __init__(self, store) -> None:
         self._db = store.db("agg_relabel")
+        self._voids = _RangeMap(store.db("agg_void"))
+
+    def count(self, txn) -> int:
+        """The number of labels a relabel touched (a relabel only adds records: a count
+        tells whether one came since)."""
+        return txn.stat(self._db)["entries"]
 
     def first(self, txn, batch_id: int, start: int, stop: int) -> tuple[int, int | None] | None:
         """``(serial, unit)`` of the first serial of ``start:stop`` (stop exclusive) of a
-        batch with a code a relabel touched, or None: ``unit`` is the uid of the unit the
-        label stands for now (a replacement label in use), None when the serial's codes are
-        dead (replaced, or the spare codes of a replacement label's unit).
+        batch with a code a relabel touched, or None: ``unit`` is the uid of the unit a
+        code of that serial stands for now (a replacement label in use), None when none
+        does: the touched codes are dead (replaced, or the spare codes of a replacement
+        label's unit), and the serial's other code, if any, may still be live (a relabel
+        replaces one label of a pair: the cap's inner code stays in use).
 
         PERF: one ``set_range`` (keys sort by uid, then role), and a step per other code
         of that serial."""
@@ -329,9 +366,28 @@ class RelabelledLabels:
         for key, raw in cur:
             if _LABEL.unpack(key)[0] != uid:
                 break
-            if raw[0] == _ALIAS:
-                unit = _Q.unpack_from(raw, 1)[0]
+            target = _relabel_target(raw)
+            if target is not None:
+                unit = target
         return uid & _LOW, unit
+
+    def all(self, txn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every label a relabel touched, sorted by (uid, role): ``(uid, role index, unit)``
+        arrays (uint64, uint8, uint64), ``unit`` the unit the label stands for now, or
+        :attr:`VOIDED` when it answers voided (see :func:`_relabel_unit`: dead, or a
+        replacement label whose own batch or range was voided since).
+
+        PERF: one pass over ``agg_relabel`` (relabels are rare: well under 1% of units)."""
+        uids, roles, units = [], [], []
+        voids, none = self._voids, self.VOIDED
+        for key, raw in txn.cursor(self._db):
+            uid, role = _LABEL.unpack(key)
+            unit = _relabel_unit(voids, txn, uid, raw)
+            uids.append(uid)
+            roles.append(role)
+            units.append(none if unit is None else unit)
+        return (np.array(uids, np.uint64), np.array(roles, np.uint8),
+                np.array(units, np.uint64))
 
 
 class Aggregation:
@@ -357,6 +413,8 @@ class Aggregation:
         self._shipments_db = store.db("agg_shipments")
         self._distributors_db = store.db("agg_distributors")
         self._relabel_db = store.db("agg_relabel")
+        #: the relabels as others read them (line-collection files: :mod:`engine.ingest`)
+        self.relabels = RelabelledLabels(store)
         self._levels: dict[int, str] = {}
         #: immutable records by id (activations, shipments, distributors): never stale
         self._cache: dict = {}
@@ -422,13 +480,24 @@ class Aggregation:
         raw = txn.get(_LABEL.pack(*label), None, self._relabel_db)
         if raw is None:
             return label[0]
-        if raw[0] == _ALIAS:
-            unit = _Q.unpack_from(raw, 1)[0]
-            if self._voided(txn, label[0]):
-                raise Conflict(f"label {self._label_text(txn, label)} on {self._ref(unit)} is "
-                               f"voided: relabel {self._ref(unit)} again, this label as OLD")
-            return unit
-        raise Conflict(self._dead_text(txn, label, raw))
+        unit = _relabel_unit(self.voids, txn, label[0], raw)
+        if unit is None:
+            raise Conflict(self._refusal_text(txn, label, raw))
+        return unit
+
+    def label_refusal(self, txn, label: tuple[int, int]) -> str:
+        """Why commands refuse a label ``(uid, role index)`` that a relabel left answering
+        voided (see :meth:`_resolve`), naming the label to use instead (line-collection
+        files word their refusals with it)."""
+        return self._refusal_text(txn, label, txn.get(_LABEL.pack(*label), None,
+                                                      self._relabel_db))
+
+    def _refusal_text(self, txn, label: tuple[int, int], raw: bytes) -> str:
+        unit = _relabel_target(raw)
+        if unit is None:
+            return self._dead_text(txn, label, raw)
+        return (f"label {self._label_text(txn, label)} on {self._ref(unit)} is voided: "
+                f"relabel {self._ref(unit)} again, this label as OLD")
 
     def _label_text(self, txn, label: tuple[int, int]) -> str:
         """``3:17 case_outer 1ABC...``: a label for a person (unit, role, printed code)."""
@@ -439,7 +508,7 @@ class Aggregation:
 
     def _dead_text(self, txn, label: tuple[int, int], raw: bytes) -> str:
         """Why a dead label is refused, naming the label that stands in its place now."""
-        by = _LABEL.unpack_from(raw, 1)
+        by = _replaced_by(raw)
         if by[0] == label[0]:
             return (f"label {self._label_text(txn, label)} is void: the "
                     f"{self.spec.role_by_index(by[1]).name} label of its unit replaced "
@@ -454,7 +523,7 @@ class Aggregation:
         code of a replacement label's unit (dead, never applied to anything) is its own."""
         while (raw := txn.get(_LABEL.pack(*label), None, self._relabel_db)) is not None \
                 and raw[0] == _DEAD:
-            by = _LABEL.unpack_from(raw, 1)
+            by = _replaced_by(raw)
             if by[0] == label[0]:
                 break
             label = by
@@ -777,7 +846,7 @@ class Aggregation:
                                f"{self.level_of(old, txn)}")
             if self._voided(txn, old):
                 raise Conflict(f"{self._ref(old)} is already voided")
-            self._refuse_unfresh(txn, new, emptied=True)
+            self._refuse_unfresh(txn, new, allow_emptied=True)
             parent = self._unlink(txn, old)
             if parent is not None:
                 self._add_run(txn, parent, new, new)
@@ -799,10 +868,10 @@ class Aggregation:
             self._follow_voids(txn, [old >> 32])
         return eid
 
-    def _refuse_unfresh(self, txn, n: int, *, emptied: bool = False) -> None:
+    def _refuse_unfresh(self, txn, n: int, *, allow_emptied: bool = False) -> None:
         """Conflict unless unit ``n`` is fresh, as :meth:`replace` and :meth:`relabel` take
         one: never either side of a relabel, not voided, not aggregated, no shipment record
-        of its own, not activated; and, unless ``emptied`` (a whole spare carton for
+        of its own, not activated; and, unless ``allow_emptied`` (a whole spare carton for
         :meth:`replace` may be one packed and emptied again, 拆补包装), never aggregated
         before either (a relabel puts only its outer label on another item, and the inner
         code would stay in a carton of its own history)."""
@@ -823,7 +892,7 @@ class Aggregation:
         # NOTE: unpacked or moved out, a unit is no longer linked, but every pack, unpack
         # and move indexes it (a line-collection load indexes parents, and its children
         # stay linked until one of those): any history is refused
-        past = () if emptied else self._history_types(txn, n)
+        past = () if allow_emptied else self._history_types(txn, n)
         if past:
             raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label once "
                            "aggregated is not fresh; use a fresh label, one never aggregated")
@@ -855,9 +924,10 @@ class Aggregation:
         db = self._relabel_db
         with self.store.write() as txn:
             raw = txn.get(_LABEL.pack(*old), db=db)
-            if raw is not None and raw[0] == _DEAD:
+            # NOTE: a replacement label voided since is taken as OLD (see _resolve)
+            unit = old[0] if raw is None else _relabel_target(raw)
+            if unit is None:
                 raise Conflict(self._dead_text(txn, old, raw))
-            unit = old[0] if raw is None else _Q.unpack_from(raw, 1)[0]
             n = new[0]
             if self._voided(txn, unit):
                 raise Conflict(f"{self._ref(unit)} is voided: a voided unit is not relabelled")
@@ -938,8 +1008,9 @@ class Aggregation:
         """Bind a product, lot, production date and line to a batch, a serial range
         ``(batch, start, stop)`` or everything under the given pallets (and the pallets).
 
-        Voided units are left out (``voided_skipped`` in the record). A batch or range
-        that overlaps an activation is refused. Pallets may be activated again: what was
+        Voided units are left out (``voided_skipped`` in the record), and so are the units a
+        relabel took a label from (``relabel_skipped``, see :meth:`_label_donors`): none
+        of their codes stands for them. A batch or range that overlaps an activation is refused. Pallets may be activated again: what was
         packed on them since is activated, units already active keep their activation
         (``already_active``); refused only when nothing is left to activate."""
         for label, value in (("sku", sku), ("name", name), ("lot", lot)):
@@ -988,15 +1059,18 @@ class Aggregation:
                                        f"(activation {_I.unpack(hit[0][2])[0]})")
             not_active = sum(l - f + 1 for f, l in runs)
             runs = [g for f, l in runs for g in self.voids.gaps(txn, f, l)]
+            not_voided = sum(l - f + 1 for f, l in runs)
+            runs = [g for f, l in runs for g in self._without_donors(txn, f, l)]
             units = sum(l - f + 1 for f, l in runs)
             if not units:
-                raise Conflict("nothing to activate: every unit asked for is already activated "
-                               "or voided")
+                raise Conflict("nothing to activate: every unit asked for is already activated, "
+                               "voided, or gave its label away in a relabel")
             aid = self.store.next_id(txn, "agg_activation")
             record["id"] = aid
             record["units"] = units
             record["already_active"] = asked - not_active
-            record["voided_skipped"] = not_active - units
+            record["voided_skipped"] = not_active - not_voided
+            record["relabel_skipped"] = not_voided - units
             record["event_id"] = self._event(txn, "activate", now, pallet_units, activation=aid,
                                              runs=[[f, l] for f, l in runs])
             txn.put(u32(aid), pack(record), db=self._activations_db)
@@ -1006,6 +1080,45 @@ class Aggregation:
                 per_batch[f >> 32] = per_batch.get(f >> 32, 0) + l - f + 1
             self.data.batches.count_activated(txn, per_batch)
         return record
+
+    def _label_donors(self, txn, first: int, last: int) -> list[int]:
+        """The units of ``first..last`` (one batch) that no code stands for: each the NEW
+        of a relabel, whose label stands for another unit while its other codes are dead
+        (a replacement label's spare codes). Such a unit is no item: activated, it would
+        count a second time the unit it gave its label to. A unit every label of which
+        was replaced in turn is not one: each of its labels leads, through the labels that
+        replaced it, to a replacement label standing for it.
+
+        PERF: one ``set_range`` on ``agg_relabel``, and a few reads per unit found there
+        (relabels are rare)."""
+        cur = txn.cursor(self._relabel_db)
+        found = cur.set_range(_Q.pack(first))
+        out: list[int] = []
+        while found:
+            uid = _LABEL.unpack(cur.key())[0]
+            if uid > last:
+                break
+            labels = []
+            while found and _LABEL.unpack(cur.key())[0] == uid:
+                labels.append(_LABEL.unpack(cur.key()))
+                found = cur.next()
+            # NOTE: a role without a record is a code standing for its own unit
+            if len(labels) == len(self.spec.level(self.level_of(uid, txn)).roles) and all(
+                    _relabel_target(txn.get(_LABEL.pack(*self._live(txn, lb)), None,
+                                            self._relabel_db)) != uid for lb in labels):
+                out.append(uid)
+        return out
+
+    def _without_donors(self, txn, first: int, last: int) -> list[tuple[int, int]]:
+        """``first..last`` (one batch) split around its :meth:`_label_donors`."""
+        out = []
+        for d in self._label_donors(txn, first, last):
+            if d > first:
+                out.append((first, d - 1))
+            first = d + 1
+        if first <= last:
+            out.append((first, last))
+        return out
 
     def activation_of(self, txn, uid: int) -> dict | None:
         got = self.active.find(txn, uid)
@@ -1351,10 +1464,11 @@ class Aggregation:
                 # PERF: positional LMDB arguments, as on the rest of the scan path
                 raw = txn.get(_LABEL.pack(uid, role_index), None, self._relabel_db)
                 if raw is not None:
-                    if raw[0] != _ALIAS or self.voids.find(txn, uid) is not None:
+                    unit = _relabel_unit(self.voids, txn, uid, raw)
+                    if unit is None:
                         return uid, {"active": False, "voided": True, "product": None,
                                      "ancestors": [], "distributor": None}
-                    uid = _Q.unpack_from(raw, 1)[0]
+                    uid = unit
             chain, act, void, _, sid = self._unit_facts(txn, uid)
             dist = None
             if sid:

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.aggregation import (_ALIAS, _I, _LOW, _Q, BadRecord, LoadReport,
+from engine.aggregation import (_I, _LOW, _Q, BadRecord, LoadReport, RelabelledLabels,
                                 _c2p_decode, _children_count, _decode_children,
                                 _encode_children)
 from engine.errors import Conflict
@@ -472,26 +472,21 @@ def _group_order(keys: np.ndarray) -> np.ndarray:
 
 
 class _Relabels:
-    """The store's relabels (``agg_relabel``, see :mod:`engine.aggregation`) as arrays,
-    read once per load: labels sorted by (uid, role), each standing for a unit (alias)
-    or dead (its record kept, for the refusal's words).
+    """The store's relabels (:meth:`engine.aggregation.RelabelledLabels.all`), read once
+    per load: labels sorted by (uid, role), each standing for a unit, or answering voided
+    (dead, or a replacement label voided since).
 
     PERF: relabels are rare (well under 1% of units); a chunk's fields are matched by one
     ``searchsorted`` on the uids, and only the few fields that hit are looked at one by
     one. A store without relabels skips all of it."""
 
     def __init__(self, agg, txn) -> None:
-        keys, values = [], []
-        for k, v in txn.cursor(db=agg._relabel_db):
-            keys.append(k)
-            values.append(v)
-        self.uid = np.frombuffer(b"".join(k[:8] for k in keys), ">u8").astype(_U64)
-        self.role = [k[8] for k in keys]
-        self.values = values
+        self.uid, role, unit = agg.relabels.all(txn)
+        self.role, self.unit = role.tolist(), unit.tolist()
 
-    def match(self, p: _Parsed) -> tuple[list[int], list[int], list[tuple[int, bytes]]]:
-        """Fields of ``p`` that are relabelled labels: (alias fields, the units they stand
-        for, dead fields with their ``agg_relabel`` record), fields in order."""
+    def match(self, p: _Parsed) -> tuple[list[int], list[int], list[int]]:
+        """Fields of ``p`` that are relabelled labels: (fields standing for another unit,
+        the units they stand for, fields answering voided), fields in order."""
         i = np.searchsorted(self.uid, p.uid)
         i[i == len(self.uid)] = 0
         hit = np.flatnonzero(p.ok & (self.uid[i] == p.uid))
@@ -500,12 +495,11 @@ class _Relabels:
             uid, role = int(p.uid[f]), int(p.role[f])
             while j < len(self.role) and int(self.uid[j]) == uid:
                 if self.role[j] == role:
-                    v = self.values[j]
-                    if v[0] == _ALIAS:
-                        alias.append(f)
-                        units.append(_Q.unpack_from(v, 1)[0])
+                    if self.unit[j] == RelabelledLabels.VOIDED:
+                        dead.append(f)
                     else:
-                        dead.append((f, v))
+                        alias.append(f)
+                        units.append(self.unit[j])
                     break
                 j += 1
         return alias, units, dead
@@ -523,7 +517,7 @@ class _Check:
         with agg.store.read() as txn:
             vf, vl = agg.voids.all_runs(txn)
             #: relabels seen (a relabel only adds records: a count tells if one came since)
-            self.relabelled = txn.stat(agg._relabel_db)["entries"]
+            self.relabelled = agg.relabels.count(txn)
             self.relabels = _Relabels(agg, txn) if self.relabelled else None
         o = np.argsort(vl)
         self.void_first, self.void_last = vf[o], vl[o]
@@ -557,7 +551,6 @@ class _Check:
         alias, dead = [], []
         if self.relabels is not None:  # replacement labels stand for their units from here on
             alias, units, dead = self.relabels.match(p)
-            donors = p.uid[alias]
             p.uid[alias] = units
         nlines = p.nlines
         m = _Marks(np.zeros(nlines, np.int8))
@@ -590,20 +583,20 @@ class _Check:
         if len(self.void_last):  # voided codes (parent or child)
             used = (p.length > 0) & p.ok & record[p.line]
             voided = np.zeros(len(p.line), np.bool_)
+            # NOTE: a replacement label whose own batch or range was voided since kept its
+            # own uid (it answers voided: see RelabelledLabels.all), so is marked here
             voided[used] = self.voided(p.uid[used])
-            if alias:  # NOTE: a replacement label whose own batch or range was voided since
-                voided[alias] |= self.voided(donors) & used[alias]
             m.mark(p.line[voided], 4, pos[voided])
         if dead:
-            fields = [f for f, _ in dead if record[p.line[f]]]
+            fields = [f for f in dead if record[p.line[f]]]
             m.mark(p.line[fields], 10, pos[fields])
             with agg.store.read() as txn:
-                for f, raw in dead:
+                for f in fields:
                     ln = int(p.line[f])
-                    if record[ln] and line0 + ln not in self.dead:
+                    if m.reason[ln] == 10 and line0 + ln not in self.dead:
                         label = (int(p.uid[f]), int(p.role[f]))
                         self.dead[line0 + ln] = (f"field {pos[f]}: "
-                                                 + agg._dead_text(txn, label, raw))
+                                                 + agg.label_refusal(txn, label))
         # what is kept: the links of the good records, as runs, and their parents
         good = record & (m.reason == 0)
         sel = np.flatnonzero(child & good[p.line])
@@ -696,7 +689,7 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
             if not (np.array_equal(vl[o], chk.void_last)
                     and np.array_equal(vf[o], chk.void_first)):
                 raise Conflict("codes were voided during the load; run it again")
-            if txn.stat(agg._relabel_db)["entries"] != chk.relabelled:
+            if agg.relabels.count(txn) != chk.relabelled:
                 raise Conflict("labels were replaced (relabel) during the load; run it again")
             new, same_line, same_count = _against_store(agg, txn, runs, line_parent, marks)
             del runs

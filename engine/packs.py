@@ -416,7 +416,8 @@ class PackRegistry:
         if hit is not None:
             serial, unit = hit
             if unit is None:
-                why = "was made dead by a relabel (replaced, it answers voided)"
+                why = ("has a code made dead by a relabel (it answers voided; the serial's "
+                       "other code may still be in use)")
             else:
                 why = (f"is a replacement label in use (a relabel put it on {unit >> 32}:"
                        f"{unit & 0xFFFFFFFF}): printed again it would be a second copy of a "

@@ -298,9 +298,19 @@ def code_verdict(codes: CodeEngine, aggregation: Aggregation, text: str) -> tupl
     v = codes.verify(text)
     if not v.genuine:
         return "invalid", v
-    scanned = unit_id(v.batch, v.serial)
-    uid, trace = aggregation.scan_label(scanned, codes.spec.role(v.role).index)
-    return _unit_verdict(trace), (v if uid == scanned else _as_unit(v, uid))
+    _, _, _, v, trace = _label_trace(codes, aggregation, v)
+    return _unit_verdict(trace), v
+
+
+def _label_trace(codes: CodeEngine, aggregation: Aggregation, v):
+    """``(role index, printed uid, unit, verification, trace)`` of a genuine code's
+    verification ``v``: the printed uid is the label's own, the unit the one it stands for
+    (:meth:`Aggregation.scan_label`), and the verification is answered as that unit's
+    (the code and role stay the label's: see :func:`_as_unit`)."""
+    role_index = codes.spec.role(v.role).index
+    printed = unit_id(v.batch, v.serial)
+    uid, trace = aggregation.scan_label(printed, role_index)
+    return role_index, printed, uid, (v if uid == printed else _as_unit(v, uid)), trace
 
 
 def _as_unit(v, uid: int):
@@ -400,10 +410,11 @@ class ScanPipeline:
         if not v.genuine:
             self.abuse.record_invalid(subjects, req.code, now)
             return _INVALID_RESULT
+        # PERF: _label_trace inlined (a call on every scan)
         role_index = self.codes.spec.role(v.role).index
-        scanned = unit_id(v.batch, v.serial)
-        uid, trace = self.aggregation.scan_label(scanned, role_index)
-        if uid != scanned:
+        printed = unit_id(v.batch, v.serial)
+        uid, trace = self.aggregation.scan_label(printed, role_index)
+        if uid != printed:
             v = _as_unit(v, uid)
         region_from = None
         if req.region is None:
@@ -444,11 +455,14 @@ class ScanPipeline:
             event["region_from"] = region_from
         if diversion:
             event["diverted"] = diversion
-        # NOTE: the record is the label's as printed (``scanned``), the event the unit's: a
-        # replacement label (标签替换) has a scan history of its own, and scans of the torn
-        # label it replaced (answered voided) never make it copied
+        if uid != printed:  # a replacement label (标签替换): the event says which label it was
+            event["label"] = printed
+        # NOTE: the record is the label's as printed, the event the unit's: a replacement
+        # label has a scan history of its own (its count is not the unit's: see
+        # admin.stats), and scans of the torn label it replaced (answered voided) never
+        # make it copied
         record = self.scans.record(uid, role_index, event, _chain(settles),
-                                   self._copy_at if verdict == "genuine" else None, scanned)
+                                   self._copy_at if verdict == "genuine" else None, printed)
         # The scanner sees its own rewards; rebates to the store/distributor stay in the event.
         rewards = [r for r in record.rewards if "rebate" not in r]
         if record.copied:
@@ -475,13 +489,9 @@ class ScanPipeline:
             if subjects:
                 self.abuse.record_invalid(subjects, code, now)
             return _INVALID_RESULT
-        role_index = self.codes.spec.role(v.role).index
-        scanned = unit_id(v.batch, v.serial)
-        uid, trace = self.aggregation.scan_label(scanned, role_index)
-        if uid != scanned:
-            v = _as_unit(v, uid)
+        role_index, printed, _, v, trace = _label_trace(self.codes, self.aggregation, v)
         verdict = _unit_verdict(trace)
-        record = self.scans.get(scanned, role_index, self._copy_at)  # the label's own (see scan)
+        record = self.scans.get(printed, role_index, self._copy_at)  # the label's own (see scan)
         # NOTE: copied once, the code stays so for the landing page (a scan's own flag
         # looks at its window only): a label seen in three cities is a copied label. Set
         # on genuine codes only, as for scans.

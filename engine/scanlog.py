@@ -477,14 +477,16 @@ class ScanLog:
     # -- writing ----------------------------------------------------------------------
     def record(self, unit_id: int, role_index: int, event: dict, settle=None,
                copy_at: tuple[int, int, float] | None = None,
-               label: int | None = None) -> ScanRecord:
+               printed_uid: int | None = None) -> ScanRecord:
         """Apply one scan durably; returns the code's updated scan record.
 
-        The record is the code's as printed, ``(label, role_index)``; ``label`` is the
-        uid the code itself carries, ``unit_id`` unless a relabel put the code on another
-        unit (标签替换): a replacement label has a scan history of its own, and the label it
-        replaced keeps its own (a torn label scanned elsewhere never counts for the new
-        one). The event names the unit (``unit_id``), as everything else does.
+        The record is the code's as printed, ``(printed_uid, role_index)``; ``printed_uid``
+        is the uid the code itself carries, ``unit_id`` (the default) unless a relabel put
+        the code on another unit (标签替换): a replacement label has a scan history of its
+        own, and the label it replaced keeps its own (a torn label scanned elsewhere never
+        counts for the new one). The event names the unit (``unit_id``), as everything else
+        does, and its ``count`` is the record's (the scan pipeline adds ``label``, the
+        printed uid, to the event of a replacement label's scan).
 
         ``event`` must hold ``at`` (unix time) and may hold ``region`` and ``device``;
         it is stored as the scan event with its sequence number. ``settle(txn, seq, memo)``,
@@ -512,9 +514,9 @@ class ScanLog:
         if self._thread is None:
             self._start()
         waiter = self._new_waiter()
-        # PERF: the label goes in the same tuple (no allocation of its own)
+        # PERF: the printed uid goes in the same tuple (no allocation of its own)
         self._queue.put((unit_id, role_index, event, settle, copy_at,
-                         unit_id if label is None else label, waiter))
+                         unit_id if printed_uid is None else printed_uid, waiter))
         return waiter.get()
 
     def _start(self) -> None:
@@ -579,8 +581,9 @@ class ScanLog:
                     first = self._store.current_id(txn, "scan_event") + 1
                     memo = WriteMemo()
                     out = [self._apply(txn, first + i, unit_id, role_index, event,
-                                       _FAILED if i in failed else settle, copy_at, memo, i, label)
-                           for i, (unit_id, role_index, event, settle, copy_at, label, _)
+                                       _FAILED if i in failed else settle, copy_at, memo, i,
+                                       printed_uid)
+                           for i, (unit_id, role_index, event, settle, copy_at, printed_uid, _)
                            in enumerate(group)]
                     memo.finish(txn)
                     self._store.set_id(txn, "scan_event", first + len(group) - 1)
@@ -588,11 +591,13 @@ class ScanLog:
             except _SettlementFailed as e:
                 failed.add(e.index)
 
-    def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle=None,
-               copy_at: tuple[int, int, float] | None = None, memo: WriteMemo | None = None,
-               index: int = 0, label: int | None = None) -> ScanRecord:
+    def _apply(self, txn, seq: int, unit_id: int, role_index: int, event: dict, settle,
+               copy_at: tuple[int, int, float] | None, memo: WriteMemo | None, index: int,
+               printed_uid: int) -> ScanRecord:
+        """One scan of :meth:`_write_group`: the record of ``(printed_uid, role_index)``
+        and the event of ``unit_id`` (see :meth:`record`)."""
         # PERF: LMDB arguments by position (py-lmdb parses keywords slowly, ~0.1 µs a call)
-        key = _record_key(unit_id if label is None else label, role_index)
+        key = _record_key(printed_uid, role_index)
         raw = txn.get(key, None, self._records)
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")

@@ -296,6 +296,23 @@ def test_a_line_file_with_a_dead_label_is_refused_with_its_line(run, tmp_path):
     assert rep.loaded and rep.links_added == 24 and len(rep.bad) == 2
 
 
+def test_a_line_file_with_a_replacement_label_voided_since_is_refused(run, tmp_path):
+    """A replacement label whose own range was voided answers voided: a line naming it
+    is refused as voided, the unit's other code still links."""
+    agg, data = run.agg, run.data
+    new, spares = _case_relabelled(run)
+    agg.void(serial_range=(spares.id, 0, 1))
+    f = tmp_path / "line.csv"
+    f.write_text(",".join([new] + run.caps[:24]) + "\n"
+                 + ",".join([data.codes.code(data.batches.get(run.case_batch), 0, "case_inner")]
+                            + run.caps[24:26]) + "\n")
+    rep = agg.load(f)
+    assert not rep.loaded and [(b.line, b.reason) for b in rep.bad] == [(1, "field 1: code is voided")]
+    rep = agg.load(f, skip_bad=True)
+    assert rep.loaded and rep.links_added == 2
+    assert agg.links()[unit_id(run.cap_batch, 24)] == unit_id(run.case_batch, 0)
+
+
 def test_a_relabel_during_a_load_makes_it_run_again(run, tmp_path, monkeypatch):
     """The load's relabels are read in its check pass; one committed before its write
     would let a label through as the wrong unit: the load refuses, nothing written."""
@@ -419,3 +436,67 @@ def test_relabel_refuses_a_new_label_packed_and_emptied_again(world, tmp_path):
     # a fresh one is taken
     agg.relabel(old, _code(w, "spares", 3, "case_outer"))
     assert _verdict(w, old) == "voided"
+
+
+def _activate(agg, **where):
+    return agg.activate(sku="SKU-2", name="Spare", lot="L2", production_date="2026-11-21",
+                        **where)
+
+
+def test_activating_a_spare_batch_leaves_out_the_units_that_gave_their_label(world):
+    """A relabel's NEW unit is no item: its label stands for another unit, its other codes
+    are dead. Activating its batch later leaves it out (as voided units are), so the
+    activated counts (the scan rate's denominator) hold real items only; a unit whose
+    labels were all replaced is still one."""
+    w, agg, data = world, world["agg"], world["data"]
+    fresh = data.create_batch("case", 2)  # real cases, not yet activated
+    inner_spares = data.create_batch("case", 1)
+    spare = lambda s, role="case_outer": _code(w, "spares", s, role)
+    agg.relabel(_code(w, "cases", 0, "case_outer"), spare(0))
+    agg.relabel(spare(0), spare(1))  # the replacement damaged in turn: spare 0 is all dead
+    # fresh case 0 gets both its labels replaced: it stays an item
+    agg.relabel(data.codes.code(fresh, 0, "case_outer"), spare(2))
+    agg.relabel(data.codes.code(fresh, 0, "case_inner"),
+                data.codes.code(inner_spares, 0, "case_inner"))
+    before = agg.activated_counts()["case"]
+    rec = _activate(agg, batch=w["spares"].id)  # spares 0-2 gave their label, 3 is fresh
+    assert (rec["units"], rec["relabel_skipped"], rec["voided_skipped"]) == (1, 3, 0)
+    rec = _activate(agg, batch=fresh.id)
+    assert (rec["units"], rec["relabel_skipped"]) == (2, 0)
+    with pytest.raises(Conflict, match="nothing to activate.*relabel"):
+        _activate(agg, batch=inner_spares.id)
+    assert agg.activated_counts()["case"] == before + 3
+    assert not agg.is_active(unit_id(w["spares"].id, 1))
+    assert agg.is_active(unit_id(w["spares"].id, 3)) and agg.is_active(unit_id(fresh.id, 0))
+    assert [_verdict(w, c) for c in (spare(1), spare(2), spare(3), spare(0, "case_inner"),
+                                     data.codes.code(inner_spares, 0, "case_inner"))] == [
+        "genuine", "genuine", "genuine", "voided", "genuine"]
+    got = w["pipe"].check(spare(2))
+    assert (got.batch, got.serial, got.product["sku"]) == (fresh.id, 0, "SKU-2")
+
+
+def test_a_one_code_spare_unit_relabelled_again_is_left_out_of_activation(world):
+    """A one-code level: the spare pallet's only label, replaced in turn, is dead like the
+    original pallet's, yet only the original is an item."""
+    w, agg, data = world, world["agg"], world["data"]
+    spare = data.create_batch("pallet", 3)
+    new, newer = data.codes.code(spare, 0, "pallet"), data.codes.code(spare, 1, "pallet")
+    agg.relabel(_pallet(w), new)
+    agg.relabel(new, newer)
+    rec = _activate(agg, batch=spare.id)
+    assert (rec["units"], rec["relabel_skipped"]) == (1, 2)
+    assert agg.is_active(unit_id(spare.id, 2)) and not agg.is_active(unit_id(spare.id, 0))
+
+
+def test_a_replacement_labels_scan_event_names_the_label(world):
+    """The event of a replacement label's scan names the unit and carries the printed
+    label (its count is the label's own: see test_stats); other events carry none."""
+    w, agg = world, world["agg"]
+    old, new = _code(w, "cases", 0, "case_outer"), _code(w, "spares", 0, "case_outer")
+    _scan(w, old, "store")
+    agg.relabel(old, new)
+    _scan(w, new, "store")
+    first, second = w["pipe"].scans.events()
+    assert "label" not in first
+    assert (second["unit"], second["label"], second["count"]) == (
+        unit_id(w["cases"].id, 0), unit_id(w["spares"].id, 0), 1)

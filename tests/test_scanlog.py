@@ -438,11 +438,11 @@ def test_settlements_of_a_group_share_a_memo_and_a_failure_undoes_only_its_own(t
             return [{"outcome": "granted", "n": n}]
         return run
 
-    # (unit, role, event, settle, copy_at, label, waiter)
-    group = [(1, 0, {"at": 1.0}, settle(1), None, None, None),
-             (2, 0, {"at": 2.0}, settle(2, fail=True), None, None, None),
-             (3, 0, {"at": 3.0}, settle(3), None, None, None),
-             (4, 0, {"at": 4.0}, settle(4), None, None, None)]
+    # (unit, role, event, settle, copy_at, printed uid, waiter)
+    group = [(1, 0, {"at": 1.0}, settle(1), None, 1, None),
+             (2, 0, {"at": 2.0}, settle(2, fail=True), None, 2, None),
+             (3, 0, {"at": 3.0}, settle(3), None, 3, None),
+             (4, 0, {"at": 4.0}, settle(4), None, 4, None)]
     records = log._write_group(group)  # as the committer does with a queued group
     assert seen == [(1, {}), (2, {"last": 1}), (1, {}), (3, {"last": 1}), (4, {"last": 3})]
     assert [r.rewards for r in records] == [({"outcome": "granted", "n": 1},), ({"outcome": "error"},),

@@ -108,7 +108,7 @@ def recount(w, window: list[str]) -> dict:
             for dim, v in vals.items():
                 bump(by_day[day][dim], v)
         role = spec.role_by_index(ev["role"]).name
-        if ev["verdict"] == "genuine" and ev["count"] == 1:
+        if ev["verdict"] == "genuine" and ev["count"] == 1 and "label" not in ev:
             bump(firsts, (ev["actor_role"], role))
         if ev.get("diverted"):
             bump(diverted, ev["diverted"]["distributor"])
@@ -314,6 +314,23 @@ def test_activations_products_and_scan_rate_follow_new_activations(world):
     assert rep["scans"]["totals"]["verdict"] == {"genuine": 3, "inactive": 2}
     assert rep["scan_rate"]["consumer"]["cap_inner"] == {
         "codes": 3, "level": "cap", "activated": 53, "rate": round(3 / 53, 6)}
+
+
+def test_a_replacement_labels_first_scan_is_not_its_units_first_scan(world):
+    """A relabel (标签替换): the new label's first scan (count 1 on its own record) is a
+    scan of a unit whose code was scanned first already; the scan rate counts it once."""
+    agg = world["admin"].aggregation
+    spares = world["data"].create_batch("case", 1)
+    old, new = code(world, 0, "case_outer", "cases"), world["data"].codes.code(spares, 0, "case_outer")
+    store(world, old)
+    agg.relabel(old, new)
+    assert store(world, new).scan.count == 1
+    rep = world["stats"].report(days=1, now=world["clock"].t)
+    assert rep["scans"]["totals"]["verdict"] == {"genuine": 2}
+    assert rep["scans"]["totals"]["batch"] == {str(world["cases"].id): 2}
+    assert rep["scan_rate"]["store"]["case_outer"] == {"codes": 1, "level": "case", "activated": 2,
+                                                       "rate": 0.5}
+    assert project(rep)["firsts"] == recount(world, [])["firsts"]
 
 
 # -- concurrency ------------------------------------------------------------------------
