@@ -8,17 +8,20 @@ that woke first (seen in benchmarks: all 16 on one worker, the other idle). So e
 worker publishes how many connections it holds, in memory its master shares with all its
 workers (:class:`AcceptShares`), and a worker ahead of the least loaded one by ``d``
 accepts ``batch - d`` at once (at least one, as gunicorn's own rule): level workers take
-whole batches, one that is ahead by a batch or more takes one at a time, as gunicorn's
-workers do, until the others catch up.
+whole batches, one that is a batch or more ahead takes one and pauses (:data:`PAUSE`)
+until the others catch up. Only workers that are serving count: each says so every
+:data:`BEAT` seconds, and one booting, stopped or hung is left out, so the others take
+whole batches rather than wait for it.
 """
 
 from __future__ import annotations
 
 import mmap
+import time
 
-__all__ = ["AcceptShares", "PAUSE", "allowance"]
+__all__ = ["AcceptShares", "BEAT", "PAUSE", "STALE", "allowance"]
 
-_SLOTS = 64  # workers of one server, at most (more share the last slot)
+_SLOTS = 64  # workers of one server balanced, at most (more go unbalanced)
 
 
 def allowance(batch: int, mine: int, others: list[int]) -> int:
@@ -34,9 +37,12 @@ def allowance(batch: int, mine: int, others: list[int]) -> int:
 
 #: Seconds a worker a whole batch ahead stops accepting after it took one connection: the
 #: others, if they are awake, take the waiting ones meanwhile (measured: a worker woken
-#: faster took 7 of 8 connections one at a time while the other was still waking); one
-#: that is stuck costs the connections waiting at most this long each.
+#: faster took 7 of 8 connections one at a time while the other was still waking).
 PAUSE = 0.002
+#: Seconds between a worker's signs of life; one silent for :data:`STALE` (booting,
+#: stopped, its loop blocked) is left out of the others' balance: they take whole batches.
+BEAT = 0.05
+STALE = 0.25
 
 
 class AcceptShares:
@@ -45,48 +51,66 @@ class AcceptShares:
 
     The master gives each worker a slot (:meth:`assign`, before the fork) and frees it when
     the worker exits (:meth:`free`); the worker counts its connections in its slot
-    (:meth:`opened`, :meth:`closed`: only it writes there, from one thread) and reads the
-    others' (:meth:`allowance`). Words of 32 bits: the slots in use, then per slot
-    (live, connections held). A count read while another worker writes it is at most one
-    connection off: good enough for balance, which is all it is for."""
+    (:meth:`opened`, :meth:`closed`: only it writes there, from one thread), says it is
+    alive (:meth:`beat`) and reads the others' (:meth:`allowance`). Words of 32 bits: the
+    slots in use, then per slot (live, connections held, last beat in ms). A count read
+    while another worker writes it is at most one connection off: good enough for
+    balance, which is all it is for."""
 
     def __init__(self, slots: int = _SLOTS) -> None:
-        self._mem = mmap.mmap(-1, (1 + 2 * slots) * 4)
+        self._mem = mmap.mmap(-1, (1 + 3 * slots) * 4)
         self._words = memoryview(self._mem).cast("I")
         self._slots = slots
-        self._mine = 0
+        self.mine: int | None = None
         self._held = 0
 
     # -- the master --------------------------------------------------------------------
-    def assign(self, taken: set[int]) -> int:
+    def assign(self, taken: set) -> int | None:
         """A free slot (not in ``taken``, the slots of the live workers), marked live with
-        no connections; the last one if all are taken (shared: balance is then rougher)."""
+        no connections and no beat yet; None if all are taken (that worker goes
+        unbalanced, rather than share a slot)."""
         w = self._words
-        slot = next((i for i in range(self._slots) if i not in taken), self._slots - 1)
-        w[1 + 2 * slot], w[2 + 2 * slot] = 1, 0
-        w[0] = max(w[0], slot + 1)
+        slot = next((i for i in range(self._slots) if i not in taken), None)
+        if slot is not None:
+            w[1 + 3 * slot], w[2 + 3 * slot], w[3 + 3 * slot] = 1, 0, 0
+            w[0] = max(w[0], slot + 1)
         return slot
 
     def free(self, slot: int) -> None:
         """The worker of ``slot`` exited: its connections count no more."""
-        self._words[1 + 2 * slot] = self._words[2 + 2 * slot] = 0
+        w = self._words
+        w[1 + 3 * slot] = w[2 + 3 * slot] = w[3 + 3 * slot] = 0
 
     # -- a worker ----------------------------------------------------------------------
     def attach(self, slot: int) -> None:
         """This process is the worker of ``slot``."""
-        self._mine, self._held = slot, 0
+        self.mine, self._held = slot, 0
+        self.beat()
+
+    def beat(self) -> None:
+        """This worker is alive and serving (every :data:`BEAT` seconds)."""
+        self._words[3 + 3 * self.mine] = _now_ms()
 
     def opened(self) -> None:
         self._held += 1
-        self._words[2 + 2 * self._mine] = self._held
+        self._words[2 + 3 * self.mine] = self._held
 
     def closed(self) -> None:
         self._held -= 1
-        self._words[2 + 2 * self._mine] = self._held
+        self._words[2 + 3 * self.mine] = max(0, self._held)
 
     def allowance(self, batch: int) -> int:
-        """:func:`allowance` for this worker now. PERF: reads only the slots in use (a
-        server has about as many workers as cores): ~1 µs for two."""
-        w, mine = self._words, self._mine
-        others = [w[2 + 2 * i] for i in range(w[0]) if i != mine and w[1 + 2 * i]]
+        """:func:`allowance` for this worker now, against the other live workers that beat
+        within :data:`STALE`. PERF: reads only the slots in use (a server has about as many
+        workers as cores): ~1 µs for two."""
+        w, mine, now = self._words, self.mine, _now_ms()
+        stale = int(STALE * 1000)
+        others = [w[2 + 3 * i] for i in range(w[0])
+                  if i != mine and w[1 + 3 * i] and (now - w[3 + 3 * i]) & 0xFFFFFFFF <= stale]
         return allowance(batch, self._held, others)
+
+
+def _now_ms() -> int:
+    """Milliseconds of the monotonic clock (shared by the processes of one machine), in 32
+    bits: the differences are taken modulo 2^32 (the words wrap every 49 days)."""
+    return int(time.monotonic() * 1000) & 0xFFFFFFFF

@@ -217,13 +217,17 @@ if worker_class == "gevent":
     if accept_batch > 1 and _read_by_gunicorn():  # NOTE: a process importing this keeps gevent's own
         from gevent.baseserver import BaseServer as _BaseServer
 
-        from engine.accept_shares import PAUSE, AcceptShares
+        from gevent.baseserver import _handle_and_close_when_done
+
+        from engine.accept_shares import BEAT, PAUSE, AcceptShares
 
         _shares = AcceptShares()  # NOTE: made in the master, before any fork
         _start, _do_read, _do_handle = _BaseServer.start, _BaseServer._do_read, _BaseServer.do_handle
 
         def _start_accepting_batches(self) -> None:
-            if self.max_accept == 1:  # NOTE: set so by gunicorn with more than one worker
+            # NOTE: gunicorn sets max_accept to 1 with more than one worker; with one there
+            # is nothing to balance, and gevent's own batches stay
+            if self.max_accept == 1 and _shares.mine is not None:
                 self._wuma_balanced = True
             _start(self)
 
@@ -243,39 +247,56 @@ if worker_class == "gevent":
                 self._wuma_pause.start(self._start_accepting_if_started)
 
         def _handle_counted(self, *args) -> None:
+            """gevent's ``do_handle``, the connection counted from its accept to the end of
+            its handler, whatever ends it (a TLS handshake that fails included)."""
             if not getattr(self, "_wuma_balanced", False):
                 return _do_handle(self, *args)
-            _shares.opened()  # NOTE: at accept, before the handler runs: counted at once
+            spawn, handle, close = self._spawn, self._handle, self.do_close
+
+            def counted(*a) -> None:
+                try:
+                    handle(*a)
+                finally:
+                    _shares.closed()
+
+            _shares.opened()
             try:
-                return _do_handle(self, *args)
-            except BaseException:  # NOTE: no handler will run to count it closed
+                if spawn is None:
+                    _handle_and_close_when_done(counted, close, args)
+                else:
+                    spawn(_handle_and_close_when_done, counted, close, args)
+            except BaseException:  # NOTE: not handled, so not counted closed by it
                 _shares.closed()
+                close(*args)
                 raise
 
         _BaseServer.start = _start_accepting_batches
         _BaseServer._do_read = _read_balanced
-        _BaseServer.do_handle = _handle_counted
 
         def pre_fork(server, worker) -> None:
-            """In the master: the new worker's slot among the workers' connection counts."""
-            worker.wuma_slot = _shares.assign({getattr(w, "wuma_slot", -1) for w in server.WORKERS.values()})
+            """In the master: the new worker's slot among the workers' connection counts
+            (None when all are taken: that worker is not balanced)."""
+            worker.wuma_slot = _shares.assign({getattr(w, "wuma_slot", None) for w in server.WORKERS.values()})
 
-        def post_fork(server, worker) -> None:
-            """In the worker: count its connections from accept to close."""
+        def post_worker_init(worker) -> None:
+            """In the worker, before it serves: count its connections, and say it is alive
+            (a worker booting, stopped or hung is left out of the others' balance)."""
+            if worker.wuma_slot is None:
+                return
             _shares.attach(worker.wuma_slot)
-            handle = worker.handle
+            _BaseServer.do_handle = _handle_counted
+            import gevent
 
-            def counted(listener, client, addr) -> None:
-                try:
-                    handle(listener, client, addr)
-                finally:
-                    _shares.closed()
+            def beat() -> None:
+                while True:
+                    _shares.beat()
+                    gevent.sleep(BEAT)
 
-            worker.handle = counted
+            gevent.spawn(beat)
 
         def child_exit(server, worker) -> None:
             """In the master: an exited worker's connections count no more."""
-            if hasattr(worker, "wuma_slot"):
+            if getattr(worker, "wuma_slot", None) is not None:
                 _shares.free(worker.wuma_slot)
 
     def post_request(worker, req, environ, resp) -> None:

@@ -195,14 +195,17 @@ def test_a_worker_ahead_of_the_others_accepts_fewer_at_once(mine, others, expect
     assert allowance(8, mine, others) == expect
 
 
-def test_the_shared_counts_are_the_workers_own():
-    """Slots given by the master, counts written by each worker, read by the others."""
+def test_the_shared_counts_are_the_workers_own(monkeypatch):
+    """Slots given by the master, counts written by each worker, read by the others; a
+    worker that has not said it is alive lately (booting, stopped, hung) does not count."""
+    from engine import accept_shares
     from engine.accept_shares import AcceptShares
 
-    shares = AcceptShares()
-    a, b = shares.assign(set()), shares.assign({0})
-    assert (a, b) == (0, 1) and shares.assign({0, 1}) == 2
-    shares.free(2)
+    shares = AcceptShares(slots=3)
+    a, b, c = shares.assign(set()), shares.assign({0}), shares.assign({0, 1})
+    assert (a, b, c) == (0, 1, 2) and shares.assign({0, 1, 2}) is None  # full: unbalanced
+    shares.free(c)
+    shares.attach(b)  # worker b beats (its count 0)
     shares.attach(a)
     for _ in range(9):
         shares.opened()
@@ -210,5 +213,29 @@ def test_the_shared_counts_are_the_workers_own():
     shares.closed()
     shares.closed()
     assert shares.allowance(8) == 1 and shares.allowance(16) == 9  # 7 ahead
+    now = accept_shares._now_ms()
+    monkeypatch.setattr(accept_shares, "_now_ms", lambda: (now + 600) & 0xFFFFFFFF)
+    assert shares.allowance(8) == 8  # b silent for 0.6 s (over STALE): left out, whole batches
+    monkeypatch.undo()
     shares.free(b)  # b exited: a is alone
     assert shares.allowance(8) == 8
+    for _ in range(10):
+        shares.closed()
+    assert shares._words[2 + 3 * a] == 0  # never below zero
+
+
+def test_one_worker_serves_with_nothing_in_its_error_log(world):
+    """One worker (the default on one core): nothing to balance. The connection counting
+    once ran there without its other half and wrote two errors per connection."""
+    path, codes = world
+    server = Server(path, workers=1)
+    try:
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+                s.sendall(_scan_request(codes[i], i))
+                assert _answer(s).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)
+    finally:
+        server.stop()
+    log = open(server.log.name, encoding="utf-8").read()
+    assert '"ERROR"' not in log and "Traceback" not in log, log[-2000:]
