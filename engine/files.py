@@ -107,14 +107,24 @@ def private_output(path, mode: str = "wb", *, perms: int = 0o600,
     nothing is left and ``path`` is as it was. APPSEC: the file has no name until then
     (where the file system has unnamed files): a process killed while writing plaintext
     codes leaves no copy of them behind. An OSError creating it names ``path`` (or is
-    ``error(e)``)."""
+    ``error(e)``); so does a full disk, a quota or a file-size limit while it is written
+    (they came without a file name: "No space left on device")."""
     path = Path(path)
-    with NewFile(path, perms, error=error or _cannot_write(path)) as new:
-        with open(new.fd, mode, closefd=False, **open_args) as fh:
-            yield fh
-        if fsync:
-            new.sync()
-        new.replace()
+    try:
+        with NewFile(path, perms, error=error or _cannot_write(path)) as new:
+            with open(new.fd, mode, closefd=False, **open_args) as fh:
+                yield fh
+            if fsync:
+                new.sync()
+            new.replace()
+    except OSError as e:
+        if e.filename is None and e.errno in _FULL:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+#: errno of a write refused for room: a full disk, a quota, a file-size limit.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 #: First characters that make Excel, WPS, LibreOffice or Google Sheets read a cell as a

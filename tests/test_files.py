@@ -138,3 +138,15 @@ def test_utf16_without_a_bom_and_invalid_utf8_are_refused_by_name_and_offset():
     assert decode_text(UTF8_BOM + b"x", "stdin", offset=9) == "\ufeffx"  # a BOM only at the start
     with pytest.raises(TypeError, match="raw must be bytes"):
         decode_text("text", "f.txt")
+
+
+def test_a_full_disk_while_an_export_is_written_names_the_file(tmp_path):
+    """A disk full (or a quota, a file-size limit) while writing: the error names the
+    export (it said only "No space left on device"), and nothing is left."""
+    import errno
+
+    target = tmp_path / "codes.csv"
+    with pytest.raises(OSError, match="No space left on device") as e:
+        with private_output(target, "w"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert e.value.filename == str(target) and os.listdir(tmp_path) == []
