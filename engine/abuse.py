@@ -276,8 +276,9 @@ class AbuseGuard:
 
     def lift_in(self, txn, subject_: str, now: float | None = None) -> Ban:
         """:meth:`lift` inside the caller's write transaction (so an audit entry can go
-        with it). The subject's invalid-code count restarts too. A ban lifted already is
-        NotFound: lifting it again would overwrite when it was lifted."""
+        with it). The subject's invalid-code count restarts too. A ban lifted already, or
+        ended by itself, is NotFound: lifting it would write a lift into the record (the
+        evidence) that did nothing."""
         now = time.time() if now is None else now
         raw = txn.get(subject_.encode(), db=self._bans)
         if raw is None:
@@ -285,6 +286,8 @@ class AbuseGuard:
         d = unpack(raw)
         if d.get("lifted_at") is not None:
             raise NotFound(f"no ban in force for {subject_}: its latest ban was lifted already")
+        if now >= d["expires_at"]:
+            raise NotFound(f"no ban in force for {subject_}: its latest ban ended by itself")
         d["lifted_at"] = now
         txn.put(subject_.encode(), pack(d), db=self._bans)
         txn.delete(subject_.encode(), db=self._ban_ends)

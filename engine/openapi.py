@@ -16,7 +16,7 @@ _SCAN_RECORD = {
     "type": "object",
     "required": ["count", "first_at", "last_at"],
     "properties": {"count": {"type": "integer", "minimum": 1}, "first_at": {"type": "number"},
-                   "first_region": {"type": ["string", "null"]}, "last_at": {"type": "number"}},
+                   "first_region": {"type": "string", "nullable": True}, "last_at": {"type": "number"}},
 }
 _VERDICT = {
     "type": "object",
@@ -28,10 +28,10 @@ _VERDICT = {
         "level": {"type": "string"},
         "batch": {"type": "integer"},
         "serial": {"type": "integer"},
-        "product": {"type": ["object", "null"]},
+        "product": {"type": "object", "nullable": True},
         "ancestors": {"type": "array", "items": {"type": "object"}},
-        "distributor": {"type": ["string", "null"]},
-        "diversion": {"type": ["object", "null"]},
+        "distributor": {"type": "string", "nullable": True},
+        "diversion": {"type": "object", "nullable": True},
         "flags": {"type": "array", "items": {"type": "string",
                   "enum": ["role_not_allowed", "diverted", "copied"]}},
         "rewards": {"type": "array", "items": {"type": "object"}},

@@ -336,3 +336,9 @@ def test_a_lifted_ban_is_not_lifted_again(guard):
     with pytest.raises(NotFound, match="lifted already"):
         guard.lift(ip, now=1020.0)
     assert guard.list_bans(include_inactive=True)[0].lifted_at == 1010.0
+    # a ban that ended by itself (ban_s 300) is not "lifted" after the fact either
+    other = subject("ip", "203.0.113.8")
+    _ban(guard, other, 2000.0, "Y")
+    with pytest.raises(NotFound, match="ended by itself"):
+        guard.lift(other, now=2000.0 + 400)
+    assert [b.lifted_at for b in guard.list_bans(include_inactive=True) if b.subject == other] == [None]

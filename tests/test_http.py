@@ -805,3 +805,23 @@ def test_a_scan_must_come_as_json_so_no_web_page_can_post_one_through_its_visito
         assert "Access-Control-Allow-Origin" not in got.headers  # no preflight is granted
     finally:
         data.close()
+
+
+def test_the_openapi_documents_are_openapi_3_0():
+    """Both documents say 3.0.3, where a schema's type is one string and null is said with
+    ``nullable`` (a list of types is 3.1: 3.0 tools reject or misread it)."""
+    from admin.openapi import ADMIN_OPENAPI
+
+    def types(node):
+        if isinstance(node, dict):
+            if "type" in node:
+                yield node["type"]
+            for v in node.values():
+                yield from types(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from types(v)
+
+    for doc in (OPENAPI, ADMIN_OPENAPI):
+        assert doc["openapi"] == "3.0.3"
+        assert all(isinstance(t, str) for t in types(doc["paths"])), [t for t in types(doc) if not isinstance(t, str)]
