@@ -313,9 +313,12 @@ def test_a_subject_banned_again_keeps_its_earlier_bans(guard):
     guard.sweep(now=20_000.0)
     assert guard.count_active(now=9010.0) == 0  # the ends are swept, the records stay
     assert len(guard.list_bans(now=20_000.0, include_inactive=True)) == 4
-    guard.lift(ip, now=20_001.0)  # lifts the latest ban only
-    assert [b.lifted_at for b in guard.list_bans(include_inactive=True) if b.subject == ip] == \
-        [1010.0, None, 20_001.0]
+    with pytest.raises(NotFound, match="ended by itself"):  # all three are over now
+        guard.lift(ip, now=20_001.0)
+    _ban(guard, ip, 30_000.0, "FOURTH")
+    guard.lift(ip, now=30_010.0)  # lifts the latest ban only
+    assert [b.lifted_at for b in guard.list_bans(include_inactive=True) if b.subject == ip][-3:] == \
+        [None, None, 30_010.0]
 
 
 def test_earlier_bans_are_bounded(guard, monkeypatch):
