@@ -375,8 +375,9 @@ class AlertsResource(AdminResource):
     def on_get(self, req, resp) -> None:
         distributor = req.get_param("distributor")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        before = req.get_param_as_int("before", min_value=1)
         resp.media = {"counts": self.admin.scans.alert_counts(),
-                      "alerts": self.admin.scans.alerts(distributor, limit)}
+                      "alerts": self.admin.scans.alerts(distributor, limit, before)}
 
 
 class BansResource(AdminResource):

@@ -292,9 +292,12 @@ _PATHS: dict[str, dict[str, Any]] = {
                                     _json(_array(_AUDIT_ENTRY), "entries"), params=[
         _AFTER, _LIMIT, _param("newest_first", "query", _BOOL)])},
     "/admin/api/batches": {"get": _op("Code batches", "read", _json(_array(_BATCH), "batches"), errors=())},
-    "/admin/api/alerts": {"get": _op("Diversion alerts (窜货) and their count per distributor", "read",
+    "/admin/api/alerts": {"get": _op("Diversion alerts (窜货), newest first, and their count per distributor", "read",
                                      _json(_obj(["counts", "alerts"], {"counts": _COUNTS, "alerts": _array(_OBJ)}),
-                                           "alerts"), params=[_param("distributor", "query", _STR), _LIMIT])},
+                                           "alerts"), params=[
+        _param("distributor", "query", _STR), _LIMIT,
+        _param("before", "query", {"type": "integer", "minimum": 1},
+               "only alerts of scans before this sequence number (the next page: the last alert's seq)")])},
     "/admin/api/bans": {"get": _op("Clients banned for enumerating codes", "read", _json(_array(_BAN), "bans"),
                                    params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "
                                                   "the earlier bans of clients banned again")])},

@@ -225,11 +225,15 @@ def serve(ctx, bind, workers, worker_class, threads, timeout, keep_alive, worker
 
 @click.command()
 @click.option("--distributor", default=None, help="Only alerts for this distributor.")
-@click.option("--limit", type=int, default=1000, show_default=True, help="At most this many.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="At most this many, newest first.")
+@click.option("--before", type=click.IntRange(min=1), default=None,
+              help="Only alerts of scans before this sequence number (the next page: the last seq shown).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
-def alerts(data, distributor, limit, as_json):
-    """Diversion alerts (窜货): scans outside the shipped-to distributor's territory.
+def alerts(data, distributor, limit, before, as_json):
+    """Diversion alerts (窜货): scans outside the shipped-to distributor's territory, newest
+    first.
 
     Example: wuma alerts --distributor gz-01
     """
@@ -237,12 +241,12 @@ def alerts(data, distributor, limit, as_json):
     from engine.scanlog import ScanLog
 
     log = ScanLog(data.store)
-    for a in log.alerts(distributor, limit):
+    for a in log.alerts(distributor, limit, before):
         div = a["diverted"]
         when = china_time(a["at"])
         batch, serial = split_unit(a["unit"])
-        emit(a, as_json, f"{when}\t{div['distributor']}\tterritory {','.join(div['territory'])}"
-                         f"\tscanned in {div['region']}\tunit {batch}:{serial}")
+        emit(a, as_json, f"{when}\tseq {a['seq']}\t{div['distributor']}\tterritory "
+                         f"{','.join(div['territory'])}\tscanned in {div['region']}\tunit {batch}:{serial}")
     if not as_json:  # NOTE: the counts per distributor, all time (the list is cut at --limit)
         for dist, n in sorted(log.alert_counts().items()):
             if distributor is None or dist == distributor:

@@ -460,6 +460,32 @@ def _runtime():
             lambda: gevent.sleep(0), lambda fn, *args: hub.threadpool.apply(fn, args))
 
 
+def _prefixes(cur) -> list[bytes]:
+    """The distributor prefixes (``id`` NUL) of the alerts db: one seek each."""
+    out: list[bytes] = []
+    found = cur.first()
+    while found:
+        key = cur.key()
+        prefix = key[:key.index(b"\0") + 1]
+        out.append(prefix)
+        found = cur.set_range(prefix[:-1] + b"\x01")  # NOTE: past every key of that prefix
+    return out
+
+
+def _newest(cur, prefix: bytes, limit: int, before: int | None) -> list[dict]:
+    """Up to ``limit`` alerts of one distributor, newest first, below ``before``."""
+    out: list[dict] = []
+    end = prefix + (u64(before) if before is not None else b"\xff" * 8)
+    found = cur.prev() if cur.set_range(end) else cur.last()
+    while found and len(out) < limit:
+        key = cur.key()
+        if not key.startswith(prefix):
+            break
+        out.append(unpack(cur.value()))
+        found = cur.prev()
+    return out
+
+
 class ScanLog:
     """Per-code scan records and the append-only scan event log, group-committed."""
 
@@ -709,21 +735,24 @@ class ScanLog:
                     break
         return out
 
-    def alerts(self, distributor: str | None = None, limit: int = 1000) -> list[dict]:
-        """Diversion alerts (scan events marked ``diverted``), per distributor if given."""
-        out = []
+    def alerts(self, distributor: str | None = None, limit: int = 1000,
+               before: int | None = None) -> list[dict]:
+        """Diversion alerts (scan events marked ``diverted``), per distributor if given,
+        newest first: ``limit`` of them, with a sequence number below ``before`` if given
+        (the next page: the last one's ``seq``). Oldest first, a distributor's alerts past
+        the limit could never be seen."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a whole number of at least 1")
+        if before is not None and (not isinstance(before, int) or before < 1):
+            raise ValueError("before must be a scan sequence number (1 or more)")
+        found: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._alerts)
-            prefix = distributor.encode() + b"\0" if distributor else b""
-            if not cur.set_range(prefix):
-                return out
-            for key, raw in cur:
-                if not key.startswith(prefix):
-                    break
-                out.append(unpack(raw))
-                if len(out) >= limit:
-                    break
-        return out
+            prefixes = [distributor.encode() + b"\0"] if distributor else _prefixes(cur)
+            for prefix in prefixes:
+                found.extend(_newest(cur, prefix, limit, before))
+        found.sort(key=lambda a: a["seq"], reverse=True)
+        return found[:limit]
 
     def alert_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

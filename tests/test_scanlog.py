@@ -468,3 +468,29 @@ def test_durability_setting(tmp_path):
     with DataFolder(tmp_path / "w") as data:
         flags = data.store.env.flags()
         assert data.durability == "relaxed" and flags["sync"] and not flags["metasync"]
+
+
+def test_alerts_come_newest_first_and_page_back(tmp_path):
+    """A distributor's newest diversion alerts are the ones listed (oldest first, those
+    past the limit could never be seen); ``before`` pages back; all distributors merge
+    by sequence number."""
+    store = Store(tmp_path / "db")
+    log = ScanLog(store)
+    for i in range(30):
+        dist = "gz-1" if i % 3 else "sh-1"  # seq 1, 4, 7 ... are sh-1's
+        log.record(i, 1, {"at": 100.0 + i, "region": "3101",
+                          "diverted": {"distributor": dist, "territory": ["4401"], "region": "3101"}})
+    assert [a["seq"] for a in log.alerts("gz-1", 3)] == [30, 29, 27]
+    assert [a["seq"] for a in log.alerts(limit=4)] == [30, 29, 28, 27]
+    pages, before = [], None
+    while page := log.alerts("gz-1", 7, before):
+        pages.append([a["seq"] for a in page])
+        before = page[-1]["seq"]
+    assert sum(pages, []) == [s for s in range(30, 0, -1) if s % 3 != 1] and len(pages) == 3
+    assert [a["seq"] for a in log.alerts("sh-1", 2, before=10)] == [7, 4]
+    assert log.alerts("nobody") == [] and log.alert_counts() == {"gz-1": 20, "sh-1": 10}
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="limit"):
+            log.alerts(limit=bad)
+    log.close()
+    store.close()
