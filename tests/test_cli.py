@@ -219,7 +219,7 @@ def test_bans_and_alerts_print_china_time_whatever_the_machine_zone(run, utc_mac
         pipe.scans.close()
         data.close()
     (line, _) = run("alerts").output.splitlines()
-    assert re.match(r"2027-01-15 16:00:\d\d\+08:00\tgz-1\t", line), line
+    assert re.match(r"2027-01-15 16:00:\d\d\+08:00\tseq \d+\tgz-1\t", line), line
     (line,) = run("bans", "list").output.splitlines()  # banned an hour from the sixth
     assert re.search(r"\t(until|ended) 2027-01-15 17:00:05\+08:00\t", line), line
 
