@@ -433,6 +433,14 @@ if _read_by_gunicorn():
     worker_connections = open_files_for(worker_connections)
 
 
+def worker_exit(server, worker) -> None:
+    """In a worker that exits (stopped, reloaded, interrupted): its metrics are written, so
+    /metrics counts every scan it answered (its flusher writes once a second)."""
+    http_scan = sys.modules.get("engine.http_scan")
+    if http_scan is not None:
+        http_scan.flush_metrics()
+
+
 def on_starting(server) -> None:
     """Warn, in the JSON log, of a listener reachable from the network, and of fewer
     connections per worker than asked for (the open-files limit)."""

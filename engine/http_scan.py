@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections import deque
 from pathlib import Path
@@ -37,7 +38,8 @@ from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes
 from engine.store import Store, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER"]
+__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
+           "flush_metrics"]
 
 log = logging.getLogger("wuma.http")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -74,6 +76,7 @@ class Metrics:
         self._interval = interval
         self._dirty = False
         threading.Thread(target=self._flusher, daemon=True, name="wuma-metrics").start()
+        _LIVE_METRICS.add(self)
 
     def inc(self, name: str, by: float = 1.0) -> None:
         with self._lock:
@@ -143,6 +146,20 @@ class Metrics:
                 for k, v in unpack(raw).items():
                     out[k] = out.get(k, 0.0) + v
         return out
+
+
+#: The process's metrics, for :func:`flush_metrics` (a worker has one).
+_LIVE_METRICS: weakref.WeakSet = weakref.WeakSet()
+
+
+def flush_metrics() -> None:
+    """Write this process's metrics now: a worker about to exit (its flusher writes once a
+    second, and a quick stop would lose the scans answered since)."""
+    for m in list(_LIVE_METRICS):
+        try:
+            m.flush()
+        except Exception:  # pragma: no cover - an exiting worker must exit
+            log.exception("metrics flush at exit failed")
 
 
 try:  # gunicorn's errors for a body it cannot parse (a bad chunk size...)

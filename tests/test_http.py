@@ -825,3 +825,31 @@ def test_the_openapi_documents_are_openapi_3_0():
     for doc in (OPENAPI, ADMIN_OPENAPI):
         assert doc["openapi"] == "3.0.3"
         assert all(isinstance(t, str) for t in types(doc["paths"])), [t for t in types(doc) if not isinstance(t, str)]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_scans_answered_just_before_a_stop_are_in_the_metrics(tmp_path, how):
+    """A worker writes its counts once a second; a quick stop (Ctrl-C) lost the scans it
+    answered since (15 of 50 counted). Each worker now writes them as it exits."""
+    w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
+    codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(w["caps"].count)]
+    w["data"].close()
+
+    def genuine(s: Server) -> float:
+        status, text = s.get("/metrics")
+        assert status == 200
+        line = next(x for x in text.splitlines() if x.startswith('wuma_scans_total{verdict="genuine"}'))
+        return float(line.split()[-1])
+
+    s = Server(tmp_path / "wuma-data")
+    before = genuine(s)
+    for i in range(50):
+        assert s.scan({"code": codes[i % len(codes)], "device": f"m-{i}"})[0] == 200
+    os.killpg(s.proc.pid, how)
+    s.proc.wait(30)
+    s.log.close()
+    s = Server(tmp_path / "wuma-data")
+    try:
+        assert genuine(s) - before == 50
+    finally:
+        s.stop()
