@@ -83,7 +83,10 @@ class Ledger:
 
     def entries(self, after: int = 0, limit: int = 1000, *, campaign: int | None = None,
                 kind: str | None = None) -> list[dict]:
-        """Entries with seq > ``after``, oldest first, optionally of one campaign/kind."""
+        """Entries with seq > ``after``, oldest first, optionally of one campaign/kind: at
+        most ``limit`` (1 or more)."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError("limit must be a whole number of at least 1")
         out: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._db)

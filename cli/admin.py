@@ -263,7 +263,8 @@ def ledger():
 
 @ledger.command("list")
 @click.option("--after", type=int, default=0, help="Entries after this sequence number.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many (the next page: --after the last seq shown).")
 @click.option("--campaign", "campaign_id", type=int, default=None, help="Only this campaign.")
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Only this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")

@@ -124,7 +124,9 @@ def aggregate_move(data, codes, to, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
 def aggregate_replace(data, old, new, as_json):
-    """Replace a damaged label: OLD is voided, NEW takes its place (history kept).
+    """Replace a whole unit (the item swapped): every code of OLD is voided (its inner
+    code too) and NEW takes its place, parent, children, activation and shipment (history
+    kept). For one torn label of an item that stays, use `aggregate relabel`.
 
     Example: wuma aggregate replace 1E2188DJ7RRRRHRQE9TH 1QK3W9E0V5B8D2FJ4M6N
     """
@@ -344,13 +346,15 @@ def epcis_export(data, output, company_prefix, as_json):
 
     doc = export_epcis(_agg(data), company_prefix=company_prefix)
     text = json.dumps(doc, ensure_ascii=False, indent=1)
+    n = len(doc["epcisBody"]["eventList"])
     if output == "-":
         sys.stdout.write(text + "\n")
+        if as_json:  # NOTE: the document is standard output: the summary goes to stderr
+            click.echo(json.dumps({"events": n, "output": output}), err=True)
         return
     # APPSEC: it lists every activated unit's code: 0600, whole or not at all
     with private_output(output, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
-    n = len(doc["epcisBody"]["eventList"])
     emit({"events": n, "output": output}, as_json, f"wrote {n} EPCIS events to {output}")
 
 

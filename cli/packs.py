@@ -144,7 +144,8 @@ def line_list(data, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
 def line_revoke(data, name, as_json):
-    """Revoke a line: it gets no new packs.
+    """Revoke a line: the pack server refuses it from now on (no listing, no pack, new or
+    issued before; `pack open --server` is refused too), and its packs are not exported.
 
     Example: wuma line revoke L1
     """

@@ -952,6 +952,9 @@ class Aggregation:
         if serial_range is not None:
             bid, a, z = serial_range
             b = self.data.batches.get(bid)
+            if a >= z:
+                raise ValueError(f"serial range {a}:{z} is empty: give START:STOP with START < STOP "
+                                 "(STOP exclusive)")
             if not 0 <= a < z <= b.count:
                 raise ValueError(f"serial range {a}:{z} is outside batch {bid} (0:{b.count})")
             runs.append((unit_id(bid, a), unit_id(bid, z - 1)))

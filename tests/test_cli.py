@@ -184,6 +184,10 @@ def test_gs1_keys_of_other_digits_are_refused_with_a_message(run, tmp_path):
         assert res.exit_code == 1 and "company prefix must be 6 to 12 ASCII digits" in res.output
         assert "invalid literal" not in res.output and not (tmp_path / "e.jsonld").exists()
     run(*act, "06901234567892")
+    # to standard output: the document there, its --json summary on standard error
+    res = run("epcis", "export", "-o", "-", "--json")
+    doc = json.loads(res.stdout)
+    assert json.loads(res.stderr) == {"events": len(doc["epcisBody"]["eventList"]), "output": "-"}
 
 
 @pytest.fixture

@@ -168,3 +168,16 @@ def test_ledger_export_to_standard_output(run, tmp_path):
 
 def test_a_campaign_rule_nested_too_deeply_is_a_message(run):
     assert "nested too deeply" in run("campaign", "create", "-", input="[" * 100_000, ok=False).output
+
+
+def test_ledger_list_pages_and_refuses_a_limit_below_one(run):
+    """`--limit 0` printed one entry (the check ran after the first); the library refuses
+    it too."""
+    res = run("ledger", "list", "--limit", "0", ok=False)
+    assert res.exit_code == 2 and "0 is not in the range x>=1" in res.output
+
+
+def test_void_of_an_empty_range_says_so(run):
+    """5:3 is no range (it was "outside batch 1 (0:48)")."""
+    res = run("void", "--range", "1:5:3", ok=False)
+    assert "serial range 5:3 is empty: give START:STOP with START < STOP" in res.output
