@@ -39,7 +39,21 @@ def live(tmp_path_factory):
 
 
 def _schema(path: str, method: str, status: int) -> dict:
-    return OPENAPI["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+    """An answer's schema in the OpenAPI document, as JSON Schema (which has no
+    ``nullable``: OpenAPI 3.0's ``{"type": T, "nullable": true}`` is ``[T, "null"]``)."""
+    return _json_schema(OPENAPI["paths"][path][method]["responses"][str(status)]["content"]
+                        ["application/json"]["schema"])
+
+
+def _json_schema(node):
+    if isinstance(node, list):
+        return [_json_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") and "type" in node:
+        out["type"] = [node["type"], "null"]
+    return out
 
 
 def test_verdicts_over_http(live):
