@@ -13,7 +13,7 @@ scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)
      "regions": ["44"],                          # optional: scans outside earn nothing (440100 = 4401)
      "reward": {"kind": "draw", "payout": "cash",
                 "tiers": [{"amount": 888, "odds": 0.01}, {"amount": 0, "odds": 0.99}]},
-     "limits": {"per_actor_per_day": 3, "per_actor": 20},   # also per_device_per_day, per_device
+     "limits": {"per_actor_per_day": 3, "per_actor": 20},   # also per_device_*, per_ip_*
      "rebates": [{"to": "store", "amount": 50}, {"to": "distributor", "amount": 20}],
      "lock": {"kind": "repurchase", "days": 30}}  # or {"kind": "collect", "products": 3, "days": 60}
 
@@ -63,7 +63,7 @@ LOCK_KINDS = ("repurchase", "collect")
 #: Participation limits: per actor (the scanner's user or account id) and per device (the
 #: scan's ``device`` id: one phone claiming under many user ids, 羊毛党), a day (China
 #: time) and in all. A scan without a device is not counted against the device limits.
-LIMITS = ("per_actor_per_day", "per_actor", "per_device_per_day", "per_device")
+LIMITS = ("per_actor_per_day", "per_actor", "per_device_per_day", "per_device", "per_ip_per_day", "per_ip")
 _FIELDS = {"name", "pool", "trigger", "target", "window", "regions", "reward", "limits", "rebates", "lock"}
 
 
@@ -261,7 +261,7 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
     limits = rule.get("limits") or {}
     if not isinstance(limits, dict) or set(limits) - set(LIMITS):
         raise ValueError("limits: {\"per_actor_per_day\": n, \"per_actor\": n, "
-                         "\"per_device_per_day\": n, \"per_device\": n}")
+                         "\"per_device_per_day\": n, \"per_device\": n, \"per_ip_per_day\": n, \"per_ip\": n}")
     for k, v in limits.items():
         check_amount(v, f"limit {k}", positive=True)
 

@@ -63,8 +63,10 @@ _COUNTS_V1 = struct.Struct(">III")  # the layout before: no day before (read as 
 #: diverted scan. Account ids never hold a NUL, so a value from before reads as not diverted.
 _DIVERTED = b"\0"
 #: Starts a device's count key in ``adm_actor_counts`` (after the campaign): actor ids
-#: never start with a NUL, so a device's key never meets an actor's.
+#: never start with a NUL, so a device's key never meets an actor's ...
 _DEVICE = b"\0"
+#: ... and a client address's two NULs: device ids never start with one either.
+_IP = b"\0\0"
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -241,13 +243,15 @@ class RewardEngine:
             # Per-actor participation: one key per (campaign, actor) holding _COUNTS (day
             # number, draws that day, in all, the day before) — one read and one write;
             # per-device (羊毛党: one phone claiming under many user ids) the same, keyed by
-            # the scan's device id. A scan without a device is not counted against those.
+            # the scan's device id, and per client address (a farm of phones behind one
+            # address, device ids made up). A scan without one is not counted against it.
             # (PERF: the pairs are written out here: a module-level table zipped with the
             # ids cost ~0.3 µs more a scan.)
             day = china_day_number(ctx.at)
             for who, prefix, day_name, all_name in ((actor, b"", "per_actor_per_day", "per_actor"),
                                                     (ctx.request.device, _DEVICE, "per_device_per_day",
-                                                     "per_device")):
+                                                     "per_device"),
+                                                    (ctx.request.ip, _IP, "per_ip_per_day", "per_ip")):
                 if not who:
                     continue
                 per_day, per_all = limits.get(day_name), limits.get(all_name)

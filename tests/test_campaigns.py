@@ -80,7 +80,7 @@ def outcomes(result):
     ({"target": {"serials": [[1, 40, 99]]}}, "serials of batch"),
     ({"pool": "nope"}, "no pool nope"),
     ({"colour": "red"}, "unknown campaign fields: colour"),
-    ({"limits": {"per_ip": 3}}, "per_device_per_day"),
+    ({"limits": {"per_address": 3}}, "per_ip_per_day"),
     ({"limits": {"per_device": 0}}, "limit per_device"),
 ])
 def test_rules_are_validated_with_clear_errors(world, change, message):
@@ -658,6 +658,20 @@ def test_per_device_limits_stop_one_phone_claiming_under_many_ids(world):
     assert outcomes(scan(world, cap(world, 3), actor_id="w2")) == ["granted"]
     assert outcomes(scan(world, cap(world, 5), actor_id="w3", device="")) == ["granted"]
     assert sum(e["amount"] for e in world["admin"].ledger.entries()) == 600  # 6 granted
+
+
+def test_per_ip_limits_stop_a_farm_behind_one_address(world):
+    """Phones making up a new device id and user id for every scan, all behind one
+    address: the address's limits count like the device's; other addresses are not held;
+    device and address counts never meet."""
+    pool(world)
+    world["admin"].campaigns.create(rule(world, limits={"per_ip_per_day": 2, "per_device": 1}), who="test")
+    got = [scan(world, cap(world, i), actor_id=f"u{i}", device=f"d{i}", ip="203.0.113.9").rewards[0]
+           for i in range(3)]
+    assert [r["outcome"] for r in got] == ["granted", "granted", "limit_reached"]
+    assert (got[2]["limit"], got[2]["max"]) == ("per_ip_per_day", 2)
+    assert outcomes(scan(world, cap(world, 2), actor_id="x", device="203.0.113.9", ip="198.51.100.4")) == \
+        ["granted"]  # a device id spelt like the address: its own count
 
 
 def test_a_window_ending_on_a_date_includes_that_day(world):
