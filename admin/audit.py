@@ -31,20 +31,35 @@ class AuditLog:
         txn.put(u64(seq), pack(entry), db=self._db)
         return seq
 
-    def entries(self, after: int = 0, limit: int = 100, *, newest_first: bool = False) -> list[dict]:
+    def entries(self, after: int = 0, limit: int = 100, *, newest_first: bool = False,
+                before: int | None = None) -> list[dict]:
+        """Entries with ``after`` < seq < ``before`` (no upper bound without it), at most
+        ``limit``, oldest or newest first. Newest first, ``before`` the last seq shown is
+        the next page back (``after`` was once ignored there: every page repeated the
+        newest)."""
+        after = check_after(after)
+        if before is not None:
+            before = check_after(before)
         out: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._db)
             if newest_first:
-                if not cur.last():
-                    return out
-                it = cur.iterprev()
-            else:
-                if not cur.set_range(u64(check_after(after) + 1)):
-                    return out
-                it = iter(cur)
-            for _, raw in it:
-                out.append(unpack(raw))
+                found = (cur.prev() if cur.set_range(u64(before)) else cur.last()) if before is not None \
+                    else cur.last()
+                while found and len(out) < limit:
+                    e = unpack(cur.value())
+                    if e["seq"] <= after:
+                        break
+                    out.append(e)
+                    found = cur.prev()
+                return out
+            if not cur.set_range(u64(after + 1)):
+                return out
+            for _, raw in cur:
+                e = unpack(raw)
+                if before is not None and e["seq"] >= before:
+                    break
+                out.append(e)
                 if len(out) >= limit:
                     break
         return out

@@ -359,7 +359,8 @@ class AuditResource(AdminResource):
     def on_get(self, req, resp) -> None:
         after, limit = _page(req)
         newest = _bool_param(req, "newest_first")
-        resp.media = self.admin.audit.entries(after, limit, newest_first=newest)
+        before = req.get_param_as_int("before", min_value=1, max_value=MAX_SEQ)
+        resp.media = self.admin.audit.entries(after, limit, newest_first=newest, before=before)
 
 
 class BatchesResource(AdminResource):

@@ -232,7 +232,9 @@ _PATHS: dict[str, dict[str, Any]] = {
                         "unit": {"type": "string", "enum": list(UNITS)},
                         "daily": _nullable(_AMOUNT),
                         "regions": _nullable({"type": "object", "additionalProperties": _AMOUNT,
-                                              "description": "region code prefix -> cap; a pool "
+                                              "description": "region code prefix (2-12 digits; "
+                                                             "OpenAPI 3.0 cannot say so of keys) "
+                                                             "-> cap; a pool "
                                                              "with region caps pays only scans in "
                                                              "those regions. Codes read as "
                                                              "territories: 440100 is 4401 (two "
@@ -244,7 +246,8 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/admin/api/pools/{pool}": {"get": _op("A pool's spend: total, by day (burn-down) and by region", "read",
                                            _json(_POOL, "the pool"), errors=("404",), params=[_POOL_ID])},
     "/admin/api/pools/{pool}/top-up": {"post": _op(
-        "Raise a pool's total (send an Idempotency-Key to make it safe to retry)", "pool.top_up",
+        "Raise a pool's total (send an Idempotency-Key to make it safe to retry); a total past the "
+        "largest amount taken is 400", "pool.top_up",
         {**_json(_POOL, "the pool after the top-up; with a key sent before with the same amount, the first "
                         "top-up's answer again, nothing changed"),
          "headers": {"Idempotent-Replayed": {
@@ -275,8 +278,7 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/admin/api/ledger/{seq}/reverse": {"post": _op(
         "Reverse a payable entry never sent for payout (budget returns, payout cancelled)", "ledger.reverse",
         _json(_OBJ, "the reversal"), errors=("404", "409"), params=[_SEQ],
-        body=_obj(["reason"], {"reason": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": "\\S"}},
-                  closed=True))},
+        body=_obj(["reason"], {"reason": {**_NAME, "maxLength": 500}}, closed=True))},
     "/admin/api/payouts": {"get": _op("Payouts: count and amount per state", "read",
                                       _json(_OBJ, "per state: count and amount per unit"), errors=())},
     "/admin/api/payouts/{seq}": {"get": _op("The payout state of a payable ledger entry", "read",
@@ -290,7 +292,9 @@ _PATHS: dict[str, dict[str, Any]] = {
               "how many expired"), errors=())},
     "/admin/api/audit": {"get": _op("The audit log: who changed what, when", "read",
                                     _json(_array(_AUDIT_ENTRY), "entries"), params=[
-        _AFTER, _LIMIT, _param("newest_first", "query", _BOOL)])},
+        _AFTER, _LIMIT, _param("newest_first", "query", _BOOL),
+        _param("before", "query", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
+               "only entries with a lower seq (newest first, the next page back: the last seq shown)")])},
     "/admin/api/batches": {"get": _op("Code batches", "read", _json(_array(_BATCH), "batches"), errors=())},
     "/admin/api/alerts": {"get": _op("Diversion alerts (窜货), newest first, and their count per distributor", "read",
                                      _json(_obj(["counts", "alerts"], {"counts": _COUNTS, "alerts": _array(_OBJ)}),

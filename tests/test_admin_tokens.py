@@ -160,3 +160,21 @@ def test_shared_token_helper():
     name, secret = parse_token(token, "wm")
     assert name == "store_7" and secret_matches(digest, secret) and not secret_matches(digest, secret[::-1])
     assert parse_token(token, "wma") is None and parse_token("wm_" + "_" * 3, "wm") is None
+
+
+def test_the_audit_log_pages_newest_first(tmp_path):
+    """Newest first, ``before`` the last seq shown is the next page back, and ``after``
+    bounds it below (it was ignored there: every page repeated the newest entries)."""
+    store = Store(tmp_path / "db")
+    audit = AuditLog(store)
+    for i in range(10):
+        with store.write() as txn:
+            audit.append(txn, "cli:test", "product.add", f"P-{i}")
+    seqs = lambda entries: [e["seq"] for e in entries]  # noqa: E731
+    assert seqs(audit.entries(newest_first=True, limit=3)) == [10, 9, 8]
+    assert seqs(audit.entries(newest_first=True, limit=3, before=8)) == [7, 6, 5]
+    assert seqs(audit.entries(after=7, newest_first=True, limit=5)) == [10, 9, 8]
+    assert seqs(audit.entries(after=2**63 - 1, newest_first=True)) == []
+    assert seqs(audit.entries(after=3, limit=3, before=5)) == [4]
+    assert seqs(audit.entries(newest_first=True, before=1)) == []
+    store.close()
