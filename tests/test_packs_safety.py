@@ -404,4 +404,4 @@ def test_a_pack_rewritten_after_its_signature_check_writes_no_code_of_the_rewrit
     else:
         assert P.open_pack(p.path, keys, brand, out).id == p.id
         rows = out.getvalue().decode().splitlines()
-        assert len(rows) == 401 and b"FFFF" not in out.getvalue()
+        assert len(rows) == 401 and b"F" * 20 not in out.getvalue()  # no forged code (all F)
