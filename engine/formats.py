@@ -153,8 +153,17 @@ FORMATS: dict[str, CodeFormat] = {
 
 def fold_full_width(text: str) -> str:
     """``text`` with the full-width forms and ideographic spaces of a Chinese input method
-    (``１ＤＧＣ－…``) read as their ASCII forms (Unicode NFKC); ASCII text as it is."""
-    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+    (``１ＤＧＣ－…``) read as their ASCII forms (Unicode NFKC), the dashes an input method
+    types for "-" (``—``, ``–``, ``−``) read as "-", and the invisible characters a copy and
+    paste brings along (a zero-width space, a byte-order mark, a soft hyphen) dropped;
+    ASCII text as it is (PERF: the usual scan pays one ``isascii``)."""
+    return text if text.isascii() else unicodedata.normalize("NFKC", text).translate(_PASTED)
+
+
+#: Characters of typed or pasted text that are not what they look like: dropped (zero-width
+#: space, joiners, word joiner, byte-order mark, soft hyphen) or read as "-" (the dashes).
+_PASTED = str.maketrans({**dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad"),
+                         **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-")})
 
 
 def extract_code(text: str) -> str | None:

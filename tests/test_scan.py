@@ -358,6 +358,8 @@ def test_a_banned_client_is_refused_before_its_token_is_checked(world):
     lambda c: "".join(chr(ord(ch) + 0xFEE0) for ch in c),  # full-width (a Chinese input method)
     lambda c: "".join(chr(ord(ch) + 0xFEE0) for ch in c[:5]) + "\uff0d" + c[5:],  # and a full-width dash
     lambda c: "\u3000" + c.lower() + "\u3000",  # ideographic spaces
+    lambda c: c[:5] + "\u2014" + c[5:10] + "\u2013" + c[10:],  # an input method's dashes
+    lambda c: "\ufeff" + c[:7] + "\u200b" + c[7:],  # copied and pasted: a BOM, a zero-width space
 ])
 def test_full_width_input_is_read(world, typed):
     code = world["data"].codes.code(world["caps"], 9, "cap_inner")
