@@ -32,12 +32,13 @@ from pathlib import Path
 import msgpack
 
 from engine.errors import NotFound
+from engine.every import Every
 from engine.scanlog import DISTINCT_MAX
 from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "Every",
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address",
            "SUBJECT_ID_BYTES"]
 
 _EVIDENCE_CODE_CHARS = 64
@@ -62,21 +63,6 @@ SUBJECT_ID_BYTES = 384
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
-class Every:
-    """``if every.due(): log...``: true at most once per ``seconds`` (a log line repeated
-    by every request of an outage would bury the one that matters)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self._last = seconds, None
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if self._last is not None and now - self._last < self.seconds:
-            return False
-        self._last = now
-        return True
 
 
 def client_address(text: str) -> str | None:

@@ -9,8 +9,9 @@ module imports nothing heavy: the gunicorn master reads it for its access log.
 from __future__ import annotations
 
 import logging
-import time
 from urllib.parse import urlsplit
+
+from engine.every import Every
 
 __all__ = ["error_code", "masked_path", "masked_referer", "http_error", "storage_error", "storage_unavailable",
            "unexpected_error", "install"]
@@ -75,10 +76,7 @@ def storage_unavailable(req, resp, ex: Exception,
     """The answer to an LMDB error (the map or the disk full, an I/O error): 503
     ``storage_unavailable`` with ``Retry-After``, the error logged once a minute (not a
     trace a request: an outage would bury the log)."""
-    global _storage_logged_at
-    now = time.monotonic()
-    if now - _storage_logged_at >= 60:
-        _storage_logged_at = now
+    if _storage_logged.due():
         log.error("the data store cannot take %s %s: %s", req.method, masked_path(req.path), ex)
     resp.status = "503 Service Unavailable"
     resp.media = {"error": "storage_unavailable", "message": message}
@@ -90,7 +88,7 @@ def storage_error(req, resp, ex: Exception, params) -> None:
     storage_unavailable(req, resp, ex)
 
 
-_storage_logged_at = -60.0
+_storage_logged = Every(60)
 
 
 def install(app) -> None:

@@ -29,10 +29,11 @@ import falcon
 import lmdb
 
 from engine import http_errors
-from engine.abuse import Every, client_address
+from engine.abuse import client_address
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
 from engine.errors import Banned, RateLimited, Unauthorized
+from engine.every import Every
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes

@@ -513,8 +513,9 @@ def test_a_full_store_is_a_503_on_every_write_not_a_500(tmp_path, monkeypatch, c
 
     from admin.http import create_app
     from admin.pools import PoolRegistry
-    from engine import http_errors
     from admin.rewards import RewardEngine
+    from engine import http_errors
+    from engine.every import Every
 
     w = build_admin_world(tmp_path / "wuma-data")
     try:
@@ -525,7 +526,7 @@ def test_a_full_store_is_a_503_on_every_write_not_a_500(tmp_path, monkeypatch, c
 
         monkeypatch.setattr(PoolRegistry, "create", full)
         monkeypatch.setattr(RewardEngine, "redeem", full)
-        monkeypatch.setattr(http_errors, "_storage_logged_at", -60.0)  # nothing logged yet
+        monkeypatch.setattr(http_errors, "_storage_logged", Every(60))  # nothing logged yet
         admin = {"Authorization": f"Bearer {w['tokens']['admin']}"}
         for _ in range(2):
             got = client.simulate_post("/admin/api/pools", json={"id": "p2", "total": 100}, headers=admin)
