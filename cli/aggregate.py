@@ -346,16 +346,16 @@ def epcis_export(data, output, company_prefix, as_json):
 
     doc = export_epcis(_agg(data), company_prefix=company_prefix)
     text = json.dumps(doc, ensure_ascii=False, indent=1)
-    n = len(doc["epcisBody"]["eventList"])
+    summary = {"events": len(doc["epcisBody"]["eventList"]), "output": output}
     if output == "-":
         sys.stdout.write(text + "\n")
         if as_json:  # NOTE: the document is standard output: the summary goes to stderr
-            click.echo(json.dumps({"events": n, "output": output}), err=True)
+            click.echo(json.dumps(summary), err=True)
         return
     # APPSEC: it lists every activated unit's code: 0600, whole or not at all
     with private_output(output, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
-    emit({"events": n, "output": output}, as_json, f"wrote {n} EPCIS events to {output}")
+    emit(summary, as_json, f"wrote {summary['events']} EPCIS events to {output}")
 
 
 def register(cli) -> None:

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import struct
 import time
 from dataclasses import fields
@@ -35,7 +36,6 @@ import lmdb
 
 from engine.abuse import AbuseGuard, AbuseLimits
 from engine.accounts import AccountRegistry
-
 from engine.batches import Batch, BatchRegistry
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
@@ -286,8 +286,6 @@ def _remove_killed_backups(dest: Path) -> None:
     before left: their process gone, or this process's own PID (a container gives each
     run the same small one; this process has made none yet). A live process's, or one
     whose PID is now another process's, is kept."""
-    import shutil
-
     prefix = f".{dest.name}.partial-"
     for left in dest.parent.glob(glob.escape(prefix) + "*"):
         pid = left.name[len(prefix):]
@@ -331,9 +329,10 @@ class DataFolder:
             if "spec" not in self.config:
                 raise ValueError('it has no "spec" section')
             self.spec = PackagingSpec.from_dict(self.config["spec"])
-        except (ValueError, TypeError, RecursionError) as e:
-            if isinstance(e, RecursionError):
-                e = ValueError("JSON nested too deeply")
+        except RecursionError:
+            raise DataFolderError(f"{cfg} is damaged (JSON nested too deeply): restore it from the "
+                                  "backup taken with keys/ and db/") from None
+        except (ValueError, TypeError) as e:
             raise DataFolderError(f"{cfg} is damaged ({e}): restore it from the backup taken "
                                   "with keys/ and db/") from None
         try:  # NOTE: as `wuma init` checks it: a URL that still fits the QR code
@@ -545,8 +544,6 @@ class DataFolder:
         a ``key rotate`` meanwhile cannot leave the copy recording a key it lacks.
 
         Returns ``{"path", "store_bytes", "keys", "last_txnid"}``."""
-        import shutil
-
         dest = Path(dest)
         if os.path.lexists(dest):
             raise FileExistsError(errno.EEXIST, "the backup folder exists already; name a new one", str(dest))

@@ -65,9 +65,18 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.aggregation import (_I, _LOW, _Q, BadRecord, LoadReport, RelabelledLabels,
-                                _c2p_decode, _children_count, _decode_children,
-                                _encode_children)
+from engine.aggregation import (
+    _I,
+    _LOW,
+    _Q,
+    BadRecord,
+    LoadReport,
+    RelabelledLabels,
+    _c2p_decode,
+    _children_count,
+    _decode_children,
+    _encode_children,
+)
 from engine.errors import Conflict
 from engine.files import UTF8_BOM, NewFile, refuse_utf16, same_file
 from engine.scanlog import bulk_write
@@ -86,7 +95,6 @@ _FEW = 50_000  # up to this many runs / parents: store look-ups one by one, not 
 _DENSE = 2  # records a unit beyond which a key range is not read (``_at_or_after``)
 _U64 = np.uint64
 _U32 = np.uint32
-_BOM = UTF8_BOM
 
 
 class _Source:
@@ -114,7 +122,7 @@ class _Source:
         # NOTE: the first piece starts at offset 0 and runs to a newline (or to the end of
         # the file), whatever the block size: as no BOM byte is a newline, it holds the
         # whole BOM if the file starts with one.
-        first = next(pieces, b"").removeprefix(_BOM)
+        first = next(pieces, b"").removeprefix(UTF8_BOM)
         if first:
             yield first
         yield from pieces
@@ -151,7 +159,7 @@ class _Source:
 
     def first_byte(self) -> bytes:
         """The first byte that is not white space (b"" for none)."""
-        s = self._head.removeprefix(_BOM).lstrip()
+        s = self._head.removeprefix(UTF8_BOM).lstrip()
         if s or len(self._head) < 1 << 16:
             return s[:1]
         for block in itertools.islice(self.blocks(1 << 16), 1, None):  # NOTE: 64 KiB of spaces
@@ -300,7 +308,7 @@ class _Parsed:
 def parse_records(agg, raw: bytes, fmt: str | None = None) -> tuple[_Parsed, dict[int, str]]:
     """Parse and decode a whole buffer (CSV or JSON lines)."""
     pre_bad: dict[int, str] = {}
-    raw = raw.removeprefix(_BOM)
+    raw = raw.removeprefix(UTF8_BOM)
     if fmt is None:
         fmt = "jsonl" if raw.lstrip()[:1] == b"{" else "csv"
     if fmt not in ("csv", "jsonl"):

@@ -404,8 +404,8 @@ class PackRegistry:
                 txn.delete(u64(no), db=self._events)
 
     def _refuse_voided(self, txn, batch, start: int, stop: int) -> None:
-        """Conflict if codes of ``start:stop`` were voided (a range void; a whole-batch void
-        is the batch's state): voided labels must not be printed; nor labels a relabel
+        """Conflict if codes of ``start:stop`` were voided (``agg_void`` holds every void,
+        whole batches too): voided labels must not be printed; nor labels a relabel
         touched (标签替换): a dead one answers voided, and a replacement label in use is on
         an item already, so printing it again makes a second copy of a live label."""
         first = self._voids.first(txn, batch.id, start, stop)
