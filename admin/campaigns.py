@@ -2,8 +2,8 @@
 
 A campaign says *which scans* qualify (trigger: the code role scanned and the actor role
 scanning it; target: batches, serial ranges or product SKUs; a time window; optionally
-regions) and *what they earn* (a reward rule drawn from a budget pool, limits per actor
-and per device, linked rebates, a lock). Rules are validated on entry; an invalid rule never reaches a
+regions) and *what they earn* (a reward rule drawn from a budget pool, limits per actor,
+per device and per client address, linked rebates, a lock). Rules are validated on entry; an invalid rule never reaches a
 scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)::
 
     {"name": "Summer draw", "pool": "summer",
@@ -62,7 +62,8 @@ REBATE_TO = ("store", "distributor")
 LOCK_KINDS = ("repurchase", "collect")
 #: Participation limits: per actor (the scanner's user or account id) and per device (the
 #: scan's ``device`` id: one phone claiming under many user ids, 羊毛党), a day (China
-#: time) and in all. A scan without a device is not counted against the device limits.
+#: time) and in all; and per client address (a farm behind one address). A scan without a
+#: device (an address) is not counted against those limits.
 LIMITS = ("per_actor_per_day", "per_actor", "per_device_per_day", "per_device", "per_ip_per_day", "per_ip")
 _FIELDS = {"name", "pool", "trigger", "target", "window", "regions", "reward", "limits", "rebates", "lock"}
 

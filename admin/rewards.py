@@ -8,8 +8,8 @@ Two steps, split so that the slow part never holds the write lock:
    injectable for tests). Returns a *settle* function, or None when nothing applies.
 2. The settle function runs **inside the scan's durable write transaction** (the scan
    log's group commit; a failure undoes only this scan's rewards): it re-reads the
-   campaign's status, enforces one reward per code per campaign ever, the per-actor and
-   per-device limits, the pool's total/daily/region caps, writes the ledger entries, issues
+   campaign's status, enforces one reward per code per campaign ever, the per-actor,
+   per-device and per-address limits, the pool's total/daily/region caps, writes the ledger entries, issues
    vouchers, applies locks, and pays linked rebates — or
    withholds them when the scan is diverted (窜货不返利). LMDB admits one writer at a
    time across all gunicorn workers, so none of this can race: a pool is never
@@ -50,7 +50,7 @@ OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewar
             "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee",
             "no_beneficiary", "withheld_diverted", "beneficiary_revoked", "campaign_inactive", "expired")
 _DAY = 86400.0
-#: A count of draws (per actor, per device): China day number, draws that day, draws in
+#: A count of draws (per actor, device or client address): China day number, draws that day, draws in
 #: all, draws the day before it (for a scan committed after midnight but stamped before).
 _COUNTS = struct.Struct(">IIII")
 _COUNTS_V1 = struct.Struct(">III")  # the layout before: no day before (read as 0)
@@ -238,7 +238,7 @@ class RewardEngine:
         if not txn.put(code_key, u64(seq), True, False, False, self._code_rewards):
             return [{"campaign": cid, "name": c.name, "outcome": "already_rewarded"}]
         limits = rule["limits"]
-        counted = None  # [(key, value)]: the counts to write once the scan is not refused
+        counted = []  # [(key, value)]: the counts to write once the scan is not refused
         if limits:
             # Per-actor participation: one key per (campaign, actor) holding _COUNTS (day
             # number, draws that day, in all, the day before) — one read and one write;
@@ -263,11 +263,8 @@ class RewardEngine:
                 if refused is not None:
                     txn.delete(code_key, db=self._code_rewards)  # the code keeps its chance
                     return [{"campaign": cid, "name": c.name, "outcome": "limit_reached", "limit": refused,
-                             "max": per_day if refused is day_name else per_all}]
-                if counted is None:
-                    counted = [(count_key, value)]
-                else:
-                    counted.append((count_key, value))
+                             "max": per_day if refused == day_name else per_all}]
+                counted.append((count_key, value))
 
         reward = rule["reward"]
         pool, at, region = c.pool, ctx.at, ctx.request.region
@@ -311,9 +308,8 @@ class RewardEngine:
                 else:
                     results.append({"campaign": cid, "name": c.name, "outcome": "granted", "amount": amount,
                                     "unit": unit, "ledger": lseq})
-        if counted is not None:
-            for count_key, value in counted:
-                txn.put(count_key, value, True, True, False, self._actor_counts)
+        for count_key, value in counted:
+            txn.put(count_key, value, True, True, False, self._actor_counts)
         # NOTE: rebates follow every scan that counts in the campaign, a losing draw too: in
         # the bC / BbC schemes the consumer's scan is the proof of sale that pays the store
         # and the distributor (not the consumer's luck). A scan refused above (limit,

@@ -270,10 +270,9 @@ class AbuseGuard:
         if raw is None:
             raise NotFound(f"no ban for {subject_}")
         d = unpack(raw)
-        if d.get("lifted_at") is not None:
-            raise NotFound(f"no ban in force for {subject_}: its latest ban was lifted already")
-        if now >= d["expires_at"]:
-            raise NotFound(f"no ban in force for {subject_}: its latest ban ended by itself")
+        if not Ban(**d).active(now):
+            how = "was lifted already" if d.get("lifted_at") is not None else "ended by itself"
+            raise NotFound(f"no ban in force for {subject_}: its latest ban {how}")
         d["lifted_at"] = now
         txn.put(subject_.encode(), pack(d), db=self._bans)
         txn.delete(subject_.encode(), db=self._ban_ends)

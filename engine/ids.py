@@ -20,13 +20,14 @@ __all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTER
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: An administrative division code (行政区划代码) or a prefix of one: 2-12 ASCII digits.
 REGION_PATTERN = "^[0-9]{2,12}$"
+#: The characters :data:`TEXT_ID_PATTERN` refuses, as the inside of a regular expression's
+#: class.
+CONTROL_CHARACTERS = "\\u0000-\\u001f\\u007f-\\u009f\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
 #: Ids the front end makes up (a consumer's user id, a device id): any text but control
 #: characters (C0, DEL, C1), the Unicode line and paragraph separators and the
 #: bidirectional controls (U+200E/F, U+202A-E, U+2066-9). Those would reshape an
 #: operator's terminal listing (or drive the terminal: escape sequences), rows of exports,
 #: or the order in which an id reads.
-#: The characters refused, as the inside of a regular expression's class.
-CONTROL_CHARACTERS = "\\u0000-\\u001f\\u007f-\\u009f\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
 TEXT_ID_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
 _ID = re.compile(ID_PATTERN[1:-1])
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")

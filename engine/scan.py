@@ -244,8 +244,9 @@ class ScanResult(NamedTuple):
         (most of what is left is the two times' float repr, which the encoder pays too).
         Values of a shape this does not know (campaign rewards, a diversion) go through
         the encoder."""
-        if self.verdict in _VERDICT_ONLY:
-            return _INVALID_JSON if self.verdict == "invalid" else _INACTIVE_JSON
+        answer = _VERDICT_ONLY_JSON.get(self.verdict)
+        if answer is not None:
+            return answer
         head = (f'{{"verdict": {_string(self.verdict)}, "code": {_string(self.code)}, '
                 f'"role": {_string(self.role)}, "level": {_string(self.level)}, '
                 f'"flags": {_strings(self.flags)}')
@@ -267,8 +268,8 @@ class ScanResult(NamedTuple):
 #: The answer for every invalid scan. PERF: built once (immutable; to_dict() of it is a
 #: fresh dict).
 _INVALID_RESULT = ScanResult("invalid")
-_INVALID_JSON = JSON_ENCODER.encode(_INVALID_RESULT.to_dict()).encode()
-_INACTIVE_JSON = JSON_ENCODER.encode(ScanResult("inactive").to_dict()).encode()
+#: Their answers, built once.
+_VERDICT_ONLY_JSON = {v: JSON_ENCODER.encode(ScanResult(v).to_dict()).encode() for v in _VERDICT_ONLY}
 #: The flags of a check of a code flagged copied.
 _COPIED = ("copied",)
 
@@ -410,12 +411,7 @@ class ScanPipeline:
         if not v.genuine:
             self.abuse.record_invalid(subjects, req.code, now)
             return _INVALID_RESULT
-        # PERF: _label_trace inlined (a call on every scan)
-        role_index = self.codes.spec.role(v.role).index
-        printed = unit_id(v.batch, v.serial)
-        uid, trace = self.aggregation.scan_label(printed, role_index)
-        if uid != printed:
-            v = _as_unit(v, uid)
+        role_index, printed, uid, v, trace = _label_trace(self.codes, self.aggregation, v)
         region_from = None
         if req.region is None:
             if req.lat is not None and req.lng is not None and self.regions is not None:

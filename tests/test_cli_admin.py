@@ -175,6 +175,12 @@ def test_ledger_list_pages_and_refuses_a_limit_below_one(run):
     it too."""
     res = run("ledger", "list", "--limit", "0", ok=False)
     assert res.exit_code == 2 and "0 is not in the range x>=1" in res.output
+    from admin.ledger import Ledger
+    from engine import DataFolder
+
+    with DataFolder(run.world["data"].path) as data:  # NOTE: the CLI has closed it
+        with pytest.raises(ValueError, match="limit must be a whole number of at least 1"):
+            Ledger(data.store).entries(limit=0)
 
 
 def test_void_of_an_empty_range_says_so(run):
