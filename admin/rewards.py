@@ -344,15 +344,19 @@ class RewardEngine:
                     break
         return raw
 
-    def _store_active(self, txn, store_id: str, memo: dict) -> bool:
-        """Whether a store's account is active (not revoked; on record), read in the
-        transaction: a revocation stops its rebates at once. Read once per write
+    def _payable(self, txn, to: str, who: str, memo: dict) -> bool:
+        """Whether a rebate's beneficiary may be paid, read in the transaction (a
+        revocation stops its rebates at once): a store's account must be on record and
+        active; a distributor (a registry record, paid whether or not it has a scanning
+        account) must not have its distributor account revoked. Read once per write
         transaction (see ScanLog.record's memo: accounts are not written in it)."""
-        key = ("store_active", store_id)
-        active = memo.get(key)
-        if active is None:
-            active = memo[key] = self._accounts.active_in(txn, store_id)
-        return active
+        key = ("payable", to, who)
+        payable = memo.get(key)
+        if payable is None:
+            accounts = self._accounts
+            payable = memo[key] = (accounts.active_in(txn, who) if to == "store"
+                                   else not accounts.revoked_in(txn, who, "distributor"))
+        return payable
 
     def _rebate(self, txn, seq: int, ctx: ScanContext, c: Campaign, rebate: dict, unit: str,
                 reg: bytes | None, charges, memo: dict) -> dict:
@@ -364,14 +368,12 @@ class RewardEngine:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "withheld_diverted"}
         if to == "distributor":
             who = (ctx.trace.get("distributor") or {}).get("id")
-        elif reg is None:
-            who = None
         else:
-            who = reg.decode()
-            if not self._store_active(txn, who, memo):
-                return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "beneficiary_revoked"}
+            who = None if reg is None else reg.decode()
         if who is None:
             return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "no_beneficiary"}
+        if not self._payable(txn, to, who, memo):
+            return {"campaign": c.id, "name": c.name, "rebate": to, "outcome": "beneficiary_revoked"}
         amount = rebate["amount"]
         region, at = ctx.request.region, ctx.at
         if not charges.charge(c.pool, amount, region, at):

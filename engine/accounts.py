@@ -122,6 +122,18 @@ class AccountRegistry:
         raw = txn.get(account_id.encode(), None, self._db)
         return raw is not None and unpack(raw)["account"]["revoked_at"] is None
 
+    def revoked_in(self, txn, account_id: str, role: str) -> bool:
+        """Whether ``account_id`` is an account of ``role`` on record and revoked, read in
+        the caller's transaction. An id with no account, or another role's, is not: a
+        distributor in the registry need not have a scanning account (see the README)."""
+        if not is_id(account_id):
+            return False
+        raw = txn.get(account_id.encode(), None, self._db)
+        if raw is None:
+            return False
+        account = unpack(raw)["account"]
+        return account["role"] == role and account["revoked_at"] is not None
+
     def revoke(self, account_id: str, now: float | None = None) -> Account:
         key = _key(account_id)
         with self._store.write() as txn:

@@ -111,6 +111,29 @@ def test_a_store_revoked_since_it_registered_is_not_paid(world):
     assert "beneficiary_revoked" in OUTCOMES
 
 
+def test_a_distributor_whose_account_is_revoked_is_not_paid(world):
+    """The distributor is paid as its registry record; once its scanning account (the same
+    id) is revoked, its rebates stop too, as a store's do. A distributor with no account
+    at all is still paid (the registry alone names it)."""
+    admin, accounts = world["admin"], world["data"].accounts
+    admin.pools.create("p", total=10_000, who="test")
+    admin.campaigns.create(rule(world), who="test")
+    store_scan(world, cap(world, 0, "cap_outer"), world["store_token"])
+    store_scan(world, cap(world, 1, "cap_outer"), world["store_token"])
+    accounts.revoke("gz-1")
+    scan(world, cap(world, 0), actor_id="c0")
+    assert event_outcomes(world) == [("reward", "granted"), ("store", "granted"),
+                                     ("distributor", "beneficiary_revoked")]
+    assert paid_to(world) == [("c0", 100), ("s-1", 50)]
+    assert admin.pools.status("p")["spent"] == 150  # the withheld rebate is not charged
+    # a distributor in the registry without a scanning account: paid as before
+    world["agg"].add_distributor("gz-2", "Guangzhou Second Trading", ["4401"])
+    world["agg"].transfer([world["data"].codes.code(world["cases"], 1, "case_outer")], "gz-2")
+    scan(world, cap(world, 40), actor_id="c40")  # case 1 holds caps 24..47
+    assert ("distributor", "granted") in event_outcomes(world)
+    assert paid_to(world)[-1] == ("gz-2", 20)
+
+
 def voucher_world(world):
     admin = world["admin"]
     admin.pools.create("p", total=10_000, who="test")
