@@ -7,7 +7,7 @@ Routes (every request signed by a registered, unrevoked line)::
                           are in ``withheld`` ({"id", "file", "reason"}) so that a line
                           that pulled one before sets its local copy aside
     GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where);
-                          410 for a revoked pack or one with voided codes
+                          410 ``pack_revoked`` or ``codes_voided`` for a pack withheld
 
 Signed request headers::
 
@@ -18,8 +18,9 @@ Signed request headers::
 
 APPSEC: requests outside a +-5 minute window are refused, and a (timestamp, nonce) is
 accepted once: nonces are kept in LMDB (``pull_nonces``) for the window, so a replay is
-refused across workers and restarts. All auth failures answer the same 401 (no oracle),
-except a revoked line, which gets 403 and nothing else.
+refused across workers and restarts. All auth failures answer the same 401
+``unauthorized`` (no oracle), except a revoked line, which gets 403 ``line_revoked`` and
+nothing else.
 
 Run it: ``WUMA_DATA=./wuma-data gunicorn -b 127.0.0.1:8080 'engine.http_packs:app_from_env()'``.
 """
@@ -106,7 +107,7 @@ class _LineAuth:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         denied = falcon.HTTPUnauthorized(
-            title="not authenticated", description="sign the request with a registered line key"
+            title="unauthorized", description="sign the request with a registered line key"
         )
         fp = req.get_header("X-Wuma-Line") or ""
         ts = req.get_header("X-Wuma-Timestamp") or ""
@@ -130,7 +131,7 @@ class _LineAuth:
             raise denied from None
         if line.revoked:
             raise falcon.HTTPForbidden(
-                title="line revoked", description=f"line {line.name} is revoked"
+                title="line_revoked", description=f"line {line.name} is revoked"
             )
         key = (
             struct.pack(">Q", int(ts))
@@ -222,14 +223,16 @@ class _PackFile:
         if rec["line"] != line.name:  # NOTE: same answer as a missing pack
             raise falcon.HTTPNotFound()
         if rec["revoked_at"] is not None:
-            raise falcon.HTTPGone(title="pack revoked", description=f"pack {pack_id} is revoked")
+            raise falcon.HTTPGone(title="pack_revoked", description=f"pack {pack_id} is revoked: it must "
+                                   "not be printed")
         if rec["voided_serial"] is not None:
             raise _voided(rec)
         path = Path(rec["path"])
         try:
             fh = open(path, "rb")  # noqa: SIM115 - falcon closes the stream
         except OSError:
-            raise falcon.HTTPNotFound(title="pack file is no longer on the server") from None
+            raise falcon.HTTPNotFound(title="pack_file_missing", description=f"the file of pack "
+                                      f"{pack_id} is no longer on the server") from None
         self._registry.record_download(pack_id, line.name, req.remote_addr or "")
         resp.content_type = "application/octet-stream"
         resp.downloadable_as = rec["file"]

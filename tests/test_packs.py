@@ -503,6 +503,12 @@ def test_pull_downloads_own_packs_and_records_it(world, server):
     assert _call(server, path, sign_request(keys, "GET", path))[0] == 404
     status, body = _call(server, "/packs", sign_request(other, "GET", "/packs"))
     assert status == 200 and [p["id"] for p in json.loads(body)["packs"]] == [theirs[0].id]
+    # a pack whose file was removed from the server: 404 saying so, to its own line only
+    os.remove(theirs[0].path)
+    path = f"/packs/{theirs[0].id}"
+    status, body = _call(server, path, sign_request(other, "GET", path))[:2]
+    assert (status, json.loads(body)["error"]) == (404, "pack_file_missing")
+    assert theirs[0].id in json.loads(body)["message"]
 
 
 def test_pull_rejects_replay_stale_forged_and_unknown(world, server):
@@ -522,7 +528,7 @@ def test_pull_rejects_replay_stale_forged_and_unknown(world, server):
     # a timestamp of other digits than ASCII is the same opaque 401, in the API's error shape
     odd = {**sign_request(keys, "GET", "/packs"), "X-Wuma-Timestamp": "\u00b2"}
     status, body = _call(server, "/packs", odd)[:2]
-    assert status == 401 and set(json.loads(body)) == {"error", "message"}
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
 
 
 def test_revoked_line_and_pack_get_nothing(world, server):
@@ -535,7 +541,8 @@ def test_revoked_line_and_pack_get_nothing(world, server):
         json.loads(_call(server, "/packs", sign_request(keys, "GET", "/packs"))[1])["packs"] == []
     )
     reg.lines.revoke("L1")
-    assert _call(server, "/packs", sign_request(keys, "GET", "/packs"))[0] == 403
+    status, body = _call(server, "/packs", sign_request(keys, "GET", "/packs"))[:2]
+    assert (status, json.loads(body)) == (403, {"error": "line_revoked", "message": "line L1 is revoked"})
     with pytest.raises(PullError, match="403"):
         pull_packs(keys, server, tmp / "pulled")
     assert not any(e["kind"] == "download" for e in reg.list()[0]["events"])

@@ -355,6 +355,10 @@ def test_local_copy_of_a_revoked_pack_is_set_aside_never_over_another(world, ser
     assert listing["withheld"] == [
         {"id": hit.id, "file": name, "reason": "revoked at 2027-01-15 16:00:00+08:00"}
     ]
+    path = f"/packs/{hit.id}"  # and its file is refused with a code of its own
+    status, body = _call(server, path, sign_request(keys, "GET", path))
+    assert (status, json.loads(body)) == (410, {
+        "error": "pack_revoked", "message": f"pack {hit.id} is revoked: it must not be printed"})
     got = pull_packs(keys, server, out)
     assert got == []
     (w,) = got.withheld
