@@ -27,7 +27,7 @@ lists are de-duplicated; the others hold each unit once by construction (a load'
 an activation's or a void's disjoint runs, a shipment's units). The eventID hashes the
 exported event together with the stored event's id and its place among the events
 exported for it, so two identical operations in one millisecond still get distinct
-eventIDs.
+eventIDs; it is a name-based UUID (``urn:uuid:``), the same in every export.
 
 A replacement label's commissioning comes after the ``replacing`` AggregationEvents (same
 eventTime) so that the events exported for a replace before it was added keep their
@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import bisect
 import datetime as _dt
-import hashlib
 import itertools
 import json
 import time
+import uuid
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -59,7 +60,7 @@ from engine.ids import is_digits
 from engine.store import unpack
 
 __all__ = ["sscc", "pallet_sscc", "PalletNumbers", "check_company_prefix", "export_epcis",
-           "check_parent_ids", "EPCIS_CONTEXT"]
+           "check_parent_ids", "brand_base", "EPCIS_CONTEXT", "TIME_ZONE_OFFSET"]
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 
@@ -258,10 +259,29 @@ class _Namer:
         return self.many([uid])[0]
 
 
+#: The namespace of the eventIDs' name-based UUIDs (RFC 9562 version 5).
+_EVENT_ID_NAMESPACE = uuid.UUID("5b0f6d1e-3c52-5a8e-9d1c-7a2f4e6b8c90")
+
+
 def _event_id(ev: dict, source: tuple[int, int]) -> str:
-    """``source`` = (stored event id, index among the events exported for it)."""
-    digest = hashlib.sha256(json.dumps([ev, list(source)], sort_keys=True).encode()).hexdigest()
-    return f"ni:///sha-256;{digest}?ver=CBV2.0"
+    """``urn:uuid:`` of a name-based UUID of the exported event and ``source`` = (stored
+    event id, index among the events exported for it): the same in every export.
+
+    NOTE: not ``ni:///sha-256;...?ver=CBV2.0``: that names CBV 2.0's Event Hash ID, a hash
+    of a canonical pre-hash string a partner may recompute to check or de-duplicate
+    events; a hash of other bytes under that name would fail every such check."""
+    return f"urn:uuid:{uuid.uuid5(_EVENT_ID_NAMESPACE, json.dumps([ev, list(source)], sort_keys=True))}"
+
+
+def brand_base(url_base: str) -> str:
+    """``https://{host}/`` of the data folder's URL base (``HTTPS://S.EXAMPLE.CN/Q/`` ->
+    ``https://s.example.cn/``): the brand's own domain, under which the export names its
+    parties and its ILMD terms (else two brands' distributor ``gz-1`` were one IRI)."""
+    host = urlsplit(url_base.lower()).netloc
+    if not host:
+        raise ValueError(f"the URL base {url_base!r} names no host (such as HTTPS://S.EXAMPLE.CN/Q/): "
+                         "the EPCIS export names its parties under it")
+    return f"https://{host}/"
 
 
 def _expand(runs) -> list[int]:
@@ -273,17 +293,29 @@ def _once(uids) -> list[int]:
     return list(dict.fromkeys(uids))
 
 
+#: eventTimeZoneOffset: "the time zone offset in effect at the time and place the event
+#: occurred" (EPCIS 2.0); Wuma's lines and distributors are in China (UTC+8, no summer time).
+TIME_ZONE_OFFSET = "+08:00"
+
+
 def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = None,
-                 brand_uri: str = "https://brand.example/party/") -> dict:
-    """An EPCISDocument with one or more events per recorded aggregation event."""
+                 brand_uri: str | None = None) -> dict:
+    """An EPCISDocument with one or more events per recorded aggregation event.
+
+    ``brand_uri``: the brand's base IRI, default :func:`brand_base` of the data folder's
+    URL base; distributors are ``{brand_uri}party/{id}`` and the ILMD terms ``wuma:lot``,
+    ``wuma:sku`` and ``wuma:productionDate`` are ``{brand_uri}epcis/...``."""
     if company_prefix is not None:
         check_company_prefix(company_prefix)  # NOTE: up front, pallets or not
+    if brand_uri is None:
+        brand_uri = brand_base(agg.data.url_base)
+    party = brand_uri + "party/"
     name = _Namer(agg, company_prefix)
     out: list[dict] = []
     source = [0, 0]  # the stored event being exported, events exported for it so far
 
     def add(ev: dict, t: float) -> None:
-        ev = {"type": ev.pop("type"), "eventTime": _time(t), "eventTimeZoneOffset": "+00:00", **ev}
+        ev = {"type": ev.pop("type"), "eventTime": _time(t), "eventTimeZoneOffset": TIME_ZONE_OFFSET, **ev}
         ev["eventID"] = _event_id(ev, (source[0], source[1]))
         source[1] += 1
         out.append(ev)
@@ -309,8 +341,8 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
             a = activations[aid]
             return {"type": "ObjectEvent", "action": "ADD", "epcList": name.many(uids),
                     "bizStep": "commissioning", "disposition": "active",
-                    "ilmd": {"example:lot": a["lot"], "example:sku": a["sku"],
-                             "example:productionDate": a["production_date"]}}
+                    "ilmd": {"wuma:lot": a["lot"], "wuma:sku": a["sku"],
+                             "wuma:productionDate": a["production_date"]}}
 
         for ev in history:
             t, kind = ev["time"], ev["type"]
@@ -368,14 +400,14 @@ def export_epcis(agg, *, company_prefix: str | None = None, now: float | None = 
                 if kind in ("ship", "transfer"):
                     ob.update(bizStep="shipping", disposition="in_transit",
                               destinationList=[{"type": "owning_party",
-                                                "destination": brand_uri + ev["distributor"]}])
+                                                "destination": party + ev["distributor"]}])
                 elif kind == "receive":
                     ob.update(bizStep="receiving", disposition="in_progress")
                 else:
                     ob.update(bizStep="receiving", disposition="returned")
                 add(ob, t)
     doc = {
-        "@context": [EPCIS_CONTEXT, {"example": "https://brand.example/epcis/"}],
+        "@context": [EPCIS_CONTEXT, {"wuma": brand_uri + "epcis/"}],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": _time(time.time() if now is None else now),

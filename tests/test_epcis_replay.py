@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -103,6 +104,28 @@ def test_identical_operations_get_distinct_event_ids(world, schema):
     assert export_epcis(agg, now=T) == doc  # still deterministic
 
 
+def test_events_name_the_brand_china_time_and_no_hash_they_are_not(world, schema):
+    """Parties and ILMD terms under the brand's own domain (the data folder's URL base),
+    not a reserved example domain; the offset in effect where events happen (China,
+    +08:00); eventIDs as name-based UUIDs, not ``ni:///...?ver=CBV2.0``, which names CBV's
+    Event Hash ID (a hash of a canonical string that partners recompute)."""
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A", now=T + 1)
+    doc = export_epcis(agg, now=T)
+    jsonschema.validate(doc, schema)
+    events = doc["epcisBody"]["eventList"]
+    assert doc["@context"][1] == {"wuma": "https://s.example.cn/epcis/"}
+    assert {e["eventTimeZoneOffset"] for e in events} == {"+08:00"}
+    assert all(str(uuid.UUID(e["eventID"].removeprefix("urn:uuid:"))) == e["eventID"][9:]
+               and e["eventID"].startswith("urn:uuid:") for e in events)
+    (shipped,) = [e for e in events if e.get("bizStep") == "shipping"]
+    assert shipped["destinationList"] == [{"type": "owning_party",
+                                           "destination": "https://s.example.cn/party/A"}]
+    (commissioned,) = [e for e in events if e.get("bizStep") == "commissioning"]
+    assert commissioned["ilmd"] == {"wuma:lot": "L", "wuma:sku": "S", "wuma:productionDate": "2026-11-01"}
+    assert "brand.example" not in json.dumps(doc)
+
+
 @pytest.mark.parametrize("prefix", ["٦٩٠١٢٣٤", "6901²34", "06141４1"])
 def test_a_company_prefix_of_other_digits_is_refused(world, prefix):
     """Arabic-Indic digits were written into the SSCC URNs; '²' failed with int()'s
@@ -132,8 +155,8 @@ def test_a_replacement_label_is_commissioned_with_the_product_it_took_over(world
     for e in events:
         if (e["type"], e["action"], e.get("bizStep")) == ("ObjectEvent", "ADD", "commissioning"):
             for epc in e["epcList"]:
-                commissioned[epc] = (e["disposition"], e["ilmd"]["example:lot"],
-                                     e["ilmd"]["example:sku"], e["eventTime"])
+                commissioned[epc] = (e["disposition"], e["ilmd"]["wuma:lot"],
+                                     e["ilmd"]["wuma:sku"], e["eventTime"])
     for code, t in ((r.caps[200], T + 1), (r.caps[201], T + 2), (r.pallets[3], T + 3)):
         assert commissioned[name.one(agg.unit(code))] == ("active", "L", "S", _time(t))
     assert name.one(agg.unit(r.caps[202])) not in commissioned
