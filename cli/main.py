@@ -101,7 +101,8 @@ def cli(data):
 @click.option("--preset", type=click.Choice(PRESETS), default="beverage", show_default=True,
               help="Packaging spec preset.")
 @click.option("--url-base", default="HTTPS://S.EXAMPLE.CN/Q/", show_default=True,
-              help="Short URL printed before each code (must fit QR version 3-M).")
+              help="Short URL printed before each code: it must fit QR version 3-M, its "
+                   "path in capitals as the landing page answers it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 @library_errors

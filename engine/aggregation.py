@@ -1030,8 +1030,8 @@ class Aggregation:
         except (TypeError, ValueError):
             raise ValueError(
                 f"production date must be YYYY-MM-DD, got {production_date!r}") from None
-        if gtin is not None:
-            check_gtin(gtin)
+        if gtin is not None:  # NOTE: kept as GTIN-14, as products keep theirs (one form)
+            gtin = check_gtin(gtin).zfill(14)
         chosen = sum(x is not None and x != [] and x != () for x in (batch, serial_range, pallets))
         if chosen != 1:
             raise ValueError("activate exactly one of: a batch, a serial range, pallets")

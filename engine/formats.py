@@ -187,9 +187,21 @@ def extract_code(text: str) -> str | None:
 
 
 def validate_url_base(url_base: str, code_length: int) -> str:
-    """Check that ``url_base + code`` fits QR version 3-M in alphanumeric mode."""
+    """``url_base`` in capitals (its scheme and host are read in any case), checked to fit
+    QR version 3-M in alphanumeric mode with a ``code_length`` code after it; a path in
+    small letters is refused (printed in capitals it would be another path)."""
     if not isinstance(url_base, str) or not url_base:
         raise ValueError("url base must be a non-empty string such as HTTPS://S.EXAMPLE.CN/Q/")
+    scheme, sep, rest = url_base.partition("://")
+    host, slash, path = (rest if sep else url_base).partition("/")
+    # NOTE: QR alphanumeric mode has capitals only, and only a URL's scheme and host are
+    # read in any case (RFC 3986 6.2.2.1): a path printed in capitals where the landing
+    # page answers in small letters would be a 404 on every label
+    if path != path.upper():
+        raise ValueError(
+            f"url base {url_base!r}: its path /{path} would be printed as /{path.upper()} (QR "
+            f"alphanumeric mode has capitals only) and a web server's paths are case-sensitive: "
+            f"give the path in capitals, as the landing page answers it (e.g. {url_base.upper()!r})")
     base = url_base.upper()
     bad = sorted(set(base) - _QR_ALNUM)
     if bad:
@@ -231,9 +243,22 @@ def check_gtin(gtin) -> str:
     return gtin
 
 
+#: A host name (labels of letters, digits and inner hyphens), with an optional port.
+_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*(:[0-9]{1,5})?")
+#: A serial number, GS1 AI (21): 1 to 20 characters. Wuma's codes use letters and digits
+#: only (a subset of the AI's character set 82, none needing percent-encoding in a URI).
+_AI21 = re.compile(r"[A-Za-z0-9]{1,20}")
+
+
 def digital_link(code: str, gtin: str, domain: str) -> str:
-    """GS1 Digital Link URI ``https://{domain}/01/{GTIN-14}/21/{code}``."""
+    """GS1 Digital Link URI ``https://{domain}/01/{GTIN-14}/21/{code}``, or ValueError: a
+    serial (AI 21) holds at most 20 characters, so a 20-character ``base32`` code fits and
+    a 24-digit ``decimal`` one does not (print its short URL)."""
     check_gtin(gtin)
-    if not domain or "/" in domain.strip("/"):
-        raise ValueError("domain must be a host name such as brand.example")
-    return f"https://{domain.strip('/')}/01/{gtin.zfill(14)}/21/{code}"
+    host = domain.strip("/") if isinstance(domain, str) else ""
+    if len(host) > 253 or not _HOST.fullmatch(host):
+        raise ValueError(f"domain must be a host name such as brand.example, not {domain!r}")
+    if not isinstance(code, str) or not _AI21.fullmatch(code):
+        raise ValueError("a GS1 Digital Link serial (AI 21) is 1 to 20 letters and digits: a "
+                         "decimal code (24 digits) has no Digital Link; print its short URL")
+    return f"https://{host}/01/{gtin.zfill(14)}/21/{code}"

@@ -217,6 +217,7 @@ def test_activation_validates_and_binds(run, tmp_path):
         run.agg.activate(**{**kw, "production_date": "21/11/2026"}, pallets=[run.pallets[0]])
     rec = run.agg.activate(gtin="4006381333931", pallets=[run.pallets[0]], **kw)
     assert rec["units"] == 1 + 5 + 120
+    assert rec["gtin"] == "04006381333931"  # GTIN-14, the one form products keep too
     assert run.agg.is_active(unit_id(run.cap_batch, 119))
     assert not run.agg.is_active(unit_id(run.cap_batch, 120))
     with pytest.raises(Conflict, match="already activated"):

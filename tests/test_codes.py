@@ -166,7 +166,10 @@ def test_decimal_format_round_trip(tmp_path):
 
 
 def test_url_forms_fit_qr_version_3m():
-    assert validate_url_base("https://s.example.cn/q/", 20) == "HTTPS://S.EXAMPLE.CN/Q/"
+    assert validate_url_base("https://s.example.cn/Q/", 20) == "HTTPS://S.EXAMPLE.CN/Q/"
+    # a path is case-sensitive: printed in capitals, /q/ would be another page (a 404)
+    with pytest.raises(ValueError, match=r"path /scan/ would be printed as /SCAN/.*case-sensitive"):
+        validate_url_base("https://wx.brand.cn/scan/", 20)
     with pytest.raises(ValueError, match="version 3-M"):
         validate_url_base("HTTPS://A-VERY-LONG-HOST-NAME.EXAMPLE.COM/SCAN/Q/", 20)
     with pytest.raises(ValueError, match="alphanumeric"):
@@ -180,6 +183,15 @@ def test_gs1_check_digit_and_digital_link():
         "https://brand.example/01/06901234567892/21/1ABC"
     with pytest.raises(ValueError, match="check digit"):
         digital_link("1ABC", "6901234567891", "brand.example")
+    # AI (21) holds at most 20 characters: a base32 code fits, a decimal one does not
+    assert digital_link("1" * 20, "6901234567892", "s.example.cn:8443").endswith("/21/" + "1" * 20)
+    with pytest.raises(ValueError, match="AI 21.*decimal code"):
+        digital_link("1" * 24, "6901234567892", "brand.example")
+    with pytest.raises(ValueError, match="AI 21"):
+        digital_link("A/B", "6901234567892", "brand.example")
+    for domain in ("brand.example?", "brand.example#x", "brand example", "-brand.example", ""):
+        with pytest.raises(ValueError, match="domain must be a host name"):
+            digital_link("1ABC", "6901234567892", domain)
 
 
 def test_batch_create_validation(data):

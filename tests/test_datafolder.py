@@ -108,12 +108,15 @@ def test_a_config_edited_by_hand_is_read_as_any_text_file_and_checked_as_init_ch
     cfg.write_bytes(good.decode().encode("utf-16"))
     with pytest.raises(DataFolderError, match="wuma.json: the file is UTF-16; save it as UTF-8$"):
         DataFolder(folder)
-    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/" + "q" * 60 + "/"}).encode())
+    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/" + "Q" * 60 + "/"}).encode())
     with pytest.raises(DataFolderError, match='wuma.json, "url_base": url base is .* QR version 3-M: fix it there'):
         DataFolder(folder)
-    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/q/"}).encode())
-    with DataFolder(folder) as data:  # lower case, as init takes it
+    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/Q/"}).encode())
+    with DataFolder(folder) as data:  # a host in small letters, as init takes it
         assert data.url_base == "HTTPS://S.EXAMPLE.CN/Q/"
+    cfg.write_bytes(json.dumps({**json.loads(good), "url_base": "https://s.example.cn/q/"}).encode())
+    with pytest.raises(DataFolderError, match=r'"url_base": .*path /q/ would be printed as /Q/'):
+        DataFolder(folder)
 
 
 def test_db_that_is_a_file_or_not_lmdb_is_refused(folder):
