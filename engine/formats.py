@@ -27,6 +27,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
+from urllib.parse import unquote
 
 from engine.ids import is_digits
 
@@ -182,8 +183,14 @@ def extract_code(text: str) -> str | None:
     # GS1 Digital Link: .../01/{GTIN}/21/{serial}
     for i in range(len(parts) - 1):
         if parts[i] == "21" and i >= 2 and parts[i - 2] == "01":
-            return parts[i + 1]
-    return parts[-1] if parts else ""
+            return _unquoted(parts[i + 1])
+    return _unquoted(parts[-1]) if parts else ""
+
+
+def _unquoted(segment: str) -> str:
+    """A URL path segment with its percent-encoding read (``%31F5`` is ``1F5``: the same
+    URI, RFC 3986 6.2.2.2); a ``%`` not followed by two hex digits is left as it is."""
+    return unquote(segment, errors="replace") if "%" in segment else segment
 
 
 def validate_url_base(url_base: str, code_length: int) -> str:

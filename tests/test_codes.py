@@ -36,7 +36,10 @@ def test_accepts_printed_variants(data):
     lookalike = code.replace("1", "l").replace("0", "o")
     for text in (code, code.lower(), " " + grouped + " ", lookalike,
                  data.url_base + code, data.url_base.lower() + code,
-                 digital_link(code, "6901234567892", "brand.example")):
+                 digital_link(code, "6901234567892", "brand.example"),
+                 # percent-encoded, as a URI may be (the same URI, RFC 3986 6.2.2.2)
+                 data.url_base + "%" + code[:1].encode().hex() + code[1:],
+                 "https://brand.example/01/06901234567892/21/" + "".join(f"%{ord(c):02X}" for c in code)):
         v = data.codes.verify(text)
         assert v.genuine and v.serial == 3 and v.role == "case_inner", text
 
@@ -112,6 +115,7 @@ def shared_data(tmp_path_factory):
     st.text(alphabet=CROCKFORD_ALPHABET + "ilo-  ", min_size=18, max_size=24),
     st.text(alphabet="0123456789", min_size=22, max_size=26),
     st.from_regex(r"(?i)https?://[a-z.]{1,20}/q/[0-9a-z]{0,25}", fullmatch=True),
+    st.from_regex(r"(?i)https?://[a-z.]{1,20}/q/([0-9a-z]|%[0-9a-fx]{0,2}){0,25}", fullmatch=True),
 ))
 def test_any_string_is_invalid_never_an_exception(shared_data, text):
     v = shared_data.codes.verify(text)
@@ -122,7 +126,8 @@ def test_any_string_is_invalid_never_an_exception(shared_data, text):
 def test_huge_and_odd_inputs_are_invalid(data):
     data.create_batch("cap", 10)
     for text in ("", " ", "x" * 100_000, "码" * 20, "\x00" * 20, None, 12345, b"1" * 20,
-                 "HTTPS://S.EXAMPLE.CN/Q/", "/" * 30, "https://x/01/123/21/"):
+                 "HTTPS://S.EXAMPLE.CN/Q/", "/" * 30, "https://x/01/123/21/",
+                 "HTTPS://S.EXAMPLE.CN/Q/%FF%FE" + "1" * 18, "HTTPS://S.EXAMPLE.CN/Q/%4", "/q/%2F%2F"):
         assert data.codes.verify(text).genuine is False
 
 
