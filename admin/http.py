@@ -519,4 +519,4 @@ def create_app(data: DataFolder, *, admin: Admin | None = None,
 def app_from_env() -> falcon.App:
     """gunicorn entry point: ``admin.http:app_from_env()``; reads ``WUMA_DATA``."""
     path = Path(os.environ.get("WUMA_DATA") or "wuma-data")
-    return create_app(DataFolder(path))
+    return create_app(http_scan.serving(DataFolder(path)))

@@ -37,9 +37,9 @@ from engine.every import Every
 from engine.openapi import OPENAPI
 from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes
-from engine.store import Store, pack, unpack
+from engine.store import Store, clear_dead_readers_every, pack, unpack
 
-__all__ = ["create_app", "app_from_env", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
+__all__ = ["create_app", "app_from_env", "serving", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
            "flush_metrics"]
 
 log = logging.getLogger("wuma.http")
@@ -411,7 +411,15 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
     return app
 
 
+def serving(data: DataFolder) -> DataFolder:
+    """``data`` with what a server worker runs beside its requests: the reader slots of
+    processes killed inside a read of its stores freed every 30 s
+    (:func:`engine.store.clear_dead_readers_every`)."""
+    clear_dead_readers_every([data.store, data.abuse.counters])
+    return data
+
+
 def app_from_env() -> falcon.App:
     """gunicorn entry point: ``engine.http_scan:app_from_env()``; reads ``WUMA_DATA``."""
     path = Path(os.environ.get("WUMA_DATA") or "wuma-data")
-    return create_app(DataFolder(path))
+    return create_app(serving(DataFolder(path)))

@@ -22,12 +22,14 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 import lmdb
 import msgpack
 
-__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES"]
+__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES",
+           "clear_dead_readers_every"]
 
 #: Virtual size of the map; LMDB files are sparse, so this only caps growth.
 DEFAULT_MAP_SIZE = int(os.environ.get("WUMA_MAP_SIZE", str(1 << 40)))
@@ -105,6 +107,7 @@ class Store:
         )
         self._dbs: dict[str, object] = {}
         self._writemap = writemap
+        self.clear_dead_readers()
         #: Each commit is on disk when it returns (sync and metasync); see :meth:`sync`.
         self.synced_commits = sync and metasync
         self._space_checked = -1.0  # when the file system's free space was last looked at
@@ -141,6 +144,22 @@ class Store:
         if free < MIN_FREE_BYTES:
             return f"{free >> 20} MiB free on the file system of {self.path}"
         return None
+
+    def clear_dead_readers(self) -> int:
+        """Free the reader slots of processes that are gone; returns how many.
+
+        NOTE: a process killed inside a read transaction (``kill -9``, the OOM killer, a
+        worker hung past gunicorn's timeout) keeps its slot while any other process has
+        the environment open: its snapshot stays pinned and no page freed by a later
+        commit is used again (measured: ``data.mdb`` grew ~190 times faster a scan, from
+        0.18 to 34.5 KiB, until every process had closed it). LMDB frees such slots only
+        when asked (``mdb_reader_check``): every open asks, so a worker replacing a killed
+        one clears its slot, and the scan service asks again from time to time
+        (:func:`clear_dead_readers_every`)."""
+        try:
+            return self.env.reader_check()
+        except lmdb.Error:  # pragma: no cover - a lock table it cannot read: LMDB's own error later
+            return 0
 
     # PERF: the transactions are their own context managers (commit on success, abort on
     # an exception); a generator-based contextmanager around them cost ~1 µs per use, and
@@ -201,3 +220,26 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
+
+
+def clear_dead_readers_every(stores: list[Store], seconds: float = 30.0) -> threading.Thread:
+    """Start a daemon thread (a greenlet under gevent) that calls
+    :meth:`Store.clear_dead_readers` on ``stores`` every ``seconds``: a long-running
+    process (a server worker) frees the slots of other processes killed inside a read
+    transaction, whoever they were (a worker, a ``wuma`` command), without waiting for
+    another process to open the store."""
+    import logging
+
+    def run() -> None:
+        while True:
+            time.sleep(seconds)
+            for store in stores:
+                cleared = store.clear_dead_readers()
+                if cleared:
+                    logging.getLogger("wuma.store").warning(
+                        "freed %d reader slot(s) of processes killed inside a read of %s",
+                        cleared, store.path)
+
+    thread = threading.Thread(target=run, daemon=True, name="wuma-dead-readers")
+    thread.start()
+    return thread

@@ -444,3 +444,57 @@ def test_key_rotate_killed_midway_leaves_the_folder_usable(tmp_path):
     assert not list((tmp_path / "wuma-data" / "keys").glob("master-v2*"))
     with DataFolder(tmp_path / "wuma-data") as data:  # it raised "master-v2.key is damaged"
         assert data.rotate_key() == 2
+
+
+# -- a process killed inside a read transaction ---------------------------------------------
+_READ_THEN_DIE = """
+import os, signal, sys
+from engine.store import Store
+store = Store(sys.argv[1])
+txn = store.read()
+txn.get(b"x")
+print(os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _reader_pids(store) -> set[int]:
+    return {int(line.split()[0]) for line in store.env.readers().splitlines()[1:] if line.strip()}
+
+
+def test_a_reader_killed_in_its_transaction_is_freed_and_its_snapshot_no_longer_pinned(tmp_path):
+    """A worker killed inside a read (the OOM killer) left its reader slot taken while the
+    other worker kept the store open: its snapshot pinned, every later commit's freed pages
+    could not be used again and data.mdb grew with every scan. The next open frees the
+    slot (a replacement worker opens its stores), and so does a server's periodic check."""
+    from engine.store import Store
+
+    store = Store(tmp_path / "db", map_size=1 << 30)  # this process: the worker that lives on
+    db = store.db("t")
+    with store.write() as txn:
+        txn.put(b"x", b"0" * 2000, db=db)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    run = subprocess.run([sys.executable, "-c", _READ_THEN_DIE, str(tmp_path / "db")],
+                         env=env, capture_output=True, text=True, timeout=60)
+    dead = int(run.stdout.split()[0])
+    assert run.returncode == -signal.SIGKILL and dead in _reader_pids(store)
+
+    def growth(writes: int) -> int:
+        before = store.env.info()["last_pgno"]
+        for i in range(writes):
+            with store.write() as txn:
+                txn.put(b"x", str(i).encode() * 1000, db=db)
+        return store.env.info()["last_pgno"] - before
+
+    pinned = growth(200)  # every commit's pages are new: the dead snapshot pins the old ones
+    assert store.clear_dead_readers() == 1 and dead not in _reader_pids(store)
+    assert growth(200) < pinned / 10, pinned  # freed pages are used again
+    # the next open frees such a slot by itself (a worker replacing the killed one)
+    run = subprocess.run([sys.executable, "-c", _READ_THEN_DIE, str(tmp_path / "db")],
+                         env=env, capture_output=True, text=True, timeout=60)
+    dead = int(run.stdout.split()[0])
+    assert dead in _reader_pids(store)
+    subprocess.run([sys.executable, "-c", "import sys\nfrom engine.store import Store\nStore(sys.argv[1])",
+                    str(tmp_path / "db")], env=env, check=True, timeout=60)
+    assert dead not in _reader_pids(store)
+    store.env.close()
