@@ -200,6 +200,8 @@ accesslog = os.environ.get("WUMA_ACCESS_LOG") or None
 proc_name = "wuma"
 
 
+_balance_worker = None  # see post_worker_init: gevent's accept balance, below
+
 if worker_class == "gevent":
     from gevent import sleep as _gevent_sleep
 
@@ -278,7 +280,7 @@ if worker_class == "gevent":
             (None when all are taken: that worker is not balanced)."""
             worker.wuma_slot = _shares.assign({getattr(w, "wuma_slot", None) for w in server.WORKERS.values()})
 
-        def post_worker_init(worker) -> None:
+        def _balance_worker(worker) -> None:
             """In the worker, before it serves: count its connections, and say it is alive
             (a worker booting, stopped or hung is left out of the others' balance)."""
             if worker.wuma_slot is None:
@@ -351,6 +353,90 @@ logconfig_dict = {
                             "propagate": False},
     },
 }
+
+
+#: Seconds a worker that cannot boot, while others serve, waits before it exits (and the
+#: arbiter starts another): see :func:`post_fork`.
+BOOT_RETRY_S = float(os.environ.get("WUMA_BOOT_RETRY") or 10)
+#: Its exit status (EX_TEMPFAIL): not gunicorn's WORKER_BOOT_ERROR (3) nor APP_LOAD_ERROR
+#: (4), on which the arbiter stops the whole server.
+BOOT_RETRY_EXIT = 75
+
+
+class BootedWorkers:
+    """The pids of the workers that have booted, in memory the master makes before it forks
+    and shares with every worker (256 slots of 4 bytes; a worker's slot is its spawn
+    number's, so workers started at once never write the same slot)."""
+
+    SLOTS = 256
+
+    def __init__(self) -> None:
+        import mmap
+
+        self._pids = memoryview(mmap.mmap(-1, 4 * self.SLOTS)).cast("I")
+
+    def add(self, age: int, pid: int) -> None:
+        self._pids[age % self.SLOTS] = pid
+
+    def serving(self, master: int, but: int) -> list[int]:
+        """The booted workers of ``master`` still running, other than ``but``."""
+        return [p for p in set(self._pids) if p and p != but and _child_of(p, master)]
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    """Whether process ``pid`` runs and is ``parent``'s child (a pid used again by another
+    process is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # NOTE: the name, in parentheses, may hold spaces
+    return len(fields) > 1 and fields[0] != "Z" and fields[1] == str(parent)
+
+
+_booted = BootedWorkers() if _read_by_gunicorn() else None
+
+
+def post_fork(server, worker) -> None:
+    """In a new worker: when its app cannot load (the data folder no longer opens: a bad
+    edit of wuma.json, a key file's mode changed) while other workers serve, it says why,
+    waits :data:`BOOT_RETRY_S` and exits with :data:`BOOT_RETRY_EXIT`, and the arbiter
+    starts another; the others serve on.
+
+    NOTE: gunicorn stops the whole server when a worker fails to boot. ``wuma serve``
+    checks the data folder before it starts gunicorn, and the master before a reload; but
+    a worker is also replaced unasked (killed by the OOM killer, by gunicorn's own timeout,
+    a crash), and one that read a mistake made since took the whole scan API down. With no
+    other worker serving the failure stops the server, as gunicorn does (nothing could
+    serve)."""
+    if _booted is None:
+        return
+    load = worker.load_wsgi
+
+    def load_wsgi() -> None:
+        try:
+            load()
+        except Exception as e:
+            others = _booted.serving(server.pid, os.getpid())
+            if not others:
+                raise
+            worker.log.error(
+                "this worker cannot start: %s. The server serves on with its %d other worker(s); "
+                "this one exits in %g s and another is started in its place: fix what this names "
+                "(no restart needed)", str(e) or type(e).__name__, len(others), BOOT_RETRY_S)
+            time.sleep(BOOT_RETRY_S)
+            sys.exit(BOOT_RETRY_EXIT)
+
+    worker.load_wsgi = load_wsgi
+
+
+def post_worker_init(worker) -> None:
+    """In a worker whose app has loaded, before it serves: it counts as booted (see
+    :func:`post_fork`), and takes its part in the accept balance (gevent)."""
+    if _booted is not None:
+        _booted.add(worker.age, os.getpid())
+    if _balance_worker is not None:
+        _balance_worker(worker)
 
 
 def _check_before_reload() -> None:

@@ -792,6 +792,92 @@ def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path)
         s.stop()
 
 
+def _answering_workers(s: Server, want: int, timeout: float = 60.0) -> set[int]:
+    """The pids of the workers that answer new connections, once ``want`` of them have."""
+    import sys
+
+    from server import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from loadgen import serving_pid
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < want and time.monotonic() < deadline:
+        conn = s.conn()
+        conn.request("GET", "/healthz")
+        if conn.getresponse().read() and (pid := serving_pid(conn, s.proc.pid)):
+            seen.add(pid)
+        conn.close()
+    return seen
+
+
+def _wait_for(log, text: str, timeout: float = 60.0) -> str:
+    """The first line of the server's log holding ``text`` (waited for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if text in line]
+        if lines:
+            return lines[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in the log: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize("mistake", ["setting", "key mode"])
+def test_a_worker_that_cannot_boot_while_another_serves_leaves_the_server_serving(tmp_path, mistake):
+    """A mistake made while the server runs (wuma.json edited wrong, no reload asked; a key
+    file's mode opened), then a worker killed (the OOM killer, gunicorn's own timeout): its
+    replacement cannot boot. gunicorn stopped the whole server then; now the other worker
+    serves on, the log says why, and once fixed a new worker starts in its place."""
+    w = build_world(tmp_path / "wuma-data")
+    w["data"].close()
+    cfg = tmp_path / "wuma-data" / "wuma.json"
+    key = next((tmp_path / "wuma-data" / "keys").glob("master-v*.key"))
+    good = cfg.read_text()
+    s = Server(tmp_path / "wuma-data", workers=2, env={"WUMA_BOOT_RETRY": "1"})
+    log = tmp_path / f"server-{s.port}.log"
+    try:
+        assert len(_answering_workers(s, 2)) == 2  # both booted
+        if mistake == "setting":
+            cfg.write_text(json.dumps({**json.loads(good), "abuse": {
+                **json.loads(good)["abuse"], "rate_per_minute": "sixty"}}))
+        else:
+            key.chmod(0o640)
+        victim = s.workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        why = _wait_for(log, "this worker cannot start")
+        assert ("rate_per_minute" if mistake == "setting" else key.name) in why
+        assert "serves on with its 1 other worker" in why
+        for _ in range(10):  # the survivor serves, and the server stays up
+            assert s.get("/healthz")[0] == 200
+            time.sleep(0.3)
+        assert s.proc.poll() is None and "Worker failed to boot" not in log.read_text()
+        cfg.write_text(good)
+        key.chmod(0o600)
+        assert len(_answering_workers(s, 2) - {victim}) == 2  # a new worker in the killed one's place
+    finally:
+        s.stop()
+
+
+def test_with_no_other_worker_serving_a_worker_that_cannot_boot_stops_the_server(tmp_path):
+    """Nothing could serve: the server stops, as gunicorn does, with the reason logged
+    (`wuma serve` then refuses to start until it is fixed)."""
+    w = build_world(tmp_path / "wuma-data")
+    w["data"].close()
+    cfg = tmp_path / "wuma-data" / "wuma.json"
+    s = Server(tmp_path / "wuma-data", workers=1, env={"WUMA_BOOT_RETRY": "1"})
+    log = tmp_path / f"server-{s.port}.log"
+    try:
+        doc = json.loads(cfg.read_text())
+        doc["abuse"]["rate_per_minute"] = "sixty"
+        cfg.write_text(json.dumps(doc))
+        os.kill(s.workers()[0], signal.SIGKILL)
+        assert s.proc.wait(60) != 0
+        assert "rate_per_minute" in log.read_text() and "this worker cannot start" not in log.read_text()
+    finally:
+        s.stop()
+
+
 def test_a_scan_must_come_as_json_so_no_web_page_can_post_one_through_its_visitors(tmp_path):
     """A page on any site may make its visitors' browsers POST a text/plain, form or typeless
     body without asking the API first (a "simple" request): 415, nothing recorded. A JSON
