@@ -193,6 +193,13 @@ def _unquoted(segment: str) -> str:
     return unquote(segment, errors="replace") if "%" in segment else segment
 
 
+#: A host name (labels of letters, digits and inner hyphens), with an optional port.
+_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*(:[0-9]{1,5})?")
+#: A serial number, GS1 AI (21): 1 to 20 characters. Wuma's codes use letters and digits
+#: only (a subset of the AI's character set 82, none needing percent-encoding in a URI).
+_AI21 = re.compile(r"[A-Za-z0-9]{1,20}")
+
+
 def validate_url_base(url_base: str, code_length: int) -> str:
     """``url_base`` in capitals (its scheme and host are read in any case), checked to fit
     QR version 3-M in alphanumeric mode with a ``code_length`` code after it; a path in
@@ -200,7 +207,12 @@ def validate_url_base(url_base: str, code_length: int) -> str:
     if not isinstance(url_base, str) or not url_base:
         raise ValueError("url base must be a non-empty string such as HTTPS://S.EXAMPLE.CN/Q/")
     scheme, sep, rest = url_base.partition("://")
-    host, slash, path = (rest if sep else url_base).partition("/")
+    host, slash, path = rest.partition("/")
+    # NOTE: a phone's camera opens a printed label only if it reads as a web address
+    if not sep or scheme.upper() not in ("HTTP", "HTTPS") or not slash or not _HOST.fullmatch(host) \
+            or " " in path:
+        raise ValueError(f"url base {url_base!r} is not a web address such as HTTPS://S.EXAMPLE.CN/Q/ "
+                         "(HTTP or HTTPS, a host name, a path ending in '/', no spaces)")
     # NOTE: QR alphanumeric mode has capitals only, and only a URL's scheme and host are
     # read in any case (RFC 3986 6.2.2.1): a path printed in capitals where the landing
     # page answers in small letters would be a 404 on every label
@@ -248,13 +260,6 @@ def check_gtin(gtin) -> str:
         raise ValueError(f"GTIN {gtin} has a wrong check digit "
                          f"(expected {gs1_check_digit(gtin[:-1])})")
     return gtin
-
-
-#: A host name (labels of letters, digits and inner hyphens), with an optional port.
-_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*(:[0-9]{1,5})?")
-#: A serial number, GS1 AI (21): 1 to 20 characters. Wuma's codes use letters and digits
-#: only (a subset of the AI's character set 82, none needing percent-encoding in a URI).
-_AI21 = re.compile(r"[A-Za-z0-9]{1,20}")
 
 
 def digital_link(code: str, gtin: str, domain: str) -> str:

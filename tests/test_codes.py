@@ -172,6 +172,11 @@ def test_decimal_format_round_trip(tmp_path):
 
 def test_url_forms_fit_qr_version_3m():
     assert validate_url_base("https://s.example.cn/Q/", 20) == "HTTPS://S.EXAMPLE.CN/Q/"
+    for not_a_url in ("HTTPS://S.EX AMPLE.CN/Q/", "/", "FTP://X/", "S.EXAMPLE.CN/Q/", "HTTPS:///",
+                      "HTTPS://S.EXAMPLE.CN/Q /", "HTTPS://-S.CN/"):
+        with pytest.raises(ValueError, match="is not a web address"):
+            validate_url_base(not_a_url, 20)
+    assert validate_url_base("http://s.example.cn:8080/", 20) == "HTTP://S.EXAMPLE.CN:8080/"
     # a path is case-sensitive: printed in capitals, /q/ would be another page (a 404)
     with pytest.raises(ValueError, match=r"path /scan/ would be printed as /SCAN/.*case-sensitive"):
         validate_url_base("https://wx.brand.cn/scan/", 20)
