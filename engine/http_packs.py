@@ -36,6 +36,7 @@ import re
 import struct
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ __all__ = [
     "check_pack",
     "create_app",
     "pull_packs",
+    "server_base",
     "sign_request",
 ]
 
@@ -549,6 +551,28 @@ def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None
     return done, None
 
 
+def server_base(server: str) -> str:
+    """The pack server's address as requests are made to it (``https://host[:port][/path]``,
+    no trailing ``/``), or :class:`PullError` saying what is wrong with it. A user name or
+    password in it is refused, never echoed: lines authenticate by their key, and the
+    address is written in every message."""
+    try:
+        parts = urllib.parse.urlsplit(server.strip() if isinstance(server, str) else "")
+        port = parts.port  # NOTE: ValueError for a port that is no number or out of range
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PullError("the pack server must be an address such as https://packs.example.cn "
+                        "(http or https and a host name)")
+    if parts.username is not None or parts.password is not None:
+        raise PullError("the pack server's address holds a user name or password: remove it (lines "
+                        "sign their requests with their key; the address appears in messages)")
+    if parts.query or parts.fragment:
+        raise PullError("the pack server's address must have no query (?) or fragment (#)")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme.lower()}://{host}{'' if port is None else f':{port}'}{parts.path.rstrip('/')}"
+
+
 def _listing(keys: LineKeys, server: str, timeout: float, clock: Callable[[], float],
              again: str = "pull again") -> dict:
     """``GET /packs``: the packs issued to this line (``packs``) and those withheld."""
@@ -586,6 +610,7 @@ def check_pack(
     change after this: open it with ``expect_id`` set to the id returned
     (:func:`engine.packs.open_pack`), which refuses any other pack once its signature is
     checked."""
+    server = server_base(server)
     pack_id = read_header(Path(pack_path))[0]["pack"]
     listing = _listing(keys, server, timeout, clock, "try again")
     for w in listing.get("withheld") or ():  # NOTE: an older server sends none
@@ -621,6 +646,7 @@ def pull_packs(
     First, local copies of the packs the server withholds (revoked, or codes voided since
     the export; pulled before that) are renamed ``<file>.withheld``, never deleted: the
     result's ``withheld`` (:class:`Pulled`, or :class:`PullIncomplete`) lists them."""
+    server = server_base(server)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     listing = _listing(keys, server, timeout, clock)

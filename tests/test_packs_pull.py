@@ -21,7 +21,8 @@ from test_packs import _call, _export
 from cli.main import cli
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
-from engine.http_packs import PackWithheld, PullIncomplete, check_pack, pull_packs, sign_request
+from engine.http_packs import (PackWithheld, PullError, PullIncomplete, check_pack, pull_packs, server_base,
+                               sign_request)
 from engine.lines import generate_line_keys
 from engine.packs import PackRegistry, open_pack_to_file
 
@@ -482,3 +483,22 @@ def test_report_of_a_pack_revoked_or_voided_since_says_so(world, data, after):
     else:
         assert f"codes of pack {p.id} were voided since its export (serial 150 of batch {batch.id})" in res.output
         assert events == ["issued", "opened"]
+
+
+def test_the_pack_server_address_is_checked_and_a_password_in_it_never_echoed(world, tmp_path):
+    """A password in the address was echoed in the error ("cannot reach http://line7:S3cret@
+    ...", with a wrong cause: urllib read it as a port); an address that is no URL was
+    reported as "the answer is not JSON", though nothing was asked."""
+    _reg, keys, _brand, _batch, tmp = world
+    assert server_base("HTTPS://Packs.Example.cn:8443/wuma/") == "https://packs.example.cn:8443/wuma"
+    assert server_base("http://[::1]:8080") == "http://[::1]:8080"
+    for address, why in (("https://line7:S3cretProxyPass@packs.example.cn", "user name or password"),
+                         ("packs.example.cn", "an address such as"), ("ftp://packs.example.cn", "http or https"),
+                         ("https://packs.example.cn:99999", "an address such as"),
+                         ("https://packs.example.cn/?line=7", "no query")):
+        for call in (lambda: pull_packs(keys, address, tmp / "pulled", timeout=1),
+                     lambda: check_pack(keys, address, tmp / "any.wpk", timeout=1)):
+            with pytest.raises(PullError, match=why) as e:
+                call()
+            assert "S3cret" not in str(e.value)
+    assert not (tmp / "pulled").exists()  # refused before anything was made
