@@ -55,6 +55,8 @@ _CONFIG = "wuma.json"
 _STORE_ID = b"store_id"
 #: Key of the master key versions ever issued, with their fingerprints, in "meta".
 _KEY_VERSIONS = b"key_versions"
+#: The meta key of the packaging spec as its codes carry it (see _code_spec).
+_CODE_SPEC = b"code_spec"
 
 
 #: Settings sections a brand may change after init.
@@ -221,6 +223,30 @@ def _key_record(raw: bytes | None) -> dict[int, str]:
     return {} if raw is None else {int(v): fp for v, fp in unpack(raw)}
 
 
+def _code_spec(spec: PackagingSpec) -> list:
+    """What of a packaging spec its codes carry: the levels' names in order, each with its
+    roles' names and formats in order (a role's place among all the roles is the role
+    field inside its codes; its format, how they are written). A level's ``capacity`` and
+    the spec's ``name`` and ``description`` are not in it: they may change."""
+    return [[lv.name, [[r, spec.roles[r].format.name] for r in lv.roles]] for lv in spec.levels]
+
+
+def _spec_change(was: list, now: list) -> str | None:
+    """The first difference between two :func:`_code_spec`, for a person; None if none."""
+    def levels(spec):
+        return ", ".join(name for name, _ in spec)
+
+    def roles(level):
+        return ", ".join(f"{r} ({f})" for r, f in level[1])
+
+    if [name for name, _ in was] != [name for name, _ in now]:
+        return f"its levels are {levels(now)}; the codes were made with {levels(was)}"
+    for old, new in zip(was, now):
+        if old != new:
+            return f"level {new[0]}'s roles are {roles(new)}; the codes were made with {roles(old)}"
+    return None
+
+
 def _issued_keys(txn, meta) -> dict[int, str]:
     """The master key versions recorded as issued in ``meta``, with their fingerprints."""
     return _key_record(txn.get(_KEY_VERSIONS, db=meta))
@@ -343,12 +369,34 @@ class DataFolder:
         self.durability = _durability(self.config)
         self.store, issued = self._open_store()
         try:
+            self._check_spec(cfg)
             self._record_keys(issued)
         except BaseException:
             self.store.close()
             raise
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
+
+    def _check_spec(self, cfg: Path) -> None:
+        """The packaging spec of wuma.json must be the one this folder's codes were made
+        with, as the store records it (:func:`_code_spec`): a role's format or place changed
+        by hand made codes print in another format and every code printed answer invalid
+        (or an inner code read as the outer one). A folder from before the record gets it."""
+        meta = self.store.db("meta")
+        now = _code_spec(self.spec)
+        with self.store.read() as txn:
+            raw = txn.get(_CODE_SPEC, db=meta)
+        if raw is None:
+            with self.store.write() as txn:  # NOTE: put only if still missing (another process)
+                txn.put(_CODE_SPEC, pack(now), db=meta, overwrite=False)
+            self.store.sync()
+            return
+        change = _spec_change(unpack(raw), now)
+        if change:
+            raise DataFolderError(
+                f'{cfg}, "spec": {change}, as the store records; codes already printed would no '
+                f'longer read: restore "spec" from the backup of {_CONFIG} (a level\'s "capacity" '
+                'may change, and the spec\'s "name" and "description"; nothing else)')
 
     def _record_keys(self, issued: dict[int, str]) -> None:
         """Every master key version this folder ever issued must be in keys/ and be the

@@ -313,3 +313,53 @@ def test_serve_settings_have_defaults_and_addresses_as_the_server_writes_them(fo
     with DataFolder(folder) as data:
         assert data.serve_settings == {"trusted_proxies": ["10.0.0.2", "2001:db8::1"],
                                        "proxy_header": "X-Forwarded-For"}
+
+
+def _edit_spec(folder: Path, edit) -> None:
+    cfg = folder / "wuma.json"
+    doc = json.loads(cfg.read_text())
+    edit(doc["spec"])
+    cfg.write_text(json.dumps(doc))
+
+
+def test_a_spec_edited_as_codes_carry_it_is_refused_capacities_may_change(folder):
+    """A role's format or place edited in wuma.json: exports came out in the other format
+    and every printed code answered invalid, or a case's inner code read as its outer one.
+    The store records the spec the codes were made with; only capacities, the spec's name
+    and description may change."""
+    good = (folder / "wuma.json").read_text()
+    with DataFolder(folder) as data:
+        code = data.codes.code(data.batches.find(1), 3, "cap_inner")
+
+    def cap_level(spec):
+        return next(lv for lv in spec["levels"] if lv["name"] == "cap")
+
+    edits = {
+        "format": (lambda spec: cap_level(spec)["roles"][0].update(format="decimal"),
+                   r"level cap's roles are cap_outer \(decimal\), cap_inner \(base32\); the codes "
+                   r"were made with cap_outer \(base32\), cap_inner \(base32\)"),
+        "order": (lambda spec: cap_level(spec)["roles"].reverse(), "level cap's roles are cap_inner"),
+        "levels": (lambda spec: spec["levels"][1].update(name="carton"),
+                   "its levels are pallet, carton, cap; the codes were made with pallet, case, cap"),
+    }
+    for edit, message in edits.values():
+        _edit_spec(folder, edit)
+        with pytest.raises(DataFolderError, match=r'wuma.json, "spec": ' + message + ".*restore \"spec\""):
+            DataFolder(folder)
+        (folder / "wuma.json").write_text(good)
+    _edit_spec(folder, lambda spec: (cap_level(spec).update(capacity=0), spec.update(name="ours"),
+                                     next(lv for lv in spec["levels"] if lv["name"] == "case")
+                                     .update(capacity=12)))
+    with DataFolder(folder) as data:
+        assert data.spec.level("case").capacity == 12 and data.codes.verify(code).serial == 3
+
+
+def test_a_folder_from_before_the_spec_record_gets_it(folder):
+    store = Store(folder / "db")
+    with store.write() as txn:
+        assert txn.delete(b"code_spec", db=store.db("meta"))
+    store.env.close()
+    DataFolder(folder).close()  # recorded as it is now
+    _edit_spec(folder, lambda spec: spec["levels"][0]["roles"][0].update(format="decimal"))
+    with pytest.raises(DataFolderError, match="the codes were made with pallet \\(base32\\)"):
+        DataFolder(folder)
