@@ -9,6 +9,8 @@ from datetime import date, datetime, timedelta
 
 from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits are China days
 from engine.ids import check_name, check_text, is_id, is_region_code, region_prefix
+# NOTE: sequence numbers (the ledger's, the audit log's, the scan log's) run from 1 to MAX_SEQ
+from engine.store import MAX_SEQ
 
 __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
            "check_id", "check_amount", "check_regions", "region_prefixes", "in_regions", "check_name", "check_text",
@@ -17,10 +19,6 @@ __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_d
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
 
-
-#: Sequence numbers (the ledger's, the audit log's; payouts go by the ledger's) run from 1
-#: to this: they are 8-byte keys, and the admin API's integers stay signed 64-bit.
-MAX_SEQ = 2**63 - 1
 
 
 _DAYS: dict[int, str] = {}

@@ -64,6 +64,7 @@ from admin.tokens import AdminTokens
 from engine import http_scan
 from engine.data import DataFolder
 from engine.errors import Conflict, InvalidCode, NotFound
+from engine.ids import check_text
 
 __all__ = ["create_app", "app_from_env"]
 
@@ -145,7 +146,10 @@ def _invalid(req, resp, ex: ValueError, params) -> None:
     # NOTE: the library raises ValueError for a value it refuses, with a message meant
     # for the person who sent it (campaign rules, amounts, ids ...).
     resp.status = falcon.HTTP_400
-    resp.media = {"error": "bad_request", "message": str(ex)}
+    message = str(ex)
+    if isinstance(ex, UnicodeError):  # NOTE: Python's codec text is for no person: a check missed it
+        message = "the request holds text that is not Unicode (a lone surrogate, such as \\ud800)"
+    resp.media = {"error": "bad_request", "message": message}
 
 
 class AdminAuth:
@@ -376,7 +380,7 @@ class AlertsResource(AdminResource):
     def on_get(self, req, resp) -> None:
         distributor = req.get_param("distributor")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
-        before = req.get_param_as_int("before", min_value=1)
+        before = req.get_param_as_int("before", min_value=1, max_value=MAX_SEQ)
         resp.media = {"counts": self.admin.scans.alert_counts(),
                       "alerts": self.admin.scans.alerts(distributor, limit, before)}
 
@@ -394,7 +398,7 @@ class BanLiftResource(AdminResource):
 
     def on_post(self, req, resp) -> None:
         doc = _body(req, {"subject": (str,)}, required=("subject",))
-        subject = doc["subject"]
+        subject = check_text(doc["subject"], "subject")
         if not 0 < len(subject) <= _MAX_SUBJECT:
             raise falcon.HTTPBadRequest(title="bad_request",
                                         description=f"subject: 1-{_MAX_SUBJECT} characters, e.g. ip:203.0.113.9")

@@ -300,7 +300,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                                      _json(_obj(["counts", "alerts"], {"counts": _COUNTS, "alerts": _array(_OBJ)}),
                                            "alerts"), params=[
         _param("distributor", "query", _STR), _LIMIT,
-        _param("before", "query", {"type": "integer", "minimum": 1},
+        _param("before", "query", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
                "only alerts of scans before this sequence number (the next page: the last alert's seq)")])},
     "/admin/api/bans": {"get": _op("Clients banned for enumerating codes", "read", _json(_array(_BAN), "bans"),
                                    params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "

@@ -14,6 +14,7 @@ from cli.admin import cli_user, pass_admin
 from cli.main import emit, library_errors, pass_data
 from engine.accounts import ACCOUNT_ROLES
 from engine.chinatime import china_time
+from engine.store import MAX_SEQ
 
 
 @click.group()
@@ -227,7 +228,7 @@ def serve(ctx, bind, workers, worker_class, threads, timeout, keep_alive, worker
 @click.option("--distributor", default=None, help="Only alerts for this distributor.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="At most this many, newest first.")
-@click.option("--before", type=click.IntRange(min=1), default=None,
+@click.option("--before", type=click.IntRange(min=1, max=MAX_SEQ), default=None,
               help="Only alerts of scans before this sequence number (the next page: the last seq shown).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data

@@ -92,6 +92,12 @@ def check_text(value: str, what: str) -> str:
     if has_control(value):
         raise ValueError(f"{what}: no control characters (such as NUL, a line break, an escape or U+202E, "
                          "a bidirectional override)")
+    if not value.isascii():
+        try:  # NOTE: JSON may carry a lone surrogate ("\ud800"): no text, and it cannot be stored
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what}: must be Unicode text; it holds a lone surrogate "
+                             f"(\\u{ord(value[e.start]):04x} at character {e.start + 1})") from None
     return value
 
 

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from engine.ids import region_prefix
-from engine.store import Store, pack, u64, unpack
+from engine.store import MAX_SEQ, Store, pack, u64, unpack
 
 __all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes"]
 
@@ -743,8 +743,8 @@ class ScanLog:
         the limit could never be seen."""
         if not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a whole number of at least 1")
-        if before is not None and (not isinstance(before, int) or before < 1):
-            raise ValueError("before must be a scan sequence number (1 or more)")
+        if before is not None and (not isinstance(before, int) or not 1 <= before <= MAX_SEQ):
+            raise ValueError(f"before must be a scan sequence number (1 to {MAX_SEQ})")
         found: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._alerts)

@@ -28,9 +28,12 @@ from pathlib import Path
 import lmdb
 import msgpack
 
-__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES",
+__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES", "MAX_SEQ",
            "clear_dead_readers_every"]
 
+#: The largest sequence number (scan events, ledger entries, audit entries) a caller may
+#: name: a signed 64-bit integer's (JSON readers, spreadsheets and databases hold it).
+MAX_SEQ = 2**63 - 1
 #: Virtual size of the map; LMDB files are sparse, so this only caps growth.
 DEFAULT_MAP_SIZE = int(os.environ.get("WUMA_MAP_SIZE", str(1 << 40)))
 _U32 = struct.Struct(">I")

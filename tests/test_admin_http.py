@@ -405,6 +405,44 @@ def test_names_with_control_characters_are_refused(live, path, body, field):
     assert (status, doc["error"]) == (400, "bad_request") and doc["message"].startswith(f"{field}: no control"), doc
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/admin/api/products", {"sku": "SUR-1", "name": "Green \ud800tea"}, "product name"),
+    ("/admin/api/pools", {"id": "sur-pool", "total": 100, "name": "x\udfffy"}, "pool name"),
+    ("/admin/api/campaigns", "Cap \ud800draw", "campaign name"),
+])
+def test_names_with_a_lone_surrogate_are_refused_with_a_message_for_a_person(live, path, body, field):
+    """JSON may carry "\ud800", which is no text: it was answered with Python's codec error."""
+    if isinstance(body, str):
+        body = {**consumer_rule(live["caps"].id, name=body), "target": {"serials": [[live["caps"].id, 44, 45]]}}
+    status, doc, _ = call(live, "POST", path, body, role="admin")
+    assert (status, doc["error"]) == (400, "bad_request"), doc
+    assert doc["message"].startswith(f"{field}: must be Unicode text; it holds a lone surrogate"), doc
+    assert "codec" not in doc["message"]
+
+
+def test_a_page_mark_past_every_sequence_number_is_a_400_not_a_500(live, tmp_path):
+    """`before` of 2^64 and more answered 500 (it became an 8-byte key)."""
+    for before in (2**63, 2**64, 10**30):
+        status, doc, _ = call(live, "GET", f"/admin/api/alerts?before={before}", role="viewer")
+        assert (status, doc["error"]) == (400, "bad_request") and "before" in doc["message"], doc
+    assert call(live, "GET", f"/admin/api/alerts?before={2**63 - 1}", role="viewer")[0] == 200
+    from engine.scanlog import ScanLog
+    from engine.store import Store
+
+    store = Store(tmp_path / "db")
+    try:
+        with pytest.raises(ValueError, match="before must be a scan sequence number"):
+            ScanLog(store).alerts(before=2**64)
+    finally:
+        store.env.close()
+
+
+def test_a_ban_subject_with_a_lone_surrogate_is_refused_with_a_message_for_a_person(live):
+    status, doc, _ = call(live, "POST", "/admin/api/bans/lift", {"subject": "device:x\ud800"}, role="admin")
+    assert (status, doc["error"]) == (400, "bad_request"), doc
+    assert doc["message"].startswith("subject: must be Unicode text; it holds a lone surrogate"), doc
+
+
 def test_region_caps_written_two_ways_for_one_region_are_refused(live):
     status, doc, _ = call(live, "POST", "/admin/api/pools",
                           {"id": "gz-pool", "total": 1_000, "regions": {"4401": 500, "440100": 500}}, role="admin")
