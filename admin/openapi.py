@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from admin._util import IDEMPOTENCY_KEY_PATTERN, MAX_AMOUNT, MAX_SEQ
-from admin.campaigns import STATUSES
+from admin._util import IDEMPOTENCY_KEY_PATTERN, MAX_AMOUNT, MAX_REGIONS, MAX_SEQ
+from admin.campaigns import MAX_TARGETS, STATUSES
 from admin.ledger import KINDS
 from admin.pools import UNITS
 from admin.tokens import ROLES
@@ -105,10 +105,11 @@ _CAMPAIGN_RULE = {
         "trigger": _obj(["code_role", "actor_role"], {
             "code_role": _STR, "actor_role": {"type": "string", "enum": list(ACTOR_ROLES)}}, closed=True),
         "target": {"type": "object", "minProperties": 1, "maxProperties": 1, "properties": {
-            "batches": _array(_INT), "skus": _array(_STR), "serials": _array(_array(_INT))},
+            "batches": {**_array(_INT), "maxItems": MAX_TARGETS}, "skus": {**_array(_STR), "maxItems": MAX_TARGETS},
+            "serials": {**_array(_array(_INT)), "maxItems": MAX_TARGETS}},
             "additionalProperties": False},
         "window": _obj(["start", "end"], {"start": _TIME, "end": _TIME}, closed=True),
-        "regions": _nullable(_array({"type": "string", "pattern": REGION_PATTERN})),
+        "regions": _nullable({**_array({"type": "string", "pattern": REGION_PATTERN}), "maxItems": MAX_REGIONS}),
         "reward": _obj(["kind"], {"kind": {"type": "string", "enum": ["fixed", "draw", "all_win"]},
                                   "payout": {"type": "string", "enum": ["cash", "points", "voucher"]}}),
         "limits": _nullable(_OBJ),
