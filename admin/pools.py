@@ -73,6 +73,14 @@ class Pool:
         entry; in a pool stored before that, the first of them counts (a stable sort)."""
         return tuple(sorted(((region_prefix(r), r) for r in self.regions), key=lambda c: -len(c[0])))
 
+    @cached_property
+    def cap_by_prefix(self) -> dict[str, str]:
+        """:attr:`region_caps` as prefix -> cap (the first of a prefix stored twice)."""
+        out: dict[str, str] = {}
+        for prefix, cap in self.region_caps:
+            out.setdefault(prefix, cap)
+        return out
+
 
 _POOL_FIELDS = tuple(f.name for f in fields(Pool))
 
@@ -250,8 +258,10 @@ class PoolRegistry:
         """The cap (its code as typed) a scan in ``region`` counts against, or None."""
         if not pool.regions or region is None:
             return None
-        for prefix, cap in pool.region_caps:  # the most specific first
-            if region.startswith(prefix):
+        caps = pool.cap_by_prefix
+        for k in range(len(region), 1, -1):  # PERF: the region's own prefixes, longest first
+            cap = caps.get(region[:k])
+            if cap is not None:
                 return cap
         return None
 
