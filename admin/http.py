@@ -389,8 +389,14 @@ class BansResource(AdminResource):
     permissions = {"GET": "read"}
 
     def on_get(self, req, resp) -> None:
+        """A page of bans (``limit``, default 100; ``after`` the last subject shown)."""
         everything = _bool_param(req, "all")
-        resp.media = [b.to_dict() for b in self.admin.data.abuse.list_bans(include_inactive=everything)]
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        after = req.get_param("after")
+        if after is not None:
+            check_text(after, "after")
+        resp.media = [b.to_dict() for b in self.admin.data.abuse.list_bans(
+            include_inactive=everything, limit=limit, after=after)]
 
 
 class BanLiftResource(AdminResource):

@@ -303,9 +303,13 @@ _PATHS: dict[str, dict[str, Any]] = {
         _param("distributor", "query", _STR), _LIMIT,
         _param("before", "query", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
                "only alerts of scans before this sequence number (the next page: the last alert's seq)")])},
-    "/admin/api/bans": {"get": _op("Clients banned for enumerating codes", "read", _json(_array(_BAN), "bans"),
+    "/admin/api/bans": {"get": _op("Clients banned for enumerating codes, by subject, a page at a time", "read",
+                                   _json(_array(_BAN), "bans"),
                                    params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "
-                                                  "the earlier bans of clients banned again")])},
+                                                  "the earlier bans of clients banned again"), _LIMIT,
+                                           _param("after", "query", {"type": "string", "maxLength": 600},
+                                                  "only bans of subjects after this one (the next page: the "
+                                                  "last subject shown)")])},
     "/admin/api/bans/lift": {"post": _op("Lift a client's latest ban now (the record is kept); 404 when it has "
                                          "none, or it was lifted already", "ban.lift", _json(_BAN, "lifted"),
                                          errors=("404",), body=_obj(["subject"], {"subject": {

@@ -278,6 +278,33 @@ def test_active_bans_are_counted_without_reading_every_ban(guard):
     assert len(guard.list_bans(include_inactive=True)) == 2
 
 
+def test_active_bans_are_listed_a_page_at_a_time(guard):
+    """A listing (the admin page's) is a page of bans, from a subject on: anyone may get
+    banned from thousands of addresses, and each ban holds its evidence."""
+    subjects = [subject("ip", f"203.0.113.{i}") for i in range(10, 20)]
+    for s in subjects:
+        for i in range(4):
+            guard.record_invalid([s], f"code-{i}", now=1000.0 + i)
+    guard.lift(subjects[3], now=1004.0)
+    live = [s for s in sorted(subjects) if s != subjects[3]]
+    got, after = [], None
+    while page := guard.list_bans(now=1005.0, limit=4, after=after):
+        assert len(page) <= 4 and all(b.evidence for b in page)
+        got += [b.subject for b in page]
+        after = page[-1].subject
+    assert got == live == [b.subject for b in guard.list_bans(now=1005.0)]
+    assert guard.list_bans(now=1003.0 + 301, limit=4) == []  # all ended
+    for i in range(4):  # subjects[0] banned again: two records, which stay on one page
+        guard.record_invalid([subjects[0]], f"again-{i}", now=2000.0 + i)
+    everything = guard.list_bans(now=2005.0, include_inactive=True)
+    assert [b.subject for b in everything].count(subjects[0]) == 2
+    first = guard.list_bans(now=2005.0, include_inactive=True, limit=1)
+    assert [b.subject for b in first] == [subjects[0]] * 2
+    assert guard.list_bans(now=2005.0, include_inactive=True, limit=3, after=subjects[0]) == everything[2:5]
+    with pytest.raises(ValueError, match="limit"):
+        guard.list_bans(limit=0)
+
+
 def test_bans_from_before_the_ends_are_counted(guard):
     from engine.store import pack as _pack
     with guard._store.write() as txn:  # a ban recorded by an earlier release

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.parse
 import re
 import threading
 import time
@@ -183,6 +184,15 @@ def test_every_change_lands_in_the_audit_log(live):
     assert lifted["lifted_at"] is not None
     assert "ip:203.0.113.77" not in {b["subject"] for b in ok(live, "GET", "/admin/api/bans")}
     assert "ip:203.0.113.77" in {b["subject"] for b in ok(live, "GET", "/admin/api/bans?all=true")}
+    # a page at a time: `limit` (at most 1,000) and `after` the last subject shown
+    every = ok(live, "GET", "/admin/api/bans?all=true&limit=1000")
+    paged, after = [], ""
+    while page := ok(live, "GET", f"/admin/api/bans?all=true&limit=1&after={after}" if after
+                     else "/admin/api/bans?all=true&limit=1"):
+        paged += page
+        after = urllib.parse.quote(page[-1]["subject"])
+    assert paged == every
+    assert call(live, "GET", "/admin/api/bans?limit=1001", role="viewer")[0] == 400
     t1 = time.time()
 
     entries = ok(live, "GET", f"/admin/api/audit?after={start}&limit=1000", role="viewer")

@@ -449,8 +449,10 @@ async function loadAlerts() {
   }, "none");
 }
 
+const BANS_SHOWN = 500;
+
 async function loadBans() {
-  const bans = await api("GET", "/bans");
+  const bans = await api("GET", `/bans?limit=${BANS_SHOWN}`);
   rows($("#bans tbody"), bans, b => {
     const action = el("td");
     if (me && me.role === "admin") {
@@ -458,6 +460,11 @@ async function loadBans() {
     }
     return el("tr", {}, td(b.subject), td(b.reason), td(when(b.expires_at)), td((b.evidence || []).length, "num"), action);
   }, "nobody is banned");
+  if (bans.length === BANS_SHOWN) {  // a page only: the rest by subject, `wuma bans list`
+    const cols = $("#bans thead").querySelectorAll("th").length;
+    const more = el("td", {colSpan: cols, class: "empty"}, `the first ${BANS_SHOWN} by subject; all of them: wuma bans list`);
+    $("#bans tbody").append(el("tr", {}, more));
+  }
 }
 
 async function liftBan(subject) {
