@@ -39,7 +39,7 @@ from engine.accounts import AccountRegistry
 from engine.batches import Batch, BatchRegistry
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
-from engine.files import decode_text, fsync_path, sync_folder, write_new_file
+from engine.files import decode_text, fsync_path, protect, refuse_protected, sync_folder, unprotect, write_new_file
 from engine.formats import FORMATS, validate_url_base
 from engine.ids import is_digits
 from engine.keys import KeyRing
@@ -376,6 +376,9 @@ class DataFolder:
             raise
         self.batches = BatchRegistry(self.store, self.spec)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
+        # NOTE: an export named over one of these (-o wuma.json run inside the folder, a
+        # key file) broke the folder for good: every output of this process refuses them
+        self._owned = protect([cfg, self.path / "keys", self.path / "db", self.path / "db-counters"])
 
     def _check_spec(self, cfg: Path) -> None:
         """The packaging spec of wuma.json must be the one this folder's codes were made
@@ -593,6 +596,7 @@ class DataFolder:
 
         Returns ``{"path", "store_bytes", "keys", "last_txnid"}``."""
         dest = Path(dest)
+        refuse_protected(dest)  # NOTE: not in keys/, db/ ...: a copy there breaks the folder
         if os.path.lexists(dest):
             raise FileExistsError(errno.EEXIST, "the backup folder exists already; name a new one", str(dest))
         if not dest.parent.is_dir():
@@ -625,6 +629,9 @@ class DataFolder:
                 "keys": versions, "last_txnid": last_txnid}
 
     def close(self) -> None:
+        owned, self._owned = getattr(self, "_owned", ()), ()
+        if owned:
+            unprotect(owned)
         if "abuse" in self.__dict__:
             self.abuse.close()
         self.store.close()

@@ -1,6 +1,7 @@
-"""Output files that appear whole or not at all, readable by their owner only; CSV files
-that people open in a spreadsheet, whose cells never run as formulas; and text files that
-people give Wuma (a key share, a campaign rule, division centres), read as UTF-8."""
+"""Output files that appear whole or not at all, readable by their owner only, and never
+over the data folder's own files (:func:`protect`) or a device, a pipe or a socket; CSV
+files that people open in a spreadsheet, whose cells never run as formulas; and text files
+that people give Wuma (a key share, a campaign rule, division centres), read as UTF-8."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import csv
 import errno
 import math
 import os
+import re
+import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-__all__ = ["NewFile", "SpreadsheetWriter", "fsync_path", "private_output", "same_file", "spreadsheet_cell",
-           "temp_beside", "write_new_file", "open_unnamed", "link_unnamed", "link_new", "sync_folder",
-           "UTF8_BOM", "decode_text", "refuse_utf16"]
+__all__ = ["UTF8_BOM", "NewFile", "OutputRefused", "SpreadsheetWriter", "decode_text",
+           "fsync_path", "link_new", "link_unnamed", "open_stream", "open_unnamed", "private_output", "protect",
+           "refuse_protected", "refuse_utf16", "same_file", "spreadsheet_cell", "sync_folder",
+           "temp_beside", "unprotect", "write_new_file"]
 
 #: Turns the OSError of making a temporary file into the error to raise.
 ErrorHook = Callable[[OSError], BaseException]
@@ -95,6 +100,157 @@ def _cannot_write(path: Path) -> ErrorHook:
                              "that exists and that you may write to", str(path))
 
 
+class OutputRefused(OSError, ValueError):
+    """An output path Wuma will not write: one of the data folder's own files
+    (:func:`protect`), a folder, a socket. Raised before anything is written; its message
+    names the path and says what to do, and is the whole of ``str(e)``.
+
+    NOTE: an OSError (``errno``, ``filename``) so that code handling a failed write handles
+    it, and a ValueError (like ``io.UnsupportedOperation``) so that it reads as the bad
+    value it is: the CLI shows a ValueError's message as it is."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+#: The real paths (symlinks resolved) of the data folders' own files and folders, and how
+#: many open folders protect each: see :func:`protect`. The tuple is replaced, never
+#: changed, so a check reads it without the lock.
+_protected: tuple[str, ...] = ()
+_protect_count: dict[str, int] = {}
+_protect_lock = threading.Lock()
+
+
+def protect(paths) -> tuple[str, ...]:
+    """Refuse, from now on in this process, any output (:func:`private_output`,
+    :meth:`NewFile.replace`) whose path resolves to one of ``paths`` or to anything under
+    one of them, and say it belongs to the data folder: the data folder calls it when it
+    opens, with its own files and folders (an export written over a master key loses the
+    key for good; over ``wuma.json`` or ``db/``, the folder no longer opens).
+
+    ``paths``: an iterable of paths, which need not exist yet; each is resolved now
+    (symlinks followed, a relative path from the current folder) and returned so resolved:
+    give those to :func:`unprotect` (the current folder may have changed since). Calls add
+    up, and each is undone by one :func:`unprotect` of the same paths.
+
+    PERF: with nothing protected an output pays one test of an empty tuple."""
+    real = _real_paths(paths)
+    global _protected
+    with _protect_lock:
+        for p in real:
+            _protect_count[p] = _protect_count.get(p, 0) + 1
+        _protected = tuple(_protect_count)
+    return tuple(real)
+
+
+def unprotect(paths) -> None:
+    """Undo one :func:`protect` of ``paths`` (the data folder, when it closes)."""
+    real = _real_paths(paths)
+    global _protected
+    with _protect_lock:
+        for p in real:
+            n = _protect_count.get(p, 0) - 1
+            if n > 0:
+                _protect_count[p] = n
+            else:
+                _protect_count.pop(p, None)
+        _protected = tuple(_protect_count)
+
+
+def _real_paths(paths) -> list[str]:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError("paths must be a list of paths, not one path")
+    return [os.path.realpath(os.fspath(p)) for p in paths]
+
+
+def refuse_protected(path) -> None:
+    """:class:`OutputRefused` if ``path`` resolves (symlinks followed, a relative path from
+    the current folder) to a file or folder given to :func:`protect`, or to anything under
+    such a folder: the check every output here makes, for a caller to make up front,
+    before its work (a load, a download) rather than when its file is named."""
+    if not _protected:
+        return
+    real = os.path.realpath(os.fspath(path))
+    for p in _protected:
+        if real == p or real.startswith(p.rstrip(os.sep) + os.sep):
+            where = f"it is {p}" if real == p else f"it is in {p}"
+            raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
+                                "writing there would break the folder; write the export elsewhere",
+                                str(path))
+
+
+#: A link to an open file of a process (``/dev/stdout`` leads to ``/proc/self/fd/1``):
+#: the process id (empty for ``/dev/fd``: always this process) and the file descriptor.
+_FD_LINK = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd/(\d+)|/dev/fd/()(\d+)")
+
+
+def _own_fd(path) -> int | None:
+    """The file descriptor of this process that ``path`` leads to through symlinks
+    (``/dev/stdout``, ``/dev/fd/2``, ``/proc/self/fd/1``, a link to one), else None."""
+    p = os.path.abspath(path)
+    for _ in range(40):  # NOTE: the kernel's own limit on a chain of symlinks
+        parent = os.path.realpath(os.path.dirname(p))  # NOTE: /dev/fd is a link to /proc/self/fd
+        p = os.path.join(parent, os.path.basename(p))
+        m = _FD_LINK.fullmatch(p)
+        if m:
+            pid, fd = (m[1], m[2]) if m[2] is not None else (m[3], m[4])
+            return int(fd) if not pid or int(pid) == os.getpid() else None
+        if not os.path.islink(p):
+            return None
+        p = os.path.join(parent, os.readlink(p))
+    return None
+
+
+def _refuse_closed_fd(path) -> None:
+    """:class:`OutputRefused` if ``path``, which leads nowhere, is a symlink to a file
+    descriptor of this process that is not open (``-o /dev/stdout`` with standard output
+    closed): renamed over, the link (``/dev/stdout`` itself, as root) would become a file."""
+    if os.path.islink(path) and (fd := _own_fd(path)) is not None:
+        raise OutputRefused(errno.EBADF, f"{path} leads to file descriptor {fd}, which is not "
+                            "open: give the name of a file to write", str(path))
+
+
+def open_stream(path: Path, error: ErrorHook) -> int | None:
+    """The checks :func:`private_output` makes on an existing ``path`` before anything is
+    written; a file descriptor to write into if ``path`` is a stream (a device, a FIFO,
+    one of this process's open files such as ``/dev/stdout``), None for a file to replace.
+    :class:`OutputRefused` for a folder or a socket."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        _refuse_closed_fd(path)
+        return None  # NOTE: a new file (or a dangling symlink): the usual errors name it
+    if stat.S_ISREG(st.st_mode) and not os.path.islink(path):
+        return None
+    fd = _own_fd(path)
+    if fd is not None:
+        # NOTE: as `-o -` writes to standard output: shared with the shell, at its offset
+        # (reopened, a file redirected with >> would be written from its start), and it
+        # works for a socket or a pipe that /proc cannot reopen
+        return os.dup(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputRefused(errno.EISDIR, f"{path} is a folder: give the name of a file to write",
+                            str(path))
+    if stat.S_ISSOCK(st.st_mode):
+        raise OutputRefused(errno.EOPNOTSUPP, f"{path} is a socket, which cannot be opened as a "
+                            "file: write to standard output (-o -) and pipe that into it",
+                            str(path))
+    if stat.S_ISREG(st.st_mode):
+        # NOTE: a symlink to a file: the link is replaced by the new file, the file it led
+        # to is left as it was (no export is lost; a link planted in a shared folder cannot
+        # send the rename over another file of the user's)
+        return None
+    try:
+        # NOTE: a FIFO waits for its reader, as the shell's > does
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    except OSError as e:
+        raise error(e) from None
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # NOTE: replaced by a file since os.stat
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def private_output(path, mode: str = "wb", *, perms: int = 0o600,
                    error: ErrorHook | None = None, fsync: bool = True, **open_args):
@@ -108,10 +264,35 @@ def private_output(path, mode: str = "wb", *, perms: int = 0o600,
     (where the file system has unnamed files): a process killed while writing plaintext
     codes leaves no copy of them behind. An OSError creating it names ``path`` (or is
     ``error(e)``); so does a full disk, a quota or a file-size limit while it is written
-    (they came without a file name: "No space left on device")."""
+    (they came without a file name: "No space left on device"). A symlink ``path`` to a
+    file is replaced by the new file; the file it led to is left as it was.
+
+    A ``path`` that exists and is not a file once symlinks are followed is written
+    straight into, as ``-o -`` writes to standard output, and never replaced: a FIFO
+    (that a print system reads; it waits for a reader), a character or block device
+    (``/dev/null``), one of this process's open files (``/dev/stdout``, ``/dev/fd/2``).
+    APPSEC: renamed over, ``-o /dev/null`` run as root replaced the system's
+    ``/dev/null`` with a file of plaintext codes. The all-or-nothing promise cannot hold
+    for a stream: what was written before an error stays written, and ``perms`` and
+    ``fsync`` do not apply.
+
+    :class:`OutputRefused`, before anything is written, for a ``path`` that belongs to the
+    data folder (:func:`protect`), a folder or a socket."""
     path = Path(path)
+    refuse_protected(path)
+    fail = error or _cannot_write(path)
+    fd = open_stream(path, fail)
+    if fd is not None:
+        try:
+            with open(fd, mode, **open_args) as fh:
+                yield fh
+        except OSError as e:  # NOTE: a reader gone (EPIPE), a device full: name the output
+            if e.filename is None and (e.errno in _FULL or e.errno == errno.EPIPE):
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            raise
+        return
     try:
-        with NewFile(path, perms, error=error or _cannot_write(path)) as new:
+        with NewFile(path, perms, error=fail) as new:
             with open(new.fd, mode, closefd=False, **open_args) as fh:
                 yield fh
             if fsync:
@@ -251,8 +432,11 @@ class NewFile:
 
     def replace(self, path=None) -> None:
         """Name the file ``path``, over a file of that name in one rename: ``path`` is
-        never missing."""
+        never missing. :class:`OutputRefused` if ``path`` belongs to the data folder
+        (:func:`protect`) or is not a file once symlinks are followed (a folder, a device,
+        a FIFO, a socket: renamed over, ``/dev/null`` would become a file)."""
         path = self.path if path is None else Path(path)
+        _refuse_replacing(path)
         if self.tmp is not None:
             os.replace(self.tmp, path)
             return
@@ -273,6 +457,22 @@ class NewFile:
             self.fd = None
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)  # NOTE: gone if renamed (no hard links)
+
+
+def _refuse_replacing(path: Path) -> None:
+    """:class:`OutputRefused` unless a rename may put a new file at ``path``."""
+    refuse_protected(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        _refuse_closed_fd(path)
+        return  # NOTE: no file there (or a dangling symlink): the rename names the error
+    if not stat.S_ISREG(mode) or os.path.islink(path) and _own_fd(path) is not None:
+        kind = ("a link to an open file descriptor (as /dev/stdout is)" if stat.S_ISREG(mode)
+                else "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise OutputRefused(errno.EPERM, f"{path} is {kind}, which is never replaced: give the "
+                            "name of a file to write", str(path))
 
 
 def write_new_file(path, data: bytes, *, perms: int = 0o600) -> None:

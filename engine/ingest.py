@@ -78,7 +78,7 @@ from engine.aggregation import (
     _encode_children,
 )
 from engine.errors import Conflict
-from engine.files import UTF8_BOM, NewFile, refuse_utf16, same_file
+from engine.files import UTF8_BOM, NewFile, OutputRefused, open_stream, refuse_protected, refuse_utf16, same_file
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
@@ -1264,10 +1264,19 @@ class _RejectFile:
         if src.path is not None and same_file(src.path, self.target):
             raise ValueError(f"the reject file {self.shown} is the input file; nothing loaded "
                              f"(choose another reject file, such as {src.path}.rejects)")
-        self.file = NewFile(self.target, 0o600, error=lambda e: ValueError(
-            f"cannot write the reject file {self.shown} ({e.strerror or e}); nothing loaded "
-            "(choose a reject file in an existing folder you can write to)"))
-        self.fh = open(self.file.fd, "wb", buffering=1 << 20, closefd=False)
+
+        def cannot(e: OSError) -> ValueError:
+            return ValueError(f"cannot write the reject file {self.shown} ({e.strerror or e}); nothing "
+                              "loaded (choose a reject file in an existing folder you can write to)")
+
+        try:  # NOTE: never one of the data folder's files; a FIFO or /dev/null written into
+            refuse_protected(self.target)
+            stream = open_stream(Path(path), cannot)
+        except OutputRefused as e:
+            raise ValueError(f"{e.strerror}; nothing loaded") from None
+        self.file = None if stream is not None else NewFile(self.target, 0o600, error=cannot)
+        self.fh = open(self.file.fd, "wb", buffering=1 << 20, closefd=False) if stream is None \
+            else open(stream, "wb", buffering=1 << 20)
         self.written = False
 
     def write(self, src: _Source, chunk_bytes: int, bad: list[BadRecord]) -> None:
@@ -1285,6 +1294,8 @@ class _RejectFile:
         if not self.written:
             self.discard()
             return None
+        if self.file is None:  # NOTE: a stream: written as it went
+            return self.shown
         try:
             self.file.replace()
         except OSError as e:
@@ -1305,7 +1316,8 @@ class _RejectFile:
 
     def discard(self) -> None:
         self.fh.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _write_rejects(src: _Source, chunk_bytes: int, bad: list[BadRecord], fh) -> None:

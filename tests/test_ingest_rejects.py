@@ -160,3 +160,37 @@ def test_rejects_that_cannot_be_put_in_place_are_kept_under_another_name(run, tm
     kept = tmp_path / f"rej.csv.{os.getpid()}.rejects"
     assert str(kept) in str(e.value) and not rej.exists()
     assert "NOTACODE" in kept.read_text() and len(run.agg.links()) == 18
+
+
+# -- the reject file is a stream, or the data folder's own --------------------------------------
+def test_rejects_to_a_fifo_or_dev_null_are_written_into_it(run, tmp_path):
+    """`--rejects /dev/null` (through a link here) or a FIFO a tool reads: written into, as
+    the shell's > does; they were given a new file's name beside them (in /dev, as root)."""
+    import threading
+
+    f = _file(tmp_path, _lines(run))
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    report = run.agg.load(f, skip_bad=True, reject_file=null)
+    assert report.links_added == 18 and len(report.bad) == 1
+    assert os.readlink(null) == os.devnull and not os.path.isfile(os.devnull)
+    assert [p for p in os.listdir(os.path.dirname(os.devnull)) if p.startswith("null.")] == []
+    fifo = tmp_path / "rejects.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    g = _file(tmp_path, [",".join([run.cases[3], run.caps[72], "NOTACODE"])], "more.csv")
+    run.agg.load(g, skip_bad=True, reject_file=fifo)
+    reader.join(10)
+    assert b"NOTACODE" in got[0] and os.path.exists(fifo) and not os.path.isfile(fifo)
+
+
+def test_rejects_onto_the_data_folders_files_are_refused_before_loading(run, tmp_path):
+    f = _file(tmp_path, _lines(run))
+    cfg = run.data.path / "wuma.json"
+    before = cfg.read_bytes()
+    with pytest.raises(ValueError, match="belongs to the data folder.*nothing loaded"):
+        run.agg.load(f, skip_bad=True, reject_file=cfg)
+    assert cfg.read_bytes() == before
+    _nothing_loaded(run)
