@@ -64,6 +64,7 @@ from admin.tokens import AdminTokens
 from engine import http_scan
 from engine.data import DataFolder
 from engine.errors import Conflict, InvalidCode, NotFound
+from engine.every import Every
 from engine.ids import check_text
 
 __all__ = ["create_app", "app_from_env"]
@@ -160,6 +161,8 @@ class AdminAuth:
 
     def __init__(self, tokens: AdminTokens) -> None:
         self.tokens = tokens
+        self._refused = 0  # requests without a valid token since the last report
+        self._report = Every(60)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         permissions = getattr(resource, "permissions", None)
@@ -167,6 +170,7 @@ class AdminAuth:
             return
         token = self.tokens.authenticate(_bearer(req))
         if token is None:
+            self._note_refused(req)
             raise falcon.HTTPUnauthorized(title="unauthorized", challenges=["Bearer"],
                                           description="an admin token is needed: Authorization: Bearer wma_...")
         permission = permissions.get(req.method)
@@ -176,6 +180,18 @@ class AdminAuth:
             raise falcon.HTTPForbidden(title="forbidden",
                                        description=f"a {token.role} token may not do this ({permission})")
         req.context.admin_token = token
+
+
+    def _note_refused(self, req: falcon.Request) -> None:
+        """Count a request without a valid admin token; logged once a minute at most, with
+        the count since the last line. APPSEC: someone guessing tokens (thousands a second
+        were answered 401 and left no trace) shows in the log; a token is never in it."""
+        self._refused += 1
+        if self._report.due():
+            log.warning("admin API: %d request(s) without a valid admin token since the last such line "
+                        "(the latest from %s to %s): a token mistyped, revoked or replaced, or someone "
+                        "guessing", self._refused, req.remote_addr or "a unix socket", req.path)
+            self._refused = 0
 
 
 def _who(req: falcon.Request) -> str:
