@@ -3,18 +3,16 @@ prefixes, free text."""
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import date, datetime, timedelta
 
 from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits are China days
 from engine.ids import check_name, check_text, is_id, is_region_code, region_prefix
-# NOTE: sequence numbers (the ledger's, the audit log's, the scan log's) run from 1 to MAX_SEQ
-from engine.store import MAX_SEQ
+from engine.store import MAX_SEQ  # NOTE: sequence numbers (ledger, audit, scan log) run 1..MAX_SEQ
 
 __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
-           "check_id", "check_amount", "check_regions", "regions_meet", "MAX_REGIONS", "region_prefixes", "in_regions", "check_name", "check_text",
-           "check_idempotency_key", "is_seq", "check_after"]
+           "check_id", "check_amount", "check_regions", "regions_meet", "MAX_REGIONS", "region_prefixes", "in_regions",
+           "check_name", "check_text", "check_idempotency_key", "is_seq", "check_after"]
 
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
@@ -37,8 +35,14 @@ def china_day(ts: float) -> str:
     if day is None:
         if len(_DAYS) > 4096:
             _DAYS.clear()
-        day = _DAYS[n] = datetime.fromtimestamp(ts, CHINA).strftime("%Y-%m-%d")
+        # NOTE: named from the day number, not the time: datetime rounds to the microsecond,
+        # and a time under half a microsecond before midnight took the next day's name
+        # (kept here for the process: the next day's spend and scans were filed under it)
+        day = _DAYS[n] = (_EPOCH_DAY + timedelta(days=n)).isoformat()
     return day
+
+
+_EPOCH_DAY = date(1970, 1, 1)
 
 
 #: The latest time taken, 9999-12-31T23:59:59Z (a year Python's datetime can still write).
@@ -69,7 +73,7 @@ def parse_time(value, what: str, *, day_end: bool = False) -> float:
         except ValueError:
             raise ValueError(message) from None
         except OverflowError:  # 9999-12-31 as an end: its next day is past datetime's range
-            t = math.inf
+            t = datetime(9999, 12, 31, tzinfo=CHINA).timestamp() + 86400
     else:
         raise ValueError(message)
     # NOTE: one range for every form; NaN and the infinities fail it too

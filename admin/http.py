@@ -411,7 +411,7 @@ class BansResource(AdminResource):
         after = req.get_param("after")
         if after is not None:
             check_text(after, "after")
-        resp.media = [b.to_dict() for b in self.admin.data.abuse.list_bans(
+        resp.media = [b.to_dict() for b in self.admin.list_bans(
             include_inactive=everything, limit=limit, after=after)]
 
 

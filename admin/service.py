@@ -114,6 +114,7 @@ class Admin:
     def lift_ban(self, subject: str, *, who: str, now: float | None = None):
         """Lift an enumeration ban; the audit entry is written in the same transaction."""
         abuse = self.data.abuse  # NOTE: opened outside the write txn (it opens its databases)
+        now = self._clock() if now is None else now
         with self.data.store.write() as txn:
             ban = abuse.lift_in(txn, subject, now)
             self.audit.append(txn, who, "ban.lift", subject,
@@ -124,10 +125,15 @@ class Admin:
         """Expire vouchers and locked rewards past their time (budget returned), audited in
         the same transaction."""
         rewards = self.rewards  # NOTE: built outside the write txn (it opens its databases)
+        now = self._clock() if now is None else now
         with self.data.store.write() as txn:
             result = rewards.sweep_in(txn, now)
             self.audit.append(txn, who, "voucher.sweep", "vouchers", result, now=now)
         return result
+
+    def list_bans(self, **options) -> list:
+        """:meth:`engine.abuse.AbuseGuard.list_bans` now by this admin's clock."""
+        return self.data.abuse.list_bans(self._clock(), **options)
 
     def scan_pipeline(self, **options) -> ScanPipeline:
         """The scan pipeline with campaign rewards (what ``wuma serve`` runs)."""

@@ -262,9 +262,16 @@ class AbuseGuard:
         now = time.time() if now is None else now
         if not self._ends_built:
             self._build_ban_ends()
+        count = 0
         with self._store.read() as txn:
-            return sum(1 for v in txn.cursor(db=self._ban_ends).iternext(keys=False)
-                       if int.from_bytes(v, "big") > now)
+            for key, v in txn.cursor(db=self._ban_ends):
+                end = int.from_bytes(v, "big")  # NOTE: the end rounded up to the second
+                if end - 1 >= now:
+                    count += 1
+                elif end > now:  # its last second: the record says exactly
+                    raw = txn.get(key, None, self._bans)
+                    count += raw is not None and Ban(**unpack(raw)).active(now)
+        return count
 
     def _build_ban_ends(self) -> None:
         """Take in the ends of bans recorded before they were kept, once per store: the

@@ -273,9 +273,16 @@ def test_active_bans_are_counted_without_reading_every_ban(guard):
     guard.lift(a, now=1011.0)
     assert guard.count_active(now=1012.0) == 1
     assert guard.count_active(now=1003.0 + 301) == 0  # ban_s 300: ended
+    # a ban ending within a second: counted exactly as banned() sees it (its end is kept
+    # rounded up to the second)
+    c = subject("ip", "203.0.113.93")
+    for i in range(4):
+        guard.record_invalid([c], f"code-{i}", now=1500.25 + i)  # ends at 1803.25
+    for now in (1803.0, 1803.24, 1803.25, 1803.5, 1804.0):
+        assert guard.count_active(now=now) == (guard.banned([c], now=now) is not None) == (now < 1803.25)
     guard.sweep(now=2000.0)
     assert guard.count_active(now=1010.0) == 0  # the ended ban's end is swept; its record stays
-    assert len(guard.list_bans(include_inactive=True)) == 2
+    assert len(guard.list_bans(include_inactive=True)) == 3
 
 
 def test_active_bans_are_listed_a_page_at_a_time(guard):

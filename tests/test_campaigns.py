@@ -904,3 +904,23 @@ def test_a_rule_past_the_bounds_is_refused_before_anything_is_checked(world):
                                              regions=regions[-1:]), who="test")
     world["admin"].campaigns.create(rule(world, target={"serials": [[caps, i, i] for i in range(1, 2000, 2)]},
                                          regions=regions), who="test")  # the odd serials: no overlap
+
+
+def test_the_admin_facade_keeps_to_its_clock(world):
+    """Sweep, ban lifts and the ban listing (as the admin API runs them) took the wall
+    clock where the rest took the admin's: a voucher expired by it was not swept, a ban the
+    pipeline enforced was missing from the list."""
+    from engine.abuse import subject
+
+    admin, clock = world["admin"], world["clock"]
+    pool(world)
+    admin.campaigns.create(rule(world, reward={"kind": "fixed", "amount": 500, "payout": "voucher",
+                                                "valid_days": 7}), who="test")
+    assert scan(world, cap(world, 0)).rewards[0]["outcome"] == "voucher"
+    clock.t += 10 * 86400
+    assert admin.sweep(who="test")["vouchers_expired"] == 1
+    ip = subject("ip", "203.0.113.50")
+    for i in range(6):  # build_world's invalid threshold is 5
+        world["data"].abuse.record_invalid([ip], f"FAKE{i}", now=clock.t)
+    assert [b.subject for b in admin.list_bans()] == [ip]
+    assert admin.lift_ban(ip, who="test").lifted_at is not None

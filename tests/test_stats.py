@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from admin._util import china_day
+from admin._util import CHINA, china_day
 from admin.service import Admin
 from admin.stats import DIMENSIONS, UNKNOWN, Stats
 from conftest_world import Clock, build_world
@@ -266,6 +266,27 @@ def test_days_follow_china_time(world):
     consumer(world, code(world, 1), "u1")  # 2027-01-16 00:00:00 CST = 16:00:00 UTC
     rep = world["stats"].report(days=3, now=T0 + 86400)
     assert {d: v["total"] for d, v in rep["scans"]["by_day"].items()} == {"2027-01-14": 0, DAY1: 1, DAY2: 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(day=st.integers(0, 2_900_000), before=st.floats(0, 1e-3))
+def test_a_day_is_named_as_its_number_even_a_hair_before_midnight(day, before):
+    """A time under half a microsecond before China midnight was named as the next day
+    (datetime rounds to the microsecond), and the name was then kept for that day."""
+    import math
+    from datetime import date, datetime, timedelta
+
+    from admin._util import _DAYS, china_day_number, parse_time
+
+    midnight = day * 86400.0 - 8 * 3600  # 00:00 China time of day number `day`
+    t = min(math.nextafter(midnight, 0), midnight - before)  # strictly before midnight
+    _DAYS.clear()
+    n = china_day_number(t)  # NOTE: t + 8 h may itself round up to midnight: then it is day `day`
+    assert n in (day - 1, day)
+    assert china_day(t) == (date(1970, 1, 1) + timedelta(days=n)).isoformat() \
+        == datetime.fromtimestamp(n * 86400 - 8 * 3600 + 1, CHINA).strftime("%Y-%m-%d")
+    # a window's end given as the last date: its end, the next day's start, within range
+    assert parse_time("9999-12-31", "end", day_end=True) == 253402272000.0
 
 
 def test_report_twice_is_the_same_and_new_scans_fold_in_once(world):
