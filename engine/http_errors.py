@@ -18,8 +18,9 @@ __all__ = ["error_code", "masked_path", "masked_referer", "http_error", "storage
 
 log = logging.getLogger("wuma.http")
 
-#: Paths whose last segment is a code: masked in log lines.
-_CODE_PATHS = ("/v1/codes/", "/admin/api/trace/")
+#: Paths whose last segment is a code or a voucher id (whoever holds one may claim it):
+#: masked in log lines.
+_CODE_PATHS = ("/v1/codes/", "/admin/api/trace/", "/v1/vouchers/")
 
 
 def error_code(reason: str) -> str:
@@ -28,10 +29,12 @@ def error_code(reason: str) -> str:
 
 
 def masked_path(path: str) -> str:
-    """``path`` for a log line: a code in it (``/v1/codes/{code}``, ``/admin/api/trace/{code}``)
-    cut to its first 4 characters. APPSEC: codes in logs could be harvested and claimed."""
+    """``path`` for a log line: a code or a voucher id in it (``/v1/codes/{code}``,
+    ``/admin/api/trace/{code}``, ``/v1/vouchers/{id}``) cut to its first 4 characters
+    (``/v1/vouchers/redeem`` is kept). APPSEC: codes and voucher ids in logs could be
+    harvested and claimed."""
     for prefix in _CODE_PATHS:
-        if path.startswith(prefix) and len(path) > len(prefix) + 4:
+        if path.startswith(prefix) and len(path) > len(prefix) + 4 and path != "/v1/vouchers/redeem":
             return path[:len(prefix) + 4] + "..."
     return path
 

@@ -691,6 +691,11 @@ def test_no_code_reaches_the_access_log(tmp_path):
     text = log.read_text()
     assert f"/v1/codes/{code[:4]}..." in text and code not in text
     assert 'https://s.example.cn/...' in text and "ops:pw" not in text
+    # a voucher id is as good as the voucher to whoever holds it (any store may redeem it)
+    from engine.http_errors import masked_path
+
+    assert masked_path("/v1/vouchers/VABCDEFGHJKMNPQRSTVWX") == "/v1/vouchers/VABC..."
+    assert masked_path("/v1/vouchers/redeem") == "/v1/vouchers/redeem"
 
 
 def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch):
