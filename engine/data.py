@@ -37,6 +37,7 @@ import lmdb
 from engine.abuse import AbuseGuard, AbuseLimits
 from engine.accounts import AccountRegistry
 from engine.batches import Batch, BatchRegistry
+from engine.chinatime import china_time
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
 from engine.files import decode_text, fsync_path, protect, refuse_protected, sync_folder, unprotect, write_new_file
@@ -57,6 +58,9 @@ _STORE_ID = b"store_id"
 _KEY_VERSIONS = b"key_versions"
 #: The meta key of the packaging spec as its codes carry it (see _code_spec).
 _CODE_SPEC = b"code_spec"
+#: The meta key a backup copy's store carries: when it was taken, and the newest master key
+#: version it holds (see DataFolder.backup and _refuse_repeated_codes).
+_BACKUP_COPY = b"backup_copy"
 
 
 #: Settings sections a brand may change after init.
@@ -305,6 +309,19 @@ def _url_base(spec: PackagingSpec, url_base: str) -> str:
     """``url_base`` checked (and upper-cased) so that it and the spec's longest code fit a
     QR code (:func:`engine.formats.validate_url_base`); ValueError otherwise."""
     return validate_url_base(url_base, max(f.length for f in FORMATS.values() if f.name in spec.formats))
+
+
+def _mark_backup_copy(db: Path, key_version: int) -> None:
+    """Record in a backup copy's store that it is one (see DataFolder._refuse_repeated_codes),
+    with the newest master key version copied with it (keys are copied after the store: a
+    rotation meanwhile is in the copy's keys, not yet in its store's record)."""
+    store = Store(db)
+    try:
+        with store.write() as txn:
+            txn.put(_BACKUP_COPY, pack({"taken_at": time.time(), "key_version": key_version}),
+                    db=store.db("meta"))
+    finally:
+        store.close()
 
 
 def _remove_killed_backups(dest: Path) -> None:
@@ -565,7 +582,29 @@ class DataFolder:
         store records, so that a process holding the folder open since before another
         one's ``key rotate`` makes its new batches with the new key too."""
         self._take_in_keys()
+        self._refuse_repeated_codes()
         return self.batches.create(level, count, self.keys.current, note=note)
+
+    def _refuse_repeated_codes(self) -> None:
+        """DataFolderError if this folder is a backup copy and no master key version was
+        made since it was taken.
+
+        NOTE: a code is a function of (key version, batch id, serial). In the folder the
+        copy was taken from, batches made after it took ids the copy hands out again: its
+        next batch under the same key repeated, code for code, labels already printed (1000
+        of 1000 rows alike). A new key version (``wuma key rotate``) makes every later code
+        new, whatever was made after the copy."""
+        with self.store.read() as txn:
+            raw = txn.get(_BACKUP_COPY, db=self.store.db("meta"))
+        if raw is None:
+            return
+        copy = unpack(raw)
+        if self.keys.current <= copy["key_version"]:
+            raise DataFolderError(
+                f"this data folder is a backup copy, taken at {china_time(copy['taken_at'])} with master "
+                f"key version {copy['key_version']}: batches made after that in the folder it was copied "
+                "from are not in it, and a new batch would repeat their codes; run `wuma key rotate` "
+                "first (new batches then use a new master key)")
 
     def rotate_key(self) -> int:
         """New master key version for new batches; printed codes stay valid. Its number
@@ -619,6 +658,7 @@ class DataFolder:
             for name in versions:
                 write_new_file(tmp / "keys" / name, (self.path / "keys" / name).read_bytes(), perms=0o600)
             write_new_file(tmp / _CONFIG, (self.path / _CONFIG).read_bytes(), perms=0o600)
+            _mark_backup_copy(tmp / "db", max(KeyRing.version_of(n) or 0 for n in versions))
             sync_folder(tmp / "db")  # NOTE: write_new_file synced keys/ and the folder itself
             os.rename(tmp, dest)
             sync_folder(dest.parent)

@@ -67,6 +67,12 @@ class KeyRing:
         folder = Path(folder)
         return folder.is_dir() and any(_NAME.fullmatch(p.name) for p in folder.iterdir())
 
+    @staticmethod
+    def version_of(name: str) -> int | None:
+        """The version a master key file's name says (``master-v3.key`` -> 3), or None."""
+        m = _NAME.fullmatch(name)
+        return int(m[1]) if m else None
+
     @property
     def versions(self) -> list[int]:
         return sorted(self._keys)

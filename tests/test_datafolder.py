@@ -363,3 +363,24 @@ def test_a_folder_from_before_the_spec_record_gets_it(folder):
     _edit_spec(folder, lambda spec: spec["levels"][0]["roles"][0].update(format="decimal"))
     with pytest.raises(DataFolderError, match="the codes were made with pallet \\(base32\\)"):
         DataFolder(folder)
+
+
+def test_a_backup_copy_makes_no_batch_before_a_new_key_version(folder, tmp_path):
+    """Restored from a backup (use the copy as the data folder), the next batch took the
+    id of a batch made after the backup in the original folder, under the same key: its
+    codes were that batch's, code for code (labels already printed, twice). The copy
+    refuses new batches until `wuma key rotate`; its older codes still verify."""
+    with DataFolder(folder) as data:
+        data.backup(tmp_path / "copy")
+        after = data.create_batch("cap", 10)  # made after the backup: printed, shipped
+        printed = data.codes.code(after, 3, "cap_inner")
+    with DataFolder(tmp_path / "copy") as copy:
+        with pytest.raises(DataFolderError, match="backup copy.*key version 1.*wuma key rotate"):
+            copy.create_batch("cap", 10)
+        assert copy.codes.verify(copy.codes.code(copy.batches.find(1), 0, "cap_inner")).genuine
+        copy.rotate_key()
+        again = copy.create_batch("cap", 10)
+        assert again.id == after.id and again.key_version == 2  # the same id, a new key
+        assert copy.codes.code(again, 3, "cap_inner") != printed
+    with DataFolder(folder) as data:  # the original is no copy
+        data.create_batch("cap", 1)
