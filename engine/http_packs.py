@@ -2,12 +2,14 @@
 
 Routes (every request signed by a registered, unrevoked line)::
 
-    GET /packs            the packs issued to the calling line (JSON), revoked ones and ones
-                          with codes voided since the export left out of ``packs``; those
-                          are in ``withheld`` ({"id", "file", "reason"}) so that a line
-                          that pulled one before sets its local copy aside
+    GET /packs            the packs issued to the calling line (JSON), revoked ones, ones
+                          with codes voided since the export and ones signed by a brand
+                          key revoked since left out of ``packs``; those are in
+                          ``withheld`` ({"id", "file", "reason"}) so that a line that
+                          pulled one before sets its local copy aside
     GET /packs/{id}       the pack file; the download is recorded (who, which, when, from where);
-                          410 ``pack_revoked`` or ``codes_voided`` for a pack withheld
+                          410 ``pack_revoked``, ``codes_voided`` or ``signer_revoked`` for a
+                          pack withheld
 
 Signed request headers::
 
@@ -49,13 +51,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from engine import http_errors
-from engine.chinatime import china_time
 from engine.data import DataFolder
 from engine.errors import NotFound, WumaError
 from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
-from engine.packs import PackRegistry, read_header
+from engine.packs import ListedPack, PackRegistry, read_header
 
 __all__ = [
     "REPLAY_WINDOW",
@@ -181,17 +182,14 @@ def _voided(rec: dict) -> falcon.HTTPGone:
     )
 
 
-def _withheld_reason(rec: dict) -> str | None:
-    """Why pack ``rec`` is no longer served (None: it is)."""
-    why = []
-    if rec["revoked_at"] is not None:
-        why.append(f"revoked at {china_time(rec['revoked_at'])}")
-    if rec["voided_serial"] is not None:
-        why.append(
-            f"codes voided: serial {rec['voided_serial']} of batch {rec['batch']} (maybe "
-            f"more in {rec['start']}:{rec['stop']})"
-        )
-    return "; ".join(why) or None
+def _signer_revoked(rec: dict) -> falcon.HTTPGone:
+    return falcon.HTTPGone(
+        title="signer_revoked",
+        description=(
+            f"pack {rec['id']} was signed by brand key {rec['issuer']}, revoked since: it must "
+            "not be printed (lines given the new brand-keys.json refuse it)"
+        ),
+    )
 
 
 class _PackList:
@@ -202,7 +200,7 @@ class _PackList:
         line = req.context.line
         packs, withheld = [], []
         for p in self._registry.list(line=line.name, events=False):  # NOTE: no history needed
-            why = _withheld_reason(p)
+            why = p["withheld_reason"]  # NOTE: revoked, codes voided, or its signer revoked
             if why is None:
                 packs.append(_public(p))
             else:  # NOTE: an extra key: an older client reads ``packs`` only
@@ -229,6 +227,8 @@ class _PackFile:
                                    "not be printed")
         if rec["voided_serial"] is not None:
             raise _voided(rec)
+        if rec["signer_revoked_at"] is not None:
+            raise _signer_revoked(rec)
         path = Path(rec["path"])
         try:
             fh = open(path, "rb")  # noqa: SIM115 - falcon closes the stream
@@ -433,19 +433,30 @@ class _Expect:
         return None
 
     def matches_file(self, path: Path) -> bool:
-        """Is the file at ``path`` the listed one? PERF: the size first; the hash (at disk
-        speed) only for a file of the right size."""
+        """Is the file at ``path`` the listed one? (False if it cannot be read.)"""
         try:
-            if path.stat().st_size != self.size:
-                return False
-            hashers, at = self.hashers(), 0
-            with open(path, "rb") as fh:
-                while chunk := fh.read(_READ):
-                    self.feed(hashers, at, chunk)
-                    at += len(chunk)
+            return self.file_differs(path) is None
         except OSError:
             return False
-        return self.mismatch(hashers, at) is None
+
+    def file_differs(self, path: Path) -> str | None:
+        """How the file at ``path`` differs from the listed one (None: it is that file);
+        OSError if it cannot be read. PERF: the size first; the hash (at disk speed) only
+        for a file of the right size."""
+        size = path.stat().st_size
+        if size != self.size:
+            return f"it is {size:,} bytes, the listed pack {self.size:,}"
+        hashers, at = self.hashers(), 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_READ):
+                self.feed(hashers, at, chunk)
+                at += len(chunk)
+        if self.mismatch(hashers, at) is not None:
+            return "its SHA-256 is not the listed one"
+        return None
+
+    def listed(self, pack_id: str) -> ListedPack:
+        return ListedPack(pack_id, self.signed, self.size, self.whole)
 
 
 def _write_failed(target: Path, e: OSError) -> _WriteFailed:
@@ -589,7 +600,8 @@ def _listing(keys: LineKeys, server: str, timeout: float, clock: Callable[[], fl
 
 
 class PackWithheld(PullError):
-    """The pack server does not serve this pack to this line: its labels must not be printed."""
+    """The pack server does not vouch for this pack file on this line (withheld, not issued
+    to it, or not the bytes issued under its id): its labels must not be printed."""
 
 
 def check_pack(
@@ -599,28 +611,41 @@ def check_pack(
     *,
     timeout: float = 60.0,
     clock: Callable[[], float] = time.time,
-) -> str:
+) -> ListedPack:
     """Ask the brand's pack server whether the pack file at ``pack_path`` may be printed on
     this line, wherever the file came from (a copy kept outside the pull folder, a USB
-    stick); returns the pack's id. :class:`PackWithheld` if the server withholds it
-    (revoked, or codes voided since its export) or does not list it for this line;
-    :class:`PullError` if it cannot say.
+    stick); returns the pack as listed (:class:`~engine.packs.ListedPack`: its id, size
+    and SHA-256). :class:`PackWithheld` if the server withholds it (revoked, codes voided
+    since its export, or signed by a brand key revoked since), does not list it for this
+    line, or lists other bytes under its id (a pack forged with a leaked, revoked brand
+    key keeps a listed id); :class:`PullError` if it cannot say.
 
-    NOTE: the id is read from the header before the signature is checked, and the file may
-    change after this: open it with ``expect_id`` set to the id returned
-    (:func:`engine.packs.open_pack`), which refuses any other pack once its signature is
-    checked."""
+    NOTE: the file may change after this: open it with ``expect_id`` set to what this
+    returns (:func:`engine.packs.open_pack`), which refuses any other bytes once the
+    signature is checked, and decrypts the bytes it checked."""
     server = server_base(server)
-    pack_id = read_header(Path(pack_path))[0]["pack"]
+    pack_path = Path(pack_path)
+    pack_id = read_header(pack_path)[0]["pack"]
     listing = _listing(keys, server, timeout, clock, "try again")
     for w in listing.get("withheld") or ():  # NOTE: an older server sends none
         if isinstance(w, dict) and w.get("id") == pack_id:
             reason = _printable(w.get("reason") or "withheld by the server")
             raise PackWithheld(f"pack {pack_id} is withheld by {server}: {reason}; do not print it")
-    if any(isinstance(p, dict) and p.get("id") == pack_id for p in listing["packs"]):
-        return pack_id
-    raise PackWithheld(f"pack {pack_id} is not issued to this line ({server} does not list it): "
-                       "do not print it")
+    listed = next((p for p in listing["packs"] if isinstance(p, dict) and p.get("id") == pack_id), None)
+    if listed is None:
+        raise PackWithheld(f"pack {pack_id} is not issued to this line ({server} does not list it): "
+                           "do not print it")
+    expect = _Expect(listed)  # NOTE: PullError for a listing without a size and SHA-256
+    try:
+        why = expect.file_differs(pack_path)
+    except OSError as e:
+        raise PullError(f"cannot read {pack_path}: {e.strerror or e}") from None
+    if why is not None:
+        raise PackWithheld(
+            f"{pack_path} is not the pack {server} issued as {pack_id} ({why}): it was altered, "
+            "or forged with that pack's id; do not print it"
+        )
+    return expect.listed(pack_id)
 
 
 def pull_packs(

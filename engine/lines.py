@@ -282,11 +282,14 @@ class LineRegistry:
             txn.put(name.encode(), pack(asdict(line)), db=self._db)
         return line
 
-    def find(self, name: str) -> Line | None:
+    def find(self, name: str, txn=None) -> Line | None:
+        """The line ``name`` (in ``txn``, a transaction of this store, if given), or None."""
         if not isinstance(name, str):
             return None
-        with self._store.read() as txn:
-            raw = txn.get(name.encode(), db=self._db)
+        if txn is None:
+            with self._store.read() as own:
+                return self.find(name, own)
+        raw = txn.get(name.encode(), db=self._db)
         return None if raw is None else Line(**unpack(raw))
 
     def get(self, name: str) -> Line:
@@ -328,12 +331,27 @@ class LineRegistry:
         with self._store.read() as txn:
             return txn.get(str(version).encode(), db=self._signers) is not None
 
+    def revoked_signers(self, txn=None) -> dict[int, float]:
+        """``{key version: when its signing key was revoked}`` (in ``txn``, a transaction
+        of this store, if given): the pack server withholds every pack such a key signed
+        (:meth:`engine.packs.PackRegistry.list`)."""
+        if txn is None:
+            with self._store.read() as own:
+                return self.revoked_signers(own)
+        return {int(k): float(unpack(v)) for k, v in txn.cursor(db=self._signers)}
+
     def revoke_signer(self, version: int, *, now: float | None = None) -> None:
+        """Mark a version's signing key revoked (in the store: the pack server withholds
+        the packs it signed, and ``brand-keys.json`` marks it). NOTE: revoking again keeps
+        the first time."""
         if version not in self._keys.versions:
             raise NotFound(f"no key version {version}")
         with self._store.write() as txn:
             txn.put(
-                str(version).encode(), pack(time.time() if now is None else now), db=self._signers
+                str(version).encode(),
+                pack(time.time() if now is None else now),
+                db=self._signers,
+                overwrite=False,
             )
 
     def brand_keys(self) -> bytes:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import struct
 import time
@@ -62,15 +63,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine import _kernels as K
 from engine.aggregation import RelabelledLabels, VoidRuns
+from engine.chinatime import china_time
 from engine.data import DataFolder
 from engine.errors import Conflict, NotFound, WumaError
 from engine.files import NewFile, private_output, same_file, sync_folder
 from engine.formats import fold_full_width
-from engine.lines import BrandKey, LineKeys, LineRegistry, _pub_raw
+from engine.lines import BrandKey, Line, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
 __all__ = [
     "IssuedPack",
+    "ListedPack",
     "OpenedPack",
     "PackError",
     "PackRegistry",
@@ -194,6 +197,20 @@ class OpenedPack:
     count: int
     header: dict
     receipt: bytes  # signed by the line: give it to the brand as the open report
+
+
+@dataclass(frozen=True)
+class ListedPack:
+    """A pack as the brand's pack server lists it for a line
+    (:func:`engine.http_packs.check_pack`): its id, the SHA-256 of every byte before its
+    signature, its size in bytes, and the SHA-256 of the whole file (None for packs
+    exported before the listing carried it). Given to :func:`open_pack` as ``expect_id``,
+    the bytes opened must be these."""
+
+    id: str
+    signed_sha256: str
+    size: int
+    file_sha256: str | None = None
 
 
 # -- key share text -----------------------------------------------------------------------
@@ -540,11 +557,19 @@ class PackRegistry:
         return unpack(raw)
 
     def get(self, pack_id: str) -> dict:
-        """The pack's record, with ``voided_serial`` (see :meth:`list`)."""
+        """The pack's record, with ``voided_serial``, ``signer_revoked_at`` and
+        ``withheld_reason`` (see :meth:`list`)."""
         with self._store.read() as txn:
             rec = self._get_raw(txn, pack_id)
-            rec["voided_serial"] = self._first_voided(txn, rec)
-            return rec
+            return self._annotate(txn, rec, self.lines.revoked_signers(txn))
+
+    def _annotate(self, txn, rec: dict, revoked_signers: dict[int, float]) -> dict:
+        """Add to ``rec`` what changed since its export: ``voided_serial``,
+        ``signer_revoked_at`` and ``withheld_reason`` (see :meth:`list`)."""
+        rec["voided_serial"] = self._first_voided(txn, rec)
+        rec["signer_revoked_at"] = revoked_signers.get(_issuer_version(rec.get("issuer")))
+        rec["withheld_reason"] = _withheld_reason(rec)
+        return rec
 
     def _first_voided(self, txn, rec: dict) -> int | None:
         """The first serial of the pack's range voided since its export, or None. A serial a
@@ -620,34 +645,40 @@ class PackRegistry:
                 raise PackError(f"pack {rec['id']} was issued to {rec['line']}, not {line.name}")
             already = txn.get(key, db=self._receipts) is not None
             if not already:
+                # NOTE: read the line again in this transaction: revoked meanwhile counts
+                line = self.lines.find(line.name, txn) or line
+                _check_report(report, rec, line)
                 no = self._event(
                     txn,
                     rec["id"],
                     "opened",
                     time.time() if now is None else now,
                     who=line.name,
-                    reported_at=report.get("opened_at"),
-                    count=report.get("count"),
+                    reported_at=report["opened_at"],
+                    count=report["count"],
                 )
                 txn.put(key, u64(no), db=self._receipts)
-            voided = self._first_voided(txn, rec)
-        return {**rec, "already_recorded": already, "voided_serial": voided}
+            self._annotate(txn, rec, self.lines.revoked_signers(txn))
+        return {**rec, "already_recorded": already}
 
     def list(self, *, batch: int | None = None, line: str | None = None, events: bool = True) -> list[dict]:
         """Issued packs (oldest first), each with ``voided_serial``: the first serial of its
         range voided after the export, or touched by a relabel (None if none is; see
-        :meth:`_first_voided`): voided labels must not be printed; and, with ``events``
-        (what ``pack list`` shows; the pull server's listing needs neither), its
-        ``events`` (issued, download, opened, revoked) and ``file_present``: whether its
-        file is where the export put it (an export killed while placing its files leaves
-        packs registered without one)."""
+        :meth:`_first_voided`): voided labels must not be printed; ``signer_revoked_at``:
+        when the brand signing key that signed it (its ``issuer``) was revoked, or None
+        (`wuma line brand-keys --revoke-version`): lines given the new brand-keys.json
+        refuse it; ``withheld_reason``: why the pack server no longer serves it (revoked,
+        codes voided, signer revoked), or None; and, with ``events`` (what ``pack list``
+        shows; the pull server's listing needs neither), its ``events`` (issued, download,
+        opened, revoked) and ``file_present``: whether its file is where the export put it
+        (an export killed while placing its files leaves packs registered without one)."""
         with self._store.read() as txn:
             packs = {}
+            revoked_signers = self.lines.revoked_signers(txn)
             for _, v in txn.cursor(db=self._packs):
                 rec = unpack(v)
                 if (batch is None or rec["batch"] == batch) and (line is None or rec["line"] == line):
-                    rec["voided_serial"] = self._first_voided(txn, rec)
-                    packs[rec["id"]] = rec
+                    packs[rec["id"]] = self._annotate(txn, rec, revoked_signers)
             if events:
                 for rec in packs.values():
                     rec["events"] = []
@@ -659,6 +690,72 @@ class PackRegistry:
             for p in packs.values():
                 p["file_present"] = os.path.isfile(p["path"])
         return sorted(packs.values(), key=lambda p: (p["created"], p["id"]))
+
+
+def _issuer_version(issuer: object) -> int | None:
+    """The key version of a brand signing key id ``v<version>:<fingerprint>``
+    (:func:`engine.lines.brand_key_id`), or None."""
+    version = str(issuer).partition(":")[0]
+    if version[:1] != "v" or not version[1:].isdigit():
+        return None
+    return int(version[1:])
+
+
+def _withheld_reason(rec: dict) -> str | None:
+    """Why the pack server no longer serves pack ``rec`` (annotated by
+    :meth:`PackRegistry._annotate`), or None: it does."""
+    why = []
+    if rec["revoked_at"] is not None:
+        why.append(f"revoked at {china_time(rec['revoked_at'])}")
+    if rec["voided_serial"] is not None:
+        why.append(
+            f"codes voided: serial {rec['voided_serial']} of batch {rec['batch']} (maybe "
+            f"more in {rec['start']}:{rec['stop']})"
+        )
+    if rec["signer_revoked_at"] is not None:
+        why.append(
+            f"signed by brand key {rec['issuer']}, revoked at "
+            f"{china_time(rec['signer_revoked_at'])}"
+        )
+    return "; ".join(why) or None
+
+
+def _real(x: object) -> bool:
+    """Is ``x`` a finite JSON number (not a bool)?"""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # NOTE: an int too large for a float
+        return False
+
+
+def _check_report(report: dict, rec: dict, line: Line) -> None:
+    """Refuse an open report that :func:`open_pack` never writes, before it is recorded.
+
+    APPSEC: a receipt's body is the line's own word, signed by its key. A revoked line's
+    key is trusted for nothing more, whatever time its receipt says (the time is the
+    key holder's word too, so a stolen key would date its receipts before the revoke);
+    the opens it reported before the revoke stay recorded. An open writes the whole pack,
+    so its receipt reports the pack's count, no other number."""
+    if line.revoked:
+        raise PackError(
+            f"line {line.name} was revoked at {china_time(line.revoked_at)}: receipts signed "
+            "by its key are refused since (the time in a receipt is the line's own word); "
+            "nothing recorded"
+        )
+    count = report.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count != rec["count"]:
+        raise PackError(
+            f"the receipt reports {repr(count)[:40]} codes opened, but pack {rec['id']} holds "
+            f"{rec['count']:,} and an open reports them all: not a receipt written by "
+            "`wuma pack open`; nothing recorded"
+        )
+    if not _real(report.get("opened_at")) or report["opened_at"] < 0:
+        raise PackError(
+            f"the receipt's opening time {repr(report.get('opened_at'))[:40]} is not a time: "
+            "not a receipt written by `wuma pack open`; nothing recorded"
+        )
 
 
 def _prefetch(it):
@@ -722,9 +819,12 @@ def _read_header(fh, path: Path) -> tuple[dict, bytes, int]:
     return header, hb, len(MAGIC) + 4 + n
 
 
-def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, bytes, int, bytes, bytes]:
+def _verify(
+    fh, path: Path, brand_keys: dict[str, BrandKey], *, expect: ListedPack | None = None
+) -> tuple[dict, bytes, int, bytes, bytes]:
     """Check the signature of the pack open as ``fh``: ``(header, header bytes, offset
-    after the header, SHA-256 of what the signature covers, wrapped data key)``.
+    after the header, SHA-256 of what the signature covers, wrapped data key)``. With
+    ``expect``, the file must also be that listed pack, byte for byte.
 
     APPSEC: the header and the wrapped key returned are the bytes that were hashed, read
     once in one pass from the start: a file rewritten after the check (by anyone who may
@@ -755,7 +855,38 @@ def _verify(fh, path: Path, brand_keys: dict[str, BrandKey]) -> tuple[dict, byte
         signer.public.verify(sig, _signed_message(h.digest()))
     except InvalidSignature:
         raise PackError(f"{path} fails its signature check: altered or truncated") from None
+    if expect is not None:
+        _check_listed(path, header, size, h, sig, expect)
     return header, hb, off, h.digest(), wrapped
+
+
+def _check_listed(path: Path, header: dict, size: int, signed, sig: bytes, expect: ListedPack) -> None:
+    """Refuse the checked pack unless it is ``expect``, the pack the server lists.
+
+    APPSEC: the server vouched for a pack id *and* its bytes. A pack made with a brand key
+    that leaked (revoked, but not yet in this line's brand-keys.json) may carry a listed
+    pack's id: only its bytes tell it apart. ``signed`` is the hash of the bytes whose
+    signature was checked, the bytes then decrypted (:func:`_plain_chunks` hashes them
+    again)."""
+    if header["pack"] != expect.id:
+        raise _replaced(path, expect.id, header["pack"])
+    whole = signed.copy()
+    whole.update(sig)
+    if (
+        signed.hexdigest() != expect.signed_sha256
+        or size != expect.size
+        or (expect.file_sha256 is not None and whole.hexdigest() != expect.file_sha256)
+    ):
+        raise PackError(
+            f"{path} is not the pack the server issued as {expect.id}: its bytes differ from "
+            "the ones listed for that id (forged with the pack's id, or replaced since the "
+            "server was asked): do not print it"
+        )
+
+
+def _replaced(path: Path, expected: str, found: str) -> PackError:
+    return PackError(f"{path} is no longer pack {expected} (the one the server was asked "
+                     f"about) but pack {found}: it was replaced meanwhile")
 
 
 def open_pack(
@@ -768,23 +899,26 @@ def open_pack(
     output_format: str = "csv",
     url: bool = False,
     now: float | None = None,
-    expect_id: str | None = None,
+    expect_id: str | ListedPack | None = None,
 ) -> OpenedPack:
     """Verify a pack, then stream its codes to ``out``; raises :class:`PackError`.
 
     Nothing is written to ``out`` before the signature, the line and the key all check.
-    ``expect_id``: the pack must be this one (the id the pack server was asked about,
-    :func:`engine.http_packs.check_pack`), whatever file is at ``path`` by now.
+    ``expect_id``: the pack must be this one, whatever file is at ``path`` by now: a pack
+    id, or (what :func:`engine.http_packs.check_pack` returns) a :class:`ListedPack`,
+    whose bytes, as the pack server lists them, must then be the bytes opened.
     """
     if output_format not in ("csv", "jsonl"):
         raise ValueError("output format must be csv or jsonl")
+    if expect_id is not None and not isinstance(expect_id, (str, ListedPack)):
+        raise TypeError("expect_id must be a pack id or a ListedPack")
+    expect = expect_id if isinstance(expect_id, ListedPack) else None
     path = Path(path)
     with open(path, "rb") as fh:  # NOTE: one open file from the signature to the last chunk
-        header, hb, off, digest, wrapped = _verify(fh, path, brand_keys)
+        header, hb, off, digest, wrapped = _verify(fh, path, brand_keys, expect=expect)
         # The header is authentic from here on.
-        if expect_id is not None and header["pack"] != expect_id:
-            raise PackError(f"{path} is no longer pack {expect_id} (the one the server was "
-                            f"asked about) but pack {header['pack']}: it was replaced meanwhile")
+        if isinstance(expect_id, str) and header["pack"] != expect_id:
+            raise _replaced(path, expect_id, header["pack"])
         if header["line_fp"] != keys.fingerprint:
             raise PackError(
                 f"this pack was issued to line {header['line']} (key {header['line_fp']}), "

@@ -386,8 +386,8 @@ def test_a_pack_rewritten_after_its_signature_check_writes_no_code_of_the_rewrit
     forged = _forged_over(Path(p.path), keys)
     checked = P._verify
 
-    def rewrite_after_check(*args):  # (the open pack,) its path, the brand's keys
-        got, path = checked(*args), args[-2]
+    def rewrite_after_check(fh, path, *args, **kw):  # the open pack, its path, the brand's keys
+        got = checked(fh, path, *args, **kw)
         if how == "in place":
             Path(path).write_bytes(forged)
         else:
