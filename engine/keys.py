@@ -105,7 +105,9 @@ class KeyRing:
         version = max(self.current, after) + 1
         if highest is not None and version > highest:
             raise ValueError(f"key version {version} does not fit this data folder's code formats "
-                             f"(their version character carries at most {highest}); no key was made")
+                             f"(their version character carries at most {highest}); no key was made: "
+                             "every key version is used, so no new batch key or brand signing key can "
+                             "be made in this folder (see the README, Keys)")
         key = random or os.urandom(MASTER_KEY_BYTES)
         _write_key(self._folder / f"master-v{version}.key", key)
         self._keys[version] = key
