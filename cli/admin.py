@@ -9,7 +9,6 @@ import getpass
 import io
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +20,16 @@ from admin.payouts import STATES
 from admin.pools import UNITS
 from admin.service import Admin
 from admin.tokens import ROLES as ADMIN_ROLES
-from cli.main import emit, pass_data
+from cli.main import (
+    add_with_token,
+    check_output_shown_once,
+    emit,
+    emit_shown_once,
+    pass_data,
+    read_input,
+    stdout_binary,
+    wuma_command,
+)
 from engine.files import decode_text
 from engine.ids import is_digits
 
@@ -183,8 +191,13 @@ def campaign():
     """
 
 
+#: The largest campaign rule read, as the admin API takes one (admin/http.py): a rule on
+#: many serial ranges is a few KB.
+_MAX_RULE = 256 * 1024
+
+
 @campaign.command("create")
-@click.argument("rule_file", type=click.File("rb"))
+@click.argument("rule_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_admin
 def campaign_create(admin, rule_file, as_json):
@@ -192,10 +205,11 @@ def campaign_create(admin, rule_file, as_json):
 
     Example: wuma campaign create open-case.json
     """
-    name = getattr(rule_file, "name", "<stdin>")  # NOTE: a pipe's buffer may have no name
+    name = "<stdin>" if str(rule_file) == "-" else str(rule_file)
     # NOTE: read as every text file given is: a UTF-8 BOM (Notepad, Excel) dropped, UTF-16
     # and other encodings refused by name, whatever the locale
-    text = decode_text(rule_file.read(), name)
+    text = decode_text(read_input(rule_file, name, _MAX_RULE, "a campaign rule, which is a few KB (the "
+                                  "admin API takes 256 KiB at most)"), name)
     try:
         rule = json.loads(text)
     except ValueError as e:
@@ -359,7 +373,7 @@ def ledger_export(admin, output, fmt, after, state):
     Example: wuma ledger export -o payouts.csv --state pending
     """
     if str(output) == "-":
-        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=True)
+        out = io.TextIOWrapper(stdout_binary(), encoding="utf-8", newline="", write_through=True)
         try:
             n = admin.payouts.write_export(out, fmt, after=after, state=state)
         finally:
@@ -382,7 +396,14 @@ def payout():
 def _secret(secret_file: Path | None) -> str:
     # APPSEC: never a command-line argument (visible in ps and shell history).
     if secret_file is not None:
-        return secret_file.read_text("utf-8").strip()
+        # NOTE: read as every text file given is: Notepad's BOM is no part of the HMAC key
+        # (kept, every delivery was refused by the receiver), UTF-16 refused by name
+        name = str(secret_file)
+        secret = decode_text(read_input(secret_file, name, 4096, "an HMAC secret, a line of tens of "
+                                        "characters"), name).strip()
+        if not secret:
+            raise click.ClickException(f"no secret in {name}: it holds nothing but blanks")
+        return secret
     secret = os.environ.get("WUMA_PAYOUT_SECRET")
     if not secret:
         raise click.ClickException("set WUMA_PAYOUT_SECRET or pass --secret-file (the webhook's HMAC secret)")
@@ -464,8 +485,11 @@ def admin_token_add(admin, name, role, as_json):
 
     Example: wuma admin-token add marketing --role operator
     """
-    tok, secret = admin.tokens.add(name, role, who=cli_user())
-    emit({**tok.to_dict(), "token": secret}, as_json, f"admin token {tok.name} ({tok.role}); shown once: {secret}")
+    tok, secret = add_with_token(lambda: admin.tokens.add(name, role, who=cli_user()), "admin-token", name)
+    emit_shown_once({**tok.to_dict(), "token": secret}, as_json,
+                    f"admin token {tok.name} ({tok.role}); shown once: {secret}",
+                    done=f"admin token {tok.name} was added", lost="its token",
+                    then=f"give it a new one with `{wuma_command('admin-token', 'token', tok.name)}`")
 
 
 @admin_token.command("list")
@@ -492,9 +516,13 @@ def admin_token_token(admin, name, as_json):
 
     Example: wuma admin-token token marketing
     """
+    check_output_shown_once("the token")
     tok, secret = admin.tokens.reissue(name, who=cli_user())
-    emit({**tok.to_dict(), "token": secret}, as_json,
-         f"admin token {tok.name} ({tok.role}): new token (shown once; the old one no longer works): {secret}")
+    emit_shown_once({**tok.to_dict(), "token": secret}, as_json,
+                    f"admin token {tok.name} ({tok.role}): new token (shown once; the old one no longer works): "
+                    f"{secret}",
+                    done=f"admin token {tok.name} was given a new token (the old one no longer works)",
+                    lost="the new token", then=f"run `{wuma_command('admin-token', 'token', tok.name)}` again")
 
 
 @admin_token.command("revoke")

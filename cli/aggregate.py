@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from cli.main import emit, pass_data
+from cli.main import emit, pass_data, stdout_binary
 from engine.aggregation import Aggregation
 from engine.files import private_output
 
@@ -344,11 +343,13 @@ def epcis_export(data, output, company_prefix, as_json):
     """
     from engine.epcis import export_epcis
 
+    out = stdout_binary() if output == "-" else None  # NOTE: closed: said before the work
     doc = export_epcis(_agg(data), company_prefix=company_prefix)
     text = json.dumps(doc, ensure_ascii=False, indent=1)
     summary = {"events": len(doc["epcisBody"]["eventList"]), "output": output}
-    if output == "-":
-        sys.stdout.write(text + "\n")
+    if out is not None:
+        out.write((text + "\n").encode())  # NOTE: UTF-8 whatever the locale, as the file is
+        out.flush()
         if as_json:  # NOTE: the document is standard output: the summary goes to stderr
             click.echo(json.dumps(summary), err=True)
         return

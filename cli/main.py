@@ -5,8 +5,12 @@ Library errors become :class:`click.ClickException` with the library's message.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import select
+import shlex
 import struct
 import sys
 from pathlib import Path
@@ -15,10 +19,13 @@ import click
 import lmdb
 
 from engine import DataFolder, WumaError, default_data_path
+from engine.errors import Conflict
 from engine.files import decode_text, private_output
+from engine.formats import MAX_INPUT
 from engine.spec import PRESETS
 
-__all__ = ["cli", "pass_data", "emit", "library_errors"]
+__all__ = ["add_with_token", "check_output_shown_once", "cli", "emit", "emit_shown_once", "library_errors", "pass_data",
+           "read_input", "stdin_binary", "stdout_binary", "wuma_command"]
 
 
 def library_errors(fn):
@@ -28,6 +35,10 @@ def library_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError as e:
+            if _reader_gone(sys.stdout):
+                raise  # NOTE: `| head` stopped reading: the command group ends quietly
+            raise click.ClickException(_os_error_text(e)) from None
         except (WumaError, ValueError, TypeError) as e:
             raise click.ClickException(str(e)) from None
         except (struct.error, OverflowError):
@@ -51,9 +62,119 @@ def library_errors(fn):
                 hint = "; check that its disk has free space (df), then try again"
             raise click.ClickException(f"the data store could not write ({e}): nothing was changed{hint}") from None
         except OSError as e:
-            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+            raise click.ClickException(_os_error_text(e)) from None
 
     return wrapper
+
+
+def _os_error_text(e: OSError) -> str:
+    """``No such file or directory: PATH``; the message alone if it names the file already."""
+    where = "" if e.filename is None or str(e.filename) in (e.strerror or "") else f": {e.filename}"
+    return f"{e.strerror or e}{where}"
+
+
+# -- standard streams and inputs --------------------------------------------------------------
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` (standard output) is a pipe or socket whose reader has gone: a
+    ``| head`` that stopped reading."""
+    try:
+        fd = stream.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # NOTE: closed, or no descriptor (a test's buffer)
+        return False
+
+
+def stdin_binary(instead: str):
+    """Standard input as bytes, for ``-``; a clear error if it is closed (``<&-``, some
+    daemons and cron set-ups), saying what to give ``instead``."""
+    if sys.stdin is None:
+        raise click.ClickException(f"standard input is closed, so `-` has nothing to read: {instead}")
+    return sys.stdin.buffer
+
+
+def stdout_binary():
+    """Standard output as bytes, for ``-o -``; a clear error if it is closed (``>&-``),
+    checked before any work."""
+    if sys.stdout is None:
+        raise click.ClickException("standard output is closed, so `-o -` has nowhere to write: give -o a "
+                                   "file name, or run the command with an output (`> FILE` or a pipe)")
+    return sys.stdout.buffer
+
+
+def read_input(source, name: str, limit: int, what: str) -> bytes:
+    """The bytes of a file a person gave (``source``; ``-`` for standard input), ``name``
+    naming it in messages, ``what`` saying what it holds and how large that is. At most
+    ``limit`` bytes are read: past them, an error instead of reading on (``/dev/zero``, a
+    wrong file: the process grew until the OOM killer stopped it)."""
+    stdin = str(source) == "-"
+    if stdin:
+        raw = stdin_binary("give a file name instead, or run the command with input (`< FILE` or a "
+                           "pipe)").read(limit + 1)
+    else:
+        with open(source, "rb") as fh:
+            raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise click.ClickException(f"{name}: over {_size(limit)}, too large for {what}: is it the right "
+                                   f"{'input' if stdin else 'file'}?")
+    return raw
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def wuma_command(*words: str) -> str:
+    """The command line to run next, with the ``--data`` given to this one (to name it in a
+    message that says what to do)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    data = root.params.get("data") if root else None
+    lead = ["wuma"]
+    if data is not None and root.get_parameter_source("data") == click.ParameterSource.COMMANDLINE:
+        lead += ["--data", str(data)]
+    return shlex.join([*lead, *words])
+
+
+def check_output_shown_once(what: str) -> None:
+    """Before a change whose output is shown once and kept nowhere (a token, a key share):
+    refuse if it cannot reach anyone, standard output closed or its reader gone."""
+    why = ("is closed" if sys.stdout is None else "is a pipe whose reader has gone"
+           if _reader_gone(sys.stdout) else None)
+    if why:
+        raise click.ClickException(f"standard output {why}: {what} is printed there once and kept nowhere "
+                                   "else; run the command with an output (a terminal, `> FILE`); nothing was done")
+
+
+def emit_shown_once(obj, as_json: bool, text: str, *, done: str, lost: str, then: str) -> None:
+    """:func:`emit` output that is shown once (a token, a key share), after the change is
+    made. If it cannot be written (a full disk, a reader gone), an error that says what was
+    changed (``done``), what was lost (``lost``) and what to do now (``then``)."""
+    try:
+        if sys.stdout is None:  # NOTE: click.echo would print nothing, and say nothing
+            raise OSError(errno.EBADF, "closed")
+        emit(obj, as_json, text)
+        sys.stdout.flush()
+    except OSError as e:
+        raise click.ClickException(f"{done}, but {lost} could not be printed (standard output: "
+                                   f"{e.strerror or e}) and Wuma keeps no copy: {then}") from None
+
+
+def add_with_token(add, group: str, ident: str):
+    """``add()`` (a ``wuma GROUP add`` that makes a token shown once), its result; a name
+    already taken (the one Conflict of an add) is an error that says how to give it a new
+    token, as the reason may be an earlier add whose output was lost."""
+    check_output_shown_once("the token")
+    try:
+        return add()
+    except Conflict as e:
+        raise click.ClickException(f"{e}; if its token was lost (an earlier `{group} add` whose output "
+                                   f"was lost), give it a new one with `{wuma_command(group, 'token', ident)}`"
+                                   ) from None
 
 
 @library_errors
@@ -87,14 +208,100 @@ def _progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _NotUTF8(click.ClickException):
+    exit_code = 2  # NOTE: as click's own usage errors
+
+
+class _ReaderGone(Exception):
+    """Standard output's reader has gone (``| head``): not an OSError, which click would
+    turn into status 1."""
+
+
+def _not_utf8(args: list[str]) -> None:
+    """Refuse, before anything is done, an argument that is not UTF-8: Python reads the
+    command line as UTF-8 and keeps bytes that are not as lone surrogates (a terminal in
+    GBK typing Chinese), which fail at the first write: after ``init`` made half a folder."""
+    for i, arg in enumerate(args):
+        if not any("\udc80" <= ch <= "\udcff" for ch in arg):
+            continue
+        raw = arg.encode("utf-8", "surrogateescape")
+        opt, eq, value = arg.partition("=")
+        if eq and opt.startswith("--") and not any("\udc80" <= ch <= "\udcff" for ch in opt):
+            which, raw = opt, value.encode("utf-8", "surrogateescape")
+        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
+            which = f"the value of {args[i - 1]}"
+        else:
+            which = f"argument {i + 1}"
+        shown = raw.decode("ascii", "backslashreplace")  # NOTE: the bytes as they came, \xNN
+        try:
+            gbk = f" (read as GBK it is \"{raw.decode('gbk')}\")"
+        except UnicodeDecodeError:
+            gbk = ""
+        raise _NotUTF8(f"{which}, \"{shown}\", is not UTF-8 text{gbk}: the terminal does not send UTF-8 "
+                       "(it is set to GBK or another legacy encoding); set it to UTF-8 (in its settings, "
+                       "and LANG such as zh_CN.UTF-8) and type it again; nothing was done")
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # NOTE: a full disk under `> FILE`
+        raise click.ClickException(f"standard output: {e.strerror or e}") from None
+
+
+class _Wuma(click.Group):
+    """The ``wuma`` group: arguments checked before anything runs, and a reader that stops
+    early (``wuma batch export 1 --plaintext -o - | head``) ends the command quietly."""
+
+    def parse_args(self, ctx, args):
+        _not_utf8(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            rv = super().invoke(ctx)
+            _flush_stdout()  # NOTE: here, not at exit ("Exception ignored ... BrokenPipeError")
+            return rv
+        except BrokenPipeError as e:
+            if _reader_gone(sys.stdout):
+                raise _ReaderGone from None
+            raise click.ClickException(_os_error_text(e)) from None
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except _ReaderGone:
+            # NOTE: as `cat` or `grep` end under `| head`: no message, status 141, what a shell
+            # reports for a command killed by SIGPIPE (128 + 13). Not 0: the output was cut
+            # short, and this end cannot tell a `head` done reading from a consumer that died
+            # (`set -o pipefail` sees it as it sees `cat`). Exit, not the signal: the data
+            # folder and the files are closed as on any exit.
+            null = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.stdout, sys.stderr):
+                if _reader_gone(stream):
+                    os.dup2(null, stream.fileno())  # NOTE: Python's last flush at exit writes there
+            os.close(null)
+            sys.exit(141)
+
+
+@click.group(cls=_Wuma, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar="WUMA_DATA",
               help="Data folder (default: $WUMA_DATA, else ./wuma-data).")
-def cli(data):
+@click.pass_context
+def cli(ctx, data):
     """Wuma (五码): generate, pack, link and verify one-item-one-code codes.
 
     Example: wuma --data ./wuma-data batch list
     """
+    if (data is not None and ctx.get_parameter_source("data") == click.ParameterSource.ENVIRONMENT
+            and any("\udc80" <= ch <= "\udcff" for ch in str(data))):
+        raise _NotUTF8(f"WUMA_DATA, \"{os.fsencode(data).decode('ascii', 'backslashreplace')}\", is not UTF-8 "
+                       "text: it was set by a terminal or script in GBK or another legacy encoding; set it "
+                       "again from a UTF-8 one; nothing was done")
 
 
 @cli.command()
@@ -254,7 +461,7 @@ def batch_export(data, batch_id, plaintext, output, serial_range, url):
     start, stop = _parse_range(serial_range, b.count)
     url_base = data.url_base if url else None
     if output == "-":
-        data.codes.export_csv(b, sys.stdout.buffer, start=start, stop=stop, url_base=url_base)
+        data.codes.export_csv(b, stdout_binary(), start=start, stop=stop, url_base=url_base)
         return
     # APPSEC: usable codes: 0600 (like `pack open`), and no partial file under the final name
     with private_output(output) as fh:
@@ -290,6 +497,12 @@ def code():
     """
 
 
+#: The longest line ``code verify -`` reads: a code is at most MAX_INPUT characters, even as
+#: a URL, a character at most 4 bytes in UTF-8 (a longer line is answered invalid up to here,
+#: refused past it: not read on, as /dev/zero or a binary file would be, without end).
+_MAX_CODE_LINE = 4096
+
+
 @code.command("verify")
 @click.argument("codes", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
@@ -305,6 +518,8 @@ def code_verify(data, codes, as_json):
     from engine.scan import code_verdict
 
     aggregation = Aggregation(data)
+    stdin = stdin_binary("give the codes as arguments, or run the command with input "
+                         "(`< codes.txt` or a pipe)") if "-" in codes else None
 
     def inputs():
         for c in codes:
@@ -312,8 +527,14 @@ def code_verify(data, codes, as_json):
                 # NOTE: bytes, line by line as they arrive (a scanner at a terminal), read as
                 # every text file given is: a UTF-8 BOM (Excel, Notepad) is not part of the
                 # first code; UTF-16 and other encodings are refused by name, whatever the locale
-                at = 0
-                for line in sys.stdin.buffer:
+                at = n = 0
+                while line := stdin.readline(_MAX_CODE_LINE + 1):
+                    n += 1
+                    if len(line) > _MAX_CODE_LINE:
+                        raise click.ClickException(
+                            f"stdin: line {n} runs over {_size(_MAX_CODE_LINE)} without a line break, so "
+                            f"it is no code (one is at most {MAX_INPUT} characters, even as a full URL): "
+                            "give one code a line")
                     yield decode_text(line, "stdin", offset=at).rstrip("\r\n")
                     at += len(line)
             else:

@@ -19,8 +19,21 @@ from pathlib import Path
 
 import click
 
-from cli.main import _parse_range, _progress_enabled, emit, library_errors, pass_data
-from engine.files import decode_text
+from cli.main import (
+    _parse_range,
+    _progress_enabled,
+    check_output_shown_once,
+    emit,
+    emit_shown_once,
+    library_errors,
+    pass_data,
+    read_input,
+    stdin_binary,
+    stdout_binary,
+    wuma_command,
+)
+from engine.chinatime import china_time
+from engine.files import decode_text, private_output
 from engine.lines import (
     BRAND_KEYS_FILE,
     LINE_PUBLIC_FILE,
@@ -31,6 +44,12 @@ from engine.lines import (
 from engine.packs import PackRegistry, open_pack_to_file
 
 __all__ = ["line", "pack"]
+
+
+#: The largest key file read (line.pub, brand-keys.json) and open receipt: a few hundred
+#: bytes each.
+_MAX_KEY_FILE = 64 * 1024
+_KEY_FILE_SIZE = "a key file (line.pub, brand-keys.json), a few hundred bytes"
 
 
 def _line_text(ln) -> str:
@@ -67,7 +86,8 @@ def line_keygen(folder, brand_key, as_json):
 
     Example: wuma line keygen -o /etc/wuma-line --brand-key brand-keys.json
     """
-    keys = generate_line_keys(folder, brand_keys=brand_key.read_bytes() if brand_key else None)
+    blob = read_input(brand_key, str(brand_key), _MAX_KEY_FILE, _KEY_FILE_SIZE) if brand_key else None
+    keys = generate_line_keys(folder, brand_keys=blob)
     pub = folder / LINE_PUBLIC_FILE
     emit(
         {"folder": str(folder), "public": str(pub), "fingerprint": keys.fingerprint},
@@ -88,7 +108,8 @@ def line_keygen(folder, brand_key, as_json):
     "--revoke-version",
     type=int,
     default=None,
-    help="First mark this key version's signing key revoked.",
+    help="First mark this key version's signing key revoked (every pack it signed is then withheld: "
+    "not served, and refused by `pack open --server`).",
 )
 @pass_data
 def line_brand_keys(data, output, revoke_version):
@@ -97,14 +118,33 @@ def line_brand_keys(data, output, revoke_version):
     Example: wuma line brand-keys -o brand-keys.json
     """
     reg = PackRegistry(data)
-    if revoke_version is not None:
-        reg.lines.revoke_signer(revoke_version)
-    blob = reg.lines.brand_keys()
-    if output == "-":
-        sys.stdout.buffer.write(blob)
-    else:
-        Path(output).write_bytes(blob)
-        click.echo(f"wrote brand signing keys to {output}", err=True)
+    revoked = False
+
+    def write(fh) -> None:
+        nonlocal revoked
+        if revoke_version is not None:
+            reg.lines.revoke_signer(revoke_version)
+            revoked = True
+        fh.write(reg.lines.brand_keys())
+        fh.flush()
+
+    # NOTE: the output is opened before a version is revoked (a folder that does not exist,
+    # standard output closed: nothing revoked), and written whole or not at all
+    try:
+        if output == "-":
+            write(stdout_binary())
+            return
+        with private_output(output, perms=0o644) as fh:  # NOTE: public keys, for the lines
+            write(fh)
+    except OSError as e:
+        if not revoked:
+            raise
+        again = wuma_command("line", "brand-keys", "-o", output)
+        raise click.ClickException(
+            f"key version {revoke_version} was revoked, but {output if output != '-' else 'standard output'} "
+            f"could not be written ({e.strerror or e}): write brand-keys.json again with `{again}` (the "
+            "version stays revoked)") from None
+    click.echo(f"wrote brand signing keys to {output}", err=True)
 
 
 @line.command("add")
@@ -123,7 +163,8 @@ def line_add(data, name, pubkey, note, as_json):
 
     Example: wuma line add L1 --pubkey line.pub
     """
-    ln = PackRegistry(data).lines.add(name, pubkey.read_bytes(), note=note)
+    ln = PackRegistry(data).lines.add(name, read_input(pubkey, str(pubkey), _MAX_KEY_FILE, _KEY_FILE_SIZE),
+                                      note=note)
     emit(ln.to_dict(), as_json, _line_text(ln))
 
 
@@ -198,6 +239,8 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     b = data.batches.get(batch_id)
     start, stop = _parse_range(serial_range, b.count)
     reg = PackRegistry(data)
+    if split_key:
+        check_output_shown_once("each pack's key share")
     if _progress_enabled():
         with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
             issued = reg.export(
@@ -214,11 +257,36 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
         issued = reg.export(
             batch_id, line_name, out_dir, start=start, stop=stop, parts=parts, split_key=split_key
         )
-    for p in issued:
+    for i, p in enumerate(issued):
         text = f"pack {p.id}: {p.path} serials {p.start}:{p.stop} ({p.count:,} units) for {p.line}"
-        if p.share:
-            text += f"\n  key share (send separately): {p.share}"
-        emit(p.to_dict(), as_json, text)
+        if not p.share:
+            emit(p.to_dict(), as_json, text)
+            continue
+        text += f"\n  key share (send separately): {p.share}"
+        emit_shown_once(p.to_dict(), as_json, text, **_shares_lost(issued[i:], batch_id, line_name, out_dir))
+
+
+def _shares_lost(lost, batch_id: int, line_name: str, out_dir: Path) -> dict:
+    """What to say when the key shares of the packs ``lost`` (exported, registered) could not
+    be printed: no line can open them, so revoke them and export their serials again."""
+    one = len(lost) == 1
+    revoke = "; ".join(f"`{wuma_command('pack', 'revoke', p.id)}`" for p in lost)
+    again = wuma_command("pack", "export", str(batch_id), "--line", line_name, "--range",
+                         f"{lost[0].start}:{lost[-1].stop}", "--parts", str(len(lost)), "--split-key",
+                         "-o", str(out_dir))
+    return {
+        "done": f"pack{'' if one else 's'} {', '.join(p.id for p in lost)} {'was' if one else 'were'} "
+                "exported and registered",
+        "lost": "its key share" if one else "their key shares",
+        "then": f"no line can open {'it' if one else 'them'}, so revoke {'it' if one else 'them'} ({revoke}), "
+                f"delete {', '.join(str(p.path) for p in lost)} and export again (`{again}`)",
+    }
+
+
+#: The largest key share file read: a share is 55 letters and digits (a few hundred bytes
+#: as Notepad saves them in full-width forms, with dashes and a line break).
+_MAX_SHARE_FILE = 4096
+_SHARE_SIZE = "a key share, which is 55 letters and digits"
 
 
 def _share_text(share: str | None, share_file: Path | None) -> str | None:
@@ -232,11 +300,11 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
     # from Notepad or Excel dropped; UTF-16, Notepad's "Unicode", refused as such, not as
     # "mistyped"), whatever the locale; CRLF is blank space
     if str(share_file) != "-":
-        text = decode_text(share_file.read_bytes(), str(share_file))
-    elif sys.stdin.isatty():
+        text = decode_text(read_input(share_file, str(share_file), _MAX_SHARE_FILE, _SHARE_SIZE), str(share_file))
+    elif stdin_binary("give --share-file a file name, or the share as input (`< share.txt`)").isatty():
         text = click.prompt("key share", hide_input=True, err=True)
     else:
-        text = decode_text(sys.stdin.buffer.read(), "stdin")
+        text = decode_text(read_input("-", "stdin", _MAX_SHARE_FILE, _SHARE_SIZE), "stdin")
     if not text.strip():
         where = "stdin" if str(share_file) == "-" else str(share_file)
         raise click.ClickException(f"no key share in {where}: it holds nothing but blanks")
@@ -316,6 +384,7 @@ def pack_open(
 
     Example: wuma pack open L1-b1-0-1000-<pack id>.wpk --key /etc/wuma-line --share-file share.txt -o codes.csv
     """
+    target = stdout_binary() if output == "-" else Path(output)
     keys = LineKeys.load(key_dir)
     brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
     kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
@@ -324,7 +393,6 @@ def pack_open(
 
         # NOTE: the pack opened must be the one the server vouched for (a shared folder)
         kw["expect_id"] = check_pack(keys, server, pack_file)
-    target = sys.stdout.buffer if output == "-" else Path(output)
     got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt, **kw)
     click.echo(
         f"opened pack {got.id}: {got.count:,} units of batch {got.batch} "
@@ -351,6 +419,9 @@ def pack_list(data, batch_id, line_name, as_json):
                 f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
                 "after the export: not served; do not print it)"
             )
+        if p.get("signer_revoked_at") is not None:
+            state += (f", signed by brand key {p['issuer']}, revoked at {china_time(p['signer_revoked_at'])} "
+                      "(not served, and lines refuse it: export its range again with the new key)")
         if not p["file_present"]:
             state += " (its file is not at the export path: moved, or the export was cut off; revoke it and export again if lost)"
         emit(
@@ -384,9 +455,8 @@ def pack_report(data, receipt, as_json):
 
     Example: wuma pack report codes.receipt.json
     """
-    from engine.chinatime import china_time
-
-    p = PackRegistry(data).record_open(receipt.read_bytes())
+    p = PackRegistry(data).record_open(read_input(receipt, str(receipt), _MAX_KEY_FILE,
+                                                  "an open receipt, a few hundred bytes"))
     if p["already_recorded"]:
         text = f"already recorded: this open of pack {p['id']} by line {p['line']}"
     else:
@@ -396,6 +466,9 @@ def pack_report(data, receipt, as_json):
             f"\n  pack {p['id']} was revoked at {china_time(p['revoked_at'])}: "
             "its codes should not have been printed"
         )
+    if p.get("signer_revoked_at") is not None:
+        text += (f"\n  pack {p['id']} is signed by brand key {p['issuer']}, revoked at "
+                 f"{china_time(p['signer_revoked_at'])}: its codes should not have been printed")
     if p["voided_serial"] is not None:
         text += (
             f"\n  codes of pack {p['id']} were voided since its export (serial {p['voided_serial']} of batch "

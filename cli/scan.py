@@ -3,7 +3,11 @@ blocked, where scans happen, and the server."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -11,7 +15,15 @@ from pathlib import Path
 import click
 
 from cli.admin import cli_user, pass_admin
-from cli.main import emit, library_errors, pass_data
+from cli.main import (
+    add_with_token,
+    check_output_shown_once,
+    emit,
+    emit_shown_once,
+    library_errors,
+    pass_data,
+    wuma_command,
+)
 from engine.accounts import ACCOUNT_ROLES
 from engine.chinatime import china_time
 from engine.store import MAX_SEQ
@@ -38,9 +50,12 @@ def account_add(data, account_id, role, name, region, distributor, as_json):
 
     Example: wuma account add gz-01 --role distributor --region 4401
     """
-    acct, token = data.accounts.add(account_id, role, name=name, region=region, distributor=distributor)
-    emit({**acct.to_dict(), "token": token}, as_json,
-         f"account {acct.id} ({acct.role}) created; token (shown once): {token}")
+    acct, token = add_with_token(lambda: data.accounts.add(account_id, role, name=name, region=region,
+                                                           distributor=distributor), "account", account_id)
+    emit_shown_once({**acct.to_dict(), "token": token}, as_json,
+                    f"account {acct.id} ({acct.role}) created; token (shown once): {token}",
+                    done=f"account {acct.id} was created", lost="its token",
+                    then=f"give it a new one with `{wuma_command('account', 'token', acct.id)}`")
 
 
 @account.command("list")
@@ -68,9 +83,12 @@ def account_token(data, account_id, as_json):
 
     Example: wuma account token store-17
     """
+    check_output_shown_once("the token")
     acct, token = data.accounts.reissue(account_id)
-    emit({**acct.to_dict(), "token": token}, as_json,
-         f"account {acct.id} ({acct.role}): new token (shown once; the old one no longer works): {token}")
+    emit_shown_once({**acct.to_dict(), "token": token}, as_json,
+                    f"account {acct.id} ({acct.role}): new token (shown once; the old one no longer works): {token}",
+                    done=f"account {acct.id} was given a new token (the old one no longer works)",
+                    lost="the new token", then=f"run `{wuma_command('account', 'token', acct.id)}` again")
 
 
 @account.command("revoke")
@@ -140,6 +158,11 @@ def region():
     """
 
 
+#: The largest division-centre table imported: every village-level centre in China (about
+#: 700,000 ``code,lat,lng`` rows of some 35 bytes) is about 25 MB.
+_MAX_REGIONS = 64 << 20
+
+
 @region.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -149,6 +172,16 @@ def region_import(data, csv_file, as_json):
 
     Example: wuma region import county-centres.csv
     """
+    # NOTE: the library reads the file whole: a device (/dev/zero) or a wrong, huge file is
+    # refused before, not read until memory runs out
+    st = csv_file.stat()
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        raise click.ClickException(f"{csv_file} is a device, not a file: give the CSV file of division centres")
+    if stat.S_ISREG(st.st_mode) and st.st_size > _MAX_REGIONS:
+        raise click.ClickException(
+            f"{csv_file}: {st.st_size / (1 << 20):,.0f} MiB, over the {_MAX_REGIONS >> 20} MiB a table of "
+            "division centres may be (every village-level centre in China, about 700,000 rows, is some 25 MB): "
+            "is it the right file?")
     n = data.regions.import_csv(csv_file)
     emit({"imported": n}, as_json, f"{n} division centres loaded")
 
@@ -180,10 +213,55 @@ def region_locate(data, lat, lng, as_json):
          code or f"no division centre within {data.regions.max_km:g} km")
 
 
+#: A host name (labels of letters, digits and inner hyphens).
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _bind(ctx, param, value: str) -> str:
+    """``--bind`` checked before gunicorn starts: given to it, a port out of range was a
+    traceback in its log, and an empty address a server listening on nothing."""
+    def bad(why: str):
+        return click.BadParameter(f"{value!r}: {why}; give HOST:PORT (127.0.0.1:8080), [IPv6]:PORT "
+                                  "([::1]:8080) or unix:PATH")
+
+    if value.startswith("unix:"):
+        path = Path(value[len("unix:"):])
+        if not str(path) or str(path) == ".":
+            raise bad("no socket path after unix:")
+        if not path.parent.is_dir():
+            raise bad(f"the folder {path.parent} does not exist")
+        return value
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise bad("no port after the bracketed address")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise bad("no port")
+        if ":" in host:
+            raise bad("an IPv6 address goes in brackets")
+        if not host:
+            raise bad("no host before the port")
+        if not _HOST_NAME.fullmatch(host):
+            raise bad(f"{host!r} is no IP address or host name")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise bad(f"the port must be a number from 1 to 65535, not {port!r}")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise bad(f"the host {host} cannot be found ({getattr(e, 'strerror', None) or e})") from None
+    return value
+
+
 @click.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True,
-              help="Address to listen on (HOST:PORT, or unix:PATH behind a local proxy). The "
-                   "admin API and page share it: keep it on loopback, behind a TLS proxy.")
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, callback=_bind,
+              help="Address to listen on (HOST:PORT, [IPv6]:PORT, or unix:PATH behind a local proxy). "
+                   "The admin API and page share it: keep it on loopback, behind a TLS proxy.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per core).")
 @click.option("--worker-class", type=click.Choice(["gevent", "gthread"]), default="gevent",

@@ -91,6 +91,17 @@ def test_packs_signed_by_a_revoked_brand_key_are_withheld_by_the_server(rotated,
     assert listed[old.id]["signer_revoked_at"] == REVOKED_AT
     assert listed[old.id]["withheld_reason"] == f"signed by brand key {v1}, revoked at 2027-01-15 16:00:00+08:00"
     assert listed[new.id]["signer_revoked_at"] is None and listed[new.id]["withheld_reason"] is None
+    # and its text (pack list)
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent  # NOTE: its own process: one LMDB env a process
+    shown = subprocess.run([sys.executable, "-m", "cli", "--data", str(data.path), "pack", "list"], cwd=root,
+                           env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [row for row in shown.stdout.splitlines() if row.startswith(f"pack {old.id}")]
+    assert f"signed by brand key {v1}, revoked at 2027-01-15 16:00:00+08:00" in line and "export its range" in line
     # revoking again keeps the first time
     reg.lines.revoke_signer(1, now=REVOKED_AT + 3600)
     assert reg.get(old.id)["signer_revoked_at"] == REVOKED_AT
