@@ -409,8 +409,9 @@ class BansResource(AdminResource):
         everything = _bool_param(req, "all")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         after = req.get_param("after")
-        if after is not None:
-            check_text(after, "after")
+        if after is not None and len(check_text(after, "after")) > _MAX_SUBJECT:
+            raise falcon.HTTPBadRequest(title="bad_request",
+                                        description=f"after: a ban's subject (at most {_MAX_SUBJECT} characters)")
         resp.media = [b.to_dict() for b in self.admin.list_bans(
             include_inactive=everything, limit=limit, after=after)]
 
