@@ -10,12 +10,14 @@ from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits 
 from engine.ids import check_name, check_text, is_id, is_region_code, region_prefix
 from engine.store import MAX_SEQ  # NOTE: sequence numbers (ledger, audit, scan log) run 1..MAX_SEQ
 
-__all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
+__all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "MAX_SUBJECT", "IDEMPOTENCY_KEY_PATTERN", "china_day", "china_day_number", "parse_time",
            "check_id", "check_amount", "check_regions", "regions_meet", "MAX_REGIONS", "region_prefixes", "in_regions",
            "check_name", "check_text", "check_idempotency_key", "is_seq", "check_after"]
 
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
+#: The longest ban subject: kind:id, the id cut to 128 characters (engine.abuse).
+MAX_SUBJECT = 135
 
 
 

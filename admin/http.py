@@ -48,13 +48,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import falcon
 
-from admin._util import MAX_SEQ
+from admin._util import MAX_SEQ, MAX_SUBJECT
 from admin.ledger import KINDS
 from admin.openapi import ADMIN_OPENAPI
 from admin.page import add_page_routes
@@ -72,7 +73,6 @@ __all__ = ["create_app", "app_from_env"]
 log = logging.getLogger("wuma.http")
 
 _MAX_BODY = 256 * 1024  # a campaign on many serial ranges is a few KB; leave room
-_MAX_SUBJECT = 135  # a ban's subject: kind:id, the id cut to 128 characters (engine.abuse)
 #: Path converters: ids outside these ranges are not routes (404), never a crash.
 _CAMPAIGN = "{campaign:int(min=1, max=4294967295)}"
 _SEQ = f"{{seq:int(min=1, max={MAX_SEQ})}}"
@@ -159,10 +159,14 @@ class AdminAuth:
     403 with one whose role may not. APPSEC: checked before any responder runs.
     PERF: on the scan path this is one getattr per request (scan resources have none)."""
 
-    def __init__(self, tokens: AdminTokens) -> None:
+    def __init__(self, tokens: AdminTokens, *, report_every: float = 60.0) -> None:
         self.tokens = tokens
         self._refused = 0  # requests without a valid token since the last report
-        self._report = Every(60)
+        self._latest = ("", "")  # the latest one's client and path
+        self._report_every = report_every
+        self._report = Every(report_every)
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         permissions = getattr(resource, "permissions", None)
@@ -183,15 +187,31 @@ class AdminAuth:
 
 
     def _note_refused(self, req: falcon.Request) -> None:
-        """Count a request without a valid admin token; logged once a minute at most, with
-        the count since the last line. APPSEC: someone guessing tokens (thousands a second
-        were answered 401 and left no trace) shows in the log; a token is never in it."""
-        self._refused += 1
-        if self._report.due():
-            log.warning("admin API: %d request(s) without a valid admin token since the last such line "
-                        "(the latest from %s to %s): a token mistyped, revoked or replaced, or someone "
-                        "guessing", self._refused, req.remote_addr or "a unix socket", req.path)
-            self._refused = 0
+        """Count a request without a valid admin token: the first is logged at once, the
+        ones after it with their count once ``report_every`` has passed (a timer: a burst
+        then silence is still told whole). APPSEC: someone guessing tokens (thousands a
+        second were answered 401 and left no trace) shows in the log; a token never does."""
+        with self._lock:
+            self._refused += 1
+            self._latest = (req.remote_addr or "a unix socket", req.path)
+            if self._report.due():
+                self._log_refused()
+            elif self._timer is None:
+                self._timer = threading.Timer(self._report_every, self._report_pending)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _report_pending(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._refused:
+                self._log_refused()
+
+    def _log_refused(self) -> None:
+        log.warning("admin API: %d request(s) without a valid admin token since the last such line "
+                    "(the latest from %s to %s): a token mistyped, revoked or replaced, or someone "
+                    "guessing", self._refused, *self._latest)
+        self._refused = 0
 
 
 def _who(req: falcon.Request) -> str:
@@ -409,9 +429,9 @@ class BansResource(AdminResource):
         everything = _bool_param(req, "all")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         after = req.get_param("after")
-        if after is not None and len(check_text(after, "after")) > _MAX_SUBJECT:
+        if after is not None and len(check_text(after, "after")) > MAX_SUBJECT:
             raise falcon.HTTPBadRequest(title="bad_request",
-                                        description=f"after: a ban's subject (at most {_MAX_SUBJECT} characters)")
+                                        description=f"after: a ban's subject (at most {MAX_SUBJECT} characters)")
         resp.media = [b.to_dict() for b in self.admin.list_bans(
             include_inactive=everything, limit=limit, after=after)]
 
@@ -422,9 +442,9 @@ class BanLiftResource(AdminResource):
     def on_post(self, req, resp) -> None:
         doc = _body(req, {"subject": (str,)}, required=("subject",))
         subject = check_text(doc["subject"], "subject")
-        if not 0 < len(subject) <= _MAX_SUBJECT:
+        if not 0 < len(subject) <= MAX_SUBJECT:
             raise falcon.HTTPBadRequest(title="bad_request",
-                                        description=f"subject: 1-{_MAX_SUBJECT} characters, e.g. ip:203.0.113.9")
+                                        description=f"subject: 1-{MAX_SUBJECT} characters, e.g. ip:203.0.113.9")
         if len(subject.encode()) > 511:  # NOTE: longer than any LMDB key, so never banned
             raise NotFound(f"no ban for {subject}")
         resp.media = self.admin.lift_ban(subject, who=_who(req)).to_dict()

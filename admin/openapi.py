@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from admin._util import IDEMPOTENCY_KEY_PATTERN, MAX_AMOUNT, MAX_REGIONS, MAX_SEQ
+from admin._util import IDEMPOTENCY_KEY_PATTERN, MAX_AMOUNT, MAX_REGIONS, MAX_SEQ, MAX_SUBJECT
 from admin.campaigns import MAX_TARGETS, STATUSES
 from admin.ledger import KINDS
 from admin.pools import UNITS
@@ -307,13 +307,13 @@ _PATHS: dict[str, dict[str, Any]] = {
                                    _json(_array(_BAN), "bans"),
                                    params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "
                                                   "the earlier bans of clients banned again"), _LIMIT,
-                                           _param("after", "query", {**_TEXT, "maxLength": 135},
+                                           _param("after", "query", {**_TEXT, "maxLength": MAX_SUBJECT},
                                                   "only bans of subjects after this one (the next page: the "
                                                   "last subject shown)")])},
     "/admin/api/bans/lift": {"post": _op("Lift a client's latest ban now (the record is kept); 404 when it has "
                                          "none, or it was lifted already", "ban.lift", _json(_BAN, "lifted"),
                                          errors=("404",), body=_obj(["subject"], {"subject": {
-                                             **_TEXT, "minLength": 1, "maxLength": 135,
+                                             **_TEXT, "minLength": 1, "maxLength": MAX_SUBJECT,
                                              "description": "kind:id, e.g. ip:203.0.113.9"}}, closed=True))},
     "/admin/api/trace/{code}": {"get": _op(
         "Everything known about a code: unit, product, packaging, shipment, history", "read",

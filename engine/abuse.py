@@ -252,8 +252,8 @@ class AbuseGuard:
         if after is not None:
             bans = [b for b in bans if b.subject.encode() > after.encode()]
         if limit is not None:
-            subjects = list(dict.fromkeys(b.subject for b in bans))[:limit]
-            bans = [b for b in bans if b.subject in set(subjects)]
+            subjects = set(list(dict.fromkeys(b.subject for b in bans))[:limit])
+            bans = [b for b in bans if b.subject in subjects]
         return bans
 
     def count_active(self, now: float | None = None) -> int:

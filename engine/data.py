@@ -40,7 +40,8 @@ from engine.batches import Batch, BatchRegistry
 from engine.chinatime import china_time
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
-from engine.files import decode_text, fsync_path, protect, refuse_protected, sync_folder, unprotect, write_new_file
+from engine.files import (decode_text, fsync_path, protect, protect_owned, refuse_protected, sync_folder, unprotect,
+                          write_new_file)
 from engine.formats import FORMATS, validate_url_base
 from engine.ids import is_digits
 from engine.keys import KeyRing
@@ -305,10 +306,37 @@ def default_data_path() -> Path:
     return Path(os.environ.get("WUMA_DATA") or "wuma-data")
 
 
-def _url_base(spec: PackagingSpec, url_base: str) -> str:
+def _url_base(spec: PackagingSpec, url_base: str, *, printed: bool = False) -> str:
     """``url_base`` checked (and upper-cased) so that it and the spec's longest code fit a
-    QR code (:func:`engine.formats.validate_url_base`); ValueError otherwise."""
+    QR code (:func:`engine.formats.validate_url_base`); ValueError otherwise. ``printed``:
+    the folder's own, from wuma.json, which labels already carry in capitals: a path in
+    small letters there (a hand edit, taken by earlier releases) is read in capitals, as it
+    was printed, not refused (the folder would no longer open)."""
+    if printed and isinstance(url_base, str):
+        url_base = url_base.upper()
     return validate_url_base(url_base, max(f.length for f in FORMATS.values() if f.name in spec.formats))
+
+
+#: What a data folder holds that no output may replace (see _owned_by_a_data_folder).
+_OWN_FILES = (_CONFIG, "keys", "db", "db-counters")
+
+
+def _owned_by_a_data_folder(real: str) -> str | None:
+    """Where ``real`` (a resolved path) is, if it is a data folder's own file or inside one
+    of its own folders (a folder holding wuma.json and keys/ or db/), else None: for
+    :func:`engine.files.protect_owned`, so that every output refuses them, whether its
+    process opened that folder or not."""
+    path = Path(real)
+    for folder in list(path.parents)[:3]:  # NOTE: its files lie at most 2 levels down
+        inside = path.relative_to(folder).parts
+        if inside and inside[0] in _OWN_FILES and (folder / _CONFIG).is_file() and \
+                ((folder / "keys").is_dir() or (folder / "db").is_dir()):
+            top = folder / inside[0]
+            return f"it is {top}" if len(inside) == 1 else f"it is in {top}"
+    return None
+
+
+protect_owned(_owned_by_a_data_folder)
 
 
 def _mark_backup_copy(db: Path, key_version: int) -> None:
@@ -379,7 +407,7 @@ class DataFolder:
             raise DataFolderError(f"{cfg} is damaged ({e}): restore it from the backup taken "
                                   "with keys/ and db/") from None
         try:  # NOTE: as `wuma init` checks it: a URL that still fits the QR code
-            self.url_base: str = _url_base(self.spec, self.config.get("url_base", DEFAULT_URL_BASE))
+            self.url_base: str = _url_base(self.spec, self.config.get("url_base", DEFAULT_URL_BASE), printed=True)
         except ValueError as e:
             raise DataFolderError(f'{cfg}, "url_base": {e}: fix it there') from None
         self.keys = KeyRing(self.path / "keys")

@@ -27,7 +27,8 @@ lists are de-duplicated; the others hold each unit once by construction (a load'
 an activation's or a void's disjoint runs, a shipment's units). The eventID hashes the
 exported event together with the stored event's id and its place among the events
 exported for it, so two identical operations in one millisecond still get distinct
-eventIDs; it is a name-based UUID (``urn:uuid:``), the same in every export.
+eventIDs; it is a name-based UUID (``urn:uuid:``), the same in every export made with the
+same company prefix and URL base (they name the event's EPCs and parties).
 
 A replacement label's commissioning comes after the ``replacing`` AggregationEvents (same
 eventTime) so that the events exported for a replace before it was added keep their
@@ -265,7 +266,8 @@ _EVENT_ID_NAMESPACE = uuid.UUID("5b0f6d1e-3c52-5a8e-9d1c-7a2f4e6b8c90")
 
 def _event_id(ev: dict, source: tuple[int, int]) -> str:
     """``urn:uuid:`` of a name-based UUID of the exported event and ``source`` = (stored
-    event id, index among the events exported for it): the same in every export.
+    event id, index among the events exported for it): the same in every export with the
+    same company prefix and URL base (they are part of the event).
 
     NOTE: not ``ni:///sha-256;...?ver=CBV2.0``: that names CBV 2.0's Event Hash ID, a hash
     of a canonical pre-hash string a partner may recompute to check or de-duplicate

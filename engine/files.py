@@ -20,6 +20,7 @@ from typing import Self
 
 __all__ = ["UTF8_BOM", "NewFile", "OutputRefused", "SpreadsheetWriter", "decode_text",
            "fsync_path", "link_new", "link_unnamed", "open_stream", "open_unnamed", "private_output", "protect",
+           "protect_owned",
            "refuse_protected", "refuse_utf16", "same_file", "spreadsheet_cell", "sync_folder",
            "temp_beside", "unprotect", "write_new_file"]
 
@@ -102,8 +103,10 @@ def _cannot_write(path: Path) -> ErrorHook:
 
 class OutputRefused(OSError, ValueError):
     """An output path Wuma will not write: one of the data folder's own files
-    (:func:`protect`), a folder, a socket. Raised before anything is written; its message
-    names the path and says what to do, and is the whole of ``str(e)``.
+    (:func:`protect`, :func:`protect_owned`), a folder, a socket. Raised before anything
+    is written by :func:`private_output`; :meth:`NewFile.replace` raises it when the file is
+    to be named (after it was written, never over the path). Its message names the path and
+    says what to do, and is the whole of ``str(e)``.
 
     NOTE: an OSError (``errno``, ``filename``) so that code handling a failed write handles
     it, and a ValueError (like ``io.UnsupportedOperation``) so that it reads as the bad
@@ -168,7 +171,7 @@ def refuse_protected(path) -> None:
     the current folder) to a file or folder given to :func:`protect`, or to anything under
     such a folder: the check every output here makes, for a caller to make up front,
     before its work (a load, a download) rather than when its file is named."""
-    if not _protected:
+    if not _protected and not _owners:
         return
     real = os.path.realpath(os.fspath(path))
     for p in _protected:
@@ -177,6 +180,27 @@ def refuse_protected(path) -> None:
             raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
                                 "writing there would break the folder; write the export elsewhere",
                                 str(path))
+    for owner in _owners:
+        where = owner(real)
+        if where is not None:
+            raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
+                                "writing there would break the folder; write the export elsewhere",
+                                str(path))
+
+
+#: Functions ``owner(real path) -> "it is in ..." | None`` that say a path on disk belongs
+#: to something no output may touch, whether this process opened it or not: see
+#: :func:`protect_owned`.
+_owners: list = []
+
+
+def protect_owned(owner) -> None:
+    """Refuse every output whose real path ``owner(path)`` claims (returns where it is, as
+    "it is in FOLDER"), in this process from now on. The data folder registers one that
+    knows its layout on disk: ``pack open`` never opens a data folder, and its ``-o`` wrote
+    plaintext codes over a master key."""
+    if owner not in _owners:
+        _owners.append(owner)
 
 
 #: A link to an open file of a process (``/dev/stdout`` leads to ``/proc/self/fd/1``):

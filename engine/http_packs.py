@@ -324,8 +324,9 @@ def _get(keys: LineKeys, server: str, path: str, timeout: float, clock: Callable
 
 @dataclass(frozen=True)
 class Withheld:
-    """A local copy of a pack the server withholds (revoked, or codes voided since its
-    export), set aside: ``path`` was renamed ``renamed``. Its labels must not be printed."""
+    """A local copy of a pack the server withholds (revoked, signed by a revoked brand key,
+    or codes voided since its export), set aside: ``path`` was renamed ``renamed``. Its
+    labels must not be printed."""
 
     id: str
     path: Path
@@ -668,9 +669,10 @@ def pull_packs(
     saved. A killed pull leaves no temporary file (where the file system has unnamed
     ones). An error of the listing (auth, the server) raises :class:`PullError` at once.
 
-    First, local copies of the packs the server withholds (revoked, or codes voided since
-    the export; pulled before that) are renamed ``<file>.withheld``, never deleted: the
-    result's ``withheld`` (:class:`Pulled`, or :class:`PullIncomplete`) lists them."""
+    First, local copies of the packs the server withholds (revoked, signed by a revoked
+    brand key, or codes voided since the export; pulled before that) are renamed
+    ``<file>.withheld``, never deleted: the result's ``withheld`` (:class:`Pulled`, or
+    :class:`PullIncomplete`) lists them."""
     server = server_base(server)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

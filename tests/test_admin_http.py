@@ -126,6 +126,36 @@ def test_requests_without_a_valid_admin_token_show_in_the_log_without_it(tmp_pat
         server.stop()
 
 
+def test_a_burst_of_token_guesses_is_told_whole(tmp_path, caplog):
+    """The first refusal is logged at once; the rest of a burst were never told unless
+    another came a minute later (5,000 guesses logged as "1 request"): a timer tells them."""
+    import logging
+
+    from falcon import testing
+
+    from admin.http import AdminAuth
+    from admin.tokens import AdminTokens
+
+    class Guarded:
+        permissions = {"GET": "read"}
+
+    w = build_admin_world(tmp_path / "wuma-data")
+    try:
+        auth = AdminAuth(AdminTokens(w["data"].store, w["admin"].audit), report_every=0.3)
+        caplog.set_level(logging.WARNING, logger="wuma.http")
+        for _ in range(20):
+            req = testing.create_req(path="/admin/api/me", headers={"Authorization": "Bearer wma_guess"})
+            with pytest.raises(Exception, match="401"):
+                auth.process_resource(req, None, Guarded(), {})
+        time.sleep(0.8)
+        told = [r.getMessage() for r in caplog.records if "without a valid admin token" in r.getMessage()]
+        assert [m.split(" request(s)")[0].rsplit(" ", 1)[-1] for m in told] == ["1", "19"], told
+        assert all("wma_guess" not in m for m in told)
+    finally:
+        w["admin"].close()
+        w["data"].close()
+
+
 def test_roles_are_enforced(live):
     assert ok(live, "GET", "/admin/api/me", role="viewer")["role"] == "viewer"
     caps = live["caps"].id

@@ -497,4 +497,16 @@ def test_a_reader_killed_in_its_transaction_is_freed_and_its_snapshot_no_longer_
     subprocess.run([sys.executable, "-c", "import sys\nfrom engine.store import Store\nStore(sys.argv[1])",
                     str(tmp_path / "db")], env=env, check=True, timeout=60)
     assert dead not in _reader_pids(store)
+    # and a server worker, which keeps its stores open for days, frees them from time to time
+    from engine.store import clear_dead_readers_every
+
+    run = subprocess.run([sys.executable, "-c", _READ_THEN_DIE, str(tmp_path / "db")],
+                         env=env, capture_output=True, text=True, timeout=60)
+    dead = int(run.stdout.split()[0])
+    assert dead in _reader_pids(store)
+    clear_dead_readers_every([store], seconds=0.1)
+    deadline = time.monotonic() + 10
+    while dead in _reader_pids(store) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dead not in _reader_pids(store)
     store.env.close()

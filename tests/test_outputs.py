@@ -279,3 +279,23 @@ def test_a_backup_into_the_data_folders_own_folders_is_refused(tmp_path):
                 data.backup(dest)
             assert not dest.exists()
         assert data.backup(tmp_path / "copy")["path"]
+
+
+def test_a_data_folder_on_disk_is_refused_to_a_process_that_never_opened_it(tmp_path):
+    """`pack open -o DATA/keys/master-v1.key` (pack open opens no data folder) wrote
+    plaintext codes over the master key: a data folder's own files are known by its layout
+    on disk, not only while this process has it open."""
+    from engine import DataFolder
+
+    DataFolder.init(tmp_path / "d").close()
+    key = tmp_path / "d" / "keys" / "master-v1.key"
+    before = key.read_bytes()
+    for target in (key, tmp_path / "d" / "wuma.json", tmp_path / "d" / "db" / "data.mdb",
+                   tmp_path / "d" / "keys" / "new.key"):
+        with pytest.raises(OutputRefused, match="belongs to the data folder"):
+            with private_output(target) as fh:
+                fh.write(b"0,CODE\n")
+    assert key.read_bytes() == before
+    with private_output(tmp_path / "d" / "codes.csv") as fh:  # beside them: an export like any
+        fh.write(b"0,CODE\n")
+    assert (tmp_path / "d" / "codes.csv").read_bytes() == b"0,CODE\n"
