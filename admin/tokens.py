@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 from admin._util import check_id
 from admin.audit import AuditLog
-from engine.errors import Conflict, NotFound
+from engine.errors import Conflict, NotFound, TakenByRevoked
 from engine.ids import is_id
 from engine.store import Store, pack, unpack
 from engine.tokens import new_token, parse_token, secret_matches
@@ -91,7 +91,8 @@ class AdminTokens:
 
     def add(self, name: str, role: str, *, who: str, now: float | None = None) -> tuple[AdminToken, str]:
         """Make a token; returns it with the token string (shown once, stored hashed).
-        Names are never reused, so the audit log's ``token:<name>`` stays unambiguous."""
+        Names are never reused, so the audit log's ``token:<name>`` stays unambiguous:
+        Conflict for a name taken, :class:`~engine.errors.TakenByRevoked` if by a revoked token."""
         check_id(name, "token name")
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
@@ -101,6 +102,9 @@ class AdminTokens:
         with self._store.write() as txn:
             if not txn.put(name.encode(), pack({"token": record.to_dict(), "hash": token_hash}),
                            db=self._db, overwrite=False):
+                if unpack(txn.get(name.encode(), db=self._db))["token"]["revoked_at"] is not None:
+                    raise TakenByRevoked(f"admin token {name} exists and is revoked (names are never reused): "
+                                         "add one with another name")
                 raise Conflict(f"admin token {name} already exists (names are never reused)")
             self._audit.append(txn, who, "token.add", name, {"role": role}, now=now)
         return record, token

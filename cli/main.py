@@ -19,7 +19,7 @@ import click
 import lmdb
 
 from engine import DataFolder, WumaError, default_data_path
-from engine.errors import Conflict
+from engine.errors import Conflict, TakenByRevoked
 from engine.files import decode_text, private_output
 from engine.formats import MAX_INPUT
 from engine.spec import PRESETS
@@ -166,11 +166,14 @@ def emit_shown_once(obj, as_json: bool, text: str, *, done: str, lost: str, then
 
 def add_with_token(add, group: str, ident: str):
     """``add()`` (a ``wuma GROUP add`` that makes a token shown once), its result; a name
-    already taken (the one Conflict of an add) is an error that says how to give it a new
-    token, as the reason may be an earlier add whose output was lost."""
+    already taken by an active one (the plain Conflict of an add) is an error that says how
+    to give it a new token, as the reason may be an earlier add whose output was lost. Taken
+    by a revoked one, the library's message says to use another (a revoked one gets no token)."""
     check_output_shown_once("the token")
     try:
         return add()
+    except TakenByRevoked as e:
+        raise click.ClickException(str(e)) from None
     except Conflict as e:
         raise click.ClickException(f"{e}; if its token was lost (an earlier `{group} add` whose output "
                                    f"was lost), give it a new one with `{wuma_command(group, 'token', ident)}`"
@@ -217,21 +220,41 @@ class _ReaderGone(Exception):
     turn into status 1."""
 
 
+def _not_utf8_text(text: str) -> bool:
+    """Whether ``text`` came from bytes that are not UTF-8: Python keeps each such byte as a
+    lone surrogate (U+DC80 to U+DCFF, ``surrogateescape``)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _names_existing(text: str) -> bool:
+    """Whether ``text`` names a file or folder that exists, its bytes as they came (a file
+    unzipped from a Windows archive has a GBK name on disk: given as it is, it is found)."""
+    try:
+        return os.path.lexists(os.fsencode(text))
+    except (OSError, ValueError):  # NOTE: a NUL byte, a name too long
+        return False
+
+
 def _not_utf8(args: list[str]) -> None:
     """Refuse, before anything is done, an argument that is not UTF-8: Python reads the
     command line as UTF-8 and keeps bytes that are not as lone surrogates (a terminal in
-    GBK typing Chinese), which fail at the first write: after ``init`` made half a folder."""
+    GBK typing Chinese), which fail at the first write: after ``init`` made half a folder.
+    NOTE: an argument (or an option's value) that names an existing file or folder is left
+    alone: its bytes are its name on disk (a file unzipped from a Windows archive), and they
+    open it. Not ``--data``'s: the store cannot open a folder whose name is not UTF-8."""
     for i, arg in enumerate(args):
-        if not any("\udc80" <= ch <= "\udcff" for ch in arg):
+        if not _not_utf8_text(arg):
             continue
         raw = arg.encode("utf-8", "surrogateescape")
         opt, eq, value = arg.partition("=")
-        if eq and opt.startswith("--") and not any("\udc80" <= ch <= "\udcff" for ch in opt):
-            which, raw = opt, value.encode("utf-8", "surrogateescape")
+        if eq and opt.startswith("--") and not _not_utf8_text(opt):
+            which, raw, option, name = opt, value.encode("utf-8", "surrogateescape"), opt, value
         elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
-            which = f"the value of {args[i - 1]}"
+            which, option, name = f"the value of {args[i - 1]}", args[i - 1], arg
         else:
-            which = f"argument {i + 1}"
+            which, option, name = f"argument {i + 1}", None, arg
+        if option != "--data" and _names_existing(name):
+            continue
         shown = raw.decode("ascii", "backslashreplace")  # NOTE: the bytes as they came, \xNN
         try:
             gbk = f" (read as GBK it is \"{raw.decode('gbk')}\")"
@@ -298,7 +321,7 @@ def cli(ctx, data):
     Example: wuma --data ./wuma-data batch list
     """
     if (data is not None and ctx.get_parameter_source("data") == click.ParameterSource.ENVIRONMENT
-            and any("\udc80" <= ch <= "\udcff" for ch in str(data))):
+            and _not_utf8_text(str(data))):
         raise _NotUTF8(f"WUMA_DATA, \"{os.fsencode(data).decode('ascii', 'backslashreplace')}\", is not UTF-8 "
                        "text: it was set by a terminal or script in GBK or another legacy encoding; set it "
                        "again from a UTF-8 one; nothing was done")
@@ -528,13 +551,15 @@ def code_verify(data, codes, as_json):
                 # every text file given is: a UTF-8 BOM (Excel, Notepad) is not part of the
                 # first code; UTF-16 and other encodings are refused by name, whatever the locale
                 at = n = 0
-                while line := stdin.readline(_MAX_CODE_LINE + 1):
+                # NOTE: the bound is on a line's content, not its line break: read room for a
+                # CRLF after it (a longer line comes without one, its content past the bound)
+                while line := stdin.readline(_MAX_CODE_LINE + 2):
                     n += 1
-                    if len(line) > _MAX_CODE_LINE:
+                    content = line[:-1].removesuffix(b"\r") if line.endswith(b"\n") else line
+                    if len(content) > _MAX_CODE_LINE:
                         raise click.ClickException(
-                            f"stdin: line {n} runs over {_size(_MAX_CODE_LINE)} without a line break, so "
-                            f"it is no code (one is at most {MAX_INPUT} characters, even as a full URL): "
-                            "give one code a line")
+                            f"stdin: line {n} is over {_size(_MAX_CODE_LINE)}, so it is no code (one is at "
+                            f"most {MAX_INPUT} characters, even as a full URL): give one code a line")
                     yield decode_text(line, "stdin", offset=at).rstrip("\r\n")
                     at += len(line)
             else:

@@ -414,14 +414,14 @@ def pack_list(data, batch_id, line_name, as_json):
     for p in PackRegistry(data).list(batch=batch_id, line=line_name):
         kinds = [e["kind"] for e in p["events"]]
         state = "revoked" if p["revoked_at"] else "issued"
-        if p["voided_serial"] is not None:
+        if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
+            state += (f", not served ({p['withheld_reason']}), and lines refuse it: export its range again "
+                      "with the new key")
+        elif p["voided_serial"] is not None:
             state += (
                 f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
                 "after the export: not served; do not print it)"
             )
-        if p.get("signer_revoked_at") is not None:
-            state += (f", signed by brand key {p['issuer']}, revoked at {china_time(p['signer_revoked_at'])} "
-                      "(not served, and lines refuse it: export its range again with the new key)")
         if not p["file_present"]:
             state += " (its file is not at the export path: moved, or the export was cut off; revoke it and export again if lost)"
         emit(
@@ -461,15 +461,14 @@ def pack_report(data, receipt, as_json):
         text = f"already recorded: this open of pack {p['id']} by line {p['line']}"
     else:
         text = f"recorded open of pack {p['id']} by line {p['line']}"
-    if p["revoked_at"] is not None:
+    if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
+        text += f"\n  pack {p['id']} is not served ({p['withheld_reason']}): its codes should not have been printed"
+    elif p["revoked_at"] is not None:
         text += (
             f"\n  pack {p['id']} was revoked at {china_time(p['revoked_at'])}: "
             "its codes should not have been printed"
         )
-    if p.get("signer_revoked_at") is not None:
-        text += (f"\n  pack {p['id']} is signed by brand key {p['issuer']}, revoked at "
-                 f"{china_time(p['signer_revoked_at'])}: its codes should not have been printed")
-    if p["voided_serial"] is not None:
+    if p["voided_serial"] is not None and p["signer_revoked_at"] is None:
         text += (
             f"\n  codes of pack {p['id']} were voided since its export (serial {p['voided_serial']} of batch "
             f"{p['batch']}): voided labels should not have been printed"

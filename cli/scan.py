@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from cli.main import (
 )
 from engine.accounts import ACCOUNT_ROLES
 from engine.chinatime import china_time
+from engine.formats import is_host_name
 from engine.store import MAX_SEQ
 
 
@@ -158,11 +157,6 @@ def region():
     """
 
 
-#: The largest division-centre table imported: every village-level centre in China (about
-#: 700,000 ``code,lat,lng`` rows of some 35 bytes) is about 25 MB.
-_MAX_REGIONS = 64 << 20
-
-
 @region.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -172,16 +166,6 @@ def region_import(data, csv_file, as_json):
 
     Example: wuma region import county-centres.csv
     """
-    # NOTE: the library reads the file whole: a device (/dev/zero) or a wrong, huge file is
-    # refused before, not read until memory runs out
-    st = csv_file.stat()
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        raise click.ClickException(f"{csv_file} is a device, not a file: give the CSV file of division centres")
-    if stat.S_ISREG(st.st_mode) and st.st_size > _MAX_REGIONS:
-        raise click.ClickException(
-            f"{csv_file}: {st.st_size / (1 << 20):,.0f} MiB, over the {_MAX_REGIONS >> 20} MiB a table of "
-            "division centres may be (every village-level centre in China, about 700,000 rows, is some 25 MB): "
-            "is it the right file?")
     n = data.regions.import_csv(csv_file)
     emit({"imported": n}, as_json, f"{n} division centres loaded")
 
@@ -211,10 +195,6 @@ def region_locate(data, lat, lng, as_json):
     code = data.regions.locate(lat, lng)
     emit({"lat": lat, "lng": lng, "region": code}, as_json,
          code or f"no division centre within {data.regions.max_km:g} km")
-
-
-#: A host name (labels of letters, digits and inner hyphens).
-_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 def _bind(ctx, param, value: str) -> str:
@@ -247,7 +227,7 @@ def _bind(ctx, param, value: str) -> str:
             raise bad("an IPv6 address goes in brackets")
         if not host:
             raise bad("no host before the port")
-        if not _HOST_NAME.fullmatch(host):
+        if not is_host_name(host.removesuffix(".")):  # NOTE: a fully qualified name ends in a dot
             raise bad(f"{host!r} is no IP address or host name")
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise bad(f"the port must be a number from 1 to 65535, not {port!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from engine.errors import Conflict, NotFound
+from engine.errors import Conflict, NotFound, TakenByRevoked
 from engine.ids import check_name, is_id, is_region_code
 from engine.store import Store, pack, unpack
 from engine.tokens import new_token, parse_token, secret_matches
@@ -63,7 +63,8 @@ class AccountRegistry:
 
     def add(self, account_id: str, role: str, *, name: str = "", region: str | None = None,
             distributor: str | None = None, now: float | None = None) -> tuple[Account, str]:
-        """Create an account; returns it with its token (shown once, stored hashed)."""
+        """Create an account; returns it with its token (shown once, stored hashed).
+        Conflict if the id is taken: :class:`TakenByRevoked` if by a revoked account."""
         if not is_id(account_id):
             raise ValueError("account id: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
         if role not in ACCOUNT_ROLES:
@@ -83,6 +84,9 @@ class AccountRegistry:
                     raise NotFound(f"no distributor account {distributor}")
             if not txn.put(account_id.encode(), pack({"account": account.to_dict(), "token": token_hash}),
                            db=self._db, overwrite=False):
+                if unpack(txn.get(account_id.encode(), db=self._db))["account"]["revoked_at"] is not None:
+                    raise TakenByRevoked(f"account {account_id} exists and is revoked (ids are never reused): "
+                                         "add the account with another id")
                 raise Conflict(f"account {account_id} already exists")
         return account, token
 

@@ -4,7 +4,7 @@ Authentication failures are opaque on purpose (like Fernet's ``InvalidToken``): 
 that is forged, mistyped or malformed is simply *invalid*, with no hint about why.
 """
 
-__all__ = ["WumaError", "NotFound", "Conflict", "DataFolderError", "InvalidCode", "Unauthorized",
+__all__ = ["WumaError", "NotFound", "Conflict", "TakenByRevoked", "DataFolderError", "InvalidCode", "Unauthorized",
            "Banned", "RateLimited"]
 
 
@@ -18,6 +18,13 @@ class NotFound(WumaError, LookupError):
 
 class Conflict(WumaError):
     """The request is well formed but clashes with the current state."""
+
+
+class TakenByRevoked(Conflict):
+    """An add under an id (an account's, an admin token's name) that one revoked holds: ids
+    are never reused, and a revoked one gets no new token, so only another id will do.
+    (Apart from the plain Conflict of an id held by an active one, which a new token for it
+    may be the way out of.)"""
 
 
 class DataFolderError(WumaError):

@@ -42,6 +42,7 @@ __all__ = [
     "short_url",
     "digital_link",
     "gs1_check_digit",
+    "is_host_name",
     "validate_url_base",
 ]
 
@@ -193,8 +194,26 @@ def _unquoted(segment: str) -> str:
     return unquote(segment, errors="replace") if "%" in segment else segment
 
 
-#: A host name (labels of letters, digits and inner hyphens), with an optional port.
-_HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*(:[0-9]{1,5})?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def is_host_name(text, *, port: bool = False) -> bool:
+    """Whether ``text`` is a host name or an IPv4 address: dot-separated labels of 1 to 63
+    ASCII letters, digits and inner hyphens, 253 characters at most; with ``port``, a
+    ``:PORT`` (1 to 5 digits) may follow. No trailing dot: a caller that takes a fully
+    qualified ``name.`` drops it first."""
+    if not isinstance(text, str):
+        return False
+    name = text
+    if port:
+        name, colon, number = text.partition(":")
+        if colon and not _PORT.fullmatch(number):
+            return False
+    return len(name) <= 253 and _HOST_NAME.fullmatch(name) is not None
+
+
 #: A serial number, GS1 AI (21): 1 to 20 characters. Wuma's codes use letters and digits
 #: only (a subset of the AI's character set 82, none needing percent-encoding in a URI).
 _AI21 = re.compile(r"[A-Za-z0-9]{1,20}")
@@ -209,7 +228,7 @@ def validate_url_base(url_base: str, code_length: int) -> str:
     scheme, sep, rest = url_base.partition("://")
     host, slash, path = rest.partition("/")
     # NOTE: a phone's camera opens a printed label only if it reads as a web address
-    if not sep or scheme.upper() not in ("HTTP", "HTTPS") or not slash or not _HOST.fullmatch(host) \
+    if not sep or scheme.upper() not in ("HTTP", "HTTPS") or not slash or not is_host_name(host, port=True) \
             or " " in path:
         raise ValueError(f"url base {url_base!r} is not a web address such as HTTPS://S.EXAMPLE.CN/Q/ "
                          "(HTTP or HTTPS, a host name, a path ending in '/', no spaces)")
@@ -268,7 +287,7 @@ def digital_link(code: str, gtin: str, domain: str) -> str:
     a 24-digit ``decimal`` one does not (print its short URL)."""
     check_gtin(gtin)
     host = domain.strip("/") if isinstance(domain, str) else ""
-    if len(host) > 253 or not _HOST.fullmatch(host):
+    if not is_host_name(host, port=True):
         raise ValueError(f"domain must be a host name such as brand.example, not {domain!r}")
     if not isinstance(code, str) or not _AI21.fullmatch(code):
         raise ValueError("a GS1 Digital Link serial (AI 21) is 1 to 20 letters and digits: a "

@@ -178,6 +178,26 @@ def test_init_at_a_path_from_a_gbk_terminal_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_whose_name_on_disk_is_gbk_is_read_as_given(world):
+    # NOTE: unzipped from a Windows archive: its name is GBK bytes on disk (广州), and the
+    # command line passes those bytes as they are
+    name = os.fsdecode(os.fsencode(world.tmp) + b"/centres-\xb9\xe3\xd6\xdd.csv")
+    Path(name).write_bytes(b"440100,23.13,113.26\n")
+    res = CliRunner().invoke(cli, ["--data", str(world.data), "region", "import", name])
+    assert res.exit_code == 0 and "1 division centres loaded" in res.output, res.output
+    # a name that is no file is still refused, as any text that is not UTF-8
+    res = CliRunner().invoke(cli, ["--data", str(world.data), "region", "import", name + "x"])
+    assert res.exit_code == 2 and "Error: argument 5, " in res.output and "is not UTF-8 text" in res.output
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_refused_even_if_it_exists(tmp_path):
+    target = tmp_path / f"data-{GBK}"
+    target.mkdir()
+    res = CliRunner().invoke(cli, ["--data", str(target), "init"])
+    assert res.exit_code == 2 and "Error: the value of --data" in res.output, res.output
+    assert os.listdir(target) == []
+
+
 # -- D. inputs read with a bound ------------------------------------------------------------------
 def test_endless_inputs_are_refused_not_read_until_memory_runs_out(world):
     zero = Path("/dev/zero")
@@ -187,9 +207,9 @@ def test_endless_inputs_are_refused_not_read_until_memory_runs_out(world):
     regions = wuma(world.data, "region", "import", zero, memory=MEMORY)
     share = wuma(world.data, "pack", "open", world.pack, "--key", world.line, "--share-file", zero,
                  "-o", world.tmp / "c.csv", memory=MEMORY)
-    for got, msg in ((verify, "Error: stdin: line 1 runs over 4 KiB without a line break, so it is no code"),
+    for got, msg in ((verify, "Error: stdin: line 1 is over 4 KiB, so it is no code"),
                      (rule, "Error: <stdin>: over 256 KiB, too large for a campaign rule"),
-                     (regions, "Error: /dev/zero is a device, not a file"),
+                     (regions, "Error: /dev/zero: over 64 MiB, too large for a table of division centres"),
                      (share, "Error: /dev/zero: over 4 KiB, too large for a key share")):
         err = got.stderr.decode()
         assert got.returncode == 1 and "Traceback" not in err and "MemoryError" not in err, err
@@ -201,6 +221,23 @@ def test_endless_inputs_are_refused_not_read_until_memory_runs_out(world):
                              input="X" * 3000 + "\n" + code.split(",")[1] + "\n")
     assert res.exit_code == 0, res.output
     assert [json.loads(x)["verdict"] for x in res.stdout.splitlines()] == ["invalid", "inactive"]
+
+
+def test_code_verify_bounds_a_line_by_its_content_not_its_line_break(world):
+    """A line of 4,096 bytes was refused as running "over 4 KiB without a line break"."""
+    code = world("batch", "export", "1", "--plaintext", "--range", "0:1", "-o", "-").stdout.splitlines()[1]
+    code = code.split(",")[1]
+    r = CliRunner()
+    for lines in (["X" * 4096, code], ["X" * 4096 + "\r", code], ["X" * 4095 + "\r", code]):
+        res = r.invoke(cli, ["--data", str(world.data), "code", "verify", "-", "--json"],
+                       input="\n".join(lines) + "\n")
+        assert res.exit_code == 0, res.output
+        assert [json.loads(x)["verdict"] for x in res.stdout.splitlines()] == ["invalid", "inactive"]
+    for line in ("X" * 4097 + "\n", "X" * 4097 + "\r\n", "X" * 4097):
+        res = r.invoke(cli, ["--data", str(world.data), "code", "verify", "-"], input=code + "\n" + line)
+        assert res.exit_code == 1 and "Error: stdin: line 2 is over 4 KiB, so it is no code" in res.output, \
+            res.output
+        assert f"{code}\tinactive" in res.output  # NOTE: the lines before it are answered
 
 
 def test_files_too_large_for_what_they_hold_are_refused_by_size(world):
@@ -221,7 +258,7 @@ def test_files_too_large_for_what_they_hold_are_refused_by_size(world):
     with huge.open("wb") as fh:
         fh.truncate(65 << 20)  # NOTE: sparse: no disk used
     res = r.invoke(cli, [*base, "region", "import", str(huge)])
-    assert res.exit_code == 1 and f"Error: {huge}: 65 MiB, over the 64 MiB" in res.output, res.output
+    assert res.exit_code == 1 and f"Error: {huge}: over 64 MiB, too large for a table" in res.output, res.output
 
 
 # -- E. serve --bind --------------------------------------------------------------------------------
@@ -309,6 +346,23 @@ def test_a_token_that_cannot_be_printed_says_the_account_exists_and_how_to_get_o
     # the advice works
     assert "new token (shown once" in world("account", "token", "s-77").stdout
     assert "new token (shown once" in world("admin-token", "token", "ops-9").stdout
+
+
+def test_adding_again_an_id_that_was_revoked_says_to_use_another_not_to_ask_a_token(world):
+    """The advice was `account token ID`, which refuses a revoked account."""
+    world("account", "add", "s-5", "--role", "store")
+    world("account", "revoke", "s-5")
+    world("admin-token", "add", "ops-5", "--role", "admin")
+    world("admin-token", "revoke", "ops-5")
+    r = CliRunner()
+    res = r.invoke(cli, ["--data", str(world.data), "account", "add", "s-5", "--role", "store"])
+    assert res.exit_code == 1 and res.output == (
+        "Error: account s-5 exists and is revoked (ids are never reused): add the account with another id\n")
+    res = r.invoke(cli, ["--data", str(world.data), "admin-token", "add", "ops-5", "--role", "admin"])
+    assert res.exit_code == 1 and res.output == (
+        "Error: admin token ops-5 exists and is revoked (names are never reused): add one with another name\n")
+    # the advice works
+    assert "created; token (shown once)" in world("account", "add", "s-6", "--role", "store").stdout
 
 
 def test_a_token_with_nowhere_to_go_is_not_made(world):

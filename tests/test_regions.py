@@ -169,3 +169,55 @@ def test_max_km_must_be_a_distance(tmp_path, max_km):
     with pytest.raises(ValueError, match="max_km must be a number of kilometres"):
         RegionTable(store, max_km=max_km)
     store.close()
+
+
+def _fifo_fed(path, chunk: bytes, times: int | None):
+    """A named pipe at ``path`` (as `<(...)` gives), fed ``chunk`` ``times`` times (None:
+    until its reader stops), from a thread."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def feed():
+        try:
+            with open(path, "wb") as fh:
+                n = 0
+                while times is None or n < times:
+                    fh.write(chunk)
+                    n += 1
+        except BrokenPipeError:
+            pass
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_import_from_a_pipe_reads_at_most_max_bytes(table, tmp_path):
+    """A pipe (`wuma region import <(...)`) has no size to check first: it was read whole,
+    however long it ran."""
+    endless = tmp_path / "endless.csv"
+    feeder = _fifo_fed(endless, b"440106,23.1,113.3\n" * 1000, None)
+    with pytest.raises(ValueError, match=r"endless\.csv: over 64 KiB, too large for a table of division "
+                                         r"centres .*is it the right file\?$"):
+        table.import_csv(endless, max_bytes=64 << 10)
+    feeder.join(5)
+    assert not feeder.is_alive() and table.list() == []
+    # within the bound, a pipe is read as a file is
+    short = tmp_path / "short.csv"
+    feeder = _fifo_fed(short, b"440106,23.1,113.3\n", 1)
+    assert table.import_csv(short, max_bytes=64 << 10) == 1
+    feeder.join(5)
+
+
+def test_import_reads_a_file_of_exactly_max_bytes_and_refuses_one_more(table, tmp_path):
+    row = b"440106,23.1,113.3\n"
+    f = tmp_path / "centres.csv"
+    f.write_bytes(row)
+    assert table.import_csv(f, max_bytes=len(row)) == 1
+    with pytest.raises(ValueError, match=rf"centres\.csv: over {len(row) - 1} bytes, too large"):
+        table.import_csv(f, max_bytes=len(row) - 1)
+    # a device has no size either: read up to the bound, not until memory runs out
+    with pytest.raises(ValueError, match=r"^/dev/zero: over 4 KiB, too large for a table of division centres"):
+        table.import_csv("/dev/zero", max_bytes=4096)
