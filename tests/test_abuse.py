@@ -379,3 +379,47 @@ def test_a_lifted_ban_is_not_lifted_again(guard):
     with pytest.raises(NotFound, match="ended by itself"):
         guard.lift(other, now=2000.0 + 400)
     assert [b.lifted_at for b in guard.list_bans(include_inactive=True) if b.subject == other] == [None]
+
+
+def test_a_ban_held_up_by_a_long_write_lets_no_connection_start_again(guard):
+    """The count was dropped when it crossed the threshold and the ban written after, in the
+    main store, which waits for a long write (an ingest): meanwhile each connection of the
+    subject counted from 0 again, and 16 of them got 16 x 21 answers before the ban. Now the
+    count stays until the ban is written: each connection's next invalid code waits for it."""
+    import threading
+    import time as _time
+
+    ip = subject("ip", "203.0.113.60")
+    answered = []
+    lock = threading.Lock()
+
+    def connection() -> None:
+        for i in range(50):
+            if guard.banned([ip], now=1000.0) is not None:
+                return
+            guard.record_invalid([ip], f"GUESS{i}", now=1000.0)
+            with lock:
+                answered.append(i)
+
+    holding = threading.Event()
+    release = threading.Event()
+
+    def long_write() -> None:  # the store's writer held, as an ingest holds it
+        with guard._store.write():
+            holding.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    holding.wait(10)
+    connections = [threading.Thread(target=connection) for _ in range(4)]
+    for c in connections:
+        c.start()
+    _time.sleep(0.5)  # every connection has crossed, or waits for the ban
+    release.set()
+    writer.join(10)
+    for c in connections:
+        c.join(10)
+    # threshold 3: the 4th invalid code bans; each other connection's one in flight waits too
+    assert len(answered) <= 3 + 4, answered
+    assert len(guard.list_bans(now=1000.0, include_inactive=True)) == 1  # one ban, not one a connection
