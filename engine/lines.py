@@ -134,7 +134,7 @@ class LineKeys:
                 raise LineKeyError(
                     f"{p} is readable by other users (mode {mode:o}); run: chmod 600 {p}"
                 )
-            raw = p.read_bytes()
+            raw = p.read_bytes() if p.stat().st_size == 32 else b""  # NOTE: never read a wrong file whole
             if len(raw) != 32:
                 raise LineKeyError(f"{p} is damaged: a line key file holds 32 bytes")
             keys.append(raw)
@@ -228,7 +228,14 @@ def load_brand_keys(path: Path) -> dict[str, BrandKey]:
             f"no brand key file {path}; get brand-keys.json from the brand "
             "(`wuma line brand-keys`) and pass it with --brand-key"
         )
+    if path.stat().st_size > _MAX_BRAND_KEYS_FILE:  # NOTE: a wrong file is not read whole
+        raise LineKeyError(f"{path} is over {_MAX_BRAND_KEYS_FILE >> 10} KiB: it is no brand-keys.json "
+                           "(get it from the brand: `wuma line brand-keys`)")
     return _parse_brand_keys(path.read_bytes(), str(path))
+
+
+#: A brand-keys.json holds a few hundred bytes per key version (31 at most).
+_MAX_BRAND_KEYS_FILE = 64 << 10
 
 
 @dataclass(frozen=True)

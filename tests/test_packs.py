@@ -307,8 +307,12 @@ def test_line_registry(data, tmp_path):
             reg.lines.add("L2", junk)
     assert [ln.name for ln in reg.lines.list()] == ["L1"]
     brand = tmp_path / "brand-keys.json"
-    brand.write_bytes(b"[" * 100_000)
+    brand.write_bytes(b"[" * 60_000)
     with pytest.raises(LineKeyError, match="not a Wuma brand key file"):
+        load_brand_keys(brand)
+    with open(brand, "wb") as fh:  # a wrong file of 1 GiB (sparse): refused by its size, never read
+        fh.truncate(1 << 30)
+    with pytest.raises(LineKeyError, match="over 64 KiB: it is no brand-keys.json"):
         load_brand_keys(brand)
 
 
