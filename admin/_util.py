@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta
 
+from engine.abuse import MAX_SUBJECT  # NOTE: the longest ban subject, kind:id
 from engine.chinatime import CHINA  # NOTE: days, daily caps and per-day limits are China days
 from engine.ids import check_name, check_text, is_id, is_region_code, region_prefix
 from engine.store import MAX_SEQ  # NOTE: sequence numbers (ledger, audit, scan log) run 1..MAX_SEQ
@@ -16,8 +17,6 @@ __all__ = ["CHINA", "MAX_AMOUNT", "MAX_SEQ", "MAX_SUBJECT", "IDEMPOTENCY_KEY_PAT
 
 #: The largest amount or count taken (10 billion yuan in fen): exact in JSON and in 8-byte counters.
 MAX_AMOUNT = 10**12
-#: The longest ban subject: kind:id, the id cut to 128 characters (engine.abuse).
-MAX_SUBJECT = 135
 
 
 

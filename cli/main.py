@@ -20,7 +20,7 @@ import lmdb
 
 from engine import DataFolder, WumaError, default_data_path
 from engine.errors import Conflict, TakenByRevoked
-from engine.files import decode_text, private_output
+from engine.files import decode_text, private_output, read_bounded, size_text
 from engine.formats import MAX_INPUT
 from engine.spec import PRESETS
 
@@ -35,10 +35,8 @@ def library_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BrokenPipeError as e:
-            if _reader_gone(sys.stdout):
-                raise  # NOTE: `| head` stopped reading: the command group ends quietly
-            raise click.ClickException(_os_error_text(e)) from None
+        except BrokenPipeError:
+            raise  # NOTE: the command group (_Wuma.invoke) tells `| head` from a real error
         except (WumaError, ValueError, TypeError) as e:
             raise click.ClickException(str(e)) from None
         except (struct.error, OverflowError):
@@ -110,22 +108,11 @@ def read_input(source, name: str, limit: int, what: str) -> bytes:
     wrong file: the process grew until the OOM killer stopped it)."""
     stdin = str(source) == "-"
     if stdin:
-        raw = stdin_binary("give a file name instead, or run the command with input (`< FILE` or a "
-                           "pipe)").read(limit + 1)
-    else:
-        with open(source, "rb") as fh:
-            raw = fh.read(limit + 1)
-    if len(raw) > limit:
-        raise click.ClickException(f"{name}: over {_size(limit)}, too large for {what}: is it the right "
-                                   f"{'input' if stdin else 'file'}?")
-    return raw
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n:,} bytes"
+        source = stdin_binary("give a file name instead, or run the command with input (`< FILE` or a pipe)")
+    try:
+        return read_bounded(source, limit, name, what, kind="input" if stdin else "file")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def wuma_command(*words: str) -> str:
@@ -558,7 +545,7 @@ def code_verify(data, codes, as_json):
                     content = line[:-1].removesuffix(b"\r") if line.endswith(b"\n") else line
                     if len(content) > _MAX_CODE_LINE:
                         raise click.ClickException(
-                            f"stdin: line {n} is over {_size(_MAX_CODE_LINE)}, so it is no code (one is at "
+                            f"stdin: line {n} is over {size_text(_MAX_CODE_LINE)}, so it is no code (one is at "
                             f"most {MAX_INPUT} characters, even as a full URL): give one code a line")
                     yield decode_text(line, "stdin", offset=at).rstrip("\r\n")
                     at += len(line)

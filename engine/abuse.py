@@ -40,7 +40,7 @@ from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address",
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "MAX_SUBJECT", "SUBJECT_ID_CHARS",
            "SUBJECT_ID_BYTES"]
 
 _EVIDENCE_CODE_CHARS = 64
@@ -61,6 +61,10 @@ _EARLIER_HEAD = struct.Struct(">H")
 #: A subject's id is cut to this many bytes in UTF-8: subjects are database keys (LMDB
 #: takes at most 511 bytes).
 SUBJECT_ID_BYTES = 384
+#: ... and to this many characters.
+SUBJECT_ID_CHARS = 128
+#: The longest subject: the longest kind ("account"), ":", the id.
+MAX_SUBJECT = len("account:") + SUBJECT_ID_CHARS
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
@@ -86,9 +90,9 @@ def client_address(text: str) -> str | None:
 
 
 def subject(kind: str, ident: str) -> str:
-    """``kind:ident``, e.g. ``ip:127.0.0.1``; the id is cut to 128 characters and to
-    :data:`SUBJECT_ID_BYTES` bytes."""
-    ident = str(ident)[:128]
+    """``kind:ident``, e.g. ``ip:127.0.0.1``; the id is cut to :data:`SUBJECT_ID_CHARS`
+    characters and to :data:`SUBJECT_ID_BYTES` bytes."""
+    ident = str(ident)[:SUBJECT_ID_CHARS]
     if not ident.isascii():
         ident = ident.encode()[:SUBJECT_ID_BYTES].decode(errors="ignore")
     return f"{kind}:{ident}"

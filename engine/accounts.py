@@ -117,26 +117,24 @@ class AccountRegistry:
             accounts = [Account(**unpack(v)["account"]) for _, v in txn.cursor(db=self._db)]
         return [a for a in accounts if role is None or a.role == role]
 
+    def _account_in(self, txn, account_id: str) -> dict | None:
+        """The account record of ``account_id`` in the caller's transaction, or None (an id
+        that cannot be an account, :func:`engine.ids.is_id`, included: never an error)."""
+        raw = txn.get(account_id.encode(), None, self._db) if is_id(account_id) else None
+        return None if raw is None else unpack(raw)["account"]
+
     def active_in(self, txn, account_id: str) -> bool:
         """Whether ``account_id`` is an account on record and not revoked, read in the
-        caller's transaction (so a revocation committed before it counts). An id that cannot
-        be an account (:func:`engine.ids.is_id`) is not one: False, never an error."""
-        if not is_id(account_id):
-            return False
-        raw = txn.get(account_id.encode(), None, self._db)
-        return raw is not None and unpack(raw)["account"]["revoked_at"] is None
+        caller's transaction (so a revocation committed before it counts)."""
+        account = self._account_in(txn, account_id)
+        return account is not None and account["revoked_at"] is None
 
     def revoked_in(self, txn, account_id: str, role: str) -> bool:
         """Whether ``account_id`` is an account of ``role`` on record and revoked, read in
         the caller's transaction. An id with no account, or another role's, is not: a
         distributor in the registry need not have a scanning account (see the README)."""
-        if not is_id(account_id):
-            return False
-        raw = txn.get(account_id.encode(), None, self._db)
-        if raw is None:
-            return False
-        account = unpack(raw)["account"]
-        return account["role"] == role and account["revoked_at"] is not None
+        account = self._account_in(txn, account_id)
+        return account is not None and account["role"] == role and account["revoked_at"] is not None
 
     def revoke(self, account_id: str, now: float | None = None) -> Account:
         key = _key(account_id)

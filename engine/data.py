@@ -412,9 +412,9 @@ class DataFolder:
             raise DataFolderError(f'{cfg}, "url_base": {e}: fix it there') from None
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
-        self.store, issued = self._open_store()
+        self.store, issued, spec_record = self._open_store()
         try:
-            self._check_spec(cfg)
+            self._check_spec(cfg, spec_record)
             self._record_keys(issued)
         except BaseException:
             self.store.close()
@@ -425,15 +425,14 @@ class DataFolder:
         # key file) broke the folder for good: every output of this process refuses them
         self._owned = protect([cfg, self.path / "keys", self.path / "db", self.path / "db-counters"])
 
-    def _check_spec(self, cfg: Path) -> None:
+    def _check_spec(self, cfg: Path, raw: bytes | None) -> None:
         """The packaging spec of wuma.json must be the one this folder's codes were made
         with, as the store records it (:func:`_code_spec`): a role's format or place changed
         by hand made codes print in another format and every code printed answer invalid
-        (or an inner code read as the outer one). A folder from before the record gets it."""
+        (or an inner code read as the outer one). A folder from before the record gets it.
+        ``raw``: the record, as read when the store was opened."""
         meta = self.store.db("meta")
         now = _code_spec(self.spec)
-        with self.store.read() as txn:
-            raw = txn.get(_CODE_SPEC, db=meta)
         if raw is None:
             with self.store.write() as txn:  # NOTE: put only if still missing (another process)
                 txn.put(_CODE_SPEC, pack(now), db=meta, overwrite=False)
@@ -490,10 +489,11 @@ class DataFolder:
             txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=self.store.db("meta"))
         self.store.sync()  # NOTE: a key version's record outlives a power loss ("relaxed" too)
 
-    def _open_store(self) -> tuple[Store, dict[int, str]]:
+    def _open_store(self) -> tuple[Store, dict[int, str], bytes | None]:
         """The store, if it is this folder's: never a new empty one in place of a lost one
-        (new batches would take ids again and repeat codes already printed); and the master
-        key versions it records as issued (read with its id, in one read transaction)."""
+        (new batches would take ids again and repeat codes already printed); the master key
+        versions it records as issued; and its record of the packaging spec (read with its
+        id, in one read transaction)."""
         db = self.path / "db"
         restore = (f"restore {db} from the backup taken with {_CONFIG} and keys/ (do not create "
                    "batches without it: their codes would repeat codes already printed)")
@@ -506,6 +506,7 @@ class DataFolder:
             with store.read() as txn:
                 found = _stored_id(txn, meta)
                 raw_keys = txn.get(_KEY_VERSIONS, db=meta)
+                raw_spec = txn.get(_CODE_SPEC, db=meta)
             expected = self.config.get("store_id")
             # NOTE: folders made before store ids: the file checks only
             if expected is not None and found != expected:
@@ -513,7 +514,7 @@ class DataFolder:
                        "folder's)" if found is None else "holds another data folder's store")
                 raise DataFolderError(f"{db} {why}: {restore}")
             # NOTE: the record is unpacked only once the store is known to be this folder's
-            return store, _key_record(raw_keys)
+            return store, _key_record(raw_keys), raw_spec
         except BaseException:
             store.close()
             raise

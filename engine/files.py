@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-__all__ = ["UTF8_BOM", "NewFile", "OutputRefused", "SpreadsheetWriter", "decode_text",
+__all__ = ["UTF8_BOM", "NewFile", "OutputRefused", "SpreadsheetWriter", "decode_text", "read_bounded", "size_text",
            "fsync_path", "link_new", "link_unnamed", "open_stream", "open_unnamed", "private_output", "protect",
            "protect_owned",
            "refuse_protected", "refuse_utf16", "same_file", "spreadsheet_cell", "sync_folder",
@@ -45,6 +45,34 @@ def refuse_utf16(head: bytes, name: str, save_as: str = "UTF-8") -> None:
     if b"\0" in head:
         raise ValueError(f"{name}: the file holds NUL bytes, so it is not UTF-8 text "
                          f"(UTF-16 without a byte-order mark? a spreadsheet?); save it as {save_as}")
+
+
+def size_text(n: int) -> str:
+    """A size for a person: ``64 MiB``, ``4 KiB``, else ``1,000 bytes``."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def read_bounded(source, limit: int, name: str, what: str, *, kind: str = "file") -> bytes:
+    """The bytes of ``source`` (a path, or a binary file open for reading), at most
+    ``limit``; past them ValueError naming it (``name``), saying what it should hold
+    (``what``, with how large that is) and asking if it is the right ``kind``. A regular
+    file is judged by its size, unread; a pipe or a device (``/dev/zero``) is read up to
+    the bound and one byte more (a wrong input grew the process until the OOM killer)."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        with open(source, "rb") as fh:
+            return read_bounded(fh, limit, name, what, kind=kind)
+    try:
+        st = os.fstat(source.fileno())
+        too_large = stat.S_ISREG(st.st_mode) and st.st_size - source.tell() > limit
+    except (OSError, AttributeError, ValueError):  # NOTE: no file descriptor (a test's BytesIO)
+        too_large = False
+    raw = b"" if too_large else source.read(limit + 1)
+    if too_large or len(raw) > limit:
+        raise ValueError(f"{name}: over {size_text(limit)}, too large for {what}: is it the right {kind}?")
+    return raw
 
 
 def decode_text(raw: bytes, name: str, *, offset: int = 0) -> str:
@@ -174,18 +202,14 @@ def refuse_protected(path) -> None:
     if not _protected and not _owners:
         return
     real = os.path.realpath(os.fspath(path))
-    for p in _protected:
-        if real == p or real.startswith(p.rstrip(os.sep) + os.sep):
-            where = f"it is {p}" if real == p else f"it is in {p}"
-            raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
-                                "writing there would break the folder; write the export elsewhere",
-                                str(path))
-    for owner in _owners:
-        where = owner(real)
-        if where is not None:
-            raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
-                                "writing there would break the folder; write the export elsewhere",
-                                str(path))
+    where = next((f"it is {p}" if real == p else f"it is in {p}" for p in _protected
+                  if real == p or real.startswith(p.rstrip(os.sep) + os.sep)), None)
+    if where is None:
+        where = next((w for w in map(lambda owner: owner(real), _owners) if w is not None), None)
+    if where is not None:
+        raise OutputRefused(errno.EPERM, f"{path} belongs to the data folder ({where}): "
+                            "writing there would break the folder; write the export elsewhere",
+                            str(path))
 
 
 #: Functions ``owner(real path) -> "it is in ..." | None`` that say a path on disk belongs

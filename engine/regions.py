@@ -26,11 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import stat
 from pathlib import Path
 
-from engine.files import decode_text
+from engine.files import decode_text, read_bounded
 from engine.ids import is_region_code
 from engine.store import Store, pack, unpack
 
@@ -45,13 +43,6 @@ _CELL = 0.5  # degrees
 _EARTH_KM = 6371.0
 #: The store counter bumped by every change of the centres (see the module's NOTE).
 _VERSION = "region_centres_version"
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n:,} bytes"
 
 
 def _cell(lat: float, lng: float) -> tuple[int, int]:
@@ -137,16 +128,8 @@ class RegionTable:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         rows = []
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            # NOTE: a regular file is judged by its size, unread; a pipe (`<(...)`) or a device
-            # (/dev/zero) has none: read up to the bound, and one byte more to see it is passed
-            too_large = stat.S_ISREG(st.st_mode) and st.st_size > max_bytes
-            raw = b"" if too_large else fh.read(max_bytes + 1)
-        if too_large or len(raw) > max_bytes:
-            raise ValueError(f"{path}: over {_size(max_bytes)}, too large for a table of division centres "
-                             "(every village-level centre in China, about 700,000 rows, is some 25 MB): is it "
-                             "the right file?")
+        raw = read_bounded(path, max_bytes, str(path), "a table of division centres (every village-level "
+                           "centre in China, about 700,000 rows, is some 25 MB)")
         # NOTE: a UTF-8 BOM (Excel's "CSV UTF-8", Notepad) is dropped; a UTF-16 file, or one
         # in GBK, is refused as such rather than as "'utf-8' codec can't decode byte 0xff"
         text = decode_text(raw, str(path))

@@ -276,7 +276,7 @@ def test_a_day_is_named_as_its_number_even_a_hair_before_midnight(day, before):
     import math
     from datetime import date, datetime, timedelta
 
-    from admin._util import _DAYS, china_day_number, parse_time
+    from admin._util import _DAYS, china_day_number
 
     midnight = day * 86400.0 - 8 * 3600  # 00:00 China time of day number `day`
     t = min(math.nextafter(midnight, 0), midnight - before)  # strictly before midnight
@@ -285,7 +285,12 @@ def test_a_day_is_named_as_its_number_even_a_hair_before_midnight(day, before):
     assert n in (day - 1, day)
     assert china_day(t) == (date(1970, 1, 1) + timedelta(days=n)).isoformat() \
         == datetime.fromtimestamp(n * 86400 - 8 * 3600 + 1, CHINA).strftime("%Y-%m-%d")
-    # a window's end given as the last date: its end, the next day's start, within range
+
+
+def test_a_window_ending_on_the_last_date_ends_within_range():
+    """'9999-12-31' as an end is that day's end, the next day's start (it was refused)."""
+    from admin._util import parse_time
+
     assert parse_time("9999-12-31", "end", day_end=True) == 253402272000.0
 
 
