@@ -23,6 +23,7 @@ Payable entries go to the payment system through :mod:`admin.payouts`; a reward 
 from __future__ import annotations
 
 from admin._util import check_after
+from engine.ids import check_limit
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Ledger", "KINDS", "PAYABLE_KINDS"]
@@ -85,8 +86,7 @@ class Ledger:
                 kind: str | None = None) -> list[dict]:
         """Entries with seq > ``after``, oldest first, optionally of one campaign/kind: at
         most ``limit`` (1 or more)."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError("limit must be a whole number of at least 1")
+        check_limit(limit)
         out: list[dict] = []
         with self._store.read() as txn:
             cur = txn.cursor(db=self._db)

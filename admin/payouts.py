@@ -154,7 +154,7 @@ from admin.audit import AuditLog
 from admin.ledger import Ledger
 from engine.errors import Conflict, NotFound
 from engine.files import SpreadsheetWriter, private_output
-from engine.ids import is_digits
+from engine.ids import check_limit, is_digits
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Payouts", "STATES", "EXPORT_FIELDS"]
@@ -722,8 +722,7 @@ class Payouts:
         Returns counts: ``taken_in``, ``sent`` (requests made), ``paid``, ``failed``,
         ``rejected``, ``cancelled`` (reversed entries found unsent)."""
         url, key = _check_target(url, secret)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError("limit must be a whole number of at least 1")
+        check_limit(limit)
         if not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
         clock = time.time if now is None else (lambda: now)

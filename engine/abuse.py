@@ -35,6 +35,7 @@ import msgpack
 
 from engine.errors import NotFound
 from engine.every import Every
+from engine.ids import check_limit
 from engine.scanlog import DISTINCT_MAX
 from engine.store import Store, pack, u64, unpack
 
@@ -229,8 +230,8 @@ class AbuseGuard:
         PERF: active bans are found from their ends (8 bytes a ban) and only those are read
         whole, from ``after`` on: anyone can get banned from thousands of addresses (an
         IPv6 /48 holds 65,536 /64s), and every ban holds its evidence."""
-        if limit is not None and (limit.__class__ is not int or limit < 1):
-            raise ValueError("limit must be a whole number of at least 1")
+        if limit is not None:
+            check_limit(limit)
         now = time.time() if now is None else now
         start = b"" if after is None else after.encode() + b"\0"  # NOTE: the next key after it
         if not include_inactive:

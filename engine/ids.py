@@ -12,7 +12,7 @@ import functools
 import re
 
 __all__ = ["CONTROL_CHARACTERS", "ID_PATTERN", "REGION_PATTERN", "TEXT_ID_PATTERN", "check_name", "check_text",
-           "has_control", "is_digits",
+           "check_limit", "has_control", "is_digits",
            "is_id", "is_region_code", "region_prefix"]
 
 #: Ids of accounts, products (SKUs), pools, print lines and admin tokens: 1-64 letters,
@@ -111,3 +111,10 @@ def check_name(value: object, what: str, *, limit: int = 200, required: bool = T
         size = f"1-{limit} characters, not only spaces" if required else f"at most {limit} characters"
         raise ValueError(f"{what}: {size}{hint}")
     return check_text(value, what)
+
+
+def check_limit(limit: object) -> None:
+    """ValueError unless ``limit`` (a page's size) is a whole number of at least 1; a bool
+    is no number here (``True`` would read as 1)."""
+    if limit.__class__ is not int or limit < 1:
+        raise ValueError("limit must be a whole number of at least 1")

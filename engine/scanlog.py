@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from engine.ids import region_prefix
+from engine.ids import check_limit, region_prefix
 from engine.store import MAX_SEQ, Store, pack, u64, unpack
 
 __all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes"]
@@ -741,8 +741,7 @@ class ScanLog:
         newest first: ``limit`` of them, with a sequence number below ``before`` if given
         (the next page: the last one's ``seq``). Oldest first, a distributor's alerts past
         the limit could never be seen."""
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError("limit must be a whole number of at least 1")
+        check_limit(limit)
         if before is not None and (not isinstance(before, int) or not 1 <= before <= MAX_SEQ):
             raise ValueError(f"before must be a scan sequence number (1 to {MAX_SEQ})")
         found: list[dict] = []

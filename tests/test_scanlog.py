@@ -489,7 +489,7 @@ def test_alerts_come_newest_first_and_page_back(tmp_path):
     assert sum(pages, []) == [s for s in range(30, 0, -1) if s % 3 != 1] and len(pages) == 3
     assert [a["seq"] for a in log.alerts("sh-1", 2, before=10)] == [7, 4]
     assert log.alerts("nobody") == [] and log.alert_counts() == {"gz-1": 20, "sh-1": 10}
-    for bad in (0, -1):
+    for bad in (0, -1, True, 2.0):  # NOTE: True was taken as a page of 1
         with pytest.raises(ValueError, match="limit"):
             log.alerts(limit=bad)
     log.close()
