@@ -48,6 +48,8 @@ import numpy as np
 from engine.errors import Conflict, InvalidCode, NotFound
 from engine.formats import check_gtin
 from engine.ids import check_text, is_region_code, region_prefix
+from engine.chinatime import china_time
+from engine.scanlog import record_in
 from engine.store import pack, u32, u64, unpack
 
 __all__ = ["Aggregation", "unit_id", "split_unit", "LoadReport", "BadRecord",
@@ -413,6 +415,7 @@ class Aggregation:
         self._shipments_db = store.db("agg_shipments")
         self._distributors_db = store.db("agg_distributors")
         self._relabel_db = store.db("agg_relabel")
+        self._records_db = store.db("scan_records")  # the scan log's (see _refuse_scanned)
         #: the relabels as others read them (line-collection files: :mod:`engine.ingest`)
         self.relabels = RelabelledLabels(store)
         self._levels: dict[int, str] = {}
@@ -889,6 +892,7 @@ class Aggregation:
         if self.active.find(txn, n) is not None:
             raise Conflict(f"{self._ref(n)} is activated (it carries a product of its own); "
                            "use a fresh label, one never activated")
+        self._refuse_scanned(txn, n)
         # NOTE: unpacked or moved out, a unit is no longer linked, but every pack, unpack
         # and move indexes it (a line-collection load indexes parents, and its children
         # stay linked until one of those): any history is refused
@@ -896,6 +900,24 @@ class Aggregation:
         if past:
             raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label once "
                            "aggregated is not fresh; use a fresh label, one never aggregated")
+
+    def _refuse_scanned(self, txn, n: int) -> None:
+        """Conflict if a code of unit ``n`` was ever scanned: a label scanned before it was
+        put on anything (answered inactive, kept as evidence) is a stray or leaked one, and
+        its scan record would become the unit's (a first scan answered "scanned before",
+        with a time and place from before the label existed on it)."""
+        level = self.level_of(n, txn)
+        if level is None:
+            return
+        for name in self.spec.level(level).roles:
+            rec = record_in(txn, self._records_db, n, self.spec.role(name).index)
+            if rec is not None:
+                where = f" in region {rec.first_region}" if rec.first_region else ""
+                raise Conflict(f"{self._ref(n)}'s {name} code was scanned {rec.count} time"
+                               f"{'s' if rec.count != 1 else ''} before it was put on anything "
+                               f"(first at {china_time(rec.first_at)}{where}): a label scanned "
+                               "before use is a stray or leaked one, kept as evidence; use "
+                               "another fresh label")
 
     def relabel(self, old_code: str, new_code: str, *, now: float | None = None) -> int:
         """Replace one damaged label of a unit (标签替换), keeping the unit: ``new_code`` stands

@@ -40,7 +40,7 @@ from typing import NamedTuple
 from engine.ids import check_limit, region_prefix
 from engine.store import MAX_SEQ, Store, pack, u64, unpack
 
-__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes"]
+__all__ = ["ScanLog", "ScanRecord", "DISTINCT_MAX", "bulk_write", "gate_writes", "record_in"]
 
 log = logging.getLogger("wuma.scanlog")
 
@@ -168,6 +168,20 @@ class ScanRecord(NamedTuple):
 
 def _record_key(unit_id: int, role_index: int) -> bytes:
     return u64(unit_id) + bytes([role_index])
+
+
+def record_in(txn, records, unit_id: int, role_index: int,
+              copy_at: tuple[int, int, float] | None = None) -> ScanRecord | None:
+    """The scan record of the code ``(unit_id, role_index)`` as printed, read in ``txn``
+    (any transaction of the store; ``records`` its ``scan_records`` db): see
+    :meth:`ScanLog.get`."""
+    raw = txn.get(_record_key(unit_id, role_index), None, records)
+    if raw is None:
+        return None
+    rec = unpack(raw)
+    if len(rec) != _RECORD_LEN:
+        rec = _upgraded(rec, copy_at)
+    return ScanLog._to_record(rec, 0)
 
 
 class _ThreadWaiter:
@@ -714,13 +728,7 @@ class ScanLog:
         before that was kept, judged with it (nothing is written); without it such a record
         says not copied (see :func:`_upgraded`)."""
         with self._store.read() as txn:
-            raw = txn.get(_record_key(unit_id, role_index), None, self._records)
-        if raw is None:
-            return None
-        rec = unpack(raw)
-        if len(rec) != _RECORD_LEN:
-            rec = _upgraded(rec, copy_at)
-        return self._to_record(rec, 0)
+            return record_in(txn, self._records, unit_id, role_index, copy_at)
 
     def events(self, after: int = 0, limit: int = 1000) -> list[dict]:
         """Scan events with sequence number > ``after``, oldest first."""

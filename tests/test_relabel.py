@@ -202,6 +202,28 @@ def test_relabel_refusals(world):
     assert _verdict(w, fresh[3]) == "inactive"  # nothing written by the refusals
 
 
+def test_a_label_scanned_before_use_is_refused_as_a_replacement(world):
+    """A spare label scanned while unused (answered inactive, kept as evidence) is a stray
+    or leaked one: taken as a replacement, its first scan on the case answered "scanned
+    before" (count 2, a first time and place from before it was applied). Refused, by
+    relabel and by replace (there for the spare carton's inner code), with nothing written."""
+    w, agg = world, world["agg"]
+    old = _code(w, "cases", 0, "case_outer")
+    stray, stray_inner = _code(w, "spares", 0, "case_outer"), _code(w, "spares", 1, "case_inner")
+    assert _scan(w, stray).verdict == "inactive" and _scan(w, stray_inner).verdict == "inactive"
+    with pytest.raises(Conflict, match=r"case_outer code was scanned 1 time before it was put on "
+                                       r"anything \(first at 20\d\d-.*\+08:00 in region 440106\).*"
+                                       "use another fresh label"):
+        agg.relabel(old, stray)
+    with pytest.raises(Conflict, match="case_inner code was scanned 1 time before"):
+        agg.replace(_code(w, "cases", 1, "case_outer"), _code(w, "spares", 1, "case_outer"))
+    assert _verdict(w, stray) == "inactive" and _verdict(w, old) == "genuine"
+    fresh = _code(w, "spares", 2, "case_outer")
+    agg.relabel(old, fresh)
+    got = _scan(w, fresh, "store")
+    assert got.verdict == "genuine" and got.scan.count == 1
+
+
 def test_voiding_the_unit_voids_its_replacement_label(world):
     w, agg = world, world["agg"]
     new = _code(w, "spares", 0, "case_outer")
