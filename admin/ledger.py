@@ -102,5 +102,9 @@ class Ledger:
 
     def last_seq(self) -> int:
         with self._store.read() as txn:
-            cur = txn.cursor(db=self._db)
-            return int.from_bytes(cur.key(), "big") if cur.last() else 0
+            return self.last_seq_in(txn)
+
+    def last_seq_in(self, txn) -> int:
+        """The last entry's seq (0: none) in ``txn``."""
+        cur = txn.cursor(db=self._db)
+        return int.from_bytes(cur.key(), "big") if cur.last() else 0

@@ -224,6 +224,10 @@ class PoolRegistry:
         with self._store.read() as txn:
             return self._status_in(txn, self.get_in(txn, self._checked(pool_id)), now)
 
+    def statuses_in(self, txn, now: float) -> list[dict]:
+        """:meth:`status` of every pool, read in ``txn`` (one snapshot for all)."""
+        return [self._status_in(txn, Pool(**unpack(v)), now) for _, v in txn.cursor(db=self._db)]
+
     def _status_in(self, txn, pool: Pool, now: float) -> dict:
         pool_id = pool.id
         spent, day, spent_that_day = self._state(txn, pool_id)

@@ -8,12 +8,13 @@ included; "all time" = since the first scan event):
 
 ``scans``
     Recorded scans per day and over the window, by ``actor_role``, ``verdict``,
-    ``province`` (first 2 digits of the scan's region code), ``city`` (first 4 digits),
+    ``province`` (first 2 digits of the scan's region code), ``city`` (first 4 digits,
+    the code read by whole levels: 440000 is Guangdong, a province with no city),
     ``product`` (SKU of the unit's activation) and ``batch``. Every recorded scan counts
     once in every dimension, so each dimension sums to the day's ``total``. Recorded
     scans are the scan log's events: verdicts ``genuine``, ``inactive`` and ``voided``;
     forged codes (``invalid``) are not in the scan log (the abuse guard keeps those).
-    ``-`` stands for "unknown": no region, a region code shorter than 4 digits (city),
+    ``-`` stands for "unknown": no region, a region code that names no city (city),
     no activation (product; an ``inactive`` scan has no product by definition).
 ``scan_rate``
     Per actor role and code role: ``codes`` = codes (unit + code role) whose *first
@@ -28,7 +29,9 @@ included; "all time" = since the first scan event):
     keeping a set of every code ever scanned.
 ``pools``
     Per budget pool (:meth:`admin.pools.PoolRegistry.status`): total, spent, left,
-    use rate (spent / total), today's spend, spend per day of the window, per region.
+    use rate (spent / total), today's spend, spend per day of the window, per region; read
+    in the counters' snapshot, once it is folded to its end (``as_of``), so the pools'
+    spend and the campaigns' grants agree while scans commit.
 ``campaigns``
     Per campaign, all time: ledger entries by kind (count and amount in the pool's unit,
     kinds as in :data:`admin.ledger.KINDS`), the linked rebates among the grants (to the
@@ -72,11 +75,12 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_right
-from datetime import datetime, timedelta
+from datetime import date, timedelta
 
-from admin._util import CHINA, china_day
+from admin._util import china_day
 from admin.ledger import KINDS
 from engine.accounts import ACTOR_ROLES
+from engine.ids import region_prefix
 from engine.scan import DEFAULT_ROLE_RULES
 from engine.store import pack, u64, unpack
 
@@ -92,6 +96,8 @@ _CST = 8 * 3600
 _MAX = (1 << 64) - 1
 _SCAN_CURSOR = b"cursor\0scan"
 _LEDGER_CURSOR = b"cursor\0ledger"
+#: How many times a report folds again when scans committed since its fold (see report).
+_READ_TRIES = 3
 _UNITS = ("cash", "points")
 _EARNINGS = ("rebates", "rewards", "redemptions", "reversed")
 
@@ -281,8 +287,11 @@ class Stats:
         # PERF: keys spelled out (f-strings): this loop is most of the fold's time.
         add(f"d\0{day}\0actor_role\0{actor_role}".encode())
         add(f"d\0{day}\0verdict\0{verdict}".encode())
-        add(f"d\0{day}\0province\0{region[:2] or UNKNOWN}".encode())
-        add(f"d\0{day}\0city\0{region[:4] if len(region) >= 4 else UNKNOWN}".encode())
+        # NOTE: read by whole levels, as territories and pools read a region: 440000 is
+        # Guangdong (province 44, no city), not a city "4400"
+        place = region_prefix(region)
+        add(f"d\0{day}\0province\0{place[:2] or UNKNOWN}".encode())
+        add(f"d\0{day}\0city\0{place[:4] if len(place) >= 4 else UNKNOWN}".encode())
         add(f"d\0{day}\0product\0{product or UNKNOWN}".encode())
         add(f"d\0{day}\0batch\0{unit >> 32}".encode())
         add(f"t\0verdict\0{verdict}".encode())
@@ -333,14 +342,30 @@ class Stats:
             raise TypeError("now must be a unix time (a number)")
         now = time.time() if now is None else float(now)
         folded = self.fold()
-        today = datetime.fromtimestamp(now, CHINA).date()
+        # NOTE: the day as the counters name it (china_day): datetime rounds to the
+        # microsecond, and a time under half a microsecond before midnight took the next day
+        today = date.fromisoformat(china_day(now))
         window = [(today - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
-        with self._store.read() as txn:
-            counters = self._read(txn, window)
-            top_stores = {"by_scans": self._top(txn, b"i\0scans\0", top),
-                          "by_earned": self._top(txn, b"i\0cash\0", top)}
-            as_of = {"scan_event": self._cursor(txn, _SCAN_CURSOR),
-                     "ledger_entry": self._cursor(txn, _LEDGER_CURSOR)}
+        # NOTE: the pools are read in the counters' snapshot, and that snapshot is taken
+        # once everything in it is folded (a scan committed between the fold and the read
+        # would be in the pools' spend and not in the campaigns' grants); under a steady
+        # stream of scans, after a few tries the report says how far it folded (as_of)
+        for tries in range(_READ_TRIES, 0, -1):
+            with self._store.read() as txn:
+                as_of = {"scan_event": self._cursor(txn, _SCAN_CURSOR),
+                         "ledger_entry": self._cursor(txn, _LEDGER_CURSOR)}
+                if tries > 1 and (as_of["scan_event"] < self._store.current_id(txn, "scan_event")
+                                  or as_of["ledger_entry"] < self._ledger.last_seq_in(txn)):
+                    behind = True
+                else:
+                    behind = False
+                    counters = self._read(txn, window)
+                    top_stores = {"by_scans": self._top(txn, b"i\0scans\0", top),
+                                  "by_earned": self._top(txn, b"i\0cash\0", top)}
+                    pools = self._pools(self._admin.pools.statuses_in(txn, now), window)
+            if not behind:
+                break
+            folded += self.fold()
         by_day, diverted_days, totals = counters
         return {
             "generated_at": now,
@@ -349,7 +374,7 @@ class Stats:
             "folded": folded,
             "scans": self._scans_section(window, by_day, totals),
             "scan_rate": self._scan_rate(totals),
-            "pools": self._pools(window, now),
+            "pools": pools,
             "campaigns": self._campaigns(totals),
             "diversion": self._diversion(window, diverted_days, totals),
             "top_stores": top_stores,
@@ -422,14 +447,13 @@ class Stats:
                 "rate": round(codes / units, 6) if units else None}
         return out
 
-    def _pools(self, window: list[str], now: float) -> dict:
+    def _pools(self, statuses: list[dict], window: list[str]) -> dict:
         out = {}
-        for p in self._admin.pools.list():
-            s = self._admin.pools.status(p.id, now)
+        for s in statuses:
             by_day = {d: s["by_day"].get(d, 0) for d in window}
-            out[p.id] = {k: s[k] for k in ("name", "unit", "total", "daily", "spent", "left",
-                                           "use_rate", "spent_today", "by_region")}
-            out[p.id].update(by_day=by_day, spent_in_window=sum(by_day.values()))
+            out[s["id"]] = {k: s[k] for k in ("name", "unit", "total", "daily", "spent", "left",
+                                              "use_rate", "spent_today", "by_region")}
+            out[s["id"]].update(by_day=by_day, spent_in_window=sum(by_day.values()))
         return out
 
     def _campaigns(self, totals: dict) -> dict:
