@@ -150,6 +150,10 @@ def test_admin_page_in_a_real_browser(live, browser, capsys):
             "top_stores"} <= set(charts)
     assert len(charts["scans_by_day"].find_elements(By.CSS_SELECTOR, "rect.bar")) == 5
     assert charts["diversion"].find_elements(By.CSS_SELECTOR, "rect.bar")
+    # the scanner's own rewards, the rebates apart (the ledger's grants hold both)
+    heads = [h.text for h in charts["campaigns"].find_elements(By.TAG_NAME, "th")]
+    assert heads[3:] == ["rewards", "vouchers", "redeemed", "store rebates", "distributor rebates"]
+    assert "14 · ¥14.00" in charts["campaigns"].text
     assert "gz-1" in d.find_element(By.ID, "alert-counts").text
     batches = d.find_elements(By.CSS_SELECTOR, "#batches tbody tr")
     # a batch's state, with how many of its units are activated (as `wuma batch list`)

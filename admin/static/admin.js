@@ -408,9 +408,14 @@ async function loadStats() {
     const l = c.ledger || {}, r = c.rebates || {};
     const unit = c.unit || "cash";
     const n = k => (l[k] || {}).count || 0, amt = k => money((l[k] || {}).amount || 0, unit);
-    return {id, name: c.name, status: c.status, granted: `${n("grant")} · ${amt("grant")}`,
+    const rebate = to => [(r[to] || {}).count || 0, (r[to] || {}).amount || 0];
+    const [sn, sa] = rebate("store"), [dn, da] = rebate("distributor");
+    // NOTE: the ledger's grants include the rebates linked to them: the scanner's own
+    // rewards are the grants less those (else the rebates were counted twice on the page)
+    const own = [n("grant") - sn - dn, ((l.grant || {}).amount || 0) - sa - da];
+    return {id, name: c.name, status: c.status, rewards: `${own[0]} · ${money(own[1], unit)}`,
       vouchers: `${n("voucher")} · ${amt("voucher")}`, redeemed: `${n("redeem")} · ${amt("redeem")}`,
-      "store rebates": (r.store || {}).count || 0, "distributor rebates": (r.distributor || {}).count || 0};
+      "store rebates": `${sn} · ${money(sa, unit)}`, "distributor rebates": `${dn} · ${money(da, unit)}`};
   });
   box.append(chart("campaigns", "Rewards per campaign (count · amount)", emptyOr(campaigns, table)));
   const diversion = Object.entries((s.diversion || {}).by_distributor || {}).map(([d, v]) => [d, v.window || 0]);
