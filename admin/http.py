@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -65,7 +64,7 @@ from admin.tokens import AdminTokens
 from engine import http_scan
 from engine.data import DataFolder
 from engine.errors import Conflict, InvalidCode, NotFound
-from engine.every import Every
+from engine.every import Tally
 from engine.ids import check_text
 
 __all__ = ["create_app", "app_from_env"]
@@ -161,12 +160,8 @@ class AdminAuth:
 
     def __init__(self, tokens: AdminTokens, *, report_every: float = 60.0) -> None:
         self.tokens = tokens
-        self._refused = 0  # requests without a valid token since the last report
-        self._latest = ("", "")  # the latest one's client and path
-        self._report_every = report_every
-        self._report = Every(report_every)
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
+        # requests without a valid token, told with the latest one's client and path
+        self._refused = Tally(report_every, _log_refused)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         permissions = getattr(resource, "permissions", None)
@@ -187,31 +182,16 @@ class AdminAuth:
 
 
     def _note_refused(self, req: falcon.Request) -> None:
-        """Count a request without a valid admin token: the first is logged at once, the
-        ones after it with their count once ``report_every`` has passed (a timer: a burst
-        then silence is still told whole). APPSEC: someone guessing tokens (thousands a
-        second were answered 401 and left no trace) shows in the log; a token never does."""
-        with self._lock:
-            self._refused += 1
-            self._latest = (req.remote_addr or "a unix socket", req.path)
-            if self._report.due():
-                self._log_refused()
-            elif self._timer is None:
-                self._timer = threading.Timer(self._report_every, self._report_pending)
-                self._timer.daemon = True
-                self._timer.start()
+        """Count a request without a valid admin token (told once a minute at most, see
+        :class:`engine.every.Tally`). APPSEC: someone guessing tokens (thousands a second
+        were answered 401 and left no trace) shows in the log; a token never does."""
+        self._refused.add((req.remote_addr or "a unix socket", req.path))
 
-    def _report_pending(self) -> None:
-        with self._lock:
-            self._timer = None
-            if self._refused:
-                self._log_refused()
 
-    def _log_refused(self) -> None:
-        log.warning("admin API: %d request(s) without a valid admin token since the last such line "
-                    "(the latest from %s to %s): a token mistyped, revoked or replaced, or someone "
-                    "guessing", self._refused, *self._latest)
-        self._refused = 0
+def _log_refused(count: int, latest: tuple[str, str]) -> None:
+    log.warning("admin API: %d request(s) without a valid admin token since the last such line "
+                "(the latest from %s to %s): a token mistyped, revoked or replaced, or someone "
+                "guessing", count, *latest)
 
 
 def _who(req: falcon.Request) -> str:

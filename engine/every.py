@@ -3,9 +3,11 @@ reads it too (engine/http_errors.py)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Callable
 
-__all__ = ["Every"]
+__all__ = ["Every", "Tally"]
 
 
 class Every:
@@ -21,3 +23,39 @@ class Every:
             return False
         self._last = now
         return True
+
+
+class Tally:
+    """Events told at most once per ``seconds``: ``tally.add(latest)`` counts one; the first
+    is told at once, ``report(count, latest)``, and the ones after it together, with their
+    count and the latest of them, once ``seconds`` have passed. A timer tells them: a burst
+    then silence is still told whole (a line per event would bury the log, and a line
+    only at the next event would hide the burst)."""
+
+    def __init__(self, seconds: float, report: Callable[[int, object], None]) -> None:
+        self.seconds, self._report = seconds, report
+        self._every = Every(seconds)
+        self._count, self._latest = 0, None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def add(self, latest: object = None) -> None:
+        with self._lock:
+            self._count += 1
+            self._latest = latest
+            if self._every.due():
+                self._tell()
+            elif self._timer is None:
+                self._timer = threading.Timer(self.seconds, self._tell_pending)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _tell_pending(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._count:
+                self._tell()
+
+    def _tell(self) -> None:
+        count, self._count = self._count, 0
+        self._report(count, self._latest)
