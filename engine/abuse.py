@@ -30,11 +30,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import lmdb
 import msgpack
 
 from engine.errors import NotFound
-from engine.every import Every
+from engine.every import Every, repeat
 from engine.ids import check_limit
 from engine.scanlog import DISTINCT_MAX
 from engine.store import Store, pack, u64, unpack
@@ -42,8 +44,10 @@ from engine.store import Store, pack, u64, unpack
 log = logging.getLogger("wuma.abuse")
 
 __all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "MAX_SUBJECT", "SUBJECT_ID_CHARS",
-           "SUBJECT_ID_BYTES"]
+           "SUBJECT_ID_BYTES", "sweep_every"]
 
+#: What a full counters store raises: its file system (Store.write's ENOSPC) or its map.
+_FULL = (OSError, lmdb.MapFullError)
 _EVIDENCE_CODE_CHARS = 64
 #: How often a process merges its rate counts into the shared store.
 _FLUSH_S = 0.1
@@ -385,7 +389,7 @@ class AbuseGuard:
                     m, n = unpack(raw) if raw else (minute, 0)
                     shared[s] = merged = (n if m == minute else 0) + k
                     txn.put(key, pack((minute, merged)), db=self._rate)
-        except OSError as e:  # the counts of this interval are let go (see record_invalid)
+        except _FULL as e:  # the counts of this interval are let go (see record_invalid)
             if not self._counters_full(e):
                 raise
 
@@ -403,19 +407,22 @@ class AbuseGuard:
         ~3.3 µs (median, 2 subjects, evidence written), and this method from ~9.5 to
         ~4.2 µs in the case of ``benchmarks/bench_pipeline.py`` (invalid code).
 
-        A file system too full for the counters (Store.write's ENOSPC) stops the counting,
-        logged, rather than the scan: invalid codes are still answered invalid.
+        A file system too full for the counters (Store.write's ENOSPC), or their map full,
+        stops the counting, logged, rather than the scan: invalid codes are still answered
+        invalid. (:meth:`sweep`, run by serving workers every minute, keeps the map from
+        filling.)
         """
         try:
             return self._record_invalid(subjects, code, now)
-        except OSError as e:
+        except _FULL as e:
             if not self._counters_full(e):
                 raise
             return None
 
-    def _counters_full(self, e: OSError) -> bool:
-        """Is ``e`` the counters' file system being full? Logged once a minute at most."""
-        if e.errno != errno.ENOSPC:
+    def _counters_full(self, e: Exception) -> bool:
+        """Is ``e`` the counters' file system or map being full? Logged once a minute at
+        most. (A full map answered invalid codes 503, an oracle that no ban stopped.)"""
+        if not isinstance(e, lmdb.MapFullError) and getattr(e, "errno", None) != errno.ENOSPC:
             return False
         if self._full_logged.due():
             log.error("rate limits and enumeration counts are not kept: %s; free some space", e)
@@ -504,31 +511,64 @@ class AbuseGuard:
         for k in kept[:-EARLIER_BANS_MAX]:  # oldest first (the time is big-endian)
             txn.delete(k, db=self._earlier)
 
-    def sweep(self, now: float | None = None) -> int:
-        """Drop stale counters (old minutes, expired windows); returns entries removed."""
+    def sweep(self, now: float | None = None, *, pause: Callable[[], None] | None = None,
+              step: int = 5_000) -> int:
+        """Drop stale counters (old minutes, expired windows) and the ends of ended bans
+        (their records stay: evidence); returns entries removed.
+
+        Every client, device and account ever seen keeps a counter until swept: a server
+        sweeps every minute (:func:`sweep_every`), or the counters' fixed map fills (75M
+        subjects; a client choosing device ids adds one a request). Each write
+        transaction looks at ``step`` entries at most and ``pause()`` runs between them:
+        scans' counts wait for one step only, and a serving worker's requests run on."""
         now = time.time() if now is None else now
-        minute = int(now // 60)
-        removed = 0
+        minute, window = int(now // 60), self.limits.invalid_window_s
         with self._rate_lock:
             self._flush_rate(now)
+        removed = _sweep(self.counters, self._rate, lambda raw: unpack(raw)[0] < minute, step, pause)
+        removed += _sweep(self.counters, self._invalid,
+                          lambda raw: now - _INVALID_HEAD.unpack_from(raw)[0] > window, step, pause)
         with self.counters.write() as txn:
-            for key, raw in list(txn.cursor(db=self._rate)):
-                if unpack(raw)[0] < minute:
-                    txn.delete(key, db=self._rate)
-                    removed += 1
-            for key, raw in list(txn.cursor(db=self._invalid)):
-                if now - _INVALID_HEAD.unpack_from(raw)[0] > self.limits.invalid_window_s:
-                    txn.delete(key, db=self._invalid)
-                    removed += 1
             for db in self._legacy:  # NOTE: counts in the old layout are simply forgotten
                 removed += txn.stat(db)["entries"]
                 txn.drop(db, delete=False)
-        with self._store.write() as txn:  # ended bans (records, earlier ones too, stay: evidence)
-            for key, raw in list(txn.cursor(db=self._ban_ends)):
-                if int.from_bytes(raw, "big") <= now:
-                    txn.delete(key, db=self._ban_ends)
+        return removed + _sweep(self._store, self._ban_ends,
+                                lambda raw: int.from_bytes(raw, "big") <= now, step, pause)
+
+
+def _sweep(store: Store, db, stale: Callable[[bytes], bool], step: int,
+           pause: Callable[[], None] | None) -> int:
+    """Delete the entries of ``db`` whose value is ``stale``, ``step`` entries looked at a
+    write transaction, ``pause()`` between transactions; returns how many."""
+    removed, resume = 0, b""
+    while True:
+        with store.write() as txn:
+            cur = txn.cursor(db=db)
+            found = cur.set_range(resume) if resume else cur.first()
+            for _ in range(step):
+                if not found:
+                    return removed
+                if stale(cur.value()):
+                    cur.delete()  # NOTE: onto the next entry, if there is one
                     removed += 1
-        return removed
+                    found = bool(cur.key())
+                else:
+                    found = cur.next()
+            if not found:
+                return removed
+            resume = cur.key()
+        if pause is not None:
+            pause()
+
+
+def sweep_every(guard: AbuseGuard, seconds: float = 60.0):
+    """Start a daemon thread (a greenlet under gevent) that sweeps ``guard`` every
+    ``seconds`` (see :meth:`AbuseGuard.sweep`), yielding between steps."""
+    return repeat(seconds, lambda: guard.sweep(pause=_yield), "wuma-abuse-sweep")
+
+
+def _yield() -> None:
+    time.sleep(0)  # NOTE: under gevent's patching, the hub runs its other greenlets
 
 
 def _evidence_text(code) -> str:

@@ -3,11 +3,12 @@ reads it too (engine/http_errors.py)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
 
-__all__ = ["Every", "Tally"]
+__all__ = ["Every", "Tally", "repeat"]
 
 
 class Every:
@@ -59,3 +60,23 @@ class Tally:
     def _tell(self) -> None:
         count, self._count = self._count, 0
         self._report(count, self._latest)
+
+
+def repeat(seconds: float, work: Callable[[], object], name: str) -> threading.Thread:
+    """Start a daemon thread (a greenlet under gevent's patching) that runs ``work()``
+    every ``seconds`` for the life of the process (a server worker's housekeeping); a
+    failure is logged, once every 10 minutes at most, and the next round runs."""
+    failing = Every(600)
+
+    def run() -> None:
+        while True:
+            time.sleep(seconds)
+            try:
+                work()
+            except Exception:
+                if failing.due():
+                    logging.getLogger("wuma").exception("%s failed (it runs again in %g s)", name, seconds)
+
+    thread = threading.Thread(target=run, daemon=True, name=name)
+    thread.start()
+    return thread

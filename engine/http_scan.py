@@ -29,7 +29,7 @@ import falcon
 import lmdb
 
 from engine import http_errors
-from engine.abuse import client_address
+from engine.abuse import client_address, sweep_every
 from engine.aggregation import Aggregation
 from engine.data import DataFolder
 from engine.errors import Banned, RateLimited, Unauthorized
@@ -414,8 +414,10 @@ def create_app(data: DataFolder, *, pipeline: ScanPipeline | None = None,
 def serving(data: DataFolder) -> DataFolder:
     """``data`` with what a server worker runs beside its requests: the reader slots of
     processes killed inside a read of its stores freed every 30 s
-    (:func:`engine.store.clear_dead_readers_every`)."""
+    (:func:`engine.store.clear_dead_readers_every`), stale abuse counters swept every
+    minute (:func:`engine.abuse.sweep_every`)."""
     clear_dead_readers_every([data.store, data.abuse.counters])
+    sweep_every(data.abuse)
     return data
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import lmdb
 import msgpack
 
+from engine.every import repeat
+
 __all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES", "MAX_SEQ",
            "clear_dead_readers_every"]
 
@@ -233,16 +235,12 @@ def clear_dead_readers_every(stores: list[Store], seconds: float = 30.0) -> thre
     another process to open the store."""
     import logging
 
-    def run() -> None:
-        while True:
-            time.sleep(seconds)
-            for store in stores:
-                cleared = store.clear_dead_readers()
-                if cleared:
-                    logging.getLogger("wuma.store").warning(
-                        "freed %d reader slot(s) of processes killed inside a read of %s",
-                        cleared, store.path)
+    def clear() -> None:
+        for store in stores:
+            cleared = store.clear_dead_readers()
+            if cleared:
+                logging.getLogger("wuma.store").warning(
+                    "freed %d reader slot(s) of processes killed inside a read of %s",
+                    cleared, store.path)
 
-    thread = threading.Thread(target=run, daemon=True, name="wuma-dead-readers")
-    thread.start()
-    return thread
+    return repeat(seconds, clear, "wuma-dead-readers")

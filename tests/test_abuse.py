@@ -82,6 +82,75 @@ def test_sweep_drops_stale_counters(guard):
     assert guard.sweep(now=10_000.0) == 2
 
 
+def _counter_entries(guard) -> int:
+    with guard.counters.read() as txn:
+        return txn.stat(guard._rate)["entries"] + txn.stat(guard._invalid)["entries"]
+
+
+def test_sweep_runs_in_steps_and_keeps_what_is_live(guard):
+    """Stale counters go in write transactions of `step` entries, with a pause between
+    (a serving worker's requests run); this minute's counts, open windows and active bans
+    stay and still count."""
+    now = 6_000.0
+    for i in range(23):
+        guard.over_rate([subject("ip", f"old-{i}")], now=now - 120)
+    for i in range(11):
+        guard.record_invalid([subject("device", f"old-{i}")], "X", now=now - 61)
+    for i in range(5):
+        guard.over_rate([subject("ip", f"live-{i}")], now=now)
+    live = subject("device", "live")
+    guard.record_invalid([live], "A", now=now - 10)
+    guard.record_invalid([live], "B", now=now - 9)
+    for i in range(4):  # 3 invalid codes: banned for 300 s
+        guard.record_invalid([subject("ip", "banned")], "Z", now=now - 400 + i)
+    for i in range(4):
+        guard.record_invalid([subject("ip", "still")], "Z", now=now - 100 + i)
+    pauses = []
+    # 23 old minutes, 11 ended windows (a ban starts its subject's count again), 1 ended ban
+    assert guard.sweep(now=now, step=4, pause=lambda: pauses.append(1)) == 23 + 11 + 1
+    assert len(pauses) >= (23 + 5) // 4 and _counter_entries(guard) == 5 + 1
+    assert guard.banned([subject("ip", "still")], now=now).subject == "ip:still"
+    assert guard.record_invalid([live], "C", now=now) is None  # its window kept: the 4th bans
+    assert guard.record_invalid([live], "D", now=now) is not None
+    guard.sweep(now=now)
+    assert guard.count_active(now=now) == 2 and _counter_entries(guard) == 5  # the rates
+
+
+def test_a_full_counters_map_answers_invalid_codes_invalid(guard, monkeypatch, caplog):
+    """The counters' map full (MDB_MAP_FULL) answered invalid codes 503 and stopped bans:
+    an oracle (genuine codes still answered) that no ban stopped. Now counting stops,
+    logged once a minute, and the scan goes on."""
+    import lmdb
+
+    def full():
+        raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL: Environment mapsize limit reached")
+
+    monkeypatch.setattr(guard.counters, "write", full)
+    with caplog.at_level("ERROR"):
+        assert guard.record_invalid([subject("ip", "a")], "X", now=1.0) is None
+        assert guard.record_invalid([subject("ip", "a")], "Y", now=2.0) is None
+        guard.over_rate([subject("ip", "a")], now=3.0)
+        guard._flush_rate(70.0)
+    told = [r.getMessage() for r in caplog.records if "not kept" in r.getMessage()]
+    assert len(told) == 1 and "MDB_MAP_FULL" in told[0]
+
+
+def test_a_serving_worker_sweeps_every_minute(guard):
+    from engine.abuse import sweep_every
+
+    guard.over_rate([subject("ip", "old")], now=0.0)
+    guard.sweep(now=0.0)  # flushes the count
+    assert _counter_entries(guard) == 1
+    sweep_every(guard, seconds=0.05)
+    for _ in range(100):
+        if _counter_entries(guard) == 0:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert _counter_entries(guard) == 0
+
+
 def _ban_from_other_process(path):
     store = Store(path / "db")
     g = AbuseGuard(store, path / "db-counters", AbuseLimits(invalid_threshold=1))
