@@ -323,7 +323,7 @@ _PATHS: dict[str, dict[str, Any]] = {
         " rewards per campaign; diversion per distributor; top stores (admin/stats.py)", "read",
         _json(_obj(["scans", "scan_rate", "pools", "campaigns", "diversion", "top_stores"], {
             "window": _OBJ, "scans": _OBJ, "scan_rate": _OBJ, "pools": _OBJ, "campaigns": _OBJ,
-            "diversion": _OBJ, "top_stores": _OBJ}), "the report"), params=[
+            "diversion": _OBJ, "top_stores": _OBJ, "as_of": _OBJ, "pending": _OBJ}), "the report"), params=[
             _param("days", "query", {"type": "integer", "minimum": 1, "maximum": 366}, "days back (default 30)"),
             _param("top", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "top stores (default 10)")])},
     "/admin/api/tokens": {

@@ -76,10 +76,12 @@ import threading
 import time
 from bisect import bisect_right
 from datetime import date, timedelta
+from typing import Callable
 
 from admin._util import china_day
 from admin.ledger import KINDS
 from engine.accounts import ACTOR_ROLES
+from engine.every import repeat, yield_to_others
 from engine.ids import region_prefix
 from engine.scan import DEFAULT_ROLE_RULES
 from engine.store import pack, u64, unpack
@@ -221,10 +223,11 @@ class Stats:
         self._activated: tuple = (None, {})
 
     # -- folding ------------------------------------------------------------------------
-    def fold(self, limit: int | None = None) -> int:
+    def fold(self, limit: int | None = None, *, pause: Callable[[], None] | None = None) -> int:
         """Fold in every scan event and ledger entry committed so far (or stop after about
         ``limit`` of them: a backfill of a long log in steps); returns how many this call
-        folded (those folded by a concurrent caller are not counted here)."""
+        folded (those folded by a concurrent caller are not counted here). ``pause()``
+        runs between chunks (a serving worker's other requests run)."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise TypeError("limit must be an int or None")
         done = 0
@@ -234,7 +237,17 @@ class Stats:
                 done += n
                 if caught_up:
                     break
+                if pause is not None:
+                    pause()
         return done
+
+    def fold_every(self, seconds: float = 10.0):
+        """Start a daemon thread (a greenlet under gevent) that folds every ``seconds``,
+        pausing between chunks: a serving worker keeps the counters near the logs' ends,
+        so a report has little to fold. (The first report after a quiet spell folded
+        every event since in the request: 690k events held the worker 4.3 s, its other
+        requests too, and 4.8M got it killed by gunicorn's timeout.)"""
+        return repeat(seconds, lambda: self.fold(pause=yield_to_others), "wuma-stats-fold")
 
     def _cursor(self, txn, key: bytes) -> int:
         raw = txn.get(key, db=self._db)
@@ -331,8 +344,13 @@ class Stats:
                 chunk.store(b["id"])[src.get("unit", "cash")][bucket] += amount
 
     # -- reading ------------------------------------------------------------------------
-    def report(self, days: int = 30, now: float | None = None, *, top: int = 10) -> dict:
-        """Fold in what is new, then the whole report (see the module docstring)."""
+    def report(self, days: int = 30, now: float | None = None, *, top: int = 10,
+               fold_limit: int | None = None) -> dict:
+        """Fold in what is new, then the whole report (see the module docstring).
+
+        ``fold_limit``: fold about that many events and entries at most, pausing between
+        chunks (a request's bound; :meth:`fold_every` folds the rest): the report is then
+        as of what is folded, ``as_of``, and ``pending`` says how much is not yet."""
         for name, value, hi in (("days", days, 366), ("top", top, 1000)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int")
@@ -341,7 +359,8 @@ class Stats:
         if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float))):
             raise TypeError("now must be a unix time (a number)")
         now = time.time() if now is None else float(now)
-        folded = self.fold()
+        pause = None if fold_limit is None else yield_to_others
+        folded = self.fold(fold_limit, pause=pause)
         # NOTE: the day as the counters name it (china_day): datetime rounds to the
         # microsecond, and a time under half a microsecond before midnight took the next day
         today = date.fromisoformat(china_day(now))
@@ -354,8 +373,9 @@ class Stats:
             with self._store.read() as txn:
                 as_of = {"scan_event": self._cursor(txn, _SCAN_CURSOR),
                          "ledger_entry": self._cursor(txn, _LEDGER_CURSOR)}
-                if tries > 1 and (as_of["scan_event"] < self._store.current_id(txn, "scan_event")
-                                  or as_of["ledger_entry"] < self._ledger.last_seq_in(txn)):
+                pending = {"scan_event": self._store.current_id(txn, "scan_event") - as_of["scan_event"],
+                           "ledger_entry": self._ledger.last_seq_in(txn) - as_of["ledger_entry"]}
+                if tries > 1 and any(pending.values()):
                     behind = True
                 else:
                     behind = False
@@ -365,12 +385,13 @@ class Stats:
                     pools = self._pools(self._admin.pools.statuses_in(txn, now), window)
             if not behind:
                 break
-            folded += self.fold()
+            folded += self.fold(fold_limit, pause=pause)
         by_day, diverted_days, totals = counters
         return {
             "generated_at": now,
             "window": {"days": days, "first": window[0], "last": window[-1], "timezone": "UTC+8"},
             "as_of": as_of,
+            "pending": pending,
             "folded": folded,
             "scans": self._scans_section(window, by_day, totals),
             "scan_rate": self._scan_rate(totals),

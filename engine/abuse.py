@@ -36,7 +36,7 @@ import lmdb
 import msgpack
 
 from engine.errors import NotFound
-from engine.every import Every, repeat
+from engine.every import Every, repeat, yield_to_others
 from engine.ids import check_limit
 from engine.scanlog import DISTINCT_MAX
 from engine.store import Store, pack, u64, unpack
@@ -564,11 +564,7 @@ def _sweep(store: Store, db, stale: Callable[[bytes], bool], step: int,
 def sweep_every(guard: AbuseGuard, seconds: float = 60.0):
     """Start a daemon thread (a greenlet under gevent) that sweeps ``guard`` every
     ``seconds`` (see :meth:`AbuseGuard.sweep`), yielding between steps."""
-    return repeat(seconds, lambda: guard.sweep(pause=_yield), "wuma-abuse-sweep")
-
-
-def _yield() -> None:
-    time.sleep(0)  # NOTE: under gevent's patching, the hub runs its other greenlets
+    return repeat(seconds, lambda: guard.sweep(pause=yield_to_others), "wuma-abuse-sweep")
 
 
 def _evidence_text(code) -> str:

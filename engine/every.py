@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-__all__ = ["Every", "Tally", "repeat"]
+__all__ = ["Every", "Tally", "repeat", "yield_to_others"]
 
 
 class Every:
@@ -80,3 +80,10 @@ def repeat(seconds: float, work: Callable[[], object], name: str) -> threading.T
     thread = threading.Thread(target=run, daemon=True, name=name)
     thread.start()
     return thread
+
+
+def yield_to_others() -> None:
+    """Let the process's other work run a moment: under gevent's patching the hub runs its
+    other greenlets (a server worker's requests), under threads the GIL is let go. For a
+    long job in steps (a sweep, a fold)."""
+    time.sleep(0)

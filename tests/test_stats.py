@@ -334,6 +334,29 @@ def test_a_report_is_one_moment_though_scans_commit_between_its_fold_and_its_rea
     assert rep["as_of"]["scan_event"] == rep["scans"]["total"]
 
 
+def test_a_request_folds_a_bounded_amount_and_says_what_is_pending(world):
+    """A report folded every event since the last in the request: after a quiet spell
+    (690k events) that held a server worker 4.3 s, and longer got it killed. With a
+    fold limit it folds about that much, pausing between chunks, and says how much is not
+    folded yet; the worker's fold_every folds the rest in the background."""
+    import time as _time
+
+    world["clock"].t = T0
+    for i in range(40):
+        consumer(world, code(world, i), f"u{i}")
+    stats = Stats(world["data"], world["admin"], chunk=4)
+    rep = stats.report(days=1, now=T0, fold_limit=8)  # folds 8, then twice more (see the next test)
+    assert rep["as_of"]["scan_event"] == rep["folded"] == 3 * 8
+    assert rep["pending"] == {"scan_event": 40 - 24, "ledger_entry": 0}
+    assert rep["scans"]["total"] == rep["as_of"]["scan_event"]  # as of what it folded
+    stats.fold_every(0.05)
+    deadline = _time.time() + 10
+    while stats.report(days=1, now=T0, fold_limit=1)["pending"]["scan_event"] and _time.time() < deadline:
+        _time.sleep(0.05)
+    rep = stats.report(days=1, now=T0)
+    assert rep["pending"] == {"scan_event": 0, "ledger_entry": 0} and rep["scans"]["total"] == 40
+
+
 def test_a_window_ending_on_the_last_date_ends_within_range():
     """'9999-12-31' as an end is that day's end, the next day's start (it was refused)."""
     from admin._util import parse_time
