@@ -467,7 +467,8 @@ def post_worker_init(worker) -> None:
 
 
 def _check_before_reload() -> None:
-    """SIGHUP (graceful reload) only when the data folder and its settings still load.
+    """SIGHUP (graceful reload) only when the data folder and its settings still load, and
+    the app's module imports (a new release's code).
 
     NOTE: gunicorn halts the whole server when a new worker fails to boot: a mistake in
     wuma.json followed by `kill -HUP` stopped the old workers too, which were serving.
@@ -481,16 +482,21 @@ def _check_before_reload() -> None:
 
     def handle_hup(self) -> None:
         path = os.environ.get("WUMA_DATA")
-        if path:
-            check = subprocess.run(
-                [sys.executable, "-c", "import sys\nfrom engine.data import check_serving\n"
-                 "try:\n    check_serving(sys.argv[1])\nexcept Exception as e:\n"
-                 "    sys.exit(str(e))", path], capture_output=True, text=True, timeout=60)
-            if check.returncode != 0:
-                why = (check.stderr.strip().splitlines() or ["?"])[-1]
-                self.log.error("reload refused, the workers keep serving with the settings they "
-                               "started with: %s", why)
-                return
+        # NOTE: the app's module is imported too: a release installed with a broken import
+        # (then SIGHUP, gunicorn's upgrade) failed in every new worker while the reload
+        # retired the old ones, and the server stopped
+        module = (getattr(self.app, "app_uri", None) or "").partition(":")[0]
+        check = subprocess.run(
+            [sys.executable, "-c", "import importlib, sys\nfrom engine.data import check_serving\n"
+             "try:\n    if sys.argv[1]:\n        check_serving(sys.argv[1])\n"
+             "    if sys.argv[2]:\n        importlib.import_module(sys.argv[2])\n"
+             "except BaseException as e:\n    sys.exit(f'{type(e).__name__}: {e}')",
+             path or "", module], capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            why = (check.stderr.strip().splitlines() or ["?"])[-1]
+            self.log.error("reload refused, the workers keep serving with the code and settings "
+                           "they started with: %s", why)
+            return
         reload(self)
 
     Arbiter.handle_hup = handle_hup

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 import jsonschema
 import pytest
 from conftest_world import build_world
-from server import Server
+from server import ROOT, Server
 
 from engine import DataFolder
 from engine.http_scan import JSON_HANDLER
@@ -795,6 +797,45 @@ def test_a_reload_with_a_mistake_in_wuma_json_keeps_the_server_serving(tmp_path)
         assert log.read_text().count("reload refused") == 1  # this time it reloaded
     finally:
         s.stop()
+
+
+def test_a_reload_onto_code_that_does_not_import_keeps_the_server_serving(tmp_path):
+    """A release installed with a broken import, then SIGHUP (gunicorn's upgrade): every
+    new worker failed to boot while the reload retired the old ones, and the server
+    stopped. The reload is refused, logged, and the workers serve on; fixed, it reloads."""
+    from cli.localserver import free_port, stop, wait_until_up
+
+    build_world(tmp_path / "wuma-data")["data"].close()
+    (tmp_path / "release").mkdir()
+    app = tmp_path / "release" / "wuma_release.py"
+    app.write_text("from admin.http import app_from_env\n")
+    port, log = free_port(), tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
+             "wuma_release:app_from_env()"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=dict(os.environ, WUMA_DATA=str(tmp_path / "wuma-data"),
+                                             WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS="1",
+                                             PYTHONPATH=f"{tmp_path / 'release'}:{ROOT}"))
+    try:
+        assert wait_until_up(f"http://127.0.0.1:{port}/healthz")
+        app.write_text("from admin.http import app_from_env\nimport wuma_module_not_installed\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.time() + 30
+        while "reload refused" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "ModuleNotFoundError: No module named 'wuma_module_not_installed'" in log.read_text()
+        time.sleep(1)
+        assert proc.poll() is None and wait_until_up(f"http://127.0.0.1:{port}/healthz")
+        app.write_text("from admin.http import app_from_env\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.time() + 30
+        while log.read_text().count("Booting worker") < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert log.read_text().count("Booting worker") == 2 and log.read_text().count("reload refused") == 1
+        assert wait_until_up(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        stop(proc)
 
 
 def _answering_workers(s: Server, want: int, timeout: float = 60.0) -> set[int]:
