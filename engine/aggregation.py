@@ -22,7 +22,11 @@ gap grows with the batch; not measured at 100M). The same run layout (key = last
 uid, value starts with the first serial) holds activations, voids, and nothing else;
 shipments bind the shipped unit only and resolve through ancestors (``agg_ship``,
 value 0 = returned to the brand); a unit leaving its parent (unpack, move) first gets
-the shipment it resolved to recorded on itself, so no distributor changes silently.
+the shipment it resolved to recorded on itself, so no distributor changes silently. No
+unit sits below one that is with another distributor: move, link and the load refuse to
+put it there (:meth:`Aggregation._other_hands`); ship, transfer and return take a unit out
+of a parent that stays in other hands (:meth:`Aggregation._take_out`) and refuse a unit
+holding goods of other hands (:meth:`Aggregation._check_passing`).
 
 Relabels (标签替换, :meth:`Aggregation.relabel`: one label of a pair replaced, the unit
 kept) live in ``agg_relabel``: key = uid + role index (the scan records' layout), value
@@ -61,9 +65,9 @@ _C2P = struct.Struct(">IQ")  # c2p value: first serial, parent uid
 _II = struct.Struct(">II")
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
-_ZERO = _I.pack(0)  # agg_ship value of a unit returned to the brand
 _LABEL = struct.Struct(">QB")  # agg_relabel key (and dead value's target): uid, role index
 _ALIAS, _DEAD = 1, 2  # agg_relabel value kinds: stands for a unit / replaced
+_DONE = {"ship": "shipped", "transfer": "transferred", "return": "returned"}  # refusals' words
 
 
 def _relabel_target(raw: bytes) -> int | None:
@@ -87,6 +91,27 @@ def _relabel_unit(voids: _RangeMap, txn, uid: int, raw: bytes) -> int | None:
     :meth:`RelabelledLabels.all` (line-collection files)."""
     unit = _relabel_target(raw)
     return None if unit is None or voids.find(txn, uid) is not None else unit
+
+
+def _record_stays(kind: str, sid: int) -> bool:
+    """Does the shipment record ``sid`` of a unit below one that passes (a ``kind`` of
+    ``ship``, ``transfer``, ``return``) stay? In a ship one naming a distributor (the one
+    shipped to: :meth:`Aggregation._check_passing` lets no other through); in a transfer
+    one returned to the brand (0: not in the distributor's hands); in a return none."""
+    return sid != 0 if kind == "ship" else kind == "transfer" and sid == 0
+
+
+#: The most records a cache of records that never change keeps (a server worker runs for
+#: months: a brand shipping 10k orders a day kept ~2.4 GB of shipments a year a worker).
+_CACHE_MAX = 100_000
+
+
+def _remember(cache: dict, key, value):
+    """``cache[key] = value``, the cache emptied first when full; returns ``value``."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _c2p_value(first: int, last: int, parent: int) -> bytes:
@@ -770,18 +795,23 @@ class Aggregation:
                         raise Conflict(f"{self._ref(k)} is not in {self._ref(parent)}")
             else:
                 kids = self.children(txn, parent)
-            above = self._resolved(txn, parent)  # what every child resolves to through it
-            kept = []
-            for k in kids:
-                sid = self._keep_shipment(txn, k, above)
-                if sid is not None:
-                    kept.append([k, sid])
-                self._unlink(txn, k)
-            if kids:
-                extra = {"kept_shipments": kept} if kept else {}
-                self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids,
-                            **extra)
+            self._unpack_in(txn, parent, kids, now)
         return kids
+
+    def _unpack_in(self, txn, parent: int, kids: list[int], now: float | None) -> None:
+        """Take ``kids`` out of ``parent``, each keeping the shipment it resolved to
+        (:meth:`_keep_shipment`), and record an ``unpack`` event (none for no kids)."""
+        above = self._resolved(txn, parent)  # what every child resolves to through it
+        kept = []
+        for k in kids:
+            sid = self._keep_shipment(txn, k, above)
+            if sid is not None:
+                kept.append([k, sid])
+            self._unlink(txn, k)
+        if kids:
+            extra = {"kept_shipments": kept} if kept else {}
+            self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids,
+                        **extra)
 
     def move(self, codes: list[str], to: str, *, now: float | None = None) -> list[int]:
         """Move units into another parent (from wherever they are); returns uids moved.
@@ -1063,6 +1093,7 @@ class Aggregation:
             runs += self._unit_runs(batch, serial_range)
         else:
             pallet_units = [self.unit(p) for p in pallets]
+            self._refuse_not_pallets(pallets, pallet_units)
             with self.store.read() as txn:
                 uids = set(pallet_units)
                 for p in pallet_units:
@@ -1105,6 +1136,17 @@ class Aggregation:
                 per_batch[f >> 32] = per_batch.get(f >> 32, 0) + l - f + 1
             self.data.batches.count_activated(txn, per_batch)
         return record
+
+    def _refuse_not_pallets(self, codes: list[str], units: list[int]) -> None:
+        """ValueError for a code given as a pallet's that is another level's (a case's):
+        activating "a pallet" would activate only that case and what it holds."""
+        top = self.spec.levels[0].name
+        for code, u in zip(codes, units):
+            level = self.level_of(u)
+            if level != top:
+                raise ValueError(f"{code} is a {level} code, not a {top}'s: give the {top} it is "
+                                 f"on (everything on it is activated with it), or activate the "
+                                 f"{level} as a serial range of batch {u >> 32}")
 
     def _label_donors(self, txn, first: int, last: int) -> list[int]:
         """The units of ``first..last`` (one batch) that no code stands for: each the NEW
@@ -1300,11 +1342,11 @@ class Aggregation:
         """The units ``labels`` stand for, each once, in order."""
         return list(dict.fromkeys(self._resolve(txn, x) for x in labels))
 
-    def _refuse_unshipped(self, uid: int, sid: int, then: str) -> None:
+    def _refuse_unshipped(self, txn, uid: int, sid: int, then: str) -> None:
         """Conflict unless ``sid`` (what ``uid`` resolves to) is a shipment to a distributor;
         ``then`` ends the message: what to do instead."""
         if not sid:
-            raise Conflict(f"{self._ref(uid)} is not with a distributor (never shipped, "
+            raise Conflict(f"{self._named(txn, uid)} is not with a distributor (never shipped, "
                            f"or returned): {then}")
 
     def _refuse_voided(self, txn, uid: int, what: str) -> None:
@@ -1314,57 +1356,53 @@ class Aggregation:
             raise Conflict(f"{self._ref(uid)} is voided: a voided label cannot be {what} "
                            "(if it was replaced, use its new label)")
 
+    def _named(self, txn, uid: int) -> str:
+        """A unit for a person, as ``wuma trace`` shows it: ``case 2:0 1ABC...`` (level, unit,
+        and the printed code of its label in use, :meth:`code_of`)."""
+        return f"{self.level_of(uid, txn)} {self._ref(uid)} {self.code_of(uid, None, txn)}"
+
+    def _unpack_hint(self, txn, uid: int) -> str:
+        """The command that takes packed unit ``uid`` out of its parent, by printed codes."""
+        parent = self.code_of(self._parent(txn, uid), None, txn)
+        return f"wuma aggregate unpack {parent} --child {self.code_of(uid, None, txn)}"
+
     def ship(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
         """Ship units (and so every unit below them) to a distributor.
 
-        Refused when a unit, an ancestor or a unit below it is already with a distributor
-        (``transfer`` moves shipped units); a unit below it that was returned to the brand
-        ships again with it. Units that were never activated can be shipped.
+        Refused when a unit is already with a distributor, by its own record or an
+        ancestor's (``transfer`` moves shipped units), or holds a unit with another
+        distributor. A unit below it that is with ``to`` already keeps its record (a pallet
+        rebuilt from ``to``'s cases, 拆垛组垛, is shipped to ``to`` so); one returned to the
+        brand ships again with it. A unit (returned) packed in a parent that stays with
+        another distributor is first taken out of it (:meth:`_take_out`). Units that were
+        never activated can be shipped.
         """
         return self._shipment("ship", codes, to, now)
 
     def transfer(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
-        """Record shipped units passing to another distributor (with every unit below
-        them, except those returned to the brand: they stay returned)."""
+        """Record units passing to another distributor, with every unit below them except
+        those returned to the brand (they stay returned).
+
+        A unit packed in a parent that stays with another distributor is first taken out
+        of it (:meth:`_take_out`: a case passed on has left its pallet). A unit with no
+        distributor of its own, holding goods that are all with one (a pallet rebuilt from
+        a distributor's cases, 拆垛组垛), passes with them. Refused, naming the unit, when a
+        unit below is with another distributor, or (for a unit with none of its own) with
+        none: a transfer never carries goods from other hands along."""
         return self._shipment("transfer", codes, to, now)
 
     def _shipment(self, kind: str, codes, to, now) -> dict:
         self.distributor(to)
         labels = self._labels(codes, "ship")
         with self.store.write() as txn:
-            units = self._units_once(txn, labels)
-            below = {}
-            for u in units:
-                self._refuse_voided(txn, u, "shipped" if kind == "ship" else "transferred")
-                sid = self._resolved(txn, u)[1]
-                if kind == "ship" and sid:
-                    raise Conflict(f"{self._ref(u)} was already shipped ("
-                                   f"{self._shipment_text(txn, sid)}): use transfer to pass "
-                                   "it to another distributor")
-                if kind == "transfer":
-                    self._refuse_unshipped(u, sid, "ship it instead")
-                below[u] = self._descendants(txn, u)
-                if kind == "ship":
-                    for d in below[u]:
-                        raw = txn.get(_Q.pack(d), db=self._ship_db)
-                        if raw is not None and _I.unpack(raw)[0]:
-                            raise Conflict(
-                                f"{self._ref(d)} inside {self._ref(u)} was already shipped ("
-                                f"{self._shipment_text(txn, _I.unpack(raw)[0])}): unpack it "
-                                f"from {self._ref(u)} before shipping, or use transfer to pass "
-                                "it to another distributor")
+            units, below, taken = self._passing(txn, kind, labels, to, now)
             sid = self.store.next_id(txn, "agg_shipment")
             rec = {"id": sid, "distributor": to, "units": units, "kind": kind,
-                   "time": time.time() if now is None else now}
+                   "time": time.time() if now is None else now, **taken}
             rec["event_id"] = self._event(txn, kind, now, units, shipment=sid, distributor=to,
-                                          units=units)
+                                          units=units, **taken)
             txn.put(u32(sid), pack(rec), db=self._shipments_db)
-            for u in units:
-                for d in below[u]:  # NOTE: the new shipment governs them
-                    if kind == "transfer" and txn.get(_Q.pack(d), db=self._ship_db) == _ZERO:
-                        continue  # returned to the brand: not in the distributor's hands
-                    txn.delete(_Q.pack(d), db=self._ship_db)
-                txn.put(_Q.pack(u), _I.pack(sid), db=self._ship_db)
+            self._bind(txn, kind, below, sid)
         return rec
 
     def receive(self, codes: list[str], *, now: float | None = None) -> int:
@@ -1374,26 +1412,155 @@ class Aggregation:
             units = self._units_once(txn, labels)
             for u in units:
                 self._refuse_voided(txn, u, "received")
-                self._refuse_unshipped(u, self._resolved(txn, u)[1],
+                self._refuse_unshipped(txn, u, self._resolved(txn, u)[1],
                                        "ship it before receiving it")
             return self._event(txn, "receive", now, units, units=units)
 
     def return_goods(self, codes: list[str], *, now: float | None = None) -> int:
         """Units come back to the brand: they, and every unit below them, no longer
-        belong to a distributor."""
+        belong to a distributor. A unit with no distributor of its own holding goods that
+        are all with one (a rebuilt pallet) comes back with them; a unit packed in a parent
+        that stays with a distributor is first taken out of it (:meth:`_take_out`).
+        Refused, naming the unit, when a unit below is with another distributor."""
         labels = self._labels(codes, "return")
         with self.store.write() as txn:
-            units = self._units_once(txn, labels)
-            for u in units:
-                self._refuse_voided(txn, u, "returned")
-                self._refuse_unshipped(u, self._resolved(txn, u)[1],
-                                       "there is nothing to return")
-            eid = self._event(txn, "return", now, units, units=units)
-            for u in units:
-                for d in self._descendants(txn, u):  # NOTE: everything below comes back too
-                    txn.delete(_Q.pack(d), db=self._ship_db)
-                txn.put(_Q.pack(u), _ZERO, db=self._ship_db)
+            units, below, taken = self._passing(txn, "return", labels, None, now)
+            eid = self._event(txn, "return", now, units, units=units, **taken)
+            self._bind(txn, "return", below, 0)
         return eid
+
+    def _passing(self, txn, kind: str, labels, to: str | None, now):
+        """For ``ship``, ``transfer`` and ``return`` (``to`` None: the brand): the units of
+        ``labels``, each checked (:meth:`_check_passing`), the records below each
+        (:meth:`_below`) and what :meth:`_take_out` took out of its parent."""
+        units = self._units_once(txn, labels)
+        below = {u: self._check_passing(txn, kind, u, to) for u in units}
+        return units, below, self._take_out(txn, units, to, now)
+
+    def _check_passing(self, txn, kind: str, u: int, to: str | None) -> list[tuple[int, int]]:
+        """The records below ``u`` (:meth:`_below`), once ``u`` may pass to ``to`` with all
+        it holds; Conflict otherwise, naming the unit in the way and what to do.
+
+        NOTE: the rule of :meth:`_other_hands` seen from above: nothing below a unit is
+        with another distributor than the unit, so that a later transfer or return of it
+        reassigns no one else's goods. The distributor a unit is with is the one it
+        resolves to, or for a unit with none (a pallet rebuilt 拆垛组垛) the one all it
+        holds is with."""
+        self._refuse_voided(txn, u, _DONE[kind])
+        via, sid = self._resolved(txn, u)
+        records, bare = self._below(txn, u)
+        hands: dict[str, tuple[int, int]] = {}  # distributor -> first unit below with it
+        for k, s in records:
+            if s:
+                hands.setdefault(self._distributor_of(txn, s), (k, s))
+        if kind == "ship":
+            if sid:
+                where = "" if via == u else f", with {self._named(txn, via)}"
+                raise Conflict(f"{self._named(txn, u)} was already shipped ("
+                               f"{self._shipment_text(txn, sid)}{where}): use transfer to pass "
+                               "it to another distributor")
+            holder = to
+        else:
+            holder = self._distributor_of(txn, sid) or self._holder_of_contents(
+                txn, kind, u, hands, bare)
+        whole = len(hands) == 1 and bare is None  # NOTE: all it holds is with one distributor
+        for d, (k, s) in hands.items():
+            if d != holder:
+                raise Conflict(self._elsewhere_text(txn, kind, u, k, s, holder, whole))
+        return records
+
+    def _holder_of_contents(self, txn, kind: str, u: int, hands: dict, bare: int | None) -> str:
+        """The distributor that all ``u`` holds is with, for ``u`` with none of its own
+        (``hands`` and ``bare`` as :meth:`_check_passing` reads them); Conflict when nothing
+        is, or (a transfer) something below is with none: it would pass without a ship."""
+        if not hands:
+            self._refuse_unshipped(txn, u, 0, "ship it instead" if kind == "transfer"
+                                   else "there is nothing to return")
+        holder = next(iter(hands))
+        if kind == "transfer" and bare is not None:
+            code = self.code_of(bare, None, txn)
+            raise Conflict(f"{self._named(txn, bare)} inside {self._named(txn, u)} is not with a "
+                           f"distributor (never shipped, or returned) while the rest is with "
+                           f"{holder}: ship it to {holder} first (wuma ship {code} --to "
+                           f"{holder}) or take it out ({self._unpack_hint(txn, bare)}), then "
+                           "transfer")
+        return holder
+
+    def _elsewhere_text(self, txn, kind: str, u: int, k: int, sid: int, holder: str,
+                        whole: bool) -> str:
+        """Why ``u`` may not pass (``kind``): ``k`` below it is with shipment ``sid``, of
+        another distributor than ``holder`` (in a ship the one ``u`` goes to); ``whole``:
+        all ``u`` holds is with that one (then a transfer of ``u`` is the way)."""
+        where = f"{self._named(txn, k)} inside {self._named(txn, u)}"
+        shipment = self._shipment_text(txn, sid)
+        if kind != "ship":
+            return (f"{where} is with another distributor ({shipment}) than the rest "
+                    f"({holder}): a {kind} would carry it along; take it out first "
+                    f"({self._unpack_hint(txn, k)})")
+        if whole:
+            return (f"{where} was already shipped ({shipment}), as is everything {self._ref(u)} "
+                    f"holds: to pass it to {holder}, transfer it (wuma transfer "
+                    f"{self.code_of(u, None, txn)} --to {holder})")
+        return (f"{where} was already shipped ({shipment}): transfer it to {holder} first "
+                f"(wuma transfer {self.code_of(k, None, txn)} --to {holder}) or take it out "
+                f"({self._unpack_hint(txn, k)}), then ship")
+
+    def _below(self, txn, uid: int) -> tuple[list[tuple[int, int]], int | None]:
+        """What ``uid`` holds, as shipping reads it: ``(records, bare)``. ``records``: the
+        units below it with a shipment record of their own, ``(unit, shipment id)`` (0 =
+        returned). ``bare``: the first unit below it with no distributor through those
+        records (one returned, or one holding nothing and no record on its way up to
+        ``uid``), or None."""
+        records: list[tuple[int, int]] = []
+        bare = None
+        todo = [(uid, False)]
+        while todo:
+            unit, held = todo.pop()
+            kids = self.children(txn, unit) if self._has_child_level(unit) else []
+            if not kids and not held and unit != uid and bare is None:
+                bare = unit
+            nxt = []
+            for k in kids:
+                raw = txn.get(_Q.pack(k), db=self._ship_db)
+                sid = None if raw is None else _I.unpack(raw)[0]
+                if sid is not None:
+                    records.append((k, sid))
+                if sid == 0 and bare is None:
+                    bare = k
+                nxt.append((k, held or bool(sid)))
+            todo.extend(reversed(nxt))  # NOTE: popped in child order
+        return records, bare
+
+    def _take_out(self, txn, units: list[int], to: str | None, now) -> dict:
+        """Take each of ``units`` out of its parent when that parent stays with a
+        distributor other than ``to`` (None: the brand, for a return), as the unit has left
+        it, unless the parent or a unit above it passes along: one ``unpack`` event per
+        parent (:meth:`_unpack_in`). Returns ``{"taken_out": [[unit, parent], ...]}``, or
+        ``{}`` for none.
+
+        NOTE: a parent with no distributor (the brand's) keeps the unit, as :meth:`move`
+        lets a distributor's unit onto one."""
+        going = set(units)
+        out: dict[int, list[int]] = {}
+        for u in units:
+            chain = self._ancestors(txn, u)
+            if chain and going.isdisjoint(chain) and self._distributor_of(
+                    txn, self._shipment_of(txn, chain)[1]) not in (None, to):
+                out.setdefault(chain[0], []).append(u)
+        for parent, kids in out.items():
+            self._unpack_in(txn, parent, kids, now)
+        taken = [[k, p] for p, kids in out.items() for k in kids]
+        return {"taken_out": taken} if taken else {}
+
+    def _bind(self, txn, kind: str, below: dict[int, list[tuple[int, int]]], sid: int) -> None:
+        """Record shipment ``sid`` (0: returned) on each unit of ``below``; it governs the
+        units below it, whose own records (``below[unit]``) go but those that stay
+        (:func:`_record_stays`)."""
+        for u, records in below.items():
+            for k, s in records:
+                if not _record_stays(kind, s):
+                    txn.delete(_Q.pack(k), db=self._ship_db)
+            txn.put(_Q.pack(u), _I.pack(sid), db=self._ship_db)
 
     # -- trace -----------------------------------------------------------------------------------
     def trace(self, code: str, *, history: bool = True, render: bool = False) -> dict:
@@ -1541,7 +1708,7 @@ class Aggregation:
             got = unpack(raw)
             got["product"] = {k: got[k] for k in ("sku", "name", "gtin", "lot", "production_date",
                                                   "line")}
-            self._cache[("a", ref)] = got
+            _remember(self._cache, ("a", ref), got)
         return got
 
     def _event_summary(self, txn, eid: int) -> dict | None:
@@ -1558,15 +1725,13 @@ class Aggregation:
                 got["parent"] = r["parent"]
             if r.get("distributor"):
                 got["distributor"] = r["distributor"]
-            if len(self._events_cache) >= 100_000:
-                self._events_cache.clear()
-            self._events_cache[eid] = got
+            _remember(self._events_cache, eid, got)
         return got
 
     def _shipment_rec(self, txn, sid: int) -> dict:
         got = self._cache.get(("s", sid))
         if got is None:
-            got = self._cache[("s", sid)] = unpack(txn.get(u32(sid), db=self._shipments_db))
+            got = _remember(self._cache, ("s", sid), unpack(txn.get(u32(sid), db=self._shipments_db)))
         return got
 
     def _distributor_rec(self, txn, ident: str) -> dict | None:
@@ -1575,7 +1740,7 @@ class Aggregation:
             raw = txn.get(ident.encode(), db=self._distributors_db)
             if raw is None:
                 return None
-            got = self._cache[("d", ident)] = unpack(raw)
+            got = _remember(self._cache, ("d", ident), unpack(raw))
         return got
 
     # -- whole-store views (tests, export) ------------------------------------------------------

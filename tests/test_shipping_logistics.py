@@ -184,15 +184,18 @@ def test_load_reads_no_shipment_when_nothing_was_shipped(world, tmp_path, monkey
 
 
 # -- 2. return takes everything below ----------------------------------------------------------
-def test_return_of_a_pallet_returns_the_cases_transferred_from_it(world):
+def test_return_of_a_pallet_returns_what_is_on_it(world):
+    """A case transferred to another distributor has left the pallet (see
+    tests/test_shipping_rules.py): the pallet's return leaves it with B."""
     r, agg = world, world.agg
     agg.ship([r.pallets[0]], "A")
     agg.transfer([r.cases[1]], "B")
     agg.return_goods([r.pallets[0]])
-    assert _dist(r, r.cases[1]) == (None, True) and _dist(r, r.caps[24]) == (None, True)
-    assert agg.scan_trace(agg.unit(r.caps[24]))["distributor"] is None
+    assert _dist(r, r.cases[0]) == (None, True) and _dist(r, r.caps[0]) == (None, True)
+    assert agg.scan_trace(agg.unit(r.caps[0]))["distributor"] is None
+    assert _dist(r, r.cases[1]) == ("B", False) and _dist(r, r.caps[24]) == ("B", False)
     with pytest.raises(Conflict, match="nothing to return"):
-        agg.return_goods([r.cases[1]])
+        agg.return_goods([r.cases[0]])
     agg.check_consistency()
 
 
@@ -208,7 +211,7 @@ def test_transfer_of_a_pallet_leaves_its_returned_case_returned(world):
 def test_ship_refuses_a_pallet_holding_a_shipped_case(world):
     r, agg = world, world.agg
     agg.ship([r.cases[0]], "A")
-    with pytest.raises(Conflict, match=r"2:0 inside .* already shipped \(shipment 1 to A\).*"
+    with pytest.raises(Conflict, match=r"case 2:0 \S+ inside .* already shipped \(shipment 1 to A\).*"
                                        "transfer"):
         agg.ship([r.pallets[0]], "B")
     assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[1]) == (None, False)
