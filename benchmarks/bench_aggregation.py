@@ -143,7 +143,7 @@ out = {"seconds": t, "peak_rss": hwm(), "rss_before": before, "reset": reset,
        "links_added": r.links_added, "bad": [b.reason for b in r.bad[:3]]}
 if len(sys.argv) > 3:
     t = time.perf_counter()
-    again = agg.load(sys.argv[2])
+    again = agg.load(sys.argv[2], again=True)  # NOTE: a re-run checked whole
     out.update(rerun_s=time.perf_counter() - t, rerun_added=again.links_added,
                rerun_existing=again.links_existing, peak_rss_rerun=hwm())
 data.close()

@@ -11,7 +11,9 @@ import click
 
 from cli.main import emit, pass_data, stdout_binary
 from engine.aggregation import Aggregation
+from engine.chinatime import china_time
 from engine.files import private_output
+from engine.ingest import IngestReport
 
 __all__ = ["register"]
 
@@ -49,19 +51,26 @@ def aggregate():
               help="Load the good records; write bad ones to --reject-file.")
 @click.option("--reject-file", type=click.Path(dir_okay=False), default=None,
               help="Where --skip-bad writes bad records (default: FILE.rejects).")
+@click.option("--again", is_flag=True,
+              help="Load FILE even if a file with the same content was loaded before "
+                   "(it would undo the unpacks and moves made since on its units).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format (default: by extension / content).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
-def aggregate_load(data, file, skip_bad, reject_file, fmt, as_json):
+def aggregate_load(data, file, skip_bad, reject_file, again, fmt, as_json):
     """Load a line-collection file: one record per line, a parent code then its children.
 
     \b
     CSV:        PARENT,CHILD,CHILD,...   (codes bare or as URLs)
     JSON lines: {"parent": "PARENT", "children": ["CHILD", ...]}
 
-    Every record is checked; by default one bad record means nothing is loaded.
-    Loading the same file again is harmless.
+    Every record is checked; by default one bad record means nothing is loaded. A file
+    loaded before (the same content) is not loaded again: the command names that load and
+    does nothing, so a re-run never undoes warehouse work (--again loads it anyway).
+    A run with no bad record removes the reject file an earlier run left. Exit status 1
+    when nothing is loaded: a bad record (without --skip-bad), every record bad, or no
+    record at all (a re-run recognised exits 0).
 
     Example: wuma aggregate load line-7.csv --skip-bad --reject-file line-7.rejects
     """
@@ -69,7 +78,7 @@ def aggregate_load(data, file, skip_bad, reject_file, fmt, as_json):
         raise click.UsageError("--reject-file only makes sense with --skip-bad")
     if skip_bad and not reject_file:
         reject_file = file + ".rejects"
-    r = _agg(data).load(file, skip_bad=skip_bad, reject_file=reject_file, fmt=fmt)
+    r = _agg(data).load(file, skip_bad=skip_bad, reject_file=reject_file, fmt=fmt, again=again)
     if as_json:
         emit(r.to_dict(), True)
     else:
@@ -77,16 +86,47 @@ def aggregate_load(data, file, skip_bad, reject_file, fmt, as_json):
             click.echo(f"line {b.line}: {b.reason}", err=True)
         if len(r.bad) > 50:
             click.echo(f"... {len(r.bad) - 50} more bad records", err=True)
-        if r.loaded:
-            what = (f"{r.records - len(r.bad):,} of {r.records:,} records" if r.bad
-                    else f"{r.records:,} records")
-            extra = (f"; {len(r.bad):,} bad record{'s' if len(r.bad) != 1 else ''} not loaded, "
-                     f"written to {r.rejected_to}" if r.bad else "")
-            click.echo(f"loaded {what}: {r.links_added:,} links added, "
-                       f"{r.links_existing:,} already present{extra}")
+        if r.already_loaded is not None:
+            click.echo(_already_loaded_text(file, r.already_loaded))
+        elif r.loaded and r.records > len(r.bad):
+            click.echo(_loaded_text(r))
+    refusal = _load_refusal(file, r)
+    if refusal:
+        raise click.ClickException(refusal)
+
+
+def _loaded_text(r: IngestReport) -> str:
+    what = (f"{r.records - len(r.bad):,} of {r.records:,} records" if r.bad
+            else f"{r.records:,} records")
+    extra = (f"; {len(r.bad):,} bad record{'s' if len(r.bad) != 1 else ''} not loaded, "
+             f"written to {r.rejected_to}" if r.bad else "")
+    if r.rejects_removed:
+        extra += f"; removed {r.rejects_removed}, the reject file of an earlier run"
+    return (f"loaded {what}: {r.links_added:,} links added, "
+            f"{r.links_existing:,} already present{extra}")
+
+
+def _already_loaded_text(file: str, e: dict) -> str:
+    rejected = f", {e['rejected']:,} rejected" if e.get("rejected") else ""
+    return (f"already loaded: {file} holds what the load of event {e['event_id']} took "
+            f"({e['source']}, {china_time(e['time'])}: {e['records']:,} records{rejected}, "
+            f"{e['links']:,} links added); nothing done. Loaded again, it would undo the "
+            "unpacks and moves made since on its units: give --again to load it anyway")
+
+
+def _load_refusal(file: str, r: IngestReport) -> str | None:
+    """Why nothing was loaded (exit status 1), or None."""
     if not r.loaded:
-        raise click.ClickException(f"{len(r.bad)} bad records; nothing loaded "
-                                   "(fix them, or use --skip-bad)")
+        return f"{len(r.bad)} bad records; nothing loaded (fix them, or use --skip-bad)"
+    if r.already_loaded is not None:
+        return None
+    if not r.records:
+        return (f"no records in {file}: it holds only blank lines, comments or a header; "
+                "nothing loaded")
+    if r.records == len(r.bad):
+        return (f"all {r.records:,} records are bad; nothing loaded (they are written to "
+                f"{r.rejected_to})")
+    return None
 
 
 @aggregate.command("unpack")
@@ -178,7 +218,8 @@ def void(data, codes, batch_id, serial_range, reason, as_json):
 @click.option("--line", "line_name", default="", help="Production line.")
 @click.option("--batch", "batch_id", type=int, default=None, help="Activate a whole batch.")
 @click.option("--range", "serial_range", default=None, help="Activate BATCH:A:B (B exclusive).")
-@click.option("--pallet", "pallets", multiple=True, help="Activate everything under this pallet.")
+@click.option("--pallet", "pallets", multiple=True,
+              help="Activate this pallet and everything on it (a pallet's code; repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
 def activate(data, sku, name, gtin, lot, production_date, line_name, batch_id, serial_range,
@@ -233,6 +274,15 @@ def distributor_list(data, as_json):
         emit(rec, as_json, f"{rec['id']}\t{rec['name']}\t{', '.join(rec['territory'])}")
 
 
+def _taken_out_text(agg: Aggregation, taken: list) -> str:
+    """The units a ship, transfer or return took out of their parents (``taken_out``: the
+    parent stays with another distributor), for a person."""
+    if not taken:
+        return ""
+    return "\n" + "\n".join(f"  taken out of {_unit_text(agg.describe(p))}: "
+                             f"{_unit_text(agg.describe(k))}" for k, p in taken)
+
+
 def _shipping_command(kind: str, doc: str):
     @click.argument("codes", nargs=-1, required=True)
     @click.option("--to", "to", required=True, help="Distributor id.")
@@ -242,7 +292,7 @@ def _shipping_command(kind: str, doc: str):
         agg = _agg(data)
         rec = (agg.ship if kind == "ship" else agg.transfer)(list(codes), to)
         emit(rec, as_json, f"shipment {rec['id']}: {len(rec['units'])} units (and all below) "
-                           f"to {to}")
+                           f"to {to}" + _taken_out_text(agg, rec.get("taken_out")))
 
     cmd.__doc__ = doc
     return click.command(kind)(cmd)
@@ -250,9 +300,16 @@ def _shipping_command(kind: str, doc: str):
 
 ship = _shipping_command("ship", """Ship units, and every unit below them, to a distributor.
 
+    A unit still packed in a parent that stays with another distributor is taken out of it
+    (an unpack is recorded). A pallet rebuilt from cases already with the distributor
+    takes it.
+
     Example: wuma ship 19WTV3ZKFM6FT309KHY6 --to gz-01
     """)
 transfer = _shipping_command("transfer", """Record shipped units passing to another distributor.
+
+    A case passed on from a pallet that stays is taken out of it (an unpack is recorded). A
+    rebuilt pallet passes with its cases when they are all with one distributor.
 
     Example: wuma transfer 1E2188DJ7RRRRHRQE9TH --to fs-02
     """)
@@ -276,12 +333,16 @@ def receive(data, codes, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_data
 def return_(data, codes, as_json):
-    """Record units returned to the brand (they leave the distributor).
+    """Record units returned to the brand (they leave the distributor, and a parent that
+    stays with it: an unpack is recorded).
 
     Example: wuma return 1E2188DJ7RRRRHRQE9TH
     """
-    eid = _agg(data).return_goods(list(codes))
-    emit({"event_id": eid}, as_json, f"returned (event {eid})")
+    agg = _agg(data)
+    eid = agg.return_goods(list(codes))
+    taken = agg.event(eid).get("taken_out")
+    emit({"event_id": eid, **({"taken_out": taken} if taken else {})}, as_json,
+         f"returned (event {eid})" + _taken_out_text(agg, taken))
 
 
 # -- trace / epcis -----------------------------------------------------------------------------

@@ -742,12 +742,14 @@ class Aggregation:
     # -- line collection ---------------------------------------------------------------------
     def load(self, source, *, skip_bad: bool = False, reject_file=None, fmt: str | None = None,
              name: str | None = None, now: float | None = None,
-             chunk_bytes: int | None = None) -> LoadReport:
-        """Load a line-collection file (CSV or JSON lines; see :mod:`engine.ingest`)."""
+             chunk_bytes: int | None = None, again: bool = False) -> LoadReport:
+        """Load a line-collection file (CSV or JSON lines; see :mod:`engine.ingest`). A file
+        loaded before (the same content) is not loaded again unless ``again``: the report's
+        ``already_loaded`` names that load (a re-run would undo unpacks and moves since)."""
         from engine.ingest import CHUNK_BYTES, load_links
 
         return load_links(self, source, skip_bad=skip_bad, reject_file=reject_file, fmt=fmt,
-                          name=name, now=now, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+                          name=name, now=now, chunk_bytes=chunk_bytes or CHUNK_BYTES, again=again)
 
     def link(self, parent_code: str, child_codes: list[str], *, now: float | None = None) -> int:
         """Pack children into a parent (one record of a line collection); returns links added.

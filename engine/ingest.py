@@ -4,7 +4,8 @@ Formats (one record per line; a parent code, then the codes packed into it)::
 
     # CSV (codes bare or as URLs, or quoted: "1X4K...","1ABC..."; blank lines and lines
     # starting with '#' are skipped; a UTF-8 byte-order mark at the start of the file is
-    # ignored; a UTF-16 file is refused as such)
+    # ignored; a UTF-16 file is refused as such; lines end in LF, CRLF or CR, and a line
+    # over 16 MiB is refused: a file with no line breaks)
     HTTPS://S.EXAMPLE.CN/Q/1X4K...,1ABC...,1DEF...
     # JSON lines
     {"parent": "1X4K...", "children": ["1ABC...", "1DEF..."]}
@@ -18,7 +19,10 @@ refused, naming the one in its place.
 Cycles cannot arise because a link always goes exactly one level down the spec. By
 default a file with any bad record changes nothing; ``skip_bad`` loads the good records
 and writes the bad ones (with their reasons as ``#`` comments) to a reject file. Loading
-the same file again adds nothing.
+the same file again does nothing: a file whose content (sha256) a load took before is
+not loaded at all, so warehouse work done since on its units (``unpack``, ``move``) is
+never undone; with ``again=True`` (``wuma aggregate load --again``) it is checked and
+loaded anew, adding nothing that is there.
 
 How, in bounded memory (``load_links``):
 
@@ -32,10 +36,11 @@ How, in bounded memory (``load_links``):
    day in line order (100M caps, 4.17M cases) is ~4.3M runs, ~130 MB; in random order
    every link is a run (~2 GB for 100M).
 2. *Cross-record checks*, on the runs sorted by first child: children listed twice in
-   the file (only overlapping runs are expanded to single children), then, inside the
-   one write transaction, children already packed in the store, children going into a
-   parent with another distributor (read only when the store holds a shipment, and per
-   parent) and each parent's capacity against the store's counts.
+   the file under two parents (only overlapping runs are expanded to single children),
+   then, inside the one write transaction, children already packed in the store,
+   children going into a parent with another distributor (read only when the store holds
+   a shipment, and per parent), each listing of a child on its own line; then, each
+   child once, each parent's capacity against the store's counts.
 3. *Write*, in that same transaction: links in child order, appended after the existing
    keys where they sort after them (full LMDB pages). A bad record (without
    ``skip_bad``) aborts the transaction: nothing changes.
@@ -60,6 +65,7 @@ import json
 import os
 import time
 import zlib
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -82,7 +88,7 @@ from engine.files import UTF8_BOM, NewFile, OutputRefused, open_stream, refuse_p
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
-__all__ = ["load_links", "parse_records"]
+__all__ = ["IngestReport", "load_links", "parse_records"]
 
 #: Bytes of whole lines checked per chunk. PERF: the check pass holds ~12x this at once;
 #: measured on 10M links, 4-16 MiB chunks load at the same speed (32 MiB: ~15% slower).
@@ -91,6 +97,7 @@ _CHUNK = 1 << 22  # fields decoded per numpy chunk (bounded memory)
 _PART = 1 << 20  # runs per written slice and per stored part of a load's runs
 _SCAN = 1 << 18  # store records read per vectorised block
 _ODD_BUDGET = 100_000  # fields in odd forms verified one by one, per file
+_MAX_LINE = 16 << 20  # bytes a line may hold (a record: a parent and its children)
 _FEW = 50_000  # up to this many runs / parents: store look-ups one by one, not range reads
 _DENSE = 2  # records a unit beyond which a key range is not read (``_at_or_after``)
 _U64 = np.uint64
@@ -128,23 +135,30 @@ class _Source:
         yield from pieces
 
     def _pieces(self, size: int, hasher):
-        """:meth:`chunks`, the BOM left in."""
+        """:meth:`chunks`, the BOM left in; line breaks as LF (:func:`_lf`). :class:`_LongLine`
+        for a line longer than ``_MAX_LINE`` (bounded memory: it is held whole)."""
         carry = b""
         for block in self.blocks(max(size, 1)):
             if hasher is not None:
                 hasher.update(block)
             data = carry + block if carry else block
+            held = data.endswith(b"\r")  # NOTE: maybe the CR of a CRLF cut by the block
+            data = _lf(data[:-1] if held else data)
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data
+                if len(carry) > _MAX_LINE:
+                    raise _LongLine
             elif cut == len(data) - 1:
                 carry = b""
                 yield data
             else:
                 carry = data[cut + 1:]
                 yield data[:cut + 1]
+            if held:
+                carry += b"\r"
         if carry:
-            yield carry
+            yield _lf(carry)
 
     def check_utf8(self) -> None:
         """ValueError for a file that cannot be UTF-8 text: it starts with a UTF-16
@@ -169,6 +183,37 @@ class _Source:
         return b""
 
 
+class _LongLine(ValueError):
+    """A line over ``_MAX_LINE`` bytes (worded by :func:`_check_pass`, which knows its
+    number)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a line is over {_MAX_LINE >> 20} MiB with no line break; nothing loaded")
+
+
+@dataclass
+class IngestReport(LoadReport):
+    """:class:`LoadReport`, and what the load found of earlier runs."""
+
+    #: the earlier load of a file with the same content (``again=False``): nothing done
+    already_loaded: dict | None = None
+    #: the reject file an earlier run left, removed by a run with no bad record
+    rejects_removed: str | None = None
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"already_loaded": self.already_loaded,
+                                    "rejects_removed": self.rejects_removed}
+
+
+def _lf(data: bytes) -> bytes:
+    """Line breaks as LF: CRLF (Windows) and a lone CR (classic Mac OS; Excel's "CSV
+    (Macintosh)") too. NOTE: read as one line, a CR-only file was held whole."""
+    if b"\r" not in data:  # PERF: one memchr; the common file is copied by none of these
+        return data
+    data = data.replace(b"\r\n", b"\n")
+    return data.replace(b"\r", b"\n") if b"\r" in data else data
+
+
 def _jsonl_to_csv(raw: bytes) -> tuple[bytes, dict[int, str]]:
     """JSON lines -> the CSV layout, line for line; bad JSON lines become reasons."""
     out, bad = [], {}
@@ -186,10 +231,20 @@ def _jsonl_to_csv(raw: bytes) -> tuple[bytes, dict[int, str]]:
             text = ",".join([parent, *children])
             if "\n" in text:
                 raise TypeError
-            out.append(text.encode("utf-8", "replace"))
         except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: deep nesting
             bad[i] = 'not a JSON record {"parent": "...", "children": ["...", ...]}'
             out.append(b"")
+            continue
+        if text.lstrip(" \t").startswith("#"):  # NOTE: read as the CSV layout, a comment
+            bad[i] = "field 1 is not a genuine code"
+            out.append(b"")
+            continue
+        if text.count(",") != len(children):  # NOTE: read as the CSV layout, two codes
+            bad[i] = ('a code holds a comma: give each code as a string of its own '
+                      '{"parent": "...", "children": ["...", "...", ...]}')
+            out.append(b"")
+            continue
+        out.append(text.encode("utf-8", "replace"))
     return b"\n".join(out), bad
 
 
@@ -204,7 +259,11 @@ class _Parsed:
         # short URL and its Digital Link hold no '"', ',' or line break, which is all
         # quoting is for. PERF: one more memchr a chunk, ~19 GB/s: ~0.12 s of the 2.3 GB
         # day's 22 s (timeit, a scratch script); unquoted files are not copied.
-        for junk in (b"\r", b" ", b"\t", b'"'):
+        # NOTE: '-' too, as the codes' readers ignore it (``1DGC-...``): a code written with
+        # dashes is read as a bare one here, at any count (it was one of the odd forms,
+        # verified one by one up to ``_ODD_BUDGET``). A URL's host may hold one: only the
+        # code after its last '/' is read. (Line breaks are LF already: :func:`_lf`.)
+        for junk in (b" ", b"\t", b'"', b"-"):
             if junk in data:  # PERF: a copy of the whole chunk only when needed
                 data = data.replace(junk, b"")
         if not data.endswith(b"\n"):
@@ -248,7 +307,7 @@ class _Parsed:
         role_depth = np.full(256, -1, np.int8)
         for r in agg.spec.roles.values():
             role_depth[r.index] = agg.spec.level(r.level).depth
-        nonempty = length > 0
+        tried = np.zeros(n, np.bool_)  # fields read as a bare code or URL (judged)
         for fmt in fmts:
             L = fmt.length
             back = np.maximum(end - L - 1, 0)
@@ -256,6 +315,7 @@ class _Parsed:
             rows = np.flatnonzero(cand)
             if not len(rows):  # NOTE: also a chunk shorter than a code (a blank line)
                 continue
+            tried[rows] = True
             windows = np.lib.stride_tricks.sliding_window_view(buf, L)
             for c in range(0, len(rows), _CHUNK):
                 part = rows[c:c + _CHUNK]
@@ -269,24 +329,36 @@ class _Parsed:
                 self.uid[good] = (got.batch[got.ok].astype(_U64) << _U64(32)) | got.serial[got.ok]
                 self.role[good] = got.role_index[got.ok]
                 self.depth[good] = role_depth[got.role_index[got.ok]]
-        # Odd but possibly valid forms (a URL with a query, separators...): scalar verify.
-        # NOTE: capped at 100k fields per file (~1 s); beyond that they are reported as
-        # not genuine.
+        self.length = length
+        self.start = start
+        self.end = end
+        self.first_idx = fi = np.flatnonzero(self.first)  # one per line, in line order
+        #: lines that are ``#`` comments (their fields are no codes: none is read one by one)
+        self.comment = np.zeros(self.nlines, np.bool_)
+        has = length[fi] > 0
+        self.comment[has] = buf[start[fi[has]]] == 35  # '#'
+        odd = np.flatnonzero(~self.ok & (length > 0) & ~tried & ~self.comment[self.line])
         if budget is None:
             budget = [_ODD_BUDGET]
-        odd = np.flatnonzero(~self.ok & nonempty)[:max(budget[0], 0)]
-        budget[0] -= len(odd)
-        for i in odd.tolist():
-            text = data[start[i]:end[i]].decode("utf-8", "replace")
+        take = max(min(budget[0], len(odd)), 0)
+        budget[0] -= take
+        self._verify_odd(agg, odd[:take])
+        #: fields in odd forms past the file's budget: not read (not judged either)
+        self.unread = odd[take:]
+
+    def _verify_odd(self, agg, fields: np.ndarray) -> None:
+        """Odd but possibly valid forms (full-width characters, percent-encoding, a URL
+        with a query...), verified one by one as a scan is. NOTE: ~10 µs a field, so at
+        most ``_ODD_BUDGET`` a file (~1 s); a bare code or a URL of the right length was
+        judged by ``decode_many``, which reads it as ``verify`` does."""
+        for i in fields.tolist():
+            text = self.data[self.start[i]:self.end[i]].decode("utf-8", "replace")
             v = agg.data.codes.verify(text)
             if v.genuine:
                 self.ok[i] = True
                 self.uid[i] = (v.batch << 32) | v.serial
                 self.role[i] = agg.spec.role(v.role).index
                 self.depth[i] = agg.spec.level(v.level).depth
-        self.length = length
-        self.start = start
-        self.end = end
 
     @staticmethod
     def _regular(data: bytes, buf: np.ndarray, fmts) -> int:
@@ -308,7 +380,7 @@ class _Parsed:
 def parse_records(agg, raw: bytes, fmt: str | None = None) -> tuple[_Parsed, dict[int, str]]:
     """Parse and decode a whole buffer (CSV or JSON lines)."""
     pre_bad: dict[int, str] = {}
-    raw = raw.removeprefix(UTF8_BOM)
+    raw = _lf(raw.removeprefix(UTF8_BOM))
     if fmt is None:
         fmt = "jsonl" if raw.lstrip()[:1] == b"{" else "csv"
     if fmt not in ("csv", "jsonl"):
@@ -533,8 +605,8 @@ class _Check:
         self.records = 0
         self.reasons: list[np.ndarray] = []
         self.marks = _Marks(np.zeros(0, np.int8))
-        self.pre_bad: dict[int, str] = {}
-        self.dead: dict[int, str] = {}  # line -> why its dead label is refused (reason 10)
+        #: line -> its reason, worded where found (reasons 1, 9 and 10)
+        self.told: dict[int, str] = {}
         self.runs: list[_Runs] = []
         self.good_lines: list[np.ndarray] = []
         self.good_parent: list[np.ndarray] = []
@@ -552,7 +624,7 @@ class _Check:
         """Per-record checks of one chunk of whole lines; keeps its runs and parents."""
         agg = self.agg
         line0 = self.nlines
-        pre_bad: dict[int, str] = {}
+        raw, pre_bad = data, {}
         if self.fmt == "jsonl":
             data, pre_bad = _jsonl_to_csv(data)
         p = _Parsed(agg, data, self.budget)
@@ -563,28 +635,26 @@ class _Check:
         nlines = p.nlines
         m = _Marks(np.zeros(nlines, np.int8))
         nonempty_per_line = np.bincount(p.line, weights=(p.length > 0), minlength=nlines)
-        first_idx = np.flatnonzero(p.first)  # one per line, in line order
-        blank = nonempty_per_line == 0
-        buf = np.frombuffer(p.data, np.uint8)
-        comment = np.zeros(nlines, np.bool_)
-        has = p.length[first_idx] > 0
-        comment[has] = buf[p.start[first_idx][has]] == 35  # '#'
-        header = np.zeros(nlines, np.bool_)
-        if line0 == 0 and nlines and p.data[:6].lower() == b"parent":
-            header[0] = True
-        record = ~(blank | comment | header)
+        first_idx = p.first_idx
+        record = self._records(p, first_idx, nonempty_per_line == 0, line0)
         if pre_bad:
             ln = np.array(sorted(pre_bad), np.int64)
             record[ln] = True
             m.mark(ln, 9)
-            self.pre_bad.update({line0 + k: v for k, v in pre_bad.items()})
+            self.told.update({line0 + k: v for k, v in pre_bad.items()})
         # field position within its line (1-based)
         pos = np.arange(len(p.line)) - first_idx[p.line] + 1
         child = ~p.first & (p.length > 0) & record[p.line]
         m.mark(np.flatnonzero(record & (nonempty_per_line < 2)), 1)
-        bad_code = (p.length > 0) & ~p.ok & record[p.line]
+        if self.fmt == "csv":
+            self._other_separators(raw, line0, np.flatnonzero(m.reason == 1))
+        unread = np.zeros(len(p.line), np.bool_)
+        unread[p.unread] = True
+        bad_code = (p.length > 0) & ~p.ok & ~unread & record[p.line]
         bad_code |= p.first & (p.length == 0) & record[p.line]
         m.mark(p.line[bad_code], 2, pos[bad_code])
+        unread &= record[p.line]
+        m.mark(p.line[unread], 11, pos[unread])
         pdepth = p.depth[first_idx]
         wrong = child & p.ok & p.ok[first_idx[p.line]] & (p.depth != pdepth[p.line] + 1)
         m.mark(p.line[wrong], 3, pos[wrong])
@@ -596,15 +666,7 @@ class _Check:
             voided[used] = self.voided(p.uid[used])
             m.mark(p.line[voided], 4, pos[voided])
         if dead:
-            fields = [f for f in dead if record[p.line[f]]]
-            m.mark(p.line[fields], 10, pos[fields])
-            with agg.store.read() as txn:
-                for f in fields:
-                    ln = int(p.line[f])
-                    if m.reason[ln] == 10 and line0 + ln not in self.dead:
-                        label = (int(p.uid[f]), int(p.role[f]))
-                        self.dead[line0 + ln] = (f"field {pos[f]}: "
-                                                 + agg.label_refusal(txn, label))
+            self._dead_labels(p, m, [f for f in dead if record[p.line[f]]], pos, line0)
         # what is kept: the links of the good records, as runs, and their parents
         good = record & (m.reason == 0)
         sel = np.flatnonzero(child & good[p.line])
@@ -620,20 +682,61 @@ class _Check:
         self.records += int(record.sum())
         self.nlines += nlines
 
+    @staticmethod
+    def _records(p: _Parsed, first_idx: np.ndarray, blank: np.ndarray, line0: int) -> np.ndarray:
+        """Which lines are records: not blank, not a ``#`` comment, not the file's header
+        (a first line whose first field starts with "parent", in any case, and that holds
+        no genuine code: ``PARENT...`` may be a code's URL)."""
+        header = np.zeros(p.nlines, np.bool_)
+        if line0 == 0 and p.nlines and p.data[:6].lower() == b"parent":
+            header[0] = not p.ok[:first_idx[1] if p.nlines > 1 else len(p.ok)].any()
+        return ~(blank | p.comment | header)
+
+    def _other_separators(self, raw: bytes, line0: int, lines: np.ndarray) -> None:
+        """Words reason 1 for a line of one field that holds another separator than a
+        comma (a tab, a ';', spaces): a file saved by a program set for another separator.
+        PERF: the chunk is split into lines only when it holds such a line."""
+        if not len(lines):
+            return
+        text = raw.split(b"\n")
+        for ln in lines.tolist():
+            found = [name for sep, name in _NOT_COMMAS if sep in text[ln].strip()]
+            if found:
+                self.told[line0 + ln] = (
+                    f"{_REASONS[1]}, separated by commas: this line has no comma, but "
+                    f"{' and '.join(found)} (save the file with a comma between codes)")
+
+    def _dead_labels(self, p: _Parsed, m: _Marks, fields: list[int], pos, line0: int) -> None:
+        """Marks the fields that are labels a relabel made dead, each worded by its refusal."""
+        m.mark(p.line[fields], 10, pos[fields])
+        with self.agg.store.read() as txn:
+            for f in fields:
+                ln = int(p.line[f])
+                if m.reason[ln] == 10 and line0 + ln not in self.told:
+                    label = (int(p.uid[f]), int(p.role[f]))
+                    self.told[line0 + ln] = f"field {pos[f]}: " + self.agg.label_refusal(txn, label)
+
 
 def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: str | None = None,
                name: str | None = None, now: float | None = None,
-               chunk_bytes: int = CHUNK_BYTES) -> LoadReport:
+               chunk_bytes: int = CHUNK_BYTES, again: bool = False) -> IngestReport:
     """Check and load a line-collection file (path or bytes) in one write transaction.
 
-    Returns a :class:`LoadReport`; ``loaded`` is False (and nothing changed) when a record
-    is bad and ``skip_bad`` is not set. Bad records carry their 1-based line number.
+    Returns an :class:`IngestReport`; ``loaded`` is False (and nothing changed) when a
+    record is bad and ``skip_bad`` is not set. Bad records carry their 1-based line number.
     ``chunk_bytes`` bounds the part of the file parsed at once (results never depend
     on it).
 
     With ``skip_bad``, the bad records go to ``reject_file`` (if given), written whole or
-    not at all, in the transaction that loads the good ones. ``ValueError`` (nothing
-    loaded) when the reject file is the input file, a folder, or cannot be written.
+    not at all, in the transaction that loads the good ones; a run with no bad record
+    removes the reject file an earlier run left there (``rejects_removed``). ``ValueError``
+    (nothing loaded) when the reject file is the input file, a folder, or cannot be
+    written, or when a line is over 16 MiB (``_MAX_LINE``: a file with no line breaks).
+
+    Unless ``again``, a file whose content (sha256) an earlier load took is not loaded
+    again: nothing is written, and ``already_loaded`` names that load (the latest, if
+    several). Loaded again, it would undo the warehouse work done since on its units (a
+    unit taken out with ``unpack`` put back; one moved since refusing its record).
     """
     if fmt not in (None, "csv", "jsonl"):
         raise ValueError("format must be csv or jsonl")
@@ -645,7 +748,7 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
     # the load up front, and the rejects are renamed into place only once complete.
     rej = _RejectFile(reject_file, src) if skip_bad and reject_file is not None else None
     try:
-        report = _load(agg, src, skip_bad, rej, fmt, name, now, chunk_bytes)
+        report = _load(agg, src, skip_bad, rej, fmt, name, now, chunk_bytes, again)
     except BaseException:
         if rej is not None:
             rej.discard()
@@ -655,22 +758,33 @@ def load_links(agg, source, *, skip_bad: bool = False, reject_file=None, fmt: st
     return report
 
 
-def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str | None,
-          name: str | None, now: float | None, chunk_bytes: int) -> LoadReport:
-    """:func:`load_links` once the reject file is open."""
+def _check_pass(agg, src: _Source, fmt: str | None, chunk_bytes: int) -> tuple[_Check, str]:
+    """The per-record checks of every chunk, and the file's sha256."""
     src.check_utf8()
     if fmt is None:
         if src.path is not None and src.path.name.endswith((".jsonl", ".ndjson", ".json")):
             fmt = "jsonl"
         else:
             fmt = "jsonl" if src.first_byte() == b"{" else "csv"
-
-    # -- 1. check pass: per-record checks, chunk by chunk ---------------------------------
     chk = _Check(agg, fmt)
     hasher = hashlib.sha256()
-    for data in src.chunks(chunk_bytes, hasher):
-        chk.chunk(data)
-    digest = hasher.hexdigest()
+    try:
+        for data in src.chunks(chunk_bytes, hasher):
+            chk.chunk(data)
+    except _LongLine:  # NOTE: every line before it was checked: it is the next one
+        raise ValueError(
+            f"line {chk.nlines + 1} is over {_MAX_LINE >> 20} MiB with no line break; nothing "
+            "loaded. A record is one line (a parent code and its children): the file may have "
+            "no line breaks at all, or breaks other than LF, CRLF or CR; save it with one "
+            "record a line") from None
+    return chk, hasher.hexdigest()
+
+
+def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str | None,
+          name: str | None, now: float | None, chunk_bytes: int, again: bool) -> IngestReport:
+    """:func:`load_links` once the reject file is open."""
+    # -- 1. check pass: per-record checks, chunk by chunk ---------------------------------
+    chk, digest = _check_pass(agg, src, fmt, chunk_bytes)
     nlines = chk.nlines
     reason = np.concatenate(chk.reasons) if chk.reasons else np.zeros(0, np.int8)
     chk.reasons = []
@@ -688,9 +802,11 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
     # -- 2. children listed twice in the file ----------------------------------------------
     runs = _dedup(runs.sort(), line_parent, marks)
 
-    report = LoadReport(records=chk.records)
+    report = IngestReport(records=chk.records)
     try:
         with bulk_write(agg.store) as txn:
+            if not again and _already_loaded(agg, txn, digest, report):
+                raise _Rollback
             # -- 3. against the store, in the transaction that writes ----------------------
             vf, vl = agg.voids.all_runs(txn)
             o = np.argsort(vl)
@@ -699,19 +815,15 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
                 raise Conflict("codes were voided during the load; run it again")
             if agg.relabels.count(txn) != chk.relabelled:
                 raise Conflict("labels were replaced (relabel) during the load; run it again")
-            new, same_line, same_count = _against_store(agg, txn, runs, line_parent, marks)
+            new, existing = _against_store(agg, txn, runs, line_parent, marks)
             del runs
             told = _other_hands(agg, txn, new, line_parent, marks)
+            new = _once(new, reason)  # NOTE: after every check that is per listing
             has_kids = _capacity(agg, txn, new, line_parent, line_depth, chk.cap, marks)
-            lines, at, unit = marks.details()
-            told.update(chk.pre_bad)
-            told.update(chk.dead)
-            for ln, code, w, o in zip(lines.tolist(), reason[lines].tolist(), at.tolist(),
-                                      unit.tolist()):
-                report.bad.append(BadRecord(ln + 1, _reason_text(agg, code, w, o,
-                                                                 told.get(ln))))
+            told.update(chk.told)
+            report.bad = _bad_records(agg, marks, told)
             good_line = reason == 0
-            report.links_existing = int(same_count[good_line[same_line]].sum())
+            report.links_existing = int(_once(existing, reason).count.sum())
             if report.bad and not skip_bad:
                 raise _Rollback
             if report.bad and rej is not None:
@@ -732,49 +844,113 @@ def _load(agg, src: _Source, skip_bad: bool, rej: _RejectFile | None, fmt: str |
     return report
 
 
+def _already_loaded(agg, txn, digest: str, report: IngestReport) -> bool:
+    """Whether a load took a file with this sha256 before; if so ``report`` names it (the
+    latest). NOTE: read in the writing transaction: two runs of one file at once load it
+    once. PERF: only load events are read, found by their runs (``agg_load_runs``: a key,
+    or a few, per load), not among every aggregation event."""
+    found = None
+    cur = txn.cursor(db=agg._load_runs_db)
+    more = cur.first()
+    while more:
+        eid = int.from_bytes(cur.key()[:8], "big")
+        raw = txn.get(u64(eid), db=agg._events_db)
+        rec = unpack(raw) if raw is not None else {}
+        if rec.get("sha256") == digest:
+            found = rec
+        more = cur.set_range(u64(eid + 1))
+    if found is None:
+        return False
+    report.loaded = True
+    report.already_loaded = {"event_id": found["id"], "time": found["time"],
+                             "source": found.get("source"), "records": found.get("records"),
+                             "links": found.get("links"), "rejected": found.get("rejected")}
+    return True
+
+
+def _bad_records(agg, marks: _Marks, told: dict[int, str]) -> list[BadRecord]:
+    lines, at, unit = marks.details()
+    reason = marks.reason
+    return [BadRecord(ln + 1, _reason_text(agg, code, w, o, told.get(ln)))
+            for ln, code, w, o in zip(lines.tolist(), reason[lines].tolist(), at.tolist(),
+                                      unit.tolist())]
+
+
 class _Rollback(Exception):
     """Leave the write transaction without writing."""
 
 
 def _dedup(runs: _Runs, line_parent: np.ndarray, marks: _Marks) -> _Runs:
-    """Runs (sorted by first child) with each child once: the first listing in the file
-    stands; a later listing under another parent marks its line. Only runs that overlap
-    another are expanded to single links."""
-    n = len(runs)
-    if n < 2:
+    """Children listed twice in the file (runs sorted by first child): a listing under
+    another parent than the child's first listing in the file marks its line. Every
+    listing is kept: each line is checked against the store, the distributors and the
+    capacity on its own (:func:`_once` then keeps one listing of a child for the write).
+    NOTE: keeping only the first listing lost the child when that listing's line was
+    refused later (already packed elsewhere...), while a later line listing it under the
+    same parent was reported loaded."""
+    many = _overlapping(runs)
+    if many is None:
         return runs
-    last = runs.first + runs.count.astype(_U64) - _U64(1)
-    reach = np.maximum.accumulate(last)
-    start = np.ones(n, np.bool_)
-    start[1:] = runs.first[1:] > reach[:-1]
-    del last, reach
-    if start.all():
-        return runs
-    gid = np.cumsum(start) - 1
-    many = np.bincount(gid)[gid] > 1
-    del gid, start
-    child, line, pos = runs.take(many).expand()
-    o = np.lexsort((pos, line, child))
-    child, line, pos = child[o], line[o], pos[o]
-    head = np.ones(len(child), np.bool_)
-    head[1:] = child[1:] != child[:-1]
+    child, line, pos, head = _listings(runs.take(many))
     gfirst = np.maximum.accumulate(np.where(head, np.arange(len(child)), 0))
     par = line_parent[line]
     conflict = par != par[gfirst]
-    marks.mark(line[conflict], 5, line[gfirst][conflict] + 1)
+    # NOTE: the field, and the line listing it first (high bits), named in the reason
+    at = (line[gfirst].astype(np.int64) + 1) << 32 | pos.astype(np.int64)
+    marks.mark(line[conflict], 5, at[conflict], child[conflict])
+    return runs
+
+
+def _once(runs: _Runs, reason: np.ndarray) -> _Runs:
+    """The runs (sorted by first child) of the lines still good, each child once (its
+    first listing: a child twice on good lines is under one parent, see :func:`_dedup`)."""
+    keep = reason[runs.line] == 0
+    if not keep.all():
+        runs = runs.take(keep)
+    many = _overlapping(runs)
+    if many is None:
+        return runs
+    child, line, pos, head = _listings(runs.take(many))
     kept = _Runs.of(child[head], line[head], pos[head])
     return _Runs.concat([runs.take(~many), kept.compact()]).sort()
 
 
+def _overlapping(runs: _Runs) -> np.ndarray | None:
+    """Which runs (sorted by first child) overlap another; None for none. PERF: 9 bytes
+    a run at once (line order overlaps nothing)."""
+    n = len(runs)
+    if n < 2:
+        return None
+    reach = runs.first + runs.count.astype(_U64)  # one past the last child
+    np.maximum.accumulate(reach, out=reach)
+    start = np.ones(n, np.bool_)
+    np.greater_equal(runs.first[1:], reach[:-1], out=start[1:])
+    del reach
+    if start.all():
+        return None
+    gid = np.cumsum(start) - 1
+    return np.bincount(gid)[gid] > 1
+
+
+def _listings(runs: _Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(child, line, field) of every link of these runs in child then file order, and
+    whether each is its child's first listing."""
+    child, line, pos = runs.expand()
+    o = np.lexsort((pos, line, child))
+    child, line, pos = child[o], line[o], pos[o]
+    head = np.ones(len(child), np.bool_)
+    head[1:] = child[1:] != child[:-1]
+    return child, line, pos, head
+
+
 def _against_store(agg, txn, runs: _Runs, line_parent, marks: _Marks):
     """Children already linked in the store: to the same parent they count as existing,
-    to another they mark the line. Returns the new runs (sorted by first child) and the
-    existing links per (line, count)."""
+    to another they mark the line. Returns the new runs and the existing ones (each
+    sorted by first child)."""
     last = runs.first + runs.count.astype(_U64) - _U64(1)
     sf, sl, sp = _stored_links(agg, txn, runs.first, last)
-    e = np.empty(0, np.int64)
     if not len(sl):
-        return runs, e, e
+        return runs, _Runs.empty()
     par = line_parent[runs.line]
     j = np.searchsorted(sl, runs.first)
     valid = j < len(sl)
@@ -786,7 +962,7 @@ def _against_store(agg, txn, runs: _Runs, line_parent, marks: _Marks):
     partial = touch & ~inside
     bad_child, bad_line, bad_pos, bad_unit = ([runs.first[other]], [runs.line[other]],
                                               [runs.pos[other]], [sp[j][other]])
-    same_line, same_count = [runs.line[same]], [runs.count[same]]
+    existing = [runs.take(same)]
     new = [runs.take(~touch)]
     if partial.any():
         child, line, pos = runs.take(partial).expand()
@@ -800,18 +976,17 @@ def _against_store(agg, txn, runs: _Runs, line_parent, marks: _Marks):
         bad_line.append(line[elsewhere])
         bad_pos.append(pos[elsewhere])
         bad_unit.append(sp[k][elsewhere])
-        same_line.append(line[again])
-        same_count.append(np.ones(int(again.sum()), np.int64))
+        existing.append(_Runs.of(child[again], line[again], pos[again]).compact())
         new.append(_Runs.of(child[~found], line[~found], pos[~found]).compact())
     bc = np.concatenate(bad_child)
     o = np.argsort(bc, kind="stable")
     marks.mark(np.concatenate(bad_line)[o], 6, np.concatenate(bad_pos)[o],
                np.concatenate(bad_unit)[o])
-    out = _Runs.concat(new)
+    out, had = _Runs.concat(new), _Runs.concat(existing)
     if partial.any():
         out.sort()
-    return (out, np.concatenate(same_line).astype(np.int64),
-            np.concatenate(same_count).astype(np.int64))
+        had.sort()
+    return out, had
 
 
 def _other_hands(agg, txn, new: _Runs, line_parent, marks: _Marks) -> dict[int, str]:
@@ -1199,7 +1374,7 @@ def _write(agg, txn, rf, rn, rp, has_kids, name, digest, report, now) -> int:
     eid = agg.store.next_id(txn, "agg_event")
     rec = {"id": eid, "type": "load", "time": time.time() if now is None else now,
            "source": name, "sha256": digest, "records": report.records,
-           "links": report.links_added, "runs": n}
+           "links": report.links_added, "runs": n, "rejected": len(report.bad)}
     txn.put(u64(eid), pack(rec), db=agg._events_db)
     for part, s in enumerate(range(0, n, _PART)):
         e = s + _PART
@@ -1289,10 +1464,14 @@ class _RejectFile:
                              "choose another reject file)") from None
         self.written = True
 
-    def finish(self, report: LoadReport) -> str | None:
-        """Put the written rejects in place (or drop the unused temporary file)."""
+    def finish(self, report: IngestReport) -> str | None:
+        """Put the written rejects in place (or drop the unused temporary file, and after a
+        load with no bad record, remove the reject file an earlier run left: it would pass
+        for this run's)."""
         if not self.written:
             self.discard()
+            if report.loaded and not report.bad and report.already_loaded is None:
+                report.rejects_removed = self._remove_earlier(report)
             return None
         if self.file is None:  # NOTE: a stream: written as it went
             return self.shown
@@ -1312,6 +1491,17 @@ class _RejectFile:
                           f"not be written to {self.shown} ({e.strerror}); {where}", self.shown) from None
         finally:
             self.file.close()
+        return self.shown
+
+    def _remove_earlier(self, report: IngestReport) -> str | None:
+        if self.file is None or not os.path.isfile(self.target):  # NOTE: a stream, or none
+            return None
+        try:
+            os.unlink(self.target)
+        except OSError as e:
+            raise OSError(e.errno, f"loaded {report.links_added:,} links with no bad record, but "
+                          f"{self.shown}, the reject file of an earlier run, could not be removed "
+                          f"({e.strerror}): it is not this run's", self.shown) from None
         return self.shown
 
     def discard(self) -> None:
@@ -1346,18 +1536,31 @@ _REASONS = {
     2: "field {w} is not a genuine code",
     3: "field {w}: wrong packaging level for this parent (spec: {spec})",
     4: "field {w}: code is voided",
-    5: "a child is already listed under another parent on line {w}",
+    5: "field {w}: {o} is already listed under another parent on line {first}",
     6: "field {w}: already packed in another parent ({o})",
     # 7: with another distributor than its parent: worded by ``_other_hands``
     8: "parent would hold {w} children; its level allows {o}",
     # 9: not a record (JSON lines): worded where found
     # 10: a label a relabel made dead: worded where found (checked with 4)
+    # 11: checked with 2 (a field not read is not known to be forged: never told so)
+    11: (f"field {{w}} was not read: this file holds over {_ODD_BUDGET:,} fields written "
+         "in forms read one at a time (not a bare code or its URL: full-width characters, "
+         "percent-encoding, a URL with a query...); write the codes bare, or load these "
+         "records on their own (--skip-bad writes them to the reject file: load that next)"),
 }
+
+#: separators a program set for another one writes: reason 1 names them
+_NOT_COMMAS = ((b"\t", "tabs"), (b";", "semicolons"), (b"|", "bars"), (b" ", "spaces"))
 
 
 def _reason_text(agg, code: int, w: int, o: int, told: str | None) -> str:
-    if code in (7, 9, 10):  # worded where found
-        return told or "unreadable record"
+    if told is not None:  # worded where found (always so for 7, 9 and 10)
+        return told
     text = _REASONS[code]
-    ostr = f"unit {o >> 32}:{o & _LOW}" if code == 6 else str(o)
-    return text.format(w=w, o=ostr, spec=" > ".join(lv.name for lv in agg.spec.levels))
+    first = w >> 32
+    if code == 5:  # the field, and the line listing the child first (see _dedup)
+        w, o_text = w & _LOW, f"unit {o >> 32}:{o & _LOW} ({agg.code_of(o)})"
+    else:
+        o_text = f"unit {o >> 32}:{o & _LOW}" if code == 6 else str(o)
+    return text.format(w=w, o=o_text, first=first, spec=" > ".join(lv.name for lv in agg.spec.levels))
+

@@ -130,7 +130,7 @@ def test_one_line_per_chunk_equals_one_chunk(run, tmp_path):
     f.write_text("\n".join(_production(run)) + "\n")
     rep = run.agg.load(f, chunk_bytes=1)
     assert rep.loaded and rep.links_added == 250 and rep.records == 12
-    assert run.agg.load(f, chunk_bytes=1).links_existing == 250
+    assert run.agg.load(f, chunk_bytes=1, again=True).links_existing == 250
     run.agg.check_consistency()
 
 
@@ -139,7 +139,8 @@ def test_duplicate_child_in_a_later_chunk(run, tmp_path):
     rep = run.agg.load("\n".join(lines).encode(), chunk_bytes=1)
     assert not rep.loaded
     assert [(b.line, b.reason) for b in rep.bad] == [
-        (4, "a child is already listed under another parent on line 2")]
+        (4, f"field 2: unit {run.cap_batch}:30 ({run.caps[30]}) is already listed under another "
+            "parent on line 2")]
     assert run.agg.links() == {}
 
 
