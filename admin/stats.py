@@ -18,9 +18,11 @@ included; "all time" = since the first scan event):
     no activation (product; an ``inactive`` scan has no product by definition).
 ``scan_rate``
     Per actor role and code role: ``codes`` = codes (unit + code role) whose *first
-    recorded scan* was a genuine scan by that actor role (the event's ``count == 1``,
-    and no ``label``: a replacement label (标签替换) keeps a scan count of its own, and
-    its first scan never counts as its unit's first);
+    recorded scan* was a genuine scan by that actor role (the event's ``count == 1``; a
+    replacement label (标签替换) keeps a scan count of its own, and its first scan counts
+    as its unit's first when no label of the unit had a scan recorded in that role before
+    it, ``unit_first``: a carton relabelled in the warehouse, before any scan, is counted;
+    labels replaced before this was kept never are);
     ``activated`` = activated units of the level that code role is printed on
     (:meth:`engine.aggregation.Aggregation.activated_counts`; voided units included);
     ``rate`` = codes / activated. All time. A code scanned first while inactive, or
@@ -308,7 +310,7 @@ class Stats:
         add(f"d\0{day}\0product\0{product or UNKNOWN}".encode())
         add(f"d\0{day}\0batch\0{unit >> 32}".encode())
         add(f"t\0verdict\0{verdict}".encode())
-        if verdict == "genuine" and ev.get("count") == 1 and "label" not in ev:
+        if verdict == "genuine" and ev.get("count") == 1 and ("label" not in ev or ev.get("unit_first")):
             chunk.add(_key("t", "first", actor_role, code_role))
         diverted = ev.get("diverted")
         if diverted:

@@ -77,6 +77,13 @@ def _relabel_target(raw: bytes) -> int | None:
     return _Q.unpack_from(raw, 1)[0] if raw[0] == _ALIAS else None
 
 
+def _relabel_seen(raw: bytes) -> bool:
+    """Whether an ``_ALIAS`` value's unit had a scan recorded in the label's role before
+    the label was put on: its last byte (values written before it was kept, without it,
+    say so: a replacement label's first scan was never counted as its unit's first)."""
+    return len(raw) < 10 or raw[9] != 0
+
+
 def _replaced_by(raw: bytes) -> tuple[int, int]:
     """The label (uid, role index) a ``_DEAD`` value names: the one that took its place,
     or for a spare code the replacement label of its own unit."""
@@ -988,7 +995,11 @@ class Aggregation:
             self._refuse_unfresh(txn, n)
             eid = self._event(txn, "relabel", now, [unit], unit=unit, role=role, old=old[0],
                               new=n)
-            txn.put(_LABEL.pack(*new), bytes((_ALIAS,)) + _Q.pack(unit), db=db)
+            # NOTE: whether the unit was scanned in this role under a label before (the
+            # scan rate's first scans: admin.stats), kept with the new label
+            seen = record_in(txn, self._records_db, *old) is not None or (
+                raw is not None and _relabel_seen(raw))
+            txn.put(_LABEL.pack(*new), bytes((_ALIAS,)) + _Q.pack(unit) + bytes((seen,)), db=db)
             dead = bytes((_DEAD,)) + _LABEL.pack(*new)
             txn.put(_LABEL.pack(*old), dead, db=db)
             for r in self.spec.level(self.level_of(n, txn)).roles:
@@ -1645,13 +1656,16 @@ class Aggregation:
         """``(unit, scan trace)`` of a scanned code of unit ``uid`` and role ``role_index``
         (see :meth:`scan_trace`): the unit is the one the code stands for, ``uid`` itself
         unless a relabel put the code on another (标签替换); a dead label, or a replacement
-        label voided since, gets a voided trace of nothing (and its own ``uid``).
+        label voided since, gets a voided trace of nothing (and its own ``uid``). A
+        replacement label's trace also says whether its unit had a scan recorded in that
+        role, under a label before it (``unit_seen``; the scan rate's first scans).
 
         PERF: every genuine scan calls this. One read transaction; relabels cost one more
         ``get`` (~0.3 µs). No unit description, children, shipment or history; the
         ancestors are built in the shape the scan answer carries (~8.9 -> ~6.6 µs against
         ``trace_unit(uid, history=False)``).
         """
+        seen = None
         txn = self.store.env.begin(buffers=False)
         try:
             if role_index is not None:
@@ -1662,7 +1676,7 @@ class Aggregation:
                     if unit is None:
                         return uid, {"active": False, "voided": True, "product": None,
                                      "ancestors": [], "distributor": None}
-                    uid = unit
+                    uid, seen = unit, _relabel_seen(raw)
             chain, act, void, _, sid = self._unit_facts(txn, uid)
             dist = None
             if sid:
@@ -1670,7 +1684,7 @@ class Aggregation:
         finally:
             txn.abort()
         levels = self._levels
-        return uid, {
+        trace = {
             "active": act is not None and void is None,
             "voided": void is not None,
             "product": None if act is None else dict(act["product"]),
@@ -1678,6 +1692,9 @@ class Aggregation:
                            "serial": a & _LOW} for a in chain],
             "distributor": None if dist is None else dict(dist),
         }
+        if seen is not None:  # a replacement label: was its unit scanned in its role before?
+            trace["unit_seen"] = seen
+        return uid, trace
 
     def _unit_facts(self, txn, uid: int):
         """``(ancestors, activation record, void run, shipped unit, shipment id)``."""

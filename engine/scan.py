@@ -453,6 +453,8 @@ class ScanPipeline:
             event["diverted"] = diversion
         if uid != printed:  # a replacement label (标签替换): the event says which label it was
             event["label"] = printed
+            if not trace.get("unit_seen", True):  # no label of the unit scanned in this role before
+                event["unit_first"] = True
         # NOTE: the record is the label's as printed, the event the unit's: a replacement
         # label has a scan history of its own (its count is not the unit's: see
         # admin.stats), and scans of the torn label it replaced (answered voided) never

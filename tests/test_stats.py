@@ -108,7 +108,7 @@ def recount(w, window: list[str]) -> dict:
             for dim, v in vals.items():
                 bump(by_day[day][dim], v)
         role = spec.role_by_index(ev["role"]).name
-        if ev["verdict"] == "genuine" and ev["count"] == 1 and "label" not in ev:
+        if ev["verdict"] == "genuine" and ev["count"] == 1 and ("label" not in ev or ev.get("unit_first")):
             bump(firsts, (ev["actor_role"], role))
         if ev.get("diverted"):
             bump(diverted, ev["diverted"]["distributor"])
@@ -427,6 +427,26 @@ def test_a_replacement_labels_first_scan_is_not_its_units_first_scan(world):
     assert rep["scan_rate"]["store"]["case_outer"] == {"codes": 1, "level": "case", "activated": 2,
                                                        "rate": 0.5}
     assert project(rep)["firsts"] == recount(world, [])["firsts"]
+
+
+def test_a_unit_relabelled_before_its_first_scan_counts_once_in_the_scan_rate(world):
+    """A carton's torn label replaced in the warehouse before any scan (the usual relabel):
+    its unit was never counted in the scan rate (a replacement label's first scan never
+    counted). It counts once, on the replacement's first scan; not again on a second
+    replacement's, nor for a torn label scanned afterwards."""
+    agg = world["admin"].aggregation
+    spares = world["data"].create_batch("case", 2)
+    old = code(world, 0, "case_outer", "cases")
+    new, newer = (world["data"].codes.code(spares, i, "case_outer") for i in range(2))
+    agg.relabel(old, new)
+    assert store(world, new).scan.count == 1
+    assert store(world, old).verdict == "voided"  # the torn label, scanned after
+    agg.relabel(new, newer)
+    assert store(world, newer).scan.count == 1
+    rate = world["stats"].report(days=1, now=world["clock"].t)["scan_rate"]["store"]["case_outer"]
+    assert rate == {"codes": 1, "level": "case", "activated": 2, "rate": 0.5}
+    events = world["admin"].scans.events()
+    assert [e.get("unit_first") for e in events] == [True, None, None]
 
 
 # -- concurrency ------------------------------------------------------------------------
