@@ -276,7 +276,7 @@ def distributor_list(data, as_json):
 
 def _taken_out_text(agg: Aggregation, taken: list) -> str:
     """The units a ship, transfer or return took out of their parents (``taken_out``: the
-    parent stays with another distributor), for a person."""
+    parent was not with the same hands), for a person."""
     if not taken:
         return ""
     return "\n" + "\n".join(f"  taken out of {_unit_text(agg.describe(p))}: "
@@ -300,15 +300,14 @@ def _shipping_command(kind: str, doc: str):
 
 ship = _shipping_command("ship", """Ship units, and every unit below them, to a distributor.
 
-    A unit still packed in a parent that stays with another distributor is taken out of it
-    (an unpack is recorded). A pallet rebuilt from cases already with the distributor
-    takes it.
+    A unit shipped without its parent is taken out of it (an unpack is recorded). A pallet
+    rebuilt from cases already with the distributor takes it.
 
     Example: wuma ship 19WTV3ZKFM6FT309KHY6 --to gz-01
     """)
 transfer = _shipping_command("transfer", """Record shipped units passing to another distributor.
 
-    A case passed on from a pallet that stays is taken out of it (an unpack is recorded). A
+    A case passed on without its pallet is taken out of it (an unpack is recorded). A
     rebuilt pallet passes with its cases when they are all with one distributor.
 
     Example: wuma transfer 1E2188DJ7RRRRHRQE9TH --to fs-02

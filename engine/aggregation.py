@@ -25,7 +25,7 @@ value 0 = returned to the brand); a unit leaving its parent (unpack, move) first
 the shipment it resolved to recorded on itself, so no distributor changes silently. No
 unit sits below one that is with another distributor: move, link and the load refuse to
 put it there (:meth:`Aggregation._other_hands`); ship, transfer and return take a unit out
-of a parent that stays in other hands (:meth:`Aggregation._take_out`) and refuse a unit
+of a parent that is not with the same hands (:meth:`Aggregation._take_out`) and refuse a unit
 holding goods of other hands (:meth:`Aggregation._check_passing`).
 
 Relabels (标签替换, :meth:`Aggregation.relabel`: one label of a pair replaced, the unit
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
+from collections import Counter
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -98,6 +99,12 @@ def _relabel_unit(voids: _RangeMap, txn, uid: int, raw: bytes) -> int | None:
     :meth:`RelabelledLabels.all` (line-collection files)."""
     unit = _relabel_target(raw)
     return None if unit is None or voids.find(txn, uid) is not None else unit
+
+
+def _most(values) -> object | None:
+    """The value met most often (the first met of those tied), or None for none."""
+    counts = Counter(values)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _record_stays(kind: str, sid: int) -> bool:
@@ -910,13 +917,15 @@ class Aggregation:
             self._follow_voids(txn, [old >> 32])
         return eid
 
-    def _refuse_unfresh(self, txn, n: int, *, allow_emptied: bool = False) -> None:
+    def _refuse_unfresh(self, txn, n: int, *, allow_emptied: bool = False,
+                        role: str | None = None) -> None:
         """Conflict unless unit ``n`` is fresh, as :meth:`replace` and :meth:`relabel` take
         one: never either side of a relabel, not voided, not aggregated, no shipment record
         of its own, not activated; and, unless ``allow_emptied`` (a whole spare carton for
         :meth:`replace` may be one packed and emptied again, 拆补包装), never aggregated
         before either (a relabel puts only its outer label on another item, and the inner
-        code would stay in a carton of its own history)."""
+        code would stay in a carton of its own history). Never scanned: its ``role`` code
+        (a relabel's label), or any of its codes (:meth:`_refuse_scanned`)."""
         if self._in_relabel(txn, n):
             raise Conflict(f"{self._ref(n)} was part of a relabel already; use a fresh label")
         if self._voided(txn, n):
@@ -931,7 +940,7 @@ class Aggregation:
         if self.active.find(txn, n) is not None:
             raise Conflict(f"{self._ref(n)} is activated (it carries a product of its own); "
                            "use a fresh label, one never activated")
-        self._refuse_scanned(txn, n)
+        self._refuse_scanned(txn, n, role)
         # NOTE: unpacked or moved out, a unit is no longer linked, but every pack, unpack
         # and move indexes it (a line-collection load indexes parents, and its children
         # stay linked until one of those): any history is refused
@@ -940,19 +949,21 @@ class Aggregation:
             raise Conflict(f"{self._ref(n)} has a history ({', '.join(past)}): a label once "
                            "aggregated is not fresh; use a fresh label, one never aggregated")
 
-    def _refuse_scanned(self, txn, n: int) -> None:
-        """Conflict if a code of unit ``n`` was ever scanned: a label scanned before it was
-        put on anything (answered inactive, kept as evidence) is a stray or leaked one, and
-        its scan record would become the unit's (a first scan answered "scanned before",
-        with a time and place from before the label existed on it)."""
+    def _refuse_scanned(self, txn, n: int, role: str | None = None) -> None:
+        """Conflict if unit ``n``'s ``role`` code (None: any of its codes) was ever scanned:
+        a label scanned before it was put on anything (answered inactive, kept as evidence)
+        is a stray or leaked one, and its scan record would become the unit's (a first scan
+        answered "scanned before", with a time and place from before the label existed on
+        it). A relabel uses one code of the spare (its others die): only that one counts."""
         level = self.level_of(n, txn)
         if level is None:
             return
-        for name in self.spec.level(level).roles:
+        for name in (role,) if role else self.spec.level(level).roles:
             rec = record_in(txn, self._records_db, n, self.spec.role(name).index)
             if rec is not None:
                 where = f" in region {rec.first_region}" if rec.first_region else ""
-                raise Conflict(f"{self._ref(n)}'s {name} code was scanned {rec.count} time"
+                raise Conflict(f"{self.code_of(n, name, txn)} ({name} of {self._ref(n)}) was "
+                               f"scanned {rec.count} time"
                                f"{'s' if rec.count != 1 else ''} before it was put on anything "
                                f"(first at {china_time(rec.first_at)}{where}): a label scanned "
                                "before use is a stray or leaked one, kept as evidence; use "
@@ -992,7 +1003,7 @@ class Aggregation:
             n = new[0]
             if self._voided(txn, unit):
                 raise Conflict(f"{self._ref(unit)} is voided: a voided unit is not relabelled")
-            self._refuse_unfresh(txn, n)
+            self._refuse_unfresh(txn, n, role=role)
             eid = self._event(txn, "relabel", now, [unit], unit=unit, role=role, old=old[0],
                               new=n)
             # NOTE: whether the unit was scanned in this role under a label before (the
@@ -1386,9 +1397,9 @@ class Aggregation:
         ancestor's (``transfer`` moves shipped units), or holds a unit with another
         distributor. A unit below it that is with ``to`` already keeps its record (a pallet
         rebuilt from ``to``'s cases, 拆垛组垛, is shipped to ``to`` so); one returned to the
-        brand ships again with it. A unit (returned) packed in a parent that stays with
-        another distributor is first taken out of it (:meth:`_take_out`). Units that were
-        never activated can be shipped.
+        brand ships again with it. A unit shipped without its parent is first taken out of
+        it (:meth:`_take_out`: it has left it). Units that were never activated can be
+        shipped.
         """
         return self._shipment("ship", codes, to, now)
 
@@ -1396,8 +1407,8 @@ class Aggregation:
         """Record units passing to another distributor, with every unit below them except
         those returned to the brand (they stay returned).
 
-        A unit packed in a parent that stays with another distributor is first taken out
-        of it (:meth:`_take_out`: a case passed on has left its pallet). A unit with no
+        A unit packed in a parent that is not with ``to`` is first taken out of it
+        (:meth:`_take_out`: a case passed on has left its pallet). A unit with no
         distributor of its own, holding goods that are all with one (a pallet rebuilt from
         a distributor's cases, 拆垛组垛), passes with them. Refused, naming the unit, when a
         unit below is with another distributor, or (for a unit with none of its own) with
@@ -1433,7 +1444,7 @@ class Aggregation:
         """Units come back to the brand: they, and every unit below them, no longer
         belong to a distributor. A unit with no distributor of its own holding goods that
         are all with one (a rebuilt pallet) comes back with them; a unit packed in a parent
-        that stays with a distributor is first taken out of it (:meth:`_take_out`).
+        that is with a distributor is first taken out of it (:meth:`_take_out`).
         Refused, naming the unit, when a unit below is with another distributor."""
         labels = self._labels(codes, "return")
         with self.store.write() as txn:
@@ -1463,9 +1474,12 @@ class Aggregation:
         via, sid = self._resolved(txn, u)
         records, bare = self._below(txn, u)
         hands: dict[str, tuple[int, int]] = {}  # distributor -> first unit below with it
+        most = Counter()  # distributor -> units below with a record of it
         for k, s in records:
             if s:
-                hands.setdefault(self._distributor_of(txn, s), (k, s))
+                d = self._distributor_of(txn, s)
+                hands.setdefault(d, (k, s))
+                most[d] += 1
         if kind == "ship":
             if sid:
                 where = "" if via == u else f", with {self._named(txn, via)}"
@@ -1475,21 +1489,22 @@ class Aggregation:
             holder = to
         else:
             holder = self._distributor_of(txn, sid) or self._holder_of_contents(
-                txn, kind, u, hands, bare)
+                txn, kind, u, most, bare)
         whole = len(hands) == 1 and bare is None  # NOTE: all it holds is with one distributor
         for d, (k, s) in hands.items():
             if d != holder:
                 raise Conflict(self._elsewhere_text(txn, kind, u, k, s, holder, whole))
         return records
 
-    def _holder_of_contents(self, txn, kind: str, u: int, hands: dict, bare: int | None) -> str:
-        """The distributor that all ``u`` holds is with, for ``u`` with none of its own
-        (``hands`` and ``bare`` as :meth:`_check_passing` reads them); Conflict when nothing
-        is, or (a transfer) something below is with none: it would pass without a ship."""
-        if not hands:
+    def _holder_of_contents(self, txn, kind: str, u: int, most: Counter, bare: int | None) -> str:
+        """The distributor most of what ``u`` holds is with, for ``u`` with none of its own
+        (``most`` and ``bare`` as :meth:`_check_passing` reads them: the others are then
+        named as the ones in the way); Conflict when nothing is, or (a transfer) something
+        below is with none: it would pass without a ship."""
+        if not most:
             self._refuse_unshipped(txn, u, 0, "ship it instead" if kind == "transfer"
                                    else "there is nothing to return")
-        holder = next(iter(hands))
+        holder = most.most_common(1)[0][0]
         if kind == "transfer" and bare is not None:
             code = self.code_of(bare, None, txn)
             raise Conflict(f"{self._named(txn, bare)} inside {self._named(txn, u)} is not with a "
@@ -1522,16 +1537,16 @@ class Aggregation:
         """What ``uid`` holds, as shipping reads it: ``(records, bare)``. ``records``: the
         units below it with a shipment record of their own, ``(unit, shipment id)`` (0 =
         returned). ``bare``: the first unit below it with no distributor through those
-        records (one returned, or one holding nothing and no record on its way up to
-        ``uid``), or None."""
+        records (one returned; or, for a unit holding nothing with no record on its way up
+        to ``uid``, the unit below ``uid`` that holds it), or None."""
         records: list[tuple[int, int]] = []
         bare = None
-        todo = [(uid, False)]
+        todo = [(uid, False, None)]  # (unit, a record above it, the top unit below uid on the way)
         while todo:
-            unit, held = todo.pop()
+            unit, held, top = todo.pop()
             kids = self.children(txn, unit) if self._has_child_level(unit) else []
             if not kids and not held and unit != uid and bare is None:
-                bare = unit
+                bare = top  # NOTE: named by the unit below uid that holds it (a case, not its caps)
             nxt = []
             for k in kids:
                 raw = txn.get(_Q.pack(k), db=self._ship_db)
@@ -1540,30 +1555,39 @@ class Aggregation:
                     records.append((k, sid))
                 if sid == 0 and bare is None:
                     bare = k
-                nxt.append((k, held or bool(sid)))
+                nxt.append((k, held or bool(sid), k if top is None else top))
             todo.extend(reversed(nxt))  # NOTE: popped in child order
         return records, bare
 
     def _take_out(self, txn, units: list[int], to: str | None, now) -> dict:
-        """Take each of ``units`` out of its parent when that parent stays with a
-        distributor other than ``to`` (None: the brand, for a return), as the unit has left
-        it, unless the parent or a unit above it passes along: one ``unpack`` event per
+        """Take each of ``units`` out of its parent when that parent is not with ``to``
+        (None: the brand, for a return), as the unit has left it, unless the parent or a
+        unit above it passes along: one ``unpack`` event per
         parent (:meth:`_unpack_in`). Returns ``{"taken_out": [[unit, parent], ...]}``, or
         ``{}`` for none.
 
-        NOTE: a parent with no distributor (the brand's) keeps the unit, as :meth:`move`
-        lets a distributor's unit onto one."""
+        A parent with no distributor of its own or above is with the one most of its
+        goods are with (a pallet rebuilt from a distributor's cases, 拆垛组垛), or with none
+        (the brand's: a unit returned to the brand stays on it)."""
         going = set(units)
         out: dict[int, list[int]] = {}
         for u in units:
             chain = self._ancestors(txn, u)
-            if chain and going.isdisjoint(chain) and self._distributor_of(
-                    txn, self._shipment_of(txn, chain)[1]) not in (None, to):
+            if chain and going.isdisjoint(chain) and self._parent_holder(txn, chain) != to:
                 out.setdefault(chain[0], []).append(u)
         for parent, kids in out.items():
             self._unpack_in(txn, parent, kids, now)
         taken = [[k, p] for p, kids in out.items() for k in kids]
         return {"taken_out": taken} if taken else {}
+
+    def _parent_holder(self, txn, chain: list[int]) -> str | None:
+        """The distributor the parent ``chain[0]`` is with: through its own record or an
+        ancestor's, else the one most of its goods are with (a rebuilt pallet is where its
+        cases are), else None (the brand's)."""
+        held = self._distributor_of(txn, self._shipment_of(txn, chain)[1])
+        if held is not None:
+            return held
+        return _most(self._distributor_of(txn, s) for _, s in self._below(txn, chain[0])[0] if s)
 
     def _bind(self, txn, kind: str, below: dict[int, list[tuple[int, int]]], sid: int) -> None:
         """Record shipment ``sid`` (0: returned) on each unit of ``below``; it governs the

@@ -211,12 +211,14 @@ def test_a_label_scanned_before_use_is_refused_as_a_replacement(world):
     old = _code(w, "cases", 0, "case_outer")
     stray, stray_inner = _code(w, "spares", 0, "case_outer"), _code(w, "spares", 1, "case_inner")
     assert _scan(w, stray).verdict == "inactive" and _scan(w, stray_inner).verdict == "inactive"
-    with pytest.raises(Conflict, match=r"case_outer code was scanned 1 time before it was put on "
-                                       r"anything \(first at 20\d\d-.*\+08:00 in region 440106\).*"
-                                       "use another fresh label"):
+    with pytest.raises(Conflict, match=rf"{stray} \(case_outer of \d+:0\) was scanned 1 time before it "
+                                       r"was put on anything \(first at 20\d\d-.*\+08:00 in region "
+                                       r"440106\).*use another fresh label"):
         agg.relabel(old, stray)
-    with pytest.raises(Conflict, match="case_inner code was scanned 1 time before"):
+    with pytest.raises(Conflict, match=rf"{stray_inner} \(case_inner of \d+:1\) was scanned 1 time before"):
         agg.replace(_code(w, "cases", 1, "case_outer"), _code(w, "spares", 1, "case_outer"))
+    # a relabel uses the spare's outer label alone (its inner code dies): that scan is no bar
+    agg.relabel(_code(w, "cases", 1, "case_outer"), _code(w, "spares", 1, "case_outer"))
     assert _verdict(w, stray) == "inactive" and _verdict(w, old) == "genuine"
     fresh = _code(w, "spares", 2, "case_outer")
     agg.relabel(old, fresh)

@@ -209,15 +209,20 @@ def test_transfer_of_a_pallet_leaves_its_returned_case_returned(world):
 
 # -- 3. ship looks below ------------------------------------------------------------------------
 def test_ship_refuses_a_pallet_holding_a_shipped_case(world):
+    """A case shipped alone leaves its pallet (see tests/test_shipping_rules.py); put back
+    on it, the pallet holds A's case and is refused to B; returned, it leaves it again,
+    and once back on the pallet it ships with it."""
     r, agg = world, world.agg
-    agg.ship([r.cases[0]], "A")
+    rec = agg.ship([r.cases[0]], "A")
+    assert rec["taken_out"] == [[_case(r, 0), agg.unit(r.pallets[0])]]
+    agg.move([r.cases[0]], to=r.pallets[0])
     with pytest.raises(Conflict, match=r"case 2:0 \S+ inside .* already shipped \(shipment 1 to A\).*"
                                        "transfer"):
         agg.ship([r.pallets[0]], "B")
     assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[1]) == (None, False)
     assert [e["type"] for e in agg.events()].count("ship") == 1
-    # a case that came back to the brand ships again with its pallet
     agg.return_goods([r.cases[0]])
+    agg.move([r.cases[0]], to=r.pallets[0])
     agg.ship([r.pallets[0]], "B")
     assert _dist(r, r.cases[0]) == ("B", False)
 

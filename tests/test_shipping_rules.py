@@ -55,23 +55,33 @@ def test_a_returned_cap_shipped_elsewhere_leaves_its_case(world):  # noqa: F811
 
 
 def test_a_unit_holding_goods_of_another_distributor_is_refused_naming_them(world):  # noqa: F811
-    """A pallet of the brand's (no record) holding a case shipped to A: shipping it to B,
-    or returning it, would carry A's goods along. Refused with the printed codes and the
-    command that takes the case out; nothing is written."""
+    """A pallet rebuilt of A's two cases and B's one (moves allow it), and of A's case and
+    the brand's: shipping or transferring it would carry goods of other hands along.
+    Refused, naming the unit that differs from most of the pallet (not the first met) by its
+    printed code, a case rather than its caps, with the command that takes it out; nothing
+    is written."""
     r, agg = world, world.agg
-    agg.ship([r.cases[0]], "A")
-    with pytest.raises(Conflict, match=rf"case 2:0 {r.cases[0]} inside pallet 3:0 {r.pallets[0]} was "
-                                       r"already shipped \(shipment 1 to A\): transfer it to B first "
-                                       rf"\(wuma transfer {r.cases[0]} --to B\) or take it out "
-                                       rf"\(wuma aggregate unpack {r.pallets[0]} --child {r.cases[0]}\)"):
-        agg.ship([r.pallets[0]], "B")
-    agg.ship([r.cases[1]], "B")  # the pallet now holds A's case and B's
-    with pytest.raises(Conflict, match=rf"case 2:1 {r.cases[1]} inside pallet 3:0 .* is with another "
-                                       r"distributor \(shipment 2 to B\) than the rest \(A\): a transfer "
-                                       r"would carry it along; take it out first \(wuma aggregate unpack"):
-        agg.transfer([r.pallets[0]], "A")
-    assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[1]) == ("B", False)
-    assert [e["type"] for e in agg.events()].count("ship") == 2
+    agg.add_distributor("C", "C", ["4407"])
+    agg.ship([r.pallets[0]], "A")
+    agg.ship([r.pallets[1]], "B")
+    agg.move([r.cases[2], r.cases[0], r.cases[1]], to=r.pallets[2])
+    with pytest.raises(Conflict, match=rf"case 2:2 {r.cases[2]} inside pallet 3:2 {r.pallets[2]} is with "
+                                       r"another distributor \(shipment 2 to B\) than the rest \(A\): a "
+                                       rf"transfer would carry it along; take it out first \(wuma aggregate "
+                                       rf"unpack {r.pallets[2]} --child {r.cases[2]}\)"):
+        agg.transfer([r.pallets[2]], "C")
+    with pytest.raises(Conflict, match=rf"case 2:0 {r.cases[0]} inside pallet 3:2 .* was already shipped "
+                                       r"\(shipment 1 to A\): transfer it to C first"):
+        agg.ship([r.pallets[2]], "C")
+    agg.unpack(r.pallets[2], [r.cases[2]])
+    agg.move([r.cases[3]], to=r.pallets[3])  # B's: pallet 3 holds B's case alone
+    agg.return_goods([r.cases[3]])
+    agg.move([r.cases[3]], to=r.pallets[2])  # the brand's case onto A's rebuilt pallet
+    with pytest.raises(Conflict, match=rf"case 2:3 {r.cases[3]} inside pallet 3:2 .* is not with a "
+                                       rf"distributor .* while the rest is with A: ship it to A first"):
+        agg.transfer([r.pallets[2]], "C")
+    assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[2]) == ("B", False)
+    assert [e["type"] for e in agg.events()].count("transfer") == 0
     agg.check_consistency()
 
 
@@ -90,6 +100,28 @@ def test_a_pallet_rebuilt_from_a_distributors_cases_ships_and_transfers(world): 
     agg.move([r.cases[2]], to=r.pallets[3])  # the brand's own pallet 1 cases onto another
     agg.ship([r.pallets[3]], "A")
     assert _dist(r, r.pallets[3]) == ("A", False) and _scanned_by(r, r.caps[50]) == "A"
+    agg.check_consistency()
+
+
+def test_a_case_sent_on_or_returned_from_a_rebuilt_pallet_leaves_it(world):  # noqa: F811
+    """A rebuilt pallet has no distributor of its own: it is with the one its goods are
+    with. A case transferred or returned from it stayed on it, and the pallet could then
+    be neither transferred nor returned. A case shipped alone off the brand's own pallet
+    leaves it too."""
+    r, agg = world, world.agg
+    agg.ship([r.pallets[0]], "A")
+    agg.move(r.cases[0:2], to=r.pallets[2])
+    rec = agg.transfer([r.cases[0]], "B")
+    assert rec["taken_out"] == [[agg.unit(r.cases[0]), agg.unit(r.pallets[2])]]
+    eid = agg.return_goods([r.cases[1]])
+    assert agg.event(eid)["taken_out"] == [[agg.unit(r.cases[1]), agg.unit(r.pallets[2])]]
+    agg.move([r.cases[0]], to=r.pallets[3])
+    agg.transfer([r.pallets[3]], "A")
+    assert _dist(r, r.cases[0]) == ("A", False) and _dist(r, r.cases[1]) == (None, True)
+    rec = agg.ship([r.cases[2]], "B")  # off pallet 1, the brand's
+    assert rec["taken_out"] == [[agg.unit(r.cases[2]), agg.unit(r.pallets[1])]]
+    agg.ship([r.pallets[1]], "A")
+    assert _scanned_by(r, r.caps[50]) == "B" and _scanned_by(r, r.caps[75]) == "A"
     agg.check_consistency()
 
 
