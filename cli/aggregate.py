@@ -53,7 +53,8 @@ def aggregate():
               help="Where --skip-bad writes bad records (default: FILE.rejects).")
 @click.option("--again", is_flag=True,
               help="Load FILE even if a file with the same content was loaded before "
-                   "(it would undo the unpacks and moves made since on its units).")
+                   "(it puts back units unpacked from its parents since, and refuses its "
+                   "records of units moved since).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format (default: by extension / content).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -110,8 +111,9 @@ def _already_loaded_text(file: str, e: dict) -> str:
     rejected = f", {e['rejected']:,} rejected" if e.get("rejected") else ""
     return (f"already loaded: {file} holds what the load of event {e['event_id']} took "
             f"({e['source']}, {china_time(e['time'])}: {e['records']:,} records{rejected}, "
-            f"{e['links']:,} links added); nothing done. Loaded again, it would undo the "
-            "unpacks and moves made since on its units: give --again to load it anyway")
+            f"{e['links']:,} links added); nothing done. Loaded again, it would put back the "
+            "units unpacked since and refuse the records of units moved since: give --again "
+            "to load it anyway")
 
 
 def _load_refusal(file: str, r: IngestReport) -> str | None:

@@ -449,6 +449,8 @@ class Aggregation:
         #: load event id -> the runs it added (parent, first child, count), for EPCIS export;
         #: kept apart so that reading an event (trace history) stays small
         self._load_runs_db = store.db("agg_load_runs")
+        #: sha256 of a file a load took -> that load's event id (a re-run is recognised)
+        self._loaded_files_db = store.db("agg_loaded_files")
         self._unit_events_db = store.db("agg_unit_events", dupsort=True, dupfixed=True)
         self._activations_db = store.db("agg_activations")
         self._shipments_db = store.db("agg_shipments")

@@ -243,6 +243,16 @@ def test_a_line_over_the_limit_is_refused_naming_the_likely_cause(run, monkeypat
                                          r"loaded\. .*no line breaks at all, or breaks other than"):
         run.agg.load(f, chunk_bytes=1 << 16)
     assert run.agg.links() == {}
+    # a long line that ends in a later block than the one it began in: refused at the
+    # limit, not at the limit plus a block (lines of up to 24 MiB went through)
+    for size, over in ((1 << 20) + 1, True), (1 << 20, False):
+        f.write_bytes(_text(_line(K[0], C[0])) + b"x" * size + b"\n" + _text(_line(K[2], C[50])))
+        if over:
+            with pytest.raises(ValueError, match="^line 2 is over 1 MiB"):
+                run.agg.load(f, chunk_bytes=700_000)
+        else:  # at the limit: read, and refused as a record
+            rep = run.agg.load(f, chunk_bytes=700_000, skip_bad=True)
+            assert [b.line for b in rep.bad] == [2] and rep.links_added == 2
 
 
 # -- exit status and messages -------------------------------------------------------------------
@@ -307,3 +317,20 @@ def test_a_clean_run_removes_the_reject_file_of_an_earlier_run(run, tmp_path):
         f"loaded 1 records: 1 links added, 0 already present; removed {f}.rejects, "
         "the reject file of an earlier run\n")
     assert not (tmp_path / "line.csv.rejects").exists()
+
+
+def test_a_clean_run_removes_nothing_but_a_reject_file(run, tmp_path):
+    """Any regular file at --reject-file was deleted by a clean run, through a symlink too:
+    a path mistyped as a line file's lost that file. Only a file that begins as a reject
+    file does is removed, and never through a link."""
+    C, K = run.caps, run.cases
+    other = tmp_path / "line-7.csv"
+    other.write_bytes(_text(_line(K[3], C[20])))
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"# line 3: a note that looks like a reject file\n")
+    (tmp_path / "x.rejects").symlink_to(notes)
+    f = _file(tmp_path, _line(K[2], C[10]))
+    for target in (other, tmp_path / "x.rejects"):
+        res = _cli(run, "aggregate", "load", str(f), "--skip-bad", "--again", "--reject-file", str(target))
+        assert res.exit_code == 0 and "removed" not in res.output
+    assert other.read_bytes() == _text(_line(K[3], C[20])) and notes.exists()
