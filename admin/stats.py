@@ -33,7 +33,8 @@ included; "all time" = since the first scan event):
     Per budget pool (:meth:`admin.pools.PoolRegistry.status`): total, spent, left,
     use rate (spent / total), today's spend, spend per day of the window, per region; read
     in the counters' snapshot, once it is folded to its end (``as_of``), so the pools'
-    spend and the campaigns' grants agree while scans commit.
+    spend and the campaigns' grants agree while scans commit, unless a backlog is
+    ``pending`` (a request folds a bounded amount): the pools are then ahead by it.
 ``campaigns``
     Per campaign, all time: ledger entries by kind (count and amount in the pool's unit,
     kinds as in :data:`admin.ledger.KINDS`), the linked rebates among the grants (to the
@@ -245,11 +246,13 @@ class Stats:
 
     def fold_every(self, seconds: float = 10.0):
         """Start a daemon thread (a greenlet under gevent) that folds every ``seconds``,
-        pausing between chunks: a serving worker keeps the counters near the logs' ends,
+        pausing between chunks, in one process at a time (two workers folding at once each
+        threw away the other's chunks): a server keeps the counters near the logs' ends,
         so a report has little to fold. (The first report after a quiet spell folded
         every event since in the request: 690k events held the worker 4.3 s, its other
         requests too, and 4.8M got it killed by gunicorn's timeout.)"""
-        return repeat(seconds, lambda: self.fold(pause=yield_to_others), "wuma-stats-fold")
+        return repeat(seconds, lambda: self.fold(pause=yield_to_others), "wuma-stats-fold",
+                      one_of=self._store.path / "stats-fold.lock")
 
     def _cursor(self, txn, key: bytes) -> int:
         raw = txn.get(key, db=self._db)
@@ -350,9 +353,10 @@ class Stats:
                fold_limit: int | None = None) -> dict:
         """Fold in what is new, then the whole report (see the module docstring).
 
-        ``fold_limit``: fold about that many events and entries at most, pausing between
-        chunks (a request's bound; :meth:`fold_every` folds the rest): the report is then
-        as of what is folded, ``as_of``, and ``pending`` says how much is not yet."""
+        ``fold_limit``: fold that many events and entries at most, and a chunk more,
+        pausing between chunks (a request's bound; :meth:`fold_every` folds the rest): the
+        report is then as of what is folded, ``as_of``, and ``pending`` says how much is
+        not yet (the pools, read live, are ahead of the rest by that much)."""
         for name, value, hi in (("days", days, 366), ("top", top, 1000)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int")
@@ -370,14 +374,16 @@ class Stats:
         # NOTE: the pools are read in the counters' snapshot, and that snapshot is taken
         # once everything in it is folded (a scan committed between the fold and the read
         # would be in the pools' spend and not in the campaigns' grants); under a steady
-        # stream of scans, after a few tries the report says how far it folded (as_of)
+        # stream of scans, after a few tries, or with the fold limit spent, the report says
+        # how far it folded (as_of) and what is pending: the pools are then ahead by that
         for tries in range(_READ_TRIES, 0, -1):
             with self._store.read() as txn:
                 as_of = {"scan_event": self._cursor(txn, _SCAN_CURSOR),
                          "ledger_entry": self._cursor(txn, _LEDGER_CURSOR)}
                 pending = {"scan_event": self._store.current_id(txn, "scan_event") - as_of["scan_event"],
                            "ledger_entry": self._ledger.last_seq_in(txn) - as_of["ledger_entry"]}
-                if tries > 1 and any(pending.values()):
+                spent = fold_limit is not None and folded >= fold_limit
+                if tries > 1 and not spent and any(pending.values()):
                     behind = True
                 else:
                     behind = False
@@ -387,7 +393,7 @@ class Stats:
                     pools = self._pools(self._admin.pools.statuses_in(txn, now), window)
             if not behind:
                 break
-            folded += self.fold(fold_limit, pause=pause)
+            folded += self.fold(None if fold_limit is None else fold_limit - folded, pause=pause)
         by_day, diverted_days, totals = counters
         return {
             "generated_at": now,

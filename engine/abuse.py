@@ -46,8 +46,11 @@ log = logging.getLogger("wuma.abuse")
 __all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "MAX_SUBJECT", "SUBJECT_ID_CHARS",
            "SUBJECT_ID_BYTES", "sweep_every"]
 
-#: What a full counters store raises: its file system (Store.write's ENOSPC) or its map.
-_FULL = (OSError, lmdb.MapFullError)
+#: The counters' map: 4 GiB, a sparse file (writemap), 40-75M clients' counts.
+COUNTERS_MAP_SIZE = 1 << 32
+#: What a full counters store raises: its file system (Store.write's ENOSPC: an OSError,
+#: others are raised again) or its map.
+_MAYBE_FULL = (OSError, lmdb.MapFullError)
 _EVIDENCE_CODE_CHARS = 64
 #: How often a process merges its rate counts into the shared store.
 _FLUSH_S = 0.1
@@ -189,7 +192,7 @@ class AbuseGuard:
         # only here, so every process opens them alike, as LMDB asks. (During a rolling
         # upgrade from a release without it, old workers open them without: that costs
         # only sync guarantees these counters never had.)
-        self.counters = Store(counters_path, map_size=1 << 32, sync=False, writemap=True)
+        self.counters = Store(counters_path, map_size=COUNTERS_MAP_SIZE, sync=False, writemap=True)
         self._full_logged = Every(60)
         self._rate = self.counters.db("rate")
         # One record per subject: _INVALID_HEAD, then up to evidence_max msgpack'd
@@ -389,7 +392,7 @@ class AbuseGuard:
                     m, n = unpack(raw) if raw else (minute, 0)
                     shared[s] = merged = (n if m == minute else 0) + k
                     txn.put(key, pack((minute, merged)), db=self._rate)
-        except _FULL as e:  # the counts of this interval are let go (see record_invalid)
+        except _MAYBE_FULL as e:  # the counts of this interval are let go (see record_invalid)
             if not self._counters_full(e):
                 raise
 
@@ -414,7 +417,7 @@ class AbuseGuard:
         """
         try:
             return self._record_invalid(subjects, code, now)
-        except _FULL as e:
+        except _MAYBE_FULL as e:
             if not self._counters_full(e):
                 raise
             return None
@@ -512,15 +515,17 @@ class AbuseGuard:
             txn.delete(k, db=self._earlier)
 
     def sweep(self, now: float | None = None, *, pause: Callable[[], None] | None = None,
-              step: int = 5_000) -> int:
+              step: int = 1_000) -> int:
         """Drop stale counters (old minutes, expired windows) and the ends of ended bans
         (their records stay: evidence); returns entries removed.
 
         Every client, device and account ever seen keeps a counter until swept: a server
         sweeps every minute (:func:`sweep_every`), or the counters' fixed map fills (75M
         subjects; a client choosing device ids adds one a request). Each write
-        transaction looks at ``step`` entries at most and ``pause()`` runs between them:
-        scans' counts wait for one step only, and a serving worker's requests run on."""
+        transaction looks at ``step`` entries at most (~0.6 ms) and ``pause()`` runs
+        between them: scans' counts wait for one step only, and a serving worker's requests
+        run on. A full map takes smaller steps (a delete needs fresh pages too: 5,000
+        deletes in a full map failed, every minute, and counting never came back)."""
         now = time.time() if now is None else now
         minute, window = int(now // 60), self.limits.invalid_window_s
         with self._rate_lock:
@@ -542,29 +547,46 @@ def _sweep(store: Store, db, stale: Callable[[bytes], bool], step: int,
     write transaction, ``pause()`` between transactions; returns how many."""
     removed, resume = 0, b""
     while True:
-        with store.write() as txn:
-            cur = txn.cursor(db=db)
-            found = cur.set_range(resume) if resume else cur.first()
-            for _ in range(step):
-                if not found:
-                    return removed
-                if stale(cur.value()):
-                    cur.delete()  # NOTE: onto the next entry, if there is one
-                    removed += 1
-                    found = bool(cur.key())
-                else:
-                    found = cur.next()
-            if not found:
-                return removed
-            resume = cur.key()
+        try:
+            n, resume = _sweep_step(store, db, stale, step, resume)
+        except lmdb.MapFullError:
+            if step == 1:
+                raise
+            step = max(1, step // 10)  # NOTE: fewer deletes need fewer fresh pages
+            continue
+        removed += n
+        if resume is None:
+            return removed
         if pause is not None:
             pause()
 
 
+def _sweep_step(store: Store, db, stale: Callable[[bytes], bool], step: int,
+                resume: bytes) -> tuple[int, bytes | None]:
+    """One write transaction of :func:`_sweep` from key ``resume`` on: ``(removed, the key
+    to resume at, or None at the end)``."""
+    removed = 0
+    with store.write() as txn:
+        cur = txn.cursor(db=db)
+        found = cur.set_range(resume) if resume else cur.first()
+        for _ in range(step):
+            if not found:
+                return removed, None
+            if stale(cur.value()):
+                cur.delete()  # NOTE: onto the next entry, if there is one
+                removed += 1
+                found = bool(cur.key())
+            else:
+                found = cur.next()
+        return removed, cur.key() if found else None
+
+
 def sweep_every(guard: AbuseGuard, seconds: float = 60.0):
     """Start a daemon thread (a greenlet under gevent) that sweeps ``guard`` every
-    ``seconds`` (see :meth:`AbuseGuard.sweep`), yielding between steps."""
-    return repeat(seconds, lambda: guard.sweep(pause=yield_to_others), "wuma-abuse-sweep")
+    ``seconds`` (see :meth:`AbuseGuard.sweep`), yielding between steps; one process at a
+    time (both workers sweeping at one moment waited on each other's steps)."""
+    return repeat(seconds, lambda: guard.sweep(pause=yield_to_others), "wuma-abuse-sweep",
+                  one_of=guard.counters.path / "sweep.lock")
 
 
 def _evidence_text(code) -> str:

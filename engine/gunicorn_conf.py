@@ -341,15 +341,18 @@ class Logger(glogging.Logger):
         # no ban stops, as the app never sees them): told once a minute, with their count
         if isinstance(msg, str) and msg.startswith(_UNPARSED):
             tally = self.__dict__.get("_unparsed")
-            if tally is None:  # NOTE: made in the worker that logs (a lock and a timer each)
-                tally = self.__dict__["_unparsed"] = Tally(60.0, self._log_unparsed)
+            if tally is None:  # NOTE: made in the worker that logs; one, whichever thread first
+                tally = self.__dict__.setdefault("_unparsed", Tally(60.0, self._log_unparsed))
             tally.add(msg[len(_UNPARSED):])
             return
         super().warning(msg, *args, **kwargs)
 
     def _log_unparsed(self, count: int, latest: str) -> None:
-        self.error_log.warning("%d request(s) refused unparsed since the last such line (the latest "
-                               "from ip=%s)", count, clipped(latest, 300))
+        # NOTE: gunicorn's own refusals are among them (a forbidden proxy, scheme headers):
+        # the latest's text is told, so a misconfiguration still shows once a minute
+        self.error_log.warning("%d request(s) refused by gunicorn before the app since the last "
+                               "such line (malformed, or refused by its checks; the latest from "
+                               "ip=%s)", count, clipped(latest, 300))
 
 
 #: How gunicorn begins the line of a request it could not parse (workers/base.py).
@@ -466,6 +469,11 @@ def post_worker_init(worker) -> None:
         _balance_worker(worker)
 
 
+#: Seconds the check before a reload may take (it opens the data folder, which waits for a
+#: long write in progress).
+RELOAD_CHECK_S = float(os.environ.get("WUMA_RELOAD_CHECK") or 60)
+
+
 def _check_before_reload() -> None:
     """SIGHUP (graceful reload) only when the data folder and its settings still load, and
     the app's module imports (a new release's code).
@@ -481,19 +489,25 @@ def _check_before_reload() -> None:
     reload = Arbiter.handle_hup
 
     def handle_hup(self) -> None:
-        path = os.environ.get("WUMA_DATA")
         # NOTE: the app's module is imported too: a release installed with a broken import
         # (then SIGHUP, gunicorn's upgrade) failed in every new worker while the reload
-        # retired the old ones, and the server stopped
+        # retired the old ones, and the server stopped. The folder is the workers' own,
+        # WUMA_DATA or ./wuma-data (engine.data.default_data_path): its check was skipped
+        # without WUMA_DATA.
         module = (getattr(self.app, "app_uri", None) or "").partition(":")[0]
-        check = subprocess.run(
-            [sys.executable, "-c", "import importlib, sys\nfrom engine.data import check_serving\n"
-             "try:\n    if sys.argv[1]:\n        check_serving(sys.argv[1])\n"
-             "    if sys.argv[2]:\n        importlib.import_module(sys.argv[2])\n"
-             "except BaseException as e:\n    sys.exit(f'{type(e).__name__}: {e}')",
-             path or "", module], capture_output=True, text=True, timeout=60)
-        if check.returncode != 0:
-            why = (check.stderr.strip().splitlines() or ["?"])[-1]
+        try:
+            check = subprocess.run(
+                [sys.executable, "-c", "import importlib, sys\n"
+                 "from engine.data import check_serving, default_data_path\n"
+                 "try:\n    check_serving(default_data_path())\n"
+                 "    if sys.argv[1]:\n        importlib.import_module(sys.argv[1])\n"
+                 "except BaseException as e:\n    sys.exit(f'{type(e).__name__}: {e}')",
+                 module], capture_output=True, text=True, timeout=RELOAD_CHECK_S)
+            why = (check.stderr.strip().splitlines() or ["?"])[-1] if check.returncode else None
+        except subprocess.TimeoutExpired:  # NOTE: it was the master's end (exit 255)
+            why = (f"the check did not finish in {RELOAD_CHECK_S:g} s (a long write, an "
+                   "ingest, holds the store?); send SIGHUP again once it is over")
+        if why is not None:
             self.log.error("reload refused, the workers keep serving with the code and settings "
                            "they started with: %s", why)
             return

@@ -22,7 +22,6 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import deque
-from pathlib import Path
 from typing import Callable
 
 import falcon
@@ -31,7 +30,7 @@ import lmdb
 from engine import http_errors
 from engine.abuse import client_address, sweep_every
 from engine.aggregation import Aggregation
-from engine.data import DataFolder
+from engine.data import DataFolder, default_data_path
 from engine.errors import Banned, RateLimited, Unauthorized
 from engine.every import Every
 from engine.openapi import OPENAPI
@@ -423,5 +422,4 @@ def serving(data: DataFolder) -> DataFolder:
 
 def app_from_env() -> falcon.App:
     """gunicorn entry point: ``engine.http_scan:app_from_env()``; reads ``WUMA_DATA``."""
-    path = Path(os.environ.get("WUMA_DATA") or "wuma-data")
-    return create_app(serving(DataFolder(path)))
+    return create_app(serving(DataFolder(default_data_path())))

@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 
+import lmdb
 import pytest
 
 from engine import NotFound
@@ -133,6 +134,33 @@ def test_a_full_counters_map_answers_invalid_codes_invalid(guard, monkeypatch, c
         guard._flush_rate(70.0)
     told = [r.getMessage() for r in caplog.records if "not kept" in r.getMessage()]
     assert len(told) == 1 and "MDB_MAP_FULL" in told[0]
+
+
+def test_a_full_counters_map_is_swept_and_counting_comes_back(tmp_path, monkeypatch):
+    """A delete needs fresh pages too: a sweep of 5,000 entries a transaction failed in a
+    full map, every minute, and rate limits and bans never came back. Smaller steps free
+    pages first."""
+    import engine.abuse as abuse
+
+    monkeypatch.setattr(abuse, "COUNTERS_MAP_SIZE", 4 << 20)
+    store = Store(tmp_path / "db")
+    g = AbuseGuard(store, tmp_path / "db-counters", AbuseLimits(invalid_threshold=3, invalid_window_s=60))
+    n = 0
+    for batch in (500, 1):  # stale invalid-code windows until not one more fits
+        try:
+            while True:
+                with g.counters.write() as txn:
+                    for i in range(batch):
+                        txn.put(subject("device", f"d-{n + i}").encode(),
+                                abuse._INVALID_HEAD.pack(0.0, 1) + b"x" * 40, db=g._invalid)
+                n += batch
+        except lmdb.MapFullError:
+            pass
+    assert g.sweep(now=1000.0, step=5_000) == n
+    bans = [g.record_invalid([subject("ip", "a")], f"X{i}", now=1000.0 + i) for i in range(4)]
+    assert bans[:3] == [None] * 3 and bans[3].subject == "ip:a"
+    g.close()
+    store.close()
 
 
 def test_a_serving_worker_sweeps_every_minute(guard):

@@ -345,9 +345,11 @@ def test_a_request_folds_a_bounded_amount_and_says_what_is_pending(world):
     for i in range(40):
         consumer(world, code(world, i), f"u{i}")
     stats = Stats(world["data"], world["admin"], chunk=4)
-    rep = stats.report(days=1, now=T0, fold_limit=8)  # folds 8, then twice more (see the next test)
-    assert rep["as_of"]["scan_event"] == rep["folded"] == 3 * 8
-    assert rep["pending"] == {"scan_event": 40 - 24, "ledger_entry": 0}
+    rep = stats.report(days=1, now=T0, fold_limit=8)  # 8 in all: two chunks of 4
+    assert rep["as_of"]["scan_event"] == rep["folded"] == 8
+    assert rep["pending"] == {"scan_event": 40 - 8, "ledger_entry": 0}
+    rep = stats.report(days=1, now=T0, fold_limit=6)  # a chunk more than the limit at most
+    assert rep["folded"] == 8 and rep["pending"]["scan_event"] == 40 - 16
     assert rep["scans"]["total"] == rep["as_of"]["scan_event"]  # as of what it folded
     stats.fold_every(0.05)
     deadline = _time.time() + 10
