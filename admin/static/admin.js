@@ -411,8 +411,10 @@ async function loadStats() {
     const rebate = to => [(r[to] || {}).count || 0, (r[to] || {}).amount || 0];
     const [sn, sa] = rebate("store"), [dn, da] = rebate("distributor");
     // NOTE: the ledger's grants include the rebates linked to them: the scanner's own
-    // rewards are the grants less those (else the rebates were counted twice on the page)
-    const own = [n("grant") - sn - dn, ((l.grant || {}).amount || 0) - sa - da];
+    // rewards are the grants less those (else the rebates were counted twice on the page),
+    // and the locked rewards released (unlock)
+    const amount = k => (l[k] || {}).amount || 0;
+    const own = [n("grant") + n("unlock") - sn - dn, amount("grant") + amount("unlock") - sa - da];
     return {id, name: c.name, status: c.status, rewards: `${own[0]} · ${money(own[1], unit)}`,
       vouchers: `${n("voucher")} · ${amt("voucher")}`, redeemed: `${n("redeem")} · ${amt("redeem")}`,
       "store rebates": `${sn} · ${money(sa, unit)}`, "distributor rebates": `${dn} · ${money(da, unit)}`};
