@@ -1,7 +1,7 @@
 """``wuma line`` and ``wuma pack``: print lines, and the encrypted code packs sent to them.
 
 Brand side (needs ``--data``): ``line add/list/revoke/brand-keys``, ``pack export/list/
-revoke/report``. Line controller side (no data folder): ``line keygen``, ``pack open``.
+revoke/report/serve``. Line controller side (no data folder): ``line keygen``, ``pack open``.
 
 Trust set-up, once per line::
 
@@ -32,6 +32,7 @@ from cli.main import (
     stdout_binary,
     wuma_command,
 )
+from cli.scan import run_gunicorn, server_options
 from engine.chinatime import china_time
 from engine.files import decode_text, private_output
 from engine.lines import (
@@ -229,8 +230,10 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
 
     Codes are regenerated from the keys and encrypted as they are made; no plaintext is
     written. Files are named <line>-b<batch>-<start>-<stop>-<pack id>.wpk; an existing
-    file is never replaced. All or nothing: if any part fails (or Ctrl-C), no pack is
-    registered and no pack file is left. With --split-key each pack's share is printed
+    file is never replaced. All or nothing: the pull server serves the packs only once
+    every part is in place; if any part fails (or Ctrl-C), no pack file is left, and packs
+    already registered are marked export failed (`pack list`; withheld: a line holding a
+    copy sets it aside): export again. With --split-key each pack's share is printed
     once: send it by another channel (it is not stored); the line gives it to
     `wuma pack open --share-file`.
 
@@ -407,30 +410,46 @@ def pack_open(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
 def pack_list(data, batch_id, line_name, as_json):
-    """Issued packs with their downloads, open reports and revocation.
+    """Issued packs with their downloads (whole; cut off), open reports and revocation,
+    and packs an export did not put in place (failed, or cut off), with what to do.
 
     Example: wuma pack list --line L1
     """
     for p in PackRegistry(data).list(batch=batch_id, line=line_name):
         kinds = [e["kind"] for e in p["events"]]
-        state = "revoked" if p["revoked_at"] else "issued"
-        if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
-            state += (f", not served ({p['withheld_reason']}), and lines refuse it: export its range again "
-                      "with the new key")
-        elif p["voided_serial"] is not None:
-            state += (
-                f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
-                "after the export: not served; do not print it)"
-            )
-        if not p["file_present"]:
-            state += " (its file is not at the export path: moved, or the export was cut off; revoke it and export again if lost)"
+        cut = f" (and {kinds.count('download_cut')} cut off)" if "download_cut" in kinds else ""
         emit(
             p,
             as_json,
             f"pack {p['id']}: batch {p['batch']} {p['start']}:{p['stop']} "
-            f"({p['count']:,}) line {p['line']} {state}; downloads "
-            f"{kinds.count('download')}, opens {kinds.count('opened')}",
+            f"({p['count']:,}) line {p['line']} {_pack_state(p)}; downloads "
+            f"{kinds.count('download')}{cut}, opens {kinds.count('opened')}",
         )
+
+
+def _pack_state(p: dict) -> str:
+    """A listed pack's state, and what to do about it, for `pack list`."""
+    state = "revoked" if p["revoked_at"] else "issued"
+    again = f"export serials {p['start']}:{p['stop']} of batch {p['batch']} again"
+    if p["export_failed_at"] is not None:
+        return (f"{state}, export failed at {china_time(p['export_failed_at'])} before all its packs were in "
+                f"place: withheld (its file removed; a line holding a copy sets it aside): {again}")
+    if p["placed_at"] is None:
+        revoke = "" if p["revoked_at"] else f"revoke it (`{wuma_command('pack', 'revoke', p['id'])}`) and "
+        return (f"{state}, not in place (its export is still running, or was cut off before it placed every "
+                f"file): not served; if no export is running, {revoke}{again}")
+    if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
+        state += (f", not served ({p['withheld_reason']}), and lines refuse it: export its range again "
+                  "with the new key")
+    elif p["voided_serial"] is not None:
+        state += (
+            f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
+            "after the export: not served; do not print it)"
+        )
+    if not p["file_present"]:
+        state += (" (its file is not at the export path: moved, deleted, or its export, by an earlier release, was "
+                  "cut off; revoke it and export again if lost)")
+    return state
 
 
 @pack.command("revoke")
@@ -476,6 +495,25 @@ def pack_report(data, receipt, as_json):
     emit(p, as_json, text)
 
 
+@pack.command("serve")
+@server_options("127.0.0.1:8081",
+                "Address to listen on (HOST:PORT, [IPv6]:PORT, or unix:PATH behind a local proxy); "
+                "lines reach it through a TLS proxy.",
+                "Worker processes (default: one per core); each serves many lines at once.")
+@click.pass_context
+def pack_serve(ctx, bind, workers, timeout):
+    """Run the pull server for print lines (`wuma pack pull`, `pack open --server`) under
+    gunicorn with Wuma's config (engine/gunicorn_conf.py): gevent workers, so a slow line's
+    download neither runs into the worker timeout nor holds up the other lines; its log on
+    stderr is JSON lines.
+
+    Example: wuma --data ./wuma-data pack serve --bind 127.0.0.1:8081 --workers 2
+    """
+    run_gunicorn(ctx, "engine.http_packs:app_from_env()",
+                 {"WUMA_BIND": bind, "WUMA_WORKERS": workers, "WUMA_TIMEOUT": timeout,
+                  "WUMA_WORKER_CLASS": "gevent"})
+
+
 @pack.command("pull")
 @click.option(
     "--line",
@@ -508,10 +546,10 @@ def pack_pull(key_dir, server, out_dir):
     pulled, and the command then fails naming it (pull again). A local write error (disk
     full, a file-size limit) stops the pull at once, naming the file; the packs saved
     before are listed. A pack already in the folder is skipped if it is whole, else
-    downloaded again. Packs revoked or with codes voided
-    since the export are not served; a copy of one already in the folder (pulled before)
-    is renamed FILE.withheld (never deleted), named with why, and the command fails: do
-    not print it. Open the packs with `wuma pack open`.
+    downloaded again. Packs revoked, with codes voided since the export, or of an export
+    that failed or has not put them in place, are not served; a copy of one already in the
+    folder is renamed FILE.withheld (never deleted), named with why, and the command fails:
+    do not print it. Open the packs with `wuma pack open`.
 
     Example: wuma pack pull --line /etc/wuma-line --server https://packs.example.cn -o packs/
     """

@@ -238,18 +238,43 @@ def _bind(ctx, param, value: str) -> str:
     return value
 
 
+def server_options(bind: str, bind_help: str, workers_help: str = "Worker processes (default: one per core)."):
+    """``--bind`` (default ``bind``), ``--workers`` and ``--timeout``: the options of a
+    command that runs a server with :func:`run_gunicorn` (`wuma serve`, `wuma pack serve`)."""
+    def options(command):
+        command = click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
+                               help="Seconds a worker may go without a heartbeat before gunicorn "
+                                    "restarts it.")(command)
+        command = click.option("--workers", type=click.IntRange(min=1), default=None,
+                               help=workers_help)(command)
+        return click.option("--bind", default=bind, show_default=True, callback=_bind,
+                            help=bind_help)(command)
+    return options
+
+
+def run_gunicorn(ctx: click.Context, app: str, settings: dict[str, object]) -> None:
+    """Check the data folder, then become gunicorn with Wuma's config
+    (engine/gunicorn_conf.py, gevent workers unless ``WUMA_WORKER_CLASS`` says otherwise)
+    serving ``app``; ``settings``: the config's environment (``WUMA_BIND``, ...), a None
+    left out (the config's default). Never returns."""
+    from engine import default_data_path
+    from engine.data import check_serving
+
+    path = ctx.find_root().params.get("data") or default_data_path()
+    library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
+    env = dict(os.environ, WUMA_DATA=str(path), **{k: str(v) for k, v in settings.items() if v is not None})
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf", app]
+    os.execve(sys.executable, argv, env)
+
+
 @click.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True, callback=_bind,
-              help="Address to listen on (HOST:PORT, [IPv6]:PORT, or unix:PATH behind a local proxy). "
-                   "The admin API and page share it: keep it on loopback, behind a TLS proxy.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core).")
+@server_options("127.0.0.1:8080",
+                "Address to listen on (HOST:PORT, [IPv6]:PORT, or unix:PATH behind a local proxy). "
+                "The admin API and page share it: keep it on loopback, behind a TLS proxy.")
 @click.option("--worker-class", type=click.Choice(["gevent", "gthread"]), default="gevent",
               show_default=True, help="gunicorn worker class (gevent measured fastest for scans).")
 @click.option("--threads", type=click.IntRange(min=1), default=16, show_default=True,
               help="Threads per worker (gthread only).")
-@click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Seconds a worker may go without a heartbeat before gunicorn restarts it.")
 @click.option("--keep-alive", "keep_alive", type=click.IntRange(min=0, max=3600), default=5, show_default=True,
               help="Seconds an idle connection is kept open (0: one request a connection). Behind a "
                    "proxy that keeps connections to this server, set it above the proxy's idle timeout.")
@@ -266,20 +291,11 @@ def serve(ctx, bind, workers, worker_class, threads, timeout, keep_alive, worker
 
     Example: wuma --data ./wuma-data serve --bind 127.0.0.1:8080 --workers 2
     """
-    from engine import default_data_path
-    from engine.data import check_serving
-
-    path = ctx.find_root().params.get("data") or default_data_path()
-    library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
     # NOTE: a bind off loopback is warned of in the server's JSON log (gunicorn_conf.on_starting)
-    env = dict(os.environ, WUMA_DATA=str(path), WUMA_BIND=bind, WUMA_THREADS=str(threads),
-               WUMA_WORKER_CLASS=worker_class, WUMA_TIMEOUT=str(timeout), WUMA_KEEPALIVE=str(keep_alive),
-               WUMA_WORKER_CONNECTIONS=str(worker_connections), WUMA_ACCEPT_BATCH=str(accept_batch))
-    if workers:
-        env["WUMA_WORKERS"] = str(workers)
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf",
-            "admin.http:app_from_env()"]
-    os.execve(sys.executable, argv, env)
+    run_gunicorn(ctx, "admin.http:app_from_env()", {
+        "WUMA_BIND": bind, "WUMA_WORKERS": workers, "WUMA_THREADS": threads, "WUMA_WORKER_CLASS": worker_class,
+        "WUMA_TIMEOUT": timeout, "WUMA_KEEPALIVE": keep_alive, "WUMA_WORKER_CONNECTIONS": worker_connections,
+        "WUMA_ACCEPT_BATCH": accept_batch})
 
 
 @click.command()

@@ -581,11 +581,13 @@ def on_starting(server) -> None:
         server.log.warning("each worker can hold %d connections, not %d: the open-files limit (ulimit -n, "
                            "hard) is too low; raise it to at least %d", worker_connections,
                            _asked_connections, _asked_connections + _OWN_FILES)
+    packs = "http_packs" in (getattr(server.app, "app_uri", None) or "")
+    what = ("the pack server is reachable from the network; put a TLS proxy in front" if packs else
+            "the scan API, the admin API and the admin page are reachable from the network; put a "
+            "TLS proxy in front (and set serve.trusted_proxies and serve.proxy_header)")
     for address in server.cfg.bind:
         if off_loopback(address):
-            server.log.warning("listening on %s, not loopback: the scan API, the admin API and the "
-                               "admin page are reachable from the network; put a TLS proxy in front "
-                               "(and set serve.trusted_proxies and serve.proxy_header)", address)
+            server.log.warning("listening on %s, not loopback: %s", address, what)
 
 # NOTE: gunicorn >= 24 opens a control socket at one fixed path per user; several servers
 # on one machine (tests, blue/green) would fight over it. Reloads go through signals.

@@ -29,11 +29,14 @@ APPSEC:
 * Export is all or nothing, and a pack that can be opened is a registered pack, even
   when the exporting process is killed at any moment (``kill -9``): every part is first
   written *unsigned* (no line opens it) to an unnamed temporary file, which vanishes with
-  the process; all parts are then registered in one durable transaction; only then is
-  each signed and linked into place (never over an existing file; the name holds the
-  pack id). A failure after the registration takes it back. A process killed after it
-  leaves registered packs whose files are missing (revoke them, export again), never a
-  pack file the registry does not know.
+  the process; all parts are then registered, not placed, in one durable transaction;
+  only then is each signed and linked into place (never over an existing file; the name
+  holds the pack id), and once all are, all are marked placed in one transaction. The
+  pull server lists and serves only placed packs, so no line gets a pack of an export
+  that then fails. A failure after the registration marks its packs export failed
+  (withheld, never deleted: lines set aside a copy they got anyway) and removes their
+  files. A process killed after it leaves registered packs never placed (not served;
+  revoke them, export again), never a pack file the registry does not know.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -72,6 +75,7 @@ from engine.lines import BrandKey, Line, LineKeys, LineRegistry, _pub_raw
 from engine.store import pack, u64, unpack
 
 __all__ = [
+    "CLOCK_SKEW",
     "IssuedPack",
     "ListedPack",
     "OpenedPack",
@@ -101,6 +105,16 @@ _SHARE_CHECK = 2
 #: descriptor until it is placed; more parts use hidden named ones (left behind, unsigned,
 #: by a killed process).
 _ANONYMOUS_PARTS = 64
+#: Seconds a line's clock may be off the brand's: a pull request's timestamp
+#: (:data:`engine.http_packs.REPLAY_WINDOW`), an open receipt's time.
+CLOCK_SKEW = 300
+#: The key of ``packs_by_line`` saying that every pack is indexed (no line name is empty).
+_INDEXED = b"\x00indexed"
+
+
+def _line_key(line: str, pack_id: str) -> bytes:
+    """A line's pack in ``packs_by_line``: line names hold no NUL (:func:`engine.ids.is_id`)."""
+    return line.encode() + b"\x00" + bytes.fromhex(pack_id)
 
 
 class PackError(WumaError):
@@ -322,6 +336,8 @@ class PackRegistry:
         self._events = data.store.db("pack_events")
         #: SHA-256 of an open receipt's signed body -> its ``opened`` event: each once
         self._receipts = data.store.db("pack_receipts")
+        #: ``<line> NUL <pack id, 16 bytes>`` -> b"": one line's packs without reading every line's
+        self._by_line = data.store.db("packs_by_line")
         self._voids = VoidRuns(data.store)
         self._relabels = RelabelledLabels(data.store)
 
@@ -368,14 +384,18 @@ class PackRegistry:
         # NOTE: all or nothing, and a pack that opens is registered, even under kill -9:
         # 1. every part is written unsigned (no line opens it) to an unnamed temporary
         #    file that vanishes with the process (a hidden .part file where there is none);
-        # 2. all are registered in one transaction, on disk before anything is placed;
-        # 3. each is signed and linked into place. A failure or Ctrl-C in 3 takes the
-        #    registration back, so no pack is issued whose key share was not handed back;
-        #    a process killed in 3 leaves registered packs without files (the safe side:
-        #    before, placing came before the commit and left usable unregistered packs).
+        # 2. all are registered, not placed (not served), in one transaction that is on
+        #    disk before anything is placed;
+        # 3. each is signed and linked into place, and the folder synced;
+        # 4. all are marked placed in one transaction: only from then on does the pull
+        #    server list and serve them, so no line gets a part of an export that fails.
+        # A failure or Ctrl-C after 2 withholds the packs (export failed: never deleted, a
+        # line may hold a copy from a shared folder; `pack pull` sets it aside) and removes
+        # the files placed; a process killed in 3 leaves registered packs that were never
+        # placed: not served (`pack list` says what to do), never an unregistered one.
         written: list[_WrittenPart] = []
         placed: list[Path] = []
-        events: list[int] | None = None
+        registered = False
         try:
             for a, b in pairwise(bounds):
                 part = self._write_part(batch, line, out_dir, a, b, split_key, chunk_bytes,
@@ -384,41 +404,79 @@ class PackRegistry:
             for part in written:  # fail before registering, where that can be known
                 if os.path.lexists(part.path):
                     raise _exists(part.path)
-            with self._store.write() as txn:
-                # again: a range voided while the parts were being written is refused too
-                self._refuse_voided(txn, batch, start, stop)
-                issued = []
-                for part in written:
-                    txn.put(bytes.fromhex(part.record["id"]), pack(part.record), db=self._packs)
-                    issued.append(self._event(
-                        txn, part.record["id"], "issued", part.record["created"], who=line.name
-                    ))
-            events = issued  # NOTE: only once committed (an aborted one's numbers are reused)
-            # NOTE: on disk before a file is placed, whatever the folder's durability
-            self._store.sync()
+            self._register(written, batch, start, stop)
+            registered = True
             for part in written:
                 part.sign_and_place()
                 placed.append(part.path)
             sync_folder(out_dir)  # NOTE: the names too
-        except BaseException:
-            for path in placed:
-                path.unlink(missing_ok=True)
-            if events is not None:
-                self._unregister(written, events)
+            self._settle(written, "placed_at", now)
+        except BaseException as e:
+            if registered:
+                self._export_failed(written, placed, e)
             raise
         finally:
             for part in written:
                 part.discard()
         return [part.issued() for part in written]
 
-    def _unregister(self, written: list[_WrittenPart], events: list[int]) -> None:
-        """Take back the registration of an export that failed before all its packs were
-        in place (none of them was handed to anyone)."""
+    def _register(self, written: list[_WrittenPart], batch, start: int, stop: int) -> None:
+        """Register the written packs, not yet placed, in one transaction on disk before any
+        file is placed (a relaxed store is synced); Conflict if codes of the range were
+        voided while they were written."""
+        with self._store.write() as txn:
+            self._refuse_voided(txn, batch, start, stop)
+            self._index_by_line(txn)
+            for part in written:
+                rec = part.record
+                self._put(txn, rec)
+                txn.put(_line_key(rec["line"], rec["id"]), b"", db=self._by_line)
+                self._event(txn, rec["id"], "issued", rec["created"], who=rec["line"])
+        self._store.sync()  # NOTE: on disk before a file is placed, whatever the durability
+
+    def _settle(self, written: list[_WrittenPart], field: str, now: float | None, **event) -> None:
+        """Set ``field`` (``placed_at``, ``export_failed_at``) of the written packs to now, in
+        one transaction; with ``event``, record an event of that kind for each too.
+
+        NOTE: ``placed_at`` is not forced to disk in a relaxed store: a power loss that
+        undoes it leaves the packs as a killed export does (withheld, not placed), the
+        safe side."""
+        at = time.time() if now is None else now
         with self._store.write() as txn:
             for part in written:
-                txn.delete(bytes.fromhex(part.record["id"]), db=self._packs)
-            for no in events:
-                txn.delete(u64(no), db=self._events)
+                rec = self._get_raw(txn, part.record["id"])
+                rec[field] = at
+                self._put(txn, rec)
+                if event:
+                    self._event(txn, rec["id"], at=at, **event)
+
+    def _export_failed(self, written: list[_WrittenPart], placed: list[Path], error: BaseException) -> None:
+        """Withhold the registered packs of an export that failed (never delete them: a line
+        may hold one), then remove the files it placed.
+
+        NOTE: a store that cannot take the mark either (the full disk that failed the
+        export) leaves the packs not placed, which is not served either: the export's own
+        error is the one raised."""
+        with suppress(Exception):
+            self._settle(written, "export_failed_at", None, kind="export_failed",
+                         why=f"{type(error).__name__}: {error}"[:300])
+            self._store.sync()
+        for path in placed:
+            path.unlink(missing_ok=True)
+
+    def _index_by_line(self, txn) -> None:
+        """Index by their line (``packs_by_line``) the packs registered before there was an
+        index, once per data folder, in the write transaction ``txn`` of an export.
+
+        NOTE: not when the registry is opened: a read-only command, or a pull server, on a
+        folder short of space would fail; until an export, listings read every pack."""
+        if txn.get(_INDEXED, db=self._by_line) is None:
+            for key, raw in txn.cursor(db=self._packs):
+                txn.put(_line_key(unpack(raw)["line"], key.hex()), b"", db=self._by_line)
+            txn.put(_INDEXED, b"", db=self._by_line)
+
+    def _put(self, txn, rec: dict) -> None:
+        txn.put(bytes.fromhex(rec["id"]), pack(rec), db=self._packs)
 
     def _refuse_voided(self, txn, batch, start: int, stop: int) -> None:
         """Conflict if codes of ``start:stop`` were voided (``agg_void`` holds every void,
@@ -538,6 +596,10 @@ class PackRegistry:
             "split": bool(split_key),
             "created": created,
             "revoked_at": None,
+            "placed_at": None,  # NOTE: served only once set (export)
+            "export_failed_at": None,
+            "downloaded_at": None,  # the first download whole by its line
+            "opened_at": None,  # the time its open receipt reports (one open is recorded)
         }
         return _WrittenPart(file, record, share_text(share) if share else None, signature)
 
@@ -566,6 +628,9 @@ class PackRegistry:
     def _annotate(self, txn, rec: dict, revoked_signers: dict[int, float]) -> dict:
         """Add to ``rec`` what changed since its export: ``voided_serial``,
         ``signer_revoked_at`` and ``withheld_reason`` (see :meth:`list`)."""
+        # NOTE: exported before placing was recorded: served as it was then
+        rec.setdefault("placed_at", rec["created"])
+        rec.setdefault("export_failed_at", None)
         rec["voided_serial"] = self._first_voided(txn, rec)
         rec["signer_revoked_at"] = revoked_signers.get(_issuer_version(rec.get("issuer")))
         rec["withheld_reason"] = _withheld_reason(rec)
@@ -591,40 +656,41 @@ class PackRegistry:
             rec = self._get_raw(txn, pack_id)
             if rec["revoked_at"] is None:
                 rec["revoked_at"] = at
-                txn.put(bytes.fromhex(pack_id), pack(rec), db=self._packs)
+                self._put(txn, rec)
                 self._event(txn, pack_id, "revoked", at)
         return rec
 
     def record_download(
-        self, pack_id: str, line: str, remote: str, *, now: float | None = None
+        self, pack_id: str, line: str, remote: str, *, sent: int | None = None,
+        now: float | None = None,
     ) -> None:
+        """Record a download of the pack by ``line`` from ``remote``: whole (``sent`` None or
+        the pack's size: every byte handed to the connection), an event ``download``, the
+        first one by its line kept as ``downloaded_at`` (an open receipt needs one); or cut
+        off after ``sent`` bytes, an event ``download_cut``."""
+        at = time.time() if now is None else now
         with self._store.write() as txn:
-            self._get_raw(txn, pack_id)
-            self._event(
-                txn,
-                pack_id,
-                "download",
-                time.time() if now is None else now,
-                who=line,
-                where=remote,
-            )
+            rec = self._get_raw(txn, pack_id)
+            if sent is not None and sent != rec["size"]:
+                self._event(txn, pack_id, "download_cut", at, who=line, where=remote, sent=sent)
+                return
+            self._event(txn, pack_id, "download", at, who=line, where=remote)
+            if rec.get("downloaded_at") is None and line == rec["line"]:
+                rec["downloaded_at"] = at
+                self._put(txn, rec)
 
     def record_open(self, receipt: bytes, *, now: float | None = None) -> dict:
-        """Record an open report (a receipt signed by the line's Ed25519 key), once.
+        """Record a line's open report (a receipt signed by the line's Ed25519 key): one open
+        a pack, its first receipt's.
 
-        Returns the pack's record with ``already_recorded``: true if this receipt was
-        recorded before (nothing is added). A pack revoked before it was opened is recorded
-        all the same (the line did open it); its ``revoked_at`` says so, as
-        ``voided_serial`` says that codes of its range were voided since the export."""
-        try:
-            d = json.loads(receipt)
-            body = d["receipt"]
-            sig = base64.b64decode(d["signature"], validate=True)
-            report = json.loads(body)
-            if not (isinstance(body, str) and isinstance(report, dict)):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: RecursionError: nested too deeply
-            raise PackError("not a Wuma open receipt") from None
+        Returns the pack's record with ``already_recorded``: true if an open of it was
+        recorded before (this receipt, or another: nothing is added). A pack revoked before
+        it was opened is recorded all the same (the line did open it); its ``revoked_at``
+        says so, as ``voided_serial`` says that codes of its range were voided since the
+        export. Refused (:class:`PackError`, see :func:`_check_report`): a receipt for a
+        pack its line never downloaded whole, or dated before that download or ahead of
+        this clock by more than :data:`CLOCK_SKEW`."""
+        report, body, sig = _read_receipt(receipt)
         line = self.lines.by_fingerprint(str(report.get("line_fp")))
         if line is None:
             raise PackError("the receipt is signed by no registered line")
@@ -636,48 +702,49 @@ class PackRegistry:
             )
         except InvalidSignature:
             raise PackError("the receipt's signature does not verify") from None
-        # NOTE: one open is one signed body (pack, line, count, opened_at): a receipt
-        # handed in again, or re-encoded around the same body, is that open again
+        # NOTE: a receipt handed in again, or re-encoded around the same body, answers as
+        # before, even from a line revoked since; another body is checked first
         key = hashlib.sha256(body.encode()).digest()
+        at = time.time() if now is None else now
         with self._store.write() as txn:
             rec = self._get_raw(txn, str(report.get("pack")))
             if rec["line"] != line.name:
                 raise PackError(f"pack {rec['id']} was issued to {rec['line']}, not {line.name}")
-            already = txn.get(key, db=self._receipts) is not None
-            if not already:
+            same = txn.get(key, db=self._receipts) is not None
+            if not same:
                 # NOTE: read the line again in this transaction: revoked meanwhile counts
-                line = self.lines.find(line.name, txn) or line
-                _check_report(report, rec, line)
-                no = self._event(
-                    txn,
-                    rec["id"],
-                    "opened",
-                    time.time() if now is None else now,
-                    who=line.name,
-                    reported_at=report["opened_at"],
-                    count=report["count"],
-                )
+                _check_report(report, rec, self.lines.find(line.name, txn) or line, at)
+            already = same or rec.get("opened_at") is not None
+            if not already:
+                no = self._event(txn, rec["id"], "opened", at, who=line.name,
+                                 reported_at=report["opened_at"], count=report["count"])
                 txn.put(key, u64(no), db=self._receipts)
+                rec["opened_at"] = report["opened_at"]
+                self._put(txn, rec)
             self._annotate(txn, rec, self.lines.revoked_signers(txn))
         return {**rec, "already_recorded": already}
 
     def list(self, *, batch: int | None = None, line: str | None = None, events: bool = True) -> list[dict]:
-        """Issued packs (oldest first), each with ``voided_serial``: the first serial of its
-        range voided after the export, or touched by a relabel (None if none is; see
-        :meth:`_first_voided`): voided labels must not be printed; ``signer_revoked_at``:
-        when the brand signing key that signed it (its ``issuer``) was revoked, or None
-        (`wuma line brand-keys --revoke-version`): lines given the new brand-keys.json
-        refuse it; ``withheld_reason``: why the pack server no longer serves it (revoked,
-        codes voided, signer revoked), or None; and, with ``events`` (what ``pack list``
-        shows; the pull server's listing needs neither), its ``events`` (issued, download,
-        opened, revoked) and ``file_present``: whether its file is where the export put it
-        (an export killed while placing its files leaves packs registered without one)."""
+        """Issued packs (oldest first), each with ``placed_at``: when its export had put
+        every file of it in place, or None (not served: the export is running, or was cut
+        off); ``export_failed_at``: when its export failed after registering it, or None
+        (withheld: its file removed, lines set their copies aside); ``voided_serial``: the
+        first serial of its range voided after the export, or touched by a relabel (None
+        if none is; see :meth:`_first_voided`): voided labels must not be printed;
+        ``signer_revoked_at``: when the brand signing key that signed it (its ``issuer``)
+        was revoked, or None (`wuma line brand-keys --revoke-version`): lines given the new
+        brand-keys.json refuse it; ``withheld_reason``: why the pack server does not serve
+        it (export failed, not placed, revoked, codes voided, signer revoked), or None;
+        and, with ``events`` (what ``pack list`` shows; the pull server's listing needs
+        neither), its ``events`` (issued, download, download_cut, opened, revoked,
+        export_failed) and ``file_present``: whether its file is where the export put it.
+
+        PERF: one line's packs are read through ``packs_by_line``, not every line's."""
         with self._store.read() as txn:
             packs = {}
             revoked_signers = self.lines.revoked_signers(txn)
-            for _, v in txn.cursor(db=self._packs):
-                rec = unpack(v)
-                if (batch is None or rec["batch"] == batch) and (line is None or rec["line"] == line):
+            for rec in self._records(txn, line):
+                if batch is None or rec["batch"] == batch:
                     packs[rec["id"]] = self._annotate(txn, rec, revoked_signers)
             if events:
                 for rec in packs.values():
@@ -691,6 +758,38 @@ class PackRegistry:
                 p["file_present"] = os.path.isfile(p["path"])
         return sorted(packs.values(), key=lambda p: (p["created"], p["id"]))
 
+    def _records(self, txn, line: str | None):
+        """The records of ``line``'s packs (every pack's with None), unannotated."""
+        if line is None or "\x00" in line or txn.get(_INDEXED, db=self._by_line) is None:
+            for _, v in txn.cursor(db=self._packs):
+                rec = unpack(v)
+                if line is None or rec["line"] == line:
+                    yield rec
+            return
+        prefix = line.encode() + b"\x00"
+        cur = txn.cursor(db=self._by_line)
+        found = cur.set_range(prefix)
+        while found and cur.key().startswith(prefix):
+            raw = txn.get(cur.key()[len(prefix):], db=self._packs)
+            if raw is not None:
+                yield unpack(raw)
+            found = cur.next()
+
+
+def _read_receipt(receipt: bytes) -> tuple[dict, str, bytes]:
+    """``(report, signed body, signature)`` of an open receipt, unchecked; PackError if it
+    is no receipt."""
+    try:
+        d = json.loads(receipt)
+        body = d["receipt"]
+        sig = base64.b64decode(d["signature"], validate=True)
+        report = json.loads(body)
+        if not (isinstance(body, str) and isinstance(report, dict)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: RecursionError: nested too deeply
+        raise PackError("not a Wuma open receipt") from None
+    return report, body, sig
+
 
 def _issuer_version(issuer: object) -> int | None:
     """The key version of a brand signing key id ``v<version>:<fingerprint>``
@@ -702,9 +801,16 @@ def _issuer_version(issuer: object) -> int | None:
 
 
 def _withheld_reason(rec: dict) -> str | None:
-    """Why the pack server no longer serves pack ``rec`` (annotated by
-    :meth:`PackRegistry._annotate`), or None: it does."""
+    """Why the pack server does not serve pack ``rec`` (annotated by
+    :meth:`PackRegistry._annotate`): its export failed or has not placed it, it was
+    revoked, codes of it voided, or its signer revoked; or None: it serves it."""
     why = []
+    if rec["export_failed_at"] is not None:
+        why.append(f"its export failed at {china_time(rec['export_failed_at'])} before every pack "
+                   "of it was in place: the brand exports its serials again")
+    elif rec["placed_at"] is None:
+        why.append("not in place: its export is still running, or was cut off before it placed "
+                   "every file")
     if rec["revoked_at"] is not None:
         why.append(f"revoked at {china_time(rec['revoked_at'])}")
     if rec["voided_serial"] is not None:
@@ -730,14 +836,18 @@ def _real(x: object) -> bool:
         return False
 
 
-def _check_report(report: dict, rec: dict, line: Line) -> None:
+def _check_report(report: dict, rec: dict, line: Line, now: float) -> None:
     """Refuse an open report that :func:`open_pack` never writes, before it is recorded.
 
     APPSEC: a receipt's body is the line's own word, signed by its key. A revoked line's
     key is trusted for nothing more, whatever time its receipt says (the time is the
     key holder's word too, so a stolen key would date its receipts before the revoke);
     the opens it reported before the revoke stay recorded. An open writes the whole pack,
-    so its receipt reports the pack's count, no other number."""
+    so its receipt reports the pack's count, no other number. A line opens what it pulled:
+    a pack its line never downloaded whole from the pack server (``downloaded_at``) was
+    not opened by it, and an open is dated between that download and now, give or take
+    :data:`CLOCK_SKEW`. Still, the receipt proves only the line key's word (no decryption:
+    the key, a pack id and its count from the listing make one)."""
     if line.revoked:
         raise PackError(
             f"line {line.name} was revoked at {china_time(line.revoked_at)}: receipts signed "
@@ -751,10 +861,25 @@ def _check_report(report: dict, rec: dict, line: Line) -> None:
             f"{rec['count']:,} and an open reports them all: not a receipt written by "
             "`wuma pack open`; nothing recorded"
         )
-    if not _real(report.get("opened_at")) or report["opened_at"] < 0:
+    opened = report.get("opened_at")
+    if not _real(opened) or opened < 0:
         raise PackError(
-            f"the receipt's opening time {repr(report.get('opened_at'))[:40]} is not a time: "
+            f"the receipt's opening time {repr(opened)[:40]} is not a time: "
             "not a receipt written by `wuma pack open`; nothing recorded"
+        )
+    # NOTE: a pack exported before downloads were kept in its record has no such field
+    downloaded = rec.get("downloaded_at", opened)
+    if downloaded is None:
+        raise PackError(
+            f"line {line.name} never downloaded pack {rec['id']} whole from the pack server "
+            "(`wuma pack pull`): a line reports the opens of packs it pulled; nothing recorded"
+        )
+    if opened < downloaded - CLOCK_SKEW or opened > now + CLOCK_SKEW:
+        when = "before its first download" if opened < now else "ahead of this clock"
+        raise PackError(
+            f"the receipt dates the open of pack {rec['id']} {when} (downloaded "
+            f"{china_time(downloaded)}, now {china_time(now)}, clocks may differ by "
+            f"{CLOCK_SKEW} s): not the time of an open; nothing recorded"
         )
 
 

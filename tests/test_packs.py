@@ -390,6 +390,10 @@ def test_cli_flow(tmp_path):
     )
     rows = out.read_text().splitlines()
     assert len(rows) == 501
+    no_download = r.invoke(cli, [*d, "pack", "report", str(tmp_path / "r.json")])
+    assert no_download.exit_code == 1 and "line L1 never downloaded pack" in no_download.output
+    with DataFolder(tmp_path / "d") as data:  # as `wuma pack pull` from the pack server
+        PackRegistry(data).record_download(packs[0]["id"], "L1", "127.0.0.1")
     ok("pack", "report", str(tmp_path / "r.json"))
     bad = r.invoke(
         cli,

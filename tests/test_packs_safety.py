@@ -41,7 +41,9 @@ def test_export_interrupted_in_a_later_part_leaves_nothing(world):
     assert _files(tmp / "packs") == []  # no pack file, no temporary file
 
 
-def test_export_failing_to_place_a_part_registers_nothing(world, monkeypatch):
+def test_export_failing_to_place_a_part_leaves_no_file_and_withholds_its_packs(world, monkeypatch):
+    """Its packs stay registered, marked export failed (withheld: a line that got a copy
+    sets it aside); tests/test_packs_placing.py follows the lines' side."""
     reg, _keys, _brand, _batch, tmp = world
     real_link = os.link
     linked = []
@@ -56,7 +58,9 @@ def test_export_failing_to_place_a_part_registers_nothing(world, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         _export(world, parts=2, split_key=True)
     assert len(linked) == 1  # the first part was put in place, then taken back
-    assert reg.list(line="L1") == []
+    packs = reg.list(line="L1")
+    assert len(packs) == 2 and all(p["export_failed_at"] is not None for p in packs)
+    assert all(p["withheld_reason"].startswith("its export failed at") for p in packs)
     assert _files(tmp / "packs") == []
 
 

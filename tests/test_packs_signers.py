@@ -196,6 +196,7 @@ def test_a_receipt_must_report_the_whole_pack(world):
     """An open writes the whole pack: its receipt reports the pack's count, a whole number."""
     reg, keys, _brand, _batch, _tmp = world
     (p,) = _export(world, stop=300)
+    reg.record_download(p.id, "L1", "127.0.0.1", now=0.0)  # NOTE: receipts are dated from it
     for count in (999_999_999, -5, "lots", 299, 0, 300.0, True, None, 10**400):
         with pytest.raises(PackError, match=f"pack {p.id} holds 300 and an open reports them all"):
             reg.record_open(_receipt(keys, p.id, count, 1.0))
@@ -210,6 +211,7 @@ def test_a_receipt_must_report_the_whole_pack(world):
 def test_a_revoked_lines_receipts_are_refused_whatever_time_they_say(world, data):
     reg, keys, brand, _batch, tmp = world
     (p,) = _export(world, stop=300)
+    reg.record_download(p.id, "L1", "127.0.0.1", now=900.0)  # NOTE: receipts are dated from it
     before = open_pack_to_file(p.path, keys, brand, tmp / "codes.csv", now=1000.0).receipt
     reg.record_open(before)
     late = open_pack_to_file(p.path, keys, brand, tmp / "codes2.csv", now=2000.0).receipt  # not reported yet

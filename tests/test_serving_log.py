@@ -146,14 +146,18 @@ def test_a_bind_off_loopback_is_warned_of_in_the_json_log(address, off, caplog):
     from engine.gunicorn_conf import off_loopback, on_starting
 
     assert off_loopback(address) is off
-    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:9", address]),
-                             log=logging.getLogger("gunicorn.error"))
-    with caplog.at_level(logging.WARNING, "gunicorn.error"):
-        on_starting(server)
-    warned = [r.getMessage() for r in caplog.records if "not loopback" in r.getMessage()]
-    assert warned == ([f"listening on {address}, not loopback: the scan API, the admin API and the admin page "
+    for app, what in (("admin.http:app_from_env()", "the scan API, the admin API and the admin page "
                        "are reachable from the network; put a TLS proxy in front (and set "
-                       "serve.trusted_proxies and serve.proxy_header)"] if off else [])
+                       "serve.trusted_proxies and serve.proxy_header)"),
+                      ("engine.http_packs:app_from_env()", "the pack server is reachable from the "
+                       "network; put a TLS proxy in front")):
+        server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:9", address]), app=SimpleNamespace(
+            app_uri=app), log=logging.getLogger("gunicorn.error"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "gunicorn.error"):
+            on_starting(server)
+        warned = [r.getMessage() for r in caplog.records if "not loopback" in r.getMessage()]
+        assert warned == ([f"listening on {address}, not loopback: {what}"] if off else [])
 
 
 def _serve_with_open_files_limit(path: Path, log: Path, soft: int, hard: int) -> tuple[int, str]:
