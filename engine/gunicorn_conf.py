@@ -195,7 +195,10 @@ threads = int(os.environ.get("WUMA_THREADS") or 16)  # gthread only
 worker_connections = int(os.environ.get("WUMA_WORKER_CONNECTIONS") or 10_000)
 keepalive = int(os.environ.get("WUMA_KEEPALIVE") or 5)
 timeout = int(os.environ.get("WUMA_TIMEOUT") or 30)
-graceful_timeout = 10
+#: Seconds a stopping or reloading worker finishes its requests in: a scan's are short;
+#: the pack server's downloads are long (`wuma pack serve` gives 300: a reload cut every
+#: download over 10 s).
+graceful_timeout = int(os.environ.get("WUMA_GRACEFUL_TIMEOUT") or 10)
 preload_app = False  # NOTE: every worker opens its own LMDB environment after fork
 accesslog = os.environ.get("WUMA_ACCESS_LOG") or None
 proc_name = "wuma"

@@ -208,6 +208,8 @@ class _PackList:
         line = req.context.line
         packs, withheld = [], []
         for p in self._registry.list(line=line.name, events=False):  # NOTE: no history needed
+            if p["placed_at"] is None and p["export_failed_at"] is None and p["revoked_at"] is None:
+                continue  # NOTE: not issued yet (an export running): a line's copy is no copy to set aside
             why = p["withheld_reason"]  # NOTE: revoked, codes voided, or its signer revoked
             if why is None:
                 packs.append(_public(p))
@@ -266,15 +268,19 @@ class _PackFile:
 
 class _Body:
     """A pack file as a WSGI response body that knows how much of it went out: the server
-    asks for the next piece once it has written the last one, and closes the body whatever
-    happened (all sent, the client gone, the worker stopping). On close, ``done(bytes
-    sent)`` is called once: the download is recorded then, whole or cut off, not before a
-    byte is sent.
+    asks for the next piece once it has written the last one, and closes the body when the
+    response ends (all sent, the client gone, a graceful stop's time up). On close,
+    ``done(bytes sent)`` is called once: the download is recorded then, whole or cut off,
+    not before a byte is sent. A worker killed outright records nothing. "Sent" is handed
+    to the connection: a client that drops the last bytes still in the socket buffers, or
+    a proxy that buffers the whole pack, counts as whole (the line's own SHA-256 check
+    refuses a pack it did not get whole).
 
-    PERF: read and written 1 MiB at a time, not by sendfile (gunicorn's for a file body):
-    after sendfile nothing says how much went out. Measured (one gevent worker, loopback,
-    a 153 MiB pack pulled 3 times): 606-674 MiB/s, by sendfile 600-645: the line's own
-    SHA-256 of what it receives bounds both."""
+    PERF: read and written 256 KiB at a time (a slow line holds one piece: 1 MiB pieces
+    took ~1 GiB of a worker at 1,000 slow lines), not by sendfile (gunicorn's for a file body):
+    after sendfile nothing says how much went out. Measured with 1 MiB pieces (one gevent
+    worker, loopback, a 153 MiB pack pulled 3 times): 606-674 MiB/s, by sendfile 600-645:
+    the line's own SHA-256 of what it receives bounds both (256 KiB pieces not measured)."""
 
     def __init__(self, fh, done: Callable[[int], None]) -> None:
         self._fh, self._done = fh, done
@@ -287,7 +293,7 @@ class _Body:
 
     def __next__(self) -> bytes:
         self._sent += self._pending  # NOTE: asked again: the piece before is written
-        piece = self._fh.read(min(_READ, self.size - self._sent))
+        piece = self._fh.read(min(_SERVE_PIECE, self.size - self._sent))
         self._pending = len(piece)
         if not piece:
             raise StopIteration
@@ -438,6 +444,8 @@ class _WriteFailed(Exception):
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _PACK_FILE = re.compile(r"^[A-Za-z0-9._-]+\.wpk$")
 _READ = 1 << 20
+#: A pack is served in pieces of this many bytes (see _Body).
+_SERVE_PIECE = 256 << 10
 _SIG = 64  # NOTE: the Ed25519 signature that ends a pack (engine.packs)
 
 

@@ -443,8 +443,14 @@ class PackRegistry:
         safe side."""
         at = time.time() if now is None else now
         with self._store.write() as txn:
-            for part in written:
-                rec = self._get_raw(txn, part.record["id"])
+            recs = [self._get_raw(txn, part.record["id"]) for part in written]
+            gone = [r for r in recs if field == "placed_at" and r["revoked_at"] is not None]
+            if gone:  # NOTE: served, the others would be part of an export, and nobody told
+                r = gone[0]
+                raise Conflict(f"pack {r['id']} was revoked while its export ran: the export is "
+                               "withdrawn (its packs withheld, its files removed); export serials "
+                               f"{recs[0]['start']}:{recs[-1]['stop']} of batch {r['batch']} again")
+            for rec in recs:
                 rec[field] = at
                 self._put(txn, rec)
                 if event:
@@ -457,12 +463,15 @@ class PackRegistry:
         NOTE: a store that cannot take the mark either (the full disk that failed the
         export) leaves the packs not placed, which is not served either: the export's own
         error is the one raised."""
+        # NOTE: the files first, every part's (placed or being placed: its name was free
+        # before, so a file there is this export's): a second Ctrl-C during the mark
+        # below left all of them in place, marked removed
+        for part in written:
+            part.path.unlink(missing_ok=True)
         with suppress(Exception):
             self._settle(written, "export_failed_at", None, kind="export_failed",
                          why=f"{type(error).__name__}: {error}"[:300])
             self._store.sync()
-        for path in placed:
-            path.unlink(missing_ok=True)
 
     def _index_by_line(self, txn) -> None:
         """Index by their line (``packs_by_line``) the packs registered before there was an
@@ -608,6 +617,22 @@ class PackRegistry:
         txn.put(u64(no), pack({"pack": pack_id, "kind": kind, "at": at, **extra}), db=self._events)
         return no
 
+    def _from_history(self, txn, rec: dict) -> None:
+        """``downloaded_at`` and ``opened_at`` of a pack recorded before they were kept, from
+        its events (its line's first whole download, its first open): a pack opened then
+        was recorded open again, and an honest receipt dated before a later download was
+        refused. PERF: reads every pack event, once a pack (then kept with the record)."""
+        first = {}
+        for _, raw in txn.cursor(db=self._events):
+            ev = unpack(raw)
+            if ev["pack"] == rec["id"] and ev["kind"] in ("download", "opened"):
+                if ev["kind"] == "opened" or ev.get("who") in (None, rec["line"]):
+                    first.setdefault(ev["kind"], ev.get("reported_at", ev["at"]))
+        if "download" in first:  # NOTE: one never pulled keeps the old rule (see _check_report)
+            rec.setdefault("downloaded_at", first["download"])
+        rec.setdefault("opened_at", first.get("opened"))
+        self._put(txn, rec)
+
     def _get_raw(self, txn, pack_id: str) -> dict:
         try:
             key = bytes.fromhex(pack_id)
@@ -650,7 +675,9 @@ class PackRegistry:
         return first if hit is None else hit[0]
 
     def revoke(self, pack_id: str, *, now: float | None = None) -> dict:
-        """Mark a pack revoked (it is no longer served; the audit keeps it)."""
+        """Mark a pack revoked (it is no longer served; the audit keeps it). A pack never put
+        in place (its export killed while placing) loses its file too: it would open without
+        ``--server``, and with the range exported again, print its serials twice."""
         at = time.time() if now is None else now
         with self._store.write() as txn:
             rec = self._get_raw(txn, pack_id)
@@ -658,6 +685,8 @@ class PackRegistry:
                 rec["revoked_at"] = at
                 self._put(txn, rec)
                 self._event(txn, pack_id, "revoked", at)
+        if rec.get("placed_at", 0) is None:  # NOTE: records before placing was kept were placed
+            Path(rec["path"]).unlink(missing_ok=True)
         return rec
 
     def record_download(
@@ -671,6 +700,8 @@ class PackRegistry:
         at = time.time() if now is None else now
         with self._store.write() as txn:
             rec = self._get_raw(txn, pack_id)
+            if "downloaded_at" not in rec:  # NOTE: before this one: its first may be older
+                self._from_history(txn, rec)
             if sent is not None and sent != rec["size"]:
                 self._event(txn, pack_id, "download_cut", at, who=line, where=remote, sent=sent)
                 return
@@ -711,6 +742,8 @@ class PackRegistry:
             if rec["line"] != line.name:
                 raise PackError(f"pack {rec['id']} was issued to {rec['line']}, not {line.name}")
             same = txn.get(key, db=self._receipts) is not None
+            if "downloaded_at" not in rec or "opened_at" not in rec:
+                self._from_history(txn, rec)
             if not same:
                 # NOTE: read the line again in this transaction: revoked meanwhile counts
                 _check_report(report, rec, self.lines.find(line.name, txn) or line, at)
