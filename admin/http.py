@@ -441,7 +441,8 @@ class TraceResource(AdminResource):
 
 
 #: How many scan events and ledger entries a stats request folds at most (and a chunk
-#: more): ~70 ms, in chunks the worker's other requests run between.
+#: more): ~70-85 ms at the fold rate of benchmarks/bench_stats.py, with the worker's other
+#: requests run between its steps.
 REQUEST_FOLD = 10_000
 #: Scan events (and ledger entries) a serving worker folds in one write transaction, its
 #: requests run every 100 of them (admin.stats._PAUSE_EVERY). Measured over HTTP (16

@@ -522,7 +522,7 @@ class AbuseGuard:
         Every client, device and account ever seen keeps a counter until swept: a server
         sweeps every minute (:func:`sweep_every`), or the counters' fixed map fills (75M
         subjects; a client choosing device ids adds one a request). Each write
-        transaction looks at ``step`` entries at most (~0.6 ms) and ``pause()`` runs
+        transaction looks at ``step`` entries at most (5,000 took ~3 ms in a review's run) and ``pause()`` runs
         between them: scans' counts wait for one step only, and a serving worker's requests
         run on. A full map takes smaller steps (a delete needs fresh pages too: 5,000
         deletes in a full map failed, every minute, and counting never came back)."""

@@ -1586,7 +1586,7 @@ class Aggregation:
         """The distributor the parent ``chain[0]`` is with: through its own record or an
         ancestor's, else the one most of its goods are with (a rebuilt pallet is where its
         cases are), else None (the brand's)."""
-        held = self._distributor_of(txn, self._shipment_of(txn, chain)[1])
+        held = self._distributor_at(txn, chain[0])
         if held is not None:
             return held
         return _most(self._distributor_of(txn, s) for _, s in self._below(txn, chain[0])[0] if s)
