@@ -403,7 +403,8 @@ class BansResource(AdminResource):
     permissions = {"GET": "read"}
 
     def on_get(self, req, resp) -> None:
-        """A page of bans (``limit``, default 100; ``after`` the last subject shown)."""
+        """A page of bans: ``limit`` subjects (default 100; with ``all``, each with all its
+        bans), those after ``after`` (the last subject shown)."""
         everything = _bool_param(req, "all")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         after = req.get_param("after")

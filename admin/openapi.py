@@ -306,7 +306,10 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/admin/api/bans": {"get": _op("Clients banned for enumerating codes, by subject, a page at a time", "read",
                                    _json(_array(_BAN), "bans"),
                                    params=[_param("all", "query", _BOOL, "include expired and lifted bans, and "
-                                                  "the earlier bans of clients banned again"), _LIMIT,
+                                                  "the earlier bans of clients banned again"),
+                                           _param("limit", "query", _LIMIT["schema"],
+                                                  "at most this many subjects (default 100); with all, each "
+                                                  "subject with all its bans, oldest first"),
                                            _param("after", "query", {**_TEXT, "maxLength": MAX_SUBJECT},
                                                   "only bans of subjects after this one (the next page: the "
                                                   "last subject shown)")])},

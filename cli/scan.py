@@ -3,9 +3,7 @@ blocked, where scans happen, and the server."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,9 +20,10 @@ from cli.main import (
     pass_data,
     wuma_command,
 )
+from engine.abuse import BANS_PAGE
 from engine.accounts import ACCOUNT_ROLES
 from engine.chinatime import china_time
-from engine.formats import is_host_name
+from engine.launch import BindError, check_bind, server_environment, server_of
 from engine.store import MAX_SEQ
 
 
@@ -113,18 +112,26 @@ def bans():
 
 @bans.command("list")
 @click.option("--all", "include_inactive", is_flag=True, help="Include expired and lifted bans, and the earlier bans of clients banned again.")
+@click.option("--limit", type=click.IntRange(min=1), default=BANS_PAGE, show_default=True,
+              help="At most this many subjects, by subject (with --all, each with all its bans).")
+@click.option("--after", default=None, metavar="SUBJECT",
+              help="Only subjects after this one (the next page: the last subject shown).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
-def bans_list(data, include_inactive, as_json):
+def bans_list(data, include_inactive, limit, after, as_json):
     """List bans: subject, until when (or when it ended or was lifted), number of codes
-    tried, reason.
+    tried, reason; a page of subjects at a time.
 
-    Example: wuma bans list --json
+    Example: wuma bans list --all --after ip:203.0.113.9
     """
     now = time.time()
-    for b in data.abuse.list_bans(now, include_inactive=include_inactive):
+    bans_shown = data.abuse.list_bans(now, include_inactive=include_inactive, limit=limit, after=after)
+    for b in bans_shown:
         emit(b.to_dict(), as_json,
              f"{b.subject}\t{_ban_state(b, now)}\t{len(b.evidence)} codes tried\t{b.reason}")
+    if len({b.subject for b in bans_shown}) == limit:  # NOTE: on stderr: the listing stays as it was
+        more = ("bans", "list", *(("--all",) if include_inactive else ()), "--after", bans_shown[-1].subject)
+        click.echo(f"{limit:,} subjects shown; there may be more: {wuma_command(*more)}", err=True)
 
 
 def _ban_state(ban, now: float) -> str:
@@ -197,72 +204,46 @@ def region_locate(data, lat, lng, as_json):
          code or f"no division centre within {data.regions.max_km:g} km")
 
 
-def _bind(ctx, param, value: str) -> str:
-    """``--bind`` checked before gunicorn starts: given to it, a port out of range was a
-    traceback in its log, and an empty address a server listening on nothing."""
-    def bad(why: str):
-        return click.BadParameter(f"{value!r}: {why}; give HOST:PORT (127.0.0.1:8080), [IPv6]:PORT "
-                                  "([::1]:8080) or unix:PATH")
-
-    if value.startswith("unix:"):
-        path = Path(value[len("unix:"):])
-        if not str(path) or str(path) == ".":
-            raise bad("no socket path after unix:")
-        if not path.parent.is_dir():
-            raise bad(f"the folder {path.parent} does not exist")
-        return value
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise bad("no port after the bracketed address")
+def _bind(port: int):
+    """The ``--bind`` callback of a server whose default port is ``port``: the address
+    checked before gunicorn starts (:func:`engine.launch.check_bind`)."""
+    def check(ctx, param, value: str) -> str:
         try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise bad(f"{host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep:
-            raise bad("no port")
-        if ":" in host:
-            raise bad("an IPv6 address goes in brackets")
-        if not host:
-            raise bad("no host before the port")
-        if not is_host_name(host.removesuffix(".")):  # NOTE: a fully qualified name ends in a dot
-            raise bad(f"{host!r} is no IP address or host name")
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise bad(f"the port must be a number from 1 to 65535, not {port!r}")
-    try:
-        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
-        raise bad(f"the host {host} cannot be found ({getattr(e, 'strerror', None) or e})") from None
-    return value
+            return check_bind(value, port=port)
+        except BindError as e:
+            raise click.BadParameter(str(e)) from None
+    return check
 
 
 def server_options(bind: str, bind_help: str, workers_help: str = "Worker processes (default: one per core)."):
     """``--bind`` (default ``bind``), ``--workers`` and ``--timeout``: the options of a
     command that runs a server with :func:`run_gunicorn` (`wuma serve`, `wuma pack serve`)."""
+    default_port = int(bind.rpartition(":")[2])  # NOTE: a bad --bind's examples use it
+
     def options(command):
         command = click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True,
                                help="Seconds a worker may go without a heartbeat before gunicorn "
                                     "restarts it.")(command)
         command = click.option("--workers", type=click.IntRange(min=1), default=None,
                                help=workers_help)(command)
-        return click.option("--bind", default=bind, show_default=True, callback=_bind,
+        return click.option("--bind", default=bind, show_default=True, callback=_bind(default_port),
                             help=bind_help)(command)
     return options
 
 
 def run_gunicorn(ctx: click.Context, app: str, settings: dict[str, object]) -> None:
-    """Check the data folder, then become gunicorn with Wuma's config
-    (engine/gunicorn_conf.py, gevent workers unless ``WUMA_WORKER_CLASS`` says otherwise)
-    serving ``app``; ``settings``: the config's environment (``WUMA_BIND``, ...), a None
-    left out (the config's default). Never returns."""
+    """Check the data folder for what ``app``'s server reads, then become gunicorn with
+    Wuma's config (engine/gunicorn_conf.py, gevent workers unless ``WUMA_WORKER_CLASS`` says
+    otherwise) serving ``app``; ``settings``: the command's settings of the config
+    (``WUMA_BIND``, ...), a None left out (the config's default), none inherited from this
+    environment (:func:`engine.launch.server_environment`). Never returns."""
     from engine import default_data_path
     from engine.data import check_serving
 
     path = ctx.find_root().params.get("data") or default_data_path()
-    library_errors(check_serving)(path)  # NOTE: here, with a clear message, not in every worker
-    env = dict(os.environ, WUMA_DATA=str(path), **{k: str(v) for k, v in settings.items() if v is not None})
+    # NOTE: here, with a clear message, not in every worker
+    library_errors(check_serving)(path, server_of(app))
+    env = server_environment(os.environ, path, settings)
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf", app]
     os.execve(sys.executable, argv, env)
 

@@ -43,8 +43,8 @@ from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "MAX_SUBJECT", "SUBJECT_ID_CHARS",
-           "SUBJECT_ID_BYTES", "sweep_every"]
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "BANS_PAGE", "MAX_SUBJECT",
+           "SUBJECT_ID_CHARS", "SUBJECT_ID_BYTES", "sweep_every"]
 
 #: The counters' map: 4 GiB, a sparse file (writemap), 40-75M clients' counts.
 COUNTERS_MAP_SIZE = 1 << 32
@@ -65,6 +65,8 @@ _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 EARLIER_BANS_MAX = 50
 #: Key of an earlier ban: the subject's length, the subject, when the ban was made (µs).
 _EARLIER_HEAD = struct.Struct(">H")
+#: Subjects a page of :meth:`AbuseGuard.list_bans` holds unless told otherwise.
+BANS_PAGE = 1000
 
 #: A subject's id is cut to this many bytes in UTF-8: subjects are database keys (LMDB
 #: takes at most 511 bytes).
@@ -227,24 +229,27 @@ class AbuseGuard:
         return None
 
     def list_bans(self, now: float | None = None, *, include_inactive: bool = False,
-                  limit: int | None = None, after: str | None = None) -> list[Ban]:
-        """The active bans by subject; with ``include_inactive``, every ban recorded (expired,
-        lifted and earlier bans of subjects banned again), by subject and then oldest first.
-        At most ``limit`` subjects' (with ``include_inactive``, each subject's records stay
-        together on one page), of subjects after ``after`` (the next page: the last subject
+                  limit: int = BANS_PAGE, after: str | None = None) -> list[Ban]:
+        """A page of bans: those in force, by subject; with ``include_inactive``, every ban
+        recorded (expired, lifted and earlier bans of subjects banned again), by subject and
+        then oldest first. The page holds ``limit`` subjects at most (with
+        ``include_inactive``, each subject's bans together: up to :data:`EARLIER_BANS_MAX`
+        + 1 bans a subject), of subjects after ``after`` (the next page: the last subject
         shown).
 
-        PERF: active bans are found from their ends (8 bytes a ban) and only those are read
-        whole, from ``after`` on: anyone can get banned from thousands of addresses (an
-        IPv6 /48 holds 65,536 /64s), and every ban holds its evidence."""
-        if limit is not None:
-            check_limit(limit)
+        PERF: a page reads its own bans only. Active bans are found from their ends (8 bytes
+        a ban) and only those are read whole; with ``include_inactive``, subjects are read
+        from ``after`` on by their latest bans, and each one's earlier bans by its key
+        prefix. Anyone can get banned from thousands of addresses (an IPv6 /48 holds 65,536
+        /64s), every ban holds its evidence, and ended bans stay as evidence: every page of
+        ``--all`` read and sorted every ban ever recorded."""
+        check_limit(limit)
         now = time.time() if now is None else now
         start = b"" if after is None else after.encode() + b"\0"  # NOTE: the next key after it
+        out: list[Ban] = []
         if not include_inactive:
             if not self._ends_built:
                 self._build_ban_ends()
-            out: list[Ban] = []
             with self._store.read() as txn:
                 cur = txn.cursor(db=self._ban_ends)
                 if not cur.set_range(start):
@@ -256,18 +261,30 @@ class AbuseGuard:
                     ban = None if raw is None else Ban(**unpack(raw))
                     if ban is not None and ban.active(now):
                         out.append(ban)
-                        if limit is not None and len(out) >= limit:
+                        if len(out) >= limit:
                             break
             return out
         with self._store.read() as txn:
-            bans = [Ban(**unpack(v)) for _, v in txn.cursor(db=self._bans)]
-            bans += [Ban(**unpack(v)) for _, v in txn.cursor(db=self._earlier)]
-        bans.sort(key=lambda b: (b.subject.encode(), b.created_at))
-        if after is not None:
-            bans = [b for b in bans if b.subject.encode() > after.encode()]
-        if limit is not None:
-            subjects = set(list(dict.fromkeys(b.subject for b in bans))[:limit])
-            bans = [b for b in bans if b.subject in subjects]
+            cur = txn.cursor(db=self._bans)
+            found, subjects = cur.set_range(start), 0
+            while found and subjects < limit:
+                key, latest = cur.item()
+                bans = [Ban(**unpack(latest)), *self._earlier_bans(txn, key)]
+                bans.sort(key=lambda b: b.created_at)  # NOTE: stable: the latest first on a tie
+                out += bans
+                subjects += 1
+                found = cur.next()
+        return out
+
+    def _earlier_bans(self, txn, key: bytes) -> list[Ban]:
+        """The earlier bans kept for the subject of ``key`` (see :meth:`_keep_earlier`)."""
+        prefix = _EARLIER_HEAD.pack(len(key)) + key
+        cur = txn.cursor(db=self._earlier)
+        found = cur.set_range(prefix)
+        bans = []
+        while found and cur.key().startswith(prefix):
+            bans.append(Ban(**unpack(cur.value())))
+            found = cur.next()
         return bans
 
     def count_active(self, now: float | None = None) -> int:

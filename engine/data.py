@@ -290,14 +290,26 @@ def _prepare_store(path: Path) -> str:
         store.close()
 
 
-def check_serving(path) -> None:
-    """Open the data folder at ``path`` and check what the scan app reads when it starts
-    (the "serve", "abuse" and "regions" sections); DataFolderError says what is wrong.
-    ``wuma serve`` calls it before starting gunicorn, and the master before a reload
-    (engine/gunicorn_conf.py): a mistake is a message, not workers failing to boot."""
+#: What each server reads of wuma.json's settings when it starts, beyond the folder itself:
+#: the scan server (`wuma serve`) the "serve", "abuse" and "regions" sections (each property
+#: checks its section; abuse_limits, not abuse: the limits without opening the counters'
+#: store); the pack server (`wuma pack serve`) none.
+_SERVED_SETTINGS = {"scan": ("serve_settings", "abuse_limits", "regions"), "packs": ()}
+
+
+def check_serving(path, server: str = "scan") -> None:
+    """Open the data folder at ``path`` and check what ``server`` (``"scan"`` or
+    ``"packs"``, see :func:`engine.launch.server_of`) reads when it starts;
+    DataFolderError says what is wrong. ``wuma serve`` and ``wuma pack serve`` call it
+    before starting gunicorn, and the master before a reload (engine/gunicorn_conf.py): a
+    mistake is a message, not workers failing to boot.
+
+    NOTE: only what that server reads: the pack server refused to start over a mistake in
+    the "abuse" section, which only the scan server reads."""
+    if server not in _SERVED_SETTINGS:
+        raise ValueError(f"{server!r}: the servers are {', '.join(_SERVED_SETTINGS)}")
     with DataFolder(Path(path)) as data:
-        # NOTE: abuse_limits, not abuse: the limits without opening the counters' store
-        for section in ("serve_settings", "abuse_limits", "regions"):  # each checks its section
+        for section in _SERVED_SETTINGS[server]:
             getattr(data, section)
 
 

@@ -1,12 +1,16 @@
-"""gunicorn configuration for `wuma serve` (read by gunicorn with -c).
+"""gunicorn configuration for `wuma serve` and `wuma pack serve` (read by gunicorn with -c).
 
-Settings come from the environment that `wuma serve` sets: WUMA_BIND (default
-127.0.0.1:8080), WUMA_WORKERS (default: one per core), WUMA_WORKER_CLASS (default
-gevent; gthread is the alternative), WUMA_THREADS (gthread only), WUMA_TIMEOUT (default 30:
+Settings come from the environment. `wuma serve` and `wuma pack serve` set these from
+their options, each its own, never from the environment they run in
+(engine.launch.SERVER_SETTINGS): WUMA_BIND (default 127.0.0.1:8080), WUMA_WORKERS
+(default: one per core), WUMA_WORKER_CLASS (default gevent; gthread is the
+alternative), WUMA_THREADS (gthread only), WUMA_TIMEOUT (default 30:
 seconds a worker may go without a heartbeat before the arbiter restarts it; a gevent
 worker's heartbeat is sent from its hub, which a long write such as an ingest never
 blocks, see engine/scanlog.py), WUMA_KEEPALIVE (default 5 s), WUMA_WORKER_CONNECTIONS
-(default 10,000) and WUMA_ACCEPT_BATCH (default 8, gevent only; all three below).
+(default 10,000), WUMA_ACCEPT_BATCH (default 8, gevent only; all three below) and
+WUMA_GRACEFUL_TIMEOUT (below). WUMA_ACCESS_LOG, WUMA_BOOT_RETRY and WUMA_RELOAD_CHECK
+are no command's options: they come from the environment the command runs in.
 
 PERF: the worker class was chosen by measurement (benchmarks/bench_http.py, wrk, 16
 keep-alive connections, 2 workers on the 2-core machine, 20 s): strict-durable scans
@@ -44,6 +48,7 @@ from gunicorn import glogging
 
 from engine.every import Tally
 from engine.http_errors import masked_path, masked_referer
+from engine.launch import server_of
 
 
 class JsonFormatter(logging.Formatter):
@@ -497,15 +502,17 @@ def _check_before_reload() -> None:
         # retired the old ones, and the server stopped. The folder is the workers' own,
         # WUMA_DATA or ./wuma-data (engine.data.default_data_path): its check was skipped
         # without WUMA_DATA.
-        module = (getattr(self.app, "app_uri", None) or "").partition(":")[0]
+        # NOTE: and only what this server reads (engine.launch.server_of): the pack server
+        # refused every reload over a mistake in the scan server's settings
+        app = getattr(self.app, "app_uri", None) or ""
         try:
             check = subprocess.run(
                 [sys.executable, "-c", "import importlib, sys\n"
                  "from engine.data import check_serving, default_data_path\n"
-                 "try:\n    check_serving(default_data_path())\n"
+                 "try:\n    check_serving(default_data_path(), sys.argv[2])\n"
                  "    if sys.argv[1]:\n        importlib.import_module(sys.argv[1])\n"
                  "except BaseException as e:\n    sys.exit(f'{type(e).__name__}: {e}')",
-                 module], capture_output=True, text=True, timeout=RELOAD_CHECK_S)
+                 app.partition(":")[0], server_of(app)], capture_output=True, text=True, timeout=RELOAD_CHECK_S)
             why = (check.stderr.strip().splitlines() or ["?"])[-1] if check.returncode else None
         except subprocess.TimeoutExpired:  # NOTE: it was the master's end (exit 255)
             why = (f"the check did not finish in {RELOAD_CHECK_S:g} s (a long write, an "
@@ -570,8 +577,9 @@ if _read_by_gunicorn():
 
 
 def worker_exit(server, worker) -> None:
-    """In a worker that exits (stopped, reloaded, interrupted): its metrics are written, so
-    /metrics counts every scan it answered (its flusher writes once a second)."""
+    """In a worker that exits (stopped, reloaded, interrupted): its metrics' file is put on
+    disk (engine.metrics: the counts survive a crash of the worker without it, not one of
+    the machine)."""
     http_scan = sys.modules.get("engine.http_scan")
     if http_scan is not None:
         http_scan.flush_metrics()
@@ -584,7 +592,7 @@ def on_starting(server) -> None:
         server.log.warning("each worker can hold %d connections, not %d: the open-files limit (ulimit -n, "
                            "hard) is too low; raise it to at least %d", worker_connections,
                            _asked_connections, _asked_connections + _OWN_FILES)
-    packs = "http_packs" in (getattr(server.app, "app_uri", None) or "")
+    packs = server_of(getattr(server.app, "app_uri", None) or "") == "packs"
     what = ("the pack server is reachable from the network; put a TLS proxy in front" if packs else
             "the scan API, the admin API and the admin page are reachable from the network; put a "
             "TLS proxy in front (and set serve.trusted_proxies and serve.proxy_header)")
