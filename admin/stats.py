@@ -63,7 +63,9 @@ time, so they become visible in sequence order and a cursor never skips one.
 Counters (``adm_stats``; values are msgpack ``[count, amount]`` unless said)::
 
     cursor NUL scan | ledger                 u64: last event / entry folded in
-    d NUL day NUL dimension NUL value        scans of a day (and ``diverted`` per distributor)
+    d NUL day NUL dimension NUL value        scans of a day (and ``diverted`` per distributor;
+                                             a city "4400", folded by an earlier release
+                                             for 440000, is read as no city)
     t NUL verdict NUL v                      all-time scans per verdict
     t NUL first NUL actor role NUL code role first scans (the scan rate's numerator)
     t NUL diverted NUL distributor           all-time diverted scans
@@ -116,6 +118,14 @@ def _key(*parts) -> bytes:
 
 def _store_record() -> dict:
     return {"scans": 0, **{u: dict.fromkeys(_EARNINGS, 0) for u in _UNITS}}
+
+
+def _city(place: str) -> str:
+    """The city of ``place`` (a region read by whole levels, :func:`engine.ids.region_prefix`,
+    or a city counted already): its first 4 digits, or :data:`UNKNOWN` when it names no
+    city: shorter than a city, or a city level of zeros (the province itself: 4400 is the
+    city an earlier release filed 440000 under; a made-up 440012 is no city either)."""
+    return place[:4] if len(place) >= 4 and place[2:4] != "00" else UNKNOWN
 
 
 def _earned(part: dict) -> int:
@@ -319,7 +329,7 @@ class Stats:
         # Guangdong (province 44, no city), not a city "4400"
         place = region_prefix(region)
         add(f"d\0{day}\0province\0{place[:2] or UNKNOWN}".encode())
-        add(f"d\0{day}\0city\0{place[:4] if len(place) >= 4 else UNKNOWN}".encode())
+        add(f"d\0{day}\0city\0{_city(place)}".encode())
         add(f"d\0{day}\0product\0{product or UNKNOWN}".encode())
         add(f"d\0{day}\0batch\0{unit >> 32}".encode())
         add(f"t\0verdict\0{verdict}".encode())
@@ -433,6 +443,13 @@ class Stats:
                 day, dim, value = k[2:].decode().split("\0", 2)
                 if day > last:
                     break
+                if dim == "city":
+                    # NOTE: a release before this one filed a province-level code (440000)
+                    # under a city "4400": such counters, left as they were, are no city
+                    cities = by_day[day]["city"]
+                    value = _city(value)
+                    cities[value] = cities.get(value, 0) + unpack(v)[0]
+                    continue
                 (diverted[day] if dim == "diverted" else by_day[day][dim])[value] = unpack(v)[0]
         totals: dict[tuple, list[int]] = {}
         for prefix in (b"c\0", b"t\0"):
