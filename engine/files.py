@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Self
 
 __all__ = ["UTF8_BOM", "NewFile", "OutputRefused", "SpreadsheetWriter", "decode_text", "read_bounded", "size_text",
-           "fsync_path", "link_new", "link_unnamed", "open_stream", "open_unnamed", "private_output", "protect",
-           "protect_owned",
+           "fsync_path", "link_new", "link_unnamed", "open_output", "open_stream", "open_unnamed", "private_output",
+           "protect", "protect_owned",
            "refuse_protected", "refuse_utf16", "same_file", "spreadsheet_cell", "sync_folder",
            "temp_beside", "unprotect", "write_new_file"]
 
@@ -327,29 +327,45 @@ def private_output(path, mode: str = "wb", *, perms: int = 0o600,
     :class:`OutputRefused`, before anything is written, for a ``path`` that belongs to the
     data folder (:func:`protect`), a folder or a socket."""
     path = Path(path)
-    refuse_protected(path)
-    fail = error or _cannot_write(path)
-    fd = open_stream(path, fail)
-    if fd is not None:
-        try:
-            with open(fd, mode, **open_args) as fh:
-                yield fh
-        except OSError as e:  # NOTE: a reader gone (EPIPE), a device full: name the output
-            if e.filename is None and (e.errno in _FULL or e.errno == errno.EPIPE):
-                raise OSError(e.errno, e.strerror, str(path)) from None
-            raise
-        return
     try:
-        with NewFile(path, perms, error=fail) as new:
-            with open(new.fd, mode, closefd=False, **open_args) as fh:
-                yield fh
-            if fsync:
-                new.sync()
-            new.replace()
+        out = open_output(path, perms, error=error)
+        if isinstance(out, NewFile):
+            with out as new:
+                with open(new.fd, mode, closefd=False, **open_args) as fh:
+                    yield fh
+                if fsync:
+                    new.sync()
+                new.replace()
+            return
     except OSError as e:
         if e.filename is None and e.errno in _FULL:
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+    try:
+        with open(out, mode, **open_args) as fh:
+            yield fh
+    except OSError as e:  # NOTE: a reader gone (EPIPE), a device full: name the output
+        if e.filename is None and (e.errno in _FULL or e.errno == errno.EPIPE):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def open_output(path, perms: int = 0o600, *, error: ErrorHook | None = None,
+                new_at=None) -> int | NewFile:
+    """What :func:`private_output` opens, for a caller that writes later or keeps the file
+    open across its own steps (a load's reject file): a file descriptor to write straight
+    into if ``path`` is a stream (:func:`open_stream`), else a :class:`NewFile` for ``path``
+    (or for ``new_at``: the real path of a symlink, to write through it, not over it) of
+    mode ``perms``, to be named once complete. Checked first as :func:`private_output`
+    checks: :class:`OutputRefused` for a ``path`` of the data folder, a folder or a socket;
+    an OSError opening it names ``path`` (or is ``error(e)``)."""
+    path = Path(path)
+    refuse_protected(path)
+    fail = error or _cannot_write(path)
+    fd = open_stream(path, fail)
+    if fd is not None:
+        return fd
+    return NewFile(path if new_at is None else new_at, perms, error=fail)
 
 
 #: errno of a write refused for room: a full disk, a quota, a file-size limit.

@@ -85,7 +85,7 @@ from engine.aggregation import (
     _encode_children,
 )
 from engine.errors import Conflict
-from engine.files import UTF8_BOM, NewFile, OutputRefused, open_stream, refuse_protected, refuse_utf16, same_file
+from engine.files import UTF8_BOM, NewFile, OutputRefused, open_output, refuse_utf16, same_file
 from engine.scanlog import bulk_write
 from engine.store import pack, u64, unpack
 
@@ -1443,13 +1443,14 @@ class _RejectFile:
                               "loaded (choose a reject file in an existing folder you can write to)")
 
         try:  # NOTE: never one of the data folder's files; a FIFO or /dev/null written into
-            refuse_protected(self.target)
-            stream = open_stream(Path(path), cannot)
+            out = open_output(path, error=cannot, new_at=self.target)
         except OutputRefused as e:
             raise ValueError(f"{e.strerror}; nothing loaded") from None
-        self.file = None if stream is not None else NewFile(self.target, 0o600, error=cannot)
-        self.fh = open(self.file.fd, "wb", buffering=1 << 20, closefd=False) if stream is None \
-            else open(stream, "wb", buffering=1 << 20)
+        self.file: NewFile | None
+        if isinstance(out, NewFile):
+            self.file, self.fh = out, open(out.fd, "wb", buffering=1 << 20, closefd=False)
+        else:
+            self.file, self.fh = None, open(out, "wb", buffering=1 << 20)
         self.written = False
 
     def write(self, src: _Source, chunk_bytes: int, bad: list[BadRecord]) -> None:
