@@ -153,6 +153,10 @@ def aggregate_unpack(data, code, children, as_json):
 def aggregate_move(data, codes, to, as_json):
     """Move units into another parent (from wherever they are).
 
+    A unit goes into a parent in the same hands (its distributor's, or the brand's when it
+    was never shipped or was returned) or into an empty one; otherwise nothing is moved and
+    the error says what to record first (ship, transfer or return).
+
     Example: wuma aggregate move 1E2188DJ7RRRRHRQE9TH --to 19WTV3ZKFM6FT309KHY6
     """
     moved = _agg(data).move(list(codes), to)

@@ -37,6 +37,15 @@ def _case(r, i):
     return unit_id(r.case_batch, i)
 
 
+def _packed_by_an_older_release(r, parent, child):
+    """Pack ``child`` (packed nowhere) into ``parent`` whatever their hands, as a release
+    before ``move`` and ``link`` refused other hands left goods (tests/test_shipping_moves.py):
+    ship, transfer and return still meet such parents."""
+    agg = r.agg
+    with agg.store.write() as txn:
+        agg._add_run(txn, agg.unit(parent), agg.unit(child), agg.unit(child))
+
+
 # -- 1. unpack / move keep the distributor ----------------------------------------------------
 def test_unpack_from_shipped_pallet_keeps_distributor(world):
     r, agg = world, world.agg
@@ -114,18 +123,24 @@ def _hands(world):
 def test_link_onto_a_parent_of_another_distributor_is_refused(world):
     r, agg = _hands(world)
     links, events = agg.links(), len(agg.events())
-    with pytest.raises(Conflict, match="2:4 belongs to distributor A but 3:2 was shipped to B: "
-                                       "transfer 2:4 to B first, then pack it"):
+    with pytest.raises(Conflict, match=rf"^case 2:4 {r.cases[4]} belongs to distributor A but "
+                                       rf"pallet 3:2 {r.pallets[2]} was shipped to B: transfer it "
+                                       rf"to B first \(wuma transfer {r.cases[4]} --to B\), "
+                                       "then pack it$"):
         agg.link(r.pallets[2], [r.cases[4]])
-    with pytest.raises(Conflict, match="2:6 is not with a distributor but 3:2 was shipped to B: "
-                                       "ship 2:6 to B first, then pack it"):
+    with pytest.raises(Conflict, match=rf"^case 2:6 {r.cases[6]} is not with a distributor "
+                                       rf"\(never shipped, or returned\) but pallet 3:2 "
+                                       rf"{r.pallets[2]} was shipped to B: ship it to B first "
+                                       rf"\(wuma ship {r.cases[6]} --to B\), then pack it$"):
         agg.link(r.pallets[2], [r.cases[5], r.cases[6]])  # all or nothing: 5 is not packed
     # the parent's distributor may come through its ancestors (case 0 is on pallet 0, A)
-    with pytest.raises(Conflict, match="1:100 is not with a distributor but 2:0 was shipped to A"):
+    with pytest.raises(Conflict, match=rf"^cap 1:100 {r.caps[100]} is not with a distributor .* "
+                                       rf"but case 2:0 {r.cases[0]} \(on pallet 3:0 "
+                                       rf"{r.pallets[0]}\) was shipped to A"):
         agg.link(r.cases[0], [r.caps[100]])
     agg.return_goods([r.cases[4]])
-    with pytest.raises(Conflict, match="2:4 is not with a distributor"):  # returned: none
-        agg.link(r.pallets[2], [r.cases[4]])
+    with pytest.raises(Conflict, match=rf"^case 2:4 {r.cases[4]} is not with a distributor"):
+        agg.link(r.pallets[2], [r.cases[4]])  # returned: none
     assert agg.links() == links and len(agg.events()) == events + 1  # the return
     assert _dist(r, r.cases[5]) == ("B", False) and _dist(r, r.cases[6]) == (None, False)
     # allowed: the same distributor, or a parent with none (the unit keeps its own)
@@ -153,16 +168,20 @@ def test_load_onto_a_parent_of_another_distributor_is_refused(world, tmp_path, m
     rep = agg.load(f)
     assert not rep.loaded and agg.links() == links  # all or nothing
     then = ", then load this record again"
+    none = "is not with a distributor (never shipped, or returned) but"
     assert [(b.line, b.reason) for b in rep.bad] == [
-        (2, ("field 3: 2:4 belongs to distributor A but 3:2 was shipped to B: transfer 2:4 to B "
-             f"first{then}")),
-        (3, ("field 3: 1:100 is not with a distributor but 2:0 was shipped to A: ship 1:100 to A "
-             f"first{then}")),
-        (5, f"field 2: 2:8 is not with a distributor but 3:2 was shipped to B: ship 2:8 to B first{then}")]
+        (2, (f"field 3: case 2:4 {r.cases[4]} belongs to distributor A but pallet 3:2 "
+             f"{r.pallets[2]} was shipped to B: transfer it to B first (wuma transfer "
+             f"{r.cases[4]} --to B){then}")),
+        (3, (f"field 3: cap 1:100 {r.caps[100]} {none} case 2:0 {r.cases[0]} (on pallet 3:0 "
+             f"{r.pallets[0]}) was shipped to A: ship it to A first (wuma ship {r.caps[100]} "
+             f"--to A){then}")),
+        (5, (f"field 2: case 2:8 {r.cases[8]} {none} pallet 3:2 {r.pallets[2]} was shipped to "
+             f"B: ship it to B first (wuma ship {r.cases[8]} --to B){then}"))]
     rej = tmp_path / "rejects.csv"
     rep = agg.load(f, skip_bad=True, reject_file=rej)
     assert rep.loaded and rep.links_added == 2 and [b.line for b in rep.bad] == [2, 3, 5]
-    assert "# line 2: field 3: 2:4 belongs to distributor A" in rej.read_text()
+    assert f"# line 2: field 3: case 2:4 {r.cases[4]} belongs to distributor A" in rej.read_text()
     assert _dist(r, r.cases[8]) == (None, False) and _dist(r, r.caps[100]) == (None, False)
     agg.ship([r.cases[8]], "B")  # what the reason says to do
     agg.transfer([r.cases[4]], "B")
@@ -209,13 +228,17 @@ def test_transfer_of_a_pallet_leaves_its_returned_case_returned(world):
 
 # -- 3. ship looks below ------------------------------------------------------------------------
 def test_ship_refuses_a_pallet_holding_a_shipped_case(world):
-    """A case shipped alone leaves its pallet (see tests/test_shipping_rules.py); put back
-    on it, the pallet holds A's case and is refused to B; returned, it leaves it again,
-    and once back on the pallet it ships with it."""
+    """A case shipped alone leaves its pallet (see tests/test_shipping_rules.py), and is not
+    moved back onto it (tests/test_shipping_moves.py); put back on it by an older release,
+    the pallet holds A's case and is refused to B; returned, it leaves it again, and once
+    back on the pallet it ships with it."""
     r, agg = world, world.agg
     rec = agg.ship([r.cases[0]], "A")
     assert rec["taken_out"] == [[_case(r, 0), agg.unit(r.pallets[0])]]
-    agg.move([r.cases[0]], to=r.pallets[0])
+    with pytest.raises(Conflict, match=r"^case 2:0 \S+ belongs to distributor A but pallet 3:0 "
+                                       r"\S+ is not with a distributor"):
+        agg.move([r.cases[0]], to=r.pallets[0])
+    _packed_by_an_older_release(r, r.pallets[0], r.cases[0])
     with pytest.raises(Conflict, match=r"case 2:0 \S+ inside .* already shipped \(shipment 1 to A\).*"
                                        "transfer"):
         agg.ship([r.pallets[0]], "B")

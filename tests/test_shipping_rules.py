@@ -8,7 +8,7 @@ return of the parent never reassigns it. A pallet rebuilt from a distributor's c
 from __future__ import annotations
 
 import pytest
-from test_shipping_logistics import _dist
+from test_shipping_logistics import _dist, _packed_by_an_older_release
 from test_shipping_logistics import world  # noqa: F401 - the fixture
 
 from engine import Conflict
@@ -55,16 +55,18 @@ def test_a_returned_cap_shipped_elsewhere_leaves_its_case(world):  # noqa: F811
 
 
 def test_a_unit_holding_goods_of_another_distributor_is_refused_naming_them(world):  # noqa: F811
-    """A pallet rebuilt of A's two cases and B's one (moves allow it), and of A's case and
-    the brand's: shipping or transferring it would carry goods of other hands along.
-    Refused, naming the unit that differs from most of the pallet (not the first met) by its
-    printed code, a case rather than its caps, with the command that takes it out; nothing
-    is written."""
+    """A pallet rebuilt of A's two cases and B's one, and of A's case and the brand's (as an
+    older release's moves left them: moves refuse it now, tests/test_shipping_moves.py):
+    shipping or transferring it would carry goods of other hands along. Refused, naming
+    the unit that differs from most of the pallet (not the first met) by its printed code,
+    a case rather than its caps, with the command that takes it out; nothing is written."""
     r, agg = world, world.agg
     agg.add_distributor("C", "C", ["4407"])
     agg.ship([r.pallets[0]], "A")
     agg.ship([r.pallets[1]], "B")
-    agg.move([r.cases[2], r.cases[0], r.cases[1]], to=r.pallets[2])
+    agg.move([r.cases[0], r.cases[1]], to=r.pallets[2])
+    agg.unpack(r.pallets[1], [r.cases[2]])  # it stays B's
+    _packed_by_an_older_release(r, r.pallets[2], r.cases[2])
     with pytest.raises(Conflict, match=rf"case 2:2 {r.cases[2]} inside pallet 3:2 {r.pallets[2]} is with "
                                        r"another distributor \(shipment 2 to B\) than the rest \(A\): a "
                                        rf"transfer would carry it along; take it out first \(wuma aggregate "
@@ -76,7 +78,7 @@ def test_a_unit_holding_goods_of_another_distributor_is_refused_naming_them(worl
     agg.unpack(r.pallets[2], [r.cases[2]])
     agg.move([r.cases[3]], to=r.pallets[3])  # B's: pallet 3 holds B's case alone
     agg.return_goods([r.cases[3]])
-    agg.move([r.cases[3]], to=r.pallets[2])  # the brand's case onto A's rebuilt pallet
+    _packed_by_an_older_release(r, r.pallets[2], r.cases[3])  # the brand's onto A's
     with pytest.raises(Conflict, match=rf"case 2:3 {r.cases[3]} inside pallet 3:2 .* is not with a "
                                        rf"distributor .* while the rest is with A: ship it to A first"):
         agg.transfer([r.pallets[2]], "C")
