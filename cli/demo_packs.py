@@ -78,5 +78,8 @@ def packs(d) -> None:
     d.wuma("code", "verify", outer, inner)
     d.wuma("pack", "report", str(receipt))
     d.wuma("pack", "list", "--line", "L1")
+    print("\n  serials already in a pack are not exported again (until that pack is revoked):")
+    d.wuma("pack", "export", "1", "--line", "L1", "--range", "400000:600000", "-o", str(packs_dir),
+           check=False)
     codes.unlink()
 

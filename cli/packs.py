@@ -33,7 +33,6 @@ from cli.main import (
     wuma_command,
 )
 from cli.scan import run_gunicorn, server_options
-from engine.chinatime import china_time
 from engine.files import decode_text, private_output
 from engine.lines import (
     BRAND_KEYS_FILE,
@@ -42,7 +41,7 @@ from engine.lines import (
     generate_line_keys,
     load_brand_keys,
 )
-from engine.packs import PackRegistry, open_pack_to_file
+from engine.packs import PackRegistry, open_pack_to_file, withheld_causes
 
 __all__ = ["line", "pack"]
 
@@ -233,7 +232,9 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     file is never replaced. All or nothing: the pull server serves the packs only once
     every part is in place; if any part fails (or Ctrl-C), no pack file is left, and packs
     already registered are marked export failed (`pack list`; withheld: a line holding a
-    copy sets it aside): export again. With --split-key each pack's share is printed
+    copy sets it aside): export again. Serials already in a pack that is not revoked (of
+    any line; an export still running too) are refused, naming the packs: revoke them
+    first if they must not be printed. With --split-key each pack's share is printed
     once: send it by another channel (it is not stored); the line gives it to
     `wuma pack open --share-file`.
 
@@ -370,7 +371,8 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
     "--receipt",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the signed open report here, for the brand (`wuma pack report`).",
+    help="Write the signed open report here, with its proof that the pack was decrypted, for the "
+    "brand (`wuma pack report`).",
 )
 @library_errors
 def pack_open(
@@ -428,33 +430,40 @@ def pack_list(data, batch_id, line_name, as_json):
 
 
 def _pack_state(p: dict) -> str:
-    """A listed pack's state, and what to do about it, for `pack list`."""
-    state = "revoked" if p["revoked_at"] else "issued"
-    again = f"export serials {p['start']}:{p['stop']} of batch {p['batch']} again, unless done since"
+    """A listed pack's state, and what to do about it, for `pack list`: why it is withheld
+    in the library's words (engine.packs.withheld_causes), then what the brand does."""
+    causes = dict(withheld_causes(p))
+    state = "issued" if not causes else f"withheld: {p['withheld_reason']}"
+    revoke = f"revoke it (`{wuma_command('pack', 'revoke', p['id'])}`"
     # NOTE: a file left by a killed export opens without --server: with its range exported
     # again, a line given it by hand would print those serials twice
     left = (f"; its file is still at {p['path']}: delete it" if p["file_present"] else "")
-    if p["export_failed_at"] is not None:
-        return (f"{state}, export failed at {china_time(p['export_failed_at'])} before all its packs were in "
-                f"place: withheld (a line holding a copy sets it aside){left}; {again}")
-    if p["placed_at"] is None:
+    if "export_failed" in causes:
+        return f"{state} (a line holding a copy sets it aside){left}; {_export_again(p)}"
+    if "pack_not_placed" in causes:
         if p["revoked_at"]:
-            return f"{state}, never in place: not served{left}; {again}"
-        return (f"{state}, not in place (its export is still running, or was cut off before it placed every "
-                f"file): not served; if no export is running, revoke it "
-                f"(`{wuma_command('pack', 'revoke', p['id'])}`, which deletes its file) and {again}")
-    if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
-        state += (f", not served ({p['withheld_reason']}), and lines refuse it: export its range again "
-                  "with the new key")
-    elif p["voided_serial"] is not None:
-        state += (
-            f", voided (serial {p['voided_serial']} and maybe more of its codes were voided "
-            "after the export: not served; do not print it)"
-        )
+            return f"{state}{left}; {_export_again(p)}"
+        return (f"{state}; if no export is running, {revoke}, which deletes its file) and export its "
+                "serials again")
+    if "signer_revoked" in causes:
+        state += "; lines given the new brand-keys.json refuse it: " + (
+            _export_again(p, " with the new key") if p["revoked_at"]
+            else f"{revoke}) and export its range again with the new key")
+    elif "codes_voided" in causes and not p["revoked_at"]:
+        state += "; do not print it"
     if not p["file_present"]:
         state += (" (its file is not at the export path: moved, deleted, or its export, by an earlier release, was "
                   "cut off; revoke it and export again if lost)")
     return state
+
+
+def _export_again(p: dict, how: str = "") -> str:
+    """What to export again of a pack that no longer holds its serials: the ranges no pack
+    exported since holds (``to_export_again``), or nothing."""
+    if not p["to_export_again"]:
+        return "its serials are in pack(s) exported since: nothing to export again"
+    ranges = ", ".join(f"{a}:{b}" for a, b in p["to_export_again"])
+    return f"export serials {ranges} of batch {p['batch']} again{how}"
 
 
 @pack.command("revoke")
@@ -477,6 +486,11 @@ def pack_revoke(data, pack_id, as_json):
 def pack_report(data, receipt, as_json):
     """Record a line's open report (the receipt written by `wuma pack open --receipt`).
 
+    A receipt must carry the proof that the line decrypted the pack, which this release's
+    `pack open` writes: one without it (an earlier release's, or one only signed) is
+    refused, nothing recorded. Packs exported by an earlier release have nothing to
+    check a proof against: their opens are recorded as the line's word, and said so.
+
     Example: wuma pack report codes.receipt.json
     """
     p = PackRegistry(data).record_open(read_input(receipt, str(receipt), _MAX_KEY_FILE,
@@ -485,18 +499,12 @@ def pack_report(data, receipt, as_json):
         text = f"already recorded: this open of pack {p['id']} by line {p['line']}"
     else:
         text = f"recorded open of pack {p['id']} by line {p['line']}"
-    if p["signer_revoked_at"] is not None:  # NOTE: the library's reason names every cause
-        text += f"\n  pack {p['id']} is not served ({p['withheld_reason']}): its codes should not have been printed"
-    elif p["revoked_at"] is not None:
-        text += (
-            f"\n  pack {p['id']} was revoked at {china_time(p['revoked_at'])}: "
-            "its codes should not have been printed"
-        )
-    if p["voided_serial"] is not None and p["signer_revoked_at"] is None:
-        text += (
-            f"\n  codes of pack {p['id']} were voided since its export (serial {p['voided_serial']} of batch "
-            f"{p['batch']}): voided labels should not have been printed"
-        )
+    if p["open_proof"] == "unchecked":
+        text += (f"\n  pack {p['id']} was exported by an earlier release: its open is the line key's word "
+                 "(the export kept nothing to check a proof of decryption against)")
+    if p["withheld_reason"] is not None:  # NOTE: the library's sentences (withheld_causes)
+        text += (f"\n  pack {p['id']} is withheld ({p['withheld_reason']}): its codes should not have "
+                 "been printed")
     emit(p, as_json, text)
 
 

@@ -64,7 +64,7 @@ from engine.errors import NotFound, WumaError
 from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
-from engine.packs import CLOCK_SKEW, ListedPack, PackRegistry, read_header
+from engine.packs import CLOCK_SKEW, ListedPack, PackRegistry, read_header, withheld_causes
 
 __all__ = [
     "REPLAY_WINDOW",
@@ -179,27 +179,6 @@ def _public(rec: dict) -> dict:
     } | ({"file_sha256": rec["file_sha256"]} if "file_sha256" in rec else {})
 
 
-def _voided(rec: dict) -> falcon.HTTPGone:
-    return falcon.HTTPGone(
-        title="codes_voided",
-        description=(
-            f"the codes of pack {rec['id']} were voided after it was exported (serial "
-            f"{rec['voided_serial']} of batch {rec['batch']}, maybe more in "
-            f"{rec['start']}:{rec['stop']}): voided labels must not be printed"
-        ),
-    )
-
-
-def _signer_revoked(rec: dict) -> falcon.HTTPGone:
-    return falcon.HTTPGone(
-        title="signer_revoked",
-        description=(
-            f"pack {rec['id']} was signed by brand key {rec['issuer']}, revoked since: it must "
-            "not be printed (lines given the new brand-keys.json refuse it)"
-        ),
-    )
-
-
 class _PackList:
     def __init__(self, registry: PackRegistry) -> None:
         self._registry = registry
@@ -219,21 +198,16 @@ class _PackList:
 
 
 def _refusal(rec: dict) -> falcon.HTTPError | None:
-    """The answer to a line asking for its pack ``rec`` that is not served, or None."""
-    if rec["export_failed_at"] is not None:
-        return falcon.HTTPGone(title="export_failed", description=f"pack {rec['id']}: "
-                               f"{rec['withheld_reason']}: it must not be printed")
-    if rec["placed_at"] is None:
-        return falcon.HTTPNotFound(title="pack_not_placed", description=f"pack {rec['id']} is "
-                                   f"{rec['withheld_reason']}: it is not served")
-    if rec["revoked_at"] is not None:
-        return falcon.HTTPGone(title="pack_revoked", description=f"pack {rec['id']} is revoked: it "
-                               "must not be printed")
-    if rec["voided_serial"] is not None:
-        return _voided(rec)
-    if rec["signer_revoked_at"] is not None:
-        return _signer_revoked(rec)
-    return None
+    """The answer to a line asking for its pack ``rec`` that is not served, or None: its
+    first cause (:func:`~engine.packs.withheld_causes`, which words it), 404 for a pack
+    not in place, 410 for the others."""
+    causes = withheld_causes(rec)
+    if not causes:
+        return None
+    code, why = causes[0]
+    error = falcon.HTTPNotFound if code == "pack_not_placed" else falcon.HTTPGone
+    return error(title=code,
+                 description=f"pack {rec['id']} is withheld: {why}: it must not be printed")
 
 
 class _PackFile:
@@ -686,12 +660,14 @@ def check_pack(
     stick); returns the pack as listed (:class:`~engine.packs.ListedPack`: its id, size
     and SHA-256). :class:`PackWithheld` if the server withholds it (revoked, codes voided
     since its export, or signed by a brand key revoked since), does not list it for this
-    line, or lists other bytes under its id (a pack forged with a leaked, revoked brand
-    key keeps a listed id); :class:`PullError` if it cannot say.
+    line, or lists another size under its id; :class:`PullError` if it cannot say.
 
-    NOTE: the file may change after this: open it with ``expect_id`` set to what this
-    returns (:func:`engine.packs.open_pack`), which refuses any other bytes once the
-    signature is checked, and decrypts the bytes it checked."""
+    The file's bytes are checked by :func:`engine.packs.open_pack` given what this
+    returns as ``expect_id``: it refuses bytes other than the listed ones (a pack forged
+    with a leaked, revoked brand key keeps a listed id) once the signature is checked,
+    and decrypts the bytes it checked. PERF: that check reuses the SHA-256 the signature
+    check makes; hashing the file here too read and hashed it once more (the file may
+    change after this anyway)."""
     server = server_base(server)
     pack_path = Path(pack_path)
     pack_id = read_header(pack_path)[0]["pack"]
@@ -706,13 +682,14 @@ def check_pack(
                            "do not print it")
     expect = _Expect(listed)  # NOTE: PullError for a listing without a size and SHA-256
     try:
-        why = expect.file_differs(pack_path)
+        size = pack_path.stat().st_size
     except OSError as e:
         raise PullError(f"cannot read {pack_path}: {e.strerror or e}") from None
-    if why is not None:
+    if size != expect.size:  # NOTE: the bytes are checked as the pack is opened
         raise PackWithheld(
-            f"{pack_path} is not the pack {server} issued as {pack_id} ({why}): it was altered, "
-            "or forged with that pack's id; do not print it"
+            f"{pack_path} is not the pack {server} issued as {pack_id} (it is {size:,} bytes, the "
+            f"listed pack {expect.size:,}): it was altered, or forged with that pack's id; do not "
+            "print it"
         )
     return expect.listed(pack_id)
 

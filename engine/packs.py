@@ -37,12 +37,20 @@ APPSEC:
   (withheld, never deleted: lines set aside a copy they got anyway) and removes their
   files. A process killed after it leaves registered packs never placed (not served;
   revoke them, export again), never a pack file the registry does not know.
+* An open receipt (:func:`open_pack`) is signed by the line's Ed25519 key and carries a
+  proof of decryption: HMAC-SHA256, keyed by HKDF-SHA256 of the pack's data key (info
+  binds the pack id), over the SHA-256 of every chunk's plaintext in order (the codes as
+  the pack holds them). Only a party that unwrapped the data key *and* decrypted every
+  chunk makes it. The brand does not keep the data key: at export it keeps the SHA-256
+  of the proof it expects (``open_proof_sha256``), which makes no proof, and
+  :meth:`PackRegistry.record_open` checks a receipt's proof against it.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -87,6 +95,7 @@ __all__ = [
     "parse_share",
     "read_header",
     "share_text",
+    "withheld_causes",
 ]
 
 MAGIC = b"WUMAPK\x00\x01"
@@ -110,11 +119,31 @@ _ANONYMOUS_PARTS = 64
 CLOCK_SKEW = 300
 #: The key of ``packs_by_line`` saying that every pack is indexed (no line name is empty).
 _INDEXED = b"\x00indexed"
+#: What an open receipt's signature is made over, before its body: receipts of the earlier
+#: release (v1, no ``v`` in the body) carry no proof of decryption.
+_RECEIPT_LABELS = {1: b"wuma/open-receipt/v1\x00", 2: b"wuma/open-receipt/v2\x00"}
+_RECEIPT_VERSION = 2
 
 
 def _line_key(line: str, pack_id: str) -> bytes:
     """A line's pack in ``packs_by_line``: line names hold no NUL (:func:`engine.ids.is_id`)."""
     return line.encode() + b"\x00" + bytes.fromhex(pack_id)
+
+
+def _range_key(rec: dict) -> bytes:
+    """A pack in ``packs_by_range``: batch, then the serial after its last, then its id (the
+    value: its first serial). Sorted by where ranges end: the packs holding serials from
+    ``start`` on are the keys from ``(batch, start + 1)``; :data:`_INDEXED` is shorter."""
+    return u64(rec["batch"]) + u64(rec["stop"]) + bytes.fromhex(rec["id"])
+
+
+def _live(rec: dict) -> bool:
+    """Does the pack hold its serials, so that no other export may hand them out? Every pack
+    but a revoked one and one of a failed export (withheld, its files removed: the brand
+    exports its range again). NOTE: one not in place holds them too: its export may be
+    running, or was killed after placing a part that opens without ``--server``; one
+    withheld for voided codes or a revoked signer too: a line may have printed it."""
+    return rec["revoked_at"] is None and rec.get("export_failed_at") is None
 
 
 class PackError(WumaError):
@@ -319,6 +348,24 @@ def _signed_message(digest: bytes) -> bytes:
     return b"wuma/pack-signature/v1\x00" + digest
 
 
+def _open_proof(data_key: bytes, pack_id: bytes, plain_sha256: bytes) -> bytes:
+    """The proof of decryption an open receipt carries: HMAC-SHA256 keyed by HKDF-SHA256 of
+    the pack's data key (info binds the pack id) over the SHA-256 of the pack's plaintext
+    (every chunk's, in order). APPSEC: the key holder alone (the line that unwrapped it)
+    makes it, and only with every code decrypted; a key of its own for this purpose, so
+    the proof tells nothing of the data key."""
+    mac_key = HKDF(hashes.SHA256(), 32, salt=None,
+                   info=b"wuma/open-proof/v2\x00" + pack_id).derive(data_key)
+    return hmac.new(mac_key, b"wuma/open-proof/v2\x00" + plain_sha256, hashlib.sha256).digest()
+
+
+def _proof_commitment(proof: bytes) -> str:
+    """What the brand keeps of a pack's expected proof of decryption: its SHA-256, which
+    checks a receipt's proof and makes none (the proof is 256 bits from a secret key: no
+    one finds it from this)."""
+    return hashlib.sha256(b"wuma/open-proof-commitment/v2\x00" + proof).hexdigest()
+
+
 def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b, strict=True))
 
@@ -338,6 +385,9 @@ class PackRegistry:
         self._receipts = data.store.db("pack_receipts")
         #: ``<line> NUL <pack id, 16 bytes>`` -> b"": one line's packs without reading every line's
         self._by_line = data.store.db("packs_by_line")
+        #: ``<batch u64><stop u64><pack id>`` -> ``<start u64>`` (:func:`_range_key`): the packs
+        #: holding a batch's serials, without reading every pack
+        self._by_range = data.store.db("packs_by_range")
         self._voids = VoidRuns(data.store)
         self._relabels = RelabelledLabels(data.store)
 
@@ -355,7 +405,11 @@ class PackRegistry:
         now: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[IssuedPack]:
-        """Write ``parts`` packs covering serials ``start..stop-1`` of a batch for a line."""
+        """Write ``parts`` packs covering serials ``start..stop-1`` of a batch for a line.
+
+        Conflict if packs not revoked hold serials of the range (:func:`_live`: of any line,
+        an export still running included; checked again as the packs are registered): a
+        batch's serials go to the lines once, until their pack is revoked."""
         if not isinstance(parts, int) or isinstance(parts, bool):
             raise TypeError("parts must be an int")
         batch = self._data.batches.get(batch_id)
@@ -372,6 +426,7 @@ class PackRegistry:
             )
         with self._store.read() as txn:  # NOTE: fail before any file is written
             self._refuse_voided(txn, batch, start, stop)
+            self._refuse_overlap(txn, batch.id, start, stop)
         if not 1 <= parts <= stop - start:
             raise ValueError(f"parts must be between 1 and {stop - start}")
         if not 1024 <= chunk_bytes <= 64 << 20:
@@ -423,14 +478,20 @@ class PackRegistry:
     def _register(self, written: list[_WrittenPart], batch, start: int, stop: int) -> None:
         """Register the written packs, not yet placed, in one transaction on disk before any
         file is placed (a relaxed store is synced); Conflict if codes of the range were
-        voided while they were written."""
+        voided while they were written, or another export registered packs of it meanwhile.
+
+        NOTE: race-free across processes: LMDB has one write transaction at a time, and the
+        range is checked in the one that registers it."""
         with self._store.write() as txn:
             self._refuse_voided(txn, batch, start, stop)
             self._index_by_line(txn)
+            self._index_by_range(txn)
+            self._refuse_overlap(txn, batch.id, start, stop)
             for part in written:
                 rec = part.record
                 self._put(txn, rec)
                 txn.put(_line_key(rec["line"], rec["id"]), b"", db=self._by_line)
+                txn.put(_range_key(rec), u64(rec["start"]), db=self._by_range)
                 self._event(txn, rec["id"], "issued", rec["created"], who=rec["line"])
         self._store.sync()  # NOTE: on disk before a file is placed, whatever the durability
 
@@ -483,6 +544,71 @@ class PackRegistry:
             for key, raw in txn.cursor(db=self._packs):
                 txn.put(_line_key(unpack(raw)["line"], key.hex()), b"", db=self._by_line)
             txn.put(_INDEXED, b"", db=self._by_line)
+
+    def _index_by_range(self, txn) -> None:
+        """Index by their batch's range (``packs_by_range``) the packs registered before there
+        was an index, once per data folder, in the write transaction ``txn`` of an export
+        (see :meth:`_index_by_line`); until then :meth:`_holding` reads every pack."""
+        if txn.get(_INDEXED, db=self._by_range) is None:
+            for _, raw in txn.cursor(db=self._packs):
+                rec = unpack(raw)
+                txn.put(_range_key(rec), u64(rec["start"]), db=self._by_range)
+            txn.put(_INDEXED, b"", db=self._by_range)
+
+    def _holding(self, txn, batch_id: int, start: int, stop: int) -> list[dict]:
+        """The live packs (:func:`_live`) holding serials of ``start:stop`` of the batch, by
+        their first serial, unannotated.
+
+        PERF: through ``packs_by_range``: only the batch's packs whose ranges end after
+        ``start`` are looked at (none, for an export after the last one)."""
+        if txn.get(_INDEXED, db=self._by_range) is None:
+            recs = [r for _, v in txn.cursor(db=self._packs)
+                    if (r := unpack(v))["batch"] == batch_id and r["start"] < stop and r["stop"] > start]
+        else:
+            prefix, recs = u64(batch_id), []
+            cur = txn.cursor(db=self._by_range)
+            found = cur.set_range(prefix + u64(start + 1))
+            while found and cur.key()[:8] == prefix:
+                if int.from_bytes(cur.value(), "big") < stop:  # NOTE: its first serial
+                    recs.append(self._get_raw(txn, cur.key()[16:].hex()))
+                found = cur.next()
+        return sorted((r for r in recs if _live(r)), key=lambda r: (r["start"], r["id"]))
+
+    def _holding_in(self, txn) -> Callable[[dict], list[dict]]:
+        """``holding(rec)``: the live packs holding serials of pack ``rec``'s range (see
+        :meth:`_holding`). PERF: without the range index (no export since the upgrade),
+        every pack is read once, not once a pack asked about."""
+        if txn.get(_INDEXED, db=self._by_range) is not None:
+            return lambda rec: self._holding(txn, rec["batch"], rec["start"], rec["stop"])
+        by_batch: dict[int, list[dict]] = {}
+        for _, v in txn.cursor(db=self._packs):
+            r = unpack(v)
+            if _live(r):
+                by_batch.setdefault(r["batch"], []).append(r)
+        return lambda rec: sorted((r for r in by_batch.get(rec["batch"], ())
+                                   if r["start"] < rec["stop"] and r["stop"] > rec["start"]),
+                                  key=lambda r: (r["start"], r["id"]))
+
+    def _refuse_overlap(self, txn, batch_id: int, start: int, stop: int) -> None:
+        """Conflict if live packs (:func:`_live`) hold serials of ``start:stop`` of the batch:
+        exported again, their codes would be printed twice. Names them (the first 5)."""
+        held = self._holding(txn, batch_id, start, stop)
+        if not held:
+            return
+        signers = self.lines.revoked_signers(txn)
+        named = []
+        for rec in held[:5]:
+            why = self._annotate(txn, dict(rec), signers)["withheld_reason"]
+            named.append(f"pack {rec['id']} (serials {rec['start']}:{rec['stop']}, line {rec['line']}"
+                         f"{'; ' + why if why else ''})")
+        more = f", and {len(held) - 5} more" if len(held) > 5 else ""
+        revoke = "; ".join(f"`wuma pack revoke {rec['id']}`" for rec in held[:5])
+        raise Conflict(
+            f"serials {start}:{stop} of batch {batch_id} are already in {len(held)} pack(s) not "
+            f"revoked: {'; '.join(named)}{more}. Exported again, their codes would be printed twice: "
+            f"if those packs must not be printed, revoke them first ({revoke}{more}), then export; "
+            "or export the serials around them"
+        )
 
     def _put(self, txn, rec: dict) -> None:
         txn.put(bytes.fromhex(rec["id"]), pack(rec), db=self._packs)
@@ -551,6 +677,9 @@ class PackRegistry:
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
+        # NOTE: what the line decrypts: its receipt proves it (_open_proof). PERF: SHA-256 ran at
+        # 0.9-1.3 GB/s here: ~0.12 s of CPU per 4M caps (40 bytes each), at export and at open
+        plain = hashlib.sha256()
         # NOTE: mode 0644: a pack is encrypted and signed. Made right before the try.
         file = NewFile(path, 0o644, unnamed=anonymous)
         try:
@@ -570,10 +699,10 @@ class PackRegistry:
                         units = min(upc, matrix.shape[0] - k)
                         first = s + k
                         final = first + units == stop
+                        rows = flat[k * row : (k + units) * row]
+                        plain.update(rows)
                         ct = aes.encrypt(
-                            _chunk_nonce(index, final),
-                            flat[k * row : (k + units) * row],
-                            _chunk_aad(hd, index, final, first, units),
+                            _chunk_nonce(index, final), rows, _chunk_aad(hd, index, final, first, units)
                         )
                         put(_FRAME.pack(len(ct), first, units))
                         put(ct)
@@ -601,6 +730,8 @@ class PackRegistry:
             "size": size,
             "signed_sha256": digest.hexdigest(),
             "file_sha256": whole.hexdigest(),  # NOTE: the signature too: a pull checks it all
+            # APPSEC: checks an open receipt's proof of decryption; the data key is not kept
+            "open_proof_sha256": _proof_commitment(_open_proof(data_key, pack_id, plain.digest())),
             "issuer": signer_id,
             "split": bool(split_key),
             "created": created,
@@ -718,10 +849,14 @@ class PackRegistry:
         recorded before (this receipt, or another: nothing is added). A pack revoked before
         it was opened is recorded all the same (the line did open it); its ``revoked_at``
         says so, as ``voided_serial`` says that codes of its range were voided since the
-        export. Refused (:class:`PackError`, see :func:`_check_report`): a receipt for a
+        export. ``open_proof``: "checked" (the receipt proved the pack decrypted), or
+        "unchecked" for a pack exported by an earlier release, which kept nothing to check
+        a proof against (its open is the line key's word, as it was then). Refused
+        (:class:`PackError`, see :func:`_check_report`): a receipt without the proof of
+        decryption, or with a wrong one, where the pack has one to check; a receipt for a
         pack its line never downloaded whole, or dated before that download or ahead of
         this clock by more than :data:`CLOCK_SKEW`."""
-        report, body, sig = _read_receipt(receipt)
+        report, body, sig, version = _read_receipt(receipt)
         line = self.lines.by_fingerprint(str(report.get("line_fp")))
         if line is None:
             raise PackError("the receipt is signed by no registered line")
@@ -729,7 +864,7 @@ class PackRegistry:
 
         try:
             Ed25519PublicKey.from_public_bytes(line.ed25519).verify(
-                sig, b"wuma/open-receipt/v1\x00" + body.encode()
+                sig, _RECEIPT_LABELS[version] + body.encode()
             )
         except InvalidSignature:
             raise PackError("the receipt's signature does not verify") from None
@@ -746,16 +881,19 @@ class PackRegistry:
                 self._from_history(txn, rec)
             if not same:
                 # NOTE: read the line again in this transaction: revoked meanwhile counts
-                _check_report(report, rec, self.lines.find(line.name, txn) or line, at)
+                _check_report(report, rec, self.lines.find(line.name, txn) or line, at, version)
+            # NOTE: a pack exported by this release has its opens checked, every one
+            open_proof = "checked" if rec.get("open_proof_sha256") else "unchecked"
             already = same or rec.get("opened_at") is not None
             if not already:
                 no = self._event(txn, rec["id"], "opened", at, who=line.name,
-                                 reported_at=report["opened_at"], count=report["count"])
+                                 reported_at=report["opened_at"], count=report["count"],
+                                 open_proof=open_proof)
                 txn.put(key, u64(no), db=self._receipts)
                 rec["opened_at"] = report["opened_at"]
                 self._put(txn, rec)
             self._annotate(txn, rec, self.lines.revoked_signers(txn))
-        return {**rec, "already_recorded": already}
+        return {**rec, "already_recorded": already, "open_proof": open_proof}
 
     def list(self, *, batch: int | None = None, line: str | None = None, events: bool = True) -> list[dict]:
         """Issued packs (oldest first), each with ``placed_at``: when its export had put
@@ -769,8 +907,11 @@ class PackRegistry:
         brand-keys.json refuse it; ``withheld_reason``: why the pack server does not serve
         it (export failed, not placed, revoked, codes voided, signer revoked), or None;
         and, with ``events`` (what ``pack list`` shows; the pull server's listing needs
-        neither), its ``events`` (issued, download, download_cut, opened, revoked,
-        export_failed) and ``file_present``: whether its file is where the export put it.
+        none of them), its ``events`` (issued, download, download_cut, opened, revoked,
+        export_failed), ``file_present``: whether its file is where the export put it, and
+        ``to_export_again``: None for a pack that holds its serials (:func:`_live`: no other
+        export may hand them out), else the ranges ``[start, stop]`` of its serials that no
+        such pack holds: what the brand exports again (none once a later export did).
 
         PERF: one line's packs are read through ``packs_by_line``, not every line's."""
         with self._store.read() as txn:
@@ -780,6 +921,9 @@ class PackRegistry:
                 if batch is None or rec["batch"] == batch:
                     packs[rec["id"]] = self._annotate(txn, rec, revoked_signers)
             if events:
+                holding = self._holding_in(txn)
+                for rec in packs.values():
+                    rec["to_export_again"] = None if _live(rec) else _not_held(rec, holding(rec))
                 for rec in packs.values():
                     rec["events"] = []
                 for _, v in txn.cursor(db=self._events):
@@ -809,9 +953,9 @@ class PackRegistry:
             found = cur.next()
 
 
-def _read_receipt(receipt: bytes) -> tuple[dict, str, bytes]:
-    """``(report, signed body, signature)`` of an open receipt, unchecked; PackError if it
-    is no receipt."""
+def _read_receipt(receipt: bytes) -> tuple[dict, str, bytes, int]:
+    """``(report, signed body, signature, format version)`` of an open receipt, unchecked;
+    PackError if it is no receipt. Version 1 (the earlier release's) has no ``v``."""
     try:
         d = json.loads(receipt)
         body = d["receipt"]
@@ -821,7 +965,25 @@ def _read_receipt(receipt: bytes) -> tuple[dict, str, bytes]:
             raise TypeError
     except (ValueError, KeyError, TypeError, RecursionError):  # NOTE: RecursionError: nested too deeply
         raise PackError("not a Wuma open receipt") from None
-    return report, body, sig
+    version = report.get("v", 1)
+    if (not isinstance(version, int) or isinstance(version, bool) or version not in _RECEIPT_LABELS
+            or (version == 1 and "v" in report)):
+        raise PackError(f"an open receipt of format {repr(version)[:20]}, which this release does not "
+                        "read: not a receipt written by `wuma pack open`")
+    return report, body, sig, version
+
+
+def _not_held(rec: dict, holding: list[dict]) -> list[list[int]]:
+    """The ranges ``[start, stop]`` of pack ``rec``'s serials that none of ``holding`` (packs
+    by their first serial) holds."""
+    left, at = [], rec["start"]
+    for other in holding:
+        if other["start"] > at:
+            left.append([at, min(other["start"], rec["stop"])])
+        at = max(at, other["stop"])
+    if at < rec["stop"]:
+        left.append([at, rec["stop"]])
+    return left
 
 
 def _issuer_version(issuer: object) -> int | None:
@@ -833,30 +995,38 @@ def _issuer_version(issuer: object) -> int | None:
     return int(version[1:])
 
 
-def _withheld_reason(rec: dict) -> str | None:
+def withheld_causes(rec: dict) -> list[tuple[str, str]]:
     """Why the pack server does not serve pack ``rec`` (annotated by
-    :meth:`PackRegistry._annotate`): its export failed or has not placed it, it was
-    revoked, codes of it voided, or its signer revoked; or None: it serves it."""
-    why = []
+    :meth:`PackRegistry._annotate`; empty: it serves it): ``(code, sentence)`` for each
+    cause, in the order the server answers them. The code is the pull server's error
+    (``export_failed``, ``pack_not_placed``, ``pack_revoked``, ``codes_voided``,
+    ``signer_revoked``); the sentence is the one wording of that cause, wherever it is
+    given (the listing's ``withheld_reason``, the server's refusal, `wuma pack list`,
+    `wuma pack report`), each adding what its reader is to do."""
+    causes = []
     if rec["export_failed_at"] is not None:
-        why.append(f"its export failed at {china_time(rec['export_failed_at'])} before every pack "
-                   "of it was in place: the brand exports its serials again")
+        causes.append(("export_failed", f"its export failed at {china_time(rec['export_failed_at'])} "
+                       "before every pack of it was in place"))
+    elif rec["placed_at"] is None and rec["revoked_at"] is not None:
+        causes.append(("pack_not_placed", "never in place: its export was cut off before it placed "
+                       "every file"))
     elif rec["placed_at"] is None:
-        why.append("not in place: its export is still running, or was cut off before it placed "
-                   "every file")
+        causes.append(("pack_not_placed", "not in place: its export is still running, or was cut off "
+                       "before it placed every file"))
     if rec["revoked_at"] is not None:
-        why.append(f"revoked at {china_time(rec['revoked_at'])}")
+        causes.append(("pack_revoked", f"revoked at {china_time(rec['revoked_at'])}"))
     if rec["voided_serial"] is not None:
-        why.append(
-            f"codes voided: serial {rec['voided_serial']} of batch {rec['batch']} (maybe "
-            f"more in {rec['start']}:{rec['stop']})"
-        )
+        causes.append(("codes_voided", f"codes voided: serial {rec['voided_serial']} of batch "
+                       f"{rec['batch']} (maybe more in {rec['start']}:{rec['stop']})"))
     if rec["signer_revoked_at"] is not None:
-        why.append(
-            f"signed by brand key {rec['issuer']}, revoked at "
-            f"{china_time(rec['signer_revoked_at'])}"
-        )
-    return "; ".join(why) or None
+        causes.append(("signer_revoked", f"signed by brand key {rec['issuer']}, revoked at "
+                       f"{china_time(rec['signer_revoked_at'])}"))
+    return causes
+
+
+def _withheld_reason(rec: dict) -> str | None:
+    """Every cause of :func:`withheld_causes`, in one sentence, or None: the server serves it."""
+    return "; ".join(why for _, why in withheld_causes(rec)) or None
 
 
 def _real(x: object) -> bool:
@@ -869,7 +1039,7 @@ def _real(x: object) -> bool:
         return False
 
 
-def _check_report(report: dict, rec: dict, line: Line, now: float) -> None:
+def _check_report(report: dict, rec: dict, line: Line, now: float, version: int) -> None:
     """Refuse an open report that :func:`open_pack` never writes, before it is recorded.
 
     APPSEC: a receipt's body is the line's own word, signed by its key. A revoked line's
@@ -879,8 +1049,11 @@ def _check_report(report: dict, rec: dict, line: Line, now: float) -> None:
     so its receipt reports the pack's count, no other number. A line opens what it pulled:
     a pack its line never downloaded whole from the pack server (``downloaded_at``) was
     not opened by it, and an open is dated between that download and now, give or take
-    :data:`CLOCK_SKEW`. Still, the receipt proves only the line key's word (no decryption:
-    the key, a pack id and its count from the listing make one)."""
+    :data:`CLOCK_SKEW`. The key, a pack id and its count from the listing make all that:
+    the receipt's proof of decryption (:func:`_open_proof`) is what no one makes without
+    the pack's data key and every code decrypted. A pack exported before this release
+    has nothing to check it against (``open_proof_sha256``): its receipts, of either
+    format, are the line key's word, as they were."""
     if line.revoked:
         raise PackError(
             f"line {line.name} was revoked at {china_time(line.revoked_at)}: receipts signed "
@@ -914,6 +1087,31 @@ def _check_report(report: dict, rec: dict, line: Line, now: float) -> None:
             f"{china_time(downloaded)}, now {china_time(now)}, clocks may differ by "
             f"{CLOCK_SKEW} s): not the time of an open; nothing recorded"
         )
+    _check_proof(report, rec, version)
+
+
+def _check_proof(report: dict, rec: dict, version: int) -> None:
+    """Refuse a receipt whose proof of decryption is missing or is not the pack's, unless
+    the pack was exported before there was one to check (see :func:`_check_report`)."""
+    expected = rec.get("open_proof_sha256")
+    if not expected:
+        return
+    again = ("the line must open the pack with this release's `wuma pack open --receipt FILE` and "
+             "send that receipt; nothing recorded")
+    if version == 1:
+        raise PackError(f"the receipt was written by an earlier release of `wuma pack open`, which "
+                        f"proves no decryption of pack {rec['id']}: {again}")
+    proof = report.get("proof")
+    try:
+        raw = bytes.fromhex(proof) if isinstance(proof, str) and len(proof) == 64 else None
+    except ValueError:
+        raw = None
+    if raw is None:
+        raise PackError(f"the receipt carries no proof that pack {rec['id']} was decrypted (the "
+                        f"line's key signs any report): {again}")
+    if not hmac.compare_digest(_proof_commitment(raw), expected):
+        raise PackError(f"the receipt's proof of decryption does not match pack {rec['id']} (made "
+                        f"without decrypting it, or for another pack): {again}")
 
 
 def _prefetch(it):
@@ -1099,27 +1297,33 @@ def open_pack(
         if s_bytes is not None:
             key = _xor(key, s_bytes)
         fh.seek(off + _WRAPPED)
-        _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_format, url)
-    opened_at = time.time() if now is None else now
-    body = json.dumps(
-        {
-            "pack": header["pack"],
-            "line": header["line"],
-            "line_fp": keys.fingerprint,
-            "count": header["count"],
-            "opened_at": opened_at,
-        },
-        sort_keys=True,
-    )
-    sig = keys.ed25519.sign(b"wuma/open-receipt/v1\x00" + body.encode())
-    receipt = json.dumps({"receipt": body, "signature": base64.b64encode(sig).decode()}).encode()
+        plain = hashlib.sha256()
+        _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_format, url, plain)
+    report = {
+        "v": _RECEIPT_VERSION,
+        "pack": header["pack"],
+        "line": header["line"],
+        "line_fp": keys.fingerprint,
+        "count": header["count"],
+        "opened_at": time.time() if now is None else now,
+        "proof": _open_proof(key, pack_id, plain.digest()).hex(),
+    }
+    receipt = _signed_receipt(keys, report)
     a, b = header["range"]
     return OpenedPack(
         header["pack"], header["batch"], header["line"], a, b, header["count"], header, receipt
     )
 
 
-def _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_format, url) -> None:
+def _signed_receipt(keys: LineKeys, report: dict) -> bytes:
+    """An open receipt: ``report`` as JSON, signed by the line's Ed25519 key."""
+    body = json.dumps(report, sort_keys=True)
+    sig = keys.ed25519.sign(_RECEIPT_LABELS[_RECEIPT_VERSION] + body.encode())
+    return json.dumps({"receipt": body, "signature": base64.b64encode(sig).decode()}).encode()
+
+
+def _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_format, url,
+                    plain) -> None:
     widths = np.array(header["widths"], np.int64)
     row = int(widths.sum())
     roles = header["roles"]
@@ -1128,7 +1332,7 @@ def _decrypt_stream(fh, path, header, hb, wrapped, digest, key, out, output_form
     row_max = 21 + row + len(widths) * (1 + len(prefix))
     if output_format == "csv":
         out.write(("serial," + ",".join(roles) + "\n").encode())
-    chunks = _prefetch(_plain_chunks(fh, path, header, hb, wrapped, digest, key, row))
+    chunks = _prefetch(_plain_chunks(fh, path, header, hb, wrapped, digest, key, row, plain))
     if output_format == "jsonl":
         for first, matrix in chunks:
             _write_jsonl(out, first, matrix, widths, roles, base)
@@ -1149,9 +1353,10 @@ def _csv_chunks(chunks, widths, prefix, row_max):
         yield memoryview(bufs[i % 2])[:nbytes]
 
 
-def _plain_chunks(fh, path, header, hb, wrapped, digest, key, row):
+def _plain_chunks(fh, path, header, hb, wrapped, digest, key, row, plain):
     """Yield ``(first serial, matrix)`` per chunk; raises unless every chunk decrypts, in
-    order, up to the final one, and the bytes are those whose signature was checked."""
+    order, up to the final one, and the bytes are those whose signature was checked.
+    ``plain`` (a SHA-256) is updated with every chunk's plaintext, for the receipt."""
     damaged = PackError(f"{path} is damaged: a chunk does not decrypt")
     hd = hashlib.sha256(hb).digest()
     aes = AESGCM(key)
@@ -1179,6 +1384,7 @@ def _plain_chunks(fh, path, header, hb, wrapped, digest, key, row):
             )
         except InvalidTag:
             raise damaged from None
+        plain.update(pt)
         expect = first + units
         index += 1
         if final and again.copy().digest() != digest:

@@ -261,7 +261,8 @@ def test_a_failed_exports_packs_are_withheld_and_a_copy_a_line_got_is_set_aside(
     assert sorted(serials) == list(range(1000))
     reg._data.close()  # NOTE: the CLI opens the folder itself (once a process)
     listing = _cli(reg._data.path, "pack", "list").output
-    assert listing.count("export failed at") == 2 and f"export serials 0:500 of batch {batch.id} again" in listing
+    assert listing.count("export failed at") == 2 and f"export serials 0:500 of batch {batch.id} again" not in listing
+    assert listing.count("its serials are in pack(s) exported since: nothing to export again") == 2
 
 
 def test_an_export_whose_failure_the_store_cannot_mark_leaves_its_packs_unserved(world, monkeypatch):
@@ -303,8 +304,9 @@ def test_a_killed_exports_packs_are_not_served_and_do_not_fail_the_lines_pulls(p
         shutil.copy(out / placed, line / placed)  # a copy taken from the export folder
         # the brand is told what to do: revoke them, which deletes the file left in place
         res = _cli(tmp / "wuma-data", "pack", "list")
-        assert res.exit_code == 0 and res.output.count("not in place (its export is still running, or was "
-                                                       "cut off before it placed every file): not served") == 3
+        assert res.exit_code == 0 and res.output.count("withheld: not in place: its export is still running, or "
+                                                       "was cut off before it placed every file; if no export is "
+                                                       "running, revoke it") == 3
         assert "revoke it (`wuma --data" in res.output and "which deletes its file" in res.output
         for pack_id in ids:
             assert _cli(tmp / "wuma-data", "pack", "revoke", pack_id).exit_code == 0
@@ -314,7 +316,9 @@ def test_a_killed_exports_packs_are_not_served_and_do_not_fail_the_lines_pulls(p
     finally:
         server.stop()
     res = _cli(tmp / "wuma-data", "pack", "list")
-    assert res.output.count("revoked, never in place: not served; export serials") == 3
+    assert res.output.count("withheld: never in place: its export was cut off before it placed every file; "
+                            "revoked at ") == 3
+    assert res.output.count("; export serials ") == 3
 
 
 _EXPORT_LATE = r'''
@@ -382,7 +386,7 @@ def test_a_slow_lines_download_outlasts_the_worker_timeout_and_other_lines_are_s
     (slow,) = reg.export(big.id, "L1", tmp / "packs")
     other = generate_line_keys(tmp / "line2")
     reg.lines.add("L2", (tmp / "line2" / "line.pub").read_bytes())
-    (theirs,) = reg.export(big.id, "L2", tmp / "packs", start=0, stop=100)
+    (theirs,) = reg.export(data.create_batch("cap", 100).id, "L2", tmp / "packs")
     server = PackServer(data.path, workers=1, timeout=1, raw=how != "wuma pack serve")
     try:
         result: dict = {}
@@ -442,19 +446,19 @@ def test_a_receipt_needs_a_download_a_sensible_time_and_counts_once(world):
     (p,) = test_packs._export(world, stop=300, split_key=True)
     now = time.time()
     with pytest.raises(PackError, match=f"line L1 never downloaded pack {p.id} whole"):
-        reg.record_open(_receipt(keys, p.id, 300, now))
+        reg.record_open(_receipt(keys, p, 300, now))
     reg.record_download(p.id, "L1", "127.0.0.1", sent=100, now=now - 60)  # cut off: not enough
     with pytest.raises(PackError, match="never downloaded"):
-        reg.record_open(_receipt(keys, p.id, 300, now))
+        reg.record_open(_receipt(keys, p, 300, now))
     reg.record_download(p.id, "L1", "127.0.0.1", now=now - 60)
     for at, why in ((32503680000.0, "ahead of this clock"), (now - 60 - CLOCK_SKEW - 1, "before its first download")):
         with pytest.raises(PackError, match=f"dates the open of pack {p.id} {why}"):
-            reg.record_open(_receipt(keys, p.id, 300, at))
+            reg.record_open(_receipt(keys, p, 300, at))
     assert not [e for e in _events(reg, p.id) if e["kind"] == "opened"]
-    first = reg.record_open(_receipt(keys, p.id, 300, now - 60 - CLOCK_SKEW + 1))  # a line's clock behind
+    first = reg.record_open(_receipt(keys, p, 300, now - 60 - CLOCK_SKEW + 1))  # a line's clock behind
     assert first["already_recorded"] is False and first["opened_at"] == now - 60 - CLOCK_SKEW + 1
     for at in (now, now + 1):  # another open of the pack: answered as the first
-        again = reg.record_open(_receipt(keys, p.id, 300, at))
+        again = reg.record_open(_receipt(keys, p, 300, at))
         assert again["already_recorded"] is True and again["opened_at"] == first["opened_at"]
     assert len([e for e in _events(reg, p.id) if e["kind"] == "opened"]) == 1
 
@@ -468,15 +472,15 @@ def test_downloads_and_opens_recorded_before_the_upgrade_count(world):
     now = time.time()
     for p in (opened, reopened):
         reg.record_download(p.id, "L1", "127.0.0.1", now=now - 7200)
-    reg.record_open(_receipt(keys, opened.id, 300, now - 7000))
+    reg.record_open(_receipt(keys, opened, 300, now - 7000))
     with reg._store.write() as txn:  # NOTE: as the earlier release left the records
         for p in (opened, reopened):
             rec = reg._get_raw(txn, p.id)
             del rec["downloaded_at"], rec["opened_at"]
             reg._put(txn, rec)
-    assert reg.record_open(_receipt(keys, opened.id, 300, now - 100))["already_recorded"] is True
+    assert reg.record_open(_receipt(keys, opened, 300, now - 100))["already_recorded"] is True
     reg.record_download(reopened.id, "L1", "127.0.0.1", now=now - 60)  # pulled again later
-    got = reg.record_open(_receipt(keys, reopened.id, 300, now - 7000))  # its open of before
+    got = reg.record_open(_receipt(keys, reopened, 300, now - 7000))  # its open of before
     assert got["already_recorded"] is False and got["opened_at"] == now - 7000
 
 
@@ -502,8 +506,8 @@ def test_a_lines_listing_reads_only_its_own_packs(world, monkeypatch):
     reg, _keys, _brand, batch, tmp = world
     generate_line_keys(tmp / "line2")
     reg.lines.add("L2", (tmp / "line2" / "line.pub").read_bytes())
-    reg.export(batch.id, "L2", tmp / "packs", parts=200, chunk_bytes=CHUNK)
-    mine = test_packs._export(world, stop=100, parts=2)
+    reg.export(batch.id, "L2", tmp / "packs", stop=2000, parts=200, chunk_bytes=CHUNK)
+    mine = test_packs._export(world, start=2000, stop=2100, parts=2)
     read = []
     real = P.unpack
     monkeypatch.setattr(P, "unpack", lambda raw: read.append(raw) or real(raw))

@@ -302,7 +302,7 @@ def test_packs_with_voided_codes_are_not_listed_nor_served(world, server, data):
     res = CliRunner().invoke(cli, [*cli_data, "pack", "list"])
     assert res.exit_code == 0, res.output
     by_id = {line.split(":")[0]: line for line in res.output.splitlines()}
-    assert "voided (serial 150" in by_id[f"pack {hit.id}"]
+    assert "withheld: codes voided: serial 150" in by_id[f"pack {hit.id}"]
     assert "voided" not in by_id[f"pack {kept.id}"]
     # `wuma void --batch` takes the other one off too
     res = CliRunner().invoke(
@@ -359,7 +359,8 @@ def test_local_copy_of_a_revoked_pack_is_set_aside_never_over_another(world, ser
     path = f"/packs/{hit.id}"  # and its file is refused with a code of its own
     status, body = _call(server, path, sign_request(keys, "GET", path))
     assert (status, json.loads(body)) == (410, {
-        "error": "pack_revoked", "message": f"pack {hit.id} is revoked: it must not be printed"})
+        "error": "pack_revoked",
+        "message": f"pack {hit.id} is withheld: revoked at 2027-01-15 16:00:00+08:00: it must not be printed"})
     got = pull_packs(keys, server, out)
     assert got == []
     (w,) = got.withheld
@@ -479,11 +480,12 @@ def test_report_of_a_pack_revoked_or_voided_since_says_so(world, data, after):
     events = [e["kind"] for e in json.loads(CliRunner().invoke(
         cli, ["--data", str(data.path), "pack", "list", "--json"]).output.splitlines()[0])["events"]]
     if after == "revoked":
-        assert f"pack {p.id} was revoked at 2027-01-15 16:00:00+08:00" in res.output
+        assert f"pack {p.id} is withheld (revoked at 2027-01-15 16:00:00+08:00)" in res.output
         assert "its codes should not have been printed" in res.output
         assert events == ["issued", "download", "revoked", "opened"]
     else:
-        assert f"codes of pack {p.id} were voided since its export (serial 150 of batch {batch.id})" in res.output
+        assert (f"pack {p.id} is withheld (codes voided: serial 150 of batch {batch.id} (maybe more in 0:300)): "
+                "its codes should not have been printed") in res.output
         assert events == ["issued", "download", "opened"]
 
 

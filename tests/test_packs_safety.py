@@ -121,6 +121,7 @@ def test_reexport_of_same_range_keeps_both_packs(world):
     reg, keys, brand, _batch, tmp = world
     (first,) = _export(world, start=100, stop=150)
     first_bytes = Path(first.path).read_bytes()
+    reg.revoke(first.id)  # NOTE: a range is exported again once its pack is revoked
     (second,) = _export(world, start=100, stop=150)
     assert first.path != second.path
     assert first.id in first.path and second.id in second.path
@@ -147,14 +148,18 @@ def test_export_never_replaces_an_existing_file(world, monkeypatch):
 
 
 def test_pull_gets_each_reexported_pack_under_its_own_id(world, server):
-    _reg, keys, _brand, _batch, tmp = world
+    reg, keys, _brand, _batch, tmp = world
     (first,) = _export(world, start=100, stop=150)
+    assert [p.name for p in pull_packs(keys, server, tmp / "pulled")] == [os.path.basename(first.path)]
+    reg.revoke(first.id)  # NOTE: a range is exported again once its pack is revoked
     (second,) = _export(world, start=100, stop=150)
     got = pull_packs(keys, server, tmp / "pulled")
-    assert sorted(p.name for p in got) == sorted(os.path.basename(p.path) for p in (first, second))
-    for p in (first, second):
-        pulled = tmp / "pulled" / os.path.basename(p.path)
-        assert pulled.read_bytes() == Path(p.path).read_bytes()
+    assert [p.name for p in got] == [os.path.basename(second.path)]
+    assert [w.id for w in got.withheld] == [first.id]  # set aside, never replaced
+    pulled = tmp / "pulled" / os.path.basename(second.path)
+    assert pulled.read_bytes() == Path(second.path).read_bytes()
+    aside = tmp / "pulled" / (os.path.basename(first.path) + ".withheld")
+    assert aside.read_bytes() == Path(first.path).read_bytes()
 
 
 # -- 3. pack open never writes over the pack, and checks the receipt path first ---------------
