@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
-import weakref
-from bisect import bisect_left
-from collections import deque
 from typing import Callable
 
 import falcon
@@ -32,23 +27,18 @@ from engine.abuse import client_address, sweep_every
 from engine.aggregation import Aggregation
 from engine.data import DataFolder, default_data_path
 from engine.errors import Banned, RateLimited, Unauthorized
-from engine.every import Every
+from engine.metrics import (BUCKET_KEYS, COUNT_KEY, LATENCY_BUCKETS, REFUSED_KEYS, SUM_KEY, VERDICT_KEYS,
+                            Metrics, flush_metrics)
 from engine.openapi import OPENAPI
-from engine.scan import JSON_ENCODER, VERDICTS, ScanPipeline, ScanRequest
+from engine.scan import JSON_ENCODER, ScanPipeline, ScanRequest
 from engine.scanlog import ScanLog, gate_writes
-from engine.store import Store, clear_dead_readers_every, pack, unpack
+from engine.store import Store, clear_dead_readers_every
 
 __all__ = ["create_app", "app_from_env", "serving", "json_body", "Metrics", "LATENCY_BUCKETS", "JSON_HANDLER",
            "flush_metrics"]
 
 log = logging.getLogger("wuma.http")
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
 _MAX_BODY = 16 * 1024
-_BUCKET_KEYS = tuple(f'wuma_scan_latency_seconds_bucket{{le="{b}"}}' for b in LATENCY_BUCKETS) + (
-    'wuma_scan_latency_seconds_bucket{le="+Inf"}',)
-_VERDICT_KEYS = {v: f'wuma_scans_total{{verdict="{v}"}}' for v in VERDICTS}
-_REFUSED_KEYS = {r: f'wuma_scans_refused_total{{reason="{r}"}}'
-                 for r in ("unauthorized", "banned", "rate_limited", "storage_unavailable")}
 
 #: JSON bodies in and out. PERF: one reused encoder (engine.scan.JSON_ENCODER). Falcon's
 #: default, ``json.dumps(obj, ensure_ascii=False)``, builds a new JSONEncoder on every call:
@@ -56,110 +46,6 @@ _REFUSED_KEYS = {r: f'wuma_scans_refused_total{{reason="{r}"}}'
 #: scan routes write their answers with ScanResult.to_json instead (the same bytes; 8.0 ->
 #: 4.7 µs against the reused encoder, measured another day).
 JSON_HANDLER = falcon.media.JSONHandler(dumps=JSON_ENCODER.encode)
-
-
-class Metrics:
-    """Counters shared by all workers: each worker flushes its own totals to LMDB once a
-    second (key = pid); /metrics sums every worker's last totals. PERF: no write per
-    request."""
-
-    def __init__(self, counters: Store, interval: float = 1.0) -> None:
-        self._db = counters.db("metrics")
-        self._counters = counters
-        self._lock = threading.Lock()  # the values
-        self._flush_lock = threading.Lock()  # one flush at a time, snapshot to write
-        self._key = f"pid:{os.getpid()}:{time.time_ns()}".encode()
-        self.values: dict[str, float] = {}
-        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
-        self._latency_sum = 0.0
-        self._observed: deque[tuple[str, float]] = deque()  # see observe_scan
-        self._interval = interval
-        self._dirty = False
-        threading.Thread(target=self._flusher, daemon=True, name="wuma-metrics").start()
-        _LIVE_METRICS.add(self)
-
-    def inc(self, name: str, by: float = 1.0) -> None:
-        with self._lock:
-            self.values[name] = self.values.get(name, 0.0) + by
-            self._dirty = True
-
-    def observe_scan(self, verdict: str, seconds: float) -> None:
-        """Count one answered scan by verdict, and its latency.
-
-        PERF: appended to a queue (deque.append is atomic: no lock on the request path;
-        the lock and the counting took 0.7-0.9 µs a scan under gevent, the append 0.1 µs);
-        counted at the next flush or read."""
-        self._observed.append((verdict, seconds))
-
-    def _count_observed(self) -> None:
-        """Move the queued scans into the counters (caller holds the lock)."""
-        observed, values, latency = self._observed, self.values, self._latency
-        while observed:
-            verdict, seconds = observed.popleft()
-            key = _VERDICT_KEYS[verdict]
-            values[key] = values.get(key, 0.0) + 1.0
-            latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._latency_sum += seconds
-            self._dirty = True
-
-    def _snapshot(self) -> dict[str, float]:
-        self._count_observed()
-        out = dict(self.values)
-        if any(self._latency):
-            n = 0
-            for key, count in zip(_BUCKET_KEYS, self._latency):
-                n += count
-                out[key] = float(n)
-            out["wuma_scan_latency_seconds_count"] = float(n)
-            out["wuma_scan_latency_seconds_sum"] = self._latency_sum
-        return out
-
-    def flush(self) -> None:
-        """Write this worker's totals. Flushes run one at a time from snapshot to write: a
-        flush that found nothing new returns only once the one before it has written (so
-        :meth:`totals` never reads before a snapshot already taken is stored), and an
-        older snapshot never overwrites a newer one."""
-        with self._flush_lock:
-            with self._lock:
-                snapshot = self._snapshot()
-                if not self._dirty:
-                    return
-                self._dirty = False
-            with self._counters.write() as txn:
-                txn.put(self._key, pack(snapshot), db=self._db)
-
-    def _flusher(self) -> None:
-        failing = Every(60)  # NOTE: a full disk fails every flush: logged once a minute
-        while True:
-            time.sleep(self._interval)
-            try:
-                self.flush()
-            except Exception:  # pragma: no cover - metrics must never take a worker down
-                if failing.due():
-                    log.exception("metrics flush failed")
-
-    def totals(self) -> dict[str, float]:
-        self.flush()
-        out: dict[str, float] = {}
-        with self._counters.read() as txn:
-            for _, raw in txn.cursor(db=self._db):
-                for k, v in unpack(raw).items():
-                    out[k] = out.get(k, 0.0) + v
-        return out
-
-
-#: The process's metrics, for :func:`flush_metrics` (a worker has one).
-_LIVE_METRICS: weakref.WeakSet = weakref.WeakSet()
-
-
-def flush_metrics() -> None:
-    """Write this process's metrics now: a worker about to exit (its flusher writes once a
-    second, and a quick stop would lose the scans answered since)."""
-    for m in list(_LIVE_METRICS):
-        try:
-            m.flush()
-        except Exception:  # pragma: no cover - an exiting worker must exit
-            log.exception("metrics flush at exit failed")
 
 
 try:  # gunicorn's errors for a body it cannot parse (a bad chunk size...)
@@ -259,21 +145,21 @@ class ScanResource:
 def _refused(req: falcon.Request, resp: falcon.Response, metrics: Metrics, e: Exception) -> None:
     """The answer to a scan or check the pipeline refused."""
     if isinstance(e, lmdb.Error):  # NOTE: map or disk full, an I/O error: nothing stored
-        metrics.inc(_REFUSED_KEYS["storage_unavailable"])
+        metrics.inc(REFUSED_KEYS["storage_unavailable"])
         http_errors.storage_unavailable(req, resp, e, "the scan could not be stored and was not "
                                                       "counted; try again later")
         return
     if isinstance(e, ValueError):
         raise falcon.HTTPBadRequest(title="bad_request", description=str(e)) from None
     if isinstance(e, Unauthorized):
-        metrics.inc(_REFUSED_KEYS["unauthorized"])
+        metrics.inc(REFUSED_KEYS["unauthorized"])
         _error(resp, falcon.HTTP_401, "unauthorized", str(e))
         resp.set_header("WWW-Authenticate", "Bearer")
     elif isinstance(e, Banned):
-        metrics.inc(_REFUSED_KEYS["banned"])
+        metrics.inc(REFUSED_KEYS["banned"])
         _error(resp, falcon.HTTP_403, "banned", str(e), until=e.until)
     else:
-        metrics.inc(_REFUSED_KEYS["rate_limited"])
+        metrics.inc(REFUSED_KEYS["rate_limited"])
         _error(resp, falcon.HTTP_429, "rate_limited", str(e))
         resp.set_header("Retry-After", str(e.retry_after))
 
@@ -326,10 +212,10 @@ class MetricsResource:
             lines.append(f"# TYPE {name} {kind}")
             lines.extend(f"{k} {_sample(totals.get(k, 0.0))}" for k in keys)
 
-        family("wuma_scans_total", "counter", "Scans answered, by verdict.", _VERDICT_KEYS.values())
-        family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", _REFUSED_KEYS.values())
+        family("wuma_scans_total", "counter", "Scans answered, by verdict.", VERDICT_KEYS.values())
+        family("wuma_scans_refused_total", "counter", "Scans refused, by reason.", REFUSED_KEYS.values())
         family("wuma_scan_latency_seconds", "histogram", "Time to answer a scan.",
-               (*_BUCKET_KEYS, "wuma_scan_latency_seconds_sum", "wuma_scan_latency_seconds_count"))
+               (*BUCKET_KEYS, SUM_KEY, COUNT_KEY))
         totals["wuma_bans_active"] = float(self.data.abuse.count_active())
         family("wuma_bans_active", "gauge", "Clients banned now.", ("wuma_bans_active",))
         resp.content_type = "text/plain; version=0.0.4"

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from contextlib import contextmanager
@@ -586,37 +587,69 @@ def test_json_bodies_are_utf8_text():
         "name": "绿茶 500ml", "n": [1, 2.5, None]}
 
 
-def test_metrics_totals_wait_for_a_flush_in_flight(tmp_path):
-    """The periodic flush takes its snapshot, then writes it: totals() called in between
-    must still count those scans (it once read the store before that write landed)."""
+def test_metrics_keep_the_counts_of_a_worker_killed_with_sigkill_once(tmp_path):
+    """A worker counts into shared memory: kill -9 a moment after its last answer loses
+    none of its counts (a second's were lost when each worker wrote its totals once a
+    second), and its counts are added once, however many workers start after it."""
     from engine.http_scan import Metrics
     from engine.store import Store
 
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from engine.http_scan import Metrics
+        from engine.store import Store
+        m = Metrics(Store({str(tmp_path / "counters")!r}, sync=False))
+        for i in range(1000):
+            m.observe_scan("genuine" if i % 4 else "voided", 0.003)
+        m.inc('wuma_scans_refused_total{{reason="banned"}}')
+        print("counted", flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.stdout.readline() == "counted\n"
     counters = Store(tmp_path / "counters", sync=False)
-    metrics = Metrics(counters, interval=3600)  # no periodic flush during the test
-    metrics.observe_scan("genuine", 0.001)
-    opened, snapshot_taken = counters.write, threading.Event()
+    live = Metrics(counters)  # the child lives: its file is read, not folded
+    assert live.totals()['wuma_scans_total{verdict="genuine"}'] == 750
+    assert len(list((tmp_path / "counters" / "metrics").glob("*.cells"))) == 2
+    child.kill()
+    child.wait(10)
+    started = []
+    for _ in range(3):  # workers starting after it: the dead one's file folded by the first, once
+        started.append(Metrics(counters))
+        got = started[-1].totals()
+        assert got['wuma_scans_total{verdict="genuine"}'] == 750
+        assert got['wuma_scans_total{verdict="voided"}'] == 250
+        assert got['wuma_scans_refused_total{reason="banned"}'] == 1
+        assert got["wuma_scan_latency_seconds_count"] == 1000
+        assert got.get('wuma_scan_latency_seconds_bucket{le="0.002"}', 0) == 0
+        assert got['wuma_scan_latency_seconds_bucket{le="0.005"}'] == 1000
+        assert abs(got["wuma_scan_latency_seconds_sum"] - 3.0) < 1e-9
+    assert live.totals() == got
+    assert len(list((tmp_path / "counters" / "metrics").glob("*.cells"))) == 4  # the live ones only
 
-    def slow_write():
-        snapshot_taken.set()
-        time.sleep(0.2)
-        return opened()
 
-    counters.write = slow_write
-    flusher = threading.Thread(target=metrics.flush)
-    flusher.start()
-    assert snapshot_taken.wait(5)
-    got = metrics.totals()
-    flusher.join()
-    assert got.get('wuma_scans_total{verdict="genuine"}') == 1.0
-    assert got.get("wuma_scan_latency_seconds_count") == 1.0
+def test_metrics_add_what_an_older_release_wrote(tmp_path):
+    """Totals an older release's workers wrote to the store (one entry each) still count."""
+    from engine.http_scan import Metrics
+    from engine.store import Store, pack
+
+    counters = Store(tmp_path / "counters", sync=False)
+    db = counters.db("metrics")  # NOTE: opened before the write (opening takes the write lock)
+    with counters.write() as txn:
+        txn.put(b"pid:41:1", pack({'wuma_scans_total{verdict="genuine"}': 5.0,
+                                   "wuma_scan_latency_seconds_count": 5.0}), db=db)
+    m = Metrics(counters)
+    m.observe_scan("genuine", 0.001)
+    got = m.totals()
+    assert got['wuma_scans_total{verdict="genuine"}'] == 6
+    assert got["wuma_scan_latency_seconds_count"] == 6
 
 
 def test_metrics_count_every_observed_scan_exactly(tmp_path):
     from engine.http_scan import LATENCY_BUCKETS, Metrics
     from engine.store import Store
 
-    metrics = Metrics(Store(tmp_path / "counters", sync=False), interval=0.01)  # flushing all along
+    metrics = Metrics(Store(tmp_path / "counters", sync=False))
 
     def observe(k: int) -> None:
         for i in range(5000):
@@ -973,10 +1006,10 @@ def test_the_openapi_documents_are_openapi_3_0():
         assert all(isinstance(t, str) for t in types(doc["paths"])), [t for t in types(doc) if not isinstance(t, str)]
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_scans_answered_just_before_a_stop_are_in_the_metrics(tmp_path, how):
-    """A worker writes its counts once a second; a quick stop (Ctrl-C) lost the scans it
-    answered since (15 of 50 counted). Each worker now writes them as it exits."""
+    """A quick stop (Ctrl-C) lost the scans answered in the second before (15 of 50
+    counted), and a kill -9 of the workers too: each worker counts into shared memory."""
     w = build_world(tmp_path / "wuma-data", invalid_threshold=10**9, rate_per_minute=10**9)
     codes = [w["data"].codes.code(w["caps"], i, "cap_inner") for i in range(w["caps"].count)]
     w["data"].close()
@@ -991,7 +1024,7 @@ def test_scans_answered_just_before_a_stop_are_in_the_metrics(tmp_path, how):
     before = genuine(s)
     for i in range(50):
         assert s.scan({"code": codes[i % len(codes)], "device": f"m-{i}"})[0] == 200
-    os.killpg(s.proc.pid, how)
+    os.killpg(s.proc.pid, how)  # SIGKILL: the whole server, at once after its last answer
     s.proc.wait(30)
     s.log.close()
     s = Server(tmp_path / "wuma-data")
