@@ -129,6 +129,12 @@ class _Place:
     witness: int | None
     top: int
 
+    @classmethod
+    def of_first(cls, have: str | None, uid: int, parent: int) -> _Place:
+        """The hands an empty ``parent`` with no distributor takes from the first unit put
+        into it, ``uid``, with distributor ``have`` (None: none)."""
+        return cls(have, uid if have is not None else None, parent)
+
 
 #: The most records a cache of records that never change keeps (a server worker runs for
 #: months: a brand shipping 10k orders a day kept ~2.4 GB of shipments a year a worker).
@@ -860,9 +866,9 @@ class Aggregation:
         own is with the one its goods are with (a rebuilt pallet), else with none (the
         brand's pallet). Elsewhere the unit is refused with a :class:`Conflict` naming it,
         both hands and what to do first (:meth:`_place`, :meth:`_hands_text`; :meth:`link`
-        applies the same rule, the line-collection load to shipped parents): a ship,
-        transfer or return records the change of hands, then the move. Nothing is moved
-        when one unit is refused.
+        and the line-collection load apply the same rule): a ship, transfer or return
+        records the change of hands, then the move. Nothing is moved when one unit is
+        refused.
         """
         target_label = self._label(to)
         labels = [self._label(c) for c in codes]
@@ -1327,28 +1333,12 @@ class Aggregation:
         """The distributor a unit is with (its own shipment or an ancestor's), or None."""
         return self._distributor_of(txn, self._resolved(txn, uid)[1])
 
-    def _other_hands(self, txn, uid: int, sid: int, parent: int,
-                     parent_dist: str | None) -> str | None:
-        """Why ``uid`` (resolving to shipment ``sid``) may not go into ``parent`` (with
-        distributor ``parent_dist`` through its own record or an ancestor's; None for none
-        or returned), or None when it may: the line-collection load's question
-        (``engine.ingest``, which asks it of shipped parents only). The rule and its
-        wording are :meth:`_hands_text`'s; :meth:`move` and :meth:`link` ask
-        :meth:`_refuse_other_hands`, which also reads a parent with no distributor of its
-        own by its goods."""
-        if parent_dist is None:
-            return None
-        have = self._distributor_of(txn, sid)
-        if have == parent_dist:
-            return None
-        via = self._resolved(txn, parent)[0]  # NOTE: read only for a refusal
-        return self._hands_text(txn, uid, have, parent, _Place(parent_dist, None, via))
-
-    def _place(self, txn, parent: int) -> _Place | None:
+    def _place(self, txn, parent: int, goods: dict | None = None) -> _Place | None:
         """Whose hands a unit going into ``parent`` must be in (:class:`_Place`), or None
         when any unit may go in: nothing was ever shipped, or ``parent`` has no distributor
         through its own record or an ancestor's and neither it nor any unit above it holds
-        anything (a fresh pallet label, 拆垛组垛).
+        anything (a fresh pallet label, 拆垛组垛). ``goods``: what :meth:`_goods_of` found
+        of top units, kept across calls in one transaction (a load asks of many parents).
 
         NOTE: a parent with no distributor of its own is with the one most of the goods of
         its topmost unit are with (a pallet rebuilt from A's cases is A's, as
@@ -1367,7 +1357,12 @@ class Aggregation:
         if want is not None:
             return _Place(want, None, via)
         top = chain[-1] if chain else parent
-        want, witness = self._goods_of(txn, top)
+        found = None if goods is None else goods.get(top)
+        if found is None:
+            found = self._goods_of(txn, top)
+            if goods is not None:
+                goods[top] = found
+        want, witness = found
         if witness is None:
             return None
         return _Place(want, witness if want is not None else None, top)
@@ -1386,7 +1381,7 @@ class Aggregation:
             return place
         have = self._holder(txn, uid)
         if place is None:
-            return _Place(have, uid if have is not None else None, parent)
+            return _Place.of_first(have, uid, parent)
         if have != place.want:
             raise Conflict(f"{self._hands_text(txn, uid, have, parent, place)}, then {then}")
         return place
@@ -1552,7 +1547,7 @@ class Aggregation:
         """The records below ``u`` (:meth:`_below`), once ``u`` may pass to ``to`` with all
         it holds; Conflict otherwise, naming the unit in the way and what to do.
 
-        NOTE: the rule of :meth:`_other_hands` seen from above: nothing below a unit is
+        NOTE: the rule of :meth:`_refuse_other_hands` seen from above: nothing below a unit is
         with another distributor than the unit, so that a later transfer or return of it
         reassigns no one else's goods. The distributor a unit is with is the one it
         resolves to, or for a unit with none (a pallet rebuilt 拆垛组垛) the one all it

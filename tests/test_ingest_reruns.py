@@ -186,6 +186,55 @@ def test_a_partial_load_rerun_says_how_many_were_rejected_then_and_keeps_its_rej
     assert (tmp_path / "line.csv.rejects").read_text() == rejects
 
 
+# -- F3b: files loaded by an older release ------------------------------------------------------
+def _as_an_older_release_left_it(data) -> None:
+    """No index of loaded files (``agg_loaded_files``), as a data folder written before it
+    looks; its load events hold each file's sha256 all the same."""
+    with data.store.write() as txn:
+        txn.drop(data.store.db("agg_loaded_files"), delete=False)
+
+
+def test_a_file_loaded_by_an_older_release_is_recognised(run, tmp_path):
+    """A re-run of a file an older release loaded put back the units unpacked since; it is
+    recognised by the sha256 its load event recorded (the latest load of it is named), and
+    ``--again`` still loads it."""
+    C, K, agg = run.caps, run.cases, run.agg
+    f = _warehouse_file(run, tmp_path)
+    agg.load(f, now=1_800_000_000.0)
+    agg.unpack(K[0], [C[4]])
+    g = _file(tmp_path, _line(K[2], C[50]), name="g.csv")
+    agg.load(g)
+    agg.unpack(K[2])
+    agg.load(g, again=True, now=1_800_000_100.0)
+    _as_an_older_release_left_it(run.data)
+    res = _cli(run, "aggregate", "load", str(f))
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"already loaded: {f} holds what the load of event 1 took "
+                                 "(line.csv, ")
+    with DataFolder(run.data.path) as data:
+        agg = Aggregation(data)
+        assert _parents(agg, [C[4]]) == [None]
+        assert [e["type"] for e in agg.events()] == ["load", "unpack", "load", "unpack", "load"]
+        rep = agg.load(g)
+        assert rep.already_loaded["event_id"] == 5 and rep.already_loaded["time"] == 1_800_000_100.0
+        rep = agg.load(f, again=True)
+        assert rep.links_added == 1 and rep.links_existing == 47
+        assert _parents(agg, [C[4]]) == [agg.unit(K[0])]
+
+
+def test_the_loads_of_an_older_release_are_read_once(run, monkeypatch):
+    """PERF: the load events are read by the first load after the upgrade, not by later
+    ones, whether they find their file loaded before or not."""
+    C, K, agg = run.caps, run.cases, run.agg
+    raw = _text(_line(K[0], *C[:3]))
+    agg.load(raw)
+    _as_an_older_release_left_it(run.data)
+    assert agg.load(_text(_line(K[1], C[30]))).links_added == 1  # reads them
+    monkeypatch.setattr(ingest, "_older_loads", lambda *a: pytest.fail("read again"))
+    assert agg.load(raw).already_loaded["event_id"] == 1
+    assert agg.load(_text(_line(K[1], C[31]))).links_added == 1
+
+
 # -- F4: codes in forms other than bare ----------------------------------------------------------
 def _dashed(code: str) -> str:
     return "-".join(code[i:i + 5] for i in range(0, len(code), 5))
