@@ -41,9 +41,12 @@ def wait_until_up(url: str, timeout: float = 60.0) -> bool:
 def start_gunicorn(app: str, *, workers: int = 2, threads: int = 16, env: dict | None = None,
                    cwd=None, stdout=subprocess.DEVNULL, probe: str = "/healthz"
                    ) -> tuple[subprocess.Popen, int]:
-    """gunicorn with Wuma's config (engine/gunicorn_conf.py) serving ``app``."""
+    """gunicorn with Wuma's config (engine/gunicorn_conf.py) serving ``app``: the server
+    settings are these and ``env``'s, none inherited (:func:`engine.launch.inherited_environment`)."""
+    from engine.launch import inherited_environment
+
     port = free_port()
-    full_env = dict(os.environ, WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS=str(workers),
+    full_env = dict(inherited_environment(os.environ), WUMA_BIND=f"127.0.0.1:{port}", WUMA_WORKERS=str(workers),
                     WUMA_THREADS=str(threads), **(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:engine.gunicorn_conf", app],
                             env=full_env, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ from pathlib import Path
 from engine.errors import WumaError
 from engine.formats import is_host_name
 
-__all__ = ["BindError", "SERVER_SETTINGS", "check_bind", "server_environment", "server_of"]
+__all__ = ["BindError", "SERVER_SETTINGS", "check_bind", "inherited_environment", "server_environment", "server_of"]
 
 
 class BindError(WumaError, ValueError):
@@ -87,16 +87,24 @@ SERVER_SETTINGS = frozenset({
     "WUMA_KEEPALIVE", "WUMA_WORKER_CONNECTIONS", "WUMA_ACCEPT_BATCH"})
 
 
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What of ``environ`` a server started by Wuma keeps: all but
+    :data:`SERVER_SETTINGS` and ``GUNICORN_CMD_ARGS`` (gunicorn applies it after the config:
+    ``--bind 0.0.0.0:8080`` there put a server off loopback past :func:`check_bind`)."""
+    return {name: value for name, value in environ.items()
+            if name not in SERVER_SETTINGS and name != "GUNICORN_CMD_ARGS"}
+
+
 def server_environment(environ: Mapping[str, str], data: Path,
                        settings: Mapping[str, object]) -> dict[str, str]:
-    """The environment gunicorn runs a server in: ``environ`` without any of
-    :data:`SERVER_SETTINGS`, ``WUMA_DATA`` (the data folder ``data``) and the server's
-    ``settings`` (some of SERVER_SETTINGS; a None left out: the config's default)."""
+    """The environment gunicorn runs a server in: :func:`inherited_environment` of
+    ``environ``, ``WUMA_DATA`` (the data folder ``data``) and the server's ``settings``
+    (some of SERVER_SETTINGS; a None left out: the config's default)."""
     unknown = sorted(set(settings) - SERVER_SETTINGS)
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: no server setting (they are "
                          f"{', '.join(sorted(SERVER_SETTINGS))})")
-    env = {name: value for name, value in environ.items() if name not in SERVER_SETTINGS}
+    env = inherited_environment(environ)
     env["WUMA_DATA"] = str(data)
     env.update({name: str(value) for name, value in settings.items() if value is not None})
     return env
