@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -590,7 +591,8 @@ def test_json_bodies_are_utf8_text():
 def test_metrics_keep_the_counts_of_a_worker_killed_with_sigkill_once(tmp_path):
     """A worker counts into shared memory: kill -9 a moment after its last answer loses
     none of its counts (a second's were lost when each worker wrote its totals once a
-    second), and its counts are added once, however many workers start after it."""
+    second), and its counts are added once, however many workers start after it (the
+    first takes its file over and counts on in it)."""
     from engine.http_scan import Metrics
     from engine.store import Store
 
@@ -614,7 +616,7 @@ def test_metrics_keep_the_counts_of_a_worker_killed_with_sigkill_once(tmp_path):
     child.kill()
     child.wait(10)
     started = []
-    for _ in range(3):  # workers starting after it: the dead one's file folded by the first, once
+    for _ in range(3):  # workers starting after it: the dead one's file taken over by the first
         started.append(Metrics(counters))
         got = started[-1].totals()
         assert got['wuma_scans_total{verdict="genuine"}'] == 750
@@ -625,7 +627,82 @@ def test_metrics_keep_the_counts_of_a_worker_killed_with_sigkill_once(tmp_path):
         assert got['wuma_scan_latency_seconds_bucket{le="0.005"}'] == 1000
         assert abs(got["wuma_scan_latency_seconds_sum"] - 3.0) < 1e-9
     assert live.totals() == got
-    assert len(list((tmp_path / "counters" / "metrics").glob("*.cells"))) == 4  # the live ones only
+    assert len(list((tmp_path / "counters" / "metrics").glob("*.cells"))) == 4  # one a live worker
+    started[0].observe_scan("genuine", 0.003)  # counting on in the file it took over
+    assert live.totals()['wuma_scans_total{verdict="genuine"}'] == 751
+
+
+def test_metrics_never_go_down_when_workers_come_and_go(tmp_path):
+    """Prometheus reads any drop of a counter as a reset. The latencies' sum was a float:
+    added in another order after a worker's counts moved, it came out lower (0.3558167631781408
+    -> 0.35581676317814076 in a review's run). Counts and the sum are integers now."""
+    from engine.http_scan import Metrics
+    from engine.store import Store
+
+    counters = Store(tmp_path / "counters", sync=False)
+    rng = __import__("random").Random(7)
+    before = None
+    for _ in range(30):
+        workers = [Metrics(counters) for _ in range(rng.randint(1, 4))]
+        for m in workers:
+            for _ in range(rng.randint(1, 20)):
+                m.observe_scan(rng.choice(["genuine", "invalid"]), rng.random() / 7)
+        got = workers[0].totals()
+        if before is not None:
+            assert all(got.get(k, 0) >= v for k, v in before.items()), (before, got)
+        before = got
+        del workers, m  # gone: the next ones take their files over
+    counters = Store(tmp_path / "exact", sync=False)
+    workers = [Metrics(counters) for _ in range(3)]
+    for m in workers:
+        m.observe_scan("genuine", 0.1)
+    assert workers[0].totals()["wuma_scan_latency_seconds_sum"] == 0.3  # as floats: 0.30000000000000004
+
+
+def test_metrics_of_another_release_s_cells_are_folded_once_and_kept(tmp_path):
+    """A file names its cells: a file of a release that counts another verdict is read by
+    name, and folded into the store once by a worker starting after its worker is gone."""
+    from engine import metrics
+    from engine.http_scan import Metrics
+    from engine.store import Store
+
+    counters = Store(tmp_path / "counters", sync=False)
+    folder = tmp_path / "counters" / "metrics"
+    folder.mkdir(parents=True)
+    names = (*metrics._CELLS, 'wuma_scans_total{verdict="recalled"}')
+    header, at = metrics._layout(names)
+    counts = [0] * len(names)
+    counts[names.index('wuma_scans_total{verdict="genuine"}')] = 40
+    counts[names.index('wuma_scans_total{verdict="recalled"}')] = 2
+    counts[names.index(metrics._BUCKET_CELL + "0.001")] = 42
+    counts[names.index(metrics._SUM_NS_CELL)] = 42_000_000
+    (folder / "99-1.cells").write_bytes(header + struct.pack(f"<{len(names)}q", *counts))
+    first = Metrics(counters)
+    first.observe_scan("genuine", 0.001)
+    assert not (folder / "99-1.cells").exists()
+    for m in (first, Metrics(counters)):
+        got = m.totals()
+        assert got['wuma_scans_total{verdict="genuine"}'] == 41
+        assert got['wuma_scans_total{verdict="recalled"}'] == 2
+        assert got["wuma_scan_latency_seconds_count"] == 43
+        assert got['wuma_scan_latency_seconds_bucket{le="0.001"}'] == 43
+        assert abs(got["wuma_scan_latency_seconds_sum"] - 0.043) < 1e-9
+
+
+def test_metrics_without_a_file_keep_serving_and_say_so(tmp_path, caplog):
+    """No file can be made for a worker's counts (here the folder's name is taken by a
+    file; a full disk alike): the worker counts on, its counts are in no one's totals
+    (they would drop when it exits), and the log says so."""
+    from engine.http_scan import Metrics
+    from engine.store import Store
+
+    counters = Store(tmp_path / "counters", sync=False)
+    (tmp_path / "counters" / "metrics").write_text("not a folder")
+    m = Metrics(counters)
+    m.observe_scan("genuine", 0.001)
+    m.inc('wuma_scans_refused_total{reason="banned"}')
+    assert not m.shared and m.totals() == {}
+    assert "not in /metrics" in caplog.text
 
 
 def test_metrics_add_what_an_older_release_wrote(tmp_path):
