@@ -371,8 +371,8 @@ def _share_text(share: str | None, share_file: Path | None) -> str | None:
     "--receipt",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the signed open report here, with its proof that the pack was decrypted, for the "
-    "brand (`wuma pack report`).",
+    help="Write the signed open report here, for the brand (`wuma pack report`), with its proof of "
+    "decryption: that the line holds the pack's data key and every code of it.",
 )
 @library_errors
 def pack_open(
@@ -392,13 +392,10 @@ def pack_open(
     target = stdout_binary() if output == "-" else Path(output)
     keys = LineKeys.load(key_dir)
     brand = load_brand_keys(brand_key or key_dir / BRAND_KEYS_FILE)
-    kw = {"share": _share_text(share, share_file), "output_format": output_format, "url": url}
-    if server:
-        from engine.http_packs import check_pack
-
-        # NOTE: the pack opened must be the one the server vouched for (a shared folder)
-        kw["expect_id"] = check_pack(keys, server, pack_file)
-    got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt, **kw)
+    # NOTE: with a server, the library asks it and opens only the bytes it lists
+    got = open_pack_to_file(pack_file, keys, brand, target, receipt=receipt,
+                            share=_share_text(share, share_file), output_format=output_format,
+                            url=url, server=server or None)
     click.echo(
         f"opened pack {got.id}: {got.count:,} units of batch {got.batch} "
         f"(serials {got.start}:{got.stop}) to {output}",
@@ -467,16 +464,17 @@ def _export_again(p: dict, how: str = "") -> str:
 
 
 @pack.command("revoke")
-@click.argument("pack_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("pack_ids", metavar="PACK_ID...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_data
-def pack_revoke(data, pack_id, as_json):
-    """Revoke a pack (no longer served; kept in the audit).
+def pack_revoke(data, pack_ids, as_json):
+    """Revoke packs (no longer served; kept in the audit): all of them at once, or none if
+    an id is no pack (each such id named). A pack never put in place loses its file too.
 
-    Example: wuma pack revoke 42ca2e9431e2e6ea0c5b5302ada82193
+    Example: wuma pack revoke 42ca2e9431e2e6ea0c5b5302ada82193 9f1c0e5d2b7a4c3e8d6f0a1b2c3d4e5f
     """
-    p = PackRegistry(data).revoke(pack_id)
-    emit(p, as_json, f"pack {p['id']} revoked")
+    for p in PackRegistry(data).revoke_all(list(pack_ids)):
+        emit(p, as_json, f"pack {p['id']} revoked")
 
 
 @pack.command("report")
@@ -486,9 +484,11 @@ def pack_revoke(data, pack_id, as_json):
 def pack_report(data, receipt, as_json):
     """Record a line's open report (the receipt written by `wuma pack open --receipt`).
 
-    A receipt must carry the proof that the line decrypted the pack, which this release's
-    `pack open` writes: one without it (an earlier release's, or one only signed) is
-    refused, nothing recorded. Packs exported by an earlier release have nothing to
+    A receipt must carry a proof of decryption, which this release's `pack open` writes:
+    it shows that the line holds the pack's data key and every code of it (not that these
+    codes came from this file: a line holding them from a revoked pack of the same serials
+    makes it too). One without it (an earlier release's, or one only signed) is refused,
+    nothing recorded. Packs exported by an earlier release have nothing to
     check a proof against: their opens are recorded as the line's word, and said so.
 
     Example: wuma pack report codes.receipt.json

@@ -662,8 +662,10 @@ def check_pack(
     since its export, or signed by a brand key revoked since), does not list it for this
     line, or lists another size under its id; :class:`PullError` if it cannot say.
 
-    The file's bytes are checked by :func:`engine.packs.open_pack` given what this
-    returns as ``expect_id``: it refuses bytes other than the listed ones (a pack forged
+    APPSEC: this compares the file's size only, and vouches for nothing printable on its
+    own. Open with ``engine.packs.open_pack(..., server=URL)``, which calls this and checks
+    the bytes; or give what this returns to :func:`engine.packs.open_pack` as
+    ``expect_id``: it refuses bytes other than the listed ones (a pack forged
     with a leaked, revoked brand key keeps a listed id) once the signature is checked,
     and decrypts the bytes it checked. PERF: that check reuses the SHA-256 the signature
     check makes; hashing the file here too read and hashed it once more (the file may

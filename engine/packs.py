@@ -40,9 +40,14 @@ APPSEC:
 * An open receipt (:func:`open_pack`) is signed by the line's Ed25519 key and carries a
   proof of decryption: HMAC-SHA256, keyed by HKDF-SHA256 of the pack's data key (info
   binds the pack id), over the SHA-256 of every chunk's plaintext in order (the codes as
-  the pack holds them). Only a party that unwrapped the data key *and* decrypted every
-  chunk makes it. The brand does not keep the data key: at export it keeps the SHA-256
-  of the proof it expects (``open_proof_sha256``), which makes no proof, and
+  the pack holds them). What it shows: its maker holds *this pack's* data key (only the
+  line's X25519 key unwraps it, with the share for a split key) *and every code of it*;
+  a line key alone, a pack id and the listing do not make it. It does not show that this
+  file's chunks were decrypted: the codes may come from elsewhere, and a range exported
+  again after a revoke holds the same codes as the revoked pack, so a line that opened
+  the old pack makes the new one's proof from its header and wrapped key alone. The
+  brand does not keep the data key: at export it keeps the SHA-256 of the proof it
+  expects (``open_proof_sha256``), which makes no proof, and
   :meth:`PackRegistry.record_open` checks a receipt's proof against it.
 """
 
@@ -56,11 +61,12 @@ import math
 import os
 import struct
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import BinaryIO
 
@@ -117,7 +123,8 @@ _ANONYMOUS_PARTS = 64
 #: Seconds a line's clock may be off the brand's: a pull request's timestamp
 #: (:data:`engine.http_packs.REPLAY_WINDOW`), an open receipt's time.
 CLOCK_SKEW = 300
-#: The key of ``packs_by_line`` saying that every pack is indexed (no line name is empty).
+#: The key of ``packs_by_line`` and ``packs_by_range`` whose value is the number of packs the
+#: index holds (u64; no line name is empty, and no batch id starts with it).
 _INDEXED = b"\x00indexed"
 #: What an open receipt's signature is made over, before its body: receipts of the earlier
 #: release (v1, no ``v`` in the body) carry no proof of decryption.
@@ -248,7 +255,13 @@ class ListedPack:
     (:func:`engine.http_packs.check_pack`): its id, the SHA-256 of every byte before its
     signature, its size in bytes, and the SHA-256 of the whole file (None for packs
     exported before the listing carried it). Given to :func:`open_pack` as ``expect_id``,
-    the bytes opened must be these."""
+    the bytes opened must be these.
+
+    APPSEC: ``check_pack`` compares the file's size with the listed one, not its bytes (a
+    pack forged with a leaked brand key under a listed id may have the same size): they
+    are checked as the pack is opened, in the signature check's one pass. Open with
+    ``open_pack(..., server=URL)``, which asks the server and checks the bytes in one call;
+    ``check_pack`` alone vouches for nothing printable."""
 
     id: str
     signed_sha256: str
@@ -351,9 +364,11 @@ def _signed_message(digest: bytes) -> bytes:
 def _open_proof(data_key: bytes, pack_id: bytes, plain_sha256: bytes) -> bytes:
     """The proof of decryption an open receipt carries: HMAC-SHA256 keyed by HKDF-SHA256 of
     the pack's data key (info binds the pack id) over the SHA-256 of the pack's plaintext
-    (every chunk's, in order). APPSEC: the key holder alone (the line that unwrapped it)
-    makes it, and only with every code decrypted; a key of its own for this purpose, so
-    the proof tells nothing of the data key."""
+    (every chunk's, in order). APPSEC: it shows that its maker holds this pack's data key
+    (the line that unwrapped it) and every code of the pack, not that it decrypted these
+    chunks: the same codes from elsewhere (a revoked pack of the same serials, exported
+    again) make it too. A key of its own for this purpose, so the proof tells nothing of
+    the data key."""
     mac_key = HKDF(hashes.SHA256(), 32, salt=None,
                    info=b"wuma/open-proof/v2\x00" + pack_id).derive(data_key)
     return hmac.new(mac_key, b"wuma/open-proof/v2\x00" + plain_sha256, hashlib.sha256).digest()
@@ -484,15 +499,14 @@ class PackRegistry:
         range is checked in the one that registers it."""
         with self._store.write() as txn:
             self._refuse_voided(txn, batch, start, stop)
-            self._index_by_line(txn)
-            self._index_by_range(txn)
+            self._index(txn)
             self._refuse_overlap(txn, batch.id, start, stop)
             for part in written:
                 rec = part.record
                 self._put(txn, rec)
-                txn.put(_line_key(rec["line"], rec["id"]), b"", db=self._by_line)
-                txn.put(_range_key(rec), u64(rec["start"]), db=self._by_range)
+                self._index_pack(txn, rec, (self._by_line, self._by_range))
                 self._event(txn, rec["id"], "issued", rec["created"], who=rec["line"])
+            self._count_indexed(txn)
         self._store.sync()  # NOTE: on disk before a file is placed, whatever the durability
 
     def _settle(self, written: list[_WrittenPart], field: str, now: float | None, **event) -> None:
@@ -534,60 +548,106 @@ class PackRegistry:
                          why=f"{type(error).__name__}: {error}"[:300])
             self._store.sync()
 
-    def _index_by_line(self, txn) -> None:
-        """Index by their line (``packs_by_line``) the packs registered before there was an
-        index, once per data folder, in the write transaction ``txn`` of an export.
+    def _indexed(self, txn, index) -> bool:
+        """Does ``index`` (``packs_by_line``, ``packs_by_range``) hold every pack? Its marker
+        (:data:`_INDEXED`) keeps the number of packs it held when this release last wrote it,
+        which must be the ``packs`` database's.
+
+        NOTE: an earlier release registers packs without indexing them (one without the index;
+        an export of it running during the upgrade, or after a downgrade): a pack missing from
+        ``packs_by_range`` is overlapped by the next export, one missing from ``packs_by_line``
+        never reaches its line. The marker of the release that brought the indexes holds no
+        count: it may miss some too. PERF: constant time (an LMDB database's entry count)."""
+        mark = txn.get(_INDEXED, db=index)
+        return (mark is not None and len(mark) == 8
+                and int.from_bytes(mark, "big") == txn.stat(self._packs)["entries"])
+
+    def _index(self, txn) -> None:
+        """Index anew every pack in ``packs_by_line`` and ``packs_by_range`` if they do not hold
+        every one (:meth:`_indexed`), in the write transaction ``txn`` of an export, whose own
+        packs are added then (:meth:`_count_indexed`).
 
         NOTE: not when the registry is opened: a read-only command, or a pull server, on a
-        folder short of space would fail; until an export, listings read every pack."""
-        if txn.get(_INDEXED, db=self._by_line) is None:
-            for key, raw in txn.cursor(db=self._packs):
-                txn.put(_line_key(unpack(raw)["line"], key.hex()), b"", db=self._by_line)
-            txn.put(_INDEXED, b"", db=self._by_line)
+        folder short of space would fail; until an export, reads go through every pack. An
+        index is emptied first: releases before ``packs_by_line`` deleted a failed export's
+        packs, maybe once this release had indexed them."""
+        stale = tuple(db for db in (self._by_line, self._by_range) if not self._indexed(txn, db))
+        if not stale:
+            return
+        for db in stale:
+            txn.drop(db, delete=False)
+        for _, raw in txn.cursor(db=self._packs):
+            self._index_pack(txn, unpack(raw), stale)
+        self._count_indexed(txn)
 
-    def _index_by_range(self, txn) -> None:
-        """Index by their batch's range (``packs_by_range``) the packs registered before there
-        was an index, once per data folder, in the write transaction ``txn`` of an export
-        (see :meth:`_index_by_line`); until then :meth:`_holding` reads every pack."""
-        if txn.get(_INDEXED, db=self._by_range) is None:
-            for _, raw in txn.cursor(db=self._packs):
-                rec = unpack(raw)
-                txn.put(_range_key(rec), u64(rec["start"]), db=self._by_range)
-            txn.put(_INDEXED, b"", db=self._by_range)
+    def _index_pack(self, txn, rec: dict, indexes) -> None:
+        """Put pack ``rec`` in each of ``indexes`` (``packs_by_line``, ``packs_by_range``)."""
+        if self._by_line in indexes:
+            txn.put(_line_key(rec["line"], rec["id"]), b"", db=self._by_line)
+        if self._by_range in indexes:
+            txn.put(_range_key(rec), u64(rec["start"]), db=self._by_range)
+
+    def _count_indexed(self, txn) -> None:
+        """Mark both indexes as holding every pack (:meth:`_indexed`), once they do."""
+        n = u64(txn.stat(self._packs)["entries"])
+        for db in (self._by_line, self._by_range):
+            txn.put(_INDEXED, n, db=db)
 
     def _holding(self, txn, batch_id: int, start: int, stop: int) -> list[dict]:
         """The live packs (:func:`_live`) holding serials of ``start:stop`` of the batch, by
         their first serial, unannotated.
 
         PERF: through ``packs_by_range``: only the batch's packs whose ranges end after
-        ``start`` are looked at (none, for an export after the last one)."""
-        if txn.get(_INDEXED, db=self._by_range) is None:
-            recs = [r for _, v in txn.cursor(db=self._packs)
-                    if (r := unpack(v))["batch"] == batch_id and r["start"] < stop and r["stop"] > start]
-        else:
-            prefix, recs = u64(batch_id), []
-            cur = txn.cursor(db=self._by_range)
+        ``start`` are looked at (none, for an export after the last one). Every pack is read
+        where the index does not hold every one (:meth:`_indexed`)."""
+        recs = (self._in_batches(txn, {batch_id}, start, stop) if self._indexed(txn, self._by_range)
+                else (r for _, v in txn.cursor(db=self._packs) if (r := unpack(v))["batch"] == batch_id))
+        return sorted((r for r in recs if _live(r) and r["start"] < stop and r["stop"] > start),
+                      key=lambda r: (r["start"], r["id"]))
+
+    def _in_batches(self, txn, batches, start: int = 0, stop: int = 1 << 64):
+        """The records of the packs of ``batches`` holding serials of ``start:stop``, through
+        ``packs_by_range`` (:meth:`_indexed` first), any order. NOTE: an entry whose pack is
+        gone is passed over (see :meth:`_index`)."""
+        cur = txn.cursor(db=self._by_range)
+        for batch_id in batches:
+            prefix = u64(batch_id)
             found = cur.set_range(prefix + u64(start + 1))
             while found and cur.key()[:8] == prefix:
                 if int.from_bytes(cur.value(), "big") < stop:  # NOTE: its first serial
-                    recs.append(self._get_raw(txn, cur.key()[16:].hex()))
+                    raw = txn.get(cur.key()[16:], db=self._packs)
+                    if raw is not None:
+                        yield unpack(raw)
                 found = cur.next()
-        return sorted((r for r in recs if _live(r)), key=lambda r: (r["start"], r["id"]))
 
-    def _holding_in(self, txn) -> Callable[[dict], list[dict]]:
+    def _holding_in(self, txn, batches: set[int]) -> Callable[[dict], list[dict]]:
         """``holding(rec)``: the live packs holding serials of pack ``rec``'s range (see
-        :meth:`_holding`). PERF: without the range index (no export since the upgrade),
-        every pack is read once, not once a pack asked about."""
-        if txn.get(_INDEXED, db=self._by_range) is not None:
-            return lambda rec: self._holding(txn, rec["batch"], rec["start"], rec["stop"])
-        by_batch: dict[int, list[dict]] = {}
-        for _, v in txn.cursor(db=self._packs):
-            r = unpack(v)
-            if _live(r):
-                by_batch.setdefault(r["batch"], []).append(r)
-        return lambda rec: sorted((r for r in by_batch.get(rec["batch"], ())
-                                   if r["start"] < rec["stop"] and r["stop"] > rec["start"]),
-                                  key=lambda r: (r["start"], r["id"]))
+        :meth:`_holding`), for packs of ``batches``.
+
+        PERF: each batch's live packs are read once (every pack, without the range index),
+        sorted by first serial; a pack's holders are a slice of them, found by bisection.
+        Asking :meth:`_holding` once a pack read the batch's later packs again each time:
+        `pack list` of 6,000 packs took 8 s (2,000: 1.3 s)."""
+        live: dict[int, list[dict]] = {b: [] for b in batches}
+        recs = (self._in_batches(txn, batches) if not batches or self._indexed(txn, self._by_range)
+                else (unpack(v) for _, v in txn.cursor(db=self._packs)))
+        for r in recs:
+            if r["batch"] in live and _live(r):
+                live[r["batch"]].append(r)
+        found = {}
+        for b, held in live.items():
+            held.sort(key=lambda r: (r["start"], r["id"]))
+            # NOTE: live packs may overlap (exported before overlaps were refused): where the
+            # ranges so far reach, not where each ends, is what grows with the first serial
+            reach = list(accumulate((r["stop"] for r in held), max))
+            found[b] = (held, [r["start"] for r in held], reach)
+
+        def holding(rec: dict) -> list[dict]:
+            held, starts, reach = found[rec["batch"]]
+            a, b = rec["start"], rec["stop"]
+            return [r for r in held[bisect_right(reach, a):bisect_left(starts, b)] if r["stop"] > a]
+
+        return holding
 
     def _refuse_overlap(self, txn, batch_id: int, start: int, stop: int) -> None:
         """Conflict if live packs (:func:`_live`) hold serials of ``start:stop`` of the batch:
@@ -677,8 +737,8 @@ class PackRegistry:
         aes = AESGCM(data_key)
         upc = max(1, chunk_bytes // row)
         digest = hashlib.sha256()
-        # NOTE: what the line decrypts: its receipt proves it (_open_proof). PERF: SHA-256 ran at
-        # 0.9-1.3 GB/s here: ~0.12 s of CPU per 4M caps (40 bytes each), at export and at open
+        # NOTE: what the line decrypts, the receipt's proof is made over (_open_proof). PERF: SHA-256
+        # ran at 0.9-1.3 GB/s here: ~0.12 s of CPU per 4M caps (40 bytes each), at export and at open
         plain = hashlib.sha256()
         # NOTE: mode 0644: a pack is encrypted and signed. Made right before the try.
         file = NewFile(path, 0o644, unnamed=anonymous)
@@ -769,7 +829,9 @@ class PackRegistry:
             key = bytes.fromhex(pack_id)
         except (ValueError, TypeError):
             key = b""
-        raw = txn.get(key, db=self._packs) if len(key) == 16 else None
+        if len(key) != 16:
+            raise NotFound(f"{str(pack_id)[:40]!r} is not a pack id (32 hex digits)")
+        raw = txn.get(key, db=self._packs)
         if raw is None:
             raise NotFound(f"no pack {pack_id}")
         return unpack(raw)
@@ -806,19 +868,37 @@ class PackRegistry:
         return first if hit is None else hit[0]
 
     def revoke(self, pack_id: str, *, now: float | None = None) -> dict:
-        """Mark a pack revoked (it is no longer served; the audit keeps it). A pack never put
+        """Mark a pack revoked: :meth:`revoke_all` of one."""
+        return self.revoke_all([pack_id], now=now)[0]
+
+    def revoke_all(self, pack_ids: list[str], *, now: float | None = None) -> list[dict]:
+        """Mark packs revoked (no longer served; the audit keeps them), all in one transaction
+        or none: :class:`NotFound` naming every id that is no pack. Returns their records,
+        each once, in the order given; a pack revoked before keeps its time. A pack never put
         in place (its export killed while placing) loses its file too: it would open without
         ``--server``, and with the range exported again, print its serials twice."""
+        if isinstance(pack_ids, (str, bytes)) or not all(isinstance(i, str) for i in pack_ids):
+            raise TypeError("pack_ids must be a list of pack ids")
+        pack_ids = list(dict.fromkeys(pack_ids))
         at = time.time() if now is None else now
         with self._store.write() as txn:
-            rec = self._get_raw(txn, pack_id)
-            if rec["revoked_at"] is None:
-                rec["revoked_at"] = at
-                self._put(txn, rec)
-                self._event(txn, pack_id, "revoked", at)
-        if rec.get("placed_at", 0) is None:  # NOTE: records before placing was kept were placed
-            Path(rec["path"]).unlink(missing_ok=True)
-        return rec
+            recs, missing = [], []
+            for pack_id in pack_ids:
+                try:
+                    recs.append(self._get_raw(txn, pack_id))
+                except NotFound as e:
+                    missing.append(str(e))
+            if missing:
+                raise NotFound(f"nothing revoked: {'; '.join(missing)}")
+            for rec in recs:
+                if rec["revoked_at"] is None:
+                    rec["revoked_at"] = at
+                    self._put(txn, rec)
+                    self._event(txn, rec["id"], "revoked", at)
+        for rec in recs:
+            if rec.get("placed_at", 0) is None:  # NOTE: records before placing was kept were placed
+                Path(rec["path"]).unlink(missing_ok=True)
+        return recs
 
     def record_download(
         self, pack_id: str, line: str, remote: str, *, sent: int | None = None,
@@ -849,7 +929,8 @@ class PackRegistry:
         recorded before (this receipt, or another: nothing is added). A pack revoked before
         it was opened is recorded all the same (the line did open it); its ``revoked_at``
         says so, as ``voided_serial`` says that codes of its range were voided since the
-        export. ``open_proof``: "checked" (the receipt proved the pack decrypted), or
+        export. ``open_proof``: "checked" (the receipt's proof shows the line holds the pack's
+        data key and every code of it: :func:`_open_proof`), or
         "unchecked" for a pack exported by an earlier release, which kept nothing to check
         a proof against (its open is the line key's word, as it was then). Refused
         (:class:`PackError`, see :func:`_check_report`): a receipt without the proof of
@@ -921,7 +1002,7 @@ class PackRegistry:
                 if batch is None or rec["batch"] == batch:
                     packs[rec["id"]] = self._annotate(txn, rec, revoked_signers)
             if events:
-                holding = self._holding_in(txn)
+                holding = self._holding_in(txn, {r["batch"] for r in packs.values() if not _live(r)})
                 for rec in packs.values():
                     rec["to_export_again"] = None if _live(rec) else _not_held(rec, holding(rec))
                 for rec in packs.values():
@@ -937,7 +1018,7 @@ class PackRegistry:
 
     def _records(self, txn, line: str | None):
         """The records of ``line``'s packs (every pack's with None), unannotated."""
-        if line is None or "\x00" in line or txn.get(_INDEXED, db=self._by_line) is None:
+        if line is None or "\x00" in line or not self._indexed(txn, self._by_line):
             for _, v in txn.cursor(db=self._packs):
                 rec = unpack(v)
                 if line is None or rec["line"] == line:
@@ -1051,7 +1132,8 @@ def _check_report(report: dict, rec: dict, line: Line, now: float, version: int)
     not opened by it, and an open is dated between that download and now, give or take
     :data:`CLOCK_SKEW`. The key, a pack id and its count from the listing make all that:
     the receipt's proof of decryption (:func:`_open_proof`) is what no one makes without
-    the pack's data key and every code decrypted. A pack exported before this release
+    the pack's data key and every code of it (it does not show those codes came from
+    this pack's chunks). A pack exported before this release
     has nothing to check it against (``open_proof_sha256``): its receipts, of either
     format, are the line key's word, as they were."""
     if line.revoked:
@@ -1107,11 +1189,11 @@ def _check_proof(report: dict, rec: dict, version: int) -> None:
     except ValueError:
         raw = None
     if raw is None:
-        raise PackError(f"the receipt carries no proof that pack {rec['id']} was decrypted (the "
+        raise PackError(f"the receipt carries no proof of decryption of pack {rec['id']} (the "
                         f"line's key signs any report): {again}")
     if not hmac.compare_digest(_proof_commitment(raw), expected):
         raise PackError(f"the receipt's proof of decryption does not match pack {rec['id']} (made "
-                        f"without decrypting it, or for another pack): {again}")
+                        f"without its data key or its codes, or for another pack): {again}")
 
 
 def _prefetch(it):
@@ -1255,19 +1337,31 @@ def open_pack(
     output_format: str = "csv",
     url: bool = False,
     now: float | None = None,
+    server: str | None = None,
     expect_id: str | ListedPack | None = None,
 ) -> OpenedPack:
     """Verify a pack, then stream its codes to ``out``; raises :class:`PackError`.
 
     Nothing is written to ``out`` before the signature, the line and the key all check.
-    ``expect_id``: the pack must be this one, whatever file is at ``path`` by now: a pack
-    id, or (what :func:`engine.http_packs.check_pack` returns) a :class:`ListedPack`,
-    whose bytes, as the pack server lists them, must then be the bytes opened.
+    ``server``: the brand's pack server is asked first whether this pack may be printed on
+    this line (:class:`~engine.http_packs.PackWithheld` if not,
+    :class:`~engine.http_packs.PullError` if it cannot say), and the bytes opened must be
+    the ones it lists for the pack's id: *this* is the server check; asking the server
+    apart does not check the file's bytes (see :class:`ListedPack`). ``expect_id`` (not
+    with ``server``): the pack must be this one, whatever file is at ``path`` by now: a
+    pack id, or a :class:`ListedPack`, whose bytes must then be the bytes opened.
     """
     if output_format not in ("csv", "jsonl"):
         raise ValueError("output format must be csv or jsonl")
     if expect_id is not None and not isinstance(expect_id, (str, ListedPack)):
         raise TypeError("expect_id must be a pack id or a ListedPack")
+    if server is not None:
+        if expect_id is not None:
+            raise ValueError("give server or expect_id, not both: with server, the pack must be the "
+                             "one the server lists")
+        from engine.http_packs import check_pack  # NOTE: the line's client; it imports this module
+
+        expect_id = check_pack(keys, server, path)
     expect = expect_id if isinstance(expect_id, ListedPack) else None
     path = Path(path)
     with open(path, "rb") as fh:  # NOTE: one open file from the signature to the last chunk

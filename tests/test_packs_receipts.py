@@ -1,6 +1,7 @@
-"""An open receipt proves that the line decrypted the pack, not only that its key signed a
-report: `wuma pack report` records only a receipt carrying a proof that takes the pack's
-data key and every decrypted code to make (`wuma pack open --receipt` of this release)."""
+"""An open receipt shows that the line holds the pack's data key and every code of it, not
+only that its key signed a report: `wuma pack report` records only a receipt carrying a
+proof that takes both to make (`wuma pack open --receipt` of this release). It does not show
+that the codes came from this file's chunks (see the last test)."""
 
 from __future__ import annotations
 
@@ -146,3 +147,25 @@ def test_a_pack_exported_by_an_earlier_release_is_recorded_unchecked(world, data
     assert res.exit_code == 0, res.output
     assert f"recorded open of pack {new.id}" in res.output
     assert "exported by an earlier release: its open is the line key's word" in res.output
+
+
+def test_the_proof_shows_the_key_and_the_codes_not_that_these_chunks_were_decrypted(world, data):
+    """What the proof does not show (the docstrings once said it did): a range exported again
+    after a revoke holds the revoked pack's codes, so a line that opened the old pack makes
+    the new pack's proof with its data key alone, reading none of its chunks."""
+    from engine import packs as P
+
+    reg, keys, brand, batch, tmp = world
+    (a,) = _export(world, stop=300)
+    open_pack_to_file(a.path, keys, brand, tmp / "codes.csv")  # the line holds serials 0:300's codes
+    held = hashlib.sha256(data.codes.render(batch, 0, 300)).digest()  # their rows, as a pack holds them
+    reg.revoke(a.id)
+    (b,) = _export(world, stop=300)
+    reg.record_download(b.id, "L1", "127.0.0.1", now=NOW)
+    with open(b.path, "rb") as fh:  # its header and its wrapped key: no chunk
+        _header, hb, off = P._read_header(fh, b.path)
+        wrapped = fh.read(P._WRAPPED)
+    pid = bytes.fromhex(b.id)
+    key = P._unwrap(wrapped, keys, pid, hashlib.sha256(hb).digest())
+    got = reg.record_open(_sign(keys, _report(keys, b, proof=P._open_proof(key, pid, held).hex())))
+    assert got["open_proof"] == "checked" and got["already_recorded"] is False
