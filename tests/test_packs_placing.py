@@ -27,7 +27,7 @@ from test_crash_writes import _child
 from test_packs_signers import _receipt
 
 import engine.packs as P
-from cli.localserver import stop, wait_until_up
+from cli.localserver import free_port, stop, wait_until_up
 from cli.main import cli
 from engine import DataFolder
 from engine.http_packs import PackWithheld, check_pack, pull_packs, sign_request
@@ -40,24 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CHUNK = test_packs.CHUNK
 
 
-def _port() -> int:
-    """A free loopback port in 18500-18599 (the range these tests may use)."""
-    for port in range(18500, 18600):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18500-18599")
-
-
 class PackServer:
     """The pull server on loopback, as an operator runs it: `wuma pack serve`, or (``raw``)
     the gunicorn command the README gives."""
 
     def __init__(self, data: Path, *, workers: int = 1, timeout: int = 30, raw: bool = False) -> None:
-        self.port = _port()
+        self.port = free_port()  # NOTE: the kernel's pick: ports scanned from 18500 up collided with another run's
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data.parent / f"pack-server-{self.port}.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
