@@ -23,11 +23,14 @@ uid, value starts with the first serial) holds activations, voids, and nothing e
 shipments bind the shipped unit only and resolve through ancestors (``agg_ship``,
 value 0 = returned to the brand); a unit leaving its parent (unpack, move) first gets
 the shipment it resolved to recorded on itself, so no distributor changes silently. No
-unit sits below one in other hands (a distributor's, or the brand's): move and link refuse
-to put it there, the load onto a shipped parent (:meth:`Aggregation._place`,
-:meth:`Aggregation._hands_text`); ship, transfer and return take a unit out
-of a parent that is not with the same hands (:meth:`Aggregation._take_out`) and refuse a unit
-holding goods of other hands (:meth:`Aggregation._check_passing`).
+unit sits below one in other hands (a distributor's, or the brand's): move, link and the
+load refuse to put it there (:meth:`Aggregation._place`, :meth:`Aggregation._hands_text`);
+ship, transfer and return take a unit out of a parent that is not with the same hands
+(:meth:`Aggregation._take_out`) and refuse a unit holding goods of other hands
+(:meth:`Aggregation._check_passing`). A unit with no distributor through its records is in
+the hands most of what it holds is in, the brand's counting as a hand (:class:`_Goods`); one
+an older release left holding goods of other hands too takes nothing in a move or link
+until they are out.
 
 Relabels (标签替换, :meth:`Aggregation.relabel`: one label of a pair replaced, the unit
 kept) live in ``agg_relabel``: key = uid + role index (the scan records' layout), value
@@ -108,6 +111,20 @@ def _most(values) -> object | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _most_hands(held) -> tuple[str | None, int]:
+    """``(hands, witness)``: the hands most of ``held`` (``(unit, hands, witness, strays)``
+    of each unit a unit holds directly, :meth:`Aggregation._below`; not empty) are in, the
+    first met of those tied, and the witness of the first of them."""
+    hands = _most(h for _, h, _, _ in held)
+    return hands, next(w for _, h, w, _ in held if h == hands)
+
+
+def _strays_in(held, hands: str | None) -> tuple[tuple[int, str | None], ...]:
+    """The strays (:class:`_Goods`) of a unit in ``hands`` holding ``held`` (as
+    :func:`_most_hands`): each unit it holds in other hands, else the strays in that unit."""
+    return tuple(s for k, h, _, strays in held for s in (((k, h),) if h != hands else strays))
+
+
 def _record_stays(kind: str, sid: int) -> bool:
     """Does the shipment record ``sid`` of a unit below one that passes (a ``kind`` of
     ``ship``, ``transfer``, ``return``) stay? In a ship one naming a distributor (the one
@@ -123,17 +140,43 @@ class _Place:
     ``want``: the distributor (None: none, the brand's). ``witness``: for a parent with no
     distributor of its own, a unit of ``top`` with ``want`` that says so (None when a record
     on the parent or above does, or for the brand's). ``top``: the unit that decides, the
-    parent itself, the ancestor holding the record, or (by goods) its topmost unit."""
+    parent itself, the ancestor holding the record, or (by goods) its topmost unit.
+    ``strays``: what ``top`` holds in other hands than ``want`` (:class:`_Goods`): a parent
+    in several hands takes no unit until they are out."""
 
     want: str | None
     witness: int | None
     top: int
+    strays: tuple[tuple[int, str | None], ...] = ()
 
     @classmethod
     def of_first(cls, have: str | None, uid: int, parent: int) -> _Place:
         """The hands an empty ``parent`` with no distributor takes from the first unit put
         into it, ``uid``, with distributor ``have`` (None: none)."""
         return cls(have, uid if have is not None else None, parent)
+
+
+@dataclass(frozen=True)
+class _Goods:
+    """What a unit holds, by hands (:meth:`Aggregation._below`), its own record aside.
+
+    ``hands``: the hands most of it is in, a distributor's or None (the brand's: never
+    shipped, or returned). Each unit it holds directly counts once, in the hands of its own
+    shipment record, else of most of what it holds in turn, else (holding nothing) the
+    brand's: a pallet is where most of its cases are, ties going to the first in child
+    order. ``witness``: a unit below in ``hands`` that says so (the one with the record, or
+    the topmost of the brand's: a case, not its caps); None when it holds nothing.
+    ``strays``: the units below in other hands than the unit they are in, ``(unit, its
+    hands)``, the topmost of each (what to take out), in child order."""
+
+    hands: str | None = None
+    witness: int | None = None
+    strays: tuple[tuple[int, str | None], ...] = ()
+
+
+#: The most units in other hands a refusal names (the next refusal names the others).
+_STRAYS_NAMED = 5
+_NONE = "not with a distributor (never shipped, or returned)"
 
 
 #: The most records a cache of records that never change keeps (a server worker runs for
@@ -863,12 +906,14 @@ class Aggregation:
         with none when the unit is with none (never shipped, or returned to the brand), or
         onto an empty parent with no distributor (a fresh pallet label, which then takes
         the hands of the first unit moved onto it). A parent with no distributor of its
-        own is with the one its goods are with (a rebuilt pallet), else with none (the
-        brand's pallet). Elsewhere the unit is refused with a :class:`Conflict` naming it,
-        both hands and what to do first (:meth:`_place`, :meth:`_hands_text`; :meth:`link`
-        and the line-collection load apply the same rule): a ship, transfer or return
-        records the change of hands, then the move. Nothing is moved when one unit is
-        refused.
+        own is in the hands most of its goods are in (a rebuilt pallet is its cases'
+        distributor's, the brand's pallet the brand's). Elsewhere the unit is refused with
+        a :class:`Conflict` naming it, both hands and what to do first (:meth:`_place`,
+        :meth:`_hands_text`; :meth:`link` and the line-collection load apply the same
+        rule): a ship, transfer or return records the change of hands, then the move. A
+        parent, or a moved unit, holding goods of other hands too (left by an older
+        release) is refused whatever the hands, naming those goods and the unpack that
+        takes them out. Nothing is moved when one unit is refused.
         """
         target_label = self._label(to)
         labels = [self._label(c) for c in codes]
@@ -1340,11 +1385,13 @@ class Aggregation:
         anything (a fresh pallet label, 拆垛组垛). ``goods``: what :meth:`_goods_of` found
         of top units, kept across calls in one transaction (a load asks of many parents).
 
-        NOTE: a parent with no distributor of its own is with the one most of the goods of
-        its topmost unit are with (a pallet rebuilt from A's cases is A's, as
-        :meth:`_holder` and :meth:`_take_out` read it), or with none (the brand's pallet
-        at the factory, or one returned). An emptied case on the brand's pallet is the
-        brand's: what goes into it ships with the pallet.
+        NOTE: a parent with no distributor of its own is in the hands most of the goods of
+        its topmost unit are in (:class:`_Goods`: a pallet rebuilt from A's cases is A's, as
+        :meth:`_holder` and :meth:`_take_out` read it), the brand's goods counting as a
+        hand: the brand's pallet at the factory, or one returned, is the brand's even with
+        a case of B's left on it by an older release. Such a case is a stray
+        (``_Place.strays``): the parent takes no unit until it is out. An emptied case on
+        the brand's pallet is the brand's: what goes into it ships with the pallet.
 
         PERF: once anything was shipped, a parent with no distributor through its records is
         read whole (:meth:`_below`, a read per unit): 7.5 ms for the brand's pallet of 100
@@ -1362,10 +1409,10 @@ class Aggregation:
             found = self._goods_of(txn, top)
             if goods is not None:
                 goods[top] = found
-        want, witness = found
-        if witness is None:
+        if found.witness is None:
             return None
-        return _Place(want, witness if want is not None else None, top)
+        witness = found.witness if found.hands is not None else None
+        return _Place(found.hands, witness, top, found.strays)
 
     def _refuse_other_hands(self, txn, uid: int, parent: int, place: _Place | None,
                             then: str) -> _Place | None:
@@ -1375,11 +1422,20 @@ class Aggregation:
         changed hands, e.g. ``move it``). Returns the place once ``uid`` is in: an empty
         parent takes the hands of the first unit put into it.
 
+        NOTE: a parent, or a unit with no distributor through its records, holding goods of
+        several hands (strays, :class:`_Goods`) is refused whatever the hands, naming the
+        strays: moved, they would pass with goods of other hands.
+
         PERF: nothing is read when nothing was ever shipped; otherwise the unit's record
         and ancestors, and what it holds when it has no distributor through them."""
         if not txn.stat(self._ship_db)["entries"]:
             return place
-        have = self._holder(txn, uid)
+        have, goods = self._holding(txn, uid)
+        if place is not None and place.strays:
+            raise Conflict(f"{self._hands_text(txn, uid, have, parent, place)}, then {then}")
+        if goods is not None and goods.strays:
+            raise Conflict(f"{self._named(txn, uid)} {self._strays_text(txn, goods)}, then "
+                           f"{then}")
         if place is None:
             return _Place.of_first(have, uid, parent)
         if have != place.want:
@@ -1395,12 +1451,20 @@ class Aggregation:
         shipped, or returned), or into an empty one. Elsewhere it would sit on a pallet of
         B while its own record says A (or silently become B's), or at the factory with a
         record of A: the ship, transfer or return of the pallet would carry it along or be
-        refused later (:meth:`_check_passing`). The change of hands is recorded first."""
+        refused later (:meth:`_check_passing`). The change of hands is recorded first. A
+        parent in several hands (``place.strays``) takes no unit: the strays come out
+        first (a ship or transfer of the unit would send it to a stray's hands)."""
         unit, code = self._named(txn, uid), self.code_of(uid, None, txn)
         here = self._named(txn, parent)
+        if place.strays:
+            which = self._strays_text(txn, _Goods(place.want, place.witness, place.strays))
+            if place.top == parent:
+                return f"{unit} cannot go into {here}, which {which}"
+            return (f"{unit} cannot go into {here}: it is on {self._named(txn, place.top)}, "
+                    f"which {which}")
         on = "" if place.top == parent else f" (on {self._named(txn, place.top)})"
         if place.want is None:
-            where = f"{here}{on} is not with a distributor (never shipped, or returned)"
+            where = f"{here}{on} is {_NONE}"
         elif place.witness is None:
             where = f"{here}{on} was shipped to {place.want}"
         else:
@@ -1408,14 +1472,37 @@ class Aggregation:
             where = (f"{here} holds {goods}" if not on else
                      f"{here} is on {self._named(txn, place.top)}, which holds {goods}")
         if have is None:
-            return (f"{unit} is not with a distributor (never shipped, or returned) but "
-                    f"{where}: ship it to {place.want} first (wuma ship {code} --to "
-                    f"{place.want})")
+            return (f"{unit} is {_NONE} but {where}: ship it to {place.want} first (wuma ship "
+                    f"{code} --to {place.want})")
         if place.want is None:
             return (f"{unit} belongs to distributor {have} but {where}: return it to the "
                     f"brand first if it came back (wuma return {code})")
         return (f"{unit} belongs to distributor {have} but {where}: transfer it to "
                 f"{place.want} first (wuma transfer {code} --to {place.want})")
+
+    def _strays_text(self, txn, goods: _Goods, *, among: bool = True,
+                     back: bool = False) -> str:
+        """``holds case 2:4 1ABC... of B among goods not with a distributor (...): take that
+        out first (wuma aggregate unpack ...)``: what a unit holding goods of several hands
+        (``goods``, with strays) holds in other hands than most of it, each by its printed
+        code (``among``: and whose the rest is), and what to do: take them out, or
+        (``back``) return them on their own if they came back."""
+        shown = goods.strays[:_STRAYS_NAMED]
+        named = ", ".join(f"{self._named(txn, u)} {_NONE if h is None else 'of ' + h}"
+                          for u, h in shown)
+        if len(goods.strays) > len(shown):
+            named += f", and {len(goods.strays) - len(shown)} more"
+        if among:
+            named += " among goods " + (_NONE if goods.hands is None else
+                                        f"of {goods.hands} ({self._named(txn, goods.witness)})")
+        that, its, it = (("that", "its", "it") if len(goods.strays) == 1
+                         else ("those", "their", "they"))
+        units = [u for u, _ in shown]
+        if back:
+            codes = " ".join(self.code_of(u, None, txn) for u in units)
+            return (f"holds {named}: return {that} on {its} own if {it} came back (wuma "
+                    f"return {codes})")
+        return f"holds {named}: take {that} out first ({self._unpack_hint(txn, *units)})"
 
     def _keep_shipment(self, txn, uid: int, above: tuple[int | None, int]) -> int | None:
         """Before ``uid`` leaves its parent: if it has no shipment record of its own but
@@ -1452,8 +1539,7 @@ class Aggregation:
     def _unshipped(self, txn, uid: int, then: str) -> Conflict:
         """The refusal of ``uid`` for not being with a distributor; ``then`` ends the
         message: what to do instead."""
-        return Conflict(f"{self._named(txn, uid)} is not with a distributor (never shipped, or "
-                        f"returned): {then}")
+        return Conflict(f"{self._named(txn, uid)} is {_NONE}: {then}")
 
     def _refuse_voided(self, txn, uid: int, what: str) -> None:
         # NOTE: a void marks the unit itself (trace and scan read it so), not the units
@@ -1467,10 +1553,14 @@ class Aggregation:
         and the printed code of its label in use, :meth:`code_of`)."""
         return f"{self.level_of(uid, txn)} {self._ref(uid)} {self.code_of(uid, None, txn)}"
 
-    def _unpack_hint(self, txn, uid: int) -> str:
-        """The command that takes packed unit ``uid`` out of its parent, by printed codes."""
-        parent = self.code_of(self._parent(txn, uid), None, txn)
-        return f"wuma aggregate unpack {parent} --child {self.code_of(uid, None, txn)}"
+    def _unpack_hint(self, txn, *uids: int) -> str:
+        """The commands that take packed units ``uids`` out of their parents, by printed
+        codes: one a parent, in the order first met."""
+        kids: dict[int, list[str]] = {}
+        for u in uids:
+            kids.setdefault(self._parent(txn, u), []).append(self.code_of(u, None, txn))
+        return "; ".join(f"wuma aggregate unpack {self.code_of(p, None, txn)} "
+                         + " ".join(f"--child {c}" for c in codes) for p, codes in kids.items())
 
     def ship(self, codes: list[str], to: str, *, now: float | None = None) -> dict:
         """Ship units (and so every unit below them) to a distributor.
@@ -1550,18 +1640,11 @@ class Aggregation:
         NOTE: the rule of :meth:`_refuse_other_hands` seen from above: nothing below a unit is
         with another distributor than the unit, so that a later transfer or return of it
         reassigns no one else's goods. The distributor a unit is with is the one it
-        resolves to, or for a unit with none (a pallet rebuilt 拆垛组垛) the one all it
-        holds is with."""
+        resolves to, or for a unit with none (a pallet rebuilt 拆垛组垛) the hands most of
+        what it holds is in (:class:`_Goods`, the brand's counting as a hand)."""
         self._refuse_voided(txn, u, _DONE[kind])
         via, sid = self._resolved(txn, u)
-        records, bare = self._below(txn, u)
-        hands: dict[str, tuple[int, int]] = {}  # distributor -> first unit below with it
-        most = Counter()  # distributor -> units below with a record of it
-        for k, s in records:
-            if s:
-                d = self._distributor_of(txn, s)
-                hands.setdefault(d, (k, s))
-                most[d] += 1
+        records, goods = self._below(txn, u)
         if kind == "ship":
             if sid:
                 where = "" if via == u else f", with {self._named(txn, via)}"
@@ -1571,29 +1654,32 @@ class Aggregation:
             holder = to
         else:
             holder = self._distributor_of(txn, sid) or self._holder_of_contents(
-                txn, kind, u, most, bare)
-        whole = len(hands) == 1 and bare is None  # NOTE: all it holds is with one distributor
-        for d, (k, s) in hands.items():
-            if d != holder:
+                txn, kind, u, goods)
+        whole = goods.hands is not None and not goods.strays  # NOTE: all it holds is with one
+        for k, s in records:
+            if s and self._distributor_of(txn, s) != holder:
                 raise Conflict(self._elsewhere_text(txn, kind, u, k, s, holder, whole))
         return records
 
-    def _holder_of_contents(self, txn, kind: str, u: int, most: Counter, bare: int | None) -> str:
-        """The distributor most of what ``u`` holds is with, for ``u`` with none of its own
-        (``most`` and ``bare`` as :meth:`_check_passing` reads them: the others are then
-        named as the ones in the way); Conflict when nothing is, or (a transfer) something
-        below is with none: it would pass without a ship."""
-        if not most:
-            raise self._unshipped(txn, u, "ship it instead" if kind == "transfer"
-                                  else "there is nothing to return")
-        holder = most.most_common(1)[0][0]
+    def _holder_of_contents(self, txn, kind: str, u: int, goods: _Goods) -> str:
+        """The distributor most of what ``u`` holds is with (``goods``), for ``u`` with none
+        of its own (the others are then named as the ones in the way); Conflict when most
+        of it is with none (the brand's, even holding a stray of a distributor's), or (a
+        transfer) something below is with none: it would pass without a ship."""
+        if goods.hands is None:
+            then = "ship it instead" if kind == "transfer" else "there is nothing to return"
+            if goods.strays:  # NOTE: a stray of a distributor's, left by an older release
+                then += "; it " + self._strays_text(txn, goods, among=False,
+                                                    back=kind == "return")
+            raise self._unshipped(txn, u, then)
+        holder = goods.hands
+        bare = next((k for k, h in goods.strays if h is None), None)
         if kind == "transfer" and bare is not None:
             code = self.code_of(bare, None, txn)
-            raise Conflict(f"{self._named(txn, bare)} inside {self._named(txn, u)} is not with a "
-                           f"distributor (never shipped, or returned) while the rest is with "
-                           f"{holder}: ship it to {holder} first (wuma ship {code} --to "
-                           f"{holder}) or take it out ({self._unpack_hint(txn, bare)}), then "
-                           "transfer")
+            raise Conflict(f"{self._named(txn, bare)} inside {self._named(txn, u)} is {_NONE} "
+                           f"while the rest is with {holder}: ship it to {holder} first "
+                           f"(wuma ship {code} --to {holder}) or take it out "
+                           f"({self._unpack_hint(txn, bare)}), then transfer")
         return holder
 
     def _elsewhere_text(self, txn, kind: str, u: int, k: int, sid: int, holder: str,
@@ -1615,31 +1701,51 @@ class Aggregation:
                 f"(wuma transfer {self.code_of(k, None, txn)} --to {holder}) or take it out "
                 f"({self._unpack_hint(txn, k)}), then ship")
 
-    def _below(self, txn, uid: int) -> tuple[list[tuple[int, int]], int | None]:
-        """What ``uid`` holds, as shipping reads it: ``(records, bare)``. ``records``: the
-        units below it with a shipment record of their own, ``(unit, shipment id)`` (0 =
-        returned). ``bare``: the first unit below it with no distributor through those
-        records (one returned; or, for a unit holding nothing with no record on its way up
-        to ``uid``, the unit below ``uid`` that holds it), or None."""
+    def _below(self, txn, uid: int) -> tuple[list[tuple[int, int]], _Goods]:
+        """What ``uid`` holds, as shipping and moves read it: ``(records, goods)``.
+        ``records``: the units below it with a shipment record of their own, ``(unit,
+        shipment id)`` (0 = returned), a unit's children before theirs. ``goods``: what it
+        holds by hands (:class:`_Goods`), its own record aside."""
         records: list[tuple[int, int]] = []
-        bare = None
-        todo = [(uid, False, None)]  # (unit, a record above it, the top unit below uid on the way)
-        while todo:
-            unit, held, top = todo.pop()
+        dist: dict[int, str | None] = {}  # shipment id -> its distributor (None: returned)
+
+        def held(unit: int, above: tuple[str | None] | None) -> list[tuple]:
+            """``(unit, hands, witness, strays)`` of each unit ``unit`` holds directly;
+            ``above``: the hands of the nearest record on the way down from ``uid`` to it
+            (``(hands,)``), or None for none: a unit with no record of its own is in those."""
             kids = self.children(txn, unit) if self._has_child_level(unit) else []
-            if not kids and not held and unit != uid and bare is None:
-                bare = top  # NOTE: named by the unit below uid that holds it (a case, not its caps)
-            nxt = []
+            deeper = bool(kids) and self._has_child_level(kids[0])  # one level, all of them
+            own: list[tuple[str | None] | None] = []  # hands by a kid's own record, if any
             for k in kids:
                 raw = txn.get(_Q.pack(k), db=self._ship_db)
-                sid = None if raw is None else _I.unpack(raw)[0]
-                if sid is not None:
-                    records.append((k, sid))
-                if sid == 0 and bare is None:
-                    bare = k
-                nxt.append((k, held or bool(sid), k if top is None else top))
-            todo.extend(reversed(nxt))  # NOTE: popped in child order
-        return records, bare
+                if raw is None:
+                    own.append(above)
+                    continue
+                sid = _I.unpack(raw)[0]
+                records.append((k, sid))
+                if sid not in dist:
+                    dist[sid] = self._distributor_of(txn, sid)
+                own.append((dist[sid],))
+            if not deeper:  # PERF: units holding nothing by level (caps): no call each
+                return [(k, None if rec is None else rec[0], k, ()) for k, rec in zip(kids, own)]
+            out = []
+            for k, rec in zip(kids, own):
+                below = held(k, rec)
+                if rec is not None:
+                    hands, witness = rec[0], k
+                elif below:
+                    hands, witness = _most_hands(below)
+                    witness = k if hands is None else witness  # NOTE: a case, not its caps
+                else:
+                    hands, witness = None, k  # holding nothing, with no record: the brand's
+                out.append((k, hands, witness, _strays_in(below, hands)))
+            return out
+
+        top = held(uid, None)
+        if not top:
+            return records, _Goods()
+        hands, witness = _most_hands(top)
+        return records, _Goods(hands, witness, _strays_in(top, hands))
 
     def _take_out(self, txn, units: list[int], to: str | None, now) -> dict:
         """Take each of ``units`` out of its parent when that parent is not with ``to``
@@ -1648,9 +1754,10 @@ class Aggregation:
         parent (:meth:`_unpack_in`). Returns ``{"taken_out": [[unit, parent], ...]}``, or
         ``{}`` for none.
 
-        A parent with no distributor of its own or above is with the one most of its
-        goods are with (a pallet rebuilt from a distributor's cases, 拆垛组垛), or with none
-        (the brand's: a unit returned to the brand stays on it)."""
+        A parent with no distributor of its own or above is in the hands most of its goods
+        are in (:class:`_Goods`): a distributor's (a pallet rebuilt from its cases, 拆垛组垛),
+        or the brand's (a unit returned to the brand stays on it, even on the brand's pallet
+        holding a stray of another distributor's)."""
         going = set(units)
         out: dict[int, list[int]] = {}
         for u in units:
@@ -1665,19 +1772,23 @@ class Aggregation:
     def _holder(self, txn, uid: int) -> str | None:
         """The distributor ``uid`` is with: through its own record or an ancestor's, else the
         one most of its goods are with (a rebuilt pallet is where its cases are), else None
-        (the brand's)."""
-        return self._distributor_at(txn, uid) or self._goods_of(txn, uid)[0]
+        (the brand's): :meth:`_holding`."""
+        return self._holding(txn, uid)[0]
 
-    def _goods_of(self, txn, uid: int) -> tuple[str | None, int | None]:
-        """``(distributor, unit)``: the distributor most of what ``uid`` holds is with (by
-        the records below it, :meth:`_below`) and the first unit below with it; with none,
-        ``(None, the first unit below with none)``; ``(None, None)`` when it holds nothing."""
-        records, bare = self._below(txn, uid)
-        hands = [(self._distributor_of(txn, s), k) for k, s in records if s]
-        most = _most(d for d, _ in hands)
-        if most is None:
-            return None, bare
-        return most, next(k for d, k in hands if d == most)
+    def _holding(self, txn, uid: int) -> tuple[str | None, _Goods | None]:
+        """``(hands, goods)`` of ``uid``: the distributor it is with through its own record
+        or an ancestor's (``goods`` None: not read), else the hands most of its goods are in
+        (``goods``: :meth:`_goods_of`; None: the brand's, holding nothing or mostly the
+        brand's goods)."""
+        have = self._distributor_at(txn, uid)
+        if have is not None:
+            return have, None
+        goods = self._goods_of(txn, uid)
+        return goods.hands, goods
+
+    def _goods_of(self, txn, uid: int) -> _Goods:
+        """What ``uid`` holds, by hands (:class:`_Goods`, read by :meth:`_below`)."""
+        return self._below(txn, uid)[1]
 
     def _bind(self, txn, kind: str, below: dict[int, list[tuple[int, int]]], sid: int) -> None:
         """Record shipment ``sid`` (0: returned) on each unit of ``below``; it governs the

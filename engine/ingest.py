@@ -1076,9 +1076,11 @@ def _other_hands(agg, txn, new: _Runs, line_parent, marks: _Marks) -> dict[int, 
             have[c] = h
     par = line_parent[runs.line]
     hands = _parent_hands(agg, txn, _unique_inverse(par)[0])
-    # links that can be refused: into a parent with a distributor; of a child with one;
-    # and every link into an empty parent such a child goes into (its first unit decides)
-    with_dist = np.array(sorted(p for p, w in hands.want.items() if w is not None), _U64)
+    # links that can be refused: into a parent with a distributor, or in several hands (as
+    # move, it takes no unit until the strays are out); of a child with one; and every
+    # link into an empty parent such a child goes into (its first unit decides)
+    mixed = {p for p, pl in hands.places.items() if pl.strays}  # several hands: takes no unit
+    with_dist = np.array(sorted(p for p, w in hands.want.items() if w is not None or p in mixed), _U64)
     check = np.isin(par, with_dist) if len(with_dist) else np.zeros(len(par), np.bool_)
     if have:
         hv = np.array(sorted(have), _U64)
@@ -1108,7 +1110,7 @@ def _other_hands(agg, txn, new: _Runs, line_parent, marks: _Marks) -> dict[int, 
                 continue
             if h == place.want:
                 continue
-        elif h == hands.want.get(p):  # NOTE: None for the brand's
+        elif h == hands.want.get(p) and p not in mixed:  # NOTE: None for the brand's
             continue
         else:
             place = hands.place(agg, txn, p)
