@@ -13,7 +13,8 @@ and counts on in it (its counts are already there: nothing is moved, so nothing 
 twice, and there are never more files than workers at once). A file is named only once its
 lock is held and its cells written, so a worker starting is never taken for one gone.
 
-A file names its cells (the series, in its header), so any release reads any file. One of
+A file names its cells (the series, in its header), so any release from this one on reads
+any file. One of
 another release's cells (a release with another verdict) is not taken over: a worker
 folds its counts into the counters store (``metrics`` database, key ``retired``), marks it
 folded in the same transaction (``metrics_retired``: file name -> when) and removes it, so
@@ -39,6 +40,7 @@ import weakref
 from bisect import bisect_left
 from pathlib import Path
 
+from .every import Every
 from .scan import VERDICTS
 from .store import Store, pack, unpack
 
@@ -80,6 +82,8 @@ def _layout(names: tuple[str, ...]) -> tuple[bytes, int]:
 _HEADER, _CELLS_AT = _layout(_CELLS)
 _SIZE = _CELLS_AT + 8 * len(_CELLS)
 _SUFFIX = ".cells"
+#: An unreadable file is logged once a minute.
+_unreadable = Every(60)
 #: A folded file's mark is dropped a day after (no read of the file can still be running).
 _MARK_KEPT_S = 86_400.0
 
@@ -223,7 +227,7 @@ class Metrics:
         with self._counters.write() as txn:
             if txn.get(key, db=self._folded) is None:
                 retired = txn.get(b"retired", db=self._db)
-                total = unpack(retired) if retired is not None else {}
+                total = _as_integers(unpack(retired)) if retired is not None else {}
                 _add(total, _series(*cells))
                 txn.put(b"retired", pack(total), db=self._db)
                 txn.put(key, pack(now), db=self._folded)
@@ -272,11 +276,15 @@ def _parse(raw: bytes) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
 
 
 def _read(path: Path):
-    """:func:`_parse` of the file at ``path``; None if it is none or gone."""
+    """:func:`_parse` of the file at ``path``; None if it is none, gone or unreadable."""
     try:
         with open(path, "rb") as f:
             return _parse(f.read(1 << 20))
     except FileNotFoundError:  # folded just now: the store has it
+        return None
+    except OSError as e:  # NOTE: a folder of that name, no permission: /metrics answers without it
+        if _unreadable.due():
+            log.warning("%s is not a metrics file this worker can read, left out of /metrics: %s", path, e)
         return None
 
 

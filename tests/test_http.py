@@ -689,6 +689,20 @@ def test_metrics_of_another_release_s_cells_are_folded_once_and_kept(tmp_path):
         assert abs(got["wuma_scan_latency_seconds_sum"] - 0.043) < 1e-9
 
 
+def test_metrics_are_served_with_an_unreadable_entry_in_their_folder(tmp_path, caplog):
+    """A folder named like a cells file (or a file no worker may read) made every /metrics
+    fail (IsADirectoryError), and kept each new worker's counts out of the totals."""
+    from engine.http_scan import Metrics
+    from engine.store import Store
+
+    counters = Store(tmp_path / "counters", sync=False)
+    (tmp_path / "counters" / "metrics" / "x.cells").mkdir(parents=True)
+    m = Metrics(counters)
+    m.observe_scan("genuine", 0.001)
+    assert m.shared and m.totals()['wuma_scans_total{verdict="genuine"}'] == 1
+    assert "x.cells is not a metrics file" in caplog.text
+
+
 def test_metrics_without_a_file_keep_serving_and_say_so(tmp_path, caplog):
     """No file can be made for a worker's counts (here the folder's name is taken by a
     file; a full disk alike): the worker counts on, its counts are in no one's totals
