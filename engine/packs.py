@@ -662,7 +662,7 @@ class PackRegistry:
             named.append(f"pack {rec['id']} (serials {rec['start']}:{rec['stop']}, line {rec['line']}"
                          f"{'; ' + why if why else ''})")
         more = f", and {len(held) - 5} more" if len(held) > 5 else ""
-        revoke = "; ".join(f"`wuma pack revoke {rec['id']}`" for rec in held[:5])
+        revoke = "`wuma pack revoke " + " ".join(rec["id"] for rec in held[:5]) + "`"  # one command, all at once
         raise Conflict(
             f"serials {start}:{stop} of batch {batch_id} are already in {len(held)} pack(s) not "
             f"revoked: {'; '.join(named)}{more}. Exported again, their codes would be printed twice: "

@@ -54,7 +54,7 @@ def test_an_export_overlapping_a_live_pack_is_refused_naming_it(world):
         hit = [p for p in (first, second) if p.start < stop and p.stop > start]
         for p in hit:
             assert f"pack {p.id} (serials {p.start}:{p.stop}, line L1)" in text
-            assert f"`wuma pack revoke {p.id}`" in text
+        assert f"`wuma pack revoke {' '.join(p.id for p in hit)}`" in text  # one command for all
         assert "printed twice" in text
     assert not (tmp / "again").exists() or os.listdir(tmp / "again") == []
     assert _live(reg) == [(0, 500), (500, 1000)] and len(reg.list()) == 2
