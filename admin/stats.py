@@ -446,11 +446,10 @@ class Stats:
                 if dim == "city":
                     # NOTE: a release before this one filed a province-level code (440000)
                     # under a city "4400": such counters, left as they were, are no city
-                    cities = by_day[day]["city"]
+                    # (and add to it: two stored keys may name one city now)
                     value = _city(value)
-                    cities[value] = cities.get(value, 0) + unpack(v)[0]
-                    continue
-                (diverted[day] if dim == "diverted" else by_day[day][dim])[value] = unpack(v)[0]
+                counts = diverted[day] if dim == "diverted" else by_day[day][dim]
+                counts[value] = counts.get(value, 0) + unpack(v)[0]
         totals: dict[tuple, list[int]] = {}
         for prefix in (b"c\0", b"t\0"):
             if cur.set_range(prefix):

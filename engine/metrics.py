@@ -113,8 +113,7 @@ class Metrics:
         self.shared = True  # see _count_here
         try:
             self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fold_other_layouts()
-            fd = self._take_over() or self._new_file()
+            fd = self._take_over_or_fold() or self._new_file()
             try:
                 self._map = mmap.mmap(fd, _SIZE)
             except BaseException:
@@ -136,15 +135,28 @@ class Metrics:
         self._map = mmap.mmap(-1, _SIZE)
         self._map[:_CELLS_AT] = _HEADER
 
-    def _take_over(self) -> int | None:
-        """A file of this layout whose worker is gone, opened and locked, or None."""
+    def _take_over_or_fold(self) -> int | None:
+        """One pass over the files of workers gone: the first of this layout, opened and
+        locked, to count on in (None if none); those of another layout (an earlier or later
+        release's) folded into the store, each once."""
+        taken = None
         for path in sorted(self._folder.glob(f"*{_SUFFIX}")):
             cells = _read(path)
-            if cells is not None and cells[0] == _CELLS:
-                fd = _locked(path)
-                if fd is not None:
-                    return fd
-        return None
+            if cells is None or (taken is not None and cells[0] == _CELLS):
+                continue
+            fd = _locked(path)
+            if fd is None:
+                continue
+            if cells[0] == _CELLS:
+                taken = fd
+                continue
+            try:
+                cells = _read(path)  # NOTE: its last counts, now that no one writes them
+                if cells is not None:
+                    self._fold(path, cells)
+            finally:
+                os.close(fd)
+        return taken
 
     def _new_file(self) -> int:
         """A new file, locked, written whole, then named."""
@@ -204,23 +216,6 @@ class Metrics:
             if name not in folded:
                 _add(out, _series(*cells))
         return {k: v / 1e9 if k == SUM_KEY else float(v) for k, v in out.items()}
-
-    def _fold_other_layouts(self) -> None:
-        """Fold into the store, each once, the files of workers gone whose cells are not
-        this release's (an earlier or later release's)."""
-        for path in sorted(self._folder.glob(f"*{_SUFFIX}")):
-            cells = _read(path)
-            if cells is None or cells[0] == _CELLS:
-                continue
-            fd = _locked(path)
-            if fd is None:
-                continue
-            try:
-                cells = _read(path)  # NOTE: its last counts, now that no one writes them
-                if cells is not None:
-                    self._fold(path, cells)
-            finally:
-                os.close(fd)
 
     def _fold(self, path: Path, cells: tuple) -> None:
         now, key = time.time(), path.name.encode()

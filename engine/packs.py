@@ -464,7 +464,6 @@ class PackRegistry:
         # the files placed; a process killed in 3 leaves registered packs that were never
         # placed: not served (`pack list` says what to do), never an unregistered one.
         written: list[_WrittenPart] = []
-        placed: list[Path] = []
         registered = False
         try:
             for a, b in pairwise(bounds):
@@ -478,12 +477,11 @@ class PackRegistry:
             registered = True
             for part in written:
                 part.sign_and_place()
-                placed.append(part.path)
             sync_folder(out_dir)  # NOTE: the names too
             self._settle(written, "placed_at", now)
         except BaseException as e:
             if registered:
-                self._export_failed(written, placed, e)
+                self._export_failed(written, e)
             raise
         finally:
             for part in written:
@@ -531,7 +529,7 @@ class PackRegistry:
                 if event:
                     self._event(txn, rec["id"], at=at, **event)
 
-    def _export_failed(self, written: list[_WrittenPart], placed: list[Path], error: BaseException) -> None:
+    def _export_failed(self, written: list[_WrittenPart], error: BaseException) -> None:
         """Withhold the registered packs of an export that failed (never delete them: a line
         may hold one), then remove the files it placed.
 
