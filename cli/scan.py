@@ -23,7 +23,8 @@ from cli.main import (
 from engine.abuse import BANS_PAGE
 from engine.accounts import ACCOUNT_ROLES
 from engine.chinatime import china_time
-from engine.launch import BindError, check_bind, server_environment, server_of
+from engine.errors import BindError
+from engine.launch import check_bind, server_environment, server_of
 from engine.store import MAX_SEQ
 
 

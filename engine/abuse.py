@@ -65,6 +65,14 @@ _LEGACY_INVALID_DBS = ("invalid", "invalid_evidence")
 EARLIER_BANS_MAX = 50
 #: Key of an earlier ban: the subject's length, the subject, when the ban was made (µs).
 _EARLIER_HEAD = struct.Struct(">H")
+
+
+def _earlier_prefix(key: bytes) -> bytes:
+    """The prefix of a subject's earlier bans: its length first, so that no other
+    subject's keys start with it."""
+    return _EARLIER_HEAD.pack(len(key)) + key
+
+
 #: Subjects a page of :meth:`AbuseGuard.list_bans` holds unless told otherwise.
 BANS_PAGE = 1000
 
@@ -278,14 +286,16 @@ class AbuseGuard:
 
     def _earlier_bans(self, txn, key: bytes) -> list[Ban]:
         """The earlier bans kept for the subject of ``key`` (see :meth:`_keep_earlier`)."""
-        prefix = _EARLIER_HEAD.pack(len(key)) + key
+        return [Ban(**unpack(raw)) for _, raw in self._earlier_of(txn, _earlier_prefix(key))]
+
+    def _earlier_of(self, txn, prefix: bytes):
+        """``(key, ban record)`` of the earlier bans under ``prefix`` (a subject's: see
+        :func:`_earlier_prefix`), oldest first (the time in the key is big-endian)."""
         cur = txn.cursor(db=self._earlier)
         found = cur.set_range(prefix)
-        bans = []
         while found and cur.key().startswith(prefix):
-            bans.append(Ban(**unpack(cur.value())))
+            yield cur.item()
             found = cur.next()
-        return bans
 
     def count_active(self, now: float | None = None) -> int:
         """How many clients are banned now (for /metrics). PERF: from the ban ends, not
@@ -515,20 +525,13 @@ class AbuseGuard:
         NOTE: a ban still in force when replaced (a new ban from scans that passed the ban
         check before it was made) is kept as it was: its end then overlaps the new ban's."""
         created = unpack(raw).get("created_at") or 0.0
-        prefix = _EARLIER_HEAD.pack(len(key)) + key
+        prefix = _earlier_prefix(key)
         at = max(0, int(created * 1_000_000))
         while txn.get(prefix + u64(at), None, self._earlier) is not None:  # same µs: next one
             at += 1
         txn.put(prefix + u64(at), raw, db=self._earlier)
-        cursor = txn.cursor(db=self._earlier)
-        # the subject's length first: no other subject's key starts with this prefix
-        kept = []
-        if cursor.set_range(prefix):
-            for k in cursor.iternext(values=False):
-                if not k.startswith(prefix):
-                    break
-                kept.append(k)
-        for k in kept[:-EARLIER_BANS_MAX]:  # oldest first (the time is big-endian)
+        kept = [k for k, _ in self._earlier_of(txn, prefix)]
+        for k in kept[:-EARLIER_BANS_MAX]:  # oldest first
             txn.delete(k, db=self._earlier)
 
     def sweep(self, now: float | None = None, *, pause: Callable[[], None] | None = None,

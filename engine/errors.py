@@ -5,7 +5,7 @@ that is forged, mistyped or malformed is simply *invalid*, with no hint about wh
 """
 
 __all__ = ["WumaError", "NotFound", "Conflict", "TakenByRevoked", "DataFolderError", "InvalidCode", "Unauthorized",
-           "Banned", "RateLimited"]
+           "Banned", "RateLimited", "BindError"]
 
 
 class WumaError(Exception):
@@ -25,6 +25,10 @@ class TakenByRevoked(Conflict):
     are never reused, and a revoked one gets no new token, so only another id will do.
     (Apart from the plain Conflict of an id held by an active one, which a new token for it
     may be the way out of.)"""
+
+
+class BindError(WumaError, ValueError):
+    """An address a server cannot listen on; the message says what to give instead."""
 
 
 class DataFolderError(WumaError):

@@ -14,14 +14,10 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from engine.errors import WumaError
+from engine.errors import BindError
 from engine.formats import is_host_name
 
-__all__ = ["BindError", "SERVER_SETTINGS", "check_bind", "inherited_environment", "server_environment", "server_of"]
-
-
-class BindError(WumaError, ValueError):
-    """An address a server cannot listen on; the message says what to give instead."""
+__all__ = ["SERVER_SETTINGS", "check_bind", "inherited_environment", "server_environment", "server_of"]
 
 
 def check_bind(address: str, *, port: int = 8080) -> str:

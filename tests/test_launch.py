@@ -27,7 +27,8 @@ from engine import DataFolder
 from engine.data import check_serving
 from engine.errors import DataFolderError
 from engine.http_packs import sign_request
-from engine.launch import SERVER_SETTINGS, BindError, check_bind, server_environment
+from engine.errors import BindError
+from engine.launch import SERVER_SETTINGS, check_bind, server_environment
 
 world = test_packs.world
 ROOT = Path(__file__).resolve().parent.parent
