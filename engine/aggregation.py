@@ -928,9 +928,10 @@ class Aggregation:
                     continue
                 self._refuse_voided(txn, u, "moved")
                 self._check_place(txn, u, target)
-                place = self._refuse_other_hands(txn, u, target, place, "move it")
+                above = self._resolved(txn, u)  # PERF: its ancestors walked once
+                place = self._refuse_other_hands(txn, u, target, place, "move it", above[1])
                 if cur is not None:
-                    sid = self._keep_shipment(txn, u, self._resolved(txn, u))
+                    sid = self._keep_shipment(txn, u, above)
                     if sid is not None:
                         kept.append([u, sid])
                     self._unlink(txn, u)
@@ -1374,20 +1375,16 @@ class Aggregation:
             return None
         return unpack(txn.get(u32(sid), db=self._shipments_db))["distributor"]
 
-    def _distributor_at(self, txn, uid: int) -> str | None:
-        """The distributor a unit is with (its own shipment or an ancestor's), or None."""
-        return self._distributor_of(txn, self._resolved(txn, uid)[1])
-
     def _place(self, txn, parent: int, goods: dict | None = None) -> _Place | None:
         """Whose hands a unit going into ``parent`` must be in (:class:`_Place`), or None
         when any unit may go in: nothing was ever shipped, or ``parent`` has no distributor
         through its own record or an ancestor's and neither it nor any unit above it holds
-        anything (a fresh pallet label, 拆垛组垛). ``goods``: what :meth:`_goods_of` found
+        anything (a fresh pallet label, 拆垛组垛). ``goods``: what :meth:`_below` found
         of top units, kept across calls in one transaction (a load asks of many parents).
 
         NOTE: a parent with no distributor of its own is in the hands most of the goods of
         its topmost unit are in (:class:`_Goods`: a pallet rebuilt from A's cases is A's, as
-        :meth:`_holder` and :meth:`_take_out` read it), the brand's goods counting as a
+        :meth:`_holding` and :meth:`_take_out` read it), the brand's goods counting as a
         hand: the brand's pallet at the factory, or one returned, is the brand's even with
         a case of B's left on it by an older release. Such a case is a stray
         (``_Place.strays``): the parent takes no unit until it is out. An emptied case on
@@ -1406,7 +1403,7 @@ class Aggregation:
         top = chain[-1] if chain else parent
         found = None if goods is None else goods.get(top)
         if found is None:
-            found = self._goods_of(txn, top)
+            found = self._below(txn, top)[1]
             if goods is not None:
                 goods[top] = found
         if found.witness is None:
@@ -1415,12 +1412,13 @@ class Aggregation:
         return _Place(found.hands, witness, top, found.strays)
 
     def _refuse_other_hands(self, txn, uid: int, parent: int, place: _Place | None,
-                            then: str) -> _Place | None:
+                            then: str, sid: int | None = None) -> _Place | None:
         """:class:`Conflict` when ``uid`` may not go into ``parent``, whose hands are
         ``place`` (:meth:`_place`): the rule of :meth:`move` and :meth:`link` (see
         :meth:`_hands_text`); ``then`` ends the message (what to do once the unit has
         changed hands, e.g. ``move it``). Returns the place once ``uid`` is in: an empty
-        parent takes the hands of the first unit put into it.
+        parent takes the hands of the first unit put into it. ``sid``: what ``uid``
+        resolves to (:meth:`_resolved`), when read already.
 
         NOTE: a parent, or a unit with no distributor through its records, holding goods of
         several hands (strays, :class:`_Goods`) is refused whatever the hands, naming the
@@ -1430,7 +1428,7 @@ class Aggregation:
         and ancestors, and what it holds when it has no distributor through them."""
         if not txn.stat(self._ship_db)["entries"]:
             return place
-        have, goods = self._holding(txn, uid)
+        have, goods = self._holding(txn, uid, sid)
         if place is not None and place.strays:
             raise Conflict(f"{self._hands_text(txn, uid, have, parent, place)}, then {then}")
         if goods is not None and goods.strays:
@@ -1762,33 +1760,24 @@ class Aggregation:
         out: dict[int, list[int]] = {}
         for u in units:
             chain = self._ancestors(txn, u)
-            if chain and going.isdisjoint(chain) and self._holder(txn, chain[0]) != to:
+            if chain and going.isdisjoint(chain) and self._holding(txn, chain[0])[0] != to:
                 out.setdefault(chain[0], []).append(u)
         for parent, kids in out.items():
             self._unpack_in(txn, parent, kids, now)
         taken = [[k, p] for p, kids in out.items() for k in kids]
         return {"taken_out": taken} if taken else {}
 
-    def _holder(self, txn, uid: int) -> str | None:
-        """The distributor ``uid`` is with: through its own record or an ancestor's, else the
-        one most of its goods are with (a rebuilt pallet is where its cases are), else None
-        (the brand's): :meth:`_holding`."""
-        return self._holding(txn, uid)[0]
-
-    def _holding(self, txn, uid: int) -> tuple[str | None, _Goods | None]:
+    def _holding(self, txn, uid: int, sid: int | None = None) -> tuple[str | None, _Goods | None]:
         """``(hands, goods)`` of ``uid``: the distributor it is with through its own record
         or an ancestor's (``goods`` None: not read), else the hands most of its goods are in
-        (``goods``: :meth:`_goods_of`; None: the brand's, holding nothing or mostly the
-        brand's goods)."""
-        have = self._distributor_at(txn, uid)
+        (a rebuilt pallet is where its cases are; ``goods``: :meth:`_below`; None: the
+        brand's, holding nothing or mostly the brand's goods). ``sid``: the shipment ``uid``
+        resolves to (:meth:`_resolved`), when read already."""
+        have = self._distributor_of(txn, self._resolved(txn, uid)[1] if sid is None else sid)
         if have is not None:
             return have, None
-        goods = self._goods_of(txn, uid)
+        goods = self._below(txn, uid)[1]
         return goods.hands, goods
-
-    def _goods_of(self, txn, uid: int) -> _Goods:
-        """What ``uid`` holds, by hands (:class:`_Goods`, read by :meth:`_below`)."""
-        return self._below(txn, uid)[1]
 
     def _bind(self, txn, kind: str, below: dict[int, list[tuple[int, int]]], sid: int) -> None:
         """Record shipment ``sid`` (0: returned) on each unit of ``below``; it governs the

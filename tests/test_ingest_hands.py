@@ -206,7 +206,7 @@ def test_a_fresh_day_reads_no_unit_by_unit_with_shipments_in_the_store(
     def never(*a):
         raise AssertionError("a unit read one by one in a fresh day's load")
 
-    for name in ("_holder", "_place", "_goods_of", "_below", "_distributor_of"):
+    for name in ("_holding", "_place", "_below", "_distributor_of"):
         monkeypatch.setattr(Aggregation, name, never)
     rep = agg.load(_text([r.cases[4], *r.caps[96:120]], [r.cases[5], *r.caps[120:144]],
                          [r.pallets[2], r.cases[4], r.cases[5]]))
