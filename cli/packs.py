@@ -41,7 +41,7 @@ from engine.lines import (
     generate_line_keys,
     load_brand_keys,
 )
-from engine.packs import PackRegistry, open_pack_to_file, withheld_causes
+from engine.packs import PackRegistry, RangeHeld, open_pack_to_file
 
 __all__ = ["line", "pack"]
 
@@ -245,22 +245,19 @@ def pack_export(data, batch_id, line_name, serial_range, parts, split_key, out_d
     reg = PackRegistry(data)
     if split_key:
         check_output_shown_once("each pack's key share")
-    if _progress_enabled():
-        with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
-            issued = reg.export(
-                batch_id,
-                line_name,
-                out_dir,
-                start=start,
-                stop=stop,
-                parts=parts,
-                split_key=split_key,
-                progress=bar.update,
-            )
-    else:
-        issued = reg.export(
-            batch_id, line_name, out_dir, start=start, stop=stop, parts=parts, split_key=split_key
-        )
+
+    def export(progress=None):
+        return reg.export(batch_id, line_name, out_dir, start=start, stop=stop, parts=parts,
+                          split_key=split_key, progress=progress)
+
+    try:
+        if _progress_enabled():
+            with click.progressbar(length=stop - start, label="exporting", file=sys.stderr) as bar:
+                issued = export(bar.update)
+        else:
+            issued = export()
+    except RangeHeld as e:  # NOTE: the revoke command it names, with this command's --data
+        raise click.ClickException(e.worded(wuma_command("pack", "revoke", *e.pack_ids))) from None
     for i, p in enumerate(issued):
         text = f"pack {p.id}: {p.path} serials {p.start}:{p.stop} ({p.count:,} units) for {p.line}"
         if not p.share:
@@ -428,8 +425,9 @@ def pack_list(data, batch_id, line_name, as_json):
 
 def _pack_state(p: dict) -> str:
     """A listed pack's state, and what to do about it, for `pack list`: why it is withheld
-    in the library's words (engine.packs.withheld_causes), then what the brand does."""
-    causes = dict(withheld_causes(p))
+    in the library's words (its ``withheld_causes``: engine.packs.withheld_causes), then
+    what the brand does."""
+    causes = dict(p["withheld_causes"])
     state = "issued" if not causes else f"withheld: {p['withheld_reason']}"
     revoke = f"revoke it (`{wuma_command('pack', 'revoke', p['id'])}`"
     # NOTE: a file left by a killed export opens without --server: with its range exported

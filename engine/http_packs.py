@@ -64,7 +64,7 @@ from engine.errors import NotFound, WumaError
 from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
-from engine.packs import CLOCK_SKEW, ListedPack, PackRegistry, read_header, withheld_causes
+from engine.packs import CLOCK_SKEW, ListedPack, PackRegistry, export_unfinished, read_header
 
 __all__ = [
     "REPLAY_WINDOW",
@@ -187,7 +187,7 @@ class _PackList:
         line = req.context.line
         packs, withheld = [], []
         for p in self._registry.list(line=line.name, events=False):  # NOTE: no history needed
-            if p["placed_at"] is None and p["export_failed_at"] is None and p["revoked_at"] is None:
+            if export_unfinished(p):
                 continue  # NOTE: not issued yet (an export running): a line's copy is no copy to set aside
             why = p["withheld_reason"]  # NOTE: revoked, codes voided, or its signer revoked
             if why is None:
@@ -198,10 +198,11 @@ class _PackList:
 
 
 def _refusal(rec: dict) -> falcon.HTTPError | None:
-    """The answer to a line asking for its pack ``rec`` that is not served, or None: its
-    first cause (:func:`~engine.packs.withheld_causes`, which words it), 404 for a pack
-    not in place, 410 for the others."""
-    causes = withheld_causes(rec)
+    """The answer to a line asking for its pack ``rec`` (as the registry annotates it) that
+    is not served, or None: its first cause (its ``withheld_causes``, which
+    :func:`~engine.packs.withheld_causes` words), 404 for a pack not in place, 410 for the
+    others."""
+    causes = rec["withheld_causes"]
     if not causes:
         return None
     code, why = causes[0]

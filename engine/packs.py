@@ -95,6 +95,8 @@ __all__ = [
     "OpenedPack",
     "PackError",
     "PackRegistry",
+    "RangeHeld",
+    "export_unfinished",
     "open_pack",
     "open_pack_to_file",
     "pack_file_name",
@@ -155,6 +157,22 @@ def _live(rec: dict) -> bool:
 
 class PackError(WumaError):
     """A pack cannot be exported or opened; the message says why, in words for the operator."""
+
+
+class RangeHeld(Conflict):
+    """An export refused: live packs (:func:`_live`) hold serials of its range. ``pack_ids``:
+    the packs the message names (the first 5), which one command revokes; the message names
+    it ``wuma pack revoke ID...``, and :meth:`worded` puts another in its place (the CLI's,
+    with the ``--data`` it was given)."""
+
+    def __init__(self, before: str, pack_ids: list[str], after: str) -> None:
+        self.pack_ids = pack_ids
+        self._before, self._after = before, after
+        super().__init__(self.worded("wuma pack revoke " + " ".join(pack_ids)))
+
+    def worded(self, revoke: str) -> str:
+        """The message, with ``revoke`` as the command that revokes :attr:`pack_ids`."""
+        return f"{self._before}`{revoke}`{self._after}"
 
 
 @dataclass(frozen=True)
@@ -422,9 +440,10 @@ class PackRegistry:
     ) -> list[IssuedPack]:
         """Write ``parts`` packs covering serials ``start..stop-1`` of a batch for a line.
 
-        Conflict if packs not revoked hold serials of the range (:func:`_live`: of any line,
-        an export still running included; checked again as the packs are registered): a
-        batch's serials go to the lines once, until their pack is revoked."""
+        :class:`RangeHeld` (a Conflict) if packs not revoked hold serials of the range
+        (:func:`_live`: of any line, an export still running included; checked again as the
+        packs are registered): a batch's serials go to the lines once, until their pack is
+        revoked."""
         if not isinstance(parts, int) or isinstance(parts, bool):
             raise TypeError("parts must be an int")
         batch = self._data.batches.get(batch_id)
@@ -596,12 +615,27 @@ class PackRegistry:
         their first serial, unannotated.
 
         PERF: through ``packs_by_range``: only the batch's packs whose ranges end after
-        ``start`` are looked at (none, for an export after the last one). Every pack is read
-        where the index does not hold every one (:meth:`_indexed`)."""
-        recs = (self._in_batches(txn, {batch_id}, start, stop) if self._indexed(txn, self._by_range)
-                else (r for _, v in txn.cursor(db=self._packs) if (r := unpack(v))["batch"] == batch_id))
-        return sorted((r for r in recs if _live(r) and r["start"] < stop and r["stop"] > start),
-                      key=lambda r: (r["start"], r["id"]))
+        ``start`` are looked at (none, for an export after the last one); see
+        :meth:`_live_in`."""
+        return self._live_in(txn, {batch_id}, start, stop)[batch_id]
+
+    def _live_in(self, txn, batches: set[int], start: int = 0,
+                 stop: int = 1 << 64) -> dict[int, list[dict]]:
+        """Each of ``batches``: its live packs (:func:`_live`) holding serials of
+        ``start:stop``, by their first serial, unannotated.
+
+        PERF: through ``packs_by_range`` (:meth:`_in_batches`); every pack is read where the
+        index does not hold every one (:meth:`_indexed`)."""
+        live: dict[int, list[dict]] = {b: [] for b in batches}
+        recs = (self._in_batches(txn, batches, start, stop)
+                if not batches or self._indexed(txn, self._by_range)
+                else (unpack(v) for _, v in txn.cursor(db=self._packs)))
+        for r in recs:
+            if r["batch"] in live and _live(r) and r["start"] < stop and r["stop"] > start:
+                live[r["batch"]].append(r)
+        for held in live.values():
+            held.sort(key=lambda r: (r["start"], r["id"]))
+        return live
 
     def _in_batches(self, txn, batches, start: int = 0, stop: int = 1 << 64):
         """The records of the packs of ``batches`` holding serials of ``start:stop``, through
@@ -622,19 +656,12 @@ class PackRegistry:
         """``holding(rec)``: the live packs holding serials of pack ``rec``'s range (see
         :meth:`_holding`), for packs of ``batches``.
 
-        PERF: each batch's live packs are read once (every pack, without the range index),
-        sorted by first serial; a pack's holders are a slice of them, found by bisection.
-        Asking :meth:`_holding` once a pack read the batch's later packs again each time:
-        `pack list` of 6,000 packs took 8 s (2,000: 1.3 s)."""
-        live: dict[int, list[dict]] = {b: [] for b in batches}
-        recs = (self._in_batches(txn, batches) if not batches or self._indexed(txn, self._by_range)
-                else (unpack(v) for _, v in txn.cursor(db=self._packs)))
-        for r in recs:
-            if r["batch"] in live and _live(r):
-                live[r["batch"]].append(r)
+        PERF: each batch's live packs are read once (:meth:`_live_in`: every pack, without
+        the range index), sorted by first serial; a pack's holders are a slice of them, found
+        by bisection. Asking :meth:`_holding` once a pack read the batch's later packs again
+        each time: `pack list` of 6,000 packs took 8 s (2,000: 1.3 s)."""
         found = {}
-        for b, held in live.items():
-            held.sort(key=lambda r: (r["start"], r["id"]))
+        for b, held in self._live_in(txn, batches).items():
             # NOTE: live packs may overlap (exported before overlaps were refused): where the
             # ranges so far reach, not where each ends, is what grows with the first serial
             reach = list(accumulate((r["stop"] for r in held), max))
@@ -648,8 +675,9 @@ class PackRegistry:
         return holding
 
     def _refuse_overlap(self, txn, batch_id: int, start: int, stop: int) -> None:
-        """Conflict if live packs (:func:`_live`) hold serials of ``start:stop`` of the batch:
-        exported again, their codes would be printed twice. Names them (the first 5)."""
+        """:class:`RangeHeld` (a Conflict) if live packs (:func:`_live`) hold serials of
+        ``start:stop`` of the batch: exported again, their codes would be printed twice. Names
+        them (the first 5)."""
         held = self._holding(txn, batch_id, start, stop)
         if not held:
             return
@@ -660,12 +688,12 @@ class PackRegistry:
             named.append(f"pack {rec['id']} (serials {rec['start']}:{rec['stop']}, line {rec['line']}"
                          f"{'; ' + why if why else ''})")
         more = f", and {len(held) - 5} more" if len(held) > 5 else ""
-        revoke = "`wuma pack revoke " + " ".join(rec["id"] for rec in held[:5]) + "`"  # one command, all at once
-        raise Conflict(
+        raise RangeHeld(  # NOTE: one command revokes them all at once
             f"serials {start}:{stop} of batch {batch_id} are already in {len(held)} pack(s) not "
             f"revoked: {'; '.join(named)}{more}. Exported again, their codes would be printed twice: "
-            f"if those packs must not be printed, revoke them first ({revoke}{more}), then export; "
-            "or export the serials around them"
+            "if those packs must not be printed, revoke them first (",
+            [rec["id"] for rec in held[:5]],
+            f"{more}), then export; or export the serials around them",
         )
 
     def _put(self, txn, rec: dict) -> None:
@@ -808,9 +836,18 @@ class PackRegistry:
 
     def _from_history(self, txn, rec: dict) -> None:
         """``downloaded_at`` and ``opened_at`` of a pack recorded before they were kept, from
-        its events (its line's first whole download, its first open): a pack opened then
-        was recorded open again, and an honest receipt dated before a later download was
-        refused. PERF: reads every pack event, once a pack (then kept with the record)."""
+        its events (its line's first whole download, its first open), put in its record in
+        the write transaction ``txn``: a pack opened then was recorded open again, and an
+        honest receipt dated before a later download was refused. Nothing to do for a pack
+        exported by this release (it keeps both), or once its events were read.
+
+        PERF: reads every pack event, once a pack: the record is marked ``history_read`` with
+        what was found (one never downloaded whole keeps no ``downloaded_at``; a download
+        or an open since is kept as it is recorded), unless ``txn`` is rolled back (an open
+        report refused). Before, such a pack's events were read again at each cut download
+        and each open report until it was downloaded whole."""
+        if rec.get("history_read") or ("downloaded_at" in rec and "opened_at" in rec):
+            return
         first = {}
         for _, raw in txn.cursor(db=self._events):
             ev = unpack(raw)
@@ -820,6 +857,7 @@ class PackRegistry:
         if "download" in first:  # NOTE: one never pulled keeps the old rule (see _check_report)
             rec.setdefault("downloaded_at", first["download"])
         rec.setdefault("opened_at", first.get("opened"))
+        rec["history_read"] = True
         self._put(txn, rec)
 
     def _get_raw(self, txn, pack_id: str) -> dict:
@@ -835,21 +873,22 @@ class PackRegistry:
         return unpack(raw)
 
     def get(self, pack_id: str) -> dict:
-        """The pack's record, with ``voided_serial``, ``signer_revoked_at`` and
-        ``withheld_reason`` (see :meth:`list`)."""
+        """The pack's record, with ``voided_serial``, ``signer_revoked_at``,
+        ``withheld_causes`` and ``withheld_reason`` (see :meth:`list`)."""
         with self._store.read() as txn:
             rec = self._get_raw(txn, pack_id)
             return self._annotate(txn, rec, self.lines.revoked_signers(txn))
 
     def _annotate(self, txn, rec: dict, revoked_signers: dict[int, float]) -> dict:
         """Add to ``rec`` what changed since its export: ``voided_serial``,
-        ``signer_revoked_at`` and ``withheld_reason`` (see :meth:`list`)."""
+        ``signer_revoked_at``, ``withheld_causes`` and ``withheld_reason`` (see :meth:`list`)."""
         # NOTE: exported before placing was recorded: served as it was then
         rec.setdefault("placed_at", rec["created"])
         rec.setdefault("export_failed_at", None)
         rec["voided_serial"] = self._first_voided(txn, rec)
         rec["signer_revoked_at"] = revoked_signers.get(_issuer_version(rec.get("issuer")))
-        rec["withheld_reason"] = _withheld_reason(rec)
+        rec["withheld_causes"] = withheld_causes(rec)  # NOTE: once a record, for every reader
+        rec["withheld_reason"] = "; ".join(why for _, why in rec["withheld_causes"]) or None
         return rec
 
     def _first_voided(self, txn, rec: dict) -> int | None:
@@ -909,8 +948,7 @@ class PackRegistry:
         at = time.time() if now is None else now
         with self._store.write() as txn:
             rec = self._get_raw(txn, pack_id)
-            if "downloaded_at" not in rec:  # NOTE: before this one: its first may be older
-                self._from_history(txn, rec)
+            self._from_history(txn, rec)  # NOTE: before this one: its first may be older
             if sent is not None and sent != rec["size"]:
                 self._event(txn, pack_id, "download_cut", at, who=line, where=remote, sent=sent)
                 return
@@ -956,8 +994,7 @@ class PackRegistry:
             if rec["line"] != line.name:
                 raise PackError(f"pack {rec['id']} was issued to {rec['line']}, not {line.name}")
             same = txn.get(key, db=self._receipts) is not None
-            if "downloaded_at" not in rec or "opened_at" not in rec:
-                self._from_history(txn, rec)
+            self._from_history(txn, rec)
             if not same:
                 # NOTE: read the line again in this transaction: revoked meanwhile counts
                 _check_report(report, rec, self.lines.find(line.name, txn) or line, at, version)
@@ -983,14 +1020,16 @@ class PackRegistry:
         if none is; see :meth:`_first_voided`): voided labels must not be printed;
         ``signer_revoked_at``: when the brand signing key that signed it (its ``issuer``)
         was revoked, or None (`wuma line brand-keys --revoke-version`): lines given the new
-        brand-keys.json refuse it; ``withheld_reason``: why the pack server does not serve
-        it (export failed, not placed, revoked, codes voided, signer revoked), or None;
-        and, with ``events`` (what ``pack list`` shows; the pull server's listing needs
-        none of them), its ``events`` (issued, download, download_cut, opened, revoked,
-        export_failed), ``file_present``: whether its file is where the export put it, and
-        ``to_export_again``: None for a pack that holds its serials (:func:`_live`: no other
-        export may hand them out), else the ranges ``[start, stop]`` of its serials that no
-        such pack holds: what the brand exports again (none once a later export did).
+        brand-keys.json refuse it; ``withheld_causes``: why the pack server does not serve
+        it, ``(code, sentence)`` for each cause (:func:`withheld_causes`: export failed, not
+        placed, revoked, codes voided, signer revoked), empty if it does, and
+        ``withheld_reason``: their sentences in one, or None; and, with ``events`` (what
+        ``pack list`` shows; the pull server's listing needs none of them), its ``events``
+        (issued, download, download_cut, opened, revoked, export_failed), ``file_present``:
+        whether its file is where the export put it, and ``to_export_again``: None for a
+        pack that holds its serials (:func:`_live`: no other export may hand them out), else
+        the ranges ``[start, stop]`` of its serials that no such pack holds: what the brand
+        exports again (none once a later export did).
 
         PERF: one line's packs are read through ``packs_by_line``, not every line's."""
         with self._store.read() as txn:
@@ -1074,24 +1113,32 @@ def _issuer_version(issuer: object) -> int | None:
     return int(version[1:])
 
 
+def export_unfinished(rec: dict) -> bool:
+    """Is pack ``rec`` (annotated, see :func:`withheld_causes`) registered and still to be
+    placed by its export: not in place, its export not failed, not revoked? Its export is
+    running, or was cut off: not issued yet (the pull server lists it nowhere)."""
+    return rec["placed_at"] is None and rec["export_failed_at"] is None and rec["revoked_at"] is None
+
+
 def withheld_causes(rec: dict) -> list[tuple[str, str]]:
     """Why the pack server does not serve pack ``rec`` (annotated by
-    :meth:`PackRegistry._annotate`; empty: it serves it): ``(code, sentence)`` for each
-    cause, in the order the server answers them. The code is the pull server's error
-    (``export_failed``, ``pack_not_placed``, ``pack_revoked``, ``codes_voided``,
-    ``signer_revoked``); the sentence is the one wording of that cause, wherever it is
-    given (the listing's ``withheld_reason``, the server's refusal, `wuma pack list`,
-    `wuma pack report`), each adding what its reader is to do."""
+    :meth:`PackRegistry._annotate`, which keeps them in the record as ``withheld_causes``;
+    empty: it serves it): ``(code, sentence)`` for each cause, in the order the server
+    answers them. The code is the pull server's error (``export_failed``,
+    ``pack_not_placed``, ``pack_revoked``, ``codes_voided``, ``signer_revoked``); the
+    sentence is the one wording of that cause, wherever it is given (the listing's
+    ``withheld_reason``, the server's refusal, `wuma pack list`, `wuma pack report`), each
+    adding what its reader is to do."""
     causes = []
     if rec["export_failed_at"] is not None:
         causes.append(("export_failed", f"its export failed at {china_time(rec['export_failed_at'])} "
                        "before every pack of it was in place"))
-    elif rec["placed_at"] is None and rec["revoked_at"] is not None:
-        causes.append(("pack_not_placed", "never in place: its export was cut off before it placed "
-                       "every file"))
-    elif rec["placed_at"] is None:
+    elif export_unfinished(rec):
         causes.append(("pack_not_placed", "not in place: its export is still running, or was cut off "
                        "before it placed every file"))
+    elif rec["placed_at"] is None:  # NOTE: revoked, so its export can place it no more
+        causes.append(("pack_not_placed", "never in place: its export was cut off before it placed "
+                       "every file"))
     if rec["revoked_at"] is not None:
         causes.append(("pack_revoked", f"revoked at {china_time(rec['revoked_at'])}"))
     if rec["voided_serial"] is not None:
@@ -1101,11 +1148,6 @@ def withheld_causes(rec: dict) -> list[tuple[str, str]]:
         causes.append(("signer_revoked", f"signed by brand key {rec['issuer']}, revoked at "
                        f"{china_time(rec['signer_revoked_at'])}"))
     return causes
-
-
-def _withheld_reason(rec: dict) -> str | None:
-    """Every cause of :func:`withheld_causes`, in one sentence, or None: the server serves it."""
-    return "; ".join(why for _, why in withheld_causes(rec)) or None
 
 
 def _real(x: object) -> bool:

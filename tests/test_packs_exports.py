@@ -66,6 +66,18 @@ def test_an_export_overlapping_a_live_pack_is_refused_naming_it(world):
     assert _live(reg) == [(0, 500), (500, 1000), (1000, 1200)]
 
 
+def test_an_overlapping_export_names_the_revoke_command_with_the_data_given(world, data):
+    """Before, the command named lacked the --data of the command refused: run as shown, it
+    revoked nothing in the folder the operator was working on."""
+    _reg, _keys, _brand, batch, tmp = world
+    held = test_packs._export(world, stop=1000, parts=2)
+    data.close()  # NOTE: the CLI opens the folder itself (once a process)
+    got = _cli(data.path, "pack", "export", batch.id, "--line", "L1", "--range", "0:1500", "-o", tmp / "again")
+    assert got.exit_code == 1 and "already in 2 pack(s) not revoked" in got.output, got.output
+    revoke = f"`wuma --data {data.path} pack revoke {held[0].id} {held[1].id}`"
+    assert f"revoke them first ({revoke}), then export" in got.output, got.output
+
+
 def test_a_pack_not_in_place_holds_its_range_and_a_failed_exports_does_not(world, monkeypatch):
     """A pack never placed (its export killed, or still running) may be in a line's hands
     (a part placed before the kill opens without --server): revoke it first. A failed
@@ -112,7 +124,8 @@ def test_two_export_processes_of_one_range_hand_it_out_once(world, data):
     done = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs]
     assert sorted(code for code, _ in done) == [0, 1], done
     refused = next(err for code, err in done if code == 1)
-    assert "are already in" in refused and "wuma pack revoke" in refused and "Traceback" not in refused
+    assert "are already in" in refused and "Traceback" not in refused
+    assert f"wuma --data {data.path} pack revoke " in refused  # the folder the refused command was given
     res = _cli(data.path, "pack", "list", "--json")
     live = [json.loads(x) for x in res.output.splitlines()]
     assert len(live) == 1, res.output  # the loser registered nothing
