@@ -1760,7 +1760,9 @@ class Aggregation:
         out: dict[int, list[int]] = {}
         for u in units:
             chain = self._ancestors(txn, u)
-            if chain and going.isdisjoint(chain) and self._holding(txn, chain[0])[0] != to:
+            # PERF: the parent's shipment from the chain in hand (it resolves through chain)
+            if chain and going.isdisjoint(chain) and self._holding(
+                    txn, chain[0], self._shipment_of(txn, chain)[1])[0] != to:
                 out.setdefault(chain[0], []).append(u)
         for parent, kids in out.items():
             self._unpack_in(txn, parent, kids, now)
