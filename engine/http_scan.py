@@ -14,8 +14,11 @@ trace ever reaches a client.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import logging
+import re
 import time
 from typing import Callable
 
@@ -27,6 +30,7 @@ from engine.abuse import client_address, sweep_every
 from engine.aggregation import Aggregation
 from engine.data import DataFolder, default_data_path
 from engine.errors import Banned, RateLimited, Unauthorized
+from engine.every import Every
 from engine.metrics import (BUCKET_KEYS, COUNT_KEY, LATENCY_BUCKETS, REFUSED_KEYS, SUM_KEY, VERDICT_KEYS,
                             Metrics, flush_metrics)
 from engine.openapi import OPENAPI
@@ -102,6 +106,12 @@ def json_body(req: falcon.Request, max_bytes: int = _MAX_BODY) -> dict:
     return doc
 
 
+#: The fields of a scan's body, of its ``actor`` and of its ``location``.
+_SCAN_FIELDS = frozenset({"code", "actor", "location", "device"})
+_ACTOR_FIELDS = frozenset({"role", "id"})
+_LOCATION_FIELDS = frozenset({"region", "lat", "lng"})
+
+
 class ScanResource:
     def __init__(self, pipeline: ScanPipeline, metrics: Metrics, client_ip: Callable) -> None:
         self.pipeline = pipeline
@@ -123,10 +133,11 @@ class ScanResource:
         location = {} if doc.get("location") is None else doc["location"]
         if not isinstance(actor, dict) or not isinstance(location, dict):
             raise falcon.HTTPBadRequest(title="bad_request", description="actor and location must be objects")
-        unknown = set(doc) - {"code", "actor", "location", "device"}
-        if unknown:
-            raise falcon.HTTPBadRequest(title="bad_request",
-                                        description=f"unknown fields: {', '.join(sorted(unknown))}")
+        for where, got, known in (("", doc, _SCAN_FIELDS), ("actor.", actor, _ACTOR_FIELDS),
+                                  ("location.", location, _LOCATION_FIELDS)):
+            if not known.issuperset(got):  # NOTE: a misspelt field (regoin) was lost unseen
+                unknown = ", ".join(where + k for k in sorted(set(got) - known))
+                raise falcon.HTTPBadRequest(title="bad_request", description=f"unknown fields: {unknown}")
         auth = req.get_header("Authorization") or ""
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         sreq = ScanRequest(code=doc.get("code"), actor_role=actor.get("role", "consumer"),
@@ -182,18 +193,24 @@ class CodeResource:
 
 class HealthResource:
     """200 ``{"status": "ok"}``, or 503 with the reason when the store cannot take scans
-    (its map nearly full, its disk nearly full): a load balancer takes the server out."""
+    (``map_nearly_full``, ``disk_nearly_full``): a load balancer takes the server out. The
+    operator's text, which names the data folder's path, goes to the error log (once a
+    minute), not to whoever asks: the route is public."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._told = Every(60)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         problem = self.store.problem()
         if problem is None:
             resp.media = {"status": "ok"}
-        else:
-            resp.status = falcon.HTTP_503
-            resp.media = {"status": "unavailable", "reason": problem}
+            return
+        reason, text = problem
+        if self._told.due():
+            log.error("the store cannot take scans: %s", text)
+        resp.status = falcon.HTTP_503
+        resp.media = {"status": "unavailable", "reason": reason}
 
 
 class MetricsResource:
@@ -237,6 +254,69 @@ class OpenApiResource:
 UNIX_PEER = "unix"
 
 
+#: How a dual-stack (IPv6) socket writes an IPv4 peer's address: ``::ffff:10.0.0.2``.
+_MAPPED = "::ffff:"
+#: A proxy header's hop with brackets or a port, as load balancers and RFC 7239 write
+#: them: ``198.51.100.1:50312``, ``[2001:db8::1]``, ``[2001:db8::1]:443`` (a port may be
+#: obfuscated, ``_p1``); group 1 or 2 is the address.
+_PORTED_HOP = re.compile(r"\[([^\]]+)\](?::(?:[0-9]{1,5}|_[A-Za-z0-9._-]+))?"
+                         r"|([0-9.]+):(?:[0-9]{1,5}|_[A-Za-z0-9._-]+)")
+#: The ``for=`` parameter of an RFC 7239 ``Forwarded`` element: a token or a quoted string.
+_FORWARDED_FOR = re.compile(r'(?:^|;)\s*for=("(?:[^"\\]|\\.)*"|[^;"]*)(?=;|$)', re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_node(text: str) -> tuple[str, str] | None:
+    """See :func:`_node`. PERF: cached (bounded): ipaddress takes several µs an address."""
+    try:
+        address = ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if address.ipv4_mapped is not None:
+        text = str(address.ipv4_mapped)
+        return text, text
+    text = str(address)
+    return text, client_address(text) or text
+
+
+def _node(text: str) -> tuple[str, str] | None:
+    """``(address, client)`` for an IP address's text, or None if it is none: the address
+    written one way, to match a proxy by, and the client it counts as
+    (:func:`engine.abuse.client_address`). An IPv4-mapped IPv6 address is its IPv4 address
+    both ways, so a client or proxy is the same one over IPv4 and over a dual-stack socket."""
+    if ":" not in text:
+        address = client_address(text)  # PERF: IPv4, the usual case: one regular expression
+        return None if address is None else (address, address)
+    if text.startswith(_MAPPED) and ":" not in text[7:]:  # PERF: as a dual-stack socket writes IPv4
+        address = client_address(text[7:])
+        if address is not None:
+            return address, address
+    return _ipv6_node(text)
+
+
+def _hop(text: str) -> tuple[str, str] | None:
+    """:func:`_node` of one hop of a proxy header, without its brackets and port."""
+    text = text.strip()
+    if text.startswith("[") or text.count(":") == 1:
+        ported = _PORTED_HOP.fullmatch(text)
+        if ported is None:
+            return None
+        text = ported[1] or ported[2]
+    return _node(text)
+
+
+def _forwarded_for(element: str) -> str:
+    """The node of an RFC 7239 ``Forwarded`` element's ``for=``, unquoted; "" (no address)
+    when it has none or more than one. APPSEC: the header is split at every comma, quoted
+    or not: a node never holds one, and a quote the client opens cannot then swallow the
+    element the proxy appends to its right."""
+    found = _FORWARDED_FOR.findall(element)
+    if len(found) != 1:
+        return ""
+    node = found[0]
+    return re.sub(r"\\(.)", r"\1", node[1:-1]) if node.startswith('"') else node
+
+
 def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Callable:
     """The client's address as bans and rate limits count it (see
     :func:`engine.abuse.client_address`: an IPv6 client by its /64).
@@ -244,30 +324,54 @@ def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Calla
     The connection's address; or, when the connection comes from a trusted proxy or over a
     unix socket (which only a local proxy reaches), the rightmost address in ``header``
     that is not a trusted proxy's: hops to the left of it are whatever the client wrote.
-    A hop that is no address counts as the proxy itself. Over a unix socket with no
-    header, every client is one, :data:`UNIX_PEER`, sharing one rate and one ban (fail
-    closed; logged once): set ``serve.proxy_header``."""
+    ``header`` is a list of addresses (X-Forwarded-For; a hop may carry a port:
+    ``198.51.100.1:50312``, ``[2001:db8::1]:443``) or RFC 7239's ``Forwarded``, read by its
+    ``for=``. A hop that is no address (``unknown``, ``_hidden``, no ``for=``) counts as
+    the proxy itself. Addresses are compared as addresses, an IPv4-mapped one
+    (``::ffff:10.0.0.2``, how a server bound to ``[::]`` sees an IPv4 peer) as its IPv4
+    address. Over a unix socket with no header, every client is one, :data:`UNIX_PEER`,
+    sharing one rate and one ban (fail closed; logged once): set ``serve.proxy_header``."""
+    proxies = {}  # each trusted proxy's address -> the client it counts as
+    for text in trusted_proxies:
+        node = _node(text)
+        if node is None:
+            raise ValueError(f"trusted_proxies: {text!r} is not an IP address")
+        proxies[node[0]] = node[1]
+    # PERF: a peer is looked up by its text first, so a proxy is found without parsing: an
+    # IPv4 proxy also as a dual-stack socket writes it
+    peers = {**proxies, **{_MAPPED + a: a for a in proxies if ":" not in a}}
+    forwarded = header is not None and header.lower() == "forwarded"
     warned = False
 
     def client_ip(req: falcon.Request) -> str:
         nonlocal warned
         remote = req.remote_addr or ""
-        if header and (not remote or remote in trusted_proxies):
+        peer = peers.get(remote)
+        if peer is None and remote:
+            if ":" not in remote:
+                return remote  # PERF: an IPv4 client, the usual case, as the socket wrote it
+            node = _node(remote)
+            if node is None or node[0] not in proxies:
+                return remote if node is None else node[1]
+            peer = node[1]
+        if header:
             value = req.get_header(header)
             if value:
                 for hop in reversed(value.split(",")):
-                    hop = hop.strip()
-                    if hop not in trusted_proxies:
-                        return client_address(hop) or remote or UNIX_PEER
-        if not remote:
-            if not warned:
-                warned = True
-                log.warning("scan API reached over a unix socket with no serve.proxy_header in "
-                            "wuma.json (or a request without it): every client counts as one "
-                            "for rate limits and bans; set it to the header your proxy writes, "
-                            "such as X-Forwarded-For")
-            return UNIX_PEER
-        return remote if ":" not in remote else client_address(remote) or remote
+                    node = _hop(_forwarded_for(hop) if forwarded else hop)
+                    if node is None:  # no address: the proxy itself
+                        return peer or UNIX_PEER
+                    if node[0] not in proxies:
+                        return node[1]
+        if peer:
+            return peer
+        if not warned:  # a unix socket
+            warned = True
+            log.warning("scan API reached over a unix socket with no serve.proxy_header in "
+                        "wuma.json (or a request without it): every client counts as one "
+                        "for rate limits and bans; set it to the header your proxy writes, "
+                        "such as X-Forwarded-For")
+        return UNIX_PEER
 
     return client_ip
 

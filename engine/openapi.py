@@ -50,7 +50,8 @@ _REFUSED = {
     "503": _json(_ERROR, "the store cannot take it now, map or disk full (error: storage_unavailable)"),
 }
 _HEALTH = {"type": "object", "required": ["status"],
-           "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}}
+           "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
+                          "reason": {"type": "string", "enum": ["map_nearly_full", "disk_nearly_full"]}}}
 _ERRORS = {
     "400": _json(_ERROR, "malformed request (error: bad_request, bad_json)"),
     "413": _json(_ERROR, "body too large"),
@@ -69,16 +70,23 @@ OPENAPI = {
                     "additionalProperties": False,
                     "properties": {
                         "code": {"type": "string", "description": "printed code or its URL"},
-                        "actor": {"type": "object", "nullable": True, "properties": {
+                        "actor": {"type": "object", "nullable": True, "additionalProperties": False, "properties": {
                             "role": {"type": "string", "enum": ["consumer", "store", "distributor",
                                                                 "sales_rep", "shop_assistant"]},
                             "id": {"type": "string", "maxLength": 128, "pattern": TEXT_ID_PATTERN,
                                    "nullable": True}}},
-                        "location": {"type": "object", "nullable": True, "properties": {
-                            "region": {"type": "string", "pattern": REGION_PATTERN, "nullable": True},
-                            "lat": {"type": "number", "minimum": -90, "maximum": 90, "nullable": True},
-                            "lng": {"type": "number", "minimum": -180, "maximum": 180,
-                                    "nullable": True}}},
+                        "location": {
+                            "type": "object", "nullable": True, "additionalProperties": False, "properties": {
+                                "region": {"type": "string", "pattern": REGION_PATTERN, "nullable": True},
+                                "lat": {"type": "number", "minimum": -90, "maximum": 90, "nullable": True},
+                                "lng": {"type": "number", "minimum": -180, "maximum": 180,
+                                        "nullable": True}},
+                            # a position is lat and lng together, or neither (null = absent)
+                            "anyOf": [{"required": ["lat", "lng"], "properties": {
+                                          "lat": {"type": "number"}, "lng": {"type": "number"}}},
+                                      {"properties": {"lat": {"enum": [None]}, "lng": {"enum": [None]}}}],
+                            "description": "where the scan was: a region code, a position (lat and "
+                                           "lng together), or both"},
                         "device": {"type": "string", "maxLength": 128, "pattern": TEXT_ID_PATTERN, "nullable": True,
                                    "description": "the front end's device id; null = absent"},
                     }}}}},

@@ -24,7 +24,7 @@ from engine.accounts import ACCOUNT_ROLES, ACTOR_ROLES, AccountRegistry
 from engine.aggregation import Aggregation, unit_id
 from engine.codes import CodeEngine
 from engine.errors import Banned, RateLimited, Unauthorized
-from engine.ids import has_control, is_region_code
+from engine.ids import has_control, is_region_code, region_prefix
 from engine.regions import RegionTable
 from engine.scanlog import ScanLog, ScanRecord
 
@@ -75,6 +75,8 @@ class ScanRequest(NamedTuple):
             raise ValueError("region must be an administrative division code such as 440106")
         # PERF: the usual request has no position: one check instead of two loops
         if self.lat is not None or self.lng is not None:
+            if self.lat is None or self.lng is None:
+                raise ValueError("lat and lng must be given together (a position), or neither")
             for name, v, lo, hi in (("lat", self.lat, -90, 90), ("lng", self.lng, -180, 180)):
                 # NOTE: the range check refuses NaN and the infinities too; math.isfinite
                 # would raise OverflowError on an integer too large for a float
@@ -94,6 +96,13 @@ class ScanRequest(NamedTuple):
                 raise ValueError(f"{name} must be printable text: it holds a control character "
                                  "(a line break, tab, escape, bidirectional control ...), which "
                                  "would reshape listings and exports of it")
+
+
+def _holds(region: str, inner: str) -> bool:
+    """Is division ``region`` a coarser one holding division ``inner`` (44 or 440000 holds
+    440305)? Compared by whole levels (:func:`engine.ids.region_prefix`)."""
+    outer, inner = region_prefix(region), region_prefix(inner)
+    return outer != inner and inner.startswith(outer)
 
 
 def _check_code(code) -> None:
@@ -424,6 +433,12 @@ class ScanPipeline:
             # pay the distributor's rebate (窜货不返利). A sales rep moves about: not so.
             if req.region is None and account_region is not None and req.actor_role in _FIXED_PLACE_ROLES:
                 req, region_from = req._replace(region=account_region), "account"
+        elif (account_region is not None and req.actor_role in _FIXED_PLACE_ROLES
+              and _holds(req.region, account_region)):
+            # NOTE: a region coarser than the account's own and holding it (the province, 44,
+            # for a Shenzhen store) says nothing new of where it scans, and a coarse region
+            # is never judged outside a territory: the store would escape 窜货不返利
+            req, region_from = req._replace(region=account_region), "account"
         flags: list[str] = []
         verdict = _unit_verdict(trace)
         if v.role not in self.role_rules.get(req.actor_role, ()):

@@ -133,15 +133,18 @@ class Store:
             self._dbs[name] = handle
         return handle
 
-    def problem(self) -> str | None:
-        """Why this store cannot take writes now, or None: its map nearly full (writes fail
-        with MDB_MAP_FULL), or its file system below :data:`MIN_FREE_BYTES` free."""
+    def problem(self) -> tuple[str, str] | None:
+        """Why this store cannot take writes now, or None: ``(reason, text)``, the reason
+        ``map_nearly_full`` (writes fail with MDB_MAP_FULL) or ``disk_nearly_full`` (its
+        file system below :data:`MIN_FREE_BYTES` free), and the text for its operator
+        (it names the store's path: not for clients)."""
         info, stat = self.env.info(), self.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
         if used > 0.95 * info["map_size"]:
-            return (f"the store at {self.path} has used {used / 2**20:,.1f} of its "
-                    f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE)")
-        return self._low_space()
+            return "map_nearly_full", (f"the store at {self.path} has used {used / 2**20:,.1f} of its "
+                                       f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE)")
+        low = self._low_space()
+        return None if low is None else ("disk_nearly_full", low)
 
     def _low_space(self) -> str | None:
         """Says so when the file system holding the store has under MIN_FREE_BYTES free."""

@@ -7,6 +7,7 @@ import fcntl
 import http.client
 import io
 import json
+import logging
 import os
 import signal
 import struct
@@ -86,7 +87,9 @@ def test_the_check_shows_a_code_flagged_copied(live):
     for r in ["440106", "440106001", "440100"]:
         assert s.scan({"code": other, "location": {"region": r}, "device": "phone"})[1]["flags"] == []
     assert s.get(f"/v1/codes/{other}")[1]["flags"] == []
-    flags = [s.scan({"code": inner, "location": {"region": r}, "device": f"d-{i}"})[1]["flags"]
+    # NOTE: from three clients (one alone never makes a code copied: test_copied_clients.py)
+    flags = [s.scan({"code": inner, "location": {"region": r}, "device": f"d-{i}"},
+                    {"X-Forwarded-For": f"192.0.2.{30 + i}"})[1]["flags"]
              for i, r in enumerate(["440100", "440300", "110101"])]
     assert ["copied" in f for f in flags] == [False, False, True]  # (and diverted: gz-1 is 4401)
     status, body = s.get(f"/v1/codes/{inner}")
@@ -127,6 +130,20 @@ def test_bad_requests_get_json_errors(live, body, status, error):
     got_status, got = live["server"].scan(body)
     assert (got_status, got["error"]) == (status, error)
     assert "Traceback" not in got["message"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ({"location": {"regoin": "330106"}}, "unknown fields: location.regoin"),
+    ({"actor": {"role": "consumer", "user": "u-1"}}, "unknown fields: actor.user"),
+    ({"location": {"lat": 30.27}}, "lat and lng must be given together"),
+    ({"location": {"lat": None, "lng": 120.15}}, "lat and lng must be given together"),
+])
+def test_a_misspelt_or_half_location_is_refused_not_dropped(live, where, message):
+    """Before, a misspelt region was dropped unseen (and no diversion judged), and so was
+    a latitude without its longitude: the scan answered 200 as if sent without them."""
+    code = live["data"].codes.code(live["caps"], 3, "cap_inner")
+    status, got = live["server"].scan({"code": code, **where})
+    assert (status, got["error"]) == (400, "bad_request") and message in got["message"], got
 
 
 @pytest.mark.parametrize("raw, status", [
@@ -824,7 +841,7 @@ def test_no_code_reaches_the_access_log(tmp_path):
     assert masked_path("/v1/vouchers/redeem") == "/v1/vouchers/redeem"
 
 
-def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch):
+def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch, caplog):
     """Map or disk full: the scan is not stored and the client is told so (503, not a
     500 and a traceback per request); /healthz takes the server out of rotation."""
     import lmdb
@@ -847,8 +864,14 @@ def test_a_full_store_is_a_503_and_healthz_says_so(tmp_path, monkeypatch):
         assert got.status_code == 503 and got.json["error"] == "storage_unavailable"
         assert got.headers["Retry-After"] == "60"
         monkeypatch.setattr(engine.store, "free_bytes", lambda path: 10 << 20)
-        health = client.simulate_get("/healthz")
-        assert health.status_code == 503 and "MiB free" in health.json["reason"]
+        with caplog.at_level(logging.ERROR, logger="wuma.http"):
+            health = client.simulate_get("/healthz")
+            again = client.simulate_get("/healthz")
+        # NOTE: the route is public: the data folder's path is for the log, not the client
+        assert health.status_code == 503 and health.json == {"status": "unavailable", "reason": "disk_nearly_full"}
+        assert again.json == health.json and str(tmp_path) not in health.text
+        told = [m for r in caplog.records if "cannot take scans" in (m := r.getMessage())]
+        assert len(told) == 1 and "10 MiB free on the file system of" in told[0], told  # once a minute
     finally:
         w["data"].close()
 

@@ -92,7 +92,9 @@ def test_role_rules_and_authentication(world):
 def test_copied_code_flag(world):
     inner = world["data"].codes.code(world["caps"], 2, "cap_inner")
     regions = ["440101", "440103", "440106"]
-    results = [_scan(world, inner, region=r, device=f"d{i}") for i, r in enumerate(regions)]
+    # NOTE: from two clients (one alone never makes a code copied: test_copied_clients.py)
+    results = [_scan(world, inner, region=r, device=f"d{i}", ip=f"198.51.100.{i}")
+               for i, r in enumerate(regions)]
     assert "copied" not in results[0].flags and "copied" in results[-1].flags
     # the flag is evidence: it is stored with the scan event, not only answered
     events = world["pipe"].scans.events(limit=10)
@@ -109,7 +111,7 @@ def test_the_landing_page_check_shows_a_code_flagged_copied(world):
         _scan(world, other, region=r, device="phone")
     assert pipe.check(other).flags == () and pipe.check(other).scan.count == 3
     _scan(world, inner, region="440100", device="d0")
-    _scan(world, inner, region="440300", device="d1")
+    _scan(world, inner, region="440300", device="d1", ip="198.51.100.21")  # a second client
     assert pipe.check(inner).flags == ()
     assert "copied" in _scan(world, inner, region="110101", device="d2").flags
     checked = pipe.check(inner, "203.0.113.80")
@@ -154,7 +156,7 @@ def test_copied_thresholds_set_on_the_pipeline_are_used(world):
     assert (pipe.copy_regions, pipe.copy_devices, pipe.copy_window_s) == (2, 5, 7 * 86400)
     inner = world["data"].codes.code(world["caps"], 6, "cap_inner")
     assert _scan(world, inner, region="440101").flags == ()
-    assert _scan(world, inner, region="440103").flags == ("copied",)
+    assert _scan(world, inner, region="440103", ip="198.51.100.21").flags == ("copied",)
     assert pipe.check(inner).flags == ("copied",)
 
 
@@ -174,7 +176,7 @@ def test_copied_limits_are_settings(tmp_path):
         pipe = ScanPipeline(data.codes, Aggregation(data), scans, data.abuse, data.accounts, clock=clock)
         inner = data.codes.code(w["caps"], 3, "cap_inner")
         first = pipe.scan(ScanRequest(inner, region="440101", device="d1", ip="198.51.100.7"))
-        second = pipe.scan(ScanRequest(inner, region="440103", device="d1", ip="198.51.100.7"))
+        second = pipe.scan(ScanRequest(inner, region="440103", device="d1", ip="198.51.100.8"))
         clock.t += 3601  # the first region is out of the hour's window
         third = pipe.scan(ScanRequest(inner, region="440106", device="d1", ip="198.51.100.7"))
         assert ["copied" in r.flags for r in (first, second, third)] == [False, True, False]
@@ -222,6 +224,23 @@ def test_account_scan_without_location_is_at_its_registered_region(world):
     events = world["pipe"].scans.events(limit=10)
     assert [(e["region"], e.get("region_from")) for e in events] == [
         ("330106", "account"), ("440106", None), (None, None)]
+
+
+@pytest.mark.parametrize("sent", ["33", "330000", "330100", "3301"])
+def test_a_store_sending_a_region_holding_its_own_is_at_its_registered_region(world, sent):
+    """A region coarser than a territory is never judged outside it: before, a store out
+    of its distributor's territory (Hangzhou, gz-1 covers Guangzhou) that sent its own
+    province or city instead of nothing cleared the diversion flag, and its distributor's
+    rebate was paid (窜货不返利). A region that does not hold the store's is still taken."""
+    data = world["data"]
+    _, hz = data.accounts.add("s-hz", "store", region="330106", distributor="gz-1")
+    case_inner = data.codes.code(world["cases"], 1, "case_inner")
+    coarse = _scan(world, case_inner, actor_role="store", token=hz, region=sent)
+    assert "diverted" in coarse.flags and coarse.diversion["region"] == "330106"
+    elsewhere = _scan(world, case_inner, actor_role="store", token=hz, region="44")
+    assert "diverted" not in elsewhere.flags  # the province of Guangzhou: maybe inside
+    assert [(e["region"], e.get("region_from")) for e in world["pipe"].scans.events(limit=10)] == [
+        ("330106", "account"), ("44", None)]
 
 
 def test_a_store_position_wins_over_its_registered_region(world):
