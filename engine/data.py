@@ -107,9 +107,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _serve_settings(config: dict) -> dict:
-    """The ``"serve"`` section, checked, with its defaults filled in. NOTE: a proxy is
-    matched by its exact address, so each is checked to be one and written the way the
-    server reports a peer (``2001:DB8::1`` -> ``2001:db8::1``)."""
+    """The ``"serve"`` section, checked, with its defaults filled in. NOTE: each proxy is
+    checked to be an IP address and written one way, as engine.http_scan.make_client_ip
+    matches it: ``2001:DB8::1`` -> ``2001:db8::1``; an IPv4-mapped address as its IPv4
+    address, ``::ffff:10.0.0.2`` -> ``10.0.0.2`` (Python 3.11 writes it ``::ffff:a00:2``)."""
     section = {**_SERVE, **_section(config, "serve", list(_SERVE))}
     proxies = section["trusted_proxies"]
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
@@ -118,11 +119,12 @@ def _serve_settings(config: dict) -> dict:
     addresses = []
     for p in proxies:
         try:
-            addresses.append(str(ipaddress.ip_address(p)))
+            address = ipaddress.ip_address(p)
         except ValueError:
             raise ValueError(f'"serve" section: trusted_proxies: {p!r} is not an IP address '
                              "(each proxy is named by its exact address, not a network or a "
                              "host name)") from None
+        addresses.append(str(getattr(address, "ipv4_mapped", None) or address))
     header = section["proxy_header"]
     if header is not None and not (isinstance(header, str) and _HEADER_NAME.fullmatch(header)):
         raise ValueError('"serve" section: proxy_header must be a header name, such as '

@@ -297,7 +297,7 @@ def _node(text: str) -> tuple[str, str] | None:
 def _hop(text: str) -> tuple[str, str] | None:
     """:func:`_node` of one hop of a proxy header, without its brackets and port."""
     text = text.strip()
-    if text.startswith("[") or text.count(":") == 1:
+    if ":" in text and (text[0] == "[" or text.count(":") == 1):  # PERF: IPv4 needs neither test
         ported = _PORTED_HOP.fullmatch(text)
         if ported is None:
             return None
