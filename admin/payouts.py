@@ -174,7 +174,11 @@ _BACKOFF_MAX = 3600.0
 _CHUNK = 10
 #: Ledger entries taken in per pass (bounds the intake transaction).
 _INTAKE_PAGE = 5000
+#: ``last_error`` keeps at most twice this many characters of an error and its answer.
 _SNIPPET = 200
+#: A ``last_error`` cut short ending in this many characters or more of the secret's start
+#: loses them (fewer say nothing of a secret of 16 bytes or more).
+_SECRET_TAIL = 4
 #: A lease covers the chunk's requests (``timeout`` each) plus this much per entry to
 #: record its answer, plus ``_LEASE_SLACK`` for the lease and the pass around them.
 _RECORD_TIME = 5.0
@@ -259,12 +263,22 @@ def _public(seq: int, rec: dict) -> dict:
 
 
 def _clean(text: str, key: bytes) -> str:
-    """A short, printable, secret-free error text for ``last_error``."""
+    """A short, printable, secret-free error text for ``last_error``.
+
+    APPSEC: the secret is taken out of the whole text before it is cut short, and a cut
+    that ends inside it loses what it kept of it: cut first, a secret echoed across the
+    cut was kept but for its last characters (the error is shown to viewers, logged and
+    audited)."""
     secret = key.decode(errors="replace")
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     if secret:
         text = text.replace(secret, "[redacted]")
-    return text[:2 * _SNIPPET]
+    text = text[:2 * _SNIPPET]
+    if secret:
+        for n in range(min(len(secret), len(text)), _SECRET_TAIL - 1, -1):
+            if text.endswith(secret[:n]):
+                return text[:-n] + "[redacted]"
+    return text
 
 
 class _Answer:
@@ -386,7 +400,7 @@ def _post(url: str, key: bytes, timestamp: str, body: bytes, idem: str, timeout:
             _drain(r, expired)
             snippet = ""
         else:
-            snippet = _body_head(r)[:_SNIPPET].decode("utf-8", errors="replace")
+            snippet = _body_head(r).decode("utf-8", errors="replace")  # NOTE: cut by _clean
     except (OSError, http.client.HTTPException) as e:
         # TimeoutError, ConnectionRefusedError, RemoteDisconnected, IncompleteRead (a 2xx
         # cut short), ssl.SSLError ...

@@ -97,6 +97,10 @@ class Receiver:
         if action == "422":
             # A chatty error page that even echoes the secret: must not land in last_error whole.
             return self._answer(h, 422, b"unknown beneficiary " + self.secret + b" " + b"x" * 5000)
+        if action == "422 across":  # the secret echoed across where the error is cut short
+            return self._answer(h, 422, b"unknown beneficiary " + b"-" * 150 + b" " + self.secret + b" end")
+        if action == "422 cut":  # an answer that ends inside the secret
+            return self._answer(h, 422, b"unknown beneficiary " + self.secret[:20])
         if action == "409":  # a payment system that refuses a key it has already seen
             return self._answer(h, 409, b'{"error": "idempotency key already used"}')
         if action == "429":
@@ -348,6 +352,19 @@ def test_a_retry_after_that_is_not_a_number_is_ignored(store, ledger, payouts, r
     assert payouts.deliver_once(receiver.url, SECRET, now=T0)["sent"] == 1  # no ValueError mid-batch
     st = payouts.state(seq)
     assert (st["state"], st["last_status"]) == ("pending", 429) and T0 < st["next_at"] < T0 + 600
+
+
+@pytest.mark.parametrize("answer", ["422 across", "422 cut"])
+def test_no_part_of_the_secret_is_kept_in_last_error(store, ledger, payouts, receiver, answer):
+    """Before, the answer was cut to 200 characters and then the secret taken out: echoed
+    across the cut, all of the secret but its end was kept (shown to viewers, logged,
+    audited on a retry)."""
+    seq = add(store, ledger)
+    receiver.plan = [answer]
+    payouts.deliver_once(receiver.url, SECRET, now=T0)
+    error = payouts.state(seq)["last_error"]
+    assert error.startswith("HTTP 422 Unprocessable Entity: unknown beneficiary ") and "[redacted]" in error
+    assert not any(SECRET[i:i + 6] in error for i in range(len(SECRET) - 5)), error
 
 
 def test_rejected_waits_for_an_operator_then_retry_is_audited(store, ledger, payouts, receiver):
