@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from engine.ids import check_limit, region_prefix
 from engine.store import MAX_SEQ, Store, pack, u64, unpack
@@ -46,6 +46,9 @@ log = logging.getLogger("wuma.scanlog")
 
 #: Distinct regions/devices remembered per code: enough to call a code copied.
 DISTINCT_MAX = 16
+#: Distinct clients remembered per code: the two seen last tell whether two were seen within
+#: a window (see _copied), the most the rule asks; more would only grow a busy code's record.
+CLIENTS_KEPT = 2
 
 
 class WriteMemo(dict):
@@ -82,18 +85,36 @@ class _SettlementFailed(Exception):
 
 def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     """Has the code been seen in ``copy_at[0]`` distinct places or on ``copy_at[1]``
-    devices within the last ``copy_at[2]`` seconds (``math.inf``: ever)?
+    devices within the last ``copy_at[2]`` seconds (``math.inf``: ever), by two clients
+    or more?
 
     Places, not region codes: one place is reported at different precision (440106,
     440106001, 440100, 44), and nested division codes are one place. Two regions are
     distinct places only when neither holds the other, compared as division prefixes
     (440100 is 4401): the places counted are the most specific regions seen, those
     holding no other one seen (Tianhe and Liwan are two, Guangzhou with them adds none).
+
+    Clients: APPSEC: device ids and regions are whatever a front end sends, and an outer
+    code is printed where anyone can read it: one client sending five made-up devices (or
+    three regions) branded a genuine code copied for good (the landing page's flag). So
+    when a scan in the window came from a known client (see :func:`_client_of`), the
+    window's scans must come from two distinct clients at least. A window with no known
+    client (library callers and in-process tests send no ``ip``; a unix socket without a
+    proxy header is every client's, not one), or a record from before clients were kept,
+    is judged by places and devices alone, as before.
     """
     regions, devices, window = copy_at
     since = at - window
-    if len(rec[7]) >= devices and sum(1 for t in rec[9] if t >= since) >= devices:
-        return True
+    if not (len(rec[7]) >= devices and sum(1 for t in rec[9] if t >= since) >= devices
+            or _in_places(rec, since, regions)):
+        return False
+    # NOTE: a record of an earlier layout (judged by _upgraded) has no clients
+    return len(rec) < _RECORD_LEN or sum(1 for t in rec[12] if t >= since) != 1
+
+
+def _in_places(rec: list, since: float, regions: int) -> bool:
+    """Has the code been seen in ``regions`` distinct places since ``since`` (see
+    :func:`_copied`)?"""
     if len(rec[6]) < regions:
         return False
     seen = [r for r, t in zip(rec[6], rec[8]) if t >= since]
@@ -107,10 +128,25 @@ def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
     return len(places) - sum(map(str.startswith, places[1:], places)) >= regions
 
 
+def _client_of(ip: object, client_address: Callable[[str], str | None]) -> str | None:
+    """The client a scan came from (its event's ``ip``), as bans and rate limits count it
+    (``client_address``, :func:`engine.abuse.client_address`: an IPv6 address by its /64),
+    or None: no address (a library caller's, an in-process test's), the unix-socket peer
+    (``engine.http_scan.UNIX_PEER``), anything else that is no address.
+
+    PERF: an address the HTTP layer has already counted by its /64 is taken as it is:
+    parsing an IPv6 address costs ~12 µs in the committer (an IPv4 one is matched by one
+    regular expression, ~0.4 µs)."""
+    if not isinstance(ip, str):
+        return None
+    return ip if ip[-3:] == "/64" else client_address(ip)
+
+
 #: The fields of a scan record (a msgpack'd list): count, first at, first region, first
 #: device, last at, last region, regions seen, devices seen, when each region and device
-#: was last seen, and whether a scan of the code has been flagged copied.
-_RECORD_LEN = 11
+#: was last seen, whether a scan of the code has been flagged copied, clients seen and
+#: when each was last seen (see :func:`_copied`).
+_RECORD_LEN = 13
 
 
 def _upgraded(rec: list, copy_at: tuple[int, int, float] | None) -> list:
@@ -120,23 +156,30 @@ def _upgraded(rec: list, copy_at: tuple[int, int, float] | None) -> list:
     ``copy_at`` (the thresholds now): whether an earlier scan was is not in the record (its
     event says so). Without ``copy_at`` (a scan that is not genuine, a read without
     thresholds) nothing is judged, and nothing judged is written: the record says not
-    copied, and a scan writes it pending (12 fields: the 11, then the record as it was
+    copied, and a scan writes it pending (14 fields: the 13, then the record as it was
     before the bit), for the first read or scan with thresholds to judge as it would have
     been judged before that scan (scans that are not genuine are never flagged). Pending,
-    its length is not 11, so the common path's one length check finds it (PERF: nothing
-    more on that path)."""
+    its length is not 13, so the common path's one length check finds it (PERF: nothing
+    more on that path). The release before kept no clients (11 fields; pending, 12): none
+    are seen, and a window without a known client is judged as before (see :func:`_copied`);
+    that release reading a record of this layout keeps the bit and leaves the clients be."""
     n = len(rec)
     if n == 8:  # NOTE: a record from before the last-seen times: seen at first
         rec += [[rec[1]] * len(rec[6]), [rec[1]] * len(rec[7])]
         n = 10
     if n == 10:
         if copy_at is None:
-            rec += [False, [*rec[:6], *map(list, rec[6:])]]
+            before = [*rec[:6], *map(list, rec[6:])]
+            rec += [False, [], [], before]
         else:
-            rec.append(_copied(rec, rec[4], copy_at))
-    elif n == 12 and copy_at is not None:
+            rec += [_copied(rec, rec[4], copy_at), [], []]
+        return rec
+    if n in (11, 12):  # NOTE: before the clients (12: pending, the record before the bit last)
+        rec[11:11] = [[], []]
+        n += 2
+    if n == 14 and copy_at is not None:
         before = rec.pop()
-        # NOTE: or: a worker of the release before pending records sets the bit in place
+        # NOTE: or: a worker of an earlier release sets the bit in place
         rec[10] = rec[10] or _copied(before, before[4], copy_at)
     return rec
 
@@ -509,6 +552,10 @@ class ScanLog:
         self._events = store.db("scan_events")
         self._alerts = store.db("scan_alerts")
         self._max_group = max_group
+        # NOTE: imported here: engine.abuse imports this module (DISTINCT_MAX)
+        from engine.abuse import client_address
+
+        self._client_address = client_address
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -546,10 +593,14 @@ class ScanLog:
         many distinct places or on that many devices within the last ``window_s`` seconds
         (``math.inf``: ever), the event gets the flag ``copied`` and the record says
         ``copied``; the code's record keeps that it was (``ever_copied``, which :meth:`get`
-        reads too). Without ``copy_at`` nothing is judged, not even for a record written
-        before that bit was kept (see :func:`_upgraded`). Nested division codes (440100,
-        440106, 440106001) are one place (see :func:`_copied`). The first and last scan are
-        the earliest and latest by ``at``, whatever order their groups commit in.
+        reads too). When ``event`` holds an ``ip`` (the client's address, as bans count
+        it), that window's scans must also come from two clients or more: one client
+        alone never makes a code copied, however many devices or regions it sends; a
+        window with no address in it is judged as before (see :func:`_copied`). Without
+        ``copy_at`` nothing is judged, not even for a record written before that bit was
+        kept (see :func:`_upgraded`). Nested division codes (440100, 440106, 440106001) are
+        one place (see :func:`_copied`). The first and last scan are the earliest and
+        latest by ``at``, whatever order their groups commit in.
         """
         if self._thread is None:
             self._start()
@@ -641,8 +692,9 @@ class ScanLog:
         raw = txn.get(key, None, self._records)
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")
+        client = _client_of(event.get("ip"), self._client_address)
         if raw is None:
-            rec = [0, at, region, device, at, region, [], [], [], [], False]
+            rec = [0, at, region, device, at, region, [], [], [], [], False, [], []]
         else:
             rec = unpack(raw)
             if len(rec) != _RECORD_LEN:
@@ -652,15 +704,16 @@ class ScanLog:
         rec[0] += 1
         if at >= rec[4]:
             rec[4], rec[5] = at, region
-        # Distinct regions (6) and devices (7), each with when it was last seen (8, 9); a
-        # full list gives up the one seen longest ago.
-        for slot, value in ((6, region), (7, device)):
+        # Distinct regions (6), devices (7) and clients (11), each with when it was last seen
+        # (8, 9, 12); a full list gives up the one seen longest ago.
+        for slot, times_slot, value, kept in ((6, 8, region, DISTINCT_MAX), (7, 9, device, DISTINCT_MAX),
+                                              (11, 12, client, CLIENTS_KEPT)):
             if value is not None:
-                seen, times = rec[slot], rec[slot + 2]
+                seen, times = rec[slot], rec[times_slot]
                 try:
                     i = seen.index(value)
                 except ValueError:  # PERF: one search of the list, not `in` and index()
-                    if len(seen) < DISTINCT_MAX:
+                    if len(seen) < kept:
                         seen.append(value)
                         times.append(at)
                     else:
