@@ -20,8 +20,9 @@ scan. Example (JSON, as ``wuma campaign create FILE`` and the admin API take it)
 Reward kinds: ``fixed`` (``amount``), ``draw`` (prize ``tiers`` whose odds sum to 1; a
 tier of amount 0 is "no win"), ``all_win`` (100% win: every tier pays at least
 ``min_amount``; when the pool cannot afford the drawn tier the minimum is paid if it
-can). Payout: ``cash`` (fen), ``points``, or ``voucher`` (N元换购: the scan issues a
-voucher of that face value, ``valid_days`` long, that a store redeems).
+can). Payout: ``cash`` (fen), ``points``, or ``voucher`` (N元换购: a consumer's scan
+issues a voucher of that face value, ``valid_days`` long, that a store redeems; only a
+consumer trigger pays vouchers).
 
 Amounts are whole numbers in the pool's unit: fen for cash (100 = 1 yuan), or points.
 
@@ -265,6 +266,13 @@ def normalise(rule: dict, *, spec: PackagingSpec, batches: BatchRegistry, pools:
         allowed |= {"tiers", "min_amount"}
         prizes = [m]
     if payout == "voucher":
+        # APPSEC: a voucher (N元换购) is a consumer's, redeemed (核销) by a store that hands
+        # the goods over and is credited its value. An account's own voucher would be
+        # redeemed by that same account (or a friendly store) for cash, no goods moving.
+        if trig["actor_role"] != "consumer":
+            raise ValueError(f"a voucher is issued to a consumer for a store to redeem; a "
+                             f"{trig['actor_role']}'s scan cannot earn one (it would redeem its own "
+                             "voucher for cash): pay it in cash or points instead")
         days = reward.get("valid_days")
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 366:
             raise ValueError("a voucher reward needs valid_days between 1 and 366")
@@ -420,6 +428,11 @@ class CampaignRegistry:
         self._status = store.db("adm_campaign_status")
         # index key (kind NUL value NUL code role) -> ids of open campaigns (for overlap checks)
         self._keys = store.db("adm_campaign_keys", dupsort=True)
+
+    @property
+    def spec(self) -> PackagingSpec:
+        """The data folder's packaging spec (the code roles campaigns are on)."""
+        return self._spec
 
     def version(self) -> int:
         """Changes so far (any process). PERF: one LMDB get, ~1.0 µs: the read transaction

@@ -233,7 +233,8 @@ class RedeemResource(AdminResource):
         if account.role != "store":
             raise falcon.HTTPForbidden(title="forbidden", description="only a store redeems vouchers")
         doc = _body(req, {"voucher": (str,)}, required=("voucher",))
-        v = self.admin.rewards.redeem(doc["voucher"], account, now=self.clock())
+        # audited as by the redeeming account (its token), as admin changes are by theirs
+        v = self.admin.rewards.redeem(doc["voucher"], account, who=f"account:{account.id}", now=self.clock())
         resp.media = {**_public_voucher(v), "redeemed_by": v["redeemed_by"], "ledger": v["redeem_ledger"],
                       "repeat": v["repeat"]}
 

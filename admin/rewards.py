@@ -15,13 +15,17 @@ Two steps, split so that the slow part never holds the write lock:
    time across all gunicorn workers, so none of this can race: a pool is never
    overspent and a code never pays twice.
 
-Store registration (bC): a store's genuine scan of a cap outer code, a case inner code or
-a case code records that store as the unit's store (first store wins), and whether that
-scan was diverted. A consumer's later scan that counts in a campaign (win or lose: it
+Store registration (bC): a store's genuine scan of a code it scans above the consumer's
+(:func:`registration_roles`: cap outer, case inner, case or box code, as the packaging spec
+has them) records that store as the unit's store (first store wins), and whether that scan
+was diverted. A consumer's later scan that counts in a campaign (win or lose: it
 proves the sale) pays a ``store`` rebate to the store registered on the cap or any unit
 above it, and a ``distributor`` rebate to the distributor the unit was shipped to (BbC).
 Both are withheld when the consumer's scan or the registering store's scan was diverted
 (窜货不返利), and the store's when its account has been revoked since.
+
+A distributor's own reward (a campaign triggered by distributors' scans, e.g. on receipt)
+is paid only for goods shipped to that distributor (``not_your_goods`` otherwise).
 """
 
 from __future__ import annotations
@@ -32,22 +36,22 @@ import time
 from typing import Callable
 
 from admin._util import china_day_number, in_regions
+from admin.audit import AuditLog
 from admin.campaigns import Campaign, CampaignIndex, CampaignRegistry
 from admin.ledger import Ledger
 from admin.pools import PoolRegistry
 from engine.accounts import AccountRegistry
 from engine.errors import Conflict, NotFound
-from engine.scan import ScanContext
+from engine.scan import DEFAULT_ROLE_RULES, ScanContext
 from engine.scanlog import WriteMemo
+from engine.spec import PackagingSpec
 from engine.store import Store, pack, u32, u64, unpack
 
-__all__ = ["RewardEngine", "REGISTRATION_ROLES", "OUTCOMES"]
+__all__ = ["RewardEngine", "registration_roles", "OUTCOMES"]
 
-#: Code roles whose scan by a store registers the unit to that store.
-REGISTRATION_ROLES = frozenset({"cap_outer", "case_inner", "case"})
 #: What a campaign did for a scan (``rewards[].outcome`` of the scan answer and event).
 OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewarded",
-            "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee",
+            "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee", "not_your_goods",
             "no_beneficiary", "withheld_diverted", "beneficiary_revoked", "campaign_inactive", "expired")
 _DAY = 86400.0
 #: A count of draws (per actor, device or client address): China day number, draws that day, draws in
@@ -68,6 +72,15 @@ _DEVICE = b"\0"
 #: ... and a client address's two NULs: device ids never start with one either.
 _IP = b"\0\0"
 _VOUCHER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def registration_roles(spec: PackagingSpec, role_rules: dict = DEFAULT_ROLE_RULES) -> frozenset[str]:
+    """The code roles whose scan by a store registers the unit to that store (bC): the
+    roles of ``spec`` a store scans (``role_rules``), but those a consumer scans (the inner
+    code whose scan proves the sale): cap outer and case inner codes in the beverage preset,
+    cap outer, box and case codes in the baijiu one."""
+    consumer = role_rules.get("consumer", frozenset())
+    return frozenset(r for r in role_rules.get("store", ()) if r in spec.roles and r not in consumer)
 
 
 def _new_voucher_id() -> str:
@@ -121,7 +134,8 @@ class RewardEngine:
 
     def __init__(self, store: Store, campaigns: CampaignRegistry, pools: PoolRegistry, ledger: Ledger,
                  *, rng=None, new_voucher_id: Callable[[], str] = _new_voucher_id,
-                 refresh_interval: float = 0.5, accounts: AccountRegistry | None = None) -> None:
+                 refresh_interval: float = 0.5, accounts: AccountRegistry | None = None,
+                 audit: AuditLog | None = None) -> None:
         self._store = store
         self.campaigns = campaigns
         self.pools = pools
@@ -133,6 +147,9 @@ class RewardEngine:
         self._code_rewards = store.db("adm_code_rewards")  # u32 campaign u64 unit u8 role -> u64 scan
         self._actor_counts = store.db("adm_actor_counts")  # u32 campaign (actor | _DEVICE device) -> _COUNTS
         self._accounts = accounts or AccountRegistry(store)  # a store's revocation
+        self._audit = audit or AuditLog(store)  # redemptions
+        #: code roles a store's scan registers (bC), from the data folder's packaging spec
+        self.registration_roles = registration_roles(campaigns.spec)
         self._progress = store.db("adm_lock_progress")  # u32 campaign actor -> [[at, sku, seq]...]
         self._vouchers = store.db("adm_vouchers")  # voucher id -> record
         self._version = -1
@@ -154,7 +171,7 @@ class RewardEngine:
         if time.monotonic() - self._checked_at >= self._refresh_interval:
             self.refresh()
         req = ctx.request
-        register = req.actor_role == "store" and ctx.code_role in REGISTRATION_ROLES
+        register = req.actor_role == "store" and ctx.code_role in self.registration_roles
         if "role_not_allowed" in ctx.flags:
             return None
         product = ctx.trace.get("product")
@@ -168,6 +185,14 @@ class RewardEngine:
         if not draws and not register:
             return None
         actor = ctx.account_id or req.actor_id
+        if (draws and req.actor_role == "distributor"
+                and (ctx.trace.get("distributor") or {}).get("id") != actor):
+            # A distributor earns only on goods shipped to it: another's (flagged diverted
+            # or not) earn it nothing, and the code keeps its chance for its own distributor.
+            # NOTE: decided here, outside the write, as the rebates' distributor is: on the trace.
+            refused = [{"campaign": c.id, "name": c.name, "outcome": "not_your_goods",
+                        "message": "these goods were not shipped to this distributor"} for c, _, _ in draws]
+            return lambda txn, seq, memo=None: list(refused)
 
         def settle(txn, seq: int, memo: WriteMemo | None = None) -> list[dict]:
             # PERF: the settlement reads the scan's context itself (no per-scan dict of it)
@@ -440,11 +465,18 @@ class RewardEngine:
             raise NotFound("no such voucher")
         return unpack(raw)
 
-    def redeem(self, voucher_id: str, store_account, *, now: float | None = None) -> dict:
+    def redeem(self, voucher_id: str, store_account, *, who: str | None = None,
+               now: float | None = None) -> dict:
         """A store redeems (核销) a consumer's voucher: the store is credited the face value
-        (payable, settled with the store's distributor). Exactly once: when this returns the
-        redemption is on disk, in a ``relaxed`` data folder too. Returns the voucher's
-        record, with ``repeat``.
+        (payable, settled with the store's distributor), and a ``voucher.redeem`` audit
+        entry by ``who`` is written in the same transaction (``account:<store id>`` when
+        not given: the store's own redemption; ``cli:<user>`` from the command line).
+        Exactly once: when this returns the redemption is on disk, in a ``relaxed`` data
+        folder too. Returns the voucher's record, with ``repeat``.
+
+        Only a consumer's voucher is redeemed: one issued to an account's own scan (a
+        store's, by a rule an earlier release accepted) is refused (Conflict), else a store
+        would redeem its own voucher for cash, no goods handed over.
 
         The same store (account) again, once it is redeemed — a till retrying after a lost
         answer — is answered with its redemption as it stands (``repeat`` True: the same
@@ -459,6 +491,7 @@ class RewardEngine:
             raise Conflict("only a store redeems vouchers")
         now = time.time() if now is None else now
         vid = voucher_id.strip().upper() if isinstance(voucher_id, str) else ""
+        who = f"account:{store_account.id}" if who is None else who
         with self._store.write() as txn:
             # NOTE: read in the write, not from store_account: a revocation since the
             # account was read counts
@@ -473,6 +506,9 @@ class RewardEngine:
             repeat = v["state"] == "redeemed" and v.get("redeemed_by") == store_account.id
             if not repeat:
                 self._redeem_in(txn, vid, v, store_account, now)
+                self._audit.append(txn, who, "voucher.redeem", vid,
+                                   {"store": store_account.id, "amount": v["value"],
+                                    "ledger": v["redeem_ledger"]}, now=now)
         # NOTE: the store hands the goods over on this answer: on disk whatever the folder's
         # durability (with "relaxed" a power loss could undo it, and the voucher be redeemed
         # again), at one fsync a redemption. A repeat too: the first answer may have been
@@ -485,6 +521,13 @@ class RewardEngine:
             raise Conflict(f"voucher already {v['state']}")
         if now >= v["expires_at"]:
             raise Conflict("voucher expired")
+        # APPSEC: the voucher's holder, as its issuing entry names it (vouchers stored by an
+        # earlier release do not keep the holder's role). The message names no holder: any
+        # store that has the id may ask.
+        holder = self.ledger.get_in(txn, v["ledger"])["beneficiary"]
+        if holder["role"] != "consumer":
+            raise Conflict(f"this voucher was issued to a {holder['role']}'s own scan, not to a consumer's: "
+                           "a store redeems only a consumer's voucher")
         c = self.campaigns.get_in(txn, v["campaign"])
         if c is not None and c.rule["regions"] and not in_regions(store_account.region, c.region_prefixes):
             raise Conflict("this voucher is redeemable only in the campaign's regions")

@@ -321,12 +321,13 @@ def voucher_show(admin, voucher_id, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_admin
 def voucher_redeem(admin, voucher_id, store_id, as_json):
-    """Redeem (核销) a voucher for a store (the store's own path is POST /v1/vouchers/redeem).
-    A revoked store account is refused, as its token is on that path.
+    """Redeem (核销) a consumer's voucher for a store (the store's own path is POST
+    /v1/vouchers/redeem), audited as by you. A revoked store account is refused, as its
+    token is on that path.
 
     Example: wuma voucher redeem V7K2M9QX4T1B8N3R5W6Y0 --store s-1
     """
-    v = admin.rewards.redeem(voucher_id, admin.data.accounts.get(store_id))
+    v = admin.rewards.redeem(voucher_id, admin.data.accounts.get(store_id), who=cli_user())
     emit(v, as_json, f"voucher {v['id']} was already redeemed by {v['redeemed_by']}: nothing credited again"
          if v.get("repeat") else f"voucher {v['id']} redeemed by {v['redeemed_by']}: {v['value'] / 100:.2f} yuan credited")
 
