@@ -1,7 +1,8 @@
 """The audit log: who changed what, when. Append-only, in the same LMDB environment.
 
 Every mutating admin call takes ``who`` (``cli:<os user>`` from the command line,
-``token:<name>`` from the admin API) and appends its audit entry *in the same write
+``token:<name>`` from the admin API, ``account:<id>`` for a store's own voucher
+redemption) and appends its audit entry *in the same write
 transaction* as the change, so a change without its audit entry cannot exist.
 """
 

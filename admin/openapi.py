@@ -203,7 +203,8 @@ _PATHS: dict[str, dict[str, Any]] = {
                       **_errors("400", "401", "404", "413", "503"),
                       "403": _json(_ERROR, "the account is not a store (error: forbidden)"),
                       "409": _json(_ERROR, "redeemed by another store (\"voucher already redeemed\"), expired, "
-                                           "or outside the campaign's regions (error: conflict)")}}},
+                                           "outside the campaign's regions, not a consumer's voucher, or the "
+                                           "store's account revoked (error: conflict)")}}},
     "/v1/vouchers/{voucher}": {"get": {
         "summary": "A voucher's state (whoever holds the id may read it)",
         "tags": ["vouchers"],

@@ -51,7 +51,7 @@ __all__ = ["RewardEngine", "registration_roles", "OUTCOMES"]
 
 #: What a campaign did for a scan (``rewards[].outcome`` of the scan answer and event).
 OUTCOMES = ("granted", "locked", "unlocked", "voucher", "no_win", "already_rewarded",
-            "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee", "not_your_goods",
+            "limit_reached", "budget_exhausted", "outside_pool_regions", "no_payee", "not_your_goods", "copied",
             "no_beneficiary", "withheld_diverted", "beneficiary_revoked", "campaign_inactive", "expired")
 _DAY = 86400.0
 #: A count of draws (per actor, device or client address): China day number, draws that day, draws in
@@ -220,6 +220,12 @@ class RewardEngine:
     # -- step 2: inside the durable write -----------------------------------------------
     def _settle(self, txn, seq: int, ctx: ScanContext, actor: str | None, sku: str | None, draws: list,
                 register: bool, memo: WriteMemo) -> list[dict]:
+        if memo.copied:
+            # A copied label (its code seen from too many places or devices: the scan log's
+            # record) pays nothing and registers no store: its scans are as likely of a
+            # counterfeit as of the bottle it was copied from. Nothing is claimed or charged.
+            return [{"campaign": c.id, "name": c.name, "outcome": "copied",
+                     "message": "this code has been flagged copied: it earns nothing"} for c, _, _ in draws]
         if register and actor:
             # the registration keeps whether its scan was diverted: the goods went to a store
             # outside the distributor's territory, so no rebate is paid for them later

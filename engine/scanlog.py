@@ -54,13 +54,18 @@ CLIENTS_KEPT = 2
 class WriteMemo(dict):
     """What the settlements of one write transaction share (see :meth:`ScanLog.record`):
     values read inside the transaction, kept by key, and writes deferred to its end
-    (:meth:`before_commit`), such as a running total moved by every settlement."""
+    (:meth:`before_commit`), such as a running total moved by every settlement.
 
-    __slots__ = ("_before_commit",)
+    ``copied``: while a scan's settlement runs, whether its code has been flagged copied
+    (by this scan or an earlier one: the record's ``ever_copied``), set by the scan log
+    before each settlement; a campaign pays nothing for such a code."""
+
+    __slots__ = ("_before_commit", "copied")
 
     def __init__(self) -> None:
         super().__init__()
         self._before_commit: list = []
+        self.copied = False
 
     def before_commit(self, write) -> None:
         """Run ``write(txn)`` once the transaction's settlements are done."""
@@ -738,6 +743,8 @@ class ScanLog:
         elif settle is _FAILED:
             rewards = [{"outcome": "error"}]
         else:
+            if memo is not None:
+                memo.copied = rec[10]
             try:
                 rewards = settle(txn, seq, memo)
             except Exception as e:

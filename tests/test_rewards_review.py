@@ -194,3 +194,26 @@ def test_a_stores_redemption_over_http_is_audited_as_its_account(tmp_path):
     finally:
         w["admin"].close()
         w["data"].close()
+
+
+# -- 5. a copied code earns nothing ----------------------------------------------------------
+def test_a_code_flagged_copied_earns_nothing_and_registers_no_store(world):
+    """Before, a cap inner code seen in three cities by three clients (the landing page
+    answering it copied) still paid the campaign to the next signed-in scan: the
+    settlement never looked at the flag. The scan that flags it, and every one after,
+    answers ``copied``; nothing is claimed or charged; a code not copied is paid as before."""
+    admin = world["admin"]
+    admin.pools.create("p", total=10_000, who="test")
+    c = admin.campaigns.create(rule(world), who="test")
+    admin.rewards.refresh()
+    code = cap(world, 5)
+    cities = (("440106", "203.0.113.1", None), ("310101", "203.0.113.2", None), ("110101", "203.0.113.3", "u3"))
+    got = [scan(world, code, actor_id=who, region=region, ip=ip) for region, ip, who in cities]
+    assert [r.flags for r in got] == [(), ("diverted",), ("diverted", "copied")]
+    again = scan(world, code, actor_id="u4", ip="203.0.113.4")
+    for r in (got[2], again):
+        assert [(x["campaign"], x["outcome"]) for x in r.rewards] == [(c.id, "copied")]
+    assert world["pipe"].check(code).flags == ("copied",)
+    assert admin.ledger.entries(0, 100) == []
+    paid = scan(world, cap(world, 6), actor_id="u5", ip="203.0.113.5")
+    assert [x["outcome"] for x in paid.rewards] == ["granted"] and len(admin.ledger.entries(0, 100)) == 1
