@@ -53,7 +53,12 @@ _QR_ALNUM = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
 #: Longest input worth looking at: a long URL. Anything longer is invalid outright.
 MAX_INPUT = 512
 _CROCKFORD_READ = str.maketrans({"I": "1", "L": "1", "O": "0"})
-_SEPARATORS = re.compile(r"[\s\-]+")
+#: What a code may be broken up with: spaces, tabs, line breaks and dashes (after
+#: fold_full_width: an ideographic space and an input method's dashes are among them).
+#: NOTE: not ``\s``, which also takes control characters (U+001C to U+001F, U+000B, U+000C,
+#: U+0085) and Unicode line separators that nobody types into a code.
+_SPACES = " \t\r\n"
+_SEPARATORS = re.compile("[" + _SPACES + "-]+")
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,18 @@ class CodeFormat:
     def normalise(self, text: str) -> str | None:
         """The canonical printed form of ``text``, or None if it cannot be this format.
 
-        Separators (spaces, dashes) are ignored; base32 is read case-insensitively with
-        Crockford's I/L -> 1 and O -> 0.
+        ``text`` is as :func:`extract_code` gives it (full-width forms already folded).
+        Separators (spaces, tabs, line breaks, dashes) are ignored; base32 is read
+        case-insensitively with Crockford's I/L -> 1 and O -> 0. Any other character
+        outside ASCII makes it None.
         """
         canonical = self._canonical
         if len(text) == self.length and canonical.fullmatch(text):
             return text  # PERF: the common case, a scanned code as printed
+        # APPSEC: str.upper() reads some letters of other alphabets as ASCII ones (dotless
+        # "\u0131" and "\U0001d6a4" as "I", so as "1"): a code is ASCII (PERF: a flag test)
+        if not text.isascii():
+            return None
         s = _SEPARATORS.sub("", text)
         if len(s) != self.length:
             return None
@@ -176,7 +187,7 @@ def extract_code(text: str) -> str | None:
     """
     if not isinstance(text, str) or len(text) > MAX_INPUT:
         return None
-    s = fold_full_width(text).strip()
+    s = fold_full_width(text).strip(_SPACES)
     if "/" not in s:
         return s
     s = s.split("#", 1)[0].split("?", 1)[0]

@@ -296,11 +296,15 @@ class FF1:
             raise TypeError("numerals must be a numpy array")
         if numerals.ndim != 2:
             raise ValueError("numerals must be a 2-D array (inputs x numerals)")
+        if numerals.dtype.kind not in "iu":
+            raise TypeError(f"numerals must be an array of integers, not {numerals.dtype}")
         self._check_length(numerals.shape[1])
-        arr = np.ascontiguousarray(numerals, dtype=np.uint8)
-        if arr.size and int(arr.max()) >= self._radix:
-            raise ValueError(f"numerals must be below the radix {self._radix}")
-        return arr
+        # NOTE: checked before the conversion to uint8, which wraps (256 would be read as 0)
+        if numerals.size and ((numerals.dtype.kind == "i" and int(numerals.min()) < 0)
+                              or int(numerals.max()) >= self._radix):
+            raise ValueError(f"numerals must be from 0 to {self._radix - 1} "
+                             f"(below the radix {self._radix})")
+        return np.ascontiguousarray(numerals, dtype=np.uint8)
 
     def _many(self, numerals: np.ndarray, tweak: bytes, encrypt: bool) -> np.ndarray:
         from engine import _kernels as K
@@ -326,7 +330,7 @@ class FF1:
         return out
 
     def encrypt_many(self, numerals: np.ndarray, tweak: bytes = b"") -> np.ndarray:
-        """Encrypt a (count, n) matrix of numerals (each < radix), one row per input."""
+        """Encrypt a (count, n) integer matrix of numerals (each < radix), one row per input."""
         return self._many(numerals, tweak, True)
 
     def decrypt_many(self, numerals: np.ndarray, tweak: bytes = b"") -> np.ndarray:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,8 +38,16 @@ __all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTE
 #: The largest sequence number (scan events, ledger entries, audit entries) a caller may
 #: name: a signed 64-bit integer's (JSON readers, spreadsheets and databases hold it).
 MAX_SEQ = 2**63 - 1
-#: Virtual size of the map; LMDB files are sparse, so this only caps growth.
-DEFAULT_MAP_SIZE = int(os.environ.get("WUMA_MAP_SIZE", str(1 << 40)))
+#: Virtual size of the map when ``WUMA_MAP_SIZE`` is not set (1 TiB); LMDB files are
+#: sparse, so this only caps growth.
+DEFAULT_MAP_SIZE = 1 << 40
+#: The smallest map ``WUMA_MAP_SIZE`` may give: LMDB's own default (a new data folder's
+#: first writes took 64 KiB; below 1 MiB a size is a slip, such as 1024 meant as MiB).
+_MIN_MAP_SIZE = 1 << 20
+_MAP_SIZE_FORM = ("a whole number of bytes, or of KiB, MiB, GiB or TiB with the suffix K, M, G "
+                  "or T (binary: 1K = 1024), such as 2T")
+_MAP_SIZE = re.compile(r"([0-9]{1,20})([KMGT]?)", re.IGNORECASE)
+_MAP_SIZE_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -74,6 +84,19 @@ def unpack(data: bytes):
 MIN_FREE_BYTES = 64 << 20
 
 
+def _map_size_setting(environ=os.environ) -> int:
+    """The map size ``WUMA_MAP_SIZE`` gives (:data:`DEFAULT_MAP_SIZE` if unset), read when
+    a store opens; ValueError naming the variable and its form if it is not one."""
+    text = environ.get("WUMA_MAP_SIZE")
+    if text is None:
+        return DEFAULT_MAP_SIZE
+    m = _MAP_SIZE.fullmatch(text.strip())
+    size = int(m[1]) << _MAP_SIZE_SHIFT[m[2].upper()] if m else 0
+    if not _MIN_MAP_SIZE <= size <= sys.maxsize:
+        raise ValueError(f"WUMA_MAP_SIZE is {text!r}: give {_MAP_SIZE_FORM}, from 1M up")
+    return size
+
+
 def free_bytes(path: Path) -> int:
     """Bytes free for an unprivileged writer on the file system holding ``path``."""
     st = os.statvfs(path)
@@ -83,7 +106,7 @@ def free_bytes(path: Path) -> int:
 class Store:
     """An open LMDB environment with named databases."""
 
-    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
+    def __init__(self, path: Path, *, map_size: int | None = None, readonly: bool = False,
                  sync: bool = True, writemap: bool = False, metasync: bool = True) -> None:
         """``writemap``: commits write through the memory map instead of ``pwrite``-ing
         each dirty page (faster small commits; only for stores whose loss is harmless,
@@ -93,7 +116,11 @@ class Store:
 
         ``metasync=False`` (with ``sync``): each commit fsyncs the data pages but not the
         meta page, which reaches the disk with the next commit; a power loss may undo the
-        last committed transaction, never corrupt the store (LMDB's MDB_NOMETASYNC)."""
+        last committed transaction, never corrupt the store (LMDB's MDB_NOMETASYNC).
+
+        ``map_size``: by default :func:`_map_size_setting` (``WUMA_MAP_SIZE``)."""
+        if map_size is None:
+            map_size = _map_size_setting()
         self.path = Path(path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -141,8 +168,9 @@ class Store:
         info, stat = self.env.info(), self.env.stat()
         used = (info["last_pgno"] + 1) * stat["psize"]
         if used > 0.95 * info["map_size"]:
-            return "map_nearly_full", (f"the store at {self.path} has used {used / 2**20:,.1f} of its "
-                                       f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE)")
+            return "map_nearly_full", (
+                f"the store at {self.path} has used {used / 2**20:,.1f} of its "
+                f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE: {_MAP_SIZE_FORM})")
         low = self._low_space()
         return None if low is None else ("disk_nearly_full", low)
 
