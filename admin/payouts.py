@@ -28,6 +28,9 @@ Delivery state
     next_at       unix time before which it is not sent again (backoff)
     leased_until  a deliverer is sending it until then (see below)
     paid_at, cancelled_at, amount, unit
+    idempotency_key  the key every copy of the entry is sent with, fixed when the entry
+                  is taken in (see "Idempotency keys" below); a record taken in by an
+                  earlier release has none and is sent as ``wuma-<seq>``, as it was then
 
 ``adm_payouts_pending`` lists the seqs still to deliver (the outbox, in seq order), and
 ``adm_payouts_meta`` holds the intake cursor: the last ledger seq already looked at. A
@@ -106,17 +109,36 @@ and the same body bytes, so **receivers must deduplicate on the idempotency key*
 answer a duplicate with 2xx. A receiver should remember a key only once it accepted the
 entry: :meth:`Payouts.retry` re-sends a rejected entry under the same key.
 
+Idempotency keys
+----------------
+An entry taken in gets the key ``wuma-<seq>-<digest>``: ``<digest>`` is the first 16 hex
+digits of the SHA-256 of its body (below) without the ``idempotency_key`` field. The key is
+kept on its record, so every copy of the entry, retries and :meth:`Payouts.retry` included,
+carries it, whatever a later release sends. Records taken in by an earlier release keep the
+key it sent them with, ``wuma-<seq>``, so a payment system recognises their retries.
+
+NOTE: the key names the entry, not only its ledger seq. Restored from a backup (``wuma
+backup``, or any copy of ``db/``), the ledger hands out again the seqs of the entries the
+original folder wrote (and may have paid) after the backup: keyed ``wuma-<seq>``, the
+restored folder's new payouts reached a payment system that honours keys as ones already
+done, answered 2xx without being paid, and were marked paid. A new entry under a reused
+seq differs from the original's entry (its time, to the microsecond, at least), so its key
+differs. An entry that was in the backup is the same in both folders, so both send it
+under one key and it is paid once: one the backup held pending, and one not yet taken in
+then (the original may have taken it in and paid it after the backup; a key naming the
+folder's copy instead of the entry would have sent it again under another key).
+
 Wire format (what a receiver implements)
 ----------------------------------------
 One ``POST`` to the configured URL per entry::
 
     Content-Type: application/json
-    Idempotency-Key: wuma-<ledger seq>
+    Idempotency-Key: wuma-<ledger seq>-<digest>   (see "Idempotency keys")
     X-Wuma-Timestamp: <unix seconds when this copy was sent>
     X-Wuma-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body bytes)>
 
     {"amount": 188, "at": 1796000000.5, "beneficiary": {"id": "o7Xk...", "role": "consumer"},
-     "campaign": 3, "idempotency_key": "wuma-42", "kind": "grant", "pool": "summer",
+     "campaign": 3, "idempotency_key": "wuma-42-e4cf8b2513a240f1", "kind": "grant", "pool": "summer",
      "ref": null, "scan": 1234, "seq": 42, "settle_with": null, "unit": "cash"}
 
 The body is compact UTF-8 JSON with sorted keys. ``amount`` is a whole number in
@@ -225,23 +247,38 @@ def _signature(key: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def _wire(entry: dict) -> dict:
+def _wire(entry: dict, key: str) -> dict:
     out = {f: entry.get(f) for f in _WIRE_FIELDS}
-    out["idempotency_key"] = f"wuma-{entry['seq']}"
+    out["idempotency_key"] = key
     return out
 
 
-def _body(entry: dict) -> bytes:
+def _json(fields: dict) -> bytes:
     # NOTE: deterministic bytes (sorted keys, compact): every copy of an entry is identical.
-    return json.dumps(_wire(entry), separators=(",", ":"), sort_keys=True,
-                      ensure_ascii=False).encode()
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def _body(entry: dict, key: str) -> bytes:
+    return _json(_wire(entry, key))
+
+
+def _new_key(entry: dict) -> str:
+    """The idempotency key of an entry taken in now (see "Idempotency keys")."""
+    digest = hashlib.sha256(_json({f: entry.get(f) for f in _WIRE_FIELDS})).hexdigest()
+    return f"wuma-{entry['seq']}-{digest[:16]}"
+
+
+def _key(seq: int, rec: dict) -> str:
+    """The key every copy of an entry is sent with: its record's, or, on a record taken in
+    by an earlier release, the one that release sent."""
+    return rec.get("idempotency_key") or f"wuma-{seq}"
 
 
 def _new_record(entry: dict) -> dict:
     return {"state": "pending", "attempts": 0, "last_status": None, "last_error": None,
             "next_at": 0.0, "leased_until": 0.0, "lease": None, "paid_at": None,
             "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"],
-            "maybe_delivered": False}
+            "maybe_delivered": False, "idempotency_key": _new_key(entry)}
 
 
 def _maybe_delivered(rec: dict) -> bool:
@@ -259,7 +296,7 @@ def _maybe_delivered(rec: dict) -> bool:
 
 def _public(seq: int, rec: dict) -> dict:
     return {"seq": seq, **{k: v for k, v in rec.items() if k != "lease"},
-            "maybe_delivered": _maybe_delivered(rec)}
+            "maybe_delivered": _maybe_delivered(rec), "idempotency_key": _key(seq, rec)}
 
 
 def _clean(text: str, key: bytes) -> str:
@@ -549,8 +586,8 @@ class Payouts:
                 recs = [self._record_in(txn, e["seq"]) for e in payable]
             for e, rec in zip(payable, recs):
                 if state is None or rec["state"] == state:
-                    yield {**_wire(e), "state": rec["state"], "attempts": rec["attempts"],
-                           "paid_at": rec["paid_at"]}
+                    yield {**_wire(e, _key(e["seq"], rec)), "state": rec["state"],
+                           "attempts": rec["attempts"], "paid_at": rec["paid_at"]}
             if len(page) < _INTAKE_PAGE:
                 return
             after = page[-1]["seq"]
@@ -633,7 +670,7 @@ class Payouts:
         return e is not None and e["kind"] == "reversal"
 
     def _lease(self, n: int, now: float, lease_for: float, token: str, stats: dict) -> list:
-        """Lease up to ``n`` due entries, oldest first; returns [(seq, body)]."""
+        """Lease up to ``n`` due entries, oldest first; returns [(seq, body, key)]."""
         out: list = []
         with self._store.read() as txn:  # PERF: no write transaction when nothing is due
             if not self._any_due(txn, now):
@@ -658,7 +695,8 @@ class Payouts:
                 rec.update(maybe_delivered=_maybe_delivered(rec), attempts=rec["attempts"] + 1,
                            leased_until=now + lease_for, lease=token)
                 txn.put(k, pack(rec), db=self._db)
-                out.append((seq, _body(self._ledger.get_in(txn, seq))))
+                key = _key(seq, rec)
+                out.append((seq, _body(self._ledger.get_in(txn, seq), key), key))
             for k in cancelled:
                 txn.delete(k, db=self._pending)
             stats["cancelled"] += len(cancelled)
@@ -753,23 +791,23 @@ class Payouts:
             if not batch:
                 break
             short = False
-            for i, (seq, body) in enumerate(batch):
+            for i, (seq, body, key_sent) in enumerate(batch):
                 if lease_end - time.monotonic() < timeout + _RECORD_TIME:
                     # Slow writes ate the lease: a request now could outlive it, and
                     # another deliverer send the entry meanwhile. Lease the rest afresh
                     # (or, if even the lease itself was that slow, end the pass).
-                    self._release([s for s, _ in batch[i:]], token)
+                    self._release([s for s, *_ in batch[i:]], token)
                     if i == 0:
                         return stats
                     short = True
                     break
-                answer = _post(url, key, str(int(clock())), body, f"wuma-{seq}", timeout)
+                answer = _post(url, key, str(int(clock())), body, key_sent, timeout)
                 stats["sent"] += 1
                 self._finish(seq, token, answer, clock())
                 stats[answer.outcome] += 1
                 if answer.outcome == "failed":
                     log.warning("payout %d not delivered: %s", seq, answer.error)
-                    self._release([s for s, _ in batch[i + 1:]], token)
+                    self._release([s for s, *_ in batch[i + 1:]], token)
                     return stats
                 if answer.outcome == "rejected":
                     log.warning("payout %d rejected by the payment system: %s", seq, answer.error)

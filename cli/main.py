@@ -359,8 +359,14 @@ def key_list(data, as_json):
 
     Example: wuma key list --json
     """
-    emit({"versions": data.keys.versions, "current": data.keys.current}, as_json,
-         f"versions {', '.join(map(str, data.keys.versions))}; new batches use {data.keys.current}")
+    current, refused = data.batch_key()
+    versions = ", ".join(map(str, data.keys.versions))
+    if refused:  # NOTE: said here too, not only when `batch create` is refused
+        emit({"versions": data.keys.versions, "current": current, "batches_refused": refused}, as_json,
+             f"versions {versions}; no new batch before `wuma key rotate`: {refused}")
+        return
+    emit({"versions": data.keys.versions, "current": current}, as_json,
+         f"versions {versions}; new batches use {current}")
 
 
 @key.command("rotate")

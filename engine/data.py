@@ -40,8 +40,8 @@ from engine.batches import Batch, BatchRegistry
 from engine.chinatime import china_time
 from engine.codes import CodeEngine
 from engine.errors import DataFolderError
-from engine.files import (decode_text, fsync_path, protect, protect_owned, refuse_protected, sync_folder, unprotect,
-                          write_new_file)
+from engine.files import (NewFile, decode_text, fsync_path, protect, protect_owned, refuse_protected, sync_folder,
+                          unprotect, write_new_file)
 from engine.formats import FORMATS, validate_url_base
 from engine.ids import is_digits
 from engine.keys import KeyRing
@@ -59,8 +59,12 @@ _STORE_ID = b"store_id"
 _KEY_VERSIONS = b"key_versions"
 #: The meta key of the packaging spec as its codes carry it (see _code_spec).
 _CODE_SPEC = b"code_spec"
+#: The meta key of the master key version new batches use: the one the last ``key rotate``
+#: (or ``init``) made current, recorded in the write transaction that records the version
+#: as issued. A version only in keys/ is never taken for it (see DataFolder.batch_key).
+_BATCH_KEY = b"batch_key"
 #: The meta key a backup copy's store carries: when it was taken, and the newest master key
-#: version it holds (see DataFolder.backup and _refuse_repeated_codes).
+#: version it holds (see DataFolder.backup and DataFolder.batch_key).
 _BACKUP_COPY = b"backup_copy"
 
 
@@ -83,10 +87,28 @@ def _durability(config: dict) -> str:
 
 
 def _write_config(path: Path, config: dict) -> None:
-    """Write wuma.json atomically (never a half-written file)."""
-    tmp = path / (_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    os.replace(tmp, path / _CONFIG)
+    """Write wuma.json whole or not at all, and on disk when this returns, as the master
+    keys are: a temporary file beside it, fsynced, renamed over it, then the folder
+    fsynced. Unsynced, a power loss after ``init`` or a settings change could leave it
+    empty or missing beside keys/ and a store, and the folder never opened again.
+
+    Mode 0600 whatever the umask, as ``wuma backup`` copies it: only the folder's owner
+    runs Wuma on it (master keys readable by others are refused), and its settings (trusted
+    proxies, abuse thresholds) are nobody else's to read."""
+    text = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    target = path / _CONFIG
+    try:
+        with NewFile(target, 0o600, unnamed=False) as f:
+            f.write(text)
+            f.sync()
+            # NOTE: os.replace, not NewFile.replace: an open folder protects its own
+            # wuma.json from every output (engine.files.protect), this one included
+            os.replace(f.tmp, target)
+        sync_folder(path)
+    except OSError as e:
+        if e.filename is None:  # NOTE: a full disk says "No space left on device", no more
+            raise OSError(e.errno, e.strerror, str(target)) from None
+        raise
 
 
 def _section(config: dict, name: str, known: list[str]) -> dict:
@@ -277,9 +299,9 @@ def _prepare_store(path: Path) -> str:
             databases = {k for k, _ in txn.cursor()}
             entries = {k for k, _ in txn.cursor(db=meta)}
             store_id = _stored_id(txn, meta)
-        # NOTE: key_versions too: a folder's first open (DataFolder.__init__, at the end of
-        # init) records its keys before it opens any other database
-        if databases - {b"meta"} or entries - {_STORE_ID, _KEY_VERSIONS}:
+        # NOTE: key_versions and batch_key too: a folder's first open (DataFolder.__init__,
+        # at the end of init) records its keys before it opens any other database
+        if databases - {b"meta"} or entries - {_STORE_ID, _KEY_VERSIONS, _BATCH_KEY}:
             raise DataFolderError(
                 f"{path} has no {_CONFIG} but {db} holds data: restore {_CONFIG} from the backup "
                 "taken with db/ and keys/ (`wuma init` never takes over a store in use)")
@@ -354,7 +376,7 @@ protect_owned(_owned_by_a_data_folder)
 
 
 def _mark_backup_copy(db: Path, key_version: int) -> None:
-    """Record in a backup copy's store that it is one (see DataFolder._refuse_repeated_codes),
+    """Record in a backup copy's store that it is one (see DataFolder.batch_key),
     with the newest master key version copied with it (keys are copied after the store: a
     rotation meanwhile is in the copy's keys, not yet in its store's record)."""
     store = Store(db)
@@ -426,10 +448,10 @@ class DataFolder:
             raise DataFolderError(f'{cfg}, "url_base": {e}: fix it there') from None
         self.keys = KeyRing(self.path / "keys")
         self.durability = _durability(self.config)
-        self.store, issued, spec_record = self._open_store()
+        self.store, issued, spec_record, batch_key = self._open_store()
         try:
             self._check_spec(cfg, spec_record)
-            self._record_keys(issued)
+            self._record_keys(issued, batch_key)
         except BaseException:
             self.store.close()
             raise
@@ -459,15 +481,17 @@ class DataFolder:
                 f'longer read: restore "spec" from the backup of {_CONFIG} (a level\'s "capacity" '
                 'may change, and the spec\'s "name" and "description"; nothing else)')
 
-    def _record_keys(self, issued: dict[int, str]) -> None:
+    def _record_keys(self, issued: dict[int, str], batch_key: bytes | None) -> None:
         """Every master key version this folder ever issued must be in keys/ and be the
         same key (its fingerprint is recorded in the store): a lost or replaced key file is
         refused here, not met later as genuine codes answering invalid, or as a new key
         taking a lost one's number. Versions here but not yet recorded (a folder from before
-        the record, a rotate interrupted between key file and record) are recorded.
-        ``issued``: the record, as read when the store was opened."""
+        the record, a rotate interrupted between key file and record, a store restored from
+        a backup older than keys/) are recorded as issued, so their numbers are never given
+        again; none of them becomes the version of new batches (see :meth:`batch_key`).
+        ``issued`` and ``batch_key``: the records, as read when the store was opened."""
         self._check_keys(issued)
-        if set(self.keys.versions) - set(issued):
+        if set(self.keys.versions) - set(issued) or batch_key is None:
             self._record_versions(self.keys.versions)
 
     def _check_keys(self, issued: dict[int, str]) -> None:
@@ -494,20 +518,29 @@ class DataFolder:
             self.keys.load(version)
         self._check_keys(issued)
 
-    def _record_versions(self, versions) -> None:
+    def _record_versions(self, versions, *, current: int | None = None) -> None:
+        """Record ``versions`` as issued and, with ``current``, make it the version of new
+        batches, in one write transaction. A store without a record of that version (one
+        from before the record) takes the newest version it records as issued, or, if it
+        records none (a new folder, or one from before any record), the newest here."""
         # NOTE: read and written in one write transaction: a record made meanwhile by
         # another process (its rotate) is kept
+        meta = self.store.db("meta")
         with self.store.write() as txn:
-            issued = _issued_keys(txn, self.store.db("meta"))
+            issued = _issued_keys(txn, meta)
+            raw = txn.get(_BATCH_KEY, db=meta)
+            batch_key = unpack(raw) if raw is not None else max(issued or versions)
             issued.update({v: self.keys.fingerprint(v) for v in versions if v not in issued})
-            txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=self.store.db("meta"))
+            txn.put(_KEY_VERSIONS, pack(sorted(issued.items())), db=meta)
+            if raw is None or current is not None and current > batch_key:
+                txn.put(_BATCH_KEY, pack(max(batch_key, current or 0)), db=meta)
         self.store.sync()  # NOTE: a key version's record outlives a power loss ("relaxed" too)
 
-    def _open_store(self) -> tuple[Store, dict[int, str], bytes | None]:
+    def _open_store(self) -> tuple[Store, dict[int, str], bytes | None, bytes | None]:
         """The store, if it is this folder's: never a new empty one in place of a lost one
         (new batches would take ids again and repeat codes already printed); the master key
-        versions it records as issued; and its record of the packaging spec (read with its
-        id, in one read transaction)."""
+        versions it records as issued; its record of the packaging spec; and its record of
+        the version of new batches (read with its id, in one read transaction)."""
         db = self.path / "db"
         restore = (f"restore {db} from the backup taken with {_CONFIG} and keys/ (do not create "
                    "batches without it: their codes would repeat codes already printed)")
@@ -521,6 +554,7 @@ class DataFolder:
                 found = _stored_id(txn, meta)
                 raw_keys = txn.get(_KEY_VERSIONS, db=meta)
                 raw_spec = txn.get(_CODE_SPEC, db=meta)
+                raw_batch_key = txn.get(_BATCH_KEY, db=meta)
             expected = self.config.get("store_id")
             # NOTE: folders made before store ids: the file checks only
             if expected is not None and found != expected:
@@ -528,7 +562,7 @@ class DataFolder:
                        "folder's)" if found is None else "holds another data folder's store")
                 raise DataFolderError(f"{db} {why}: {restore}")
             # NOTE: the record is unpacked only once the store is known to be this folder's
-            return store, _key_record(raw_keys), raw_spec
+            return store, _key_record(raw_keys), raw_spec, raw_batch_key
         except BaseException:
             store.close()
             raise
@@ -621,33 +655,57 @@ class DataFolder:
             raise DataFolderError(f'{self.path / _CONFIG}, "regions" section: {e}: fix it there') from None
 
     def create_batch(self, level: str, count: int, *, note: str = "") -> Batch:
-        """Register a batch under the newest key version (metadata only): the newest the
-        store records, so that a process holding the folder open since before another
-        one's ``key rotate`` makes its new batches with the new key too."""
+        """Register a batch (metadata only) under the key version the store records for new
+        batches (:meth:`batch_key`), read now, so that a process holding the folder open
+        since before another one's ``key rotate`` makes its new batches with the new key
+        too. DataFolderError if no batch may be made before a ``wuma key rotate``."""
+        version, refused = self.batch_key()
+        if refused:
+            raise DataFolderError(refused)
+        return self.batches.create(level, count, version, note=note)
+
+    def batch_key(self) -> tuple[int, str | None]:
+        """``(version, refused)``: the master key version new batches use, the one the last
+        ``key rotate`` (or ``init``) made current as the store records it; and, if no batch
+        may be made before ``wuma key rotate``, why (else None).
+
+        NOTE: a code is a function of (key version, batch id, serial), and the next batch
+        id comes from the store. A store behind the folder its keys come from hands out
+        again ids that batches there took after it: its next batch under their key repeated,
+        code for code, labels already printed (1000 of 1000 rows alike). Refused until a
+        rotation gives a version above every one in keys/, which makes every later code new:
+        - a backup copy (``wuma backup``) whose store records no version made since it was
+          taken;
+        - a store that never made current a version keys/ holds: ``db/`` restored from a
+          backup while the folder's newer keys/ were kept (to keep codes printed under them
+          verifying). Its next batch took the batch id and the key of a batch printed
+          after the backup. A ``key rotate`` interrupted between its key file and its record
+          looks the same, and is refused too: the rotate is run again (its version number is
+          left unused)."""
         self._take_in_keys()
-        self._refuse_repeated_codes()
-        return self.batches.create(level, count, self.keys.current, note=note)
-
-    def _refuse_repeated_codes(self) -> None:
-        """DataFolderError if this folder is a backup copy and no master key version was
-        made since it was taken.
-
-        NOTE: a code is a function of (key version, batch id, serial). In the folder the
-        copy was taken from, batches made after it took ids the copy hands out again: its
-        next batch under the same key repeated, code for code, labels already printed (1000
-        of 1000 rows alike). A new key version (``wuma key rotate``) makes every later code
-        new, whatever was made after the copy."""
+        meta = self.store.db("meta")
         with self.store.read() as txn:
-            raw = txn.get(_BACKUP_COPY, db=self.store.db("meta"))
-        if raw is None:
-            return
-        copy = unpack(raw)
-        if self.keys.current <= copy["key_version"]:
-            raise DataFolderError(
-                f"this data folder is a backup copy, taken at {china_time(copy['taken_at'])} with master "
-                f"key version {copy['key_version']}: batches made after that in the folder it was copied "
-                "from are not in it, and a new batch would repeat their codes; run `wuma key rotate` "
-                "first (new batches then use a new master key)")
+            issued = _issued_keys(txn, meta)
+            version = unpack(txn.get(_BATCH_KEY, db=meta))
+            raw = txn.get(_BACKUP_COPY, db=meta)
+        rotate = ("run `wuma key rotate` first (new batches then use a new master key; codes already "
+                  "printed keep verifying)")
+        if raw is not None:
+            copy = unpack(raw)
+            if version <= copy["key_version"]:
+                return version, (
+                    f"this data folder's store is a backup copy, taken at {china_time(copy['taken_at'])} with master "
+                    f"key version {copy['key_version']}: batches made after that in the folder it was copied "
+                    f"from are not in it, and a new batch would repeat their codes; {rotate}")
+        newest = max(max(issued), self.keys.current)
+        if newest > version:
+            return version, (
+                f"{self.path / 'keys'} holds master key version {newest}, which this folder's store never "
+                f"made the version of new batches (it records {version}): the store is older than the "
+                "keys (db/ restored from a backup, keys/ kept), or a `wuma key rotate` was interrupted; "
+                f"batches made under version {newest} where the keys come from may not be in this store, "
+                f"and a new batch would repeat their codes; {rotate}")
+        return version, None
 
     def rotate_key(self) -> int:
         """New master key version for new batches; printed codes stay valid. Its number
@@ -657,7 +715,7 @@ class DataFolder:
             issued = _issued_keys(txn, self.store.db("meta"))
         highest = min(f.max_key_version for f in self.spec.formats.values())
         version = self.keys.rotate(after=max(issued, default=0), highest=highest)
-        self._record_versions([version])
+        self._record_versions([version], current=version)
         self.codes = CodeEngine(self.spec, self.keys, self.batches)
         return version
 

@@ -1,5 +1,6 @@
 """The `wuma` command: each command through click, as a user runs it."""
 
+import errno
 import json
 import os
 import re
@@ -378,11 +379,18 @@ def test_damaged_folder_is_a_message_not_a_traceback(run, damage, msg):
     assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output
 
 
-def test_init_runs_again_after_failing_to_write_its_config(run):
-    (run.data / "wuma.json.tmp").mkdir(parents=True)
+def test_init_runs_again_after_failing_to_write_its_config(run, monkeypatch):
+    replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst).name == "wuma.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
     res = run("init", ok=False)
-    assert res.exit_code == 1 and "wuma.json.tmp" in res.output
-    (run.data / "wuma.json.tmp").rmdir()
+    assert res.exit_code == 1 and f"No space left on device: {run.data / 'wuma.json'}" in res.output
+    monkeypatch.setattr(os, "replace", replace)
     assert json.loads(run("init", "--json").output)["key_version"] == 1
     run("batch", "list")
 

@@ -145,6 +145,7 @@ def test_payout_deliverer_killed_after_the_receivers_200_resends_under_the_same_
     with DataFolder.init(path) as data:
         admin = Admin(data)
         seqs = [test_payouts.add(data.store, admin.ledger, amount=100 + i) for i in range(3)]
+        keys = [test_payouts.key_of(admin.ledger, s) for s in seqs]
     rec = KillingReceiver()
     try:
         rec.kill_at = 2
@@ -167,7 +168,6 @@ def test_payout_deliverer_killed_after_the_receivers_200_resends_under_the_same_
             assert [payouts.state(s)["state"] for s in seqs] == ["paid"] * 3
     finally:
         rec.close()
-    keys = [f"wuma-{s}" for s in seqs]
     assert rec.keys() == [keys[0], keys[1], keys[1], keys[2]]  # the one in flight, twice
     copies = [r["raw"] for r in rec.requests if r["key"] == keys[1]]
     assert copies[0] == copies[1]  # the same body bytes under the same key

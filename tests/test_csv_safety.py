@@ -19,6 +19,7 @@ from admin_world import WHO, build_admin_world, consumer_rule
 from falcon.testing import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_payouts import key_of
 
 from admin.audit import AuditLog
 from admin.http import create_app
@@ -180,7 +181,7 @@ def test_no_exported_cell_starts_a_formula_unless_a_number(tmp_path, payouts, en
         with store.write() as txn:
             seq = ledger.append(txn, entry)
         expected.append({"amount": amount, "at": T0, "beneficiary": {"role": "consumer", "id": bid},
-                         "campaign": 3, "idempotency_key": f"wuma-{seq}", "kind": "grant",
+                         "campaign": 3, "idempotency_key": key_of(ledger, seq), "kind": "grant",
                          "pool": "summer", "ref": None, "scan": 77, "seq": seq,
                          "settle_with": settle, "unit": "cash", "state": "pending", "attempts": 0,
                          "paid_at": None})

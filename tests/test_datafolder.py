@@ -1,6 +1,7 @@
 """A data folder that is damaged or incomplete is refused with a message saying what to do,
 never opened with a new empty store (new batches would repeat codes already printed)."""
 
+import errno
 import json
 import os
 import shutil
@@ -153,16 +154,24 @@ def test_unknown_abuse_setting_names_the_section_and_the_known_ones(folder):
             data.update_config(abuse={"max_scans": 1})
 
 
-def test_init_can_be_run_again_after_failing_part_way(tmp_path):
+def test_init_can_be_run_again_after_failing_part_way(tmp_path, monkeypatch):
     path = tmp_path / "w"
     path.mkdir()
-    (path / "wuma.json.tmp").mkdir()  # stands in for a full disk when wuma.json is written
+    replace = os.replace
+
+    def full_disk(src, dst):  # stands in for a full disk when wuma.json is written
+        if Path(dst).name == "wuma.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError):
         DataFolder.init(path)
+    monkeypatch.setattr(os, "replace", replace)
+    assert sorted(p.name for p in path.iterdir()) == ["db", "keys"]  # no temporary file left
     key = (path / "keys" / "master-v1.key").read_bytes()
     with pytest.raises(DataFolderError, match="if `wuma init` failed here, run it again"):
         DataFolder(path)
-    (path / "wuma.json.tmp").rmdir()
     with DataFolder.init(path) as data:
         assert data.keys.versions == [1]
     assert (path / "keys" / "master-v1.key").read_bytes() == key  # the key is kept, not replaced

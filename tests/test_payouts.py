@@ -228,6 +228,17 @@ def add(store, ledger, kind="grant", amount=188, **extra) -> int:
         return ledger.append(txn, entry)
 
 
+def key_of(ledger, seq: int) -> str:
+    """The idempotency key the module docstring documents for an entry taken in by this
+    release, computed here: ``wuma-<seq>-`` and the first 16 hex digits of the SHA-256 of
+    its body without the key."""
+    e = ledger.get(seq)
+    fields = {f: e.get(f) for f in ("seq", "at", "kind", "amount", "unit", "beneficiary", "campaign",
+                                    "pool", "scan", "ref", "settle_with")}
+    body = json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    return f"wuma-{seq}-{hashlib.sha256(body).hexdigest()[:16]}"
+
+
 def mixed_ledger(store, ledger) -> list[int]:
     """One entry of every kind; returns the payable seqs."""
     g = add(store, ledger, "grant", 100)
@@ -251,12 +262,12 @@ def test_delivers_payable_entries_in_seq_order_signed_and_marks_them_paid(store,
     r = payouts.deliver_once(receiver.url, SECRET, now=T0)
 
     assert r == {"taken_in": 4, "sent": 4, "paid": 4, "failed": 0, "rejected": 0, "cancelled": 0}
-    assert receiver.keys() == [f"wuma-{s}" for s in payable]
+    assert receiver.keys() == [key_of(ledger, s) for s in payable]
     assert all(q["signature_ok"] and q["ts"] == str(int(T0)) for q in receiver.requests)
     assert {q["path"] for q in receiver.requests} == {"/wuma/payouts?shop=1"}
     assert {q["type"] for q in receiver.requests} == {"application/json"}
     redeem = receiver.requests[2]["body"]
-    assert redeem == {"seq": payable[2], "idempotency_key": f"wuma-{payable[2]}", "kind": "redeem",
+    assert redeem == {"seq": payable[2], "idempotency_key": key_of(ledger, payable[2]), "kind": "redeem",
                       "at": T0, "amount": 500, "unit": "cash",
                       "beneficiary": {"role": "store", "id": "S-001"}, "campaign": 3,
                       "pool": "summer", "scan": None, "ref": payable[2] - 1, "settle_with": "D-7"}
@@ -274,7 +285,7 @@ def test_delivers_payable_entries_in_seq_order_signed_and_marks_them_paid(store,
     late = add(store, ledger, "grant", 5)
     assert payouts.deliver_once(receiver.url, SECRET, now=T0) == {
         "taken_in": 1, "sent": 1, "paid": 1, "failed": 0, "rejected": 0, "cancelled": 0}
-    assert receiver.keys()[-1] == f"wuma-{late}"
+    assert receiver.keys()[-1] == key_of(ledger, late)
 
 
 def test_not_paid_until_2xx_and_backoff_doubles_to_one_hour(store, ledger, payouts, receiver):
@@ -297,7 +308,7 @@ def test_not_paid_until_2xx_and_backoff_doubles_to_one_hour(store, ledger, payou
     assert payouts.deliver_once(receiver.url, SECRET, now=now)["paid"] == 1
     st = payouts.state(seq)
     assert (st["state"], st["attempts"], st["paid_at"], st["last_error"]) == ("paid", 10, now, None)
-    assert receiver.keys() == [f"wuma-{seq}"] * 10 and list(receiver.accepted) == [f"wuma-{seq}"]
+    assert receiver.keys() == [key_of(ledger, seq)] * 10 and list(receiver.accepted) == [key_of(ledger, seq)]
 
 
 @pytest.mark.parametrize("failure", ["timeout", "drop"])
@@ -309,14 +320,14 @@ def test_lost_answer_resends_same_key_and_receiver_dedupes(store, ledger, payout
     assert (r["sent"], r["failed"], r["paid"]) == (1, 1, 0)
     st = payouts.state(seq)
     # The receiver has it, but without an answer Wuma does not call it paid.
-    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    assert list(receiver.accepted) == [key_of(ledger, seq)]
     assert (st["state"], st["last_status"], st["maybe_delivered"]) == ("pending", None, True)
     error = "TimeoutError" if failure == "timeout" else "RemoteDisconnected"
     assert st["last_error"].startswith(error)
 
     receiver.release.set()
     assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"])["paid"] == 1
-    assert receiver.keys() == [f"wuma-{seq}", f"wuma-{seq}"]
+    assert receiver.keys() == [key_of(ledger, seq), key_of(ledger, seq)]
     first, second = (q["raw"] for q in receiver.requests)
     assert first == second  # same bytes each time, freshly signed
     assert len(receiver.accepted) == 1
@@ -334,7 +345,7 @@ def test_failure_stops_the_pass_and_keeps_the_rest_unsent(store, ledger, payouts
     # The next pass sends the others; the failed one waits for its backoff.
     r = payouts.deliver_once(receiver.url, SECRET, now=T0 + 1)
     assert (r["sent"], r["paid"]) == (2, 2)
-    assert receiver.keys() == [f"wuma-{s}" for s in (seqs[0], seqs[1], seqs[2])]
+    assert receiver.keys() == [key_of(ledger, s) for s in (seqs[0], seqs[1], seqs[2])]
     assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 30)["paid"] == 1
 
 
@@ -391,7 +402,7 @@ def test_rejected_waits_for_an_operator_then_retry_is_audited(store, ledger, pay
 
     assert payouts.deliver_once(receiver.url, SECRET, now=T0 + 10)["paid"] == 2
     assert payouts.state(seq)["state"] == "paid"
-    assert receiver.keys().count(f"wuma-{seq}") == 2  # same key on the retry
+    assert receiver.keys().count(key_of(ledger, seq)) == 2  # same key on the retry
 
 
 def test_wrong_secret_on_the_receiver_fails_and_rejects_nothing(store, ledger, payouts):
@@ -439,7 +450,7 @@ def test_two_deliverers_at_once_do_not_duplicate(store, ledger, receiver):
     for t in threads:
         t.join(20)
     assert results["one"]["paid"] + results["two"]["paid"] == 30
-    assert sorted(receiver.keys()) == sorted(f"wuma-{s}" for s in seqs)  # each exactly once
+    assert sorted(receiver.keys()) == sorted(key_of(ledger, s) for s in seqs)  # each exactly once
     assert one.summary()["paid"]["count"] == 30
 
 
@@ -476,7 +487,7 @@ def test_crash_after_send_resends_after_the_lease_with_the_same_key(tmp_path, st
     assert payouts.deliver_once(receiver.url, SECRET)["sent"] == 0  # still leased
     r = payouts.deliver_once(receiver.url, SECRET, now=st["leased_until"] + 1)
     assert (r["sent"], r["paid"]) == (1, 1)
-    assert receiver.keys() == [f"wuma-{seq}"] * 2 and len(receiver.accepted) == 1
+    assert receiver.keys() == [key_of(ledger, seq)] * 2 and len(receiver.accepted) == 1
     assert payouts.state(seq)["attempts"] == 2
 
 
@@ -551,12 +562,12 @@ def test_a_2xx_whose_body_is_cut_short_is_not_paid(store, ledger, payouts, recei
     st = payouts.state(seq)
     assert (st["state"], st["last_status"], st["maybe_delivered"]) == ("pending", None, True)
     assert st["last_error"].startswith(error)
-    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    assert list(receiver.accepted) == [key_of(ledger, seq)]
     with pytest.raises(Conflict, match="already sent"):
         with store.write() as txn:
             payouts.cancel_in(txn, seq)
     assert payouts.deliver_once(receiver.url, SECRET, now=st["next_at"])["paid"] == 1
-    assert receiver.keys() == [f"wuma-{seq}"] * 2 and len(receiver.accepted) == 1
+    assert receiver.keys() == [key_of(ledger, seq)] * 2 and len(receiver.accepted) == 1
 
 
 @pytest.mark.parametrize("action", ["200 close", "200 big"])
@@ -600,7 +611,7 @@ def test_a_lease_eaten_by_slow_writes_is_released_and_the_rest_leased_afresh(
 
     def lease(*args, **kwargs):
         batch = real_lease(*args, **kwargs)
-        leases.append([s for s, _ in batch])
+        leases.append([s for s, *_ in batch])
         return batch
 
     def post(*args, **kwargs):
@@ -614,7 +625,7 @@ def test_a_lease_eaten_by_slow_writes_is_released_and_the_rest_leased_afresh(
     assert (r["sent"], r["paid"], r["failed"]) == (3, 3, 0)
     # Each chunk sent one entry, then gave the rest back and leased them again.
     assert leases == [seqs, seqs[1:], seqs[2:]]
-    assert receiver.keys() == [f"wuma-{s}" for s in seqs]
+    assert receiver.keys() == [key_of(ledger, s) for s in seqs]
     st = [payouts.state(s) for s in seqs]
     assert [x["attempts"] for x in st] == [1, 1, 1]  # the releases gave their attempts back
     assert [x["state"] for x in st] == ["paid"] * 3
@@ -634,7 +645,7 @@ def test_a_lease_that_itself_took_too_long_ends_the_pass_unsent(store, ledger, p
 
     def slow_lease(*args, **kwargs):
         batch = real_lease(*args, **kwargs)
-        calls.append([s for s, _ in batch])
+        calls.append([s for s, *_ in batch])
         if len(calls) == 1:
             clock.skew += 1000.0  # the first lease's own write took longer than the lease
         return batch
@@ -654,7 +665,7 @@ def test_a_lease_that_itself_took_too_long_ends_the_pass_unsent(store, ledger, p
     r = payouts.deliver_once(receiver.url, SECRET, now=T0, timeout=1)  # a prompt lease sends
     assert calls[1:] == [seqs[1:]]
     assert (r["sent"], r["paid"], r["cancelled"]) == (2, 2, 0)
-    assert receiver.keys() == [f"wuma-{s}" for s in seqs[1:]]
+    assert receiver.keys() == [key_of(ledger, s) for s in seqs[1:]]
 
 
 def test_run_delivers_until_stopped(store, ledger, payouts, receiver):
@@ -697,7 +708,7 @@ def test_cancel_in_only_before_anything_was_sent(store, ledger, payouts, receive
     receiver.plan = ["ok", "500"]
     r = payouts.deliver_once(receiver.url, SECRET, now=T0)
     assert (r["sent"], r["paid"], r["failed"]) == (2, 1, 1)
-    assert receiver.keys() == [f"wuma-{paid}", f"wuma-{failed}"]
+    assert receiver.keys() == [key_of(ledger, paid), key_of(ledger, failed)]
     assert payouts.state(failed)["state"] == "pending" and payouts.state(paid)["state"] == "paid"
 
     before = ledger.last_seq()
@@ -715,7 +726,7 @@ def test_cancel_in_only_before_anything_was_sent(store, ledger, payouts, receive
     with pytest.raises(NotFound):
         with store.write() as txn:
             payouts.cancel_in(txn, 9999)
-    assert f"wuma-{early}" not in receiver.keys() and f"wuma-{unsent}" not in receiver.keys()
+    assert key_of(ledger, early) not in receiver.keys() and key_of(ledger, unsent) not in receiver.keys()
 
 
 def test_a_payout_the_payment_system_refused_can_be_cancelled(store, ledger, payouts, receiver):
@@ -772,7 +783,7 @@ def test_a_2xx_never_recorded_counts_as_maybe_delivered(store, ledger, payouts, 
         m.setattr(payouts, "_finish", full_disk)
         with pytest.raises(OSError):
             payouts.deliver_once(receiver.url, SECRET, now=T0)
-    assert list(receiver.accepted) == [f"wuma-{seq}"]
+    assert list(receiver.accepted) == [key_of(ledger, seq)]
     leased_until = payouts.state(seq)["leased_until"]
     receiver.plan = ["409"]
     assert payouts.deliver_once(receiver.url, SECRET, now=leased_until + 1)["rejected"] == 1
@@ -861,7 +872,7 @@ def test_export_csv_and_jsonl_hold_exactly_the_payable_entries(tmp_path, store, 
     assert rows[2] == {"seq": str(payable[2]), "at": str(T0), "kind": "redeem", "amount": "500",
                        "unit": "cash", "beneficiary_role": "store", "beneficiary_id": "S-001",
                        "campaign": "3", "pool": "summer", "scan": "", "ref": str(payable[2] - 1),
-                       "settle_with": "D-7", "idempotency_key": f"wuma-{payable[2]}",
+                       "settle_with": "D-7", "idempotency_key": key_of(ledger, payable[2]),
                        "state": "pending", "attempts": "0", "paid_at": ""}
     assert rows[0]["paid_at"] == str(T0) and rows[1]["attempts"] == "1"
 
@@ -942,7 +953,8 @@ def test_state_of_unknown_or_unpayable_entries(store, ledger, payouts):
     assert payouts.state(g) == {"seq": g, "state": "pending", "attempts": 0, "last_status": None,
                                 "last_error": None, "next_at": 0.0, "leased_until": 0.0,
                                 "paid_at": None, "cancelled_at": None, "amount": 188,
-                                "unit": "cash", "maybe_delivered": False}
+                                "unit": "cash", "maybe_delivered": False,
+                                "idempotency_key": key_of(ledger, g)}
 
 
 @pytest.mark.parametrize("seq", [0, -1, 2**63, 2**64])
