@@ -23,6 +23,7 @@ from engine.errors import Conflict, TakenByRevoked
 from engine.files import decode_text, private_output, read_bounded, size_text
 from engine.formats import MAX_INPUT
 from engine.spec import PRESETS
+from engine.store import MAP_SIZE_FORM
 
 __all__ = ["add_with_token", "check_output_shown_once", "cli", "emit", "emit_shown_once", "library_errors", "pass_data",
            "read_input", "stdin_binary", "stdout_binary", "wuma_command"]
@@ -52,7 +53,8 @@ def library_errors(fn):
                 "an id given is empty or too long: nothing is stored under it") from None
         except lmdb.MapFullError:
             raise click.ClickException(
-                "the data store is full (its map size; raise WUMA_MAP_SIZE): nothing was changed") from None
+                f"the data store is full (its map size: raise WUMA_MAP_SIZE, {MAP_SIZE_FORM}): "
+                "nothing was changed") from None
         except lmdb.Error as e:  # NOTE: a failed commit changes nothing (a disk full, a file-size limit)
             hint = ""
             if "Input/output error" in str(e) or "No space" in str(e):

@@ -32,7 +32,7 @@ import msgpack
 
 from engine.every import repeat
 
-__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES", "MAX_SEQ",
+__all__ = ["Store", "pack", "unpack", "u32", "u64", "free_bytes", "MIN_FREE_BYTES", "MAX_SEQ", "MAP_SIZE_FORM",
            "clear_dead_readers_every"]
 
 #: The largest sequence number (scan events, ledger entries, audit entries) a caller may
@@ -44,7 +44,7 @@ DEFAULT_MAP_SIZE = 1 << 40
 #: The smallest map ``WUMA_MAP_SIZE`` may give: LMDB's own default (a new data folder's
 #: first writes took 64 KiB; below 1 MiB a size is a slip, such as 1024 meant as MiB).
 _MIN_MAP_SIZE = 1 << 20
-_MAP_SIZE_FORM = ("a whole number of bytes, or of KiB, MiB, GiB or TiB with the suffix K, M, G "
+MAP_SIZE_FORM = ("a whole number of bytes, or of KiB, MiB, GiB or TiB with the suffix K, M, G "
                   "or T (binary: 1K = 1024), such as 2T")
 _MAP_SIZE = re.compile(r"([0-9]{1,20})([KMGT]?)", re.IGNORECASE)
 _MAP_SIZE_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
@@ -93,7 +93,7 @@ def _map_size_setting(environ=os.environ) -> int:
     m = _MAP_SIZE.fullmatch(text.strip())
     size = int(m[1]) << _MAP_SIZE_SHIFT[m[2].upper()] if m else 0
     if not _MIN_MAP_SIZE <= size <= sys.maxsize:
-        raise ValueError(f"WUMA_MAP_SIZE is {text!r}: give {_MAP_SIZE_FORM}, from 1M up")
+        raise ValueError(f"WUMA_MAP_SIZE is {text!r}: give {MAP_SIZE_FORM}, from 1M up")
     return size
 
 
@@ -170,7 +170,7 @@ class Store:
         if used > 0.95 * info["map_size"]:
             return "map_nearly_full", (
                 f"the store at {self.path} has used {used / 2**20:,.1f} of its "
-                f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE: {_MAP_SIZE_FORM})")
+                f"{info['map_size'] / 2**20:,.1f} MiB map (raise WUMA_MAP_SIZE: {MAP_SIZE_FORM})")
         low = self._low_space()
         return None if low is None else ("disk_nearly_full", low)
 
