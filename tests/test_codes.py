@@ -101,14 +101,6 @@ def test_ten_million_random_codes_are_all_invalid(data):
         assert not data.codes.decode_many(chars, fmt).ok.any()
 
 
-@pytest.fixture(scope="module")
-def shared_data(tmp_path_factory):
-    d = DataFolder.init(tmp_path_factory.mktemp("shared") / "wuma-data")
-    d.create_batch("cap", 1000)
-    yield d
-    d.close()
-
-
 @settings(max_examples=500, deadline=None)
 @given(text=st.one_of(
     st.text(max_size=60),

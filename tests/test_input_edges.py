@@ -23,33 +23,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # -- what verify reads in a code --------------------------------------------------------------
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    d = DataFolder.init(tmp_path_factory.mktemp("edges") / "wuma-data")
-    d.create_batch("cap", 100)
-    yield d
-    d.close()
-
-
-@pytest.fixture(scope="module")
-def code(folder):
+def code(shared_data):
     """A genuine code with a "1" in its body (to be typed as a look-alike of it)."""
-    b = folder.batches.find(1)
-    return next(c for c in (folder.codes.code(b, s, "cap_inner") for s in range(100)) if "1" in c[1:])
+    b = shared_data.batches.find(1)
+    return next(c for c in (shared_data.codes.code(b, s, "cap_inner") for s in range(100)) if "1" in c[1:])
 
 
-def test_a_look_alike_from_another_alphabet_is_invalid(folder, code):
+def test_a_look_alike_from_another_alphabet_is_invalid(shared_data, code):
     """Crockford's ASCII look-alikes are read (i/l for 1); a dotless "ı" or a mathematical
     "𝚤" (which str.upper() turns into "I") is not a character of a code."""
     at = code.index("1", 1)
-    assert folder.codes.verify(code[:at] + "i" + code[at + 1:]).genuine
+    assert shared_data.codes.verify(code[:at] + "i" + code[at + 1:]).genuine
     for ch in ("\u0131", "\U0001d6a4"):
-        assert not folder.codes.verify(code[:at] + ch + code[at + 1:]).genuine, f"U+{ord(ch):04X}"
+        assert not shared_data.codes.verify(code[:at] + ch + code[at + 1:]).genuine, f"U+{ord(ch):04X}"
 
 
 @pytest.mark.parametrize("ch", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u2028", "\u2029"])
-def test_control_characters_are_not_separators(folder, code, ch):
+def test_control_characters_are_not_separators(shared_data, code, ch):
     for text in (code[:10] + ch + code[10:], code + ch, ch + code):
-        assert not folder.codes.verify(text).genuine, repr(text)
+        assert not shared_data.codes.verify(text).genuine, repr(text)
 
 
 #: What the README says a code may be broken up with, as typed or pasted.
@@ -58,11 +50,11 @@ _SEPARATORS = [" ", "\t", "\r", "\n", "-", "\r\n", "\u3000", "\u2014", "\u2013",
 
 @settings(max_examples=200, deadline=None)
 @given(cuts=st.lists(st.tuples(st.integers(0, 20), st.sampled_from(_SEPARATORS)), min_size=1, max_size=6))
-def test_separators_anywhere_keep_a_code_genuine(folder, code, cuts):
+def test_separators_anywhere_keep_a_code_genuine(shared_data, code, cuts):
     text = code
     for at, sep in sorted(cuts, reverse=True):
         text = text[:at] + sep + text[at:]
-    v = folder.codes.verify(text)
+    v = shared_data.codes.verify(text)
     assert v.genuine and v.code == code, repr(text)
 
 
@@ -73,18 +65,18 @@ _NOT_ASCII_AFTER_FOLDING = st.characters(min_codepoint=0x80, exclude_categories=
 @settings(max_examples=300, deadline=None)
 @given(ch=_NOT_ASCII_AFTER_FOLDING, at=st.integers(0, 19), replace=st.booleans())
 @example(ch="\u2028", at=10, replace=False).via("a line separator")
-def test_a_character_outside_ascii_makes_a_code_invalid(folder, code, ch, at, replace):
+def test_a_character_outside_ascii_makes_a_code_invalid(shared_data, code, ch, at, replace):
     """Inserted or in place of one of the code's: after the folding the README lists, a code
     is ASCII."""
     text = code[:at] + ch + code[at + replace:]
-    assert not folder.codes.verify(text).genuine, repr(text)
+    assert not shared_data.codes.verify(text).genuine, repr(text)
 
 
 @settings(max_examples=200, deadline=None)
 @given(ch=st.characters(max_codepoint=0x7F).filter(lambda c: c not in " \t\r\n-/"), at=st.integers(1, 19))
 @example(ch="\x1f", at=10).via("a unit separator")
-def test_an_ascii_character_other_than_a_separator_makes_a_code_invalid(folder, code, ch, at):
-    assert not folder.codes.verify(code[:at] + ch + code[at:]).genuine
+def test_an_ascii_character_other_than_a_separator_makes_a_code_invalid(shared_data, code, ch, at):
+    assert not shared_data.codes.verify(code[:at] + ch + code[at:]).genuine
 
 
 # -- WUMA_MAP_SIZE ---------------------------------------------------------------------------
