@@ -43,7 +43,7 @@ from engine.store import Store, pack, u64, unpack
 
 log = logging.getLogger("wuma.abuse")
 
-__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "BANS_PAGE", "MAX_SUBJECT",
+__all__ = ["AbuseLimits", "Ban", "AbuseGuard", "subject", "client_address", "UNIX_PEER", "BANS_PAGE", "MAX_SUBJECT",
            "SUBJECT_ID_CHARS", "SUBJECT_ID_BYTES", "sweep_every"]
 
 #: The counters' map: 4 GiB, a sparse file (writemap), 40-75M clients' counts.
@@ -87,6 +87,11 @@ MAX_SUBJECT = len("account:") + SUBJECT_ID_CHARS
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+#: The client of a connection over a unix socket when no proxy header says who it is
+#: (engine.http_scan.make_client_ip): every client behind it, so no one client.
+UNIX_PEER = "unix"
 
 
 def client_address(text: str) -> str | None:

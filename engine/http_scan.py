@@ -26,7 +26,7 @@ import falcon
 import lmdb
 
 from engine import http_errors
-from engine.abuse import client_address, sweep_every
+from engine.abuse import UNIX_PEER, client_address, sweep_every
 from engine.aggregation import Aggregation
 from engine.data import DataFolder, default_data_path
 from engine.errors import Banned, RateLimited, Unauthorized
@@ -250,8 +250,6 @@ class OpenApiResource:
         resp.media = OPENAPI
 
 
-#: The client of a connection over a unix socket when no proxy header says who it is.
-UNIX_PEER = "unix"
 
 
 #: How a dual-stack (IPv6) socket writes an IPv4 peer's address: ``::ffff:10.0.0.2``.
