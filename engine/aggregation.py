@@ -1158,7 +1158,8 @@ class Aggregation:
         """Bind a product, lot, production date and line to a batch, a serial range
         ``(batch, start, stop)`` or everything under the given pallets (and the pallets).
 
-        Voided units are left out (``voided_skipped`` in the record), and so are the units a
+        A voided pallet is refused (Conflict): a destroyed or recalled label is no handle
+        on goods. Voided units are left out (``voided_skipped`` in the record), and so are the units a
         relabel took a label from (``relabel_skipped``, see :meth:`_label_donors`): none
         of their codes stands for them. A batch or range that overlaps an activation is refused. Pallets may be activated again: what was
         packed on them since is activated, units already active keep their activation
@@ -1201,6 +1202,8 @@ class Aggregation:
         with self.store.write() as txn:
             asked = sum(l - f + 1 for f, l in runs)
             if pallet_units:
+                for p in pallet_units:  # NOTE: as ship, move and return refuse it
+                    self._refuse_voided(txn, p, "used to activate the goods under it")
                 runs = [g for f, l in runs for g in self.active.gaps(txn, f, l)]
             else:
                 for f, l in runs:

@@ -253,6 +253,19 @@ def test_activation_leaves_voided_units_out_and_stores_the_date_as_written_by_is
     assert agg.activated_counts()["cap"] == 8
 
 
+def test_a_voided_pallet_label_activates_nothing(run, tmp_path):
+    """Before, ship and move refused a voided pallet but activate --pallet took it as the
+    handle and activated the goods under it (skipping the pallet alone)."""
+    agg = run.agg
+    agg.load(_file(tmp_path, _production(run, 8)))
+    agg.void([run.pallets[0]], reason="pallet label destroyed")
+    kw = {"sku": "S", "name": "N", "lot": "L", "production_date": "2026-11-21"}
+    with pytest.raises(Conflict, match=r"is voided: a voided label cannot be used to activate the goods under it"):
+        agg.activate(pallets=[run.pallets[0]], **kw)
+    assert agg.activated_counts().get("cap", 0) == 0  # nothing written
+    assert agg.activate(pallets=[run.pallets[1]], **kw)["units"] > 0  # another pallet: as before
+
+
 def _batch_states(data) -> dict[int, tuple[str, int]]:
     return {b.id: (b.state, b.activated) for b in data.batches.list()}
 
