@@ -82,8 +82,8 @@ __all__ = [
 ]
 
 REPLAY_WINDOW = CLOCK_SKEW
-_NONCE = re.compile(r"^[0-9a-f]{32}$")
-_PACK_ID = re.compile(r"^[0-9a-f]{32}$")
+_NONCE = re.compile(r"[0-9a-f]{32}")  # NOTE: fullmatch: `$` matches before a final newline
+_PACK_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _message(method: str, path: str, ts: str, nonce: str) -> bytes:
@@ -124,7 +124,7 @@ class _LineAuth:
         ts = req.get_header("X-Wuma-Timestamp") or ""
         nonce = req.get_header("X-Wuma-Nonce") or ""
         sig_text = req.get_header("X-Wuma-Signature") or ""
-        if not is_digits(ts) or not _NONCE.match(nonce) or len(ts) > 12:
+        if not is_digits(ts) or not _NONCE.fullmatch(nonce) or len(ts) > 12:
             raise denied
         now = self._clock()
         if abs(now - int(ts)) > REPLAY_WINDOW:
@@ -217,7 +217,7 @@ class _PackFile:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, pack_id: str) -> None:
         line = req.context.line
-        if not _PACK_ID.match(pack_id):
+        if not _PACK_ID.fullmatch(pack_id):
             raise falcon.HTTPNotFound()
         try:
             rec = self._registry.get(pack_id)
@@ -416,8 +416,8 @@ class _WriteFailed(Exception):
     it would fail for every pack, so the pull stops."""
 
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_PACK_FILE = re.compile(r"^[A-Za-z0-9._-]+\.wpk$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_PACK_FILE = re.compile(r"[A-Za-z0-9._-]+\.wpk")  # NOTE: fullmatch, as _PACK_ID
 _READ = 1 << 20
 #: A pack is served in pieces of this many bytes (see _Body).
 _SERVE_PIECE = 256 << 10
@@ -435,8 +435,8 @@ class _Expect:
             or isinstance(size, bool)
             or size <= _SIG
             or not isinstance(signed, str)
-            or not _SHA256_HEX.match(signed)
-            or (whole is not None and not (isinstance(whole, str) and _SHA256_HEX.match(whole)))
+            or not _SHA256_HEX.fullmatch(signed)
+            or (whole is not None and not (isinstance(whole, str) and _SHA256_HEX.fullmatch(whole)))
         ):
             raise PullError(f"server listed pack {p.get('id')!r} without a valid size and digest")
         self.size, self.signed, self.whole = size, signed, whole
@@ -563,6 +563,20 @@ def _printable(text: object, limit: int = 500) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
 
 
+def _listed_name(entry: object, what: str) -> str:
+    """The file name a listing's entry (``what``: a pack, a withheld pack) gives its pack;
+    :class:`PullError` unless the entry is an object with a pack id and a pack file name
+    (the pull would otherwise end in a KeyError or TypeError)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) \
+            or not isinstance(entry.get("file"), str):
+        raise PullError(f"server sent a bad {what} entry {_printable(entry, 200)!r}: each is an "
+                        "object with a text id and file: is this the brand's pack server?")
+    name = Path(entry["file"]).name
+    if not _PACK_FILE.fullmatch(name) or not _PACK_ID.fullmatch(entry["id"]):
+        raise PullError(f"server sent a bad {what} file name {_printable(name, 200)!r}")
+    return name
+
+
 def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None]:
     """Rename the local copies in ``out_dir`` of the packs the listing withholds to
     ``<file>.withheld`` (``.withheld.2``, ... if taken: never over another file), in one
@@ -575,9 +589,7 @@ def _set_aside(listing: dict, out_dir: Path) -> tuple[list[Withheld], str | None
     for w in entries:
         if not isinstance(w, dict):
             raise PullError("server sent a bad list of withheld packs")
-        name = Path(str(w.get("file"))).name
-        if not _PACK_FILE.match(name) or not _PACK_ID.match(str(w.get("id"))):
-            raise PullError(f"server sent a bad withheld pack file name {name!r}")
+        name = _listed_name(w, "withheld pack")
         target = out_dir / name
         if not os.path.lexists(target):
             continue
@@ -731,9 +743,7 @@ def pull_packs(
     got: list[Path] = []
     failed: list[tuple[str, str]] = []
     for p in listing["packs"]:
-        name = Path(p["file"]).name
-        if not _PACK_FILE.match(name) or not _PACK_ID.match(str(p.get("id"))):
-            raise PullError(f"server sent a bad pack file name {name!r}")
+        name = _listed_name(p, "pack")
         expect = _Expect(p)
         target = out_dir / name
         if os.path.lexists(target) and expect.matches_file(target):

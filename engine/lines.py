@@ -95,7 +95,11 @@ def _priv_raw(key) -> bytes:
 
 def _write_private(path: Path, data: bytes) -> None:
     # NOTE: packs may already be wrapped to this key: never overwrite it.
-    write_private_file(path, data, Conflict(f"{path} already exists; refusing to overwrite a line key"))
+    write_private_file(path, data, _key_exists(path))
+
+
+def _key_exists(path: Path) -> Conflict:
+    return Conflict(f"{path} already exists; refusing to overwrite a line key")
 
 
 @dataclass(frozen=True)
@@ -146,14 +150,23 @@ class LineKeys:
 
 
 def generate_line_keys(folder: Path, *, brand_keys: bytes | None = None) -> LineKeys:
-    """Make a line's key pair in ``folder`` (created 0700): private keys 0600,
-    ``line.pub`` for the brand. ``brand_keys`` (the brand's ``brand-keys.json``), if
-    given, is validated and stored in the folder for :func:`engine.packs.open_pack`."""
+    """Make a line's key pair in ``folder`` (created 0700 if it is not there; an existing
+    folder keeps its mode): private keys 0600, ``line.pub`` for the brand. ``brand_keys``
+    (the brand's ``brand-keys.json``), if given, is validated and stored in the folder for
+    :func:`engine.packs.open_pack`. Conflict, before anything is touched, if the folder
+    holds line keys already."""
     folder = Path(folder)
     if brand_keys is not None:
         _parse_brand_keys(brand_keys, "the brand key file")
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    for name in (_X25519_FILE, _ED25519_FILE):
+        if os.path.lexists(folder / name):
+            raise _key_exists(folder / name)
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass  # NOTE: not ours (a shared folder, `-o .`): its mode is left as it is
+    else:
+        os.chmod(folder, 0o700)  # NOTE: the umask may have narrowed what mkdir gave
     x = X25519PrivateKey.generate()
     e = Ed25519PrivateKey.generate()
     _write_private(folder / _X25519_FILE, _priv_raw(x))
@@ -283,9 +296,19 @@ class LineRegistry:
         with self._store.write() as txn:
             if txn.get(name.encode(), db=self._db) is not None:
                 raise Conflict(f"line {name} already exists")
+            # APPSEC: either key alone, of any line (revoked ones too): a revoked line's
+            # X25519 key under a new name would unwrap new packs with a stolen key
             for _, v in txn.cursor(db=self._db):
-                if unpack(v)["fingerprint"] == line.fingerprint:
-                    raise Conflict(f"this key is already registered as line {unpack(v)['name']}")
+                old = unpack(v)
+                same = [kind for kind, mine, theirs in (("X25519", x, old["x25519"]),
+                                                       ("Ed25519", e, old["ed25519"]))
+                        if mine == bytes(theirs)]
+                if same:
+                    state = " (revoked)" if old["revoked_at"] is not None else ""
+                    raise Conflict(
+                        f"this line.pub's {' and '.join(same)} key is already registered as line "
+                        f"{old['name']}{state}: a line's keys are never used again; generate new "
+                        "keys on the line (`wuma line keygen`) and add its new line.pub")
             txn.put(name.encode(), pack(asdict(line)), db=self._db)
         return line
 

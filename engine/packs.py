@@ -54,11 +54,13 @@ APPSEC:
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import hmac
 import json
 import math
 import os
+import re
 import struct
 import time
 from bisect import bisect_left, bisect_right
@@ -120,8 +122,10 @@ _SHARE_BYTES = 32
 _SHARE_CHECK = 2
 #: An export of at most this many parts writes them to unnamed files, each holding a file
 #: descriptor until it is placed; more parts use hidden named ones (left behind, unsigned,
-#: by a killed process).
+#: by a killed process; the one being placed is signed: `pack revoke` removes it).
 _ANONYMOUS_PARTS = 64
+#: A pack id as written everywhere: 32 lowercase hex digits (fullmatch).
+_PACK_ID = re.compile(r"[0-9a-f]{32}")
 #: Seconds a line's clock may be off the brand's: a pull request's timestamp
 #: (:data:`engine.http_packs.REPLAY_WINDOW`), an open receipt's time.
 CLOCK_SKEW = 300
@@ -213,6 +217,14 @@ class _WrittenPart:
         self.file.append(self.signature)
         self.file.sync()
         _place_new(self.file)
+        if self.file.tmp is not None:
+            # NOTE: the hidden name goes at once, and on disk: signed, it opens; left until
+            # every part is placed, a kill left whole packs under names `pack list` and
+            # `pack revoke` do not see (at most the pack being placed is left: revoke
+            # removes it with the pack's file, see _remove_left)
+            self.file.tmp.unlink(missing_ok=True)
+            self.file.tmp = None
+            sync_folder(self.path.parent)
 
     def discard(self) -> None:
         """Close and remove the temporary file (a placed pack keeps its own name)."""
@@ -244,6 +256,20 @@ def _exists(path: Path) -> PackError:
         f"{path} already exists: not replacing it (it may be an issued pack); "
         "move it away or export to another folder"
     )
+
+
+def _refuse_revoked_line(line: Line) -> None:
+    if line.revoked:
+        raise Conflict(f"line {line.name} is revoked; it gets no packs")
+
+
+def _remove_left(path: Path) -> None:
+    """Remove the file of a pack never put in place, and the hidden ``.<file>.*.part``
+    copy (:func:`engine.files.temp_beside`) an export killed while placing it may have left
+    beside it, signed: either would open without ``--server``."""
+    path.unlink(missing_ok=True)
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        left.unlink(missing_ok=True)
 
 
 def _place_new(file: NewFile) -> None:
@@ -448,8 +474,7 @@ class PackRegistry:
             raise TypeError("parts must be an int")
         batch = self._data.batches.get(batch_id)
         line = self.lines.get(line_name)
-        if line.revoked:
-            raise Conflict(f"line {line.name} is revoked; it gets no packs")
+        _refuse_revoked_line(line)
         if batch.state == "voided":
             raise Conflict(f"batch {batch.id} is voided")
         start = 0 if start is None else start
@@ -513,8 +538,13 @@ class PackRegistry:
         voided while they were written, or another export registered packs of it meanwhile.
 
         NOTE: race-free across processes: LMDB has one write transaction at a time, and the
-        range is checked in the one that registers it."""
+        range is checked in the one that registers it. So is the line: revoked while the
+        parts were written, it gets none (refused here, nothing is registered, and the
+        unsigned parts are discarded as any export failing before registering)."""
         with self._store.write() as txn:
+            line = self.lines.find(written[0].record["line"], txn)
+            if line is not None:
+                _refuse_revoked_line(line)
             self._refuse_voided(txn, batch, start, stop)
             self._index(txn)
             self._refuse_overlap(txn, batch.id, start, stop)
@@ -536,6 +566,9 @@ class PackRegistry:
         at = time.time() if now is None else now
         with self._store.write() as txn:
             recs = [self._get_raw(txn, part.record["id"]) for part in written]
+            line = self.lines.find(recs[0]["line"], txn) if field == "placed_at" else None
+            if line is not None:  # NOTE: revoked while placing: the export fails (withheld)
+                _refuse_revoked_line(line)
             gone = [r for r in recs if field == "placed_at" and r["revoked_at"] is not None]
             if gone:  # NOTE: served, the others would be part of an export, and nobody told
                 r = gone[0]
@@ -861,13 +894,11 @@ class PackRegistry:
         self._put(txn, rec)
 
     def _get_raw(self, txn, pack_id: str) -> dict:
-        try:
-            key = bytes.fromhex(pack_id)
-        except (ValueError, TypeError):
-            key = b""
-        if len(key) != 16:
-            raise NotFound(f"{str(pack_id)[:40]!r} is not a pack id (32 hex digits)")
-        raw = txn.get(key, db=self._packs)
+        # NOTE: exactly the 32 digits a pack id is written with: bytes.fromhex skips
+        # whitespace, so "<id>\n" was the same pack under another name (its events too)
+        if not isinstance(pack_id, str) or not _PACK_ID.fullmatch(pack_id):
+            raise NotFound(f"{str(pack_id)[:40]!r} is not a pack id (32 lowercase hex digits, as `wuma pack list` shows them)")
+        raw = txn.get(bytes.fromhex(pack_id), db=self._packs)
         if raw is None:
             raise NotFound(f"no pack {pack_id}")
         return unpack(raw)
@@ -934,7 +965,7 @@ class PackRegistry:
                     self._event(txn, rec["id"], "revoked", at)
         for rec in recs:
             if rec.get("placed_at", 0) is None:  # NOTE: records before placing was kept were placed
-                Path(rec["path"]).unlink(missing_ok=True)
+                _remove_left(Path(rec["path"]))
         return recs
 
     def record_download(

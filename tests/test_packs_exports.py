@@ -392,7 +392,7 @@ def test_pack_revoke_takes_several_ids_all_or_nothing(world):
     unknown = "0" * 32
     res = _cli(data_path, "pack", "revoke", *ids[:2], unknown, "nonsense", ids[2])
     assert res.exit_code == 1, res.output
-    assert (f"nothing revoked: no pack {unknown}; 'nonsense' is not a pack id (32 hex digits)"
+    assert (f"nothing revoked: no pack {unknown}; 'nonsense' is not a pack id (32 lowercase hex digits, as `wuma pack list` shows them)"
             in res.output), res.output
     assert "Traceback" not in res.output
     listed = [json.loads(x) for x in _cli(data_path, "pack", "list", "--json").output.splitlines()]
