@@ -105,6 +105,18 @@ def _relabel_unit(voids: _RangeMap, txn, uid: int, raw: bytes) -> int | None:
     return None if unit is None or voids.find(txn, uid) is not None else unit
 
 
+def _split_around(first: int, last: int, units) -> list[tuple[int, int]]:
+    """``first..last`` without ``units`` (sorted or not), as runs."""
+    out = []
+    for u in sorted(u for u in set(units) if first <= u <= last):
+        if u > first:
+            out.append((first, u - 1))
+        first = u + 1
+    if first <= last:
+        out.append((first, last))
+    return out
+
+
 def _most(values) -> object | None:
     """The value met most often (the first met of those tied), or None for none."""
     counts = Counter(values)
@@ -639,12 +651,14 @@ class Aggregation:
 
     def _history_types(self, txn, uid: int) -> list[str]:
         """The kinds of the events in a unit's own history (``agg_unit_events``), oldest
-        first, each once."""
+        first, each once; but ``load``: a load joins it only with the move, unpack or
+        replace that took the unit out (:meth:`_keep_loads`), which names it already."""
         cur = txn.cursor(db=self._unit_events_db)
         if not cur.set_key(_Q.pack(uid)):
             return []
         kinds = (self._event_summary(txn, _Q.unpack(e)[0]) for e in cur.iternext_dup())
-        return list(dict.fromkeys(k["type"] for k in kinds if k is not None))
+        return list(dict.fromkeys(k["type"] for k in kinds
+                                  if k is not None and k["type"] != "load"))
 
     def _in_relabel(self, txn, uid: int) -> bool:
         """Has a code of this unit been either side of a relabel?"""
@@ -706,13 +720,16 @@ class Aggregation:
         self._set_children(txn, parent,
                            self._children_runs(txn, parent) + [(first, last - first + 1)])
 
-    def _unlink(self, txn, uid: int) -> int | None:
-        """Remove the link of one child; returns its old parent."""
+    def _unlink(self, txn, uid: int, loads: dict | None = None) -> int | None:
+        """Remove the link of one child; returns its old parent. The loads that put it
+        there join its own history (:meth:`_keep_loads`); ``loads`` is the caller's memo
+        of them, for one operation."""
         got = self.c2p.find(txn, uid)
         if got is None:
             return None
         first, last, payload = got
         parent = _Q.unpack(payload)[0]
+        self._keep_loads(txn, uid, parent, {} if loads is None else loads)
         self.c2p.delete(txn, last)
         self._set_children(txn, parent, [r for r in self._children_runs(txn, parent)
                                          if r[0] != first])
@@ -721,6 +738,38 @@ class Aggregation:
         if uid < last:
             self._add_run(txn, parent, uid + 1, last)
         return parent
+
+    def _keep_loads(self, txn, uid: int, parent: int, loads: dict) -> None:
+        """Index under ``uid`` the load events that put it into ``parent``, as it leaves
+        it: a load indexes its event under parents only (a per-child write for millions of
+        children would cost too much), and a trace reads the events of the unit and its
+        ancestors now, so without this the unit's load would drop out of its history.
+
+        PERF: the parent's load events (usually one) are read once per operation
+        (``loads``: event id -> its runs, sorted by first child); a unit's run is found by
+        bisection. Only units taken out of a parent pay this (move, unpack, replace)."""
+        got = loads.get(("p", parent))
+        if got is None:
+            got = []
+            cur = txn.cursor(db=self._unit_events_db)
+            if cur.set_key(_Q.pack(parent)):
+                for e in cur.iternext_dup():
+                    eid = _Q.unpack(e)[0]
+                    h = self._event_summary(txn, eid)
+                    if h is not None and h["type"] == "load":
+                        got.append(eid)
+            loads[("p", parent)] = got
+        for eid in got:
+            runs = loads.get(eid)
+            if runs is None:
+                parents, firsts, counts = self._load_runs_in(txn, eid)
+                order = np.argsort(firsts, kind="stable")
+                runs = loads[eid] = (parents[order], firsts[order], counts[order])
+            parents, firsts, counts = runs
+            i = int(np.searchsorted(firsts, np.uint64(uid), side="right")) - 1
+            # NOTE: runs of one load never overlap (a child goes into one parent)
+            if i >= 0 and uid < int(firsts[i]) + int(counts[i]) and int(parents[i]) == parent:
+                txn.put(_Q.pack(uid), u64(eid), db=self._unit_events_db)
 
     def _ancestors(self, txn, uid: int) -> list[int]:
         out = []
@@ -774,25 +823,29 @@ class Aggregation:
         order. Stored in parts under ``eid`` (u64) + part (u32); see
         ``engine.ingest._pack_load_runs``. A key of the eid alone is the older
         single-part layout."""
+        with self.store.read() as txn:
+            return self._load_runs_in(txn, eid)
+
+    def _load_runs_in(self, txn, eid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`load_runs` read in ``txn`` (a write transaction's own)."""
         from engine.ingest import _unpack_load_runs
 
         parts = []
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self._load_runs_db)
-            prefix = u64(eid)
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if k[:8] != prefix:
-                        break
-                    if len(k) == 8:  # the older layout: one part, not byte-planed
-                        n, blob = unpack(v)
-                        body = zlib.decompress(blob)
-                        parts.append((np.frombuffer(body, "<u8", n).astype(np.uint64),
-                                      np.cumsum(np.frombuffer(body, "<i8", n, 8 * n)
-                                                ).astype(np.uint64),
-                                      np.frombuffer(body, "<u4", n, 16 * n).astype(np.uint64)))
-                    else:
-                        parts.append(_unpack_load_runs(v))
+        cur = txn.cursor(db=self._load_runs_db)
+        prefix = u64(eid)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if k[:8] != prefix:
+                    break
+                if len(k) == 8:  # the older layout: one part, not byte-planed
+                    n, blob = unpack(v)
+                    body = zlib.decompress(blob)
+                    parts.append((np.frombuffer(body, "<u8", n).astype(np.uint64),
+                                  np.cumsum(np.frombuffer(body, "<i8", n, 8 * n)
+                                            ).astype(np.uint64),
+                                  np.frombuffer(body, "<u4", n, 16 * n).astype(np.uint64)))
+                else:
+                    parts.append(_unpack_load_runs(v))
         if not parts:
             e = np.empty(0, np.uint64)
             return e, e, e
@@ -883,12 +936,13 @@ class Aggregation:
         """Take ``kids`` out of ``parent``, each keeping the shipment it resolved to
         (:meth:`_keep_shipment`), and record an ``unpack`` event (none for no kids)."""
         above = self._resolved(txn, parent)  # what every child resolves to through it
-        kept = []
+        kept: list = []
+        loads: dict = {}
         for k in kids:
             sid = self._keep_shipment(txn, k, above)
             if sid is not None:
                 kept.append([k, sid])
-            self._unlink(txn, k)
+            self._unlink(txn, k, loads)
         if kids:
             extra = {"kept_shipments": kept} if kept else {}
             self._event(txn, "unpack", now, [parent, *kids], parent=parent, children=kids,
@@ -921,6 +975,7 @@ class Aggregation:
             target = self._resolve(txn, target_label)
             units = [self._resolve(txn, u) for u in labels]
             moved, old, kept = [], [], []
+            loads: dict = {}
             place = self._place(txn, target)
             for u in dict.fromkeys(units):
                 cur = self._parent(txn, u)
@@ -934,7 +989,7 @@ class Aggregation:
                     sid = self._keep_shipment(txn, u, above)
                     if sid is not None:
                         kept.append([u, sid])
-                    self._unlink(txn, u)
+                    self._unlink(txn, u, loads)
                 self._add_run(txn, target, u, u)
                 moved.append(u)
                 old.append(cur)
@@ -967,12 +1022,13 @@ class Aggregation:
             if self._voided(txn, old):
                 raise Conflict(f"{self._ref(old)} is already voided")
             self._refuse_unfresh(txn, new, allow_emptied=True)
-            parent = self._unlink(txn, old)
+            loads: dict = {}
+            parent = self._unlink(txn, old, loads)
             if parent is not None:
                 self._add_run(txn, parent, new, new)
             kids = self.children(txn, old)
             for k in kids:
-                self._unlink(txn, k)
+                self._unlink(txn, k, loads)
                 self._add_run(txn, new, k, k)
             act = self.active.find(txn, old)
             if act is not None:
@@ -1161,7 +1217,9 @@ class Aggregation:
         A voided pallet is refused (Conflict): a destroyed or recalled label is no handle
         on goods. Voided units are left out (``voided_skipped`` in the record), and so are the units a
         relabel took a label from (``relabel_skipped``, see :meth:`_label_donors`): none
-        of their codes stands for them. A batch or range that overlaps an activation is refused. Pallets may be activated again: what was
+        of their codes stands for them. A batch or range that overlaps an activation is refused,
+        but for the spares a :meth:`replace` gave a replaced unit's activation: they keep it
+        and are left out (``replaced_skipped``). Pallets may be activated again: what was
         packed on them since is activated, units already active keep their activation
         (``already_active``); refused only when nothing is left to activate."""
         for label, value in (("sku", sku), ("name", name), ("lot", lot)):
@@ -1201,16 +1259,20 @@ class Aggregation:
                   "time": time.time() if now is None else now}
         with self.store.write() as txn:
             asked = sum(l - f + 1 for f, l in runs)
+            took: list[int] = []  # spares a replace gave an activation (batch or range)
             if pallet_units:
                 for p in pallet_units:  # NOTE: as ship, move and return refuse it
                     self._refuse_voided(txn, p, "used to activate the goods under it")
                 runs = [g for f, l in runs for g in self.active.gaps(txn, f, l)]
             else:
                 for f, l in runs:
-                    hit = self.active.overlapping(txn, f, l)
-                    if hit:
-                        raise Conflict(f"units {self._ref(max(f, hit[0][0]))}.. are already activated "
-                                       f"(activation {_I.unpack(hit[0][2])[0]})")
+                    for hf, hl, act in self.active.overlapping(txn, f, l):
+                        if hf != hl or not self._took_activation(txn, hf, act):
+                            raise Conflict(f"units {self._ref(max(f, hf))}.. are already "
+                                           f"activated (activation {_I.unpack(act)[0]})")
+                        took.append(hf)
+                runs = [g for f, l in runs for g in _split_around(f, l, took)]
+                asked -= len(took)
             not_active = sum(l - f + 1 for f, l in runs)
             runs = [g for f, l in runs for g in self.voids.gaps(txn, f, l)]
             not_voided = sum(l - f + 1 for f, l in runs)
@@ -1218,13 +1280,15 @@ class Aggregation:
             units = sum(l - f + 1 for f, l in runs)
             if not units:
                 raise Conflict("nothing to activate: every unit asked for is already activated, "
-                               "voided, or gave its label away in a relabel")
+                               "voided, gave its label away in a relabel or took a replaced "
+                               "unit's activation")
             aid = self.store.next_id(txn, "agg_activation")
             record["id"] = aid
             record["units"] = units
             record["already_active"] = asked - not_active
             record["voided_skipped"] = not_active - not_voided
             record["relabel_skipped"] = not_voided - units
+            record["replaced_skipped"] = len(took)
             record["event_id"] = self._event(txn, "activate", now, pallet_units, activation=aid,
                                              runs=[[f, l] for f, l in runs])
             txn.put(u32(aid), pack(record), db=self._activations_db)
@@ -1245,6 +1309,28 @@ class Aggregation:
                 raise ValueError(f"{code} is a {level} code, not a {top}'s: give the {top} it is "
                                  f"on (everything on it is activated with it), or activate the "
                                  f"{level} as a serial range of batch {u >> 32}")
+
+    def _took_activation(self, txn, uid: int, act: bytes) -> bool:
+        """Whether unit ``uid``'s activation ``act`` (an ``agg_active`` payload) is one a
+        :meth:`replace` gave it: a spare label taking a replaced unit's place (and
+        activation). Such a unit is active on its own, one unit long; the replace event is
+        in its history (``agg_unit_events``) naming it as ``new``, and the old unit has the
+        same activation.
+
+        PERF: called only for the units an activated run overlaps (a few per batch)."""
+        cur = txn.cursor(db=self._unit_events_db)
+        if not cur.set_key(_Q.pack(uid)):
+            return False
+        for e in cur.iternext_dup():
+            eid = _Q.unpack(e)[0]
+            h = self._event_summary(txn, eid)
+            if h is None or h["type"] != "replace":
+                continue
+            rec = unpack(txn.get(u64(eid), db=self._events_db))
+            if rec.get("new") == uid:
+                old = self.active.find(txn, rec["old"])
+                return old is not None and old[2] == act
+        return False
 
     def _label_donors(self, txn, first: int, last: int) -> list[int]:
         """The units of ``first..last`` (one batch) that no code stands for: each the NEW
@@ -1276,14 +1362,7 @@ class Aggregation:
 
     def _without_donors(self, txn, first: int, last: int) -> list[tuple[int, int]]:
         """``first..last`` (one batch) split around its :meth:`_label_donors`."""
-        out = []
-        for d in self._label_donors(txn, first, last):
-            if d > first:
-                out.append((first, d - 1))
-            first = d + 1
-        if first <= last:
-            out.append((first, last))
-        return out
+        return _split_around(first, last, self._label_donors(txn, first, last))
 
     def activation_of(self, txn, uid: int) -> dict | None:
         got = self.active.find(txn, uid)
