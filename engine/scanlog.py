@@ -101,20 +101,23 @@ def _copied(rec: list, at: float, copy_at: tuple[int, int, float]) -> bool:
 
     Clients: APPSEC: device ids and regions are whatever a front end sends, and an outer
     code is printed where anyone can read it: one client sending five made-up devices (or
-    three regions) branded a genuine code copied for good (the landing page's flag). So
-    when a scan in the window came from a known client (see :func:`_client_of`), the
-    window's scans must come from two distinct clients at least. A window with no known
-    client (library callers and in-process tests send no ``ip``; a unix socket without a
-    proxy header is every client's, not one), or a record from before clients were kept,
-    is judged by places and devices alone, as before.
+    three regions) branded a genuine code copied for good (the landing page's flag). So a
+    window whose scans all came from one known client (see :func:`_client_of`) is not
+    copied. Scans with no known client (library callers and in-process tests send no
+    ``ip``; a unix socket without a proxy header is every client's, not one; a record's
+    scans from before clients were kept) are one client of their own,
+    :data:`_UNKNOWN_CLIENT`, that may be anyone: a window of them alone, or of them and one
+    known client, is judged by places and devices alone, as before.
     """
     regions, devices, window = copy_at
     since = at - window
     if not (len(rec[7]) >= devices and sum(1 for t in rec[9] if t >= since) >= devices
             or _in_places(rec, since, regions)):
         return False
-    # NOTE: a record of an earlier layout (judged by _upgraded) has no clients
-    return len(rec) < _RECORD_LEN or sum(1 for t in rec[12] if t >= since) != 1
+    if len(rec) < _RECORD_LEN:  # NOTE: a record of an earlier layout (judged by _upgraded)
+        return True
+    clients = [c for c, t in zip(rec[11], rec[12]) if t >= since]
+    return len(clients) != 1 or clients[0] == _UNKNOWN_CLIENT
 
 
 def _in_places(rec: list, since: float, regions: int) -> bool:
@@ -133,20 +136,24 @@ def _in_places(rec: list, since: float, regions: int) -> bool:
     return len(places) - sum(map(str.startswith, places[1:], places)) >= regions
 
 
-def _client_of(ip: object, client_address: Callable[[str], str | None], unix_peer: str) -> str | None:
+#: The client of scans with no known address (see _copied): "", which no address is.
+_UNKNOWN_CLIENT = ""
+
+
+def _client_of(ip: object, client_address: Callable[[str], str | None], unix_peer: str) -> str:
     """The client a scan came from (its event's ``ip``), as bans and rate limits count it
     (``client_address``, :func:`engine.abuse.client_address`: an IPv6 address by its /64),
-    or None: no address (a library caller's, an in-process test's), the unix-socket peer
-    (``unix_peer``, :data:`engine.abuse.UNIX_PEER`: every client behind it), an IPv6 text
-    that is no address.
+    or :data:`_UNKNOWN_CLIENT`: no address (a library caller's, an in-process test's), the
+    unix-socket peer (``unix_peer``, :data:`engine.abuse.UNIX_PEER`: every client behind
+    it), an IPv6 text that is no address.
 
     PERF: taken as the HTTP layer gives it (an IPv4 address as the connection or the proxy
     header wrote it, checked there; an IPv6 one already by its /64): checked again, an IPv4
     address took ~0.4-0.8 µs of the committer's time a scan, an IPv6 one ~12 µs. Other
     text a library caller sends without a colon counts as a client of its own."""
     if ip.__class__ is not str or not ip or ip == unix_peer:
-        return None
-    return ip if ":" not in ip or ip[-3:] == "/64" else client_address(ip)
+        return _UNKNOWN_CLIENT
+    return ip if ":" not in ip or ip[-3:] == "/64" else client_address(ip) or _UNKNOWN_CLIENT
 
 
 #: The fields of a scan record (a msgpack'd list): count, first at, first region, first
@@ -167,22 +174,26 @@ def _upgraded(rec: list, copy_at: tuple[int, int, float] | None) -> list:
     before the bit), for the first read or scan with thresholds to judge as it would have
     been judged before that scan (scans that are not genuine are never flagged). Pending,
     its length is not 13, so the common path's one length check finds it (PERF: nothing
-    more on that path). The release before kept no clients (11 fields; pending, 12): none
-    are seen, and a window without a known client is judged as before (see :func:`_copied`);
-    that release reading a record of this layout keeps the bit and leaves the clients be."""
+    more on that path). The release before kept no clients (11 fields; pending, 12): its
+    scans are the unknown client's, last seen at the latest of them, so a window holding
+    them and one new client is judged as before (see :func:`_copied`); that release reading
+    a record of this layout keeps the bit and leaves the clients be."""
     n = len(rec)
     if n == 8:  # NOTE: a record from before the last-seen times: seen at first
         rec += [[rec[1]] * len(rec[6]), [rec[1]] * len(rec[7])]
         n = 10
+    # NOTE: the scans so far came from no known client (see _copied): one of their own, last
+    # seen at the latest of them
+    clients = [[_UNKNOWN_CLIENT], [rec[4]]] if rec[0] else [[], []]
     if n == 10:
         if copy_at is None:
             before = [*rec[:6], *map(list, rec[6:])]
-            rec += [False, [], [], before]
+            rec += [False, *clients, before]
         else:
-            rec += [_copied(rec, rec[4], copy_at), [], []]
+            rec += [_copied(rec, rec[4], copy_at), *clients]
         return rec
     if n in (11, 12):  # NOTE: before the clients (12: pending, the record before the bit last)
-        rec[11:11] = [[], []]
+        rec[11:11] = clients
         n += 2
     if n == 14 and copy_at is not None:
         before = rec.pop()
