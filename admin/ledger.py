@@ -18,6 +18,13 @@ Kinds::
 
 Payable entries go to the payment system through :mod:`admin.payouts`; a reward is
 "paid" only when the receiver acknowledges it there.
+
+The first time a release with idempotency keys ``wuma-<seq>-<digest>`` opens a store, the
+ledger records its last seq then (``adm_payouts_meta`` ``b"plain_keys_through"``, 0 in a
+new folder; see "Idempotency keys" in :mod:`admin.payouts`): entries up to it were written
+by an earlier release, which sends ``wuma-<seq>``. It is written by the constructor, in its
+own write transaction, before this process can append anything (every appender opens a
+:class:`Ledger` first), and only when missing.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ from engine.ids import check_limit
 from engine.store import Store, pack, u64, unpack
 
 __all__ = ["Ledger", "KINDS", "PAYABLE_KINDS"]
+
+#: Where the last seq written before this release first opened the store is recorded.
+_PLAIN_KEYS_DB = "adm_payouts_meta"
+_PLAIN_KEYS = b"plain_keys_through"
 
 KINDS = ("grant", "locked", "unlock", "expire", "voucher", "redeem", "reversal")
 PAYABLE_KINDS = frozenset({"grant", "unlock", "redeem"})
@@ -39,6 +50,27 @@ class Ledger:
         self._db = store.db("adm_ledger")
         # the entry (seq) a later entry refers to -> the referring seq (reversed, unlocked...)
         self._refs = store.db("adm_ledger_refs")
+        self._plain = store.db(_PLAIN_KEYS_DB)
+        with store.read() as txn:
+            recorded = txn.get(_PLAIN_KEYS, db=self._plain) is not None
+        if not recorded:
+            # NOTE: read and write in one write transaction, so processes opening the store
+            # at once record the same seq (the first one's; the others find it there).
+            with store.write() as txn:
+                self.plain_keys_through_in(txn, record=True)
+
+    def plain_keys_through_in(self, txn, *, record: bool = False) -> int:
+        """The last seq an earlier release wrote: entries up to it are paid under
+        ``wuma-<seq>``, later ones under ``wuma-<seq>-<digest>``. If it is missing (only
+        before the constructor records it): the ledger's last seq, recorded with
+        ``record`` (``txn`` a write transaction)."""
+        raw = txn.get(_PLAIN_KEYS, db=self._plain)
+        if raw is not None:
+            return int.from_bytes(raw, "big")
+        last = self.last_seq_in(txn)
+        if record:
+            txn.put(_PLAIN_KEYS, u64(last), db=self._plain)
+        return last
 
     def append(self, txn, entry: dict, memo: dict | None = None) -> int:
         """Append one entry inside the caller's write transaction; returns its seq.

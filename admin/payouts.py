@@ -34,7 +34,9 @@ Delivery state
 
 ``adm_payouts_pending`` lists the seqs still to deliver (the outbox, in seq order), and
 ``adm_payouts_meta`` holds the intake cursor: the last ledger seq already looked at. A
-pass takes in only ledger entries after the cursor, so it never rescans the ledger.
+pass takes in only ledger entries after the cursor, so it never rescans the ledger. It
+also holds ``plain_keys_through``, the ledger's last seq when this release first opened
+the store (see "Idempotency keys").
 
 A pass (:meth:`Payouts.deliver_once`):
 
@@ -117,6 +119,18 @@ kept on its record, so every copy of the entry, retries and :meth:`Payouts.retry
 carries it, whatever a later release sends. Records taken in by an earlier release keep the
 key it sent them with, ``wuma-<seq>``, so a payment system recognises their retries.
 
+Entries an earlier release wrote but its outbox had not taken in yet are keyed ``wuma-<seq>``
+too, as that release sends them: the first time this release opens a store, before it can
+append to the ledger, it records the ledger's last seq then (0 in a new folder;
+:meth:`admin.ledger.Ledger.plain_keys_through_in`, written by the :class:`~admin.ledger.Ledger`
+constructor that every appender passes, in one write transaction, so processes opening the
+store at once record the same seq). Entries at or below it get ``wuma-<seq>``, later ones
+``wuma-<seq>-<digest>``. A backup taken by an earlier release carries no record: restored,
+its first open records the backup's last seq, so the entries it holds untaken keep the key
+the original folder sent (or sends) them with and are paid once, while new entries that
+take again seqs the original used after the backup get digest keys. A backup taken after
+the upgrade carries the record.
+
 NOTE: the key names the entry, not only its ledger seq. Restored from a backup (``wuma
 backup``, or any copy of ``db/``), the ledger hands out again the seqs of the entries the
 original folder wrote (and may have paid) after the backup: keyed ``wuma-<seq>``, the
@@ -133,7 +147,7 @@ Wire format (what a receiver implements)
 One ``POST`` to the configured URL per entry::
 
     Content-Type: application/json
-    Idempotency-Key: wuma-<ledger seq>-<digest>   (see "Idempotency keys")
+    Idempotency-Key: wuma-<ledger seq>-<digest>   (or wuma-<ledger seq>: see "Idempotency keys")
     X-Wuma-Timestamp: <unix seconds when this copy was sent>
     X-Wuma-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body bytes)>
 
@@ -274,11 +288,15 @@ def _key(seq: int, rec: dict) -> str:
     return rec.get("idempotency_key") or f"wuma-{seq}"
 
 
-def _new_record(entry: dict) -> dict:
+def _new_record(entry: dict, plain_through: int) -> dict:
+    """The record of an entry taken in now; ``plain_through``: the last seq an earlier
+    release wrote (:meth:`admin.ledger.Ledger.plain_keys_through_in`), whose entries keep
+    the key it sends, ``wuma-<seq>``."""
+    key = f"wuma-{entry['seq']}" if entry["seq"] <= plain_through else _new_key(entry)
     return {"state": "pending", "attempts": 0, "last_status": None, "last_error": None,
             "next_at": 0.0, "leased_until": 0.0, "lease": None, "paid_at": None,
             "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"],
-            "maybe_delivered": False, "idempotency_key": _new_key(entry)}
+            "maybe_delivered": False, "idempotency_key": key}
 
 
 def _maybe_delivered(rec: dict) -> bool:
@@ -492,7 +510,7 @@ class Payouts:
             raise NotFound(f"no ledger entry {seq}")
         if not entry.get("payable"):
             return None
-        return _new_record(entry)
+        return _new_record(entry, self._ledger.plain_keys_through_in(txn))
 
     def state(self, seq: int) -> dict:
         """The payout state of ledger entry ``seq``: state, attempts, last_error, next_at ..."""
@@ -653,10 +671,11 @@ class Payouts:
         with self._store.write() as txn:
             if self._cursor(txn) >= page[-1]["seq"]:
                 return 0  # another deliverer took these in meanwhile
+            plain = self._ledger.plain_keys_through_in(txn, record=True)
             for e in page:
                 if e.get("payable") and e["seq"] > cursor:
                     # overwrite=False: a record written meanwhile (cancelled) stays.
-                    if txn.put(u64(e["seq"]), pack(_new_record(e)), db=self._db, overwrite=False):
+                    if txn.put(u64(e["seq"]), pack(_new_record(e, plain)), db=self._db, overwrite=False):
                         txn.put(u64(e["seq"]), b"", db=self._pending)
                         n += 1
             txn.put(b"intake", u64(page[-1]["seq"]), db=self._meta)

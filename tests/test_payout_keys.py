@@ -91,3 +91,74 @@ def test_keys_are_fixed_when_taken_in_and_older_ones_kept(tmp_path, receiver):
     assert receiver.keys() == [f"wuma-{old}", key]
     assert [r["body"]["idempotency_key"] for r in receiver.requests] == [f"wuma-{old}", key]
     assert f'"idempotency_key": "wuma-{old}"' in exported.read_text() and key in exported.read_text()
+
+
+def written_by_an_earlier_release(data: DataFolder) -> None:
+    """Make ``data`` a store whose ledger entries an earlier release wrote: that release
+    kept no record of the last seq it wrote (the first open of this one records it)."""
+    meta = data.store.db("adm_payouts_meta")  # opened before the transaction (engine/store.py)
+    with data.store.write() as txn:
+        txn.delete(b"plain_keys_through", db=meta)
+
+
+def plain_keys_through(data: DataFolder) -> int | None:
+    meta = data.store.db("adm_payouts_meta")
+    with data.store.read() as txn:
+        raw = txn.get(b"plain_keys_through", db=meta)
+    return None if raw is None else int.from_bytes(raw, "big")
+
+
+def test_entries_written_before_the_upgrade_keep_the_key_the_earlier_release_sends(tmp_path, receiver):
+    """An entry an earlier release wrote and its outbox had not taken in is sent as
+    ``wuma-<seq>``, as that release would have sent it; entries after the upgrade get the
+    digest key. The seq is recorded once: a later open does not move it."""
+    folder = tmp_path / "wuma-data"
+    with DataFolder.init(folder) as data:
+        admin = Admin(data)
+        assert plain_keys_through(data) == 0  # a new folder: every entry gets the new key
+        old = grant(data, admin, "oOld", T0)
+        written_by_an_earlier_release(data)
+    with DataFolder(folder) as data:  # the upgrade's first open
+        admin = Admin(data)
+        assert plain_keys_through(data) == old
+        new = grant(data, admin, "oNew", T0 + 1)
+    with DataFolder(folder) as data:
+        admin = Admin(data)
+        assert plain_keys_through(data) == old
+        assert admin.payouts.state(old)["idempotency_key"] == f"wuma-{old}"
+        assert admin.payouts.deliver_once(receiver.url, SECRET, now=T0 + 100)["paid"] == 2
+        key = key_of(admin.ledger, new)
+    assert re.fullmatch(rf"wuma-{new}-[0-9a-f]{{16}}", key)
+    assert receiver.keys() == [f"wuma-{old}", key]
+
+
+def test_a_backup_taken_by_an_earlier_release_is_paid_once_after_a_restore(tmp_path, receiver):
+    """A backup taken by an earlier release before its outbox took an entry in: the original
+    folder pays it as ``wuma-<seq>``; restored under this release, the backup sends it under
+    the same key (paid once), and its new entries, which take again seqs the original
+    used after the backup, get new keys (paid)."""
+    folder, backup = tmp_path / "wuma-data", tmp_path / "bk"
+    with DataFolder.init(folder) as data:  # the earlier release writes a reward and is backed up
+        admin = Admin(data)
+        alice = grant(data, admin, "oAlice", T0)
+        written_by_an_earlier_release(data)
+        data.backup(backup)
+        bob = grant(data, admin, "oBob", T0 + 1)  # after the backup, still the earlier release
+        written_by_an_earlier_release(data)
+    with DataFolder(folder) as data:  # the original pays both, as the earlier release does
+        admin = Admin(data)
+        assert admin.payouts.deliver_once(receiver.url, SECRET, now=T0 + 100)["paid"] == 2
+    assert receiver.keys() == [f"wuma-{alice}", f"wuma-{bob}"]
+    assert paid_to(receiver) == ["oAlice", "oBob"]
+
+    with DataFolder(backup) as data:  # the folder is lost; the backup is restored
+        admin = Admin(data)
+        assert plain_keys_through(data) == alice
+        carol = grant(data, admin, "oCarol", T0 + 300)
+        assert carol == bob  # the seq the original used after the backup
+        assert admin.payouts.deliver_once(receiver.url, SECRET, now=T0 + 300)["paid"] == 2
+        key = key_of(admin.ledger, carol)
+    assert receiver.keys() == [f"wuma-{alice}", f"wuma-{bob}", f"wuma-{alice}", key]
+    assert paid_to(receiver) == ["oAlice", "oBob", "oCarol"]  # oAlice once
+    for request in receiver.requests:  # a key never named two different payouts
+        assert request["body"] == receiver.accepted[request["key"]]
