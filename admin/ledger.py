@@ -50,27 +50,21 @@ class Ledger:
         self._db = store.db("adm_ledger")
         # the entry (seq) a later entry refers to -> the referring seq (reversed, unlocked...)
         self._refs = store.db("adm_ledger_refs")
-        self._plain = store.db(_PLAIN_KEYS_DB)
+        plain = store.db(_PLAIN_KEYS_DB)
         with store.read() as txn:
-            recorded = txn.get(_PLAIN_KEYS, db=self._plain) is not None
-        if not recorded:
+            raw = txn.get(_PLAIN_KEYS, db=plain)
+        if raw is None:
             # NOTE: read and write in one write transaction, so processes opening the store
             # at once record the same seq (the first one's; the others find it there).
             with store.write() as txn:
-                self.plain_keys_through_in(txn, record=True)
-
-    def plain_keys_through_in(self, txn, *, record: bool = False) -> int:
-        """The last seq an earlier release wrote: entries up to it are paid under
-        ``wuma-<seq>``, later ones under ``wuma-<seq>-<digest>``. If it is missing (only
-        before the constructor records it): the ledger's last seq, recorded with
-        ``record`` (``txn`` a write transaction)."""
-        raw = txn.get(_PLAIN_KEYS, db=self._plain)
-        if raw is not None:
-            return int.from_bytes(raw, "big")
-        last = self.last_seq_in(txn)
-        if record:
-            txn.put(_PLAIN_KEYS, u64(last), db=self._plain)
-        return last
+                raw = txn.get(_PLAIN_KEYS, db=plain)
+                if raw is None:
+                    raw = u64(self.last_seq_in(txn))
+                    txn.put(_PLAIN_KEYS, raw, db=plain)
+        #: The last seq an earlier release wrote: entries up to it are paid under
+        #: ``wuma-<seq>``, later ones under ``wuma-<seq>-<digest>``. Recorded once, never
+        #: changed after.
+        self.plain_keys_through = int.from_bytes(raw, "big")
 
     def append(self, txn, entry: dict, memo: dict | None = None) -> int:
         """Append one entry inside the caller's write transaction; returns its seq.

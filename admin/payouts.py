@@ -122,7 +122,7 @@ key it sent them with, ``wuma-<seq>``, so a payment system recognises their retr
 Entries an earlier release wrote but its outbox had not taken in yet are keyed ``wuma-<seq>``
 too, as that release sends them: the first time this release opens a store, before it can
 append to the ledger, it records the ledger's last seq then (0 in a new folder;
-:meth:`admin.ledger.Ledger.plain_keys_through_in`, written by the :class:`~admin.ledger.Ledger`
+:attr:`admin.ledger.Ledger.plain_keys_through`, written by the :class:`~admin.ledger.Ledger`
 constructor that every appender passes, in one write transaction, so processes opening the
 store at once record the same seq). Entries at or below it get ``wuma-<seq>``, later ones
 ``wuma-<seq>-<digest>``. A backup taken by an earlier release carries no record: restored,
@@ -261,8 +261,12 @@ def _signature(key: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _fields(entry: dict) -> dict:
+    return {f: entry.get(f) for f in _WIRE_FIELDS}
+
+
 def _wire(entry: dict, key: str) -> dict:
-    out = {f: entry.get(f) for f in _WIRE_FIELDS}
+    out = _fields(entry)
     out["idempotency_key"] = key
     return out
 
@@ -278,7 +282,7 @@ def _body(entry: dict, key: str) -> bytes:
 
 def _new_key(entry: dict) -> str:
     """The idempotency key of an entry taken in now (see "Idempotency keys")."""
-    digest = hashlib.sha256(_json({f: entry.get(f) for f in _WIRE_FIELDS})).hexdigest()
+    digest = hashlib.sha256(_json(_fields(entry))).hexdigest()
     return f"wuma-{entry['seq']}-{digest[:16]}"
 
 
@@ -290,9 +294,9 @@ def _key(seq: int, rec: dict) -> str:
 
 def _new_record(entry: dict, plain_through: int) -> dict:
     """The record of an entry taken in now; ``plain_through``: the last seq an earlier
-    release wrote (:meth:`admin.ledger.Ledger.plain_keys_through_in`), whose entries keep
+    release wrote (:attr:`admin.ledger.Ledger.plain_keys_through`), whose entries keep
     the key it sends, ``wuma-<seq>``."""
-    key = f"wuma-{entry['seq']}" if entry["seq"] <= plain_through else _new_key(entry)
+    key = _key(entry["seq"], {}) if entry["seq"] <= plain_through else _new_key(entry)
     return {"state": "pending", "attempts": 0, "last_status": None, "last_error": None,
             "next_at": 0.0, "leased_until": 0.0, "lease": None, "paid_at": None,
             "cancelled_at": None, "amount": entry["amount"], "unit": entry["unit"],
@@ -510,7 +514,7 @@ class Payouts:
             raise NotFound(f"no ledger entry {seq}")
         if not entry.get("payable"):
             return None
-        return _new_record(entry, self._ledger.plain_keys_through_in(txn))
+        return _new_record(entry, self._ledger.plain_keys_through)
 
     def state(self, seq: int) -> dict:
         """The payout state of ledger entry ``seq``: state, attempts, last_error, next_at ..."""
@@ -671,7 +675,7 @@ class Payouts:
         with self._store.write() as txn:
             if self._cursor(txn) >= page[-1]["seq"]:
                 return 0  # another deliverer took these in meanwhile
-            plain = self._ledger.plain_keys_through_in(txn, record=True)
+            plain = self._ledger.plain_keys_through
             for e in page:
                 if e.get("payable") and e["seq"] > cursor:
                     # overwrite=False: a record written meanwhile (cancelled) stays.

@@ -177,22 +177,22 @@ class RewardEngine:
         product = ctx.trace.get("product")
         sku = product["sku"] if product else None
         batch, serial = ctx.unit >> 32, ctx.unit & 0xFFFFFFFF
-        draws = []
-        for c in self._index.candidates(batch, sku, ctx.code_role):
-            if c.matches(req.actor_role, ctx.at, req.region, batch, serial):
-                draws.append((c, self._draw(c),
-                              self._new_voucher_id() if c.rule["reward"]["payout"] == "voucher" else None))
-        if not draws and not register:
+        matched = [c for c in self._index.candidates(batch, sku, ctx.code_role)
+                   if c.matches(req.actor_role, ctx.at, req.region, batch, serial)]
+        if not matched and not register:
             return None
         actor = ctx.account_id or req.actor_id
-        if (draws and req.actor_role == "distributor"
+        if (matched and req.actor_role == "distributor"
                 and (ctx.trace.get("distributor") or {}).get("id") != actor):
             # A distributor earns only on goods shipped to it: another's (flagged diverted
-            # or not) earn it nothing, and the code keeps its chance for its own distributor.
-            # NOTE: decided here, outside the write, as the rebates' distributor is: on the trace.
+            # or not) earn it nothing, and the code keeps its chance for its own distributor
+            # (nothing drawn). NOTE: decided here, outside the write, as the rebates'
+            # distributor is: on the trace.
             refused = [{"campaign": c.id, "name": c.name, "outcome": "not_your_goods",
-                        "message": "these goods were not shipped to this distributor"} for c, _, _ in draws]
+                        "message": "these goods were not shipped to this distributor"} for c in matched]
             return lambda txn, seq, memo=None: list(refused)
+        draws = [(c, self._draw(c), self._new_voucher_id() if c.rule["reward"]["payout"] == "voucher" else None)
+                 for c in matched]
 
         def settle(txn, seq: int, memo: WriteMemo | None = None) -> list[dict]:
             # PERF: the settlement reads the scan's context itself (no per-scan dict of it)

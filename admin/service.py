@@ -57,7 +57,8 @@ class Admin:
 
     @cached_property
     def rewards(self) -> RewardEngine:
-        return RewardEngine(self.data.store, self.campaigns, self.pools, self.ledger, rng=self._rng)
+        return RewardEngine(self.data.store, self.campaigns, self.pools, self.ledger, rng=self._rng,
+                            audit=self.audit)
 
     @cached_property
     def payouts(self) -> Payouts:

@@ -362,13 +362,12 @@ def key_list(data, as_json):
     Example: wuma key list --json
     """
     current, refused = data.batch_key()
-    versions = ", ".join(map(str, data.keys.versions))
+    doc = {"versions": data.keys.versions, "current": current}
+    then = f"new batches use {current}"
     if refused:  # NOTE: said here too, not only when `batch create` is refused
-        emit({"versions": data.keys.versions, "current": current, "batches_refused": refused}, as_json,
-             f"versions {versions}; no new batch before `wuma key rotate`: {refused}")
-        return
-    emit({"versions": data.keys.versions, "current": current}, as_json,
-         f"versions {versions}; new batches use {current}")
+        doc["batches_refused"] = refused
+        then = f"no new batch before `wuma key rotate`: {refused}"
+    emit(doc, as_json, f"versions {', '.join(map(str, data.keys.versions))}; {then}")
 
 
 @key.command("rotate")

@@ -649,16 +649,23 @@ class Aggregation:
             label = by
         return label
 
+    def _own_events(self, txn, uid: int, kind: str | None = None):
+        """``(event id, summary)`` of the events in unit ``uid``'s own history
+        (``agg_unit_events``), oldest first; only those of ``kind`` if given."""
+        cur = txn.cursor(db=self._unit_events_db)
+        if not cur.set_key(_Q.pack(uid)):
+            return
+        for e in cur.iternext_dup():
+            eid = _Q.unpack(e)[0]
+            h = self._event_summary(txn, eid)
+            if h is not None and (kind is None or h["type"] == kind):
+                yield eid, h
+
     def _history_types(self, txn, uid: int) -> list[str]:
         """The kinds of the events in a unit's own history (``agg_unit_events``), oldest
         first, each once; but ``load``: a load joins it only with the move, unpack or
         replace that took the unit out (:meth:`_keep_loads`), which names it already."""
-        cur = txn.cursor(db=self._unit_events_db)
-        if not cur.set_key(_Q.pack(uid)):
-            return []
-        kinds = (self._event_summary(txn, _Q.unpack(e)[0]) for e in cur.iternext_dup())
-        return list(dict.fromkeys(k["type"] for k in kinds
-                                  if k is not None and k["type"] != "load"))
+        return list(dict.fromkeys(h["type"] for _, h in self._own_events(txn, uid) if h["type"] != "load"))
 
     def _in_relabel(self, txn, uid: int) -> bool:
         """Has a code of this unit been either side of a relabel?"""
@@ -750,15 +757,7 @@ class Aggregation:
         bisection. Only units taken out of a parent pay this (move, unpack, replace)."""
         got = loads.get(("p", parent))
         if got is None:
-            got = []
-            cur = txn.cursor(db=self._unit_events_db)
-            if cur.set_key(_Q.pack(parent)):
-                for e in cur.iternext_dup():
-                    eid = _Q.unpack(e)[0]
-                    h = self._event_summary(txn, eid)
-                    if h is not None and h["type"] == "load":
-                        got.append(eid)
-            loads[("p", parent)] = got
+            got = loads[("p", parent)] = [eid for eid, _ in self._own_events(txn, parent, "load")]
         for eid in got:
             runs = loads.get(eid)
             if runs is None:
@@ -1318,14 +1317,7 @@ class Aggregation:
         same activation.
 
         PERF: called only for the units an activated run overlaps (a few per batch)."""
-        cur = txn.cursor(db=self._unit_events_db)
-        if not cur.set_key(_Q.pack(uid)):
-            return False
-        for e in cur.iternext_dup():
-            eid = _Q.unpack(e)[0]
-            h = self._event_summary(txn, eid)
-            if h is None or h["type"] != "replace":
-                continue
+        for eid, _ in self._own_events(txn, uid, "replace"):
             rec = unpack(txn.get(u64(eid), db=self._events_db))
             if rec.get("new") == uid:
                 old = self.active.find(txn, rec["old"])
@@ -1483,11 +1475,10 @@ class Aggregation:
         if want is not None:
             return _Place(want, None, via)
         top = chain[-1] if chain else parent
-        found = None if goods is None else goods.get(top)
+        goods = {} if goods is None else goods
+        found = goods.get(top)
         if found is None:
-            found = self._below(txn, top)[1]
-            if goods is not None:
-                goods[top] = found
+            found = goods[top] = self._below(txn, top)[1]
         if found.witness is None:
             return None
         witness = found.witness if found.hands is not None else None

@@ -64,7 +64,7 @@ from engine.errors import NotFound, WumaError
 from engine.files import NewFile, sync_folder
 from engine.ids import is_digits
 from engine.lines import LineKeys
-from engine.packs import CLOCK_SKEW, ListedPack, PackRegistry, export_unfinished, read_header
+from engine.packs import _PACK_ID, CLOCK_SKEW, ListedPack, PackRegistry, export_unfinished, read_header
 
 __all__ = [
     "REPLAY_WINDOW",
@@ -82,8 +82,8 @@ __all__ = [
 ]
 
 REPLAY_WINDOW = CLOCK_SKEW
-_NONCE = re.compile(r"[0-9a-f]{32}")  # NOTE: fullmatch: `$` matches before a final newline
-_PACK_ID = re.compile(r"[0-9a-f]{32}")
+#: A request's nonce: written as a pack id is (fullmatch: `$` matches before a final newline).
+_NONCE = _PACK_ID
 
 
 def _message(method: str, path: str, ts: str, nonce: str) -> bytes:

@@ -26,7 +26,8 @@ import falcon
 import lmdb
 
 from engine import http_errors
-from engine.abuse import UNIX_PEER, client_address, sweep_every
+from engine.abuse import sweep_every
+from engine.addresses import UNIX_PEER, client_address, ipv6_client
 from engine.aggregation import Aggregation
 from engine.data import DataFolder, default_data_path
 from engine.errors import Banned, RateLimited, Unauthorized
@@ -270,17 +271,14 @@ def _ipv6_node(text: str) -> tuple[str, str] | None:
         address = ipaddress.IPv6Address(text.split("%", 1)[0])
     except ValueError:
         return None
-    if address.ipv4_mapped is not None:
-        text = str(address.ipv4_mapped)
-        return text, text
-    text = str(address)
-    return text, client_address(text) or text
+    client = ipv6_client(address)
+    return (client, client) if address.ipv4_mapped is not None else (str(address), client)
 
 
 def _node(text: str) -> tuple[str, str] | None:
     """``(address, client)`` for an IP address's text, or None if it is none: the address
     written one way, to match a proxy by, and the client it counts as
-    (:func:`engine.abuse.client_address`). An IPv4-mapped IPv6 address is its IPv4 address
+    (:func:`engine.addresses.client_address`). An IPv4-mapped IPv6 address is its IPv4 address
     both ways, so a client or proxy is the same one over IPv4 and over a dual-stack socket."""
     if ":" not in text:
         address = client_address(text)  # PERF: IPv4, the usual case: one regular expression
@@ -317,7 +315,7 @@ def _forwarded_for(element: str) -> str:
 
 def make_client_ip(trusted_proxies: frozenset[str], header: str | None) -> Callable:
     """The client's address as bans and rate limits count it (see
-    :func:`engine.abuse.client_address`: an IPv6 client by its /64).
+    :func:`engine.addresses.client_address`: an IPv6 client by its /64).
 
     The connection's address; or, when the connection comes from a trusted proxy or over a
     unix socket (which only a local proxy reaches), the rightmost address in ``header``

@@ -1281,9 +1281,7 @@ def _records_within(txn, db, first: np.ndarray, last: np.ndarray
         return np.empty(0, _U64), []
     cur = txn.cursor(db=db)
     got: list[tuple[bytes, bytes]] = []
-    hb = first >> _U64(32)
-    cuts = [0, *(np.flatnonzero(hb[1:] != hb[:-1]) + 1).tolist(), len(first)]
-    for a, b in itertools.pairwise(cuts):
+    for a, b in _batch_spans(first):
         hi_key = _Q.pack(int(last[a:b].max()))
         budget = _DENSE * (b - a)
         part: list[tuple[bytes, bytes]] = []
@@ -1329,9 +1327,7 @@ def _at_or_after(txn, db, units: np.ndarray) -> tuple[list[bytes], list[bytes]]:
     if not len(units):
         return [], []
     cur = txn.cursor(db=db)
-    hb = units >> _U64(32)
-    cuts = [0, *(np.flatnonzero(hb[1:] != hb[:-1]) + 1).tolist(), len(units)]
-    for a, b in itertools.pairwise(cuts):
+    for a, b in _batch_spans(units):
         seg = units[a:b]
         part: list[tuple[bytes, bytes]] = []
         whole = True
@@ -1390,12 +1386,15 @@ def _merge(new: _Runs, line_parent) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # -- store reads ------------------------------------------------------------------------------
+def _batch_spans(units: np.ndarray):
+    """``(start, stop)`` index spans of sorted uids (or runs' first uids), one per batch."""
+    hb = units >> _U64(32)
+    return itertools.pairwise([0, *(np.flatnonzero(hb[1:] != hb[:-1]) + 1).tolist(), len(units)])
+
+
 def _segments(first: np.ndarray, last: np.ndarray):
     """(lowest first, highest last) of sorted runs, per batch."""
-    hi_bits = first >> _U64(32)
-    st = np.concatenate(([0], np.flatnonzero(np.diff(hi_bits)) + 1))
-    en = np.append(st[1:], len(first))
-    for a, b in zip(st.tolist(), en.tolist()):
+    for a, b in _batch_spans(first):
         yield int(first[a]), int(last[a:b].max())
 
 

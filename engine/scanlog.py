@@ -35,8 +35,9 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
+from engine.addresses import UNIX_PEER, client_address
 from engine.ids import check_limit, region_prefix
 from engine.store import MAX_SEQ, Store, pack, u64, unpack
 
@@ -140,18 +141,18 @@ def _in_places(rec: list, since: float, regions: int) -> bool:
 _UNKNOWN_CLIENT = ""
 
 
-def _client_of(ip: object, client_address: Callable[[str], str | None], unix_peer: str) -> str:
+def _client_of(ip: object) -> str:
     """The client a scan came from (its event's ``ip``), as bans and rate limits count it
-    (``client_address``, :func:`engine.abuse.client_address`: an IPv6 address by its /64),
-    or :data:`_UNKNOWN_CLIENT`: no address (a library caller's, an in-process test's), the
-    unix-socket peer (``unix_peer``, :data:`engine.abuse.UNIX_PEER`: every client behind
-    it), an IPv6 text that is no address.
+    (:func:`engine.addresses.client_address`: an IPv6 address by its /64), or
+    :data:`_UNKNOWN_CLIENT`: no address (a library caller's, an in-process test's), the
+    unix-socket peer (:data:`engine.addresses.UNIX_PEER`: every client behind it), an IPv6
+    text that is no address.
 
     PERF: taken as the HTTP layer gives it (an IPv4 address as the connection or the proxy
     header wrote it, checked there; an IPv6 one already by its /64): checked again, an IPv4
     address took ~0.4-0.8 µs of the committer's time a scan, an IPv6 one ~12 µs. Other
     text a library caller sends without a colon counts as a client of its own."""
-    if ip.__class__ is not str or not ip or ip == unix_peer:
+    if ip.__class__ is not str or not ip or ip == UNIX_PEER:
         return _UNKNOWN_CLIENT
     return ip if ":" not in ip or ip[-3:] == "/64" else client_address(ip) or _UNKNOWN_CLIENT
 
@@ -570,10 +571,6 @@ class ScanLog:
         self._events = store.db("scan_events")
         self._alerts = store.db("scan_alerts")
         self._max_group = max_group
-        # NOTE: imported here: engine.abuse imports this module (DISTINCT_MAX)
-        from engine.abuse import UNIX_PEER, client_address
-
-        self._client_address, self._unix_peer = client_address, UNIX_PEER
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -710,7 +707,7 @@ class ScanLog:
         raw = txn.get(key, None, self._records)
         at = float(event["at"])
         region, device = event.get("region"), event.get("device")
-        client = _client_of(event.get("ip"), self._client_address, self._unix_peer)
+        client = _client_of(event.get("ip"))
         if raw is None:
             rec = [0, at, region, device, at, region, [], [], [], [], False, [], []]
         else:
